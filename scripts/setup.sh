@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs everything Palisade needs on a fresh Debian 12 machine (run as root).
+# Idempotent: a second run changes nothing. Only the package registries are used.
+set -euo pipefail
+
+need_pkgs=(clang-19 llvm-19 libbpf-dev libclang-19-dev bpftool iproute2 iptables
+           containernetworking-plugins iperf3 ethtool linux-libc-dev pkg-config)
+missing=()
+for p in "${need_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# bpffs: pinned programs and maps live here so enforcement survives the agent.
+if ! mount | grep -q ' /sys/fs/bpf type bpf'; then
+  mkdir -p /sys/fs/bpf
+  mount -t bpf bpf /sys/fs/bpf
+fi
+
+# iptables-legacy is the baseline the network benchmark compares against.
+if [ -x /usr/sbin/iptables-legacy ]; then
+  update-alternatives --set iptables /usr/sbin/iptables-legacy >/dev/null 2>&1 || true
+fi
