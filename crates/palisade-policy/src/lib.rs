@@ -20,5 +20,6 @@
 //! Start reading at [`model`], then [`verdict`].
 #![deny(missing_docs)]
 
+pub mod compiled;
 pub mod model;
 pub mod selector;
