@@ -20,6 +20,9 @@
 //! Start reading at [`model`], then [`verdict`].
 #![deny(missing_docs)]
 
+pub mod compile;
 pub mod compiled;
+pub mod manifest;
 pub mod model;
 pub mod selector;
+pub mod verdict;

@@ -71,7 +71,9 @@ impl std::str::FromStr for Protocol {
             "TCP" => Ok(Protocol::Tcp),
             "UDP" => Ok(Protocol::Udp),
             "SCTP" => Ok(Protocol::Sctp),
-            _ => Err(format!("unsupported protocol {s:?} (expected TCP, UDP or SCTP)")),
+            _ => Err(format!(
+                "unsupported protocol {s:?} (expected TCP, UDP or SCTP)"
+            )),
         }
     }
 }
@@ -439,7 +441,9 @@ impl Cluster {
 
     /// The pod (not host-network) owning `ip`, if any.
     pub fn pod_by_ip(&self, ip: &IpAddr) -> Option<&Pod> {
-        self.pods.values().find(|p| !p.host_network && p.ips.contains(ip))
+        self.pods
+            .values()
+            .find(|p| !p.host_network && p.ips.contains(ip))
     }
 }
 

@@ -62,7 +62,10 @@ impl LabelSelector {
         V: Into<String>,
     {
         Self {
-            match_labels: labels.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            match_labels: labels
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
             match_expressions: Vec::new(),
         }
     }
@@ -74,7 +77,9 @@ impl LabelSelector {
 
     /// Whether `labels` satisfy every term of the selector.
     pub fn matches(&self, labels: &Labels) -> bool {
-        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
             && self.match_expressions.iter().all(|r| r.matches(labels))
     }
 }
@@ -85,7 +90,11 @@ impl std::fmt::Display for LabelSelector {
         if self.is_everything() {
             return f.write_str("{}");
         }
-        let mut parts: Vec<String> = self.match_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut parts: Vec<String> = self
+            .match_labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         for r in &self.match_expressions {
             parts.push(match r {
                 Requirement::In(k, vs) => format!("{k} in ({})", vs.join(",")),
@@ -103,7 +112,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]

@@ -1,0 +1,1 @@
+//! palisade-datapath (under construction).

@@ -1,0 +1,1 @@
+//! palisade-lab (under construction).

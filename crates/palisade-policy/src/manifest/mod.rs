@@ -1,0 +1,1 @@
+//! Manifest parsing and validation (under construction).
