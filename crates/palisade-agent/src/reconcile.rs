@@ -1,0 +1,234 @@
+//! The reconciler: desired state in, kernel state out, and a record of what is in force.
+//!
+//! One task owns the [`Reconciler`]; the API server talks to it through messages, so
+//! there is no locking and every change is applied in one order.
+//!
+//! Each pass: load a [`Snapshot`] → overlay the addresses the CNI plugin reported →
+//! compile → make sure every registered interface has programs attached → hand the
+//! compiled state to the [`Enforcer`], which writes new state aside, switches endpoints
+//! with one write each and removes stale state last → record the generation in force.
+//! A failed pass changes nothing already enforced (the enforcer rejects an update as a
+//! whole) and is retried on the next trigger.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use palisade_policy::compile::compile;
+use palisade_policy::compiled::Compiled;
+
+use crate::registry::{Interface, Registry};
+use crate::source::{Snapshot, Source};
+
+/// The kernel side, as the reconciler needs it. Implemented by the eBPF datapath
+/// (`crate::enforcer::BpfEnforcer`).
+pub trait Enforcer: Send {
+    /// Ensures programs are attached to the interface; returns its ifindex.
+    /// Must be idempotent: an already attached interface is left as it is.
+    fn attach(&mut self, host_ifname: &str) -> anyhow::Result<u32>;
+    /// Detaches programs from an interface (it may already be gone).
+    fn detach(&mut self, ifindex: u32) -> anyhow::Result<()>;
+    /// Makes the kernel match `compiled` for the given endpoints (pod → ifindex).
+    /// Either the whole update is applied or nothing already enforced changes.
+    fn sync(&mut self, compiled: &Compiled, ifindexes: &BTreeMap<String, u32>) -> anyhow::Result<()>;
+    /// The kernel's state for one endpoint, decoded back into policy terms.
+    fn endpoint_state(&mut self, ifindex: u32) -> anyhow::Result<KernelEndpoint>;
+    /// Datapath counters, summed over CPUs.
+    fn counters(&mut self) -> anyhow::Result<Vec<CounterSample>>;
+    /// A short description for `status` (pin root, program ids, map fill levels).
+    fn status(&mut self) -> serde_json::Value;
+}
+
+/// One row of a rule table as the kernel holds it (or as the compiler wants it), in the
+/// same terms on both sides so `palisade endpoint diff` can compare them.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct TableRow {
+    /// Peer identity (0 = any other).
+    pub peer: u32,
+    /// 6, 17, 132 or 0 (other protocols).
+    pub proto: u8,
+    /// First port.
+    pub port_lo: u16,
+    /// Last port.
+    pub port_hi: u16,
+    /// `allow` or `deny`.
+    pub action: String,
+    /// Rule id.
+    pub rule: u32,
+}
+
+/// An endpoint as the kernel holds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KernelEndpoint {
+    /// Ingress table id.
+    pub ingress_table: u32,
+    /// Egress table id.
+    pub egress_table: u32,
+    /// Addresses allowed as source (anti-spoofing).
+    pub ips: Vec<std::net::IpAddr>,
+    /// Ingress table rows.
+    pub ingress: Vec<TableRow>,
+    /// Egress table rows.
+    pub egress: Vec<TableRow>,
+}
+
+/// One datapath counter.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CounterSample {
+    /// `ingress` or `egress`.
+    pub direction: String,
+    /// `allow` or `deny`.
+    pub verdict: String,
+    /// Reason (`policy`, `established`, `spoofed-source`, `malformed`, ...).
+    pub reason: String,
+    /// Packets.
+    pub packets: u64,
+}
+
+/// Outcome of one reconcile pass, for logs and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct PassReport {
+    /// Wall time of the pass in seconds.
+    pub seconds: f64,
+    /// Endpoints programmed.
+    pub endpoints: usize,
+    /// Errors in the desired state (objects rejected).
+    pub errors: Vec<String>,
+}
+
+/// Owns the desired state, the compiled state and the record of what is in force.
+pub struct Reconciler {
+    source: Box<dyn Source>,
+    enforcer: Box<dyn Enforcer>,
+    registry: Registry,
+    snapshot: Snapshot,
+    compiled: Compiled,
+    /// Pod → the pass number whose desired state is in the kernel for it.
+    in_force: BTreeMap<String, u64>,
+    /// Monotonic count of successful passes.
+    passes: u64,
+    last_error: Option<String>,
+}
+
+impl Reconciler {
+    /// A reconciler; nothing is read or written until [`Reconciler::reconcile`].
+    pub fn new(source: Box<dyn Source>, enforcer: Box<dyn Enforcer>, registry: Registry) -> Self {
+        Self {
+            source,
+            enforcer,
+            registry,
+            snapshot: Snapshot::default(),
+            compiled: Compiled::default(),
+            in_force: BTreeMap::new(),
+            passes: 0,
+            last_error: None,
+        }
+    }
+
+    /// One full pass. On error the kernel keeps what it had.
+    pub fn reconcile(&mut self) -> anyhow::Result<PassReport> {
+        let start = Instant::now();
+        let result = self.pass();
+        match &result {
+            Ok(_) => self.last_error = None,
+            Err(e) => self.last_error = Some(format!("{e:#}")),
+        }
+        let endpoints = result?;
+        self.passes += 1;
+        Ok(PassReport { seconds: start.elapsed().as_secs_f64(), endpoints, errors: self.snapshot.errors.clone() })
+    }
+
+    fn pass(&mut self) -> anyhow::Result<usize> {
+        let mut snapshot = self.source.load()?;
+        // The CNI chain is the authority on a pod's addresses: a Pod object may not
+        // carry status.podIPs yet when its sandbox is created.
+        for iface in self.registry.interfaces().values() {
+            if let Some(pod) = snapshot.cluster.pods.get_mut(&iface.pod) {
+                if !iface.ips.is_empty() {
+                    pod.ips = iface.ips.clone();
+                }
+            }
+        }
+        let compiled = compile(&snapshot.cluster);
+        let mut ifindexes = BTreeMap::new();
+        for iface in self.registry.interfaces().values() {
+            if compiled.endpoints.contains_key(&iface.pod) {
+                let ifindex = self.enforcer.attach(&iface.host_ifname)?;
+                ifindexes.insert(iface.pod.clone(), ifindex);
+            }
+        }
+        self.enforcer.sync(&compiled, &ifindexes)?;
+        // Generation = the number of this pass: "the desired state as read by pass N is
+        // in the kernel for this pod". Monotonic across the agent's lifetime.
+        let generation = self.passes + 1;
+        self.in_force = ifindexes.keys().map(|pod| (pod.clone(), generation)).collect();
+        let n = ifindexes.len();
+        self.snapshot = snapshot;
+        self.compiled = compiled;
+        Ok(n)
+    }
+
+    /// Whether the source reports a change since the last load.
+    pub fn source_changed(&mut self) -> bool {
+        self.source.changed()
+    }
+
+    /// Records a CNI registration (the caller then reconciles and checks [`Self::in_force`]).
+    pub fn register(&mut self, iface: Interface) -> anyhow::Result<()> {
+        self.registry.insert(iface)
+    }
+
+    /// Forgets a pod's interface and detaches from it.
+    pub fn unregister(&mut self, pod: &str, container_id: &str) -> anyhow::Result<()> {
+        if let Some(iface) = self.registry.remove(pod, container_id)? {
+            self.in_force.remove(pod);
+            // The veth is usually gone already with the sandbox; that is fine.
+            let _ = self.enforcer.detach(iface.ifindex);
+        }
+        Ok(())
+    }
+
+    /// The generation in force for a pod, if programmed.
+    pub fn in_force(&self, pod: &str) -> Option<u64> {
+        self.in_force.get(pod).copied()
+    }
+
+    /// Whether the pod exists in the desired state.
+    pub fn knows_pod(&self, pod: &str) -> bool {
+        self.snapshot.cluster.pods.contains_key(pod)
+    }
+
+    /// The last snapshot loaded.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// The compiled state last handed to the kernel.
+    pub fn compiled(&self) -> &Compiled {
+        &self.compiled
+    }
+
+    /// Registered interfaces.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Every pod's generation in force.
+    pub fn in_force_all(&self) -> &BTreeMap<String, u64> {
+        &self.in_force
+    }
+
+    /// Successful passes so far.
+    pub fn passes(&self) -> u64 {
+        self.passes
+    }
+
+    /// The last pass's error, if it failed.
+    pub fn last_error(&self) -> Option<&str> {
+        self.last_error.as_deref()
+    }
+
+    /// The enforcer, for inspection requests.
+    pub fn enforcer_mut(&mut self) -> &mut dyn Enforcer {
+        self.enforcer.as_mut()
+    }
+}

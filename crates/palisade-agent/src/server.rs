@@ -1,0 +1,309 @@
+//! The agent's main loop: one task owns the [`Reconciler`]; connections on the unix socket
+//! send it commands; a ticker notices source changes and heals drift.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::api::{Reply, Request};
+use crate::decisions::{matches_filter, DecisionRecord, History};
+use crate::metrics::Metrics;
+use crate::reconcile::Reconciler;
+use crate::registry::Interface;
+
+/// How often the source is checked for changes. Lab and CLI changes do not wait for
+/// this: they send `sync`, which reconciles at once.
+pub const SOURCE_POLL: Duration = Duration::from_millis(250);
+
+/// How often a full pass runs even without changes, to repair drift in the kernel.
+pub const RESYNC_EVERY: Duration = Duration::from_secs(30);
+
+/// How long a CNI registration may wait for its Pod object to appear in the desired
+/// state before it is refused (the plugin then fails the sandbox: fail closed).
+pub const REGISTER_WAIT: Duration = Duration::from_secs(30);
+
+/// A request with its reply channel.
+pub struct Command {
+    /// The request.
+    pub request: Request,
+    /// Where the reply goes.
+    pub reply: oneshot::Sender<Reply>,
+}
+
+/// State shared between the main loop and connection tasks that do not need the
+/// reconciler (decision streams).
+#[derive(Clone)]
+pub struct Shared {
+    /// Live decisions.
+    pub decisions: broadcast::Sender<DecisionRecord>,
+    /// Recent decisions.
+    pub history: Arc<Mutex<History>>,
+}
+
+struct Pending {
+    pod: String,
+    deadline: Instant,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// Runs the main loop until the process is stopped. Stopping the agent leaves every
+/// program and map in place: enforcement continues without it.
+pub async fn serve(
+    mut reconciler: Reconciler,
+    socket: PathBuf,
+    shared: Shared,
+    metrics: Arc<Mutex<Metrics>>,
+) -> anyhow::Result<()> {
+    let (tx, mut rx) = mpsc::channel::<Command>(256);
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
+    tracing::info!(socket = %socket.display(), "agent API listening");
+
+    let accept_shared = shared.clone();
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let tx = tx.clone();
+                    let shared = accept_shared.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = handle_connection(stream, tx, shared).await {
+                            tracing::debug!(error = %format!("{e:#}"), "API connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "accepting an API connection failed"),
+            }
+        }
+    });
+
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut ticker = tokio::time::interval(SOURCE_POLL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_full = Instant::now();
+    loop {
+        tokio::select! {
+            Some(cmd) = rx.recv() => {
+                handle_command(&mut reconciler, cmd, &mut pending, &metrics);
+            }
+            _ = ticker.tick() => {
+                if reconciler.source_changed() || last_full.elapsed() >= RESYNC_EVERY {
+                    run_pass(&mut reconciler, &metrics);
+                    last_full = Instant::now();
+                }
+            }
+        }
+        settle_pending(&mut reconciler, &mut pending);
+    }
+}
+
+fn run_pass(reconciler: &mut Reconciler, metrics: &Arc<Mutex<Metrics>>) -> Result<u64, String> {
+    let result = reconciler.reconcile();
+    let mut m = metrics.lock().expect("metrics lock");
+    match result {
+        Ok(report) => {
+            m.record_pass(report.seconds, report.endpoints, report.errors.len());
+            for e in &report.errors {
+                tracing::warn!(error = %e, "object rejected; the rest is enforced");
+            }
+            Ok(reconciler.passes())
+        }
+        Err(e) => {
+            m.record_failed_pass();
+            let msg = format!("{e:#}");
+            tracing::error!(error = %msg, "reconcile failed; the kernel keeps its previous state");
+            Err(msg)
+        }
+    }
+}
+
+fn settle_pending(reconciler: &mut Reconciler, pending: &mut Vec<Pending>) {
+    let now = Instant::now();
+    let mut still = Vec::new();
+    for p in pending.drain(..) {
+        if let Some(generation) = reconciler.in_force(&p.pod) {
+            let _ = p.reply.send(Reply { generation: Some(generation), in_force: Some(true), ..Reply::data(serde_json::Value::Null) });
+        } else if now >= p.deadline {
+            let why = match reconciler.last_error() {
+                Some(e) => format!("pod {}: policy not in force: {e}", p.pod),
+                None if !reconciler.knows_pod(&p.pod) => {
+                    format!("pod {}: no Pod object in the desired state after {}s", p.pod, REGISTER_WAIT.as_secs())
+                }
+                None => format!("pod {}: policy not in force", p.pod),
+            };
+            let _ = p.reply.send(Reply::error(why));
+        } else {
+            still.push(p);
+        }
+    }
+    *pending = still;
+}
+
+fn handle_command(
+    reconciler: &mut Reconciler,
+    cmd: Command,
+    pending: &mut Vec<Pending>,
+    metrics: &Arc<Mutex<Metrics>>,
+) {
+    let Command { request, reply } = cmd;
+    match request {
+        Request::Register { namespace, pod, container_id, host_ifname, ips, .. } => {
+            let key = format!("{namespace}/{pod}");
+            let ifindex = match nix_ifindex(&host_ifname) {
+                Ok(i) => i,
+                Err(e) => {
+                    let _ = reply.send(Reply::error(format!("pod {key}: interface {host_ifname}: {e:#}")));
+                    return;
+                }
+            };
+            let iface = Interface { pod: key.clone(), host_ifname, ifindex, ips, container_id };
+            if let Err(e) = reconciler.register(iface) {
+                let _ = reply.send(Reply::error(format!("pod {key}: {e:#}")));
+                return;
+            }
+            let started = Instant::now();
+            let _ = run_pass(reconciler, metrics);
+            if reconciler.in_force(&key).is_some() {
+                metrics.lock().expect("metrics lock").record_register(started.elapsed().as_secs_f64());
+            }
+            pending.push(Pending { pod: key, deadline: Instant::now() + REGISTER_WAIT, reply });
+        }
+        Request::Unregister { namespace, pod, container_id } => {
+            let key = format!("{namespace}/{pod}");
+            let r = reconciler.unregister(&key, &container_id);
+            let _ = run_pass(reconciler, metrics);
+            let _ = reply.send(match r {
+                Ok(()) => Reply::data(serde_json::Value::Null),
+                Err(e) => Reply::error(format!("pod {key}: {e:#}")),
+            });
+        }
+        Request::Sync => {
+            let r = run_pass(reconciler, metrics);
+            let errors = reconciler.snapshot().errors.clone();
+            let _ = reply.send(match r {
+                Ok(generation) => Reply {
+                    generation: Some(generation),
+                    in_force: Some(true),
+                    ..Reply::data(serde_json::json!({ "errors": errors, "warnings": reconciler.snapshot().warnings }))
+                },
+                Err(e) => Reply::error(e),
+            });
+        }
+        Request::Status => {
+            let endpoints: BTreeMap<_, _> = reconciler
+                .registry()
+                .interfaces()
+                .values()
+                .map(|i| {
+                    (
+                        i.pod.clone(),
+                        serde_json::json!({
+                            "interface": i.host_ifname, "ifindex": i.ifindex, "ips": i.ips,
+                            "generation_in_force": reconciler.in_force(&i.pod),
+                        }),
+                    )
+                })
+                .collect();
+            let datapath = reconciler.enforcer_mut().status();
+            let _ = reply.send(Reply::data(serde_json::json!({
+                "passes": reconciler.passes(),
+                "last_error": reconciler.last_error(),
+                "errors": reconciler.snapshot().errors,
+                "warnings": reconciler.snapshot().warnings,
+                "endpoints": endpoints,
+                "datapath": datapath,
+            })));
+        }
+        Request::Endpoint { pod } => {
+            let _ = reply.send(match crate::inspect::endpoint_view(reconciler, &pod) {
+                Ok(v) => Reply::data(v),
+                Err(e) => Reply::error(format!("pod {pod}: {e:#}")),
+            });
+        }
+        Request::Metrics => {
+            let counters = reconciler.enforcer_mut().counters().unwrap_or_default();
+            let text = metrics.lock().expect("metrics lock").encode(&counters);
+            let _ = reply.send(Reply::data(serde_json::Value::String(text)));
+        }
+        Request::Flows { .. } => {
+            // Served by the connection task from the shared stream.
+            let _ = reply.send(Reply::error("flows is served by the connection task"));
+        }
+    }
+}
+
+fn nix_ifindex(name: &str) -> anyhow::Result<u32> {
+    let c = std::ffi::CString::new(name).context("interface name")?;
+    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        return Err(std::io::Error::last_os_error()).context("no such interface in the agent's network namespace");
+    }
+    Ok(idx)
+}
+
+async fn handle_connection(stream: UnixStream, tx: mpsc::Sender<Command>, shared: Shared) -> anyhow::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut reader = BufReader::new(r);
+    let mut line = String::new();
+    reader.read_line(&mut line).await?;
+    let request: Request = match serde_json::from_str(line.trim()) {
+        Ok(r) => r,
+        Err(e) => {
+            let mut out = serde_json::to_vec(&Reply::error(format!("bad request: {e}")))?;
+            out.push(b'\n');
+            w.write_all(&out).await?;
+            return Ok(());
+        }
+    };
+    if let Request::Flows { follow, pod, verdict } = request {
+        let mut live = shared.decisions.subscribe();
+        let recent: Vec<DecisionRecord> = shared
+            .history
+            .lock()
+            .expect("history lock")
+            .iter()
+            .filter(|r| matches_filter(r, pod.as_deref(), verdict.as_deref()))
+            .cloned()
+            .collect();
+        for r in recent {
+            let mut out = serde_json::to_vec(&r)?;
+            out.push(b'\n');
+            w.write_all(&out).await?;
+        }
+        if !follow {
+            return Ok(());
+        }
+        loop {
+            match live.recv().await {
+                Ok(r) if matches_filter(&r, pod.as_deref(), verdict.as_deref()) => {
+                    let mut out = serde_json::to_vec(&r)?;
+                    out.push(b'\n');
+                    w.write_all(&out).await?;
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    let note = serde_json::json!({"lagged": n, "note": "the reader fell behind; records were skipped"});
+                    w.write_all(format!("{note}\n").as_bytes()).await?;
+                }
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            }
+        }
+    }
+    let (reply_tx, reply_rx) = oneshot::channel();
+    tx.send(Command { request, reply: reply_tx }).await.context("the agent is shutting down")?;
+    let reply = reply_rx.await.unwrap_or_else(|_| Reply::error("the agent dropped the request"));
+    let mut out = serde_json::to_vec(&reply)?;
+    out.push(b'\n');
+    w.write_all(&out).await?;
+    Ok(())
+}

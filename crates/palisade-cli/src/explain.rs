@@ -1,0 +1,59 @@
+//! `palisade explain`: the decision path of one connection, in plain words.
+
+use std::fmt::Write as _;
+
+use palisade_policy::model::Cluster;
+use palisade_policy::verdict::{describe, evaluate, Decision, Flow, Peer, SideDecision};
+
+/// Evaluates one flow.
+pub fn explain(cluster: &Cluster, from: &str, to: &str, protocol: u8, port: u16) -> anyhow::Result<(Flow, Decision)> {
+    let src: Peer = from.parse().expect("infallible");
+    let dst: Peer = to.parse().expect("infallible");
+    for p in [&src, &dst] {
+        if let Peer::Pod(key) = p {
+            if !cluster.pods.contains_key(key) {
+                anyhow::bail!("pod {key} not found in the manifests\n\nhint: name a pod as NAMESPACE/NAME, or give an IP address");
+            }
+        }
+    }
+    let flow = Flow::new(src, dst, protocol, port);
+    let d = evaluate(cluster, &flow);
+    Ok((flow, d))
+}
+
+fn side(out: &mut String, title: &str, s: &Option<SideDecision>, absent: &str) {
+    let _ = writeln!(out, "{title}");
+    match s {
+        None => {
+            let _ = writeln!(out, "  not enforced: {absent}");
+        }
+        Some(s) => {
+            for (i, step) in s.consulted.iter().enumerate() {
+                let _ = writeln!(out, "  {}. {step}", i + 1);
+            }
+            let _ = writeln!(out, "  => {}: {}", if s.allowed { "allow" } else { "deny" }, describe(&s.origin));
+        }
+    }
+}
+
+/// Renders the decision as numbered steps per side.
+pub fn render(flow: &Flow, protocol_name: &str, d: &Decision) -> String {
+    let mut out = String::new();
+    let port = if flow.port == 0 { String::new() } else { format!("/{}", flow.port) };
+    let _ = writeln!(
+        out,
+        "{} -> {} {protocol_name}{port}: {}\n",
+        flow.src,
+        flow.dst,
+        if d.allowed { "ALLOWED" } else { "DENIED" }
+    );
+    side(&mut out, &format!("Egress of {}:", flow.src), &d.egress, "the source is not a pod endpoint");
+    out.push('\n');
+    side(&mut out, &format!("Ingress of {}:", flow.dst), &d.ingress, "the destination is not a pod endpoint");
+    if d.allowed {
+        let _ = writeln!(out, "\nReplies on this connection are allowed by connection tracking.");
+    } else {
+        let _ = writeln!(out, "\nA connection needs the source's egress and the destination's ingress to allow it.");
+    }
+    out
+}
