@@ -1503,3 +1503,34 @@ fn an_unknown_pod_is_an_outside_peer_without_an_address() {
     assert!(d.ingress.is_none());
     assert!(!d.allowed, "no address: the ipBlock cannot match");
 }
+
+/// Every world of the table, every ordered pod pair, a few ports of each protocol: the
+/// decision for pods by name equals the decision for their IPv4 addresses (the source's
+/// primary family), because an address of a pod is that pod.
+#[test]
+fn every_table_world_decides_pods_by_name_and_by_address_alike() {
+    let probes = [(6, 80), (6, 81), (6, 8080), (17, 80), (132, 80), (1, 0)];
+    let mut checked = 0;
+    for c in all_cases() {
+        let cluster = &c.world.0;
+        let pods: Vec<&str> = cluster
+            .pods
+            .iter()
+            .filter(|(_, p)| !p.host_network && !p.ips.is_empty())
+            .map(|(k, _)| k.as_str())
+            .collect();
+        for src in &pods {
+            for dst in &pods {
+                for (proto, port) in probes {
+                    let by_name = evaluate(cluster, &flow(src, dst, proto, port));
+                    let Ok(f) = Flow::between(cluster, src, dst, IpFamily::V4, proto, port) else {
+                        continue;
+                    };
+                    assert_eq!(by_name, evaluate(cluster, &f), "{}: {f}", c.name);
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked > 10_000, "only {checked} flows checked");
+}
