@@ -46,6 +46,16 @@ pub enum Request {
         #[serde(default)]
         container_id: String,
     },
+    /// From the CNI plugin on CHECK: is this pod's policy in force?
+    Check {
+        /// Pod namespace.
+        namespace: String,
+        /// Pod name.
+        pod: String,
+        /// Container id.
+        #[serde(default)]
+        container_id: String,
+    },
     /// Reload the desired state now and answer once it is in force.
     Sync,
     /// Agent status: endpoints and the generation in force, errors, counters.

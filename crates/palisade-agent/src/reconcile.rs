@@ -124,10 +124,12 @@ impl Reconciler {
         }
     }
 
-    /// One full pass. On error the kernel keeps what it had.
-    pub fn reconcile(&mut self) -> anyhow::Result<PassReport> {
+    /// One pass. `reload` re-reads the source; without it the last snapshot is reused
+    /// (a CNI registration changes only the registry, and re-parsing every manifest
+    /// would put that cost on every pod start). On error the kernel keeps what it had.
+    pub fn reconcile(&mut self, reload: bool) -> anyhow::Result<PassReport> {
         let start = Instant::now();
-        let result = self.pass();
+        let result = self.pass(reload || self.passes == 0);
         match &result {
             Ok(_) => self.last_error = None,
             Err(e) => self.last_error = Some(format!("{e:#}")),
@@ -137,8 +139,8 @@ impl Reconciler {
         Ok(PassReport { seconds: start.elapsed().as_secs_f64(), endpoints, errors: self.snapshot.errors.clone() })
     }
 
-    fn pass(&mut self) -> anyhow::Result<usize> {
-        let mut snapshot = self.source.load()?;
+    fn pass(&mut self, reload: bool) -> anyhow::Result<usize> {
+        let mut snapshot = if reload { self.source.load()? } else { self.snapshot.clone() };
         // The CNI chain is the authority on a pod's addresses: a Pod object may not
         // carry status.podIPs yet when its sandbox is created.
         for iface in self.registry.interfaces().values() {

@@ -44,6 +44,39 @@ pub struct Shared {
     pub decisions: broadcast::Sender<DecisionRecord>,
     /// Recent decisions.
     pub history: Arc<Mutex<History>>,
+    /// What the decision reader needs to name things; replaced after every pass.
+    pub views: Arc<std::sync::RwLock<Arc<Views>>>,
+}
+
+/// Lookup tables for turning kernel events into names, rebuilt after each pass.
+#[derive(Debug, Default)]
+pub struct Views {
+    /// The compiled state in the kernel (rule ids, identities).
+    pub compiled: palisade_policy::compiled::Compiled,
+    /// Interface index → pod.
+    pub pod_by_ifindex: BTreeMap<u32, String>,
+    /// Address → pod (every pod in the desired state, local or not).
+    pub pod_by_ip: BTreeMap<std::net::IpAddr, String>,
+}
+
+impl Views {
+    fn from(reconciler: &Reconciler) -> Self {
+        let pod_by_ifindex = reconciler.registry().interfaces().values().map(|i| (i.ifindex, i.pod.clone())).collect();
+        let mut pod_by_ip = BTreeMap::new();
+        for (key, pod) in &reconciler.snapshot().cluster.pods {
+            if !pod.host_network {
+                for ip in &pod.ips {
+                    pod_by_ip.insert(*ip, key.clone());
+                }
+            }
+        }
+        for (key, e) in &reconciler.compiled().endpoints {
+            for ip in &e.ips {
+                pod_by_ip.insert(*ip, key.clone());
+            }
+        }
+        Views { compiled: reconciler.compiled().clone(), pod_by_ifindex, pod_by_ip }
+    }
 }
 
 struct Pending {
@@ -86,6 +119,13 @@ pub async fn serve(
         }
     });
 
+    let views = shared.views.clone();
+    let publish = move |r: &Reconciler| {
+        *views.write().expect("views lock") = Arc::new(Views::from(r));
+    };
+    // Adopt what is pinned and bring it up to date before answering anyone.
+    let _ = run_pass(&mut reconciler, &metrics, true);
+    publish(&reconciler);
     let mut pending: Vec<Pending> = Vec::new();
     let mut ticker = tokio::time::interval(SOURCE_POLL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -93,11 +133,16 @@ pub async fn serve(
     loop {
         tokio::select! {
             Some(cmd) = rx.recv() => {
+                let before = reconciler.passes();
                 handle_command(&mut reconciler, cmd, &mut pending, &metrics);
+                if reconciler.passes() != before {
+                    publish(&reconciler);
+                }
             }
             _ = ticker.tick() => {
                 if reconciler.source_changed() || last_full.elapsed() >= RESYNC_EVERY {
-                    run_pass(&mut reconciler, &metrics);
+                    let _ = run_pass(&mut reconciler, &metrics, true);
+                    publish(&reconciler);
                     last_full = Instant::now();
                 }
             }
@@ -106,8 +151,8 @@ pub async fn serve(
     }
 }
 
-fn run_pass(reconciler: &mut Reconciler, metrics: &Arc<Mutex<Metrics>>) -> Result<u64, String> {
-    let result = reconciler.reconcile();
+fn run_pass(reconciler: &mut Reconciler, metrics: &Arc<Mutex<Metrics>>, reload: bool) -> Result<u64, String> {
+    let result = reconciler.reconcile(reload);
     let mut m = metrics.lock().expect("metrics lock");
     match result {
         Ok(report) => {
@@ -171,7 +216,10 @@ fn handle_command(
                 return;
             }
             let started = Instant::now();
-            let _ = run_pass(reconciler, metrics);
+            // Re-read the source only if it changed (a stat per file), so a pod whose
+            // manifest was just written is seen without waiting for the ticker.
+            let reload = reconciler.source_changed();
+            let _ = run_pass(reconciler, metrics, reload);
             if reconciler.in_force(&key).is_some() {
                 metrics.lock().expect("metrics lock").record_register(started.elapsed().as_secs_f64());
             }
@@ -180,14 +228,21 @@ fn handle_command(
         Request::Unregister { namespace, pod, container_id } => {
             let key = format!("{namespace}/{pod}");
             let r = reconciler.unregister(&key, &container_id);
-            let _ = run_pass(reconciler, metrics);
+            let _ = run_pass(reconciler, metrics, false);
             let _ = reply.send(match r {
                 Ok(()) => Reply::data(serde_json::Value::Null),
                 Err(e) => Reply::error(format!("pod {key}: {e:#}")),
             });
         }
+        Request::Check { namespace, pod, .. } => {
+            let key = format!("{namespace}/{pod}");
+            let _ = reply.send(match reconciler.in_force(&key) {
+                Some(generation) => Reply { generation: Some(generation), in_force: Some(true), ..Reply::data(serde_json::Value::Null) },
+                None => Reply::error(format!("pod {key}: policy not in force")),
+            });
+        }
         Request::Sync => {
-            let r = run_pass(reconciler, metrics);
+            let r = run_pass(reconciler, metrics, true);
             let errors = reconciler.snapshot().errors.clone();
             let _ = reply.send(match r {
                 Ok(generation) => Reply {

@@ -38,7 +38,7 @@ impl Requirement {
     }
 }
 
-/// A validated label selector. Construct it with [`LabelSelector::new`] or through the
+/// A validated label selector. Construct it with [`LabelSelector::from_labels`] or through the
 /// manifest parser, which checks keys, values and operators like the API server does.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct LabelSelector {
