@@ -14,9 +14,11 @@
 
 pub mod api;
 pub mod decisions;
+pub mod enforcer;
 pub mod inspect;
 pub mod metrics;
 pub mod reconcile;
 pub mod registry;
+pub mod run;
 pub mod server;
 pub mod source;

@@ -22,14 +22,14 @@ use crate::source::{Snapshot, Source};
 /// The kernel side, as the reconciler needs it. Implemented by the eBPF datapath
 /// (`crate::enforcer::BpfEnforcer`).
 pub trait Enforcer: Send {
-    /// Ensures programs are attached to the interface; returns its ifindex.
-    /// Must be idempotent: an already attached interface is left as it is.
-    fn attach(&mut self, host_ifname: &str) -> anyhow::Result<u32>;
-    /// Detaches programs from an interface (it may already be gone).
-    fn detach(&mut self, ifindex: u32) -> anyhow::Result<()>;
-    /// Makes the kernel match `compiled` for the given endpoints (pod → ifindex).
-    /// Either the whole update is applied or nothing already enforced changes.
-    fn sync(&mut self, compiled: &Compiled, ifindexes: &BTreeMap<String, u32>) -> anyhow::Result<()>;
+    /// Binds `pod` to its host-side interface and ensures programs are attached;
+    /// returns the ifindex. Idempotent: re-attaching keeps enforcement continuous.
+    fn attach(&mut self, pod: &str, host_ifname: &str) -> anyhow::Result<u32>;
+    /// Detaches programs from a pod's interface (which may already be gone).
+    fn detach(&mut self, pod: &str) -> anyhow::Result<()>;
+    /// Makes the kernel match `compiled` for every attached pod. Either the whole
+    /// update is applied or nothing already enforced changes.
+    fn sync(&mut self, compiled: &Compiled) -> anyhow::Result<()>;
     /// The kernel's state for one endpoint, decoded back into policy terms.
     fn endpoint_state(&mut self, ifindex: u32) -> anyhow::Result<KernelEndpoint>;
     /// Datapath counters, summed over CPUs.
@@ -154,11 +154,11 @@ impl Reconciler {
         let mut ifindexes = BTreeMap::new();
         for iface in self.registry.interfaces().values() {
             if compiled.endpoints.contains_key(&iface.pod) {
-                let ifindex = self.enforcer.attach(&iface.host_ifname)?;
+                let ifindex = self.enforcer.attach(&iface.pod, &iface.host_ifname)?;
                 ifindexes.insert(iface.pod.clone(), ifindex);
             }
         }
-        self.enforcer.sync(&compiled, &ifindexes)?;
+        self.enforcer.sync(&compiled)?;
         // Generation = the number of this pass: "the desired state as read by pass N is
         // in the kernel for this pod". Monotonic across the agent's lifetime.
         let generation = self.passes + 1;
@@ -184,7 +184,7 @@ impl Reconciler {
         if let Some(iface) = self.registry.remove(pod, container_id)? {
             self.in_force.remove(pod);
             // The veth is usually gone already with the sandbox; that is fine.
-            let _ = self.enforcer.detach(iface.ifindex);
+            let _ = self.enforcer.detach(&iface.pod);
         }
         Ok(())
     }

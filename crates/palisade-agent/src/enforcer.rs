@@ -1,0 +1,200 @@
+//! The eBPF datapath behind the reconciler's [`Enforcer`] seam, and the task that turns
+//! its decision events into [`DecisionRecord`]s.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use palisade_datapath::{abi, reason_name, Datapath, DecisionEvent, EventReader};
+use palisade_policy::compiled::{Compiled, RuleOrigin, RuleTable, TableAction};
+use tokio::io::unix::AsyncFd;
+
+use crate::decisions::{rfc3339_now, DecisionRecord, LogMode};
+use crate::reconcile::{CounterSample, Enforcer, KernelEndpoint, TableRow};
+use crate::server::{Shared, Views};
+
+/// [`Enforcer`] over the real datapath.
+pub struct BpfEnforcer {
+    datapath: Datapath,
+}
+
+impl BpfEnforcer {
+    /// Wraps a loaded (or adopted) datapath.
+    pub fn new(datapath: Datapath) -> Self {
+        Self { datapath }
+    }
+
+    /// Sets the kernel's logging knobs.
+    pub fn set_log_mode(&mut self, mode: LogMode, sample_allow: u32, events_per_sec: u32) -> anyhow::Result<()> {
+        let mut c = self.datapath.config().unwrap_or_default();
+        c.log_mode = match mode {
+            LogMode::Off => abi::LOG_OFF,
+            LogMode::Denies => abi::LOG_DENIES,
+            LogMode::All => abi::LOG_ALL,
+        };
+        c.sample_allow = sample_allow;
+        if events_per_sec > 0 {
+            c.events_per_sec = events_per_sec;
+            c.events_burst = events_per_sec.max(c.events_burst);
+        }
+        self.datapath.set_config(c).context("setting the datapath's log configuration")
+    }
+}
+
+fn rows(t: &RuleTable) -> Vec<TableRow> {
+    let mut rows: Vec<TableRow> = t
+        .entries
+        .iter()
+        .map(|e| TableRow {
+            peer: e.peer,
+            proto: e.proto,
+            port_lo: e.port_lo,
+            port_hi: e.port_hi,
+            action: match e.verdict.action {
+                TableAction::Allow => "allow".into(),
+                TableAction::Deny => "deny".into(),
+            },
+            rule: e.verdict.rule,
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// Reasons under which the datapath lets a packet through; every other reason drops.
+fn reason_allows(reason: &str) -> bool {
+    matches!(reason, "policy-allow" | "ct-established" | "ct-reply" | "ct-related" | "frag-tracked" | "ndp" | "non-ip")
+}
+
+impl Enforcer for BpfEnforcer {
+    fn attach(&mut self, pod: &str, host_ifname: &str) -> anyhow::Result<u32> {
+        self.datapath.attach(pod, host_ifname).with_context(|| format!("attaching to {host_ifname} for pod {pod}"))
+    }
+
+    fn detach(&mut self, pod: &str) -> anyhow::Result<()> {
+        self.datapath.detach(pod).with_context(|| format!("detaching pod {pod}"))
+    }
+
+    fn sync(&mut self, compiled: &Compiled) -> anyhow::Result<()> {
+        self.datapath.sync(compiled).context("programming the datapath")
+    }
+
+    fn endpoint_state(&mut self, ifindex: u32) -> anyhow::Result<KernelEndpoint> {
+        let d = self.datapath.dump_endpoint(ifindex).context("reading the endpoint from the kernel")?;
+        Ok(KernelEndpoint {
+            ingress_table: d.ingress.id,
+            egress_table: d.egress.id,
+            ips: d.ips,
+            ingress: rows(&d.ingress.table),
+            egress: rows(&d.egress.table),
+        })
+    }
+
+    fn counters(&mut self) -> anyhow::Result<Vec<CounterSample>> {
+        let c = self.datapath.counters().context("reading counters")?;
+        let mut sums: BTreeMap<(usize, usize), u64> = BTreeMap::new();
+        for slot in c.endpoints.values().chain(std::iter::once(&c.no_endpoint)) {
+            for (d, row) in slot.iter().enumerate() {
+                for (r, v) in row.iter().enumerate() {
+                    *sums.entry((d, r)).or_default() += v;
+                }
+            }
+        }
+        Ok(sums
+            .into_iter()
+            .filter(|(_, v)| *v > 0)
+            .map(|((d, r), packets)| {
+                let reason = reason_name(r as u32);
+                CounterSample {
+                    direction: if d as u32 == abi::DIR_EGRESS { "egress" } else { "ingress" }.into(),
+                    verdict: if reason_allows(reason) { "allow" } else { "deny" }.into(),
+                    reason: reason.into(),
+                    packets,
+                }
+            })
+            .collect())
+    }
+
+    fn status(&mut self) -> serde_json::Value {
+        serde_json::json!({
+            "pin_root": self.datapath.pin_root().display().to_string(),
+            "adopted_pins": self.datapath.adopted(),
+            "endpoints_in_kernel": self.datapath.endpoint_entries().len(),
+            "policy_entries": self.datapath.policy_entry_count(),
+        })
+    }
+}
+
+fn protocol_name(p: u8) -> String {
+    match p {
+        1 => "ICMP".into(),
+        6 => "TCP".into(),
+        17 => "UDP".into(),
+        58 => "ICMPv6".into(),
+        132 => "SCTP".into(),
+        n => n.to_string(),
+    }
+}
+
+/// Names a kernel event: pods by address, the rule by id, in plain words.
+pub fn record(ev: &DecisionEvent, views: &Views) -> DecisionRecord {
+    let name = |ip: Option<std::net::IpAddr>| match ip {
+        Some(ip) => views.pod_by_ip.get(&ip).cloned().unwrap_or_else(|| ip.to_string()),
+        None => "-".into(),
+    };
+    let origin = views.compiled.rules.get(&ev.rule_id);
+    let policy = origin.and_then(|o| match o {
+        RuleOrigin::NetworkPolicy { namespace, name, .. } => Some(format!("NetworkPolicy {namespace}/{name}")),
+        RuleOrigin::Cluster { kind, name, .. } => Some(format!("{} {name}", kind.as_str())),
+        RuleOrigin::Isolated { policies, .. } => Some(policies.join(",")),
+        RuleOrigin::Default { .. } => None,
+    });
+    let explanation = match (ev.reason, origin) {
+        ("policy-allow" | "policy-deny", Some(o)) => palisade_policy::verdict::describe(o),
+        ("policy-allow" | "policy-deny", None) => format!("rule {} (unknown to this agent; compiled state changed since)", ev.rule_id),
+        ("spoof", _) => "denied: source address is not the pod's own (anti-spoofing)".into(),
+        ("malformed", _) => "denied: packet could not be parsed".into(),
+        ("no-endpoint", _) => "denied: interface has no endpoint entry yet (fail closed)".into(),
+        ("frag-no-state", _) => "denied: fragment of a datagram whose first fragment was not seen".into(),
+        (r, _) => r.to_string(),
+    };
+    DecisionRecord {
+        time: rfc3339_now(),
+        pod: views.pod_by_ifindex.get(&ev.ifindex).cloned().unwrap_or_else(|| format!("ifindex {}", ev.ifindex)),
+        direction: ev.direction.to_string(),
+        src: name(ev.src),
+        dst: name(ev.dst),
+        src_ip: ev.src.map(|i| i.to_string()).unwrap_or_default(),
+        dst_ip: ev.dst.map(|i| i.to_string()).unwrap_or_default(),
+        src_port: ev.sport,
+        dst_port: ev.dport,
+        protocol: protocol_name(ev.proto),
+        verdict: if ev.allowed { "allow" } else { "deny" }.into(),
+        reason: ev.reason.to_string(),
+        policy,
+        explanation,
+    }
+}
+
+/// Reads decision events until the process ends: names them, appends them to the
+/// decision log (JSON lines), keeps recent ones and broadcasts them to followers.
+pub async fn read_events(reader: EventReader, shared: Shared, log: Option<Arc<Mutex<std::fs::File>>>) -> anyhow::Result<()> {
+    let mut fd = AsyncFd::new(reader).context("polling the event ring buffer")?;
+    loop {
+        let mut guard = fd.readable_mut().await?;
+        let views = shared.views.read().expect("views lock").clone();
+        while let Some(ev) = guard.get_inner_mut().next() {
+            let r = record(&ev, &views);
+            if let Some(log) = &log {
+                if let Ok(line) = serde_json::to_string(&r) {
+                    let mut f = log.lock().expect("log lock");
+                    let _ = writeln!(f, "{line}");
+                }
+            }
+            shared.history.lock().expect("history lock").push(r.clone());
+            let _ = shared.decisions.send(r);
+        }
+        guard.clear_ready();
+    }
+}

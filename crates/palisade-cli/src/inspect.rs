@@ -1,0 +1,173 @@
+//! `palisade endpoint list|get|diff`, `palisade flows` and `palisade metrics`: the
+//! agent's view, through its unix socket.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use palisade_agent::api::{self, Request};
+use palisade_agent::reconcile::TableRow;
+
+/// The default agent socket on a node.
+pub const NODE_SOCKET: &str = "/run/palisade/agent.sock";
+
+/// Picks the socket: explicit, else the node agent's, else the default lab's.
+pub fn resolve_socket(explicit: Option<PathBuf>) -> PathBuf {
+    if let Some(s) = explicit {
+        return s;
+    }
+    let node = PathBuf::from(NODE_SOCKET);
+    if node.exists() {
+        return node;
+    }
+    let lab = crate::lab::default_state_dir().join("agent.sock");
+    if lab.exists() {
+        return lab;
+    }
+    node
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+/// Sends one request and returns the reply's data.
+pub fn call(socket: &Path, req: &Request) -> anyhow::Result<serde_json::Value> {
+    let reply = runtime()?.block_on(api::call(socket, req))?;
+    Ok(reply.data)
+}
+
+/// `palisade endpoint list`.
+pub fn endpoint_list(socket: &Path) -> anyhow::Result<String> {
+    let status = call(socket, &Request::Status)?;
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<40} {:<16} {:>8} {:<32} {:>10}", "POD", "INTERFACE", "IFINDEX", "ADDRESSES", "IN FORCE");
+    if let Some(eps) = status.get("endpoints").and_then(|e| e.as_object()) {
+        for (pod, e) in eps {
+            let ips: Vec<String> = e["ips"].as_array().map(|a| a.iter().filter_map(|i| i.as_str().map(String::from)).collect()).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "{:<40} {:<16} {:>8} {:<32} {:>10}",
+                pod,
+                e["interface"].as_str().unwrap_or(""),
+                e["ifindex"],
+                ips.join(","),
+                e["generation_in_force"].as_u64().map(|g| format!("gen {g}")).unwrap_or_else(|| "NO".into())
+            );
+        }
+    }
+    if let Some(errs) = status.get("errors").and_then(|e| e.as_array()) {
+        for e in errs {
+            let _ = writeln!(out, "rejected: {}", e.as_str().unwrap_or_default());
+        }
+    }
+    if let Some(e) = status.get("last_error").and_then(|e| e.as_str()) {
+        let _ = writeln!(out, "last reconcile failed: {e}");
+    }
+    Ok(out)
+}
+
+fn rows(v: &serde_json::Value) -> Vec<TableRow> {
+    serde_json::from_value(v.clone()).unwrap_or_default()
+}
+
+fn proto_name(p: u8) -> &'static str {
+    match p {
+        6 => "TCP",
+        17 => "UDP",
+        132 => "SCTP",
+        _ => "other",
+    }
+}
+
+fn render_rows(out: &mut String, v: &serde_json::Value, rows: &[TableRow]) {
+    for r in rows {
+        let peer = if r.peer == 0 {
+            "any other peer".to_string()
+        } else {
+            match v["identities"].get(r.peer.to_string()) {
+                Some(i) => format!("identity {} {}", r.peer, i),
+                None => format!("identity {}", r.peer),
+            }
+        };
+        let ports = if r.proto == 0 {
+            String::new()
+        } else if r.port_lo == 0 && r.port_hi == 65535 {
+            "/all ports".into()
+        } else if r.port_lo == r.port_hi {
+            format!("/{}", r.port_lo)
+        } else {
+            format!("/{}-{}", r.port_lo, r.port_hi)
+        };
+        let why = v["rules"].get(r.rule.to_string()).and_then(|s| s.as_str()).unwrap_or("");
+        let _ = writeln!(out, "    {:<5} {}{}  from/to {}  [rule {}: {}]", r.action, proto_name(r.proto), ports, peer, r.rule, why);
+    }
+}
+
+/// `palisade endpoint get NS/POD`.
+pub fn endpoint_get(socket: &Path, pod: &str, json: bool) -> anyhow::Result<String> {
+    let v = call(socket, &Request::Endpoint { pod: pod.to_string() })?;
+    if json {
+        return Ok(serde_json::to_string_pretty(&v)? + "\n");
+    }
+    let mut out = String::new();
+    let _ = writeln!(out, "pod:        {}", v["pod"].as_str().unwrap_or(pod));
+    let _ = writeln!(out, "interface:  {} (ifindex {})", v["interface"].as_str().unwrap_or(""), v["ifindex"]);
+    let _ = writeln!(out, "addresses:  {}", v["ips"]);
+    let _ = writeln!(out, "in force:   {}", v["generation_in_force"].as_u64().map(|g| format!("generation {g}")).unwrap_or_else(|| "NO".into()));
+    let _ = writeln!(out, "policies deciding for this pod:");
+    if let Some(rules) = v["rules"].as_object() {
+        for (id, why) in rules {
+            let _ = writeln!(out, "  rule {id}: {}", why.as_str().unwrap_or(""));
+        }
+    }
+    for dir in ["ingress", "egress"] {
+        let _ = writeln!(out, "{dir} (table {}):", v["desired"][format!("{dir}_table")]);
+        render_rows(&mut out, &v, &rows(&v["desired"][dir]));
+    }
+    let d = diff(&v);
+    let _ = writeln!(out, "kernel state: {}", if d.is_empty() { "matches the desired state".to_string() } else { format!("{} difference(s); see `palisade endpoint diff {pod}`", d.len()) });
+    Ok(out)
+}
+
+/// Differences between desired and kernel rows: `(direction, "+"|"-", row)`; `+` is in
+/// the kernel but not desired, `-` desired but missing from the kernel.
+pub fn diff(v: &serde_json::Value) -> Vec<(String, char, TableRow)> {
+    let mut out = Vec::new();
+    if let Some(err) = v["kernel"].get("error") {
+        out.push(("kernel".into(), '!', TableRow { peer: 0, proto: 0, port_lo: 0, port_hi: 0, action: err.to_string(), rule: 0 }));
+        return out;
+    }
+    for dir in ["ingress", "egress"] {
+        let want: BTreeSet<TableRow> = rows(&v["desired"][dir]).into_iter().collect();
+        let have: BTreeSet<TableRow> = rows(&v["kernel"][dir]).into_iter().collect();
+        out.extend(have.difference(&want).map(|r| (dir.to_string(), '+', r.clone())));
+        out.extend(want.difference(&have).map(|r| (dir.to_string(), '-', r.clone())));
+    }
+    out
+}
+
+/// `palisade endpoint diff NS/POD`: returns the text and whether they match.
+pub fn endpoint_diff(socket: &Path, pod: &str) -> anyhow::Result<(String, bool)> {
+    let v = call(socket, &Request::Endpoint { pod: pod.to_string() })?;
+    let d = diff(&v);
+    let mut out = String::new();
+    if d.is_empty() {
+        let _ = writeln!(out, "{pod}: kernel state matches the desired state");
+        return Ok((out, true));
+    }
+    let _ = writeln!(out, "{pod}: '-' desired but not in the kernel, '+' in the kernel but not desired");
+    for (dir, sign, r) in &d {
+        let _ = writeln!(out, "{sign} {dir} peer={} proto={} ports={}-{} {} rule={}", r.peer, r.proto, r.port_lo, r.port_hi, r.action, r.rule);
+    }
+    Ok((out, false))
+}
+
+/// `palisade flows`: prints records as JSON lines.
+pub fn flows(socket: &Path, follow: bool, pod: Option<String>, verdict: Option<String>) -> anyhow::Result<()> {
+    let req = Request::Flows { follow, pod, verdict };
+    runtime()?.block_on(api::stream_flows(socket, &req, |line| {
+        println!("{line}");
+        true
+    }))
+}
