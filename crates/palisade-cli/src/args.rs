@@ -117,4 +117,202 @@ pub enum Command {
         #[arg(long)]
         strict: bool,
     },
+    /// Run the node agent: keep the kernel in step with the manifests in a directory.
+    Agent(AgentArgs),
+    /// Remove every program, map and link Palisade pinned (enforcement stops).
+    Uninstall {
+        /// bpffs root of the pins.
+        #[arg(long, default_value = "/sys/fs/bpf/palisade")]
+        pin_root: PathBuf,
+    },
+    /// What is loaded in the kernel (read from the pins; no agent needed).
+    Ebpf {
+        #[command(subcommand)]
+        what: EbpfCommand,
+        /// bpffs root of the pins (a running lab's root is found automatically).
+        #[arg(long, global = true)]
+        pin_root: Option<PathBuf>,
+        /// JSON output.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// Endpoints the agent enforces on.
+    Endpoint {
+        #[command(subcommand)]
+        what: EndpointCommand,
+        #[command(flatten)]
+        socket: AgentSocket,
+    },
+    /// Decisions with the policy and rule behind each (JSON lines).
+    #[command(after_help = "Example:\n  palisade flows --follow --verdict deny --pod default/demo-app")]
+    Flows {
+        /// Keep streaming new decisions.
+        #[arg(long)]
+        follow: bool,
+        /// Only decisions involving this pod (NAMESPACE/NAME).
+        #[arg(long)]
+        pod: Option<String>,
+        /// Only `allow` or `deny`.
+        #[arg(long)]
+        verdict: Option<String>,
+        #[command(flatten)]
+        socket: AgentSocket,
+    },
+    /// The agent's Prometheus metrics.
+    Metrics {
+        #[command(flatten)]
+        socket: AgentSocket,
+    },
+    /// The lab: a one-node cluster on this machine, pods as network namespaces.
+    Lab {
+        #[command(subcommand)]
+        what: LabCommand,
+        /// Lab name (several labs can coexist).
+        #[arg(long, global = true, default_value = "default")]
+        name: String,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+/// `palisade agent` options.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Directory of manifests to enforce (watched for changes).
+    #[arg(long)]
+    pub manifests: PathBuf,
+    /// The API socket.
+    #[arg(long, default_value = "/run/palisade/agent.sock")]
+    pub socket: PathBuf,
+    /// State directory (interface registry).
+    #[arg(long, default_value = "/var/lib/palisade")]
+    pub state_dir: PathBuf,
+    /// bpffs root for pins.
+    #[arg(long, default_value = "/sys/fs/bpf/palisade")]
+    pub pin_root: PathBuf,
+    /// Decision log (JSON lines).
+    #[arg(long)]
+    pub decision_log: Option<PathBuf>,
+    /// Which decisions to log: off, denies, all.
+    #[arg(long, default_value = "denies")]
+    pub log_mode: String,
+    /// With --log-mode all: log 1 in N allowed new flows.
+    #[arg(long, default_value_t = 1)]
+    pub sample: u32,
+    /// Decision events per CPU per second before rate limiting (0 = default).
+    #[arg(long, default_value_t = 0)]
+    pub events_per_sec: u32,
+    /// Capacity of the policy map (prefixes over all tables).
+    #[arg(long)]
+    pub policy_entries: Option<u32>,
+    /// Capacity of the connection-tracking table.
+    #[arg(long)]
+    pub conntrack_entries: Option<u32>,
+}
+
+/// `palisade ebpf` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum EbpfCommand {
+    /// Programs.
+    Progs,
+    /// Maps.
+    Maps,
+}
+
+/// `palisade endpoint` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum EndpointCommand {
+    /// Every endpoint and the generation in force.
+    List,
+    /// One endpoint: policies, compiled rules, kernel state.
+    Get {
+        /// NAMESPACE/NAME.
+        pod: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Desired vs kernel state (exit 1 if they differ).
+    Diff {
+        /// NAMESPACE/NAME.
+        pod: String,
+    },
+}
+
+/// `palisade lab` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Create pods (network namespaces via CNI), start servers and the agent.
+    Up {
+        #[command(flatten)]
+        manifests: Manifests,
+        /// Directory with the palisade-cni binary (default: beside this binary).
+        #[arg(long)]
+        cni_bin: Option<PathBuf>,
+    },
+    /// Create or replace objects; returns once in force.
+    Apply {
+        #[command(flatten)]
+        manifests: Manifests,
+    },
+    /// Remove the named objects; returns once in force.
+    Delete {
+        #[command(flatten)]
+        manifests: Manifests,
+    },
+    /// Real connection attempts between every ordered pair of pods.
+    Probe {
+        #[command(flatten)]
+        port: PortArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// Show where reality and the simulator disagree.
+        #[arg(long)]
+        compare: bool,
+        /// Address family.
+        #[arg(long)]
+        family: Option<Family>,
+        /// Per-attempt timeout in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+    },
+    /// Remove every namespace, pin and process the lab made.
+    Down,
+    /// The AWS NetworkPolicy walkthrough, step by step, on real packets.
+    Walkthrough {
+        /// Directory with the palisade-cni binary (default: beside this binary).
+        #[arg(long)]
+        cni_bin: Option<PathBuf>,
+        /// Leave the lab up at the end.
+        #[arg(long)]
+        keep: bool,
+        /// The example directory.
+        #[arg(long, default_value = "examples/aws-walkthrough")]
+        dir: PathBuf,
+    },
+    /// (internal) A pod's server, run inside its network namespace.
+    #[command(hide = true)]
+    Serve {
+        /// Server arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// `palisade bench` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Per-packet cost of the datapath vs policy size (BPF_PROG_TEST_RUN).
+    Datapath {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// Policy sizes.
+        #[arg(long, value_delimiter = ',', default_value = "100,1000,10000,100000")]
+        entries: Vec<usize>,
+    },
 }

@@ -1,8 +1,11 @@
 //! The `palisade` binary: parses flags, sets up logging, runs a command, prints errors.
 
 mod args;
+mod ebpf;
 mod explain;
 mod inputs;
+mod inspect;
+mod lab;
 mod simulate;
 mod validate;
 
@@ -12,7 +15,7 @@ use anyhow::Context;
 use clap::Parser;
 use palisade_policy::model::Protocol;
 
-use args::{Cli, Command, Family, Output};
+use args::{AgentArgs, BenchCommand, Cli, Command, EbpfCommand, EndpointCommand, Family, Output};
 use palisade_policy::verdict::IpFamily;
 
 fn main() -> ExitCode {
@@ -88,5 +91,93 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             let loaded = inputs::load_manifests(&manifests.files)?;
             Ok(validate::report(&loaded, strict))
         }
+        Command::Agent(a) => run_agent(a),
+        Command::Uninstall { pin_root } => {
+            if !pin_root.exists() {
+                println!("nothing pinned at {}", pin_root.display());
+                return Ok(0);
+            }
+            palisade_datapath::unpin_all_at(&pin_root).with_context(|| format!("removing the pins at {}", pin_root.display()))?;
+            println!("removed every Palisade program, map and link under {}", pin_root.display());
+            Ok(0)
+        }
+        Command::Ebpf { what, pin_root, json } => {
+            let root = pin_root.unwrap_or_else(lab::default_pin_root_or_node);
+            let (progs, maps) = ebpf::inventory(&root)?;
+            match (what, json) {
+                (EbpfCommand::Progs, false) => print!("{}", ebpf::render_progs(&progs)),
+                (EbpfCommand::Progs, true) => println!("{}", serde_json::to_string_pretty(&progs)?),
+                (EbpfCommand::Maps, false) => print!("{}", ebpf::render_maps(&maps)),
+                (EbpfCommand::Maps, true) => println!("{}", serde_json::to_string_pretty(&maps)?),
+            }
+            Ok(0)
+        }
+        Command::Endpoint { what, socket } => {
+            let socket = inspect::resolve_socket(socket.socket);
+            match what {
+                EndpointCommand::List => print!("{}", inspect::endpoint_list(&socket)?),
+                EndpointCommand::Get { pod, json } => print!("{}", inspect::endpoint_get(&socket, &pod, json)?),
+                EndpointCommand::Diff { pod } => {
+                    let (text, same) = inspect::endpoint_diff(&socket, &pod)?;
+                    print!("{text}");
+                    return Ok(if same { 0 } else { 1 });
+                }
+            }
+            Ok(0)
+        }
+        Command::Flows { follow, pod, verdict, socket } => {
+            inspect::flows(&inspect::resolve_socket(socket.socket), follow, pod, verdict)?;
+            Ok(0)
+        }
+        Command::Metrics { socket } => {
+            let v = inspect::call(&inspect::resolve_socket(socket.socket), &palisade_agent::api::Request::Metrics)?;
+            print!("{}", v.as_str().unwrap_or_default());
+            Ok(0)
+        }
+        Command::Lab { what, name } => lab::run(&name, what),
+        Command::Bench { what } => match what {
+            BenchCommand::Datapath { output, entries } => {
+                let opts = palisade_datapath::BenchOptions { entries, ..Default::default() };
+                let report = palisade_datapath::bench_datapath(&opts).context("running the datapath benchmark")?;
+                match output {
+                    Output::Json => println!("{}", serde_json::to_string(&report)?),
+                    Output::Table => {
+                        println!("empty program: {:.1} ns/packet", report.noop_ns);
+                        println!("{:>10} {:>14} {:>14} {:>16}", "ENTRIES", "NEW FLOW ns", "ESTABLISHED ns", "NEW - EMPTY ns");
+                        for p in &report.points {
+                            println!("{:>10} {:>14.1} {:>14.1} {:>16.1}", p.entries, p.ns_per_packet, p.established_ns, p.ns_per_packet - report.noop_ns);
+                        }
+                        if let (Some(first), Some(last)) = (report.points.first(), report.points.last()) {
+                            println!("growth {} -> {} entries: {:.2}x", first.entries, last.entries, last.ns_per_packet / first.ns_per_packet);
+                        }
+                    }
+                }
+                Ok(0)
+            }
+        },
     }
+}
+
+fn run_agent(a: AgentArgs) -> anyhow::Result<i32> {
+    let mut sizes = palisade_datapath::MapSizes::default();
+    if let Some(n) = a.policy_entries {
+        sizes.policy = n;
+    }
+    if let Some(n) = a.conntrack_entries {
+        sizes.conntrack = n;
+    }
+    let config = palisade_agent::run::AgentConfig {
+        manifests: a.manifests,
+        state_dir: a.state_dir,
+        socket: a.socket,
+        pin_root: a.pin_root,
+        decision_log: a.decision_log,
+        log_mode: a.log_mode.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+        sample_allow: a.sample,
+        events_per_sec: a.events_per_sec,
+        sizes,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(palisade_agent::run::run(config))?;
+    Ok(0)
 }
