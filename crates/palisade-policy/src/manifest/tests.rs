@@ -1,0 +1,1 @@
+//! Tests of [`super::load`]: defaulting, validation and error attribution, table-driven.
