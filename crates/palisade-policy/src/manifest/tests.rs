@@ -994,3 +994,105 @@ fn lint_is_quiet_about_policies_that_select_and_match_pods() {
     assert_eq!(w.len(), 1, "{w:?}");
     assert_eq!(w[0].field, "spec.ingress[0].from[0]");
 }
+
+// ---- examples/ ----
+
+/// Every directory under the repository's `examples/`, with its manifests in name order.
+/// (Reading files is fine in a test; the library itself never does I/O.)
+fn example_dirs() -> Vec<(std::path::PathBuf, Vec<(String, String)>)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut dirs: Vec<_> = std::fs::read_dir(&root)
+        .expect("examples/ exists")
+        .map(|e| e.expect("readable").path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    dirs.into_iter()
+        .map(|dir| {
+            let mut files: Vec<_> = std::fs::read_dir(&dir)
+                .expect("readable")
+                .map(|e| e.expect("readable").path())
+                .filter(|p| {
+                    matches!(
+                        p.extension().and_then(|e| e.to_str()),
+                        Some("yaml" | "yml" | "json")
+                    )
+                })
+                .collect();
+            files.sort();
+            let inputs = files
+                .iter()
+                .map(|f| {
+                    (
+                        f.file_name().unwrap().to_string_lossy().into_owned(),
+                        std::fs::read_to_string(f).expect("readable"),
+                    )
+                })
+                .collect();
+            (dir, inputs)
+        })
+        .collect()
+}
+
+#[test]
+fn every_example_loads_cleanly() {
+    let dirs = example_dirs();
+    assert!(
+        dirs.len() >= 4,
+        "expected the four examples, found {}",
+        dirs.len()
+    );
+    for (dir, inputs) in dirs {
+        let l = load(&inputs);
+        let d = dir.display();
+        assert!(l.errors.is_empty(), "{d}: {:#?}", l.errors);
+        assert!(l.warnings.is_empty(), "{d}: {:#?}", l.warnings);
+        let findings = lint(&l.cluster);
+        assert!(findings.is_empty(), "{d}: {findings:#?}");
+        assert!(!l.cluster.pods.is_empty(), "{d}: has pods");
+        assert!(
+            !l.cluster.network_policies.is_empty() || !l.cluster.cluster_policies.is_empty(),
+            "{d}: has policies"
+        );
+        assert!(
+            l.cluster.pods.values().all(|p| !p.ips.is_empty()),
+            "{d}: every pod has an IP"
+        );
+    }
+}
+
+#[test]
+fn the_aws_walkthrough_example_has_the_articles_objects() {
+    let (_, inputs) = example_dirs()
+        .into_iter()
+        .find(|(d, _)| d.ends_with("aws-walkthrough"))
+        .expect("aws-walkthrough");
+    let c = load(&inputs).cluster;
+    for pod in [
+        "default/demo-app",
+        "default/client-one",
+        "default/client-two",
+        "another-ns/another-client",
+        "kube-system/coredns",
+    ] {
+        assert!(c.pods.contains_key(pod), "{pod}");
+    }
+    assert_eq!(c.network_policies.len(), 5);
+    let deny = &c.network_policies["default/demo-app-deny-all"];
+    assert_eq!(deny.ingress, Some(vec![]));
+    assert_eq!(deny.egress, None);
+}
+
+#[test]
+fn the_dual_stack_example_gives_pods_both_families() {
+    let (_, inputs) = example_dirs()
+        .into_iter()
+        .find(|(d, _)| d.ends_with("dual-stack"))
+        .expect("dual-stack");
+    let c = load(&inputs).cluster;
+    let v6: ipnet::IpNet = "fd00:10:244::/64".parse().unwrap();
+    for p in c.pods.values() {
+        assert!(p.ips.iter().any(|i| i.is_ipv4()), "{}", p.key());
+        assert!(p.ips.iter().any(|i| v6.contains(i)), "{}", p.key());
+    }
+}
