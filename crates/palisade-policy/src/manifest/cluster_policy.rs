@@ -818,7 +818,9 @@ fn range(
 
 /// v1alpha1 `ports`.
 fn anp_ports(list: &[AnpPort], field: &str, flavor: &Flavor, p: &mut Problems) -> Vec<PortMatch> {
-    if list.len() > flavor.max_items {
+    if list.is_empty() {
+        p.error(field, "must have at least 1 item when present");
+    } else if list.len() > flavor.max_items {
         p.error(
             field,
             format!(

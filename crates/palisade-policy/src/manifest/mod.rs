@@ -64,7 +64,7 @@ pub fn load(inputs: &[(String, String)]) -> Loaded {
     for (file, text) in inputs {
         for doc in documents::split(text) {
             match doc.content {
-                Ok(v) => loader.object(file, doc.number, &format!("document {}", doc.number), v),
+                Ok(v) => loader.object(file, doc.number, "", v),
                 Err(message) => loader.out.errors.push(ManifestError::Syntax {
                     file: file.clone(),
                     document: doc.number,
@@ -153,13 +153,22 @@ impl Loader {
         });
     }
 
-    /// One document (or `List` item) `v`; `place` names it before it is identified.
-    fn object(&mut self, file: &str, document: usize, place: &str, v: Value) {
+    /// One document (or `List` item) `v`. `item` is `""` for a document, or the item's
+    /// path (`items[3]`, `items[3].items[0]`) inside a list document.
+    fn object(&mut self, file: &str, document: usize, item: &str, v: Value) {
+        // Prefix for messages of document errors, whose Display already names the document.
+        let at = if item.is_empty() {
+            String::new()
+        } else {
+            format!("{item}: ")
+        };
         if !v.is_object() {
             self.document_error(
                 file,
                 document,
-                format!("{place}: not a Kubernetes object (expected a mapping with apiVersion and kind)"),
+                format!(
+                    "{at}not a Kubernetes object (expected a mapping with apiVersion and kind)"
+                ),
             );
             return;
         }
@@ -174,21 +183,37 @@ impl Loader {
             } else {
                 "kind"
             };
-            self.document_error(file, document, format!("{place}: {missing} is required"));
+            self.document_error(file, document, format!("{at}{missing} is required"));
             return;
         }
         if let Some(items) = documents::list_items(&v) {
-            for (i, item) in items.clone().into_iter().enumerate() {
-                self.object(file, document, &format!("{place} items[{i}]"), item);
+            for (i, item_value) in items.clone().into_iter().enumerate() {
+                let path = if item.is_empty() {
+                    format!("items[{i}]")
+                } else {
+                    format!("{item}.items[{i}]")
+                };
+                self.object(file, document, &path, item_value);
             }
             return;
         }
+        // How to name an object we skip: by kind and name when it has them.
+        let skipped = {
+            let name = v.pointer("/metadata/name").and_then(Value::as_str);
+            let ns = v.pointer("/metadata/namespace").and_then(Value::as_str);
+            match (name, ns) {
+                (Some(n), Some(ns)) => format!("{kind_name} {ns}/{n}"),
+                (Some(n), None) => format!("{kind_name} {n}"),
+                _ if item.is_empty() => format!("document {document}"),
+                _ => format!("document {document} {item}"),
+            }
+        };
         let kind = match Kind::of(api_version, kind_name) {
             Ok(k) => k,
             Err(None) => {
                 self.warn(
                     file,
-                    place,
+                    &skipped,
                     "kind",
                     format!(
                         "kind {kind_name} ({api_version}) has no effect on network policy; skipped"
@@ -199,7 +224,7 @@ impl Loader {
             Err(Some(want)) => {
                 self.warn(
                     file,
-                    place,
+                    &skipped,
                     "apiVersion",
                     format!("{kind_name} is supported as {want}, not {api_version}; skipped"),
                 );
@@ -216,7 +241,7 @@ impl Loader {
             self.document_error(
                 file,
                 document,
-                format!("{place}: {kind_name} has no metadata.name"),
+                format!("{at}{kind_name} has no metadata.name"),
             );
             return;
         }

@@ -604,6 +604,18 @@ fn unidentifiable_documents_are_errors_and_unknown_kinds_are_warnings() {
         .errors
         .iter()
         .all(|e| matches!(e, ManifestError::Document { .. })));
+    assert_eq!(
+        l.errors[0].to_string(),
+        "t.yaml: document 1: apiVersion is required"
+    );
+    assert_eq!(
+        l.errors[1].to_string(),
+        "t.yaml: document 2: Pod has no metadata.name"
+    );
+    assert_eq!(
+        l.warnings[0].to_string(),
+        "t.yaml: Deployment d: kind: kind Deployment (apps/v1) has no effect on network policy; skipped"
+    );
     let fields: Vec<&str> = l.warnings.iter().map(|w| w.field.as_str()).collect();
     assert_eq!(fields, vec!["kind", "apiVersion"]);
 }
@@ -619,6 +631,16 @@ fn lists_and_json_load_like_yaml_documents() {
     );
     assert!(l.errors.is_empty());
     assert!(l.cluster.namespaces.contains_key("c"));
+}
+
+#[test]
+fn errors_inside_lists_name_the_item() {
+    let l = load_one("apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Namespace, metadata: {name: a}}\n- {kind: Namespace}\n");
+    assert_eq!(l.errors.len(), 1);
+    assert_eq!(
+        l.errors[0].to_string(),
+        "t.yaml: document 1: items[1]: apiVersion is required"
+    );
 }
 
 #[test]
@@ -904,6 +926,16 @@ fn cluster_policy_validation_names_every_bad_field() {
             "ANP port range reversed",
             anp_yaml("AdminNetworkPolicy", "a", &format!("{{priority: 1, {base}, ingress: [{{action: Deny, from: [{{namespaces: {{}}}}], ports: [{{portRange: {{start: 20, end: 10}}}}]}}]}}")),
             vec!["spec.ingress[0].ports[0].portRange"],
+        ),
+        (
+            "ANP empty ports list",
+            anp_yaml("AdminNetworkPolicy", "a", &format!("{{priority: 1, {base}, ingress: [{{action: Deny, from: [{{namespaces: {{}}}}], ports: []}}]}}")),
+            vec!["spec.ingress[0].ports"],
+        ),
+        (
+            "domainNames in BANP",
+            anp_yaml("BaselineAdminNetworkPolicy", "default", &format!("{{{base}, egress: [{{action: Allow, to: [{{domainNames: [example.com]}}]}}]}}")),
+            vec!["spec.egress[0].to[0].domainNames"],
         ),
         (
             "ANP unknown port protocol",
