@@ -6,13 +6,13 @@
 //!
 //! ## Stages
 //!
-//! 1. [`documents`]: split each text into YAML documents (`---`) or JSON values and parse
+//! 1. `documents`: split each text into YAML documents (`---`) or JSON values and parse
 //!    each on its own into a `serde_json::Value`; `kind: List` is expanded.
 //! 2. Dispatch on `apiVersion` + `kind`. Unknown kinds, and known kinds at an
 //!    unsupported version, are skipped with a [`Warning`].
 //! 3. Decode into `k8s-openapi` types (core and networking objects) or this module's own
 //!    serde types (the policy.networking.k8s.io CRDs), validate, default and convert to
-//!    [`crate::model`]: [`objects`], [`network_policy`], [`cluster_policy`].
+//!    [`crate::model`]: `objects`, `network_policy`, `cluster_policy`.
 //!
 //! ## Error policy
 //!
@@ -259,10 +259,10 @@ impl Loader {
         let object = format!("{kind_name} {key}");
 
         let mut p = Problems::default();
-        let name_errs = if kind == Kind::Namespace {
-            names::dns1123_label(&name)
-        } else {
-            names::dns1123_subdomain(&name)
+        let name_errs = match kind {
+            Kind::Namespace => names::dns1123_label(&name),
+            Kind::Service => names::dns1035_label(&name),
+            _ => names::dns1123_subdomain(&name),
         };
         for m in name_errs {
             p.error("metadata.name", format!("invalid name {name:?}: {m}"));

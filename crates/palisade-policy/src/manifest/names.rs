@@ -40,6 +40,16 @@ pub fn dns1123_label(s: &str) -> Vec<String> {
     errs
 }
 
+/// A DNS-1035 label (Service names): `[a-z]([-a-z0-9]*[a-z0-9])?`, at most 63
+/// characters; unlike a DNS-1123 label it must start with a letter.
+pub fn dns1035_label(s: &str) -> Vec<String> {
+    let mut errs = dns1123_label(s);
+    if errs.is_empty() && !s.starts_with(|c: char| c.is_ascii_lowercase()) {
+        errs.push("a DNS-1035 label must start with an alphabetic character".into());
+    }
+    errs
+}
+
 /// A DNS-1123 subdomain: dot-separated DNS-1123 labels, at most 253 characters.
 pub fn dns1123_subdomain(s: &str) -> Vec<String> {
     let mut errs = Vec::new();
@@ -236,6 +246,11 @@ mod tests {
         assert!(!dns1123_label("Another").is_empty());
         assert!(!dns1123_label("a.b").is_empty());
         assert!(dns1123_subdomain("a.b").is_empty());
+        assert!(dns1035_label("kube-dns").is_empty());
+        assert!(
+            !dns1035_label("1st").is_empty(),
+            "service names start with a letter"
+        );
         assert!(!dns1123_subdomain("a..b").is_empty());
     }
 }
