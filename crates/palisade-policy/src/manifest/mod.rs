@@ -14,6 +14,14 @@
 //!    serde types (the policy.networking.k8s.io CRDs), validate, default and convert to
 //!    [`crate::model`]: `objects`, `network_policy`, `cluster_policy`.
 //!
+//! ## Decisions where the API server's behaviour varies
+//!
+//! - A CIDR with host bits set (`10.0.0.1/24`) is accepted, truncated (`10.0.0.0/24`)
+//!   and warned about, as API servers do by default since 1.33 (KEP-4858); see `cidr.rs`.
+//! - Rule limits follow the CRD schemas: 25 rules per direction for v1alpha2
+//!   ClusterNetworkPolicy, 100 for v1alpha1 AdminNetworkPolicy/BaselineAdminNetworkPolicy.
+//! - `Pass` in the Baseline tier is rejected (there is no later tier to pass to).
+//!
 //! ## Error policy
 //!
 //! Every problem of an object is collected (not just the first), each naming file,
