@@ -1,0 +1,170 @@
+//! Errors and warnings of manifest loading.
+//!
+//! Every problem names the file, the object (`Kind namespace/name`, or `Kind name` for
+//! cluster-scoped kinds) and, for validation problems, the field path in the API's own
+//! spelling (`spec.ingress[0].ports[1].endPort`), so an operator can find it without a
+//! source span.
+
+use std::fmt;
+
+/// A reason an object (or a whole document) was not loaded.
+///
+/// None of these are retryable: the input itself must change. Each error rejects only
+/// the object (or document) it names; every other object of the same input still loads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    /// A document is not valid YAML or JSON.
+    #[error("{file}: document {document}: {message}")]
+    Syntax {
+        /// Source name given to [`crate::manifest::load`].
+        file: String,
+        /// 1-based document number in the file (`---` separated).
+        document: usize,
+        /// What the parser said.
+        message: String,
+    },
+    /// A document is well-formed but is not a Kubernetes object we can identify
+    /// (no `apiVersion`, `kind` or `metadata.name`).
+    #[error("{file}: document {document}: {message}")]
+    Document {
+        /// Source name.
+        file: String,
+        /// 1-based document number in the file.
+        document: usize,
+        /// What is missing.
+        message: String,
+    },
+    /// An identified object has a field of the wrong type or shape, so it could not be
+    /// decoded at all (the API server would reject it the same way).
+    #[error("{file}: {object}: {message}")]
+    Decode {
+        /// Source name.
+        file: String,
+        /// `Kind namespace/name` or `Kind name`.
+        object: String,
+        /// The decoder's message.
+        message: String,
+    },
+    /// An object decoded but failed validation. One error per problem; an object with
+    /// any of these is rejected as a whole.
+    #[error("{file}: {object}: {field}: {message}")]
+    Invalid {
+        /// Source name.
+        file: String,
+        /// `Kind namespace/name` or `Kind name`.
+        object: String,
+        /// Field path, e.g. `spec.ingress[0].ports[1].endPort`.
+        field: String,
+        /// What is wrong, lowercase, no final period.
+        message: String,
+    },
+}
+
+impl ManifestError {
+    /// The source name the problem was found in.
+    pub fn file(&self) -> &str {
+        match self {
+            ManifestError::Syntax { file, .. }
+            | ManifestError::Document { file, .. }
+            | ManifestError::Decode { file, .. }
+            | ManifestError::Invalid { file, .. } => file,
+        }
+    }
+
+    /// The object, when it could be identified.
+    pub fn object(&self) -> Option<&str> {
+        match self {
+            ManifestError::Decode { object, .. } | ManifestError::Invalid { object, .. } => {
+                Some(object)
+            }
+            _ => None,
+        }
+    }
+
+    /// The field path, for validation errors.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            ManifestError::Invalid { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}
+
+/// Something that loaded but probably does not do what its author meant, or was skipped.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Warning {
+    /// Source name, when known (lint warnings work on a [`crate::model::Cluster`] and
+    /// have none).
+    pub file: Option<String>,
+    /// `Kind namespace/name`, `Kind name`, or `document N` for unidentified documents.
+    pub object: String,
+    /// Field path, or `""` when the warning is about the whole object.
+    pub field: String,
+    /// What to look at, lowercase, no final period.
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(file) = &self.file {
+            write!(f, "{file}: ")?;
+        }
+        f.write_str(&self.object)?;
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Problems found while checking one object, before they are attributed to a file and
+/// object. Collects every problem rather than stopping at the first.
+#[derive(Debug, Default)]
+pub(crate) struct Problems {
+    /// `(field, message)` pairs that reject the object.
+    pub errors: Vec<(String, String)>,
+    /// `(field, message)` pairs that do not.
+    pub warnings: Vec<(String, String)>,
+}
+
+impl Problems {
+    /// Records a rejecting problem.
+    pub fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.errors.push((field.into(), message.into()));
+    }
+
+    /// Records a non-rejecting problem.
+    pub fn warn(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push((field.into(), message.into()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_error_displays_file_object_field_and_message() {
+        let e = ManifestError::Invalid {
+            file: "web.yaml".into(),
+            object: "NetworkPolicy default/web".into(),
+            field: "spec.ingress[0].ports[1].endPort".into(),
+            message: "must not be less than port (8080)".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "web.yaml: NetworkPolicy default/web: spec.ingress[0].ports[1].endPort: must not be less than port (8080)"
+        );
+    }
+
+    #[test]
+    fn lint_warning_without_file_or_field_displays_object_and_message() {
+        let w = Warning {
+            file: None,
+            object: "NetworkPolicy default/web".into(),
+            field: String::new(),
+            message: "selects no pod".into(),
+        };
+        assert_eq!(w.to_string(), "NetworkPolicy default/web: selects no pod");
+    }
+}
