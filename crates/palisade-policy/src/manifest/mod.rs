@@ -84,6 +84,23 @@ pub fn load(inputs: &[(String, String)]) -> Loaded {
     loader.out
 }
 
+/// The objects in one text, one JSON value each (`kind: List` expanded), for tools
+/// that store objects one by one (the lab keeps one file per object). Documents that
+/// do not parse are errors with their number. No validation: use [`load`] for that.
+pub fn split_objects(text: &str) -> Vec<Result<Value, String>> {
+    let mut out = Vec::new();
+    for doc in documents::split(text) {
+        match doc.content {
+            Ok(v) => match documents::list_items(&v) {
+                Some(items) => out.extend(items.iter().cloned().map(Ok)),
+                None => out.push(Ok(v)),
+            },
+            Err(e) => out.push(Err(format!("document {}: {e}", doc.number))),
+        }
+    }
+    out
+}
+
 /// The kinds this module understands, with their scope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
