@@ -249,7 +249,8 @@ impl<'a> Planner<'a> {
     /// 1. policy entries of every table, then addresses (new state aside);
     /// 2. endpoint entries of bound pods (one write each switches its tables);
     /// 3. stale endpoints (bound pods no longer in `c`), stale addresses, and
-    ///    stale policy keys of tables that no endpoint entry references any more
+    ///    stale policy keys: keys of tables in `c` that `c` no longer has, and
+    ///    every key of tables outside `c` that no endpoint entry references
     ///    (endpoint entries adopted from a previous run but not bound yet keep
     ///    their tables until they are bound or removed).
     pub fn sync(&mut self, c: &Compiled) -> Result<(), EncodeError> {
@@ -308,7 +309,7 @@ impl<'a> Planner<'a> {
             .s
             .policy
             .keys()
-            .filter(|k| !want.contains_key(k) && !referenced.contains(&k.0))
+            .filter(|k| !want.contains_key(k) && (c.tables.contains_key(&k.0) || !referenced.contains(&k.0)))
             .copied()
             .collect();
         for k in stale {
