@@ -1,1 +1,30 @@
-fn main() {}
+//! `palisade-cni`: the chained CNI plugin binary. All logic is in the library
+//! ([`palisade_cni::plugin::run`]); this file wires it to the process: environment,
+//! stdin, stdout, stderr and the exit code the CNI spec asks for.
+
+use std::io::{Read, Write};
+
+use palisade_cni::spec::{code, CniError, Env};
+
+fn main() {
+    let result = Env::from_lookup(|k| std::env::var(k).ok()).and_then(|env| {
+        let mut stdin = Vec::new();
+        if env.command != palisade_cni::spec::Command::Version {
+            std::io::stdin()
+                .read_to_end(&mut stdin)
+                .map_err(|e| CniError::new(code::IO_FAILURE, "cannot read stdin", e.to_string()))?;
+        }
+        palisade_cni::plugin::run(&env, &stdin, &mut std::io::stderr())
+    });
+    let mut out = std::io::stdout().lock();
+    match result {
+        Ok(text) => {
+            let _ = out.write_all(text.as_bytes());
+        }
+        Err(e) => {
+            let _ = serde_json::to_writer(&mut out, &e);
+            let _ = out.flush();
+            std::process::exit(1);
+        }
+    }
+}
