@@ -180,7 +180,11 @@ pub fn record(ev: &DecisionEvent, views: &Views) -> DecisionRecord {
 /// Reads decision events until the process ends: names them, appends them to the
 /// decision log (JSON lines), keeps recent ones and broadcasts them to followers.
 pub async fn read_events(reader: EventReader, shared: Shared, log: Option<Arc<Mutex<std::fs::File>>>) -> anyhow::Result<()> {
-    let mut fd = AsyncFd::new(reader).context("polling the event ring buffer")?;
+    // SAFETY: the reader owns the ring buffer map's fd; it stays open and unchanged for
+    // as long as the AsyncFd owns the reader.
+    let mut fd = unsafe { AsyncFd::register(reader) }
+        .map_err(std::io::Error::from)
+        .context("polling the event ring buffer")?;
     loop {
         let mut guard = fd.readable_mut().await?;
         let views = shared.views.read().expect("views lock").clone();
