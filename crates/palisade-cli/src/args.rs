@@ -282,6 +282,9 @@ pub enum LabCommand {
     },
     /// Remove every namespace, pin and process the lab made.
     Down,
+    /// Start the lab's agent again (after a crash, kill or upgrade); returns once it
+    /// answers. Enforcement never depended on it.
+    StartAgent,
     /// The AWS NetworkPolicy walkthrough, step by step, on real packets.
     Walkthrough {
         /// Directory with the palisade-cni binary (default: beside this binary).

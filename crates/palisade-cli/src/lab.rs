@@ -102,6 +102,15 @@ pub fn run(name: &str, what: LabCommand) -> anyhow::Result<i32> {
             println!("lab {name} is down");
             Ok(0)
         }
+        LabCommand::StartAgent => {
+            let mut lab = open(name)?;
+            if lab.state().agent.as_ref().is_some_and(|a| a.is_alive()) {
+                bail!("the agent of lab {name} is already running");
+            }
+            start_agent(&mut lab, name)?;
+            println!("agent of lab {name} is running");
+            Ok(0)
+        }
         LabCommand::Walkthrough { cni_bin, keep, dir } => walkthrough(name, cni_bin, keep, &dir),
         LabCommand::Serve { args } => {
             palisade_lab::server::main_with_args(args).context("pod server")?;
@@ -204,7 +213,9 @@ fn start_agent(lab: &mut Lab, name: &str) -> anyhow::Result<()> {
     let pid = child.id() as i32;
     let rec = ProcessRecord::of("agent", pid).context("recording the agent process")?;
     lab.state_mut().agent = Some(rec);
-    lab.state_mut().pin_paths.push(pin_root(name));
+    if !lab.state().pin_paths.contains(&pin_root(name)) {
+        lab.state_mut().pin_paths.push(pin_root(name));
+    }
     lab.save()?;
     wait_for_agent(name, pid)
 }

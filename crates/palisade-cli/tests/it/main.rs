@@ -1,0 +1,7 @@
+//! Integration tests of the `palisade` binary: offline commands, and lab tests that
+//! create real network namespaces, run the real agent and send real packets (root
+//! needed; every test removes what it made, also when it fails).
+
+mod cli;
+mod lab;
+mod support;
