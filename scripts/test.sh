@@ -9,7 +9,9 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== cargo build (binaries the lab tests run: palisade, palisade-cni)"
+cargo build --workspace --bins --quiet
 echo "== cargo test"
-# One test thread per crate binary keeps privileged tests (netns, BPF pins) from
-# fighting over the two cores; each test still uses unique names.
-cargo test --workspace --no-fail-fast 2>&1 | tee target/test.log
+# Privileged tests (netns, BPF pins) use unique names and clean up after themselves,
+# so test binaries may run their tests in parallel.
+cargo test --workspace --no-fail-fast

@@ -66,7 +66,7 @@ pub fn run(name: &str, what: LabCommand) -> anyhow::Result<i32> {
     match what {
         LabCommand::Up { manifests, cni_bin } => {
             let lab = up(name, &manifests.files, cni_bin)?;
-            println!("lab {name} is up: {} pods; agent socket {}", lab.state().pods.len(), socket(name).display());
+            println!("lab {name} is up: {} pods; agent socket {}", lab.pods.len(), socket(name).display());
             Ok(0)
         }
         LabCommand::Apply { manifests } => {
@@ -251,7 +251,7 @@ fn server_command() -> anyhow::Result<ServerCommand> {
 }
 
 /// `lab up`: node namespace, agent, then every pod through the CNI chain.
-pub fn up(name: &str, files: &[PathBuf], cni_bin: Option<PathBuf>) -> anyhow::Result<Lab> {
+pub fn up(name: &str, files: &[PathBuf], cni_bin: Option<PathBuf>) -> anyhow::Result<palisade_lab::state::LabState> {
     let (objs, cluster) = objects(files)?;
     let cni = cni_dir(cni_bin)?;
     let mut config = LabConfig::new(name);
@@ -263,7 +263,8 @@ pub fn up(name: &str, files: &[PathBuf], cni_bin: Option<PathBuf>) -> anyhow::Re
     start_agent(&mut lab, name)?;
     add_pods(&mut lab, &cluster)?;
     lab.save()?;
-    Ok(lab.persist_lab())
+    // Until here an error drops `lab`, which tears down everything made so far.
+    Ok(lab.persist())
 }
 
 fn add_pods(lab: &mut Lab, cluster: &Cluster) -> anyhow::Result<()> {
