@@ -6,3 +6,4 @@ mod common;
 mod differential;
 mod netns;
 mod prog;
+mod bench;
