@@ -183,7 +183,11 @@ pub fn bench_datapath(o: &BenchOptions) -> Result<BenchReport, Error> {
             ..Config::default()
         })?;
         let (rc, _) = dp.test_run(Hook::FromPod, &syn, 1)?;
-        assert_eq!(rc, crate::abi::TC_ACT_UNSPEC, "benchmark packet must be allowed");
+        assert_eq!(
+            rc,
+            crate::abi::TC_ACT_UNSPEC,
+            "benchmark packet must be allowed"
+        );
         let new_ns = measure(&mut dp, Hook::FromPod, &syn, o)?;
         dp.set_config(Config::default())?;
         dp.test_run(Hook::FromPod, &syn, 1)?;

@@ -2,8 +2,8 @@
 //! One binary, one module per area.
 
 mod abi;
+mod bench;
 mod common;
 mod differential;
 mod netns;
 mod prog;
-mod bench;

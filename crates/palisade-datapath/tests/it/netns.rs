@@ -17,7 +17,12 @@ use crate::common::*;
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("ip(8)");
-    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Namespaces `palisade-t-<pid>-pod` and `-host`, deleted on Drop (also on panic).
@@ -29,13 +34,40 @@ struct NetNsPair {
 impl NetNsPair {
     fn new() -> Self {
         let pid = std::process::id();
-        let pair = NetNsPair { pod: format!("palisade-t-{pid}-pod"), host: format!("palisade-t-{pid}-host") };
+        let pair = NetNsPair {
+            pod: format!("palisade-t-{pid}-pod"),
+            host: format!("palisade-t-{pid}-host"),
+        };
         ip(&["netns", "add", &pair.pod]);
         ip(&["netns", "add", &pair.host]);
-        ip(&["-n", &pair.pod, "link", "add", "eth0", "type", "veth", "peer", "name", "h0", "netns", &pair.host]);
-        ip(&["-n", &pair.pod, "addr", "add", "10.200.0.1/24", "dev", "eth0"]);
-        ip(&["-n", &pair.host, "addr", "add", "10.200.0.2/24", "dev", "h0"]);
-        for (ns, dev) in [(&pair.pod, "eth0"), (&pair.pod, "lo"), (&pair.host, "h0"), (&pair.host, "lo")] {
+        ip(&[
+            "-n", &pair.pod, "link", "add", "eth0", "type", "veth", "peer", "name", "h0", "netns",
+            &pair.host,
+        ]);
+        ip(&[
+            "-n",
+            &pair.pod,
+            "addr",
+            "add",
+            "10.200.0.1/24",
+            "dev",
+            "eth0",
+        ]);
+        ip(&[
+            "-n",
+            &pair.host,
+            "addr",
+            "add",
+            "10.200.0.2/24",
+            "dev",
+            "h0",
+        ]);
+        for (ns, dev) in [
+            (&pair.pod, "eth0"),
+            (&pair.pod, "lo"),
+            (&pair.host, "h0"),
+            (&pair.host, "lo"),
+        ] {
             ip(&["-n", ns, "link", "set", dev, "up"]);
         }
         pair
@@ -86,7 +118,13 @@ fn denied_tcp_connect_fails_and_allowed_one_succeeds_through_veth() {
         c.endpoints.clear();
         c.endpoints.insert(
             "t/pod".into(),
-            EndpointEntry { pod: "t/pod".into(), ips: vec!["10.200.0.1".parse().unwrap()], ingress: 1, egress: 2, generation: 1 },
+            EndpointEntry {
+                pod: "t/pod".into(),
+                ips: vec!["10.200.0.1".parse().unwrap()],
+                ingress: 1,
+                egress: 2,
+                generation: 1,
+            },
         );
         dp.sync(&c).unwrap();
         let ifindex = dp.attach("t/pod", "h0").unwrap();
@@ -98,15 +136,30 @@ fn denied_tcp_connect_fails_and_allowed_one_succeeds_through_veth() {
         dp.detach("t/pod").unwrap();
         // Detached: the denied port now answers (RST from the closed/listening socket).
         let after = TcpStream::connect_timeout(&denied, Duration::from_secs(3));
-        (ok.is_ok(), blocked.map_err(|e| e.kind()), counters, after.map(|_| ()).map_err(|e| e.kind()))
+        (
+            ok.is_ok(),
+            blocked.map_err(|e| e.kind()),
+            counters,
+            after.map(|_| ()).map_err(|e| e.kind()),
+        )
     });
     let (ok, blocked, counters, after) = client.join().unwrap();
     server.join().unwrap();
     drop(root);
     assert!(ok, "connect to the allowed port must succeed");
-    assert_eq!(blocked.map(|_| ()), Err(std::io::ErrorKind::TimedOut), "connect to the denied port must time out");
+    assert_eq!(
+        blocked.map(|_| ()),
+        Err(std::io::ErrorKind::TimedOut),
+        "connect to the denied port must time out"
+    );
     assert!(counters[DIR_INGRESS as usize][REASON_POLICY_ALLOW as usize] >= 1);
-    assert!(counters[DIR_INGRESS as usize][REASON_POLICY_DENY as usize] >= 1, "SYNs to 8081 dropped: {counters:?}");
-    assert!(after.is_ok() || after == Err(std::io::ErrorKind::ConnectionRefused), "after detach: {after:?}");
+    assert!(
+        counters[DIR_INGRESS as usize][REASON_POLICY_DENY as usize] >= 1,
+        "SYNs to 8081 dropped: {counters:?}"
+    );
+    assert!(
+        after.is_ok() || after == Err(std::io::ErrorKind::ConnectionRefused),
+        "after detach: {after:?}"
+    );
     drop(pair);
 }
