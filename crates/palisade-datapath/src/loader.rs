@@ -841,6 +841,23 @@ impl Datapath {
         Ok(out)
     }
 
+    /// Verifier cost and size of each program: `(name, verified instructions,
+    /// translated bytes, jited bytes)`, a number to compare over time.
+    pub fn program_stats(&mut self) -> Result<Vec<(&'static str, u32, u32, u32)>> {
+        let mut out = Vec::new();
+        for hook in [Hook::FromPod, Hook::ToPod, Hook::Noop] {
+            let name = hook.name();
+            let info = self.classifier(hook)?.info().map_err(prog_err(name))?;
+            out.push((
+                name,
+                info.verified_instruction_count().unwrap_or(0),
+                info.size_translated().unwrap_or(0),
+                info.size_jitted(),
+            ));
+        }
+        Ok(out)
+    }
+
     /// Hands out the ring-buffer reader (once per process).
     pub fn events(&mut self) -> Result<EventReader> {
         self.events

@@ -103,7 +103,8 @@ fn denied_tcp_connect_fails_and_allowed_one_succeeds_through_veth() {
         let a = TcpListener::bind("10.200.0.1:8080").unwrap();
         let b = TcpListener::bind("10.200.0.1:8081").unwrap();
         ready_tx.send(()).unwrap();
-        let (_s, _) = a.accept().unwrap();
+        let (_s1, _) = a.accept().unwrap();
+        let (_s2, _) = a.accept().unwrap();
         drop(b);
     });
     ready_rx.recv().unwrap();
@@ -133,6 +134,23 @@ fn denied_tcp_connect_fails_and_allowed_one_succeeds_through_veth() {
         let ok = TcpStream::connect_timeout(&allowed, Duration::from_secs(3));
         let blocked = TcpStream::connect_timeout(&denied, Duration::from_millis(1500));
         let counters = dp.counters().unwrap().endpoints[&ifindex];
+        // Agent restart/upgrade: drop everything but the pins, adopt, and the
+        // pinned links are switched to the reloaded programs: still enforced,
+        // before and after the pod is re-attached.
+        drop(dp);
+        let blocked_while_down =
+            TcpStream::connect_timeout(&denied, Duration::from_millis(500)).is_err();
+        let mut dp = Datapath::load_or_adopt(&root_path, MapSizes::default()).unwrap();
+        assert!(dp.adopted());
+        let blocked_after_restart =
+            TcpStream::connect_timeout(&denied, Duration::from_millis(500)).is_err();
+        assert_eq!(dp.attach("t/pod", "h0").unwrap(), ifindex);
+        dp.sync(&c).unwrap();
+        let still_ok = TcpStream::connect_timeout(&allowed, Duration::from_secs(3)).is_ok();
+        assert!(
+            blocked_while_down && blocked_after_restart && still_ok,
+            "enforcement across restart"
+        );
         dp.detach("t/pod").unwrap();
         // Detached: the denied port now answers (RST from the closed/listening socket).
         let after = TcpStream::connect_timeout(&denied, Duration::from_secs(3));
