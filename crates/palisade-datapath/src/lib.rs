@@ -52,6 +52,7 @@
 
 pub mod abi;
 pub mod bench;
+mod inspect;
 mod loader;
 pub mod maps;
 pub mod packet;
@@ -59,8 +60,10 @@ pub mod reference;
 mod state;
 
 pub use bench::{bench_datapath, BenchOptions, BenchPoint, BenchReport};
+pub use inspect::{
+    reason_name, Counters, DecisionEvent, EndpointCounters, EndpointDump, EventReader, TableDump,
+};
 pub use loader::{
-    ifindex_of, object_bytes, reason_name, unpin_all_at, Counters, Datapath, DecisionEvent,
-    EndpointCounters, EndpointDump, Error, EventReader, Hook, MapSizes, TableDump,
-    DEFAULT_PIN_ROOT, MAP_NAMES,
+    ifindex_of, object_bytes, unpin_all_at, Datapath, Error, Hook, MapSizes, DEFAULT_PIN_ROOT,
+    MAP_NAMES,
 };
