@@ -35,7 +35,10 @@
 /* The kernel needs a GPL-compatible string for some helpers; the source is dual licensed. */
 char LICENSE[] SEC("license") = "GPL";
 
+/* Allow: TC_ACT_UNSPEC (-1) = TCX_NEXT, programs after ours still run; at the
+ * end of the chain (or for a clsact filter) the packet passes. */
 #define VERDICT_PASS TC_ACT_UNSPEC
+/* Drop. */
 #define VERDICT_DROP TC_ACT_SHOT
 
 static __always_inline int finish(struct decision *d, const struct flow *f, __u32 reason)

@@ -14,9 +14,10 @@
 //! - `established_ns`: a packet of a tracked flow (TCP ACK after the SYN created
 //!   the entry): endpoint, parse, anti-spoofing, conntrack hit.
 //!
-//! `entries` counts address prefixes plus rule-table entries: `entries/4` peer
-//! identities, each with one /32 address and three TCP entries (deny 0-79,
-//! allow 80, deny 81-65535); port ranges expand into several LPM prefixes each.
+//! `entries` counts map entries: `entries/3` peer identities, each with one /32
+//! address prefix and two TCP table entries (allow 0-32767, deny 32768-65535, one
+//! LPM prefix each), plus the 8 IDENTITY_ANY entries of the two tables. The
+//! measured packet goes to a peer in the middle of the set, port 80.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -83,7 +84,7 @@ fn peer_addr(i: usize) -> Ipv4Addr {
 
 /// The benchmark's compiled state for `entries` (see module doc).
 pub fn bench_policy(entries: usize) -> Compiled {
-    let peers = (entries / 4).max(1);
+    let peers = (entries / 3).max(1);
     let v = |action, rule| TableVerdict { action, rule };
     let mut t = RuleTable::default();
     for &p in &PROTO_CLASSES {
@@ -175,14 +176,18 @@ pub fn bench_datapath(o: &BenchOptions) -> Result<BenchReport, Error> {
             &Packet::udp("10.0.0.1", "10.0.0.2", 1, 2).frame(),
             o,
         )?);
-        let peer = peer_addr((n / 4).max(1) / 2).to_string();
+        let peer = peer_addr((n / 3).max(1) / 2).to_string();
         let syn = Packet::tcp(&POD.to_string(), &peer, 40000, 80, 0x02).frame();
         dp.set_config(Config {
             flags: CFG_F_NO_CT_CREATE,
             ..Config::default()
         })?;
         let (rc, _) = dp.test_run(Hook::FromPod, &syn, 1)?;
-        debug_assert_eq!(rc, crate::abi::TC_ACT_UNSPEC);
+        assert_eq!(
+            rc,
+            crate::abi::TC_ACT_UNSPEC,
+            "benchmark packet must be allowed"
+        );
         let new_ns = measure(&mut dp, Hook::FromPod, &syn, o)?;
         dp.set_config(Config::default())?;
         dp.test_run(Hook::FromPod, &syn, 1)?;

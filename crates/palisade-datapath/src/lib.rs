@@ -48,10 +48,27 @@
 //! link to them atomically (`BPF_LINK_UPDATE`). Pod ↔ interface bindings live in
 //! the agent: it re-`attach`es its pods, then `sync`s; endpoint entries of
 //! interfaces not re-bound yet keep enforcing their previous tables.
+//!
+//! ## Known limits (documented, tested where testable)
+//!
+//! - `from_pod` sees a Service's virtual IP before the host's DNAT: egress rules
+//!   on pod IPs match Service traffic only if the compiler maps VIPs to identities
+//!   (or a socket-level load balancer translates first).
+//! - Later fragments arriving before their first fragment are dropped
+//!   (`frag-no-state`); IPv6 walks at most 4 extension headers
+//!   (`ipv6-ext-limit`); ICMPv6 errors quoting a packet with extension headers
+//!   are judged by policy instead of passing as related.
+//! - Non-IP frames (ARP) pass; VLAN-tagged frames drop.
+//! - The netlink fallback (kernels without TCX) cannot pin its filter: it stays
+//!   attached across restarts but [`Datapath::detach`] cannot remove it.
+//! - A new ABI (changed map layout) cannot adopt old pins: `aya` refuses the
+//!   key/value sizes and `load_or_adopt` fails; uninstall ([`Datapath::unpin_all`])
+//!   first or migrate.
 #![deny(missing_docs)]
 
 pub mod abi;
 pub mod bench;
+mod inspect;
 mod loader;
 pub mod maps;
 pub mod packet;
@@ -59,8 +76,10 @@ pub mod reference;
 mod state;
 
 pub use bench::{bench_datapath, BenchOptions, BenchPoint, BenchReport};
+pub use inspect::{
+    reason_name, Counters, DecisionEvent, EndpointCounters, EndpointDump, EventReader, TableDump,
+};
 pub use loader::{
-    ifindex_of, object_bytes, reason_name, unpin_all_at, Counters, Datapath, DecisionEvent,
-    EndpointCounters, EndpointDump, Error, EventReader, Hook, MapSizes, TableDump,
-    DEFAULT_PIN_ROOT, MAP_NAMES,
+    ifindex_of, object_bytes, unpin_all_at, Datapath, Error, Hook, MapSizes, DEFAULT_PIN_ROOT,
+    MAP_NAMES,
 };

@@ -309,7 +309,9 @@ impl<'a> Planner<'a> {
             .s
             .policy
             .keys()
-            .filter(|k| !want.contains_key(k) && (c.tables.contains_key(&k.0) || !referenced.contains(&k.0)))
+            .filter(|k| {
+                !want.contains_key(k) && (c.tables.contains_key(&k.0) || !referenced.contains(&k.0))
+            })
             .copied()
             .collect();
         for k in stale {

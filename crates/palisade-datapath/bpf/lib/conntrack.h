@@ -18,6 +18,7 @@
 #include "palisade_abi.h"
 #include "parse.h"
 
+/* Nanoseconds per second (timeouts are in s, timestamps in ns). */
 #define NS_PER_S 1000000000ULL
 
 /* Key: struct ct_key. Value: struct ct_value. */

@@ -18,9 +18,13 @@
 
 #include "palisade_abi.h"
 
+/* Ethernet header length, bytes (pods' veths carry untagged Ethernet). */
 #define ETH_HLEN_ 14
+/* IPPROTO_ICMPV6 (linux/in6.h clashes with linux/in.h in BPF builds). */
 #define IPPROTO_ICMPV6_ 58
+/* IPv4 frag_off: "more fragments" flag, host order. */
 #define IPV4_MF 0x2000
+/* IPv4 frag_off: fragment offset in 8-byte units, host order. */
 #define IPV4_OFFSET_MASK 0x1fff
 
 /* flow.frag */
@@ -65,6 +69,7 @@ struct flow {
 	__u8 daddr[16];
 };
 
+/* TCP flag bits in byte 13 of the TCP header. */
 #define TCP_FIN 0x01
 #define TCP_SYN 0x02
 #define TCP_RST 0x04

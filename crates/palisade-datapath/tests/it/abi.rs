@@ -79,3 +79,15 @@ fn abi_layouts_match_btf() {
     }
     println!("checked {} structs, {checked} fields", LAYOUTS.len());
 }
+
+#[test]
+fn verifier_cost_stays_within_budget() {
+    let mut t = crate::common::TestDp::new();
+    for (name, insns, xlated, jited) in t.program_stats().unwrap() {
+        println!(
+            "verifier: {name}: {insns} instructions verified, {xlated} B xlated, {jited} B jited"
+        );
+        // The kernel's limit is 1M; a tenth of it leaves room to grow.
+        assert!(insns < 100_000, "{name} verified {insns} instructions");
+    }
+}

@@ -34,15 +34,35 @@ impl Rng {
 
 const IDENTITIES: u32 = 12;
 
-fn random_partition(rng: &mut Rng, peer: u32, proto: u8, rule_base: u32) -> (Vec<TableEntry>, Vec<u16>) {
+fn random_partition(
+    rng: &mut Rng,
+    peer: u32,
+    proto: u8,
+    rule_base: u32,
+) -> (Vec<TableEntry>, Vec<u16>) {
     let verdict = |rng: &mut Rng| TableVerdict {
-        action: if rng.chance(50) { TableAction::Allow } else { TableAction::Deny },
+        action: if rng.chance(50) {
+            TableAction::Allow
+        } else {
+            TableAction::Deny
+        },
         rule: rule_base + rng.below(50) as u32,
     };
     if proto == 0 {
-        return (vec![TableEntry { peer, proto, port_lo: 0, port_hi: 0, verdict: verdict(rng) }], vec![0]);
+        return (
+            vec![TableEntry {
+                peer,
+                proto,
+                port_lo: 0,
+                port_hi: 0,
+                verdict: verdict(rng),
+            }],
+            vec![0],
+        );
     }
-    let mut cuts: Vec<u16> = (0..rng.below(6)).map(|_| 1 + rng.below(65535) as u16).collect();
+    let mut cuts: Vec<u16> = (0..rng.below(6))
+        .map(|_| 1 + rng.below(65535) as u16)
+        .collect();
     // Popular ports make good edges.
     for p in [53u16, 80, 443, 8080] {
         if rng.chance(20) {
@@ -56,7 +76,13 @@ fn random_partition(rng: &mut Rng, peer: u32, proto: u8, rule_base: u32) -> (Vec
     let mut lo: u32 = 0;
     for c in cuts.iter().map(|&c| u32::from(c)).chain([65536]) {
         if c > lo {
-            out.push(TableEntry { peer, proto, port_lo: lo as u16, port_hi: (c - 1) as u16, verdict: verdict(rng) });
+            out.push(TableEntry {
+                peer,
+                proto,
+                port_lo: lo as u16,
+                port_hi: (c - 1) as u16,
+                verdict: verdict(rng),
+            });
         }
         lo = c;
     }
@@ -91,10 +117,19 @@ fn random_prefix(rng: &mut Rng, v6: bool) -> IpNet {
         for b in o.iter_mut().skip(4) {
             *b = rng.below(4) as u8; // small alphabet: prefixes nest often
         }
-        IpNet::new(IpAddr::V6(Ipv6Addr::from(o)), 32 + rng.below(97) as u8).unwrap().trunc()
+        IpNet::new(IpAddr::V6(Ipv6Addr::from(o)), 32 + rng.below(97) as u8)
+            .unwrap()
+            .trunc()
     } else {
-        let a = Ipv4Addr::new(10 + rng.below(2) as u8, rng.below(4) as u8, rng.below(4) as u8, rng.below(8) as u8);
-        IpNet::new(IpAddr::V4(a), 8 + rng.below(25) as u8).unwrap().trunc()
+        let a = Ipv4Addr::new(
+            10 + rng.below(2) as u8,
+            rng.below(4) as u8,
+            rng.below(4) as u8,
+            rng.below(8) as u8,
+        );
+        IpNet::new(IpAddr::V4(a), 8 + rng.below(25) as u8)
+            .unwrap()
+            .trunc()
     }
 }
 
@@ -105,13 +140,18 @@ fn random_compiled(rng: &mut Rng, edges: &mut Vec<u16>) -> Compiled {
     for _ in 0..40 {
         let v6 = rng.chance(40);
         let net = random_prefix(rng, v6);
-        c.addresses.insert(net, rng.below(u64::from(IDENTITIES) + 1) as u32);
+        c.addresses
+            .insert(net, rng.below(u64::from(IDENTITIES) + 1) as u32);
     }
     c
 }
 
 fn random_addr_in(rng: &mut Rng, c: &Compiled, v6: bool) -> IpAddr {
-    let nets: Vec<&IpNet> = c.addresses.keys().filter(|n| n.addr().is_ipv6() == v6).collect();
+    let nets: Vec<&IpNet> = c
+        .addresses
+        .keys()
+        .filter(|n| n.addr().is_ipv6() == v6)
+        .collect();
     let net = nets[rng.below(nets.len() as u64) as usize];
     match net {
         IpNet::V4(n) => {
@@ -126,7 +166,8 @@ fn random_addr_in(rng: &mut Rng, c: &Compiled, v6: bool) -> IpAddr {
             IpAddr::V4(Ipv4Addr::from(a))
         }
         IpNet::V6(n) => {
-            let host = (u128::from(rng.next()) << 64 | u128::from(rng.next())) & !u128::from(n.netmask());
+            let host =
+                (u128::from(rng.next()) << 64 | u128::from(rng.next())) & !u128::from(n.netmask());
             IpAddr::V6(Ipv6Addr::from(u128::from(n.network()) | host))
         }
     }
@@ -137,16 +178,33 @@ fn program_verdicts_equal_the_reference_lookup_on_random_tables_and_packets() {
     let seed = std::env::var("PALISADE_DIFF_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1);
-    let rounds: usize = std::env::var("PALISADE_DIFF_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    let rounds: usize = std::env::var("PALISADE_DIFF_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
     let per_round = 10_000;
     println!("differential seed {seed} (set PALISADE_DIFF_SEED to replay)");
     let mut rng = Rng(seed);
-    let mut t = TestDp::with_sizes(MapSizes { policy: 65536, ..MapSizes::default() });
+    let mut t = TestDp::with_sizes(MapSizes {
+        policy: 65536,
+        ..MapSizes::default()
+    });
     let mut reader = t.events().unwrap();
     // Each packet is judged by policy alone (no conntrack state carried over)
     // and logged, so the event gives us the rule id.
-    t.set_config(Config { log_mode: LOG_ALL, flags: CFG_F_NO_CT_CREATE, ..Config::default() }).unwrap();
+    t.set_config(Config {
+        log_mode: LOG_ALL,
+        flags: CFG_F_NO_CT_CREATE,
+        ..Config::default()
+    })
+    .unwrap();
     t.bind(POD, 1).unwrap();
     let (mut compared, mut allowed) = (0usize, 0usize);
     for round in 0..rounds {
@@ -157,14 +215,37 @@ fn program_verdicts_equal_the_reference_lookup_on_random_tables_and_packets() {
             let v6 = rng.chance(40);
             let egress = rng.chance(50);
             let peer = random_addr_in(&mut rng, &c, v6);
-            let pod: IpAddr = if v6 { "fd00::1".parse().unwrap() } else { "10.0.0.1".parse().unwrap() };
-            let dport = if rng.chance(60) { edges[rng.below(edges.len() as u64) as usize] } else { rng.next() as u16 };
+            let pod: IpAddr = if v6 {
+                "fd00::1".parse().unwrap()
+            } else {
+                "10.0.0.1".parse().unwrap()
+            };
+            let dport = if rng.chance(60) {
+                edges[rng.below(edges.len() as u64) as usize]
+            } else {
+                rng.next() as u16
+            };
             let sport = rng.next() as u16;
             let (l4, proto) = match rng.below(5) {
-                0 => (L4::Tcp { sport, dport, flags: 0x02 }, 6u8),
+                0 => (
+                    L4::Tcp {
+                        sport,
+                        dport,
+                        flags: 0x02,
+                    },
+                    6u8,
+                ),
                 1 => (L4::Udp { sport, dport }, 17),
                 2 => (L4::Sctp { sport, dport }, 132),
-                3 => (L4::Icmp { ty: if v6 { 128 } else { 8 }, code: 0, id: sport, inner: vec![] }, if v6 { 58 } else { 1 }),
+                3 => (
+                    L4::Icmp {
+                        ty: if v6 { 128 } else { 8 },
+                        code: 0,
+                        id: sport,
+                        inner: vec![],
+                    },
+                    if v6 { 58 } else { 1 },
+                ),
                 _ => (L4::Other(47), 47),
             };
             let (src, dst) = if egress { (pod, peer) } else { (peer, pod) };

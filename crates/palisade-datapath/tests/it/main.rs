@@ -2,6 +2,7 @@
 //! One binary, one module per area.
 
 mod abi;
+mod bench;
 mod common;
 mod differential;
 mod netns;

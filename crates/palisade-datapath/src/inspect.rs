@@ -1,0 +1,299 @@
+//! Inspection: counters, decision events, and what the kernel enforces decoded
+//! back into policy terms (read from the maps, not from the userspace mirror).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use palisade_policy::compiled::{IdentityId, RuleTable, TableId};
+use serde::Serialize;
+
+use aya::maps::{MapData, RingBuf};
+
+use crate::abi;
+use crate::loader::{map_err, prog_err, Datapath, Error, Hook};
+use crate::maps::{self, addr_net, AddrKey};
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Counters of one endpoint: `[direction][reason]`, summed over CPUs.
+pub type EndpointCounters = [[u64; abi::REASON_NR]; abi::DIR_NR];
+
+/// A snapshot of every counter.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counters {
+    /// By host-side ifindex.
+    pub endpoints: BTreeMap<u32, EndpointCounters>,
+    /// Packets on interfaces without an endpoint entry (slot 0).
+    pub no_endpoint: EndpointCounters,
+    /// Global statistics, indexed by `abi::STAT_*`.
+    pub stats: [u64; abi::STAT_NR],
+}
+
+/// Name of a drop/pass reason (`abi::REASON_*`).
+pub fn reason_name(reason: u32) -> &'static str {
+    const NAMES: [&str; abi::REASON_NR] = [
+        "policy-allow",
+        "ct-established",
+        "ct-reply",
+        "ct-related",
+        "frag-tracked",
+        "ndp",
+        "non-ip",
+        "policy-deny",
+        "no-endpoint",
+        "spoof",
+        "malformed",
+        "frag-no-state",
+        "ipv6-ext-limit",
+        "no-identity",
+        "no-table",
+        "vlan",
+    ];
+    NAMES.get(reason as usize).copied().unwrap_or("unknown")
+}
+
+/// One decoded decision event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DecisionEvent {
+    /// CLOCK_MONOTONIC ns.
+    pub ts_ns: u64,
+    /// Host-side ifindex.
+    pub ifindex: u32,
+    /// "egress" (from the pod) or "ingress" (to the pod).
+    pub direction: &'static str,
+    /// Passed or dropped.
+    pub allowed: bool,
+    /// Reason name (see [`reason_name`]).
+    pub reason: &'static str,
+    /// RuleId behind the verdict (0 if none).
+    pub rule_id: u32,
+    /// Peer identity (0 if not looked up).
+    pub identity: u32,
+    /// TableId consulted.
+    pub table: u32,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Source address (None for non-IP).
+    pub src: Option<IpAddr>,
+    /// Destination address.
+    pub dst: Option<IpAddr>,
+    /// Source port (ICMP echo id), host order.
+    pub sport: u16,
+    /// Destination port, host order.
+    pub dport: u16,
+    /// TCP flags, or ICMP type.
+    pub tcp_flags: u8,
+}
+
+fn decode_event(e: &abi::Event) -> DecisionEvent {
+    let addr = |a: &[u8; 16]| match e.family {
+        4 => Some(IpAddr::from([a[0], a[1], a[2], a[3]])),
+        6 => Some(IpAddr::from(*a)),
+        _ => None,
+    };
+    DecisionEvent {
+        ts_ns: e.ts_ns,
+        ifindex: e.ifindex,
+        direction: if u32::from(e.dir) == abi::DIR_EGRESS {
+            "egress"
+        } else {
+            "ingress"
+        },
+        allowed: e.action == abi::ACTION_ALLOW,
+        reason: reason_name(u32::from(e.reason)),
+        rule_id: e.rule_id,
+        identity: e.identity,
+        table: e.table,
+        proto: e.proto,
+        src: addr(&e.saddr),
+        dst: addr(&e.daddr),
+        sport: u16::from_be(e.sport),
+        dport: u16::from_be(e.dport),
+        tcp_flags: e.tcp_flags,
+    }
+}
+
+/// Reader of the decision ring buffer. Poll its fd (`as_raw_fd`) for readiness,
+/// then drain with [`EventReader::next`].
+pub struct EventReader {
+    ring: RingBuf<MapData>,
+}
+
+impl EventReader {
+    /// The next event, if one is ready.
+    #[allow(clippy::should_implement_trait)] // borrowing item, like RingBuf::next
+    pub fn next(&mut self) -> Option<DecisionEvent> {
+        let item = self.ring.next()?;
+        if item.len() < std::mem::size_of::<abi::Event>() {
+            return None;
+        }
+        // SAFETY: the record is a `struct event` written by the program (checked
+        // length); read_unaligned copes with the ring's 8-byte alignment.
+        let e: abi::Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+        Some(decode_event(&e))
+    }
+}
+
+impl std::os::fd::AsRawFd for EventReader {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.ring.as_raw_fd()
+    }
+}
+
+/// What the kernel holds for one table, decoded back into policy terms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TableDump {
+    /// TableId.
+    pub id: TableId,
+    /// Entries, port ranges merged back.
+    pub table: RuleTable,
+}
+
+/// What the kernel holds for one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EndpointDump {
+    /// Host-side ifindex.
+    pub ifindex: u32,
+    /// Pod bound to it in this process, if any.
+    pub pod: Option<String>,
+    /// Anti-spoofing addresses.
+    pub ips: Vec<IpAddr>,
+    /// Counter slot.
+    pub slot: u32,
+    /// PALISADE_EP_F_*.
+    pub flags: u32,
+    /// EndpointEntry.generation in force.
+    pub generation: u64,
+    /// Table for traffic towards the pod.
+    pub ingress: TableDump,
+    /// Table for traffic from the pod.
+    pub egress: TableDump,
+}
+
+impl Datapath {
+    /// Every counter, summed over CPUs (reads only the slots in use).
+    pub fn counters(&self) -> Result<Counters> {
+        let read_slot = |slot: u32| -> Result<EndpointCounters> {
+            let mut c = [[0u64; abi::REASON_NR]; abi::DIR_NR];
+            for (d, row) in c.iter_mut().enumerate() {
+                for (r, cell) in row.iter_mut().enumerate() {
+                    let idx =
+                        slot * abi::COUNTERS_PER_SLOT as u32 + (d * abi::REASON_NR + r) as u32;
+                    let v = self
+                        .counters
+                        .get(&idx, 0)
+                        .map_err(map_err("palisade_counters"))?;
+                    *cell = v.iter().sum();
+                }
+            }
+            Ok(c)
+        };
+        let mut out = Counters {
+            no_endpoint: read_slot(0)?,
+            ..Counters::default()
+        };
+        for (ifindex, v) in &self.state.endpoints {
+            out.endpoints.insert(*ifindex, read_slot(v.slot)?);
+        }
+        for (i, s) in out.stats.iter_mut().enumerate() {
+            *s = self
+                .stats
+                .get(&(i as u32), 0)
+                .map_err(map_err("palisade_stats"))?
+                .iter()
+                .sum();
+        }
+        Ok(out)
+    }
+
+    /// Verifier cost and size of each program: `(name, verified instructions,
+    /// translated bytes, jited bytes)`, a number to compare over time.
+    pub fn program_stats(&mut self) -> Result<Vec<(&'static str, u32, u32, u32)>> {
+        let mut out = Vec::new();
+        for hook in [Hook::FromPod, Hook::ToPod, Hook::Noop] {
+            let name = hook.name();
+            let info = self.classifier(hook)?.info().map_err(prog_err(name))?;
+            out.push((
+                name,
+                info.verified_instruction_count().unwrap_or(0),
+                info.size_translated().unwrap_or(0),
+                info.size_jitted(),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Hands out the ring-buffer reader (once per process).
+    pub fn events(&mut self) -> Result<EventReader> {
+        self.events
+            .take()
+            .map(|ring| EventReader { ring })
+            .ok_or(Error::EventsTaken)
+    }
+
+    fn dump_table(&self, id: TableId) -> Result<TableDump> {
+        let mut entries = Vec::new();
+        for kv in self.policy.iter() {
+            let (k, v) = kv.map_err(map_err("palisade_policy"))?;
+            let k = abi::PolicyKey::from_lpm(&k);
+            if k.table == id {
+                entries.push((k, v));
+            }
+        }
+        Ok(TableDump {
+            id,
+            table: maps::decode_entries(entries.iter().map(|(k, v)| (k, v))),
+        })
+    }
+
+    /// What the kernel enforces on one interface, decoded into policy terms
+    /// (read from the maps, not from the mirror).
+    pub fn dump_endpoint(&self, ifindex: u32) -> Result<EndpointDump> {
+        let v = self
+            .endpoints
+            .get(&ifindex, 0)
+            .map_err(map_err("palisade_endpoints"))?;
+        Ok(EndpointDump {
+            ifindex,
+            pod: self
+                .state
+                .bindings
+                .iter()
+                .find(|(_, i)| **i == ifindex)
+                .map(|(p, _)| p.clone()),
+            ips: maps::endpoint_ips(&v),
+            slot: v.slot,
+            flags: v.flags,
+            generation: v.generation,
+            ingress: self.dump_table(v.ingress_table)?,
+            egress: self.dump_table(v.egress_table)?,
+        })
+    }
+
+    /// The address map as the kernel holds it.
+    pub fn dump_addresses(&self) -> Result<BTreeMap<IpNet, IdentityId>> {
+        let mut out = BTreeMap::new();
+        for kv in self.addr4.iter() {
+            let (k, v) = kv.map_err(map_err("palisade_addr4"))?;
+            out.insert(
+                addr_net(&AddrKey::V4(abi::Addr4Key {
+                    prefixlen: k.prefix_len(),
+                    addr: k.data(),
+                })),
+                v.identity,
+            );
+        }
+        for kv in self.addr6.iter() {
+            let (k, v) = kv.map_err(map_err("palisade_addr6"))?;
+            out.insert(
+                addr_net(&AddrKey::V6(abi::Addr6Key {
+                    prefixlen: k.prefix_len(),
+                    addr: k.data(),
+                })),
+                v.identity,
+            );
+        }
+        Ok(out)
+    }
+}
