@@ -33,4 +33,4 @@ pub mod process;
 pub mod server;
 pub mod state;
 
-pub use lab::{Lab, LabConfig, LabError};
+pub use lab::{palisade_cni_plugin, Lab, LabConfig, LabError};

@@ -37,7 +37,7 @@ fn config(name: &str) -> LabConfig {
     c
 }
 
-fn pods() -> Vec<Pod> {
+pub fn pods() -> Vec<Pod> {
     use Protocol::*;
     vec![
         pod("x", "a", &["10.244.0.10", "fd00:10:244::10"], &[(80, Tcp)]),
@@ -58,7 +58,9 @@ fn assert_all_allow(report: &ProbeReport, pairs: usize) {
         assert_eq!(
             r.verdict,
             Verdict::Allow,
-            "{} -> {}: {}",
+            "{}/{} {} -> {}: {}",
+            report.port,
+            report.protocol,
             r.from,
             r.to,
             r.reason
