@@ -375,6 +375,23 @@ impl Lab {
         })
     }
 
+    /// CNI `CHECK` of one pod through the whole chain with its cached result: ptp
+    /// verifies interfaces, addresses and routes; palisade-cni asks the agent whether
+    /// the pod's policy is in force.
+    pub fn check_pod(&self, key: &str) -> Result<(), LabError> {
+        let pod = self
+            .state
+            .pod(key)
+            .ok_or_else(|| LabError::NoSuchPod(key.into()))?;
+        self.state
+            .cni
+            .check(&pod.network, &pod.attachment, &pod.cni_result)
+            .map_err(|source| LabError::Cni {
+                pod: key.into(),
+                source: Box::new(source),
+            })
+    }
+
     /// The pods as probe endpoints.
     pub fn endpoints(&self) -> Vec<Endpoint> {
         self.state

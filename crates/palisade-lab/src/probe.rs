@@ -62,6 +62,15 @@ pub enum Family {
 }
 
 impl Family {
+    /// `4` or `6`, as given to `--family`.
+    pub fn from_number(n: u8) -> Option<Family> {
+        match n {
+            4 => Some(Family::V4),
+            6 => Some(Family::V6),
+            _ => None,
+        }
+    }
+
     fn matches(self, ip: &IpAddr) -> bool {
         matches!(
             (self, ip),

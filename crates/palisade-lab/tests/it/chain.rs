@@ -88,6 +88,12 @@ fn chained_palisade_cni_registers_each_pod_with_its_host_veth_and_unregisters_on
             );
         }
     }
+    lab.check_pod("x/a")
+        .expect("CHECK passes through ptp and palisade-cni");
+    assert!(matches!(
+        seen.lock().unwrap().last(),
+        Some(Request::Check(_))
+    ));
     assert!(lab.down().is_empty());
     let seen = seen.lock().unwrap();
     assert_eq!(
