@@ -44,6 +44,18 @@ const POD_SYSCTLS: &[(&str, &str)] = &[
     ("net/ipv6/icmp/ratelimit", "0"),
 ];
 
+/// The chained-plugin entry for `palisade-cni`, to put in [`LabConfig::chain`]:
+/// pods are registered with the agent listening on `agent_socket`, and `ADD` fails
+/// (the pod is not created) unless the agent confirms within `timeout_ms`.
+pub fn palisade_cni_plugin(agent_socket: &Path, timeout_ms: u64) -> Value {
+    json!({
+        "type": "palisade-cni",
+        "agentSocket": agent_socket,
+        "timeoutMs": timeout_ms,
+        "failPolicy": "closed",
+    })
+}
+
 /// Lab errors. A `Cni` error with code 11 (agent not ready) is retryable; the others
 /// describe a conflict or a broken machine.
 #[derive(Debug, thiserror::Error)]
@@ -361,6 +373,23 @@ impl Lab {
             pod: key.into(),
             source: Box::new(source),
         })
+    }
+
+    /// CNI `CHECK` of one pod through the whole chain with its cached result: ptp
+    /// verifies interfaces, addresses and routes; palisade-cni asks the agent whether
+    /// the pod's policy is in force.
+    pub fn check_pod(&self, key: &str) -> Result<(), LabError> {
+        let pod = self
+            .state
+            .pod(key)
+            .ok_or_else(|| LabError::NoSuchPod(key.into()))?;
+        self.state
+            .cni
+            .check(&pod.network, &pod.attachment, &pod.cni_result)
+            .map_err(|source| LabError::Cni {
+                pod: key.into(),
+                source: Box::new(source),
+            })
     }
 
     /// The pods as probe endpoints.

@@ -62,6 +62,15 @@ pub enum Family {
 }
 
 impl Family {
+    /// `4` or `6`, as given to `--family`.
+    pub fn from_number(n: u8) -> Option<Family> {
+        match n {
+            4 => Some(Family::V4),
+            6 => Some(Family::V6),
+            _ => None,
+        }
+    }
+
     fn matches(self, ip: &IpAddr) -> bool {
         matches!(
             (self, ip),
@@ -144,17 +153,22 @@ pub fn probe_all(
     opts: ProbeOptions,
 ) -> ProbeReport {
     let addr = |e: &Endpoint| e.ips.iter().copied().find(|ip| opts.family.matches(ip));
-    let mut jobs = Vec::new();
-    for from in endpoints {
-        if addr(from).is_none() {
-            continue;
-        }
-        for to in endpoints {
-            if from.key == to.key {
+    // Both directions of a pair run in one job, one after the other: a raw SCTP
+    // socket probing b from a would otherwise swallow b's INIT to a (it matches the
+    // socket's connected peer), so a's kernel would send no ICMP answer to b.
+    let mut jobs: Vec<Vec<(&Endpoint, &Endpoint, SocketAddr)>> = Vec::new();
+    for (i, a) in endpoints.iter().enumerate() {
+        for b in &endpoints[i + 1..] {
+            if a.key == b.key {
                 continue;
             }
-            if let Some(ip) = addr(to) {
-                jobs.push((from, to, SocketAddr::new(ip, port)));
+            let job: Vec<_> = [(a, b), (b, a)]
+                .into_iter()
+                .filter(|(from, _)| addr(from).is_some())
+                .filter_map(|(from, to)| Some((from, to, SocketAddr::new(addr(to)?, port))))
+                .collect();
+            if !job.is_empty() {
+                jobs.push(job);
             }
         }
     }
@@ -163,21 +177,22 @@ pub fn probe_all(
     std::thread::scope(|s| {
         for _ in 0..opts.parallelism.max(1) {
             s.spawn(|| loop {
-                let Some((from, to, dst)) = queue.lock().expect("no panics holding it").next()
-                else {
+                let Some(job) = queue.lock().expect("no panics holding it").next() else {
                     break;
                 };
-                let (verdict, reason) =
-                    in_netns(&from.netns, || probe_one(dst, protocol, opts.timeout));
-                results
-                    .lock()
-                    .expect("no panics holding it")
-                    .push(ProbeResult {
-                        from: from.key.clone(),
-                        to: to.key.clone(),
-                        verdict,
-                        reason,
-                    });
+                for (from, to, dst) in job {
+                    let (verdict, reason) =
+                        in_netns(&from.netns, || probe_one(dst, protocol, opts.timeout));
+                    results
+                        .lock()
+                        .expect("no panics holding it")
+                        .push(ProbeResult {
+                            from: from.key.clone(),
+                            to: to.key.clone(),
+                            verdict,
+                            reason,
+                        });
+                }
             });
         }
     });
@@ -209,40 +224,69 @@ fn in_netns(netns: &str, f: impl FnOnce() -> (Verdict, String)) -> (Verdict, Str
     f()
 }
 
+/// Tries per probe. Attempts are spread evenly over the deadline (each gets a third
+/// of it, the last whatever remains), each on a fresh socket, so one lost packet or a
+/// scheduling stall on a loaded machine does not read as a deny. A datapath deny drops
+/// every attempt alike. (TCP's own SYN retransmission starts only after 1 s.)
+pub const ATTEMPTS: u32 = 3;
+
 /// One probe from the calling thread's namespace.
 pub fn probe_one(dst: SocketAddr, protocol: Protocol, timeout: Duration) -> (Verdict, String) {
     let start = Instant::now();
-    let r = match protocol {
-        Protocol::Tcp => probe_tcp(dst, timeout, start),
-        Protocol::Udp => probe_udp(dst, timeout),
-        Protocol::Sctp => probe_sctp(dst, timeout),
+    let deadline = start + timeout;
+    let mut attempt = 0;
+    let r = loop {
+        attempt += 1;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break Err(std::io::ErrorKind::TimedOut.into());
+        }
+        let slot = if attempt == ATTEMPTS {
+            left
+        } else {
+            (timeout / ATTEMPTS).min(left)
+        };
+        let r = match protocol {
+            Protocol::Tcp => probe_tcp(dst, slot, deadline),
+            Protocol::Udp => probe_udp(dst, slot),
+            Protocol::Sctp => probe_sctp(dst, slot),
+        };
+        match r {
+            Err(e) if is_timeout(&e) && attempt < ATTEMPTS => continue,
+            r => break r,
+        }
     };
     let ms = start.elapsed().as_secs_f64() * 1000.0;
+    let nth = if attempt > 1 {
+        format!(", attempt {attempt}")
+    } else {
+        String::new()
+    };
+    let verb = if protocol == Protocol::Tcp {
+        "connected"
+    } else {
+        "answered"
+    };
     match r {
         Ok(Outcome::Reply(reply)) => (
             Verdict::Allow,
             format!(
-                "measured: {} in {ms:.1} ms, reply {:?}",
-                if protocol == Protocol::Tcp {
-                    "connected"
-                } else {
-                    "answered"
-                },
+                "measured: {verb} in {ms:.1} ms{nth}, reply {:?}",
                 reply.trim()
             ),
         ),
         Ok(Outcome::Refused) => (
             Verdict::Allow,
-            format!("measured: refused: no listener (reached the pod in {ms:.1} ms)"),
+            format!("measured: refused: no listener (reached the pod in {ms:.1} ms{nth})"),
         ),
         Ok(Outcome::Unreachable(what)) => (
             Verdict::Allow,
-            format!("measured: {what} in {ms:.1} ms (reached the pod)"),
+            format!("measured: {what} in {ms:.1} ms{nth} (reached the pod)"),
         ),
         Ok(Outcome::NoReply) => (
             Verdict::Deny,
             format!(
-                "connected in {ms:.1} ms but no reply within {} ms",
+                "connected in {ms:.1} ms{nth} but no reply within {} ms",
                 timeout.as_millis()
             ),
         ),
@@ -268,14 +312,15 @@ fn is_timeout(e: &std::io::Error) -> bool {
     )
 }
 
-fn probe_tcp(dst: SocketAddr, timeout: Duration, start: Instant) -> std::io::Result<Outcome> {
-    let mut s = match TcpStream::connect_timeout(&dst, timeout) {
+/// Connects within `slot`, then reads the reply until `deadline`.
+fn probe_tcp(dst: SocketAddr, slot: Duration, deadline: Instant) -> std::io::Result<Outcome> {
+    let mut s = match TcpStream::connect_timeout(&dst, slot) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(Outcome::Refused),
         Err(e) => return Err(e),
     };
-    let left = timeout
-        .saturating_sub(start.elapsed())
+    let left = deadline
+        .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(1));
     s.set_read_timeout(Some(left))?;
     let mut buf = Vec::new();
@@ -354,31 +399,84 @@ fn probe_sctp(dst: SocketAddr, timeout: Duration) -> std::io::Result<Outcome> {
     let packet = sctp_init(dst.port());
     nix::sys::socket::send(fd.as_raw_fd(), &packet, nix::sys::socket::MsgFlags::empty())
         .map_err(std::io::Error::from)?;
+    let deadline = Instant::now() + timeout;
     let mut buf = [0u8; 1500];
-    match nix::sys::socket::recv(
-        fd.as_raw_fd(),
-        &mut buf,
-        nix::sys::socket::MsgFlags::empty(),
-    ) {
-        // An SCTP answer (INIT-ACK or ABORT) would come from a peer with SCTP.
-        Ok(_) => Ok(Outcome::Reply("SCTP answer".into())),
-        Err(nix::Error::ENOPROTOOPT) => Ok(Outcome::Unreachable(
-            "ICMP protocol unreachable (peer kernel has no SCTP)",
-        )),
-        Err(nix::Error::EPROTO) => Ok(Outcome::Unreachable(
-            "ICMPv6 unrecognized next header (peer kernel has no SCTP)",
-        )),
-        Err(nix::Error::ECONNREFUSED) => Ok(Outcome::Refused),
-        Err(e) => Err(std::io::Error::from(e)),
+    loop {
+        match nix::sys::socket::recv(
+            fd.as_raw_fd(),
+            &mut buf,
+            nix::sys::socket::MsgFlags::empty(),
+        ) {
+            // A raw socket also receives SCTP packets *from* the peer (its own
+            // concurrent INIT to us): only an answer to our INIT counts.
+            Ok(n) if is_answer_to_init(&buf[..n], dst, dst.port()) => {
+                return Ok(Outcome::Reply("SCTP answer".into()))
+            }
+            Ok(_) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(std::io::ErrorKind::TimedOut.into());
+                }
+                set_rcvtimeo(&fd, left);
+            }
+            Err(nix::Error::ENOPROTOOPT) => {
+                return Ok(Outcome::Unreachable(
+                    "ICMP protocol unreachable (peer kernel has no SCTP)",
+                ))
+            }
+            Err(nix::Error::EPROTO) => {
+                return Ok(Outcome::Unreachable(
+                    "ICMPv6 unrecognized next header (peer kernel has no SCTP)",
+                ))
+            }
+            Err(nix::Error::ECONNREFUSED) => return Ok(Outcome::Refused),
+            Err(e) => return Err(std::io::Error::from(e)),
+        }
     }
 }
 
+fn set_rcvtimeo(fd: &OwnedFd, t: Duration) {
+    let tv = libc::timeval {
+        tv_sec: t.as_secs() as _,
+        tv_usec: t.subsec_micros().max(1) as _,
+    };
+    // SAFETY: the option value points to a live timeval of the size given.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
+    }
+}
+
+/// Whether `data` (as a raw socket returns it: with the IPv4 header, without an IPv6
+/// one) is an SCTP INIT-ACK (2) or ABORT (6) from `peer_port` to [`SCTP_SRC_PORT`].
+fn is_answer_to_init(data: &[u8], dst: SocketAddr, peer_port: u16) -> bool {
+    let sctp = match dst {
+        SocketAddr::V4(_) => {
+            let Some(ihl) = data.first().map(|b| usize::from(b & 0x0f) * 4) else {
+                return false;
+            };
+            data.get(ihl..).unwrap_or_default()
+        }
+        SocketAddr::V6(_) => data,
+    };
+    sctp.len() >= 13
+        && u16::from_be_bytes([sctp[0], sctp[1]]) == peer_port
+        && u16::from_be_bytes([sctp[2], sctp[3]]) == SCTP_SRC_PORT
+        && matches!(sctp[12], 2 | 6)
+}
+
+/// Source port of probe INITs: any ephemeral port will do, no SCTP stack answers on it.
+const SCTP_SRC_PORT: u16 = 40_132;
+
 /// An SCTP packet holding one INIT chunk (RFC 9260 §3.3.2), checksummed with CRC32c.
 fn sctp_init(dst_port: u16) -> Vec<u8> {
-    /// Any ephemeral source port: no SCTP stack will answer on it.
-    const SRC_PORT: u16 = 40_132;
     let mut p = Vec::with_capacity(32);
-    p.extend_from_slice(&SRC_PORT.to_be_bytes());
+    p.extend_from_slice(&SCTP_SRC_PORT.to_be_bytes());
     p.extend_from_slice(&dst_port.to_be_bytes());
     p.extend_from_slice(&0u32.to_be_bytes()); // verification tag: 0 for INIT
     p.extend_from_slice(&0u32.to_be_bytes()); // checksum, filled below

@@ -27,6 +27,15 @@ fn pod(ns: &str, name: &str, ips: &[&str], ports: &[(u16, Protocol)]) -> Pod {
     }
 }
 
+/// Reachability tests use a generous deadline: they assert "reached", not speed, and
+/// the machine is shared.
+fn generous() -> ProbeOptions {
+    ProbeOptions {
+        timeout: std::time::Duration::from_secs(3),
+        ..Default::default()
+    }
+}
+
 fn config(name: &str) -> LabConfig {
     let mut c = LabConfig::new(name);
     c.state_dir = std::env::temp_dir().join(format!("palisade-lab-test-{name}"));
@@ -37,7 +46,7 @@ fn config(name: &str) -> LabConfig {
     c
 }
 
-fn pods() -> Vec<Pod> {
+pub fn pods() -> Vec<Pod> {
     use Protocol::*;
     vec![
         pod("x", "a", &["10.244.0.10", "fd00:10:244::10"], &[(80, Tcp)]),
@@ -58,7 +67,9 @@ fn assert_all_allow(report: &ProbeReport, pairs: usize) {
         assert_eq!(
             r.verdict,
             Verdict::Allow,
-            "{} -> {}: {}",
+            "{}/{} {} -> {}: {}",
+            report.port,
+            report.protocol,
             r.from,
             r.to,
             r.reason
@@ -94,7 +105,7 @@ fn without_policy_every_pod_reaches_every_other_on_every_family_and_protocol() {
         .iter()
         .all(|ip| !["10.244.0.10", "10.244.0.11"].contains(&ip.to_string().as_str())));
 
-    let v4 = lab.probe(80, Protocol::Tcp, ProbeOptions::default());
+    let v4 = lab.probe(80, Protocol::Tcp, generous());
     assert_all_allow(&v4, 6);
     let to_b = v4
         .results
@@ -117,7 +128,7 @@ fn without_policy_every_pod_reaches_every_other_on_every_family_and_protocol() {
     );
     assert_all_allow(&v6, 6);
 
-    let udp = lab.probe(53, Protocol::Udp, ProbeOptions::default());
+    let udp = lab.probe(53, Protocol::Udp, generous());
     assert_all_allow(&udp, 6);
     let to_a = udp.results.iter().find(|r| r.to == "x/a").unwrap();
     assert!(
@@ -126,7 +137,7 @@ fn without_policy_every_pod_reaches_every_other_on_every_family_and_protocol() {
         to_a.reason
     );
 
-    let sctp = lab.probe(132, Protocol::Sctp, ProbeOptions::default());
+    let sctp = lab.probe(132, Protocol::Sctp, generous());
     assert_all_allow(&sctp, 6);
     let sctp6 = lab.probe(
         132,
@@ -166,7 +177,7 @@ fn a_persisted_lab_keeps_serving_and_down_from_state_is_idempotent() {
     // The lab outlived its value: reopen it from disk, as a second CLI call would.
     let lab = Lab::load(&dir).expect("load");
     assert!(netns_exists(&lab.state().node_netns));
-    assert_all_allow(&lab.probe(80, Protocol::Tcp, ProbeOptions::default()), 2);
+    assert_all_allow(&lab.probe(80, Protocol::Tcp, generous()), 2);
     let state = lab.state().clone();
     drop(lab);
     assert!(
@@ -199,4 +210,65 @@ fn a_panic_after_up_still_removes_every_namespace() {
     });
     assert!(r.is_err());
     assert!(!netns_exists(&node));
+}
+
+/// Drops, in the node namespace only, everything forwarded to `host_ifname`.
+fn drop_towards(node: &str, host_ifname: &str) {
+    for tool in ["iptables", "ip6tables"] {
+        let st = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                node,
+                tool,
+                "-I",
+                "FORWARD",
+                "-o",
+                host_ifname,
+                "-j",
+                "DROP",
+            ])
+            .status()
+            .unwrap();
+        assert!(st.success(), "{tool} in {node}");
+    }
+}
+
+#[test]
+fn a_drop_in_the_node_namespace_reads_as_deny_for_every_protocol_and_family() {
+    if !can_run() {
+        return;
+    }
+    let name = unique_name();
+    let lab = Lab::up(config(&name), &pods()[..2]).expect("lab up");
+    let b = lab.state().pod("y/b").unwrap().host_ifname.clone();
+    drop_towards(&lab.state().node_netns, &b);
+    let fast = ProbeOptions {
+        timeout: std::time::Duration::from_millis(300),
+        ..Default::default()
+    };
+    for (port, proto, family) in [
+        (80, Protocol::Tcp, Family::V4),
+        (80, Protocol::Tcp, Family::V6),
+        (53, Protocol::Udp, Family::V4),
+        (132, Protocol::Sctp, Family::V4),
+        (132, Protocol::Sctp, Family::V6),
+    ] {
+        let report = lab.probe(port, proto, ProbeOptions { family, ..fast });
+        assert_eq!(report.results.len(), 2);
+        for r in &report.results {
+            // a -> b: the request is dropped; b -> a: the answer is.
+            assert_eq!(
+                r.verdict,
+                Verdict::Deny,
+                "{port}/{:?} {family:?} {} -> {}: {}",
+                proto,
+                r.from,
+                r.to,
+                r.reason
+            );
+            assert_eq!(r.reason, "timeout after 300 ms");
+        }
+    }
+    assert!(lab.down().is_empty());
 }

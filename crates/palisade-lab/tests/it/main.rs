@@ -1,6 +1,7 @@
 //! Privileged lab tests: real namespaces, real CNI plugins, real packets.
 //! Skipped (with a message) when not root or when the CNI plugins are missing.
 
+mod chain;
 mod lab;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
