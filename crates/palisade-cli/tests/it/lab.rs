@@ -138,7 +138,7 @@ fn agent_kill_9_keeps_connections_and_denied_ports_stay_closed_until_it_converge
     });
     let mut conn = client_ns.run_in(move || TcpStream::connect_timeout(&echo, Duration::from_secs(2)).expect("allowed connection")).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let mut ping = |conn: &mut TcpStream, what: &str| {
+    let ping = |conn: &mut TcpStream, what: &str| {
         conn.write_all(what.as_bytes()).unwrap();
         let mut buf = vec![0u8; what.len()];
         conn.read_exact(&mut buf).unwrap_or_else(|e| panic!("long-lived connection broke ({what}): {e}"));
