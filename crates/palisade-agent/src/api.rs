@@ -103,12 +103,24 @@ pub struct Reply {
 impl Reply {
     /// A success with a payload.
     pub fn data(data: serde_json::Value) -> Self {
-        Self { ok: true, error: None, generation: None, in_force: None, data }
+        Self {
+            ok: true,
+            error: None,
+            generation: None,
+            in_force: None,
+            data,
+        }
     }
 
     /// A failure.
     pub fn error(msg: impl Into<String>) -> Self {
-        Self { ok: false, error: Some(msg.into()), generation: None, in_force: None, data: serde_json::Value::Null }
+        Self {
+            ok: false,
+            error: Some(msg.into()),
+            generation: None,
+            in_force: None,
+            data: serde_json::Value::Null,
+        }
     }
 }
 
@@ -124,20 +136,33 @@ pub async fn call(socket: &Path, req: &Request) -> anyhow::Result<Reply> {
     w.shutdown().await.ok();
     let mut reader = BufReader::new(r);
     let mut reply = String::new();
-    reader.read_line(&mut reply).await.context("reading the agent's reply")?;
+    reader
+        .read_line(&mut reply)
+        .await
+        .context("reading the agent's reply")?;
     if reply.is_empty() {
         anyhow::bail!("the agent closed the connection without replying");
     }
     let reply: Reply = serde_json::from_str(&reply).context("decoding the agent's reply")?;
     if !reply.ok {
-        anyhow::bail!("{}", reply.error.clone().unwrap_or_else(|| "the agent refused the request".into()));
+        anyhow::bail!(
+            "{}",
+            reply
+                .error
+                .clone()
+                .unwrap_or_else(|| "the agent refused the request".into())
+        );
     }
     Ok(reply)
 }
 
 /// Sends a `flows` request and calls `each` for every record line until the agent or
 /// `each` ends the stream (`each` returns false).
-pub async fn stream_flows(socket: &Path, req: &Request, mut each: impl FnMut(&str) -> bool) -> anyhow::Result<()> {
+pub async fn stream_flows(
+    socket: &Path,
+    req: &Request,
+    mut each: impl FnMut(&str) -> bool,
+) -> anyhow::Result<()> {
     let stream = UnixStream::connect(socket)
         .await
         .with_context(|| format!("connecting to the agent at {}", socket.display()))?;

@@ -25,7 +25,9 @@ impl std::str::FromStr for LogMode {
             "off" => Ok(LogMode::Off),
             "denies" | "deny" => Ok(LogMode::Denies),
             "all" => Ok(LogMode::All),
-            _ => Err(format!("unknown decision log mode {s:?} (expected off, denies or all)")),
+            _ => Err(format!(
+                "unknown decision log mode {s:?} (expected off, denies or all)"
+            )),
         }
     }
 }
@@ -74,7 +76,10 @@ pub struct History {
 impl History {
     /// Keeps at most `cap` records.
     pub fn new(cap: usize) -> Self {
-        Self { cap, records: VecDeque::with_capacity(cap.min(4096)) }
+        Self {
+            cap,
+            records: VecDeque::with_capacity(cap.min(4096)),
+        }
     }
 
     /// Adds a record, dropping the oldest beyond the cap.
@@ -93,7 +98,8 @@ impl History {
 
 /// Whether a record passes `palisade flows` filters.
 pub fn matches_filter(r: &DecisionRecord, pod: Option<&str>, verdict: Option<&str>) -> bool {
-    pod.is_none_or(|p| r.pod == p || r.src == p || r.dst == p) && verdict.is_none_or(|v| r.verdict == v)
+    pod.is_none_or(|p| r.pod == p || r.src == p || r.dst == p)
+        && verdict.is_none_or(|v| r.verdict == v)
 }
 
 /// Formats a wall-clock time as RFC 3339 UTC with milliseconds.

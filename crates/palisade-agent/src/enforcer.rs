@@ -26,7 +26,12 @@ impl BpfEnforcer {
     }
 
     /// Sets the kernel's logging knobs.
-    pub fn set_log_mode(&mut self, mode: LogMode, sample_allow: u32, events_per_sec: u32) -> anyhow::Result<()> {
+    pub fn set_log_mode(
+        &mut self,
+        mode: LogMode,
+        sample_allow: u32,
+        events_per_sec: u32,
+    ) -> anyhow::Result<()> {
         let mut c = self.datapath.config().unwrap_or_default();
         c.log_mode = match mode {
             LogMode::Off => abi::LOG_OFF,
@@ -38,7 +43,9 @@ impl BpfEnforcer {
             c.events_per_sec = events_per_sec;
             c.events_burst = events_per_sec.max(c.events_burst);
         }
-        self.datapath.set_config(c).context("setting the datapath's log configuration")
+        self.datapath
+            .set_config(c)
+            .context("setting the datapath's log configuration")
     }
 }
 
@@ -64,24 +71,42 @@ fn rows(t: &RuleTable) -> Vec<TableRow> {
 
 /// Reasons under which the datapath lets a packet through; every other reason drops.
 fn reason_allows(reason: &str) -> bool {
-    matches!(reason, "policy-allow" | "ct-established" | "ct-reply" | "ct-related" | "frag-tracked" | "ndp" | "non-ip")
+    matches!(
+        reason,
+        "policy-allow"
+            | "ct-established"
+            | "ct-reply"
+            | "ct-related"
+            | "frag-tracked"
+            | "ndp"
+            | "non-ip"
+    )
 }
 
 impl Enforcer for BpfEnforcer {
     fn attach(&mut self, pod: &str, host_ifname: &str) -> anyhow::Result<u32> {
-        self.datapath.attach(pod, host_ifname).with_context(|| format!("attaching to {host_ifname} for pod {pod}"))
+        self.datapath
+            .attach(pod, host_ifname)
+            .with_context(|| format!("attaching to {host_ifname} for pod {pod}"))
     }
 
     fn detach(&mut self, pod: &str) -> anyhow::Result<()> {
-        self.datapath.detach(pod).with_context(|| format!("detaching pod {pod}"))
+        self.datapath
+            .detach(pod)
+            .with_context(|| format!("detaching pod {pod}"))
     }
 
     fn sync(&mut self, compiled: &Compiled) -> anyhow::Result<()> {
-        self.datapath.sync(compiled).context("programming the datapath")
+        self.datapath
+            .sync(compiled)
+            .context("programming the datapath")
     }
 
     fn endpoint_state(&mut self, ifindex: u32) -> anyhow::Result<KernelEndpoint> {
-        let d = self.datapath.dump_endpoint(ifindex).context("reading the endpoint from the kernel")?;
+        let d = self
+            .datapath
+            .dump_endpoint(ifindex)
+            .context("reading the endpoint from the kernel")?;
         Ok(KernelEndpoint {
             ingress_table: d.ingress.id,
             egress_table: d.egress.id,
@@ -107,8 +132,18 @@ impl Enforcer for BpfEnforcer {
             .map(|((d, r), packets)| {
                 let reason = reason_name(r as u32);
                 CounterSample {
-                    direction: if d as u32 == abi::DIR_EGRESS { "egress" } else { "ingress" }.into(),
-                    verdict: if reason_allows(reason) { "allow" } else { "deny" }.into(),
+                    direction: if d as u32 == abi::DIR_EGRESS {
+                        "egress"
+                    } else {
+                        "ingress"
+                    }
+                    .into(),
+                    verdict: if reason_allows(reason) {
+                        "allow"
+                    } else {
+                        "deny"
+                    }
+                    .into(),
                     reason: reason.into(),
                     packets,
                 }
@@ -140,28 +175,43 @@ fn protocol_name(p: u8) -> String {
 /// Names a kernel event: pods by address, the rule by id, in plain words.
 pub fn record(ev: &DecisionEvent, views: &Views) -> DecisionRecord {
     let name = |ip: Option<std::net::IpAddr>| match ip {
-        Some(ip) => views.pod_by_ip.get(&ip).cloned().unwrap_or_else(|| ip.to_string()),
+        Some(ip) => views
+            .pod_by_ip
+            .get(&ip)
+            .cloned()
+            .unwrap_or_else(|| ip.to_string()),
         None => "-".into(),
     };
     let origin = views.compiled.rules.get(&ev.rule_id);
     let policy = origin.and_then(|o| match o {
-        RuleOrigin::NetworkPolicy { namespace, name, .. } => Some(format!("NetworkPolicy {namespace}/{name}")),
+        RuleOrigin::NetworkPolicy {
+            namespace, name, ..
+        } => Some(format!("NetworkPolicy {namespace}/{name}")),
         RuleOrigin::Cluster { kind, name, .. } => Some(format!("{} {name}", kind.as_str())),
         RuleOrigin::Isolated { policies, .. } => Some(policies.join(",")),
         RuleOrigin::Default { .. } => None,
     });
     let explanation = match (ev.reason, origin) {
         ("policy-allow" | "policy-deny", Some(o)) => palisade_policy::verdict::describe(o),
-        ("policy-allow" | "policy-deny", None) => format!("rule {} (unknown to this agent; compiled state changed since)", ev.rule_id),
+        ("policy-allow" | "policy-deny", None) => format!(
+            "rule {} (unknown to this agent; compiled state changed since)",
+            ev.rule_id
+        ),
         ("spoof", _) => "denied: source address is not the pod's own (anti-spoofing)".into(),
         ("malformed", _) => "denied: packet could not be parsed".into(),
         ("no-endpoint", _) => "denied: interface has no endpoint entry yet (fail closed)".into(),
-        ("frag-no-state", _) => "denied: fragment of a datagram whose first fragment was not seen".into(),
+        ("frag-no-state", _) => {
+            "denied: fragment of a datagram whose first fragment was not seen".into()
+        }
         (r, _) => r.to_string(),
     };
     DecisionRecord {
         time: rfc3339_now(),
-        pod: views.pod_by_ifindex.get(&ev.ifindex).cloned().unwrap_or_else(|| format!("ifindex {}", ev.ifindex)),
+        pod: views
+            .pod_by_ifindex
+            .get(&ev.ifindex)
+            .cloned()
+            .unwrap_or_else(|| format!("ifindex {}", ev.ifindex)),
         direction: ev.direction.to_string(),
         src: name(ev.src),
         dst: name(ev.dst),
@@ -179,7 +229,11 @@ pub fn record(ev: &DecisionEvent, views: &Views) -> DecisionRecord {
 
 /// Reads decision events until the process ends: names them, appends them to the
 /// decision log (JSON lines), keeps recent ones and broadcasts them to followers.
-pub async fn read_events(reader: EventReader, shared: Shared, log: Option<Arc<Mutex<std::fs::File>>>) -> anyhow::Result<()> {
+pub async fn read_events(
+    reader: EventReader,
+    shared: Shared,
+    log: Option<Arc<Mutex<std::fs::File>>>,
+) -> anyhow::Result<()> {
     // SAFETY: the reader owns the ring buffer map's fd; it stays open and unchanged for
     // as long as the AsyncFd owns the reader.
     let mut fd = unsafe { AsyncFd::register(reader) }

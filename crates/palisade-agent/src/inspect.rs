@@ -32,26 +32,43 @@ pub fn rows(compiled: &Compiled, table: TableId) -> Vec<TableRow> {
 
 /// The JSON behind `palisade endpoint get NS/POD`.
 pub fn endpoint_view(reconciler: &mut Reconciler, pod: &str) -> anyhow::Result<serde_json::Value> {
-    let iface = reconciler
-        .registry()
-        .get(pod)
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("not an endpoint of this agent (no CNI registration)"))?;
+    let iface =
+        reconciler.registry().get(pod).cloned().ok_or_else(|| {
+            anyhow::anyhow!("not an endpoint of this agent (no CNI registration)")
+        })?;
     let compiled = reconciler.compiled().clone();
     let entry = compiled.endpoints.get(pod);
     let (desired_in, desired_out) = match entry {
         Some(e) => (rows(&compiled, e.ingress), rows(&compiled, e.egress)),
         None => (Vec::new(), Vec::new()),
     };
-    let rule_ids: BTreeSet<u32> = desired_in.iter().chain(&desired_out).map(|r| r.rule).collect();
+    let rule_ids: BTreeSet<u32> = desired_in
+        .iter()
+        .chain(&desired_out)
+        .map(|r| r.rule)
+        .collect();
     let rules: serde_json::Map<String, serde_json::Value> = rule_ids
         .iter()
-        .filter_map(|id| compiled.rules.get(id).map(|o| (id.to_string(), palisade_policy::verdict::describe(o).into())))
+        .filter_map(|id| {
+            compiled
+                .rules
+                .get(id)
+                .map(|o| (id.to_string(), palisade_policy::verdict::describe(o).into()))
+        })
         .collect();
-    let peers: BTreeSet<u32> = desired_in.iter().chain(&desired_out).map(|r| r.peer).collect();
+    let peers: BTreeSet<u32> = desired_in
+        .iter()
+        .chain(&desired_out)
+        .map(|r| r.peer)
+        .collect();
     let identities: serde_json::Map<String, serde_json::Value> = peers
         .iter()
-        .filter_map(|id| compiled.identities.get(id).map(|i| (id.to_string(), serde_json::to_value(i).unwrap_or_default())))
+        .filter_map(|id| {
+            compiled
+                .identities
+                .get(id)
+                .map(|i| (id.to_string(), serde_json::to_value(i).unwrap_or_default()))
+        })
         .collect();
     let kernel = reconciler.enforcer_mut().endpoint_state(iface.ifindex);
     Ok(serde_json::json!({

@@ -52,13 +52,41 @@ impl Metrics {
         let reconcile_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         let register_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         let packets = Family::<PacketLabels, Counter>::default();
-        registry.register("reconcile_passes", "Successful reconcile passes", passes.clone());
-        registry.register("reconcile_failures", "Reconcile passes that failed (kernel state kept)", failed_passes.clone());
-        registry.register("rejected_objects", "Objects rejected by validation in the last pass", rejected_objects.clone());
-        registry.register("endpoints_programmed", "Endpoints whose policy is in force", endpoints.clone());
-        registry.register("reconcile_seconds", "Duration of a reconcile pass", reconcile_seconds.clone());
-        registry.register("cni_register_seconds", "CNI registration to policy in force", register_seconds.clone());
-        registry.register("datapath_packets", "Packets by direction, verdict and reason", packets.clone());
+        registry.register(
+            "reconcile_passes",
+            "Successful reconcile passes",
+            passes.clone(),
+        );
+        registry.register(
+            "reconcile_failures",
+            "Reconcile passes that failed (kernel state kept)",
+            failed_passes.clone(),
+        );
+        registry.register(
+            "rejected_objects",
+            "Objects rejected by validation in the last pass",
+            rejected_objects.clone(),
+        );
+        registry.register(
+            "endpoints_programmed",
+            "Endpoints whose policy is in force",
+            endpoints.clone(),
+        );
+        registry.register(
+            "reconcile_seconds",
+            "Duration of a reconcile pass",
+            reconcile_seconds.clone(),
+        );
+        registry.register(
+            "cni_register_seconds",
+            "CNI registration to policy in force",
+            register_seconds.clone(),
+        );
+        registry.register(
+            "datapath_packets",
+            "Packets by direction, verdict and reason",
+            packets.clone(),
+        );
         Self {
             registry,
             passes,
@@ -95,8 +123,14 @@ impl Metrics {
         for c in counters {
             let key = (c.direction.clone(), c.verdict.clone(), c.reason.clone());
             let prev = self.last.insert(key, c.packets).unwrap_or(0);
-            let labels = PacketLabels { direction: c.direction.clone(), verdict: c.verdict.clone(), reason: c.reason.clone() };
-            self.packets.get_or_create(&labels).inc_by(c.packets.saturating_sub(prev));
+            let labels = PacketLabels {
+                direction: c.direction.clone(),
+                verdict: c.verdict.clone(),
+                reason: c.reason.clone(),
+            };
+            self.packets
+                .get_or_create(&labels)
+                .inc_by(c.packets.saturating_sub(prev));
         }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {

@@ -136,11 +136,19 @@ impl Reconciler {
         }
         let endpoints = result?;
         self.passes += 1;
-        Ok(PassReport { seconds: start.elapsed().as_secs_f64(), endpoints, errors: self.snapshot.errors.clone() })
+        Ok(PassReport {
+            seconds: start.elapsed().as_secs_f64(),
+            endpoints,
+            errors: self.snapshot.errors.clone(),
+        })
     }
 
     fn pass(&mut self, reload: bool) -> anyhow::Result<usize> {
-        let mut snapshot = if reload { self.source.load()? } else { self.snapshot.clone() };
+        let mut snapshot = if reload {
+            self.source.load()?
+        } else {
+            self.snapshot.clone()
+        };
         // The CNI chain is the authority on a pod's addresses: a Pod object may not
         // carry status.podIPs yet when its sandbox is created.
         for iface in self.registry.interfaces().values() {
@@ -162,7 +170,10 @@ impl Reconciler {
         // Generation = the number of this pass: "the desired state as read by pass N is
         // in the kernel for this pod". Monotonic across the agent's lifetime.
         let generation = self.passes + 1;
-        self.in_force = ifindexes.keys().map(|pod| (pod.clone(), generation)).collect();
+        self.in_force = ifindexes
+            .keys()
+            .map(|pod| (pod.clone(), generation))
+            .collect();
         let n = ifindexes.len();
         self.snapshot = snapshot;
         self.compiled = compiled;

@@ -35,11 +35,15 @@ impl Registry {
     pub fn open(path: impl Into<PathBuf>) -> anyhow::Result<Self> {
         let path = path.into();
         let by_pod = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("decoding {}", path.display()))?,
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("decoding {}", path.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        Ok(Self { path: Some(path), by_pod })
+        Ok(Self {
+            path: Some(path),
+            by_pod,
+        })
     }
 
     /// Records or replaces a pod's interface and saves.
@@ -50,10 +54,9 @@ impl Registry {
 
     /// Removes a pod's interface if the container id matches (or is empty) and saves.
     pub fn remove(&mut self, pod: &str, container_id: &str) -> anyhow::Result<Option<Interface>> {
-        let matches = self
-            .by_pod
-            .get(pod)
-            .is_some_and(|i| container_id.is_empty() || i.container_id.is_empty() || i.container_id == container_id);
+        let matches = self.by_pod.get(pod).is_some_and(|i| {
+            container_id.is_empty() || i.container_id.is_empty() || i.container_id == container_id
+        });
         if !matches {
             return Ok(None);
         }
@@ -73,7 +76,9 @@ impl Registry {
     }
 
     fn save(&self) -> anyhow::Result<()> {
-        let Some(path) = &self.path else { return Ok(()) };
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
         write_atomically(path, &serde_json::to_vec_pretty(&self.by_pod)?)
     }
 }
@@ -86,7 +91,8 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     }
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
 #[cfg(test)]
@@ -108,7 +114,10 @@ mod tests {
         .unwrap();
         let mut again = Registry::open(&path).unwrap();
         assert_eq!(again.get("default/a").unwrap().ifindex, 7);
-        assert!(again.remove("default/a", "old").unwrap().is_none(), "a DEL for an old sandbox must not remove the new one");
+        assert!(
+            again.remove("default/a", "old").unwrap().is_none(),
+            "a DEL for an old sandbox must not remove the new one"
+        );
         assert!(again.remove("default/a", "new").unwrap().is_some());
         assert!(Registry::open(&path).unwrap().interfaces().is_empty());
         std::fs::remove_dir_all(dir).unwrap();

@@ -80,5 +80,11 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             tracing::error!(error = %format!("{e:#}"), "decision event reader stopped");
         }
     });
-    serve(reconciler, config.socket.clone(), shared, Arc::new(Mutex::new(Metrics::new()))).await
+    serve(
+        reconciler,
+        config.socket.clone(),
+        shared,
+        Arc::new(Mutex::new(Metrics::new())),
+    )
+    .await
 }

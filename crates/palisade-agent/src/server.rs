@@ -61,7 +61,12 @@ pub struct Views {
 
 impl Views {
     fn from(reconciler: &Reconciler) -> Self {
-        let pod_by_ifindex = reconciler.registry().interfaces().values().map(|i| (i.ifindex, i.pod.clone())).collect();
+        let pod_by_ifindex = reconciler
+            .registry()
+            .interfaces()
+            .values()
+            .map(|i| (i.ifindex, i.pod.clone()))
+            .collect();
         let mut pod_by_ip = BTreeMap::new();
         for (key, pod) in &reconciler.snapshot().cluster.pods {
             if !pod.host_network {
@@ -75,7 +80,11 @@ impl Views {
                 pod_by_ip.insert(*ip, key.clone());
             }
         }
-        Views { compiled: reconciler.compiled().clone(), pod_by_ifindex, pod_by_ip }
+        Views {
+            compiled: reconciler.compiled().clone(),
+            pod_by_ifindex,
+            pod_by_ip,
+        }
     }
 }
 
@@ -98,7 +107,8 @@ pub async fn serve(
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let _ = std::fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
+    let listener =
+        UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
     tracing::info!(socket = %socket.display(), "agent API listening");
 
     let accept_shared = shared.clone();
@@ -151,7 +161,11 @@ pub async fn serve(
     }
 }
 
-fn run_pass(reconciler: &mut Reconciler, metrics: &Arc<Mutex<Metrics>>, reload: bool) -> Result<u64, String> {
+fn run_pass(
+    reconciler: &mut Reconciler,
+    metrics: &Arc<Mutex<Metrics>>,
+    reload: bool,
+) -> Result<u64, String> {
     let result = reconciler.reconcile(reload);
     let mut m = metrics.lock().expect("metrics lock");
     match result {
@@ -176,12 +190,20 @@ fn settle_pending(reconciler: &mut Reconciler, pending: &mut Vec<Pending>) {
     let mut still = Vec::new();
     for p in pending.drain(..) {
         if let Some(generation) = reconciler.in_force(&p.pod) {
-            let _ = p.reply.send(Reply { generation: Some(generation), in_force: Some(true), ..Reply::data(serde_json::Value::Null) });
+            let _ = p.reply.send(Reply {
+                generation: Some(generation),
+                in_force: Some(true),
+                ..Reply::data(serde_json::Value::Null)
+            });
         } else if now >= p.deadline {
             let why = match reconciler.last_error() {
                 Some(e) => format!("pod {}: policy not in force: {e}", p.pod),
                 None if !reconciler.knows_pod(&p.pod) => {
-                    format!("pod {}: no Pod object in the desired state after {}s", p.pod, REGISTER_WAIT.as_secs())
+                    format!(
+                        "pod {}: no Pod object in the desired state after {}s",
+                        p.pod,
+                        REGISTER_WAIT.as_secs()
+                    )
                 }
                 None => format!("pod {}: policy not in force", p.pod),
             };
@@ -201,16 +223,31 @@ fn handle_command(
 ) {
     let Command { request, reply } = cmd;
     match request {
-        Request::Register { namespace, pod, container_id, host_ifname, ips, .. } => {
+        Request::Register {
+            namespace,
+            pod,
+            container_id,
+            host_ifname,
+            ips,
+            ..
+        } => {
             let key = format!("{namespace}/{pod}");
             let ifindex = match nix_ifindex(&host_ifname) {
                 Ok(i) => i,
                 Err(e) => {
-                    let _ = reply.send(Reply::error(format!("pod {key}: interface {host_ifname}: {e:#}")));
+                    let _ = reply.send(Reply::error(format!(
+                        "pod {key}: interface {host_ifname}: {e:#}"
+                    )));
                     return;
                 }
             };
-            let iface = Interface { pod: key.clone(), host_ifname, ifindex, ips, container_id };
+            let iface = Interface {
+                pod: key.clone(),
+                host_ifname,
+                ifindex,
+                ips,
+                container_id,
+            };
             if let Err(e) = reconciler.register(iface) {
                 let _ = reply.send(Reply::error(format!("pod {key}: {e:#}")));
                 return;
@@ -221,11 +258,22 @@ fn handle_command(
             let reload = reconciler.source_changed();
             let _ = run_pass(reconciler, metrics, reload);
             if reconciler.in_force(&key).is_some() {
-                metrics.lock().expect("metrics lock").record_register(started.elapsed().as_secs_f64());
+                metrics
+                    .lock()
+                    .expect("metrics lock")
+                    .record_register(started.elapsed().as_secs_f64());
             }
-            pending.push(Pending { pod: key, deadline: Instant::now() + REGISTER_WAIT, reply });
+            pending.push(Pending {
+                pod: key,
+                deadline: Instant::now() + REGISTER_WAIT,
+                reply,
+            });
         }
-        Request::Unregister { namespace, pod, container_id } => {
+        Request::Unregister {
+            namespace,
+            pod,
+            container_id,
+        } => {
             let key = format!("{namespace}/{pod}");
             let r = reconciler.unregister(&key, &container_id);
             let _ = run_pass(reconciler, metrics, false);
@@ -237,7 +285,11 @@ fn handle_command(
         Request::Check { namespace, pod, .. } => {
             let key = format!("{namespace}/{pod}");
             let _ = reply.send(match reconciler.in_force(&key) {
-                Some(generation) => Reply { generation: Some(generation), in_force: Some(true), ..Reply::data(serde_json::Value::Null) },
+                Some(generation) => Reply {
+                    generation: Some(generation),
+                    in_force: Some(true),
+                    ..Reply::data(serde_json::Value::Null)
+                },
                 None => Reply::error(format!("pod {key}: policy not in force")),
             });
         }
@@ -301,12 +353,17 @@ fn nix_ifindex(name: &str) -> anyhow::Result<u32> {
     // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
     let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
     if idx == 0 {
-        return Err(std::io::Error::last_os_error()).context("no such interface in the agent's network namespace");
+        return Err(std::io::Error::last_os_error())
+            .context("no such interface in the agent's network namespace");
     }
     Ok(idx)
 }
 
-async fn handle_connection(stream: UnixStream, tx: mpsc::Sender<Command>, shared: Shared) -> anyhow::Result<()> {
+async fn handle_connection(
+    stream: UnixStream,
+    tx: mpsc::Sender<Command>,
+    shared: Shared,
+) -> anyhow::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut reader = BufReader::new(r);
     let mut line = String::new();
@@ -320,7 +377,12 @@ async fn handle_connection(stream: UnixStream, tx: mpsc::Sender<Command>, shared
             return Ok(());
         }
     };
-    if let Request::Flows { follow, pod, verdict } = request {
+    if let Request::Flows {
+        follow,
+        pod,
+        verdict,
+    } = request
+    {
         let mut live = shared.decisions.subscribe();
         let recent: Vec<DecisionRecord> = shared
             .history
@@ -355,8 +417,15 @@ async fn handle_connection(stream: UnixStream, tx: mpsc::Sender<Command>, shared
         }
     }
     let (reply_tx, reply_rx) = oneshot::channel();
-    tx.send(Command { request, reply: reply_tx }).await.context("the agent is shutting down")?;
-    let reply = reply_rx.await.unwrap_or_else(|_| Reply::error("the agent dropped the request"));
+    tx.send(Command {
+        request,
+        reply: reply_tx,
+    })
+    .await
+    .context("the agent is shutting down")?;
+    let reply = reply_rx
+        .await
+        .unwrap_or_else(|_| Reply::error("the agent dropped the request"));
     let mut out = serde_json::to_vec(&reply)?;
     out.push(b'\n');
     w.write_all(&out).await?;

@@ -52,7 +52,11 @@ pub struct DirectorySource {
 impl DirectorySource {
     /// A source reading `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into(), last_good: BTreeMap::new(), stamp: None }
+        Self {
+            dir: dir.into(),
+            last_good: BTreeMap::new(),
+            stamp: None,
+        }
     }
 
     /// The directory.
@@ -66,8 +70,12 @@ impl DirectorySource {
         while let Some(d) = stack.pop() {
             let entries = match std::fs::read_dir(&d) {
                 Ok(e) => e,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && d == self.dir => return Ok(out),
-                Err(e) => return Err(e).with_context(|| format!("reading directory {}", d.display())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && d == self.dir => {
+                    return Ok(out)
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("reading directory {}", d.display()))
+                }
             };
             for entry in entries {
                 let path = entry?.path();
@@ -94,8 +102,15 @@ impl DirectorySource {
 }
 
 fn is_manifest(path: &Path) -> bool {
-    let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
-    !hidden && matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+    let hidden = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'));
+    !hidden
+        && matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml" | "json")
+        )
 }
 
 impl Source for DirectorySource {
@@ -139,7 +154,11 @@ impl Source for DirectorySource {
             }
         }
         warnings.extend(loaded.warnings.iter().map(|w| w.to_string()));
-        Ok(Snapshot { cluster: loaded.cluster, errors, warnings })
+        Ok(Snapshot {
+            cluster: loaded.cluster,
+            errors,
+            warnings,
+        })
     }
 
     fn changed(&mut self) -> bool {

@@ -73,7 +73,9 @@ pub struct AgentSocket {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Verdict for every ordered pair of pods, as a truth matrix (offline).
-    #[command(after_help = "Example:\n  palisade simulate -f examples/aws-walkthrough --port 80 --protocol TCP --output json")]
+    #[command(
+        after_help = "Example:\n  palisade simulate -f examples/aws-walkthrough --port 80 --protocol TCP --output json"
+    )]
     Simulate {
         #[command(flatten)]
         manifests: Manifests,
@@ -93,7 +95,9 @@ pub enum Command {
         output: Output,
     },
     /// The decision path of one connection: each tier and policy consulted (offline).
-    #[command(after_help = "Examples:\n  palisade explain -f examples/deny-metadata --from default/app --to 169.254.169.254 --port 80\n  palisade explain -f examples/aws-walkthrough --from another-ns/another-client --to default/demo-app --port 80")]
+    #[command(
+        after_help = "Examples:\n  palisade explain -f examples/deny-metadata --from default/app --to 169.254.169.254 --port 80\n  palisade explain -f examples/aws-walkthrough --from another-ns/another-client --to default/demo-app --port 80"
+    )]
     Explain {
         #[command(flatten)]
         manifests: Manifests,
@@ -144,7 +148,9 @@ pub enum Command {
         socket: AgentSocket,
     },
     /// Decisions with the policy and rule behind each (JSON lines).
-    #[command(after_help = "Example:\n  palisade flows --follow --verdict deny --pod default/demo-app")]
+    #[command(
+        after_help = "Example:\n  palisade flows --follow --verdict deny --pod default/demo-app"
+    )]
     Flows {
         /// Keep streaming new decisions.
         #[arg(long)]

@@ -56,7 +56,9 @@ fn pins(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if p.is_dir() {
@@ -73,7 +75,10 @@ fn pins(root: &Path) -> Vec<PathBuf> {
 /// Programs and maps pinned under `root`.
 pub fn inventory(root: &Path) -> anyhow::Result<(Vec<Prog>, Vec<Map>)> {
     if !root.exists() {
-        anyhow::bail!("nothing is pinned at {}\n\nhint: is the agent or a lab running? see --pin-root", root.display());
+        anyhow::bail!(
+            "nothing is pinned at {}\n\nhint: is the agent or a lab running? see --pin-root",
+            root.display()
+        );
     }
     let mut progs = Vec::new();
     let mut maps = Vec::new();
@@ -97,7 +102,10 @@ pub fn inventory(root: &Path) -> anyhow::Result<(Vec<Prog>, Vec<Map>)> {
                 pin: shown,
                 id: m.id(),
                 name: m.name_as_str().unwrap_or("").to_string(),
-                kind: m.map_type().map(|t| format!("{t:?}")).unwrap_or_else(|_| "unknown".into()),
+                kind: m
+                    .map_type()
+                    .map(|t| format!("{t:?}"))
+                    .unwrap_or_else(|_| "unknown".into()),
                 key_size: m.key_size(),
                 value_size: m.value_size(),
                 max_entries: m.max_entries(),
@@ -110,7 +118,11 @@ pub fn inventory(root: &Path) -> anyhow::Result<(Vec<Prog>, Vec<Map>)> {
 /// Table of programs.
 pub fn render_progs(progs: &[Prog]) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{:<6} {:<16} {:<18} {:>8} {:>8} {:>10} {:>12}  PIN", "ID", "NAME", "TAG", "XLATED", "JITED", "VERIFIED", "RUNS");
+    let _ = writeln!(
+        out,
+        "{:<6} {:<16} {:<18} {:>8} {:>8} {:>10} {:>12}  PIN",
+        "ID", "NAME", "TAG", "XLATED", "JITED", "VERIFIED", "RUNS"
+    );
     for p in progs {
         let _ = writeln!(
             out,
@@ -118,7 +130,9 @@ pub fn render_progs(progs: &[Prog]) -> String {
             p.id,
             p.name,
             p.tag,
-            p.bytes_translated.map(|b| b.to_string()).unwrap_or_default(),
+            p.bytes_translated
+                .map(|b| b.to_string())
+                .unwrap_or_default(),
             p.bytes_jitted,
             p.verified_insns.map(|b| b.to_string()).unwrap_or_default(),
             p.run_count,
@@ -131,9 +145,17 @@ pub fn render_progs(progs: &[Prog]) -> String {
 /// Table of maps.
 pub fn render_maps(maps: &[Map]) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{:<6} {:<16} {:<16} {:>5} {:>6} {:>10}  PIN", "ID", "NAME", "TYPE", "KEY", "VALUE", "MAX");
+    let _ = writeln!(
+        out,
+        "{:<6} {:<16} {:<16} {:>5} {:>6} {:>10}  PIN",
+        "ID", "NAME", "TYPE", "KEY", "VALUE", "MAX"
+    );
     for m in maps {
-        let _ = writeln!(out, "{:<6} {:<16} {:<16} {:>5} {:>6} {:>10}  {}", m.id, m.name, m.kind, m.key_size, m.value_size, m.max_entries, m.pin);
+        let _ = writeln!(
+            out,
+            "{:<6} {:<16} {:<16} {:>5} {:>6} {:>10}  {}",
+            m.id, m.name, m.kind, m.key_size, m.value_size, m.max_entries, m.pin
+        );
     }
     out
 }

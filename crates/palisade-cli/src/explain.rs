@@ -6,7 +6,13 @@ use palisade_policy::model::Cluster;
 use palisade_policy::verdict::{describe, evaluate, Decision, Flow, Peer, SideDecision};
 
 /// Evaluates one flow.
-pub fn explain(cluster: &Cluster, from: &str, to: &str, protocol: u8, port: u16) -> anyhow::Result<(Flow, Decision)> {
+pub fn explain(
+    cluster: &Cluster,
+    from: &str,
+    to: &str,
+    protocol: u8,
+    port: u16,
+) -> anyhow::Result<(Flow, Decision)> {
     let src: Peer = from.parse().expect("infallible");
     let dst: Peer = to.parse().expect("infallible");
     for p in [&src, &dst] {
@@ -31,7 +37,12 @@ fn side(out: &mut String, title: &str, s: &Option<SideDecision>, absent: &str) {
             for (i, step) in s.consulted.iter().enumerate() {
                 let _ = writeln!(out, "  {}. {step}", i + 1);
             }
-            let _ = writeln!(out, "  => {}: {}", if s.allowed { "allow" } else { "deny" }, describe(&s.origin));
+            let _ = writeln!(
+                out,
+                "  => {}: {}",
+                if s.allowed { "allow" } else { "deny" },
+                describe(&s.origin)
+            );
         }
     }
 }
@@ -39,7 +50,11 @@ fn side(out: &mut String, title: &str, s: &Option<SideDecision>, absent: &str) {
 /// Renders the decision as numbered steps per side.
 pub fn render(flow: &Flow, protocol_name: &str, d: &Decision) -> String {
     let mut out = String::new();
-    let port = if flow.port == 0 { String::new() } else { format!("/{}", flow.port) };
+    let port = if flow.port == 0 {
+        String::new()
+    } else {
+        format!("/{}", flow.port)
+    };
     let _ = writeln!(
         out,
         "{} -> {} {protocol_name}{port}: {}\n",
@@ -47,13 +62,29 @@ pub fn render(flow: &Flow, protocol_name: &str, d: &Decision) -> String {
         flow.dst,
         if d.allowed { "ALLOWED" } else { "DENIED" }
     );
-    side(&mut out, &format!("Egress of {}:", flow.src), &d.egress, "the source is not a pod endpoint");
+    side(
+        &mut out,
+        &format!("Egress of {}:", flow.src),
+        &d.egress,
+        "the source is not a pod endpoint",
+    );
     out.push('\n');
-    side(&mut out, &format!("Ingress of {}:", flow.dst), &d.ingress, "the destination is not a pod endpoint");
+    side(
+        &mut out,
+        &format!("Ingress of {}:", flow.dst),
+        &d.ingress,
+        "the destination is not a pod endpoint",
+    );
     if d.allowed {
-        let _ = writeln!(out, "\nReplies on this connection are allowed by connection tracking.");
+        let _ = writeln!(
+            out,
+            "\nReplies on this connection are allowed by connection tracking."
+        );
     } else {
-        let _ = writeln!(out, "\nA connection needs the source's egress and the destination's ingress to allow it.");
+        let _ = writeln!(
+            out,
+            "\nA connection needs the source's egress and the destination's ingress to allow it."
+        );
     }
     out
 }

@@ -28,7 +28,9 @@ pub fn resolve_socket(explicit: Option<PathBuf>) -> PathBuf {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 /// Sends one request and returns the reply's data.
@@ -41,10 +43,21 @@ pub fn call(socket: &Path, req: &Request) -> anyhow::Result<serde_json::Value> {
 pub fn endpoint_list(socket: &Path) -> anyhow::Result<String> {
     let status = call(socket, &Request::Status)?;
     let mut out = String::new();
-    let _ = writeln!(out, "{:<40} {:<16} {:>8} {:<32} {:>10}", "POD", "INTERFACE", "IFINDEX", "ADDRESSES", "IN FORCE");
+    let _ = writeln!(
+        out,
+        "{:<40} {:<16} {:>8} {:<32} {:>10}",
+        "POD", "INTERFACE", "IFINDEX", "ADDRESSES", "IN FORCE"
+    );
     if let Some(eps) = status.get("endpoints").and_then(|e| e.as_object()) {
         for (pod, e) in eps {
-            let ips: Vec<String> = e["ips"].as_array().map(|a| a.iter().filter_map(|i| i.as_str().map(String::from)).collect()).unwrap_or_default();
+            let ips: Vec<String> = e["ips"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|i| i.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
                 "{:<40} {:<16} {:>8} {:<32} {:>10}",
@@ -52,7 +65,10 @@ pub fn endpoint_list(socket: &Path) -> anyhow::Result<String> {
                 e["interface"].as_str().unwrap_or(""),
                 e["ifindex"],
                 ips.join(","),
-                e["generation_in_force"].as_u64().map(|g| format!("gen {g}")).unwrap_or_else(|| "NO".into())
+                e["generation_in_force"]
+                    .as_u64()
+                    .map(|g| format!("gen {g}"))
+                    .unwrap_or_else(|| "NO".into())
             );
         }
     }
@@ -99,22 +115,51 @@ fn render_rows(out: &mut String, v: &serde_json::Value, rows: &[TableRow]) {
         } else {
             format!("/{}-{}", r.port_lo, r.port_hi)
         };
-        let why = v["rules"].get(r.rule.to_string()).and_then(|s| s.as_str()).unwrap_or("");
-        let _ = writeln!(out, "    {:<5} {}{}  from/to {}  [rule {}: {}]", r.action, proto_name(r.proto), ports, peer, r.rule, why);
+        let why = v["rules"]
+            .get(r.rule.to_string())
+            .and_then(|s| s.as_str())
+            .unwrap_or("");
+        let _ = writeln!(
+            out,
+            "    {:<5} {}{}  from/to {}  [rule {}: {}]",
+            r.action,
+            proto_name(r.proto),
+            ports,
+            peer,
+            r.rule,
+            why
+        );
     }
 }
 
 /// `palisade endpoint get NS/POD`.
 pub fn endpoint_get(socket: &Path, pod: &str, json: bool) -> anyhow::Result<String> {
-    let v = call(socket, &Request::Endpoint { pod: pod.to_string() })?;
+    let v = call(
+        socket,
+        &Request::Endpoint {
+            pod: pod.to_string(),
+        },
+    )?;
     if json {
         return Ok(serde_json::to_string_pretty(&v)? + "\n");
     }
     let mut out = String::new();
     let _ = writeln!(out, "pod:        {}", v["pod"].as_str().unwrap_or(pod));
-    let _ = writeln!(out, "interface:  {} (ifindex {})", v["interface"].as_str().unwrap_or(""), v["ifindex"]);
+    let _ = writeln!(
+        out,
+        "interface:  {} (ifindex {})",
+        v["interface"].as_str().unwrap_or(""),
+        v["ifindex"]
+    );
     let _ = writeln!(out, "addresses:  {}", v["ips"]);
-    let _ = writeln!(out, "in force:   {}", v["generation_in_force"].as_u64().map(|g| format!("generation {g}")).unwrap_or_else(|| "NO".into()));
+    let _ = writeln!(
+        out,
+        "in force:   {}",
+        v["generation_in_force"]
+            .as_u64()
+            .map(|g| format!("generation {g}"))
+            .unwrap_or_else(|| "NO".into())
+    );
     let _ = writeln!(out, "policies deciding for this pod:");
     if let Some(rules) = v["rules"].as_object() {
         for (id, why) in rules {
@@ -122,11 +167,26 @@ pub fn endpoint_get(socket: &Path, pod: &str, json: bool) -> anyhow::Result<Stri
         }
     }
     for dir in ["ingress", "egress"] {
-        let _ = writeln!(out, "{dir} (table {}):", v["desired"][format!("{dir}_table")]);
+        let _ = writeln!(
+            out,
+            "{dir} (table {}):",
+            v["desired"][format!("{dir}_table")]
+        );
         render_rows(&mut out, &v, &rows(&v["desired"][dir]));
     }
     let d = diff(&v);
-    let _ = writeln!(out, "kernel state: {}", if d.is_empty() { "matches the desired state".to_string() } else { format!("{} difference(s); see `palisade endpoint diff {pod}`", d.len()) });
+    let _ = writeln!(
+        out,
+        "kernel state: {}",
+        if d.is_empty() {
+            "matches the desired state".to_string()
+        } else {
+            format!(
+                "{} difference(s); see `palisade endpoint diff {pod}`",
+                d.len()
+            )
+        }
+    );
     Ok(out)
 }
 
@@ -135,37 +195,75 @@ pub fn endpoint_get(socket: &Path, pod: &str, json: bool) -> anyhow::Result<Stri
 pub fn diff(v: &serde_json::Value) -> Vec<(String, char, TableRow)> {
     let mut out = Vec::new();
     if let Some(err) = v["kernel"].get("error") {
-        out.push(("kernel".into(), '!', TableRow { peer: 0, proto: 0, port_lo: 0, port_hi: 0, action: err.to_string(), rule: 0 }));
+        out.push((
+            "kernel".into(),
+            '!',
+            TableRow {
+                peer: 0,
+                proto: 0,
+                port_lo: 0,
+                port_hi: 0,
+                action: err.to_string(),
+                rule: 0,
+            },
+        ));
         return out;
     }
     for dir in ["ingress", "egress"] {
         let want: BTreeSet<TableRow> = rows(&v["desired"][dir]).into_iter().collect();
         let have: BTreeSet<TableRow> = rows(&v["kernel"][dir]).into_iter().collect();
-        out.extend(have.difference(&want).map(|r| (dir.to_string(), '+', r.clone())));
-        out.extend(want.difference(&have).map(|r| (dir.to_string(), '-', r.clone())));
+        out.extend(
+            have.difference(&want)
+                .map(|r| (dir.to_string(), '+', r.clone())),
+        );
+        out.extend(
+            want.difference(&have)
+                .map(|r| (dir.to_string(), '-', r.clone())),
+        );
     }
     out
 }
 
 /// `palisade endpoint diff NS/POD`: returns the text and whether they match.
 pub fn endpoint_diff(socket: &Path, pod: &str) -> anyhow::Result<(String, bool)> {
-    let v = call(socket, &Request::Endpoint { pod: pod.to_string() })?;
+    let v = call(
+        socket,
+        &Request::Endpoint {
+            pod: pod.to_string(),
+        },
+    )?;
     let d = diff(&v);
     let mut out = String::new();
     if d.is_empty() {
         let _ = writeln!(out, "{pod}: kernel state matches the desired state");
         return Ok((out, true));
     }
-    let _ = writeln!(out, "{pod}: '-' desired but not in the kernel, '+' in the kernel but not desired");
+    let _ = writeln!(
+        out,
+        "{pod}: '-' desired but not in the kernel, '+' in the kernel but not desired"
+    );
     for (dir, sign, r) in &d {
-        let _ = writeln!(out, "{sign} {dir} peer={} proto={} ports={}-{} {} rule={}", r.peer, r.proto, r.port_lo, r.port_hi, r.action, r.rule);
+        let _ = writeln!(
+            out,
+            "{sign} {dir} peer={} proto={} ports={}-{} {} rule={}",
+            r.peer, r.proto, r.port_lo, r.port_hi, r.action, r.rule
+        );
     }
     Ok((out, false))
 }
 
 /// `palisade flows`: prints records as JSON lines.
-pub fn flows(socket: &Path, follow: bool, pod: Option<String>, verdict: Option<String>) -> anyhow::Result<()> {
-    let req = Request::Flows { follow, pod, verdict };
+pub fn flows(
+    socket: &Path,
+    follow: bool,
+    pod: Option<String>,
+    verdict: Option<String>,
+) -> anyhow::Result<()> {
+    let req = Request::Flows {
+        follow,
+        pod,
+        verdict,
+    };
     runtime()?.block_on(api::stream_flows(socket, &req, |line| {
         println!("{line}");
         true

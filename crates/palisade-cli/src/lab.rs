@@ -66,7 +66,11 @@ pub fn run(name: &str, what: LabCommand) -> anyhow::Result<i32> {
     match what {
         LabCommand::Up { manifests, cni_bin } => {
             let lab = up(name, &manifests.files, cni_bin)?;
-            println!("lab {name} is up: {} pods; agent socket {}", lab.pods.len(), socket(name).display());
+            println!(
+                "lab {name} is up: {} pods; agent socket {}",
+                lab.pods.len(),
+                socket(name).display()
+            );
             Ok(0)
         }
         LabCommand::Apply { manifests } => {
@@ -79,10 +83,23 @@ pub fn run(name: &str, what: LabCommand) -> anyhow::Result<i32> {
             println!("in force (generation {g})");
             Ok(0)
         }
-        LabCommand::Probe { port, output, compare, family, timeout_ms } => {
-            let protocol: Protocol = port.protocol.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+        LabCommand::Probe {
+            port,
+            output,
+            compare,
+            family,
+            timeout_ms,
+        } => {
+            let protocol: Protocol = port
+                .protocol
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!(e))?;
             let measured = probe(name, protocol, port.port, family, timeout_ms)?;
-            let simulated = if compare { Some(simulate_lab(name, protocol, port.port, family)?) } else { None };
+            let simulated = if compare {
+                Some(simulate_lab(name, protocol, port.port, family)?)
+            } else {
+                None
+            };
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&measured)?),
                 Output::Table => {
@@ -124,8 +141,24 @@ fn object_file(v: &serde_json::Value) -> Option<String> {
     let kind = v.get("kind")?.as_str()?;
     let md = v.get("metadata")?;
     let name = md.get("name")?.as_str()?;
-    let ns = md.get("namespace").and_then(|n| n.as_str()).unwrap_or(if matches!(kind, "Pod" | "NetworkPolicy" | "Service" | "EndpointSlice") { "default" } else { "" });
-    let safe = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect::<String>();
+    let ns = md.get("namespace").and_then(|n| n.as_str()).unwrap_or(
+        if matches!(kind, "Pod" | "NetworkPolicy" | "Service" | "EndpointSlice") {
+            "default"
+        } else {
+            ""
+        },
+    );
+    let safe = |s: &str| {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect::<String>()
+    };
     Some(format!("{}_{}_{}.json", safe(kind), safe(ns), safe(name)))
 }
 
@@ -170,8 +203,13 @@ fn desired(name: &str) -> anyhow::Result<Cluster> {
 
 fn cni_dir(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(d) = explicit {
-        let d = if d.is_file() { d.parent().map(Path::to_path_buf).unwrap_or(d) } else { d };
-        return Ok(std::fs::canonicalize(&d).with_context(|| format!("CNI plugin directory {}", d.display()))?);
+        let d = if d.is_file() {
+            d.parent().map(Path::to_path_buf).unwrap_or(d)
+        } else {
+            d
+        };
+        return std::fs::canonicalize(&d)
+            .with_context(|| format!("CNI plugin directory {}", d.display()));
     }
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("binary directory")?.to_path_buf();
@@ -229,7 +267,8 @@ fn wait_for_agent(name: &str, pid: i32) -> anyhow::Result<()> {
             return Ok(());
         }
         if !Path::new(&format!("/proc/{pid}")).exists() || Instant::now() > deadline {
-            let log = std::fs::read_to_string(state_dir(name).join("agent.log")).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(state_dir(name).join("agent.log")).unwrap_or_default();
             bail!("the agent did not start; its log:\n{log}");
         }
         std::thread::sleep(backoff);
@@ -247,11 +286,18 @@ fn chain(name: &str) -> Vec<serde_json::Value> {
 }
 
 fn server_command() -> anyhow::Result<ServerCommand> {
-    Ok(ServerCommand { program: std::env::current_exe()?, args: vec!["lab".into(), "serve".into()] })
+    Ok(ServerCommand {
+        program: std::env::current_exe()?,
+        args: vec!["lab".into(), "serve".into()],
+    })
 }
 
 /// `lab up`: node namespace, agent, then every pod through the CNI chain.
-pub fn up(name: &str, files: &[PathBuf], cni_bin: Option<PathBuf>) -> anyhow::Result<palisade_lab::state::LabState> {
+pub fn up(
+    name: &str,
+    files: &[PathBuf],
+    cni_bin: Option<PathBuf>,
+) -> anyhow::Result<palisade_lab::state::LabState> {
     let (objs, cluster) = objects(files)?;
     let cni = cni_dir(cni_bin)?;
     let mut config = LabConfig::new(name);
@@ -270,14 +316,16 @@ pub fn up(name: &str, files: &[PathBuf], cni_bin: Option<PathBuf>) -> anyhow::Re
 fn add_pods(lab: &mut Lab, cluster: &Cluster) -> anyhow::Result<()> {
     for pod in cluster.pods.values().filter(|p| !p.host_network) {
         if lab.state().pod(&pod.key()).is_none() {
-            lab.add_pod(pod).with_context(|| format!("adding pod {}", pod.key()))?;
+            lab.add_pod(pod)
+                .with_context(|| format!("adding pod {}", pod.key()))?;
         }
     }
     Ok(())
 }
 
 fn open(name: &str) -> anyhow::Result<Lab> {
-    let mut lab = Lab::load(&state_dir(name)).with_context(|| format!("lab {name} is not up\n\nhint: palisade lab up -f MANIFESTS"))?;
+    let mut lab = Lab::load(&state_dir(name))
+        .with_context(|| format!("lab {name} is not up\n\nhint: palisade lab up -f MANIFESTS"))?;
     lab.set_server(Some(server_command()?));
     lab.set_chain(chain(name));
     Ok(lab)
@@ -285,14 +333,21 @@ fn open(name: &str) -> anyhow::Result<Lab> {
 
 fn sync(name: &str) -> anyhow::Result<u64> {
     let socket = socket(name);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let reply = rt.block_on(palisade_agent::api::call(&socket, &Request::Sync))?;
     if let Some(errs) = reply.data.get("errors").and_then(|e| e.as_array()) {
         for e in errs {
-            eprintln!("warning: rejected by the agent: {}", e.as_str().unwrap_or_default());
+            eprintln!(
+                "warning: rejected by the agent: {}",
+                e.as_str().unwrap_or_default()
+            );
         }
     }
-    reply.generation.context("the agent did not report a generation")
+    reply
+        .generation
+        .context("the agent did not report a generation")
 }
 
 /// `lab apply`: write objects, create new pods, and wait until in force.
@@ -315,14 +370,21 @@ pub fn delete(name: &str, files: &[PathBuf]) -> anyhow::Result<u64> {
         let Some(file) = object_file(o) else { continue };
         if o.get("kind").and_then(|k| k.as_str()) == Some("Pod") {
             let md = &o["metadata"];
-            let key = format!("{}/{}", md["namespace"].as_str().unwrap_or("default"), md["name"].as_str().unwrap_or(""));
+            let key = format!(
+                "{}/{}",
+                md["namespace"].as_str().unwrap_or("default"),
+                md["name"].as_str().unwrap_or("")
+            );
             if lab.state().pod(&key).is_some() {
-                lab.remove_pod(&key).with_context(|| format!("removing pod {key}"))?;
+                lab.remove_pod(&key)
+                    .with_context(|| format!("removing pod {key}"))?;
             }
         }
         match std::fs::remove_file(manifests_dir(name).join(&file)) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => eprintln!("warning: {file} was not in the lab"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                eprintln!("warning: {file} was not in the lab")
+            }
             Err(e) => return Err(e.into()),
         }
     }
@@ -338,14 +400,29 @@ fn probe_family(f: Option<Family>) -> ProbeFamily {
 }
 
 /// `lab probe`: real connection attempts, in the simulator's JSON shape.
-pub fn probe(name: &str, protocol: Protocol, port: u16, family: Option<Family>, timeout_ms: u64) -> anyhow::Result<Matrix> {
+pub fn probe(
+    name: &str,
+    protocol: Protocol,
+    port: u16,
+    family: Option<Family>,
+    timeout_ms: u64,
+) -> anyhow::Result<Matrix> {
     let lab = open(name)?;
-    let opts = ProbeOptions { family: probe_family(family), timeout: Duration::from_millis(timeout_ms), ..ProbeOptions::default() };
+    let opts = ProbeOptions {
+        family: probe_family(family),
+        timeout: Duration::from_millis(timeout_ms),
+        ..ProbeOptions::default()
+    };
     let report = lab.probe(port, protocol, opts);
-    Ok(serde_json::from_value(serde_json::to_value(&report)?).context("decoding the probe report")?)
+    serde_json::from_value(serde_json::to_value(&report)?).context("decoding the probe report")
 }
 
-fn simulate_lab(name: &str, protocol: Protocol, port: u16, family: Option<Family>) -> anyhow::Result<Matrix> {
+fn simulate_lab(
+    name: &str,
+    protocol: Protocol,
+    port: u16,
+    family: Option<Family>,
+) -> anyhow::Result<Matrix> {
     let mut cluster = desired(name)?;
     // Pods are where the lab put them (the CNI chain may have assigned addresses).
     let lab = open(name)?;
@@ -361,7 +438,9 @@ fn simulate_lab(name: &str, protocol: Protocol, port: u16, family: Option<Family
     };
     let mut m = simulate::simulate(&cluster, protocol, port, Some(fam), None, None)?;
     // Only pairs the prober could try (both pods have an address of the family).
-    m.results.retain(|r: &PairResult| !r.reason.is_empty() || r.verdict == "allow" || r.verdict == "deny");
+    m.results.retain(|r: &PairResult| {
+        !r.reason.is_empty() || r.verdict == "allow" || r.verdict == "deny"
+    });
     Ok(m)
 }
 
@@ -369,15 +448,27 @@ fn disagreements(measured: &Matrix, simulated: &Matrix) -> String {
     let mut out = String::new();
     let mut n = 0;
     for m in &measured.results {
-        if let Some(s) = simulated.results.iter().find(|s| s.from == m.from && s.to == m.to) {
+        if let Some(s) = simulated
+            .results
+            .iter()
+            .find(|s| s.from == m.from && s.to == m.to)
+        {
             if s.verdict != m.verdict {
                 n += 1;
-                let _ = writeln!(out, "  {} -> {}: measured {} ({}), simulator says {} ({})", m.from, m.to, m.verdict, m.reason, s.verdict, s.reason);
+                let _ = writeln!(
+                    out,
+                    "  {} -> {}: measured {} ({}), simulator says {} ({})",
+                    m.from, m.to, m.verdict, m.reason, s.verdict, s.reason
+                );
             }
         }
     }
     if n == 0 {
-        let _ = writeln!(out, "measured and simulated verdicts agree on all {} pairs", measured.results.len());
+        let _ = writeln!(
+            out,
+            "measured and simulated verdicts agree on all {} pairs",
+            measured.results.len()
+        );
     } else {
         out.insert_str(0, &format!("{n} pair(s) disagree:\n"));
     }
@@ -405,19 +496,34 @@ pub fn down(name: &str) -> anyhow::Result<Vec<String>> {
 
 /// The AWS walkthrough (seeds/000) on real packets: each step applied, then the
 /// measured matrix printed and compared with the simulator.
-fn walkthrough(name: &str, cni_bin: Option<PathBuf>, keep: bool, dir: &Path) -> anyhow::Result<i32> {
+fn walkthrough(
+    name: &str,
+    cni_bin: Option<PathBuf>,
+    keep: bool,
+    dir: &Path,
+) -> anyhow::Result<i32> {
     let mut steps: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
+        .filter(|p| {
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            )
+        })
         .collect();
     steps.sort();
-    let Some((cluster_file, policy_steps)) = steps.split_first() else { bail!("no manifests in {}", dir.display()) };
+    let Some((cluster_file, policy_steps)) = steps.split_first() else {
+        bail!("no manifests in {}", dir.display())
+    };
     if state_dir(name).join("state.json").exists() {
         bail!("lab {name} is already up\n\nhint: palisade lab down --name {name}");
     }
     let result = (|| -> anyhow::Result<i32> {
-        println!("== {}: creating pods as network namespaces", cluster_file.display());
+        println!(
+            "== {}: creating pods as network namespaces",
+            cluster_file.display()
+        );
         let started = Instant::now();
         up(name, std::slice::from_ref(cluster_file), cni_bin)?;
         println!("   ready in {:.1} s", started.elapsed().as_secs_f64());
@@ -440,7 +546,11 @@ fn walkthrough(name: &str, cni_bin: Option<PathBuf>, keep: bool, dir: &Path) -> 
         for step in policy_steps {
             let started = Instant::now();
             let g = apply(name, std::slice::from_ref(step))?;
-            let title = format!("applied {} (in force as generation {g} after {:.0} ms)", step.display(), started.elapsed().as_secs_f64() * 1000.0);
+            let title = format!(
+                "applied {} (in force as generation {g} after {:.0} ms)",
+                step.display(),
+                started.elapsed().as_secs_f64() * 1000.0
+            );
             show(&title)?;
         }
         Ok(if disagreements_total == 0 { 0 } else { 1 })

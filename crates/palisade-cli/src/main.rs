@@ -21,7 +21,8 @@ use palisade_policy::verdict::IpFamily;
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PALISADE_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("PALISADE_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(false)
@@ -54,13 +55,22 @@ fn protocol_number(p: &str) -> anyhow::Result<u8> {
     match p.to_ascii_uppercase().as_str() {
         "ICMP" => Ok(1),
         "ICMPV6" => Ok(58),
-        other => other.parse::<u8>().map_err(|_| anyhow::anyhow!("unknown protocol {p:?} (TCP, UDP, SCTP, ICMP, ICMPv6 or a number)")),
+        other => other.parse::<u8>().map_err(|_| {
+            anyhow::anyhow!("unknown protocol {p:?} (TCP, UDP, SCTP, ICMP, ICMPv6 or a number)")
+        }),
     }
 }
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
-        Command::Simulate { manifests, port, from, to, family, output } => {
+        Command::Simulate {
+            manifests,
+            port,
+            from,
+            to,
+            family,
+            output,
+        } => {
             let loaded = inputs::load_manifests(&manifests.files)?;
             print_load_problems(&loaded);
             let protocol = port_protocol(&port.protocol)?;
@@ -68,22 +78,44 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 Family::V4 => IpFamily::V4,
                 Family::V6 => IpFamily::V6,
             });
-            let m = simulate::simulate(&loaded.cluster, protocol, port.port, family, from.as_deref(), to.as_deref())?;
+            let m = simulate::simulate(
+                &loaded.cluster,
+                protocol,
+                port.port,
+                family,
+                from.as_deref(),
+                to.as_deref(),
+            )?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&m)?),
                 Output::Table => print!("{}", simulate::render_table(&m, None)),
             }
             Ok(0)
         }
-        Command::Explain { manifests, port, from, to, json } => {
+        Command::Explain {
+            manifests,
+            port,
+            from,
+            to,
+            json,
+        } => {
             let loaded = inputs::load_manifests(&manifests.files)?;
             print_load_problems(&loaded);
             let proto = protocol_number(&port.protocol)?;
-            let (flow, d) = explain::explain(&loaded.cluster, &from, &to, proto, port.port).context("explaining")?;
+            let (flow, d) = explain::explain(&loaded.cluster, &from, &to, proto, port.port)
+                .context("explaining")?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"flow": flow, "decision": d}))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"flow": flow, "decision": d})
+                    )?
+                );
             } else {
-                print!("{}", explain::render(&flow, &port.protocol.to_ascii_uppercase(), &d));
+                print!(
+                    "{}",
+                    explain::render(&flow, &port.protocol.to_ascii_uppercase(), &d)
+                );
             }
             Ok(0)
         }
@@ -97,11 +129,19 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 println!("nothing pinned at {}", pin_root.display());
                 return Ok(0);
             }
-            palisade_datapath::unpin_all_at(&pin_root).with_context(|| format!("removing the pins at {}", pin_root.display()))?;
-            println!("removed every Palisade program, map and link under {}", pin_root.display());
+            palisade_datapath::unpin_all_at(&pin_root)
+                .with_context(|| format!("removing the pins at {}", pin_root.display()))?;
+            println!(
+                "removed every Palisade program, map and link under {}",
+                pin_root.display()
+            );
             Ok(0)
         }
-        Command::Ebpf { what, pin_root, json } => {
+        Command::Ebpf {
+            what,
+            pin_root,
+            json,
+        } => {
             let root = pin_root.unwrap_or_else(lab::default_pin_root_or_node);
             let (progs, maps) = ebpf::inventory(&root)?;
             match (what, json) {
@@ -116,7 +156,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             let socket = inspect::resolve_socket(socket.socket);
             match what {
                 EndpointCommand::List => print!("{}", inspect::endpoint_list(&socket)?),
-                EndpointCommand::Get { pod, json } => print!("{}", inspect::endpoint_get(&socket, &pod, json)?),
+                EndpointCommand::Get { pod, json } => {
+                    print!("{}", inspect::endpoint_get(&socket, &pod, json)?)
+                }
                 EndpointCommand::Diff { pod } => {
                     let (text, same) = inspect::endpoint_diff(&socket, &pod)?;
                     print!("{text}");
@@ -125,30 +167,63 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::Flows { follow, pod, verdict, socket } => {
-            inspect::flows(&inspect::resolve_socket(socket.socket), follow, pod, verdict)?;
+        Command::Flows {
+            follow,
+            pod,
+            verdict,
+            socket,
+        } => {
+            inspect::flows(
+                &inspect::resolve_socket(socket.socket),
+                follow,
+                pod,
+                verdict,
+            )?;
             Ok(0)
         }
         Command::Metrics { socket } => {
-            let v = inspect::call(&inspect::resolve_socket(socket.socket), &palisade_agent::api::Request::Metrics)?;
+            let v = inspect::call(
+                &inspect::resolve_socket(socket.socket),
+                &palisade_agent::api::Request::Metrics,
+            )?;
             print!("{}", v.as_str().unwrap_or_default());
             Ok(0)
         }
         Command::Lab { what, name } => lab::run(&name, what),
         Command::Bench { what } => match what {
             BenchCommand::Datapath { output, entries } => {
-                let opts = palisade_datapath::BenchOptions { entries, ..Default::default() };
-                let report = palisade_datapath::bench_datapath(&opts).context("running the datapath benchmark")?;
+                let opts = palisade_datapath::BenchOptions {
+                    entries,
+                    ..Default::default()
+                };
+                let report = palisade_datapath::bench_datapath(&opts)
+                    .context("running the datapath benchmark")?;
                 match output {
                     Output::Json => println!("{}", serde_json::to_string(&report)?),
                     Output::Table => {
                         println!("empty program: {:.1} ns/packet", report.noop_ns);
-                        println!("{:>10} {:>14} {:>14} {:>16}", "ENTRIES", "NEW FLOW ns", "ESTABLISHED ns", "NEW - EMPTY ns");
+                        println!(
+                            "{:>10} {:>14} {:>14} {:>16}",
+                            "ENTRIES", "NEW FLOW ns", "ESTABLISHED ns", "NEW - EMPTY ns"
+                        );
                         for p in &report.points {
-                            println!("{:>10} {:>14.1} {:>14.1} {:>16.1}", p.entries, p.ns_per_packet, p.established_ns, p.ns_per_packet - report.noop_ns);
+                            println!(
+                                "{:>10} {:>14.1} {:>14.1} {:>16.1}",
+                                p.entries,
+                                p.ns_per_packet,
+                                p.established_ns,
+                                p.ns_per_packet - report.noop_ns
+                            );
                         }
-                        if let (Some(first), Some(last)) = (report.points.first(), report.points.last()) {
-                            println!("growth {} -> {} entries: {:.2}x", first.entries, last.entries, last.ns_per_packet / first.ns_per_packet);
+                        if let (Some(first), Some(last)) =
+                            (report.points.first(), report.points.last())
+                        {
+                            println!(
+                                "growth {} -> {} entries: {:.2}x",
+                                first.entries,
+                                last.entries,
+                                last.ns_per_packet / first.ns_per_packet
+                            );
                         }
                     }
                 }
@@ -177,7 +252,10 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<i32> {
         events_per_sec: a.events_per_sec,
         sizes,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(palisade_agent::run::run(config))?;
     Ok(0)
 }

@@ -32,7 +32,11 @@ pub struct Matrix {
 
 /// Pods that take part in a matrix: every pod, host-network ones included (they are
 /// matched by address), in name order.
-pub fn matrix_pods(cluster: &Cluster, from: Option<&str>, to: Option<&str>) -> (Vec<String>, Vec<String>) {
+pub fn matrix_pods(
+    cluster: &Cluster,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> (Vec<String>, Vec<String>) {
     let all: Vec<String> = cluster.pods.keys().cloned().collect();
     let pick = |only: Option<&str>| match only {
         Some(p) => vec![p.to_string()],
@@ -44,7 +48,8 @@ pub fn matrix_pods(cluster: &Cluster, from: Option<&str>, to: Option<&str>) -> (
 /// The reason line for a decision: the side that denied, or both sides' allows.
 pub fn reason(d: &Decision) -> String {
     let side = |name: &str, s: &Option<palisade_policy::verdict::SideDecision>| {
-        s.as_ref().map(|s| format!("{name}: {}", describe(&s.origin)))
+        s.as_ref()
+            .map(|s| format!("{name}: {}", describe(&s.origin)))
     };
     if !d.allowed {
         let denying: Vec<String> = [("egress", &d.egress), ("ingress", &d.ingress)]
@@ -54,7 +59,11 @@ pub fn reason(d: &Decision) -> String {
             .collect();
         return denying.join("; ");
     }
-    [side("egress", &d.egress), side("ingress", &d.ingress)].into_iter().flatten().collect::<Vec<_>>().join("; ")
+    [side("egress", &d.egress), side("ingress", &d.ingress)]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Evaluates every ordered pair of distinct pods.
@@ -80,7 +89,9 @@ pub fn simulate(
             }
             let flow = match family {
                 Some(fam) => Flow::between(cluster, f, t, fam, protocol.number(), port)?,
-                None => Flow::with_protocol(Peer::Pod(f.clone()), Peer::Pod(t.clone()), protocol, port),
+                None => {
+                    Flow::with_protocol(Peer::Pod(f.clone()), Peer::Pod(t.clone()), protocol, port)
+                }
             };
             let d = evaluate(cluster, &flow);
             results.push(PairResult {
@@ -91,7 +102,11 @@ pub fn simulate(
             });
         }
     }
-    Ok(Matrix { port, protocol: protocol.as_str().into(), results })
+    Ok(Matrix {
+        port,
+        protocol: protocol.as_str().into(),
+        results,
+    })
 }
 
 /// Renders a matrix as a truth table: rows are sources, columns destinations.
@@ -118,7 +133,10 @@ pub fn render_table(m: &Matrix, diff: Option<&Matrix>) -> String {
             Some("deny") => "✗",
             _ => " ",
         };
-        let disagrees = diff.and_then(|d| d.results.iter().find(|r| r.from == from && r.to == to)).zip(v).is_some_and(|(a, b)| a.verdict != b.verdict);
+        let disagrees = diff
+            .and_then(|d| d.results.iter().find(|r| r.from == from && r.to == to))
+            .zip(v)
+            .is_some_and(|(a, b)| a.verdict != b.verdict);
         if disagrees {
             format!("{mark}!")
         } else {
@@ -126,7 +144,17 @@ pub fn render_table(m: &Matrix, diff: Option<&Matrix>) -> String {
         }
     };
     let mut out = String::new();
-    let _ = writeln!(out, "{}/{}   rows: from, columns: to   ✓ allow  ✗ deny{}", m.protocol, m.port, if diff.is_some() { "  ! disagrees with the simulator" } else { "" });
+    let _ = writeln!(
+        out,
+        "{}/{}   rows: from, columns: to   ✓ allow  ✗ deny{}",
+        m.protocol,
+        m.port,
+        if diff.is_some() {
+            "  ! disagrees with the simulator"
+        } else {
+            ""
+        }
+    );
     let _ = write!(out, "{:w$}", "");
     for i in 0..names.len() {
         let _ = write!(out, "{:>3}", i + 1);

@@ -9,7 +9,17 @@ use crate::support::{palisade, privileged, repo, run, verdict, verdicts, LabGuar
 
 fn simulate(files: &[PathBuf], protocol: &str, port: u16, family: &str) -> serde_json::Value {
     let mut c = palisade();
-    c.args(["simulate", "--output", "json", "--protocol", protocol, "--port", &port.to_string(), "--family", family]);
+    c.args([
+        "simulate",
+        "--output",
+        "json",
+        "--protocol",
+        protocol,
+        "--port",
+        &port.to_string(),
+        "--family",
+        family,
+    ]);
     for f in files {
         c.arg("-f").arg(f);
     }
@@ -23,11 +33,17 @@ fn walkthrough_is_enforced_on_real_packets_exactly_as_simulated() {
         return;
     }
     let dir = repo().join("examples/aws-walkthrough");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     let lab = LabGuard::up(&files[..1]);
     let probe = lab.probe("TCP", 80, None);
-    assert!(verdicts(&probe).iter().all(|(_, _, v)| v == "allow"), "no policy yet: {probe}");
+    assert!(
+        verdicts(&probe).iter().all(|(_, _, v)| v == "allow"),
+        "no policy yet: {probe}"
+    );
     let mut applied = vec![files[0].clone()];
     for step in &files[1..] {
         lab.apply(step);
@@ -35,17 +51,37 @@ fn walkthrough_is_enforced_on_real_packets_exactly_as_simulated() {
         for (proto, port) in [("TCP", 80), ("UDP", 53)] {
             let measured = lab.probe(proto, port, None);
             let simulated = simulate(&applied, proto, port, "4");
-            assert_eq!(verdicts(&measured), verdicts(&simulated), "after {}: {proto}/{port} measured vs simulated", step.display());
+            assert_eq!(
+                verdicts(&measured),
+                verdicts(&simulated),
+                "after {}: {proto}/{port} measured vs simulated",
+                step.display()
+            );
         }
     }
     // Spot checks of the walkthrough's story, so a wrong simulator cannot hide a bug.
     let tcp = lab.probe("TCP", 80, None);
-    assert_eq!(verdict(&tcp, "default/client-one", "default/demo-app"), "allow");
-    assert_eq!(verdict(&tcp, "default/client-two", "default/demo-app"), "deny");
-    assert_eq!(verdict(&tcp, "another-ns/another-client", "default/demo-app"), "allow");
-    assert_eq!(verdict(&tcp, "default/client-one", "another-ns/another-client"), "deny");
+    assert_eq!(
+        verdict(&tcp, "default/client-one", "default/demo-app"),
+        "allow"
+    );
+    assert_eq!(
+        verdict(&tcp, "default/client-two", "default/demo-app"),
+        "deny"
+    );
+    assert_eq!(
+        verdict(&tcp, "another-ns/another-client", "default/demo-app"),
+        "allow"
+    );
+    assert_eq!(
+        verdict(&tcp, "default/client-one", "another-ns/another-client"),
+        "deny"
+    );
     let dns = lab.probe("UDP", 53, None);
-    assert_eq!(verdict(&dns, "default/client-one", "kube-system/coredns"), "allow");
+    assert_eq!(
+        verdict(&dns, "default/client-one", "kube-system/coredns"),
+        "allow"
+    );
 }
 
 #[test]
@@ -55,7 +91,10 @@ fn ipv6_pairs_are_enforced_as_simulated() {
         return;
     }
     let dir = repo().join("examples/dual-stack");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     let lab = LabGuard::up(&files);
     // db accepts postgres only from api; api may egress only to db:5432 and outside.
@@ -64,7 +103,10 @@ fn ipv6_pairs_are_enforced_as_simulated() {
     let simulated = simulate(&files, "TCP", port, "6");
     let m = verdicts(&measured);
     assert!(!m.is_empty(), "no IPv6 pairs probed");
-    assert!(m.iter().any(|(_, _, v)| v == "deny") && m.iter().any(|(_, _, v)| v == "allow"), "the example should both allow and deny: {m:?}");
+    assert!(
+        m.iter().any(|(_, _, v)| v == "deny") && m.iter().any(|(_, _, v)| v == "allow"),
+        "the example should both allow and deny: {m:?}"
+    );
     assert_eq!(m, verdicts(&simulated));
 }
 
@@ -82,7 +124,9 @@ fn pod_yaml(name: &str, app: &str, ip: &str, ports: &[(u16, &str)]) -> String {
     if !ports.is_empty() {
         s.push_str("    ports:\n");
         for (p, proto) in ports {
-            s.push_str(&format!("    - containerPort: {p}\n      protocol: {proto}\n"));
+            s.push_str(&format!(
+                "    - containerPort: {p}\n      protocol: {proto}\n"
+            ));
         }
     }
     s.push_str(&format!("status:\n  podIP: {ip}\n"));
@@ -91,12 +135,18 @@ fn pod_yaml(name: &str, app: &str, ip: &str, ports: &[(u16, &str)]) -> String {
 
 fn netns_of(lab: &LabGuard, pod: &str) -> palisade_lab::netns::NetNs {
     let st = lab.state();
-    let rec = st["pods"].as_array().unwrap().iter().find(|p| p["key"] == pod).unwrap_or_else(|| panic!("pod {pod} not in lab"));
+    let rec = st["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["key"] == pod)
+        .unwrap_or_else(|| panic!("pod {pod} not in lab"));
     palisade_lab::netns::NetNs::open(rec["netns"].as_str().unwrap())
 }
 
 fn tcp_connects(ns: &palisade_lab::netns::NetNs, to: SocketAddr, timeout: Duration) -> bool {
-    ns.run_in(move || TcpStream::connect_timeout(&to, timeout).is_ok()).unwrap()
+    ns.run_in(move || TcpStream::connect_timeout(&to, timeout).is_ok())
+        .unwrap()
 }
 
 #[test]
@@ -122,7 +172,9 @@ fn agent_kill_9_keeps_connections_and_denied_ports_stay_closed_until_it_converge
     let client_ns = netns_of(&lab, "default/client");
     let echo: SocketAddr = "10.244.7.10:7001".parse().unwrap();
     let denied: SocketAddr = "10.244.7.10:80".parse().unwrap();
-    let listener = server_ns.run_in(move || TcpListener::bind(echo).unwrap()).unwrap();
+    let listener = server_ns
+        .run_in(move || TcpListener::bind(echo).unwrap())
+        .unwrap();
     std::thread::spawn(move || {
         for s in listener.incoming() {
             let Ok(mut s) = s else { return };
@@ -136,23 +188,33 @@ fn agent_kill_9_keeps_connections_and_denied_ports_stay_closed_until_it_converge
             });
         }
     });
-    let mut conn = client_ns.run_in(move || TcpStream::connect_timeout(&echo, Duration::from_secs(2)).expect("allowed connection")).unwrap();
+    let mut conn = client_ns
+        .run_in(move || {
+            TcpStream::connect_timeout(&echo, Duration::from_secs(2)).expect("allowed connection")
+        })
+        .unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let ping = |conn: &mut TcpStream, what: &str| {
         conn.write_all(what.as_bytes()).unwrap();
         let mut buf = vec![0u8; what.len()];
-        conn.read_exact(&mut buf).unwrap_or_else(|e| panic!("long-lived connection broke ({what}): {e}"));
+        conn.read_exact(&mut buf)
+            .unwrap_or_else(|e| panic!("long-lived connection broke ({what}): {e}"));
         assert_eq!(buf, what.as_bytes());
     };
     ping(&mut conn, "before");
-    assert!(!tcp_connects(&client_ns, denied, Duration::from_millis(300)), "port 80 must be denied before the kill");
+    assert!(
+        !tcp_connects(&client_ns, denied, Duration::from_millis(300)),
+        "port 80 must be denied before the kill"
+    );
 
     let pid = lab.state()["agent"]["pid"].as_i64().expect("agent pid") as i32;
     // SAFETY: kill(2) on the agent this test's lab started; the PID is alive (checked by the lab state's start time).
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     let gone = Instant::now();
     while std::path::Path::new(&format!("/proc/{pid}/status")).exists()
-        && std::fs::read_to_string(format!("/proc/{pid}/status")).map(|s| !s.contains("State:\tZ")).unwrap_or(false)
+        && std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .map(|s| !s.contains("State:\tZ"))
+            .unwrap_or(false)
     {
         assert!(gone.elapsed() < Duration::from_secs(5), "agent did not die");
         std::thread::yield_now();
@@ -162,19 +224,36 @@ fn agent_kill_9_keeps_connections_and_denied_ports_stay_closed_until_it_converge
     ping(&mut conn, "agent-dead");
     let mut attempts = 0;
     for _ in 0..20 {
-        assert!(!tcp_connects(&client_ns, denied, Duration::from_millis(100)), "a denied connection got through while the agent was down");
+        assert!(
+            !tcp_connects(&client_ns, denied, Duration::from_millis(100)),
+            "a denied connection got through while the agent was down"
+        );
         attempts += 1;
     }
     assert_eq!(attempts, 20);
-    assert!(tcp_connects(&client_ns, echo, Duration::from_secs(2)), "allowed new connection while the agent was down");
+    assert!(
+        tcp_connects(&client_ns, echo, Duration::from_secs(2)),
+        "allowed new connection while the agent was down"
+    );
 
     run(&mut lab.cmd(&["start-agent"]));
     ping(&mut conn, "after-restart");
     for pod in ["default/server", "default/client"] {
-        let out = palisade().args(["endpoint", "diff", pod, "--socket"]).arg(lab.socket()).output().unwrap();
-        assert!(out.status.success(), "{pod} not converged: {}", String::from_utf8_lossy(&out.stdout));
+        let out = palisade()
+            .args(["endpoint", "diff", pod, "--socket"])
+            .arg(lab.socket())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{pod} not converged: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
-    assert!(!tcp_connects(&client_ns, denied, Duration::from_millis(300)), "port 80 must stay denied after the restart");
+    assert!(
+        !tcp_connects(&client_ns, denied, Duration::from_millis(300)),
+        "port 80 must stay denied after the restart"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -198,8 +277,11 @@ fn a_new_pod_selected_by_a_policy_never_sends_a_packet_to_a_denied_peer() {
     let lab = LabGuard::up(&[cluster]);
     let target_ns = netns_of(&lab, "default/target");
     let sink: SocketAddr = "10.244.8.10:9999".parse().unwrap();
-    let udp = target_ns.run_in(move || UdpSocket::bind(sink).unwrap()).unwrap();
-    udp.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let udp = target_ns
+        .run_in(move || UdpSocket::bind(sink).unwrap())
+        .unwrap();
+    udp.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     let count = |udp: &UdpSocket, from: &str| {
         let mut n = 0;
         let mut buf = [0u8; 64];
@@ -220,14 +302,33 @@ fn a_new_pod_selected_by_a_policy_never_sends_a_packet_to_a_denied_peer() {
         .unwrap()
     };
     // A control pod not selected by the policy proves the sink hears packets.
-    lab.apply(&write(&dir, "control.yaml", &pod_yaml("control", "control", "10.244.8.11", &[])));
+    lab.apply(&write(
+        &dir,
+        "control.yaml",
+        &pod_yaml("control", "control", "10.244.8.11", &[]),
+    ));
     burst(&netns_of(&lab, "default/control"));
-    assert!(count(&udp, "10.244.8.11") > 0, "the sink must hear an unselected pod");
+    assert!(
+        count(&udp, "10.244.8.11") > 0,
+        "the sink must hear an unselected pod"
+    );
     // The selected pod: its very first packets, right when its sandbox is ready.
-    lab.apply(&write(&dir, "fresh.yaml", &pod_yaml("fresh", "fresh", "10.244.8.12", &[])));
+    lab.apply(&write(
+        &dir,
+        "fresh.yaml",
+        &pod_yaml("fresh", "fresh", "10.244.8.12", &[]),
+    ));
     let fresh = netns_of(&lab, "default/fresh");
     burst(&fresh);
-    assert!(!tcp_connects(&fresh, "10.244.8.10:80".parse().unwrap(), Duration::from_millis(300)));
-    assert_eq!(count(&udp, "10.244.8.12"), 0, "a packet from the new pod reached a denied peer");
+    assert!(!tcp_connects(
+        &fresh,
+        "10.244.8.10:80".parse().unwrap(),
+        Duration::from_millis(300)
+    ));
+    assert_eq!(
+        count(&udp, "10.244.8.12"),
+        0,
+        "a packet from the new pod reached a denied peer"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -11,7 +11,10 @@ pub fn palisade() -> Command {
 
 /// The repository root.
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
 }
 
 /// Runs and returns output; panics with stderr if it failed and `ok` is expected.
@@ -71,7 +74,8 @@ impl LabGuard {
         let name = format!("t{}x{n}", std::process::id() % 100_000);
         let guard = LabGuard { name };
         let mut cmd = palisade();
-        cmd.args(["lab", "up", "--name", &guard.name, "--cni-bin"]).arg(cni_dir());
+        cmd.args(["lab", "up", "--name", &guard.name, "--cni-bin"])
+            .arg(cni_dir());
         for f in files {
             cmd.arg("-f").arg(f);
         }
@@ -89,7 +93,15 @@ impl LabGuard {
     /// Probes and returns the JSON.
     pub fn probe(&self, protocol: &str, port: u16, family: Option<&str>) -> serde_json::Value {
         let port = port.to_string();
-        let mut args = vec!["probe", "--output", "json", "--protocol", protocol, "--port", &port];
+        let mut args = vec![
+            "probe",
+            "--output",
+            "json",
+            "--protocol",
+            protocol,
+            "--port",
+            &port,
+        ];
         if let Some(f) = family {
             args.extend(["--family", f]);
         }
@@ -106,13 +118,17 @@ impl LabGuard {
 
     /// The lab's state file as JSON.
     pub fn state(&self) -> serde_json::Value {
-        let p = PathBuf::from("/run/palisade-lab").join(&self.name).join("state.json");
+        let p = PathBuf::from("/run/palisade-lab")
+            .join(&self.name)
+            .join("state.json");
         serde_json::from_slice(&std::fs::read(p).expect("lab state")).expect("state JSON")
     }
 
     /// The agent socket.
     pub fn socket(&self) -> PathBuf {
-        PathBuf::from("/run/palisade-lab").join(&self.name).join("agent.sock")
+        PathBuf::from("/run/palisade-lab")
+            .join(&self.name)
+            .join("agent.sock")
     }
 }
 
@@ -141,7 +157,13 @@ pub fn verdicts(m: &serde_json::Value) -> Vec<(String, String, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| (r["from"].as_str().unwrap().to_string(), r["to"].as_str().unwrap().to_string(), r["verdict"].as_str().unwrap().to_string()))
+        .map(|r| {
+            (
+                r["from"].as_str().unwrap().to_string(),
+                r["to"].as_str().unwrap().to_string(),
+                r["verdict"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     v.sort();
     v
