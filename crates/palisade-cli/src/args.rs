@@ -65,7 +65,7 @@ pub struct PortArgs {
 #[derive(Debug, Args, Clone)]
 pub struct AgentSocket {
     /// The agent's unix socket (a running lab's agent is found automatically).
-    #[arg(long, env = "PALISADE_SOCKET")]
+    #[arg(long, env = "PALISADE_SOCKET", global = true)]
     pub socket: Option<PathBuf>,
 }
 

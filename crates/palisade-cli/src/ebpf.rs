@@ -72,8 +72,20 @@ fn pins(root: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Programs and maps pinned under `root`.
-pub fn inventory(root: &Path) -> anyhow::Result<(Vec<Prog>, Vec<Map>)> {
+/// One attachment: a pinned TCX link of a program to an interface.
+#[derive(Debug, Serialize)]
+pub struct Link {
+    /// Pin path (`links/<ifindex>-<program>`).
+    pub pin: String,
+    /// Interface index (in the agent's network namespace).
+    pub ifindex: u32,
+    /// Program name.
+    pub program: String,
+}
+
+/// Programs, maps and links pinned under `root` (layout: `progs/`, `maps/`, `links/`,
+/// as `palisade-datapath` pins them).
+pub fn inventory(root: &Path) -> anyhow::Result<(Vec<Prog>, Vec<Map>, Vec<Link>)> {
     if !root.exists() {
         anyhow::bail!(
             "nothing is pinned at {}\n\nhint: is the agent or a lab running? see --pin-root",
@@ -82,9 +94,34 @@ pub fn inventory(root: &Path) -> anyhow::Result<(Vec<Prog>, Vec<Map>)> {
     }
     let mut progs = Vec::new();
     let mut maps = Vec::new();
-    for pin in pins(root) {
+    let mut links = Vec::new();
+    for pin in pins(&root.join("links")) {
+        let file = pin
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        if let Some((ifindex, program)) = file.split_once('-') {
+            links.push(Link {
+                pin: pin.display().to_string(),
+                ifindex: ifindex.parse().unwrap_or(0),
+                program: program.to_string(),
+            });
+        }
+    }
+    for pin in pins(&root.join("progs"))
+        .into_iter()
+        .chain(pins(&root.join("maps")))
+    {
         let shown = pin.display().to_string();
-        if let Ok(p) = ProgramInfo::from_pin(&pin) {
+        let is_prog = pin
+            .parent()
+            .and_then(|p| p.file_name())
+            .is_some_and(|n| n == "progs");
+        if is_prog {
+            let Ok(p) = ProgramInfo::from_pin(&pin) else {
+                continue;
+            };
             progs.push(Prog {
                 pin: shown,
                 id: p.id(),
@@ -112,7 +149,17 @@ pub fn inventory(root: &Path) -> anyhow::Result<(Vec<Prog>, Vec<Map>)> {
             });
         }
     }
-    Ok((progs, maps))
+    Ok((progs, maps, links))
+}
+
+/// Table of attachments.
+pub fn render_links(links: &[Link]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "\n{:<10} {:<10}  PIN", "IFINDEX", "PROGRAM");
+    for l in links {
+        let _ = writeln!(out, "{:<10} {:<10}  {}", l.ifindex, l.program, l.pin);
+    }
+    out
 }
 
 /// Table of programs.

@@ -143,10 +143,19 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             json,
         } => {
             let root = pin_root.unwrap_or_else(lab::default_pin_root_or_node);
-            let (progs, maps) = ebpf::inventory(&root)?;
+            let (progs, maps, links) = ebpf::inventory(&root)?;
             match (what, json) {
-                (EbpfCommand::Progs, false) => print!("{}", ebpf::render_progs(&progs)),
-                (EbpfCommand::Progs, true) => println!("{}", serde_json::to_string_pretty(&progs)?),
+                (EbpfCommand::Progs, false) => print!(
+                    "{}{}",
+                    ebpf::render_progs(&progs),
+                    ebpf::render_links(&links)
+                ),
+                (EbpfCommand::Progs, true) => println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"programs": progs, "links": links})
+                    )?
+                ),
                 (EbpfCommand::Maps, false) => print!("{}", ebpf::render_maps(&maps)),
                 (EbpfCommand::Maps, true) => println!("{}", serde_json::to_string_pretty(&maps)?),
             }
