@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use anyhow::Context;
-use palisade_policy::manifest;
+use palisade_policy::manifest::{self, Loaded};
 use palisade_policy::model::Cluster;
 
 /// One consistent view of the desired state.
@@ -29,24 +29,39 @@ pub trait Source: Send {
     fn load(&mut self) -> anyhow::Result<Snapshot>;
 
     /// A cheap check of whether [`Source::load`] may now return something new.
-    /// Sources that are notified of changes may always answer `true` after a notice.
     fn changed(&mut self) -> bool;
+}
+
+/// What identifies a file's version without reading it.
+type Stamp = (SystemTime, u64);
+
+#[derive(Debug)]
+struct FileState {
+    stamp: Stamp,
+    /// The objects of the last version that loaded without errors, if any.
+    good: Option<Cluster>,
+    /// Errors and warnings of the current version.
+    errors: Vec<String>,
+    warnings: Vec<String>,
 }
 
 /// Manifests in a directory (recursively: `*.yaml`, `*.yml`, `*.json`), as the lab and
 /// `palisade agent --manifests DIR` use.
 ///
-/// **Last known good, per file.** When a file stops parsing or validating cleanly, the
-/// objects it last held cleanly stay in force and the error is reported: an edit in
-/// progress or a typo never removes policy that is being enforced. A file that was never
-/// clean contributes its valid objects only (the core rejects bad objects one by one).
+/// Files are parsed on their own and cached by modification time and size, so a change
+/// to one file costs one file's parse, not the whole directory's. Files are merged in
+/// path order; an object defined twice takes the later file's version.
+///
+/// **Last known good, per file.** When a file stops loading cleanly, the objects it
+/// last held cleanly stay in force and the errors are reported: an edit in progress or
+/// a typo never removes policy that is being enforced. A file that was never clean
+/// contributes its valid objects only (the core rejects bad objects one by one).
 #[derive(Debug)]
 pub struct DirectorySource {
     dir: PathBuf,
-    /// Text of each file the last time it loaded without errors.
-    last_good: BTreeMap<PathBuf, String>,
-    /// Modification stamp of the directory tree at the last load.
-    stamp: Option<Vec<(PathBuf, SystemTime, u64)>>,
+    files: BTreeMap<PathBuf, FileState>,
+    /// Stamps of the tree at the last load.
+    seen: Option<Vec<(PathBuf, Stamp)>>,
 }
 
 impl DirectorySource {
@@ -54,8 +69,8 @@ impl DirectorySource {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
-            last_good: BTreeMap::new(),
-            stamp: None,
+            files: BTreeMap::new(),
+            seen: None,
         }
     }
 
@@ -64,7 +79,7 @@ impl DirectorySource {
         &self.dir
     }
 
-    fn files(&self) -> anyhow::Result<Vec<PathBuf>> {
+    fn stamps(&self) -> anyhow::Result<Vec<(PathBuf, Stamp)>> {
         let mut out = Vec::new();
         let mut stack = vec![self.dir.clone()];
         while let Some(d) = stack.pop() {
@@ -78,26 +93,21 @@ impl DirectorySource {
                 }
             };
             for entry in entries {
-                let path = entry?.path();
-                if path.is_dir() {
+                let entry = entry?;
+                let path = entry.path();
+                let Ok(md) = entry.metadata() else { continue };
+                if md.is_dir() {
                     stack.push(path);
                 } else if is_manifest(&path) {
-                    out.push(path);
+                    out.push((
+                        path,
+                        (md.modified().unwrap_or(SystemTime::UNIX_EPOCH), md.len()),
+                    ));
                 }
             }
         }
         out.sort();
         Ok(out)
-    }
-
-    fn current_stamp(&self) -> anyhow::Result<Vec<(PathBuf, SystemTime, u64)>> {
-        let mut stamp = Vec::new();
-        for f in self.files()? {
-            if let Ok(md) = std::fs::metadata(&f) {
-                stamp.push((f, md.modified().unwrap_or(SystemTime::UNIX_EPOCH), md.len()));
-            }
-        }
-        Ok(stamp)
     }
 }
 
@@ -113,58 +123,131 @@ fn is_manifest(path: &Path) -> bool {
         )
 }
 
+fn parse(
+    path: &Path,
+    previous: Option<FileState>,
+    stamp: Stamp,
+) -> anyhow::Result<Option<FileState>> {
+    let name = path.display().to_string();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        // Removed between listing and reading: treat as removed.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {name}")),
+    };
+    let Loaded {
+        cluster,
+        errors,
+        warnings,
+    } = manifest::load(&[(name.clone(), text)]);
+    let errors: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    let mut warnings: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
+    let good = if errors.is_empty() {
+        Some(cluster)
+    } else {
+        match previous.and_then(|p| p.good) {
+            Some(good) => {
+                warnings.push(format!("{name}: keeping the last version that loaded cleanly until the errors are fixed"));
+                Some(good)
+            }
+            // Never clean: its valid objects still count.
+            None => Some(cluster),
+        }
+    };
+    Ok(Some(FileState {
+        stamp,
+        good,
+        errors,
+        warnings,
+    }))
+}
+
 impl Source for DirectorySource {
     fn load(&mut self) -> anyhow::Result<Snapshot> {
-        self.stamp = Some(self.current_stamp()?);
-        let mut chosen = Vec::new();
-        let mut errors = Vec::new();
-        let mut warnings = Vec::new();
-        let mut seen = Vec::new();
-        for path in self.files()? {
-            let name = path.display().to_string();
-            let text = match std::fs::read_to_string(&path) {
-                Ok(t) => t,
-                // Removed between listing and reading: treat as removed.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e).with_context(|| format!("reading {name}")),
+        let stamps = self.stamps()?;
+        let mut files = BTreeMap::new();
+        for (path, stamp) in &stamps {
+            let previous = self.files.remove(path);
+            let state = match previous {
+                Some(p) if p.stamp == *stamp => Some(p),
+                previous => parse(path, previous, *stamp)?,
             };
-            seen.push(path.clone());
-            let alone = manifest::load(&[(name.clone(), text.clone())]);
-            if alone.errors.is_empty() {
-                self.last_good.insert(path, text.clone());
-                chosen.push((name, text));
-            } else {
-                errors.extend(alone.errors.iter().map(|e| e.to_string()));
-                match self.last_good.get(&path) {
-                    Some(good) => {
-                        warnings.push(format!("{name}: keeping the last version that loaded cleanly until the errors are fixed"));
-                        chosen.push((name, good.clone()));
-                    }
-                    None => chosen.push((name, text)),
-                }
+            if let Some(state) = state {
+                files.insert(path.clone(), state);
             }
         }
-        self.last_good.retain(|p, _| seen.contains(p));
-        let loaded = manifest::load(&chosen);
-        // Errors of files replaced by their last good version were reported above.
-        for e in loaded.errors {
-            let e = e.to_string();
-            if !errors.contains(&e) {
-                errors.push(e);
+        self.files = files;
+        self.seen = Some(stamps);
+        let mut snapshot = Snapshot::default();
+        for state in self.files.values() {
+            if let Some(good) = &state.good {
+                snapshot.cluster.extend(good.clone());
             }
+            snapshot.errors.extend(state.errors.iter().cloned());
+            snapshot.warnings.extend(state.warnings.iter().cloned());
         }
-        warnings.extend(loaded.warnings.iter().map(|w| w.to_string()));
-        Ok(Snapshot {
-            cluster: loaded.cluster,
-            errors,
-            warnings,
-        })
+        Ok(snapshot)
     }
 
     fn changed(&mut self) -> bool {
-        match self.current_stamp() {
-            Ok(s) => self.stamp.as_ref() != Some(&s),
+        match self.stamps() {
+            Ok(s) => self.seen.as_ref() != Some(&s),
             Err(_) => true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: default}\nspec:\n  podSelector: {}\n  ingress:\n  - ports:\n    - port: 80\n";
+    const BAD: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: default}\nspec:\n  podSelector: {}\n  ingress:\n  - ports:\n    - port: 80\n      endPort: 10\n";
+
+    #[test]
+    fn a_broken_edit_keeps_the_last_good_version_in_force() {
+        let dir = std::env::temp_dir().join(format!("palisade-source-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("p.yaml");
+        std::fs::write(&f, GOOD).unwrap();
+        let mut src = DirectorySource::new(&dir);
+        let s = src.load().unwrap();
+        assert!(s.cluster.network_policies.contains_key("default/p"));
+        assert!(!src.changed());
+        std::fs::write(&f, BAD).unwrap();
+        assert!(src.changed());
+        let s = src.load().unwrap();
+        assert!(
+            s.cluster.network_policies.contains_key("default/p"),
+            "the last good version must stay"
+        );
+        assert!(
+            s.errors.iter().any(|e| e.contains("endPort")),
+            "{:?}",
+            s.errors
+        );
+        std::fs::remove_file(&f).unwrap();
+        let s = src.load().unwrap();
+        assert!(
+            s.cluster.network_policies.is_empty(),
+            "a removed file removes its objects"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_that_never_loaded_cleanly_contributes_its_valid_objects() {
+        let dir = std::env::temp_dir().join(format!("palisade-source-new-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("mixed.yaml"),
+            format!("{}---\n{}", GOOD.replace("name: p", "name: ok"), BAD),
+        )
+        .unwrap();
+        let s = DirectorySource::new(&dir).load().unwrap();
+        assert!(s.cluster.network_policies.contains_key("default/ok"));
+        assert!(!s.cluster.network_policies.contains_key("default/p"));
+        assert_eq!(s.errors.len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

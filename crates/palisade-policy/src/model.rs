@@ -439,6 +439,18 @@ impl Cluster {
         }
     }
 
+    /// Adds every object of `other`, replacing objects with the same key (the later
+    /// source wins, as with duplicates inside one manifest set).
+    pub fn extend(&mut self, other: Cluster) {
+        self.namespaces.extend(other.namespaces);
+        self.pods.extend(other.pods);
+        self.nodes.extend(other.nodes);
+        self.services.extend(other.services);
+        self.endpoint_slices.extend(other.endpoint_slices);
+        self.network_policies.extend(other.network_policies);
+        self.cluster_policies.extend(other.cluster_policies);
+    }
+
     /// The pod (not host-network) owning `ip`, if any.
     pub fn pod_by_ip(&self, ip: &IpAddr) -> Option<&Pod> {
         self.pods
