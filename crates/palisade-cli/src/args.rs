@@ -324,4 +324,19 @@ pub enum BenchCommand {
         #[arg(long, value_delimiter = ',', default_value = "100,1000,10000,100000")]
         entries: Vec<usize>,
     },
+    /// Policy change -> in force and CNI ADD -> in force on a real lab (p50, p99).
+    Enforcement {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// NetworkPolicies loaded.
+        #[arg(long, default_value_t = 1000)]
+        policies: usize,
+        /// Trials per latency.
+        #[arg(long, default_value_t = 100)]
+        trials: usize,
+        /// Directory with the palisade-cni binary (default: beside this binary).
+        #[arg(long)]
+        cni_bin: Option<PathBuf>,
+    },
 }

@@ -164,7 +164,7 @@ fn object_file(v: &serde_json::Value) -> Option<String> {
 
 /// Splits inputs into objects; refuses the whole set if any object is invalid, so a lab
 /// change is all-or-nothing and the error is shown before anything changes.
-fn objects(paths: &[PathBuf]) -> anyhow::Result<(Vec<serde_json::Value>, Cluster)> {
+pub(crate) fn objects(paths: &[PathBuf]) -> anyhow::Result<(Vec<serde_json::Value>, Cluster)> {
     let inputs = read_inputs(paths)?;
     let loaded = manifest::load(&inputs);
     if !loaded.errors.is_empty() {
@@ -183,7 +183,7 @@ fn objects(paths: &[PathBuf]) -> anyhow::Result<(Vec<serde_json::Value>, Cluster
     Ok((out, loaded.cluster))
 }
 
-fn write_objects(name: &str, objs: &[serde_json::Value]) -> anyhow::Result<()> {
+pub(crate) fn write_objects(name: &str, objs: &[serde_json::Value]) -> anyhow::Result<()> {
     let dir = manifests_dir(name);
     std::fs::create_dir_all(&dir)?;
     for o in objs {
@@ -195,13 +195,13 @@ fn write_objects(name: &str, objs: &[serde_json::Value]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn desired(name: &str) -> anyhow::Result<Cluster> {
+pub(crate) fn desired(name: &str) -> anyhow::Result<Cluster> {
     let dir = manifests_dir(name);
     let loaded = manifest::load(&read_inputs(&[dir])?);
     Ok(loaded.cluster)
 }
 
-fn cni_dir(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+pub(crate) fn cni_dir(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(d) = explicit {
         let d = if d.is_file() {
             d.parent().map(Path::to_path_buf).unwrap_or(d)
@@ -323,7 +323,7 @@ fn add_pods(lab: &mut Lab, cluster: &Cluster) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn open(name: &str) -> anyhow::Result<Lab> {
+pub(crate) fn open(name: &str) -> anyhow::Result<Lab> {
     let mut lab = Lab::load(&state_dir(name))
         .with_context(|| format!("lab {name} is not up\n\nhint: palisade lab up -f MANIFESTS"))?;
     lab.set_server(Some(server_command()?));
@@ -331,7 +331,7 @@ fn open(name: &str) -> anyhow::Result<Lab> {
     Ok(lab)
 }
 
-fn sync(name: &str) -> anyhow::Result<u64> {
+pub(crate) fn sync(name: &str) -> anyhow::Result<u64> {
     let socket = socket(name);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -353,12 +353,14 @@ fn sync(name: &str) -> anyhow::Result<u64> {
 /// `lab apply`: write objects, create new pods, and wait until in force.
 pub fn apply(name: &str, files: &[PathBuf]) -> anyhow::Result<u64> {
     let mut lab = open(name)?;
-    let (objs, _) = objects(files)?;
+    let (objs, applied) = objects(files)?;
     write_objects(name, &objs)?;
     let generation = sync(name)?;
-    let cluster = desired(name)?;
-    add_pods(&mut lab, &cluster)?;
-    lab.save()?;
+    // Only pods named in this apply can be new.
+    add_pods(&mut lab, &applied)?;
+    if !applied.pods.is_empty() {
+        lab.save()?;
+    }
     Ok(generation)
 }
 

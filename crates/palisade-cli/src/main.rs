@@ -1,6 +1,7 @@
 //! The `palisade` binary: parses flags, sets up logging, runs a command, prints errors.
 
 mod args;
+mod bench_enforcement;
 mod ebpf;
 mod explain;
 mod inputs;
@@ -235,6 +236,19 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                             );
                         }
                     }
+                }
+                Ok(0)
+            }
+            BenchCommand::Enforcement {
+                output,
+                policies,
+                trials,
+                cni_bin,
+            } => {
+                let r = bench_enforcement::run(policies, trials, cni_bin)?;
+                match output {
+                    Output::Json => println!("{}", serde_json::to_string(&r)?),
+                    Output::Table => print!("{}", bench_enforcement::render(&r)),
                 }
                 Ok(0)
             }

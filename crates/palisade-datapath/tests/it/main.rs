@@ -3,6 +3,7 @@
 
 mod abi;
 mod bench;
+mod cluster_differential;
 mod common;
 mod differential;
 mod netns;
