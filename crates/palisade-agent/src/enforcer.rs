@@ -17,12 +17,19 @@ use crate::server::{Shared, Views};
 /// [`Enforcer`] over the real datapath.
 pub struct BpfEnforcer {
     datapath: Datapath,
+    /// Pods attached by this process, and to which interface. The first attach of a
+    /// pod after a (re)start switches its pinned links to this process's programs;
+    /// after that, attaching again would only repeat the same link update.
+    attached: std::collections::HashMap<String, String>,
 }
 
 impl BpfEnforcer {
     /// Wraps a loaded (or adopted) datapath.
     pub fn new(datapath: Datapath) -> Self {
-        Self { datapath }
+        Self {
+            datapath,
+            attached: Default::default(),
+        }
     }
 
     /// Sets the kernel's logging knobs.
@@ -85,12 +92,22 @@ fn reason_allows(reason: &str) -> bool {
 
 impl Enforcer for BpfEnforcer {
     fn attach(&mut self, pod: &str, host_ifname: &str) -> anyhow::Result<u32> {
-        self.datapath
+        if self.attached.get(pod).is_some_and(|i| i == host_ifname) {
+            if let Some(ifindex) = self.datapath.binding(pod) {
+                return Ok(ifindex);
+            }
+        }
+        let ifindex = self
+            .datapath
             .attach(pod, host_ifname)
-            .with_context(|| format!("attaching to {host_ifname} for pod {pod}"))
+            .with_context(|| format!("attaching to {host_ifname} for pod {pod}"))?;
+        self.attached
+            .insert(pod.to_string(), host_ifname.to_string());
+        Ok(ifindex)
     }
 
     fn detach(&mut self, pod: &str) -> anyhow::Result<()> {
+        self.attached.remove(pod);
         self.datapath
             .detach(pod)
             .with_context(|| format!("detaching pod {pod}"))

@@ -170,6 +170,7 @@ fn run_pass(
     let mut m = metrics.lock().expect("metrics lock");
     match result {
         Ok(report) => {
+            tracing::debug!(seconds = report.seconds, stages = ?report.stages, endpoints = report.endpoints, "reconciled");
             m.record_pass(report.seconds, report.endpoints, report.errors.len());
             for e in &report.errors {
                 tracing::warn!(error = %e, "object rejected; the rest is enforced");
@@ -248,11 +249,30 @@ fn handle_command(
                 ips,
                 container_id,
             };
-            if let Err(e) = reconciler.register(iface) {
+            if let Err(e) = reconciler.register(iface.clone()) {
                 let _ = reply.send(Reply::error(format!("pod {key}: {e:#}")));
                 return;
             }
             let started = Instant::now();
+            match reconciler.register_fast(&iface) {
+                Ok(Some(generation)) => {
+                    metrics
+                        .lock()
+                        .expect("metrics lock")
+                        .record_register(started.elapsed().as_secs_f64());
+                    let data = serde_json::json!({ "fast_path": true });
+                    let _ = reply.send(Reply {
+                        generation: Some(generation),
+                        in_force: Some(true),
+                        ..Reply::data(data)
+                    });
+                    return;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(pod = %key, error = %format!("{e:#}"), "fast registration failed; doing a full pass")
+                }
+            }
             // Re-read the source only if it changed (a stat per file), so a pod whose
             // manifest was just written is seen without waiting for the ticker.
             let reload = reconciler.source_changed();
@@ -300,7 +320,11 @@ fn handle_command(
                 Ok(generation) => Reply {
                     generation: Some(generation),
                     in_force: Some(true),
-                    ..Reply::data(serde_json::json!({ "errors": errors, "warnings": reconciler.snapshot().warnings }))
+                    ..Reply::data(serde_json::json!({
+                        "errors": errors,
+                        "warnings": reconciler.snapshot().warnings,
+                        "stages": reconciler.last_stages(),
+                    }))
                 },
                 Err(e) => Reply::error(e),
             });
@@ -323,6 +347,7 @@ fn handle_command(
             let datapath = reconciler.enforcer_mut().status();
             let _ = reply.send(Reply::data(serde_json::json!({
                 "passes": reconciler.passes(),
+                "last_pass_stages": reconciler.last_stages(),
                 "last_error": reconciler.last_error(),
                 "errors": reconciler.snapshot().errors,
                 "warnings": reconciler.snapshot().warnings,

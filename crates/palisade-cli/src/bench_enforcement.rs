@@ -11,6 +11,7 @@
 //!
 //! The figures include process start-up of `palisade-cni` (a runtime pays it too).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command as Proc, Stdio};
 use std::time::{Duration, Instant};
@@ -61,6 +62,18 @@ pub struct Report {
     pub policy_change: Latency,
     /// CNI ADD → in force.
     pub cni_add: Latency,
+    /// Mean seconds per reconcile stage in the policy-change trials.
+    pub policy_change_stages: BTreeMap<String, f64>,
+    /// Mean seconds per reconcile stage of the pass that served each CNI ADD.
+    pub cni_add_stages: BTreeMap<String, f64>,
+}
+
+fn add_stages(sum: &mut BTreeMap<String, f64>, v: &serde_json::Value, n: usize) {
+    if let Some(o) = v.as_object() {
+        for (k, x) in o {
+            *sum.entry(k.clone()).or_default() += x.as_f64().unwrap_or(0.0) / n as f64;
+        }
+    }
 }
 
 const NAMESPACES: usize = 10;
@@ -144,14 +157,17 @@ fn measure(
 
     eprintln!("bench: {trials} policy changes");
     let mut changes = Vec::with_capacity(trials);
+    let mut change_stages = BTreeMap::new();
+    let mut add_stages_sum = BTreeMap::new();
     for t in 0..trials {
         let f = write(tmp, "change.yaml", &policy_yaml(0, 20_000 + t as u16))?;
         let objs = lab::objects(&[f])?.0;
         // From the moment the desired state changes to the moment it is in force.
         let start = Instant::now();
         lab::write_objects(name, &objs)?;
-        lab::sync(name)?;
+        let (_, stages) = lab::sync(name)?;
         changes.push(start.elapsed());
+        add_stages(&mut change_stages, &stages, trials);
     }
 
     eprintln!("bench: {trials} CNI ADDs");
@@ -159,12 +175,12 @@ fn measure(
     for t in 0..trials {
         let f = write(tmp, "pod.yaml", &pod_yaml(t))?;
         // The Pod object exists before its sandbox, as in Kubernetes.
-        let objs = lab::objects(&[f])?.0;
+        let (objs, applied) = lab::objects(&[f])?;
         lab::write_objects(name, &objs)?;
         let mut l = lab::open(name)?;
         l.set_chain(Vec::new());
         l.set_server(None);
-        let pod = lab::desired(name)?
+        let pod = applied
             .pods
             .get(&format!("ns0/fresh-{t}"))
             .cloned()
@@ -174,12 +190,19 @@ fn measure(
         let start = Instant::now();
         cni_add(name, &cni_dir, &rec, &l.state().node_netns)?;
         adds.push(start.elapsed());
+        let status = crate::inspect::call(
+            &lab::state_dir(name).join("agent.sock"),
+            &palisade_agent::api::Request::Status,
+        )?;
+        add_stages(&mut add_stages_sum, &status["last_pass_stages"], trials);
     }
     Ok(Report {
         policies: policies + 1,
         pods: NAMESPACES,
         policy_change: Latency::of(changes),
         cni_add: Latency::of(adds),
+        policy_change_stages: change_stages,
+        cni_add_stages: add_stages_sum,
     })
 }
 
@@ -246,5 +269,19 @@ pub fn render(r: &Report) -> String {
     out.push_str(&row("policy change -> in force", &r.policy_change));
     out.push_str(&row("CNI ADD -> in force", &r.cni_add));
     out.push_str("goal: p99 <= 50 ms for both\n");
+    let stages = |m: &BTreeMap<String, f64>| {
+        m.iter()
+            .map(|(k, v)| format!("{k} {:.2} ms", v * 1000.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    out.push_str(&format!(
+        "agent pass, mean per policy change: {}\n",
+        stages(&r.policy_change_stages)
+    ));
+    out.push_str(&format!(
+        "agent pass, mean per CNI ADD:       {}\n",
+        stages(&r.cni_add_stages)
+    ));
     out
 }

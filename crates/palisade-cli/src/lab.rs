@@ -331,7 +331,7 @@ pub(crate) fn open(name: &str) -> anyhow::Result<Lab> {
     Ok(lab)
 }
 
-pub(crate) fn sync(name: &str) -> anyhow::Result<u64> {
+pub(crate) fn sync(name: &str) -> anyhow::Result<(u64, serde_json::Value)> {
     let socket = socket(name);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -345,9 +345,13 @@ pub(crate) fn sync(name: &str) -> anyhow::Result<u64> {
             );
         }
     }
-    reply
+    let generation = reply
         .generation
-        .context("the agent did not report a generation")
+        .context("the agent did not report a generation")?;
+    Ok((
+        generation,
+        reply.data.get("stages").cloned().unwrap_or_default(),
+    ))
 }
 
 /// `lab apply`: write objects, create new pods, and wait until in force.
@@ -355,7 +359,7 @@ pub fn apply(name: &str, files: &[PathBuf]) -> anyhow::Result<u64> {
     let mut lab = open(name)?;
     let (objs, applied) = objects(files)?;
     write_objects(name, &objs)?;
-    let generation = sync(name)?;
+    let (generation, _) = sync(name)?;
     // Only pods named in this apply can be new.
     add_pods(&mut lab, &applied)?;
     if !applied.pods.is_empty() {
@@ -391,7 +395,7 @@ pub fn delete(name: &str, files: &[PathBuf]) -> anyhow::Result<u64> {
         }
     }
     lab.save()?;
-    sync(name)
+    Ok(sync(name)?.0)
 }
 
 fn probe_family(f: Option<Family>) -> ProbeFamily {

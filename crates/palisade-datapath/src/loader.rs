@@ -328,6 +328,11 @@ impl Datapath {
         self.adopted
     }
 
+    /// The interface `pod` is bound to in this process, if any.
+    pub fn binding(&self, pod: &str) -> Option<u32> {
+        self.state.bindings.get(pod).copied()
+    }
+
     /// The pin root.
     pub fn pin_root(&self) -> &Path {
         &self.root
