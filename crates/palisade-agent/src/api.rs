@@ -6,10 +6,10 @@
 //! and the lab (`sync`) are the clients. The request shapes for `register` and
 //! `unregister` are the CNI plugin's wire format (crate `palisade-cni`).
 
-use std::net::IpAddr;
 use std::path::Path;
 
 use anyhow::Context;
+pub use palisade_cni::protocol::PodEndpoint;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -19,43 +19,11 @@ use tokio::net::UnixStream;
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     /// From the CNI plugin on ADD: enforce on this interface, answer once in force.
-    Register {
-        /// Pod namespace.
-        namespace: String,
-        /// Pod name.
-        pod: String,
-        /// Container id (CNI_CONTAINERID).
-        #[serde(default)]
-        container_id: String,
-        /// Path of the pod's network namespace.
-        #[serde(default)]
-        netns: String,
-        /// Host-side interface name (in the agent's namespace).
-        host_ifname: String,
-        /// Addresses the CNI plugin assigned.
-        #[serde(default)]
-        ips: Vec<IpAddr>,
-    },
+    Register(PodEndpoint),
     /// From the CNI plugin on DEL.
-    Unregister {
-        /// Pod namespace.
-        namespace: String,
-        /// Pod name.
-        pod: String,
-        /// Container id.
-        #[serde(default)]
-        container_id: String,
-    },
+    Unregister(PodEndpoint),
     /// From the CNI plugin on CHECK: is this pod's policy in force?
-    Check {
-        /// Pod namespace.
-        namespace: String,
-        /// Pod name.
-        pod: String,
-        /// Container id.
-        #[serde(default)]
-        container_id: String,
-    },
+    Check(PodEndpoint),
     /// Reload the desired state now and answer once it is in force.
     Sync,
     /// Agent status: endpoints and the generation in force, errors, counters.

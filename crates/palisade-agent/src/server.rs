@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::api::{Reply, Request};
+use crate::api::{PodEndpoint, Reply, Request};
 use crate::decisions::{matches_filter, DecisionRecord, History};
 use crate::metrics::Metrics;
 use crate::reconcile::Reconciler;
@@ -224,14 +224,14 @@ fn handle_command(
 ) {
     let Command { request, reply } = cmd;
     match request {
-        Request::Register {
+        Request::Register(PodEndpoint {
             namespace,
             pod,
             container_id,
             host_ifname,
             ips,
             ..
-        } => {
+        }) => {
             let key = format!("{namespace}/{pod}");
             let ifindex = match nix_ifindex(&host_ifname) {
                 Ok(i) => i,
@@ -289,11 +289,12 @@ fn handle_command(
                 reply,
             });
         }
-        Request::Unregister {
+        Request::Unregister(PodEndpoint {
             namespace,
             pod,
             container_id,
-        } => {
+            ..
+        }) => {
             let key = format!("{namespace}/{pod}");
             let r = reconciler.unregister(&key, &container_id);
             let _ = run_pass(reconciler, metrics, false);
@@ -302,7 +303,7 @@ fn handle_command(
                 Err(e) => Reply::error(format!("pod {key}: {e:#}")),
             });
         }
-        Request::Check { namespace, pod, .. } => {
+        Request::Check(PodEndpoint { namespace, pod, .. }) => {
             let key = format!("{namespace}/{pod}");
             let _ = reply.send(match reconciler.in_force(&key) {
                 Some(generation) => Reply {
