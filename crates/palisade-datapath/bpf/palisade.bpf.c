@@ -71,7 +71,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 dir)
 	struct decision d = { .ifindex = skb->ifindex, .dir = dir };
 	struct flow f = {};
 	struct endpoint_value *ep;
-	struct policy_value *pv;
+	struct policy_value pv;
 	struct ct_value *ct;
 	struct config *cfg;
 	struct ct_key k;
@@ -153,17 +153,16 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 dir)
 				if (identity_lookup(f.family, k.peer_addr, &id))
 					return finish(&d, &f, PALISADE_REASON_NO_IDENTITY);
 				d.identity = id;
-				pv = policy_lookup(cur, id, f.proto, odport);
-				if (!pv)
+				if (policy_lookup(cur, id, f.proto, odport, &pv))
 					return finish(&d, &f, PALISADE_REASON_NO_TABLE);
-				d.rule_id = pv->rule_id;
-				if (pv->action != PALISADE_ACTION_ALLOW) {
+				d.rule_id = pv.rule_id;
+				if (pv.action != PALISADE_ACTION_ALLOW) {
 					bpf_map_delete_elem(&palisade_conntrack, &k);
 					stat_inc(PALISADE_STAT_CT_REVOKED);
 					return finish(&d, &f, PALISADE_REASON_POLICY_DENY);
 				}
 				ct->table = cur;
-				ct->rule_id = pv->rule_id;
+				ct->rule_id = pv.rule_id;
 				ct->identity = id;
 				changed = 1;
 			}
@@ -185,11 +184,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 dir)
 	peer = dir == PALISADE_DIR_EGRESS ? f.daddr : f.saddr;
 	if (identity_lookup(f.family, peer, &d.identity))
 		return finish(&d, &f, PALISADE_REASON_NO_IDENTITY);
-	pv = policy_lookup(d.table, d.identity, f.proto, f.dport);
-	if (!pv)
+	if (policy_lookup(d.table, d.identity, f.proto, f.dport, &pv))
 		return finish(&d, &f, PALISADE_REASON_NO_TABLE);
-	d.rule_id = pv->rule_id;
-	if (pv->action != PALISADE_ACTION_ALLOW)
+	d.rule_id = pv.rule_id;
+	if (pv.action != PALISADE_ACTION_ALLOW)
 		return finish(&d, &f, PALISADE_REASON_POLICY_DENY);
 
 	cfg = config_get();
@@ -197,7 +195,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 dir)
 		struct ct_value v = {
 			.created_ns = now,
 			.last_seen_ns = now,
-			.rule_id = pv->rule_id,
+			.rule_id = pv.rule_id,
 			.table = d.table,
 			.identity = d.identity,
 			.origin_dir = dir,

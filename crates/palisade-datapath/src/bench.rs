@@ -75,7 +75,24 @@ impl Default for BenchOptions {
     }
 }
 
-const POD: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+/// The benchmark pod's address (the source of every measured packet).
+pub const BENCH_POD: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const POD: Ipv4Addr = BENCH_POD;
+
+/// The peer the measured packets go to: in the middle of the `entries` set.
+pub fn bench_peer(entries: usize) -> Ipv4Addr {
+    peer_addr((entries / 3).max(1) / 2)
+}
+
+/// Map sizes used for `entries` (room for the benchmark policy).
+pub fn bench_sizes(entries: usize) -> MapSizes {
+    MapSizes {
+        policy: (entries as u32 * 12).max(1024),
+        policy_parts: (entries as u32).max(1024),
+        hosts4: (entries as u32).max(1024),
+        ..MapSizes::default()
+    }
+}
 
 fn peer_addr(i: usize) -> Ipv4Addr {
     let i = i as u32 + 1;
@@ -162,12 +179,7 @@ pub fn bench_datapath(o: &BenchOptions) -> Result<BenchReport, Error> {
     let mut points = Vec::new();
     for &n in &o.entries {
         let _ = crate::loader::unpin_all_at(&o.pin_root);
-        let sizes = MapSizes {
-            policy: (n as u32 * 12).max(1024),
-            addr4: (n as u32).max(1024),
-            ..MapSizes::default()
-        };
-        let mut dp = Datapath::load_or_adopt(&o.pin_root, sizes)?;
+        let mut dp = Datapath::load_or_adopt(&o.pin_root, bench_sizes(n))?;
         dp.sync(&bench_policy(n))?;
         dp.bind("bench/pod", 1)?;
         noop.push(measure(
@@ -176,7 +188,7 @@ pub fn bench_datapath(o: &BenchOptions) -> Result<BenchReport, Error> {
             &Packet::udp("10.0.0.1", "10.0.0.2", 1, 2).frame(),
             o,
         )?);
-        let peer = peer_addr((n / 3).max(1) / 2).to_string();
+        let peer = bench_peer(n).to_string();
         let syn = Packet::tcp(&POD.to_string(), &peer, 40000, 80, 0x02).frame();
         dp.set_config(Config {
             flags: CFG_F_NO_CT_CREATE,
