@@ -168,7 +168,8 @@ enum palisade_ct_fin {
 	PALISADE_CT_FIN_REPLY = 2,
 };
 
-/* Conntrack timeouts in seconds of CLOCK_MONOTONIC (bpf_ktime_get_ns). */
+/* Conntrack timeouts in seconds of CLOCK_MONOTONIC (read at tick resolution
+ * with bpf_ktime_get_coarse_ns, see ct_now in lib/conntrack.h). */
 enum palisade_ct_timeouts {
 	PALISADE_CT_SYN_TIMEOUT_S = 60,
 	PALISADE_CT_TCP_TIMEOUT_S = 21600,
@@ -335,9 +336,9 @@ struct ct_key {
 };
 
 struct ct_value {
-	/* bpf_ktime_get_ns() at creation, ns. */
+	/* ct_now() (coarse CLOCK_MONOTONIC) at creation, ns. */
 	__u64 created_ns;
-	/* bpf_ktime_get_ns() of the last packet, ns, refreshed at most every
+	/* ct_now() of the last packet, ns, refreshed at most every
 	 * PALISADE_CT_REFRESH_S. */
 	__u64 last_seen_ns;
 	/* Rule that allowed the flow. */
@@ -380,7 +381,7 @@ struct frag_value {
 	__u16 sport;
 	__u16 dport;
 	__u32 pad;
-	/* bpf_ktime_get_ns() of the first fragment, ns. */
+	/* ct_now() of the first fragment, ns. */
 	__u64 created_ns;
 };
 
