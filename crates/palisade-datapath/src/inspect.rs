@@ -247,6 +247,18 @@ impl Datapath {
         })
     }
 
+    /// `palisade_policy_parts` as the kernel holds it, by (table, peer, proto class).
+    pub fn dump_policy_parts(
+        &self,
+    ) -> Result<BTreeMap<(TableId, IdentityId, u8), abi::PolicyPart>> {
+        let mut out = BTreeMap::new();
+        for kv in self.policy_parts.iter() {
+            let (k, v) = kv.map_err(map_err("palisade_policy_parts"))?;
+            out.insert((k.table, k.peer, k.proto), v);
+        }
+        Ok(out)
+    }
+
     /// Checks the kernel's derived maps against their sources, reading both
     /// from the kernel: every partition in `palisade_policy_parts` equals the
     /// one computed from its `palisade_policy` entries (and exists iff it has

@@ -518,4 +518,66 @@ mod tests {
             [Write::ZeroSlot(1), Write::PutEndpoint(7, _)]
         ));
     }
+
+    fn caps(policy_parts: u32) -> Caps {
+        Caps {
+            endpoints: 4,
+            addr4: 4,
+            addr6: 4,
+            hosts4: 4,
+            hosts6: 4,
+            policy: 64,
+            policy_parts,
+        }
+    }
+
+    #[test]
+    fn partition_is_written_after_its_entries_and_before_the_endpoint_that_uses_it() {
+        let mut c = Compiled::default();
+        c.tables.insert(1, table(1));
+        c.tables.insert(2, table(2));
+        c.addresses.insert("10.1.0.0/16".parse().unwrap(), 3);
+        c.addresses.insert("10.1.2.3/32".parse().unwrap(), 4);
+        c.endpoints.insert(
+            "a/b".into(),
+            EndpointEntry {
+                pod: "a/b".into(),
+                ips: vec!["10.0.0.1".parse().unwrap()],
+                ingress: 1,
+                egress: 2,
+                generation: 1,
+            },
+        );
+        let mut s = State::default();
+        s.bindings.insert("a/b".into(), 7);
+        let mut p = Planner::new(&mut s, caps(64));
+        p.sync(&c).unwrap();
+        let pos = |f: &dyn Fn(&Write) -> bool| p.plan.iter().position(f).unwrap();
+        let last_entry = p
+            .plan
+            .iter()
+            .rposition(|w| matches!(w, Write::PutPolicy(..)))
+            .unwrap();
+        let first_part = pos(&|w| matches!(w, Write::PutPart(..)));
+        let endpoint = pos(&|w| matches!(w, Write::PutEndpoint(..)));
+        assert!(last_entry < first_part && first_part < endpoint);
+        assert_eq!(p.s.parts.len(), 8, "one per (table, peer 0, class)");
+        assert_eq!(p.peaks.hosts4, 1);
+        assert_eq!(p.peaks.addr4, 1);
+        // Removing a table removes its partitions after its entries.
+        p.plan.clear();
+        p.op(&Op::RemoveTable(1)).unwrap();
+        assert!(matches!(p.plan.last(), Some(Write::DelPart((1, _, _)))));
+        assert_eq!(p.s.parts.len(), 4);
+    }
+
+    #[test]
+    fn plan_that_overflows_the_partition_map_is_rejected() {
+        let mut s = State::default();
+        let mut p = Planner::new(&mut s, caps(6));
+        p.op(&Op::PutTable(1, table(1))).unwrap();
+        assert!(p.overflow().is_none());
+        p.op(&Op::PutTable(2, table(2))).unwrap();
+        assert_eq!(p.overflow(), Some(("palisade_policy_parts", 8, 6)));
+    }
 }
