@@ -16,9 +16,12 @@
  *  5. later IPv4/IPv6 fragments pass iff their first fragment passed;
  *  6. ICMP errors whose inner header is a tracked flow pass as RELATED;
  *  7. conntrack hit -> ESTABLISHED / REPLY (re-checked if the table changed);
- *  8. policy: identity of the peer (dst for from_pod, src for to_pod) by LPM,
- *     then (table, peer, proto class, dport) with IDENTITY_ANY fallback;
- *     allow creates a conntrack entry.
+ *  8. policy: identity of the peer (dst for from_pod, src for to_pod): host
+ *     map, else LPM; then (table, peer, proto class, dport) through the port
+ *     partition hash (the LPM only for overflow partitions), with the
+ *     IDENTITY_ANY fallback; allow creates a conntrack entry.
+ * Headers are read directly from the linear packet data (helper fallback), the
+ * config once per packet, the clock only where a timestamp is needed.
  * Allowed packets return TC_ACT_UNSPEC (= TCX_NEXT), so programs attached after
  * ours still run; drops return TC_ACT_SHOT.
  */
