@@ -145,7 +145,7 @@ pub fn bench_peer(entries: usize) -> Ipv4Addr {
 pub fn bench_sizes(entries: usize) -> MapSizes {
     MapSizes {
         policy: (entries as u32 * 12).max(1024),
-        policy_parts: (entries as u32).max(1024),
+        policy_parts: (entries as u32 * 12).max(1024),
         hosts4: (entries as u32).max(1024),
         ..MapSizes::default()
     }

@@ -51,7 +51,9 @@ pub struct MapSizes {
     pub hosts6: u32,
     /// Policy prefixes (after port range expansion) over all tables.
     pub policy: u32,
-    /// Port partitions, one per (table, peer, protocol class) with entries.
+    /// Port partitions, one per (table, peer, protocol class) with entries:
+    /// never more than `policy` (each has at least one policy entry), and the
+    /// map is not preallocated, so setting it to `policy` costs nothing.
     pub policy_parts: u32,
     /// Tracked connections over all endpoints.
     pub conntrack: u32,
@@ -70,7 +72,7 @@ impl Default for MapSizes {
             hosts4: 65536,
             hosts6: 65536,
             policy: 262144,
-            policy_parts: 65536,
+            policy_parts: 262144,
             conntrack: 262144,
             frags: 8192,
             events_bytes: 256 * 1024,

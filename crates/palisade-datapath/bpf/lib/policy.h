@@ -41,10 +41,12 @@ struct {
 } palisade_addr6 SEC(".maps");
 
 /* Key: __u32 IPv4 address, network order: every /32 (see struct host6_key).
- * Value: struct addr_value. */
+ * Value: struct addr_value. Not preallocated (like the tries): memory follows
+ * the number of pods, not max_entries; lookups cost the same. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u32);
 	__type(value, struct addr_value);
 } palisade_hosts4 SEC(".maps");
@@ -53,6 +55,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct host6_key);
 	__type(value, struct addr_value);
 } palisade_hosts6 SEC(".maps");
@@ -70,10 +73,13 @@ struct {
 
 /* Key: struct policy_part_key. Value: struct policy_part. One hash lookup per
  * (table, peer, class) whatever the number of entries: the LPM's depth grows
- * with the number of tables and peers, this does not. */
+ * with the number of tables and peers, this does not. Not preallocated: there
+ * are never more partitions than palisade_policy entries, so max_entries can
+ * match that map's at no memory cost. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct policy_part_key);
 	__type(value, struct policy_part);
 } palisade_policy_parts SEC(".maps");
