@@ -216,6 +216,9 @@ pub struct Datapath {
     pub(crate) state: State,
     pub(crate) adopted: bool,
     pub(crate) ncpus: usize,
+    /// A plan failed half-way: policy entries may have been written without
+    /// their partitions, so the next plan recomputes every partition.
+    pub(crate) parts_suspect: bool,
 }
 
 fn pin_dir(root: &Path, sub: &str) -> Result<PathBuf> {
@@ -344,6 +347,7 @@ impl Datapath {
             caps,
             state: State::default(),
             adopted,
+            parts_suspect: false,
             ncpus: aya::util::nr_cpus().map_err(|(_, e)| Error::Interface("cpus".into(), e))?,
         };
         let legacy_hosts = dp.reload_mirror()?;
@@ -631,6 +635,9 @@ impl Datapath {
     ) -> Result<()> {
         let mut sim = self.state.clone();
         let mut planner = Planner::new(&mut sim, self.caps);
+        if self.parts_suspect {
+            planner.resync_parts();
+        }
         f(&mut planner)?;
         planner.flush_parts();
         if let Some((map, needed, capacity)) = planner.overflow() {
@@ -644,9 +651,11 @@ impl Datapath {
         if let Err(e) = self.write(&plan) {
             // Keep the mirror truthful, whatever got written.
             let _ = self.reload_mirror();
+            self.parts_suspect = true;
             return Err(e);
         }
         self.state = sim;
+        self.parts_suspect = false;
         Ok(())
     }
 
