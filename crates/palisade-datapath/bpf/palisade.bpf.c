@@ -16,9 +16,12 @@
  *  5. later IPv4/IPv6 fragments pass iff their first fragment passed;
  *  6. ICMP errors whose inner header is a tracked flow pass as RELATED;
  *  7. conntrack hit -> ESTABLISHED / REPLY (re-checked if the table changed);
- *  8. policy: identity of the peer (dst for from_pod, src for to_pod) by LPM,
- *     then (table, peer, proto class, dport) with IDENTITY_ANY fallback;
- *     allow creates a conntrack entry.
+ *  8. policy: identity of the peer (dst for from_pod, src for to_pod): host
+ *     map, else LPM; then (table, peer, proto class, dport) through the port
+ *     partition hash (the LPM only for overflow partitions), with the
+ *     IDENTITY_ANY fallback; allow creates a conntrack entry.
+ * Headers are read directly from the linear packet data (helper fallback), the
+ * config once per packet, the clock only where a timestamp is needed.
  * Allowed packets return TC_ACT_UNSPEC (= TCX_NEXT), so programs attached after
  * ours still run; drops return TC_ACT_SHOT.
  */
@@ -41,10 +44,11 @@ char LICENSE[] SEC("license") = "GPL";
 /* Drop. */
 #define VERDICT_DROP TC_ACT_SHOT
 
-static __always_inline int finish(struct decision *d, const struct flow *f, __u32 reason)
+static __always_inline int finish(struct decision *d, const struct flow *f,
+				  const struct config *cfg, __u32 reason)
 {
 	d->reason = reason;
-	record(d, f);
+	record(d, f, cfg);
 	return reason >= PALISADE_REASON_FIRST_DROP ? VERDICT_DROP : VERDICT_PASS;
 }
 
@@ -71,47 +75,53 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 dir)
 	struct decision d = { .ifindex = skb->ifindex, .dir = dir };
 	struct flow f = {};
 	struct endpoint_value *ep;
-	struct policy_value *pv;
+	struct policy_value pv;
 	struct ct_value *ct;
-	struct config *cfg;
+	/* Read once per packet; NULL only if the map is broken (then: logging
+	 * off, conntrack on). */
+	const struct config *cfg = config_get();
 	struct ct_key k;
 	__u8 *peer;
-	__u64 now;
-	int rc;
+	/* The clock (ct_now) is read only where a timestamp is needed (expiry
+	 * checks, new state): a denied new flow never reads it. */
+	__u64 now = 0;
+	int rc, create;
 
 	ep = bpf_map_lookup_elem(&palisade_endpoints, &d.ifindex);
 	if (!ep)
-		return finish(&d, &f, PALISADE_REASON_NO_ENDPOINT);
+		return finish(&d, &f, cfg, PALISADE_REASON_NO_ENDPOINT);
 	d.slot = ep->slot;
 	d.ep_flags = ep->flags;
 	d.table = dir == PALISADE_DIR_EGRESS ? ep->egress_table : ep->ingress_table;
 
 	rc = parse_frame(skb, &f);
 	if (rc == PARSE_NON_IP)
-		return finish(&d, &f, PALISADE_REASON_NON_IP);
+		return finish(&d, &f, cfg, PALISADE_REASON_NON_IP);
 	if (rc == PARSE_VLAN)
-		return finish(&d, &f, PALISADE_REASON_VLAN);
+		return finish(&d, &f, cfg, PALISADE_REASON_VLAN);
 	if (rc == PARSE_EXT_LIMIT)
-		return finish(&d, &f, PALISADE_REASON_IPV6_EXT_LIMIT);
+		return finish(&d, &f, cfg, PALISADE_REASON_IPV6_EXT_LIMIT);
 	if (rc != PARSE_OK)
-		return finish(&d, &f, PALISADE_REASON_MALFORMED);
+		return finish(&d, &f, cfg, PALISADE_REASON_MALFORMED);
 
 	if (is_ndp(&f))
-		return finish(&d, &f, PALISADE_REASON_NDP);
+		return finish(&d, &f, cfg, PALISADE_REASON_NDP);
 
 	if (dir == PALISADE_DIR_EGRESS && !(ep->flags & PALISADE_EP_F_NO_SPOOF_CHECK) &&
 	    !endpoint_owns(ep, &f))
-		return finish(&d, &f, PALISADE_REASON_SPOOF);
+		return finish(&d, &f, cfg, PALISADE_REASON_SPOOF);
 
-	now = bpf_ktime_get_ns();
-	if (f.frag == FRAG_LATER)
-		return finish(&d, &f,
+	if (f.frag == FRAG_LATER) {
+		now = ct_now();
+		return finish(&d, &f, cfg,
 			      frag_known(d.ifindex, dir, &f, now) ? PALISADE_REASON_FRAG_TRACKED
 								  : PALISADE_REASON_FRAG_NO_STATE);
+	}
 
 	if (f.icmp_error) {
 		struct flow in = {};
 
+		now = ct_now();
 		if (parse_icmp_inner(skb, &f, &in) == PARSE_OK) {
 			/* The inner packet travelled the other way. */
 			ct_key_from(&k, d.ifindex, dir ^ 1, &in);
@@ -119,7 +129,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 dir)
 			if (ct && !ct_expired(ct, now)) {
 				d.rule_id = ct->rule_id;
 				d.identity = ct->identity;
-				return finish(&d, &f, PALISADE_REASON_CT_RELATED);
+				return finish(&d, &f, cfg, PALISADE_REASON_CT_RELATED);
 			}
 		}
 		/* Unrelated error: judged by policy below, never creates state. */
@@ -127,6 +137,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 dir)
 
 	ct_key_from(&k, d.ifindex, dir, &f);
 	ct = bpf_map_lookup_elem(&palisade_conntrack, &k);
+	if (ct)
+		now = ct_now();
 	if (ct && ct_expired(ct, now)) {
 		stat_inc(PALISADE_STAT_CT_EXPIRED);
 		ct = NULL;
@@ -151,19 +163,18 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 dir)
 				stat_inc(PALISADE_STAT_CT_RECHECKED);
 				d.table = cur;
 				if (identity_lookup(f.family, k.peer_addr, &id))
-					return finish(&d, &f, PALISADE_REASON_NO_IDENTITY);
+					return finish(&d, &f, cfg, PALISADE_REASON_NO_IDENTITY);
 				d.identity = id;
-				pv = policy_lookup(cur, id, f.proto, odport);
-				if (!pv)
-					return finish(&d, &f, PALISADE_REASON_NO_TABLE);
-				d.rule_id = pv->rule_id;
-				if (pv->action != PALISADE_ACTION_ALLOW) {
+				if (policy_lookup(cur, id, f.proto, odport, &pv))
+					return finish(&d, &f, cfg, PALISADE_REASON_NO_TABLE);
+				d.rule_id = pv.rule_id;
+				if (pv.action != PALISADE_ACTION_ALLOW) {
 					bpf_map_delete_elem(&palisade_conntrack, &k);
 					stat_inc(PALISADE_STAT_CT_REVOKED);
-					return finish(&d, &f, PALISADE_REASON_POLICY_DENY);
+					return finish(&d, &f, cfg, PALISADE_REASON_POLICY_DENY);
 				}
 				ct->table = cur;
-				ct->rule_id = pv->rule_id;
+				ct->rule_id = pv.rule_id;
 				ct->identity = id;
 				changed = 1;
 			}
@@ -176,7 +187,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 dir)
 			d.rule_id = ct->rule_id;
 			d.identity = ct->identity;
 			d.table = ct->table;
-			return finish(&d, &f,
+			return finish(&d, &f, cfg,
 				      forward ? PALISADE_REASON_CT_ESTABLISHED
 					      : PALISADE_REASON_CT_REPLY);
 		}
@@ -184,20 +195,21 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 dir)
 
 	peer = dir == PALISADE_DIR_EGRESS ? f.daddr : f.saddr;
 	if (identity_lookup(f.family, peer, &d.identity))
-		return finish(&d, &f, PALISADE_REASON_NO_IDENTITY);
-	pv = policy_lookup(d.table, d.identity, f.proto, f.dport);
-	if (!pv)
-		return finish(&d, &f, PALISADE_REASON_NO_TABLE);
-	d.rule_id = pv->rule_id;
-	if (pv->action != PALISADE_ACTION_ALLOW)
-		return finish(&d, &f, PALISADE_REASON_POLICY_DENY);
+		return finish(&d, &f, cfg, PALISADE_REASON_NO_IDENTITY);
+	if (policy_lookup(d.table, d.identity, f.proto, f.dport, &pv))
+		return finish(&d, &f, cfg, PALISADE_REASON_NO_TABLE);
+	d.rule_id = pv.rule_id;
+	if (pv.action != PALISADE_ACTION_ALLOW)
+		return finish(&d, &f, cfg, PALISADE_REASON_POLICY_DENY);
 
-	cfg = config_get();
-	if (ct_creatable(&f) && !(cfg && (cfg->flags & PALISADE_CFG_F_NO_CT_CREATE))) {
+	create = ct_creatable(&f) && !(cfg && (cfg->flags & PALISADE_CFG_F_NO_CT_CREATE));
+	if (create || f.frag == FRAG_FIRST)
+		now = ct_now();
+	if (create) {
 		struct ct_value v = {
 			.created_ns = now,
 			.last_seen_ns = now,
-			.rule_id = pv->rule_id,
+			.rule_id = pv.rule_id,
 			.table = d.table,
 			.identity = d.identity,
 			.origin_dir = dir,
@@ -216,7 +228,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 dir)
 	}
 	if (f.frag == FRAG_FIRST)
 		frag_track(d.ifindex, dir, &f, now);
-	return finish(&d, &f, PALISADE_REASON_POLICY_ALLOW);
+	return finish(&d, &f, cfg, PALISADE_REASON_POLICY_ALLOW);
 }
 
 SEC("classifier")

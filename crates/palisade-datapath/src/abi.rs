@@ -17,6 +17,8 @@ pub const MAX_IPS6: usize = 4;
 pub const IPV6_MAX_EXT: usize = 4;
 /// Bits of `policy_key` after `prefixlen` that are always matched (table+peer+proto+pad).
 pub const POLICY_FIXED_BITS: u32 = 80;
+/// Port segments a `policy_part` holds inline.
+pub const PART_INLINE: usize = 8;
 
 /// `enum palisade_dir`
 pub const DIR_EGRESS: u32 = 0;
@@ -26,6 +28,11 @@ pub const DIR_NR: usize = 2;
 /// `enum palisade_action`
 pub const ACTION_ALLOW: u8 = 0;
 pub const ACTION_DENY: u8 = 1;
+/// `policy_part` segment without an entry (falls through like an LPM miss).
+pub const ACTION_NONE: u8 = 2;
+
+/// `enum palisade_part_flags`
+pub const PART_F_OVERFLOW: u8 = 1;
 
 /// `enum palisade_reason`
 pub const REASON_POLICY_ALLOW: u32 = 0;
@@ -161,6 +168,34 @@ pub struct PolicyValue {
 }
 
 #[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Host6Key {
+    /// Network order.
+    pub addr: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyPartKey {
+    pub table: u32,
+    pub peer: u32,
+    pub proto: u8,
+    pub pad: [u8; 3],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct PolicyPart {
+    pub n: u8,
+    pub flags: u8,
+    pub pad: u16,
+    /// Host order.
+    pub port_lo: [u16; PART_INLINE],
+    pub rule_id: [u32; PART_INLINE],
+    pub action: [u8; PART_INLINE],
+}
+
+#[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct CtKey {
     pub ifindex: u32,
@@ -261,6 +296,9 @@ unsafe impl aya::Pod for AddrValue {}
 unsafe impl aya::Pod for PolicyKey {}
 unsafe impl aya::Pod for PolicyMatch {}
 unsafe impl aya::Pod for PolicyValue {}
+unsafe impl aya::Pod for Host6Key {}
+unsafe impl aya::Pod for PolicyPartKey {}
+unsafe impl aya::Pod for PolicyPart {}
 unsafe impl aya::Pod for CtKey {}
 unsafe impl aya::Pod for CtValue {}
 unsafe impl aya::Pod for FragKey {}
@@ -307,6 +345,13 @@ pub const LAYOUTS: &[Layout] = &[
         [prefixlen, table, peer, proto, pad, dport]
     ),
     layout!("policy_value", PolicyValue, [rule_id, action, pad]),
+    layout!("host6_key", Host6Key, [addr]),
+    layout!("policy_part_key", PolicyPartKey, [table, peer, proto, pad]),
+    layout!(
+        "policy_part",
+        PolicyPart,
+        [n, flags, pad, port_lo, rule_id, action]
+    ),
     layout!(
         "ct_key",
         CtKey,
@@ -368,6 +413,11 @@ const _: () = {
     assert!(size_of::<PolicyMatch>() == 12);
     assert!(offset_of!(PolicyKey, dport) == 14);
     assert!(size_of::<PolicyValue>() == 8);
+    assert!(size_of::<Host6Key>() == 16);
+    assert!(size_of::<PolicyPartKey>() == 12);
+    assert!(size_of::<PolicyPart>() == 60);
+    assert!(offset_of!(PolicyPart, rule_id) == 20);
+    assert!(offset_of!(PolicyPart, action) == 52);
     assert!(size_of::<CtKey>() == 44);
     assert!(offset_of!(CtKey, pod_port) == 40);
     assert!(size_of::<CtValue>() == 32);

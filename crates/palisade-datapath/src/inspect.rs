@@ -247,6 +247,71 @@ impl Datapath {
         })
     }
 
+    /// `palisade_policy_parts` as the kernel holds it, by (table, peer, proto class).
+    pub fn dump_policy_parts(
+        &self,
+    ) -> Result<BTreeMap<(TableId, IdentityId, u8), abi::PolicyPart>> {
+        let mut out = BTreeMap::new();
+        for kv in self.policy_parts.iter() {
+            let (k, v) = kv.map_err(map_err("palisade_policy_parts"))?;
+            out.insert((k.table, k.peer, k.proto), v);
+        }
+        Ok(out)
+    }
+
+    /// Checks the kernel's derived maps against their sources, reading both
+    /// from the kernel: every partition in `palisade_policy_parts` equals the
+    /// one computed from its `palisade_policy` entries (and exists iff it has
+    /// entries), and no host prefix sits in an LPM trie. Returns one line per
+    /// mismatch (empty = consistent).
+    pub fn check_derived_maps(&self) -> Result<Vec<String>> {
+        let mut by_part: BTreeMap<(TableId, IdentityId, u8), Vec<maps::PartEntry>> =
+            BTreeMap::new();
+        for kv in self.policy.iter() {
+            let (k, v) = kv.map_err(map_err("palisade_policy"))?;
+            let k = abi::PolicyKey::from_lpm(&k);
+            by_part
+                .entry((k.table, k.peer, k.proto))
+                .or_default()
+                .push((
+                    u16::from_be(k.dport),
+                    (k.prefixlen - abi::POLICY_FIXED_BITS) as u8,
+                    v,
+                ));
+        }
+        let mut kernel = BTreeMap::new();
+        for kv in self.policy_parts.iter() {
+            let (k, v) = kv.map_err(map_err("palisade_policy_parts"))?;
+            kernel.insert((k.table, k.peer, k.proto), v);
+        }
+        let mut bad = Vec::new();
+        for (pk, entries) in &by_part {
+            let want = maps::policy_part(entries);
+            match kernel.remove(pk) {
+                Some(got) if got == want => {}
+                got => bad.push(format!(
+                    "partition {pk:?}: kernel {got:?}, entries say {want:?}"
+                )),
+            }
+        }
+        for pk in kernel.keys() {
+            bad.push(format!("partition {pk:?} has no policy entries"));
+        }
+        for kv in self.addr4.iter() {
+            let (k, _) = kv.map_err(map_err("palisade_addr4"))?;
+            if k.prefix_len() == 32 {
+                bad.push(format!("host {:?} in palisade_addr4", k.data()));
+            }
+        }
+        for kv in self.addr6.iter() {
+            let (k, _) = kv.map_err(map_err("palisade_addr6"))?;
+            if k.prefix_len() == 128 {
+                bad.push(format!("host {:?} in palisade_addr6", k.data()));
+            }
+        }
+        Ok(bad)
+    }
+
     /// What the kernel enforces on one interface, decoded into policy terms
     /// (read from the maps, not from the mirror).
     pub fn dump_endpoint(&self, ifindex: u32) -> Result<EndpointDump> {
@@ -271,9 +336,18 @@ impl Datapath {
         })
     }
 
-    /// The address map as the kernel holds it.
+    /// The address maps as the kernel holds them: the LPM tries' prefixes and
+    /// the host maps' /32 and /128 together.
     pub fn dump_addresses(&self) -> Result<BTreeMap<IpNet, IdentityId>> {
         let mut out = BTreeMap::new();
+        for kv in self.hosts4.iter() {
+            let (k, v) = kv.map_err(map_err("palisade_hosts4"))?;
+            out.insert(IpNet::from(IpAddr::from(k)), v.identity);
+        }
+        for kv in self.hosts6.iter() {
+            let (k, v) = kv.map_err(map_err("palisade_hosts6"))?;
+            out.insert(IpNet::from(IpAddr::from(k.addr)), v.identity);
+        }
         for kv in self.addr4.iter() {
             let (k, v) = kv.map_err(map_err("palisade_addr4"))?;
             out.insert(

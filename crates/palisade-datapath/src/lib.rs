@@ -18,8 +18,10 @@
 //! | map (pinned under `<root>/maps/`) | type | key → value | why |
 //! |---|---|---|---|
 //! | `palisade_endpoints` | hash | host ifindex → tables, counter slot, flags, own IPs | one lookup gives both tables; switching a pod's policy is ONE write |
-//! | `palisade_addr4`, `palisade_addr6` | LPM trie | prefix → identity | peers and CIDRs (with `except` holes as more specific prefixes) collapse into one identity per packet, O(prefix bits) whatever the policy count |
-//! | `palisade_policy` | LPM trie | (table, peer, proto class, dport prefix) → action, rule | port ranges become ≤30 prefixes each; one trie lookup per packet (+1 for the IDENTITY_ANY fallback); tables are shared by every pod with the same policy |
+//! | `palisade_hosts4`, `palisade_hosts6` | hash | host address (/32, /128: every pod) → identity | one exact-match lookup for pod peers, whatever the number of pods; a host prefix is the most specific match, so checking it first gives the LPM's answer |
+//! | `palisade_addr4`, `palisade_addr6` | LPM trie | prefix shorter than /32, /128 → identity | CIDRs (with `except` holes as more specific prefixes) collapse into one identity per packet; consulted only when the host map misses, and kept small because pods are not in it |
+//! | `palisade_policy_parts` | hash | (table, peer, proto class) → up to 8 port segments inline (verdict + rule each), or "overflow" | one hash lookup plus a bounded scan per (peer or IDENTITY_ANY fallback), flat in the number of entries; derived by the loader from `palisade_policy`, written after it, one write per partition change |
+//! | `palisade_policy` | LPM trie | (table, peer, proto class, dport prefix) → action, rule | every table entry (port ranges become ≤30 prefixes each): read by the program only for overflow partitions (> 8 segments), and the source of dumps and of the partitions; tables are shared by every pod with the same policy |
 //! | `palisade_conntrack` | LRU hash | (ifindex, family, proto, pod addr/port, peer addr/port) → state, times, rule | keyed from the pod's side, so a flow and its replies share one entry and one lookup; LRU so a full table evicts instead of failing |
 //! | `palisade_frags` | LRU hash | (ifindex, id, proto, dir, src, dst) → ports | later fragments carry no ports: they follow their first fragment |
 //! | `palisade_counters` | per-CPU array | slot × direction × reason → packets | no atomics, no map writes on the hot path; slot 0 = unknown interface |
@@ -28,8 +30,10 @@
 //! | `palisade_events` | ring buffer | decision events | rate-limited per CPU so floods cannot starve userspace |
 //!
 //! Per-packet cost is therefore a fixed number of lookups (endpoint, conntrack,
-//! and for new flows identity + 1-2 policy lookups), independent of the number of
-//! policies, rules, peers or CIDRs; see [`bench::bench_datapath`].
+//! and for new flows a host-map lookup (+ an LPM lookup for non-pod peers) and
+//! 1-2 partition lookups), all hash lookups on the common path, so it stays flat
+//! in the number of policies, rules, peers or CIDRs; see [`mod@bench`] for the
+//! figures and the per-stage profile.
 //!
 //! ## Consistency
 //!
@@ -59,6 +63,11 @@
 //!   (`ipv6-ext-limit`); ICMPv6 errors quoting a packet with extension headers
 //!   are judged by policy instead of passing as related.
 //! - Non-IP frames (ARP) pass; VLAN-tagged frames drop.
+//! - A (table, peer, class) partition with more than 8 port segments (e.g. 4+
+//!   single ports allowed amid a deny) overflows to the policy LPM: one more
+//!   lookup whose depth grows with the number of entries.
+//! - Conntrack and fragment timestamps use the coarse monotonic clock (tick
+//!   resolution); timeouts are whole seconds, so no decision changes.
 //! - The netlink fallback (kernels without TCX) cannot pin its filter: it stays
 //!   attached across restarts but [`Datapath::detach`] cannot remove it.
 //! - A new ABI (changed map layout) cannot adopt old pins: `aya` refuses the

@@ -18,10 +18,11 @@ use palisade_policy::compiled::{Compiled, Delta};
 use serde::Serialize;
 
 use crate::abi::{
-    self, AddrValue, Config, CtKey, CtValue, EndpointValue, PolicyMatch, PolicyValue,
+    self, AddrValue, Config, CtKey, CtValue, EndpointValue, Host6Key, PolicyMatch, PolicyPart,
+    PolicyPartKey, PolicyValue,
 };
-use crate::maps::{AddrKey, EncodeError};
-use crate::state::{policy_key_of, Caps, Planner, State, Write};
+use crate::maps::{is_host, AddrKey, EncodeError};
+use crate::state::{part_key_of, policy_key_of, Caps, Planner, State, Write};
 
 /// The production object, compiled by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade.bpf.o"));
@@ -40,12 +41,20 @@ pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/palisade";
 pub struct MapSizes {
     /// Endpoints (attached interfaces) and counter slots.
     pub endpoints: u32,
-    /// IPv4 prefixes in the address map.
+    /// IPv4 prefixes shorter than /32 in the address LPM trie.
     pub addr4: u32,
-    /// IPv6 prefixes in the address map.
+    /// IPv6 prefixes shorter than /128 in the address LPM trie.
     pub addr6: u32,
+    /// IPv4 host addresses (/32: every pod) in the exact-match host map.
+    pub hosts4: u32,
+    /// IPv6 host addresses (/128) in the exact-match host map.
+    pub hosts6: u32,
     /// Policy prefixes (after port range expansion) over all tables.
     pub policy: u32,
+    /// Port partitions, one per (table, peer, protocol class) with entries:
+    /// never more than `policy` (each has at least one policy entry), and the
+    /// map is not preallocated, so setting it to `policy` costs nothing.
+    pub policy_parts: u32,
     /// Tracked connections over all endpoints.
     pub conntrack: u32,
     /// Fragmented datagrams in flight.
@@ -60,7 +69,10 @@ impl Default for MapSizes {
             endpoints: 1024,
             addr4: 65536,
             addr6: 65536,
+            hosts4: 65536,
+            hosts6: 65536,
             policy: 262144,
+            policy_parts: 262144,
             conntrack: 262144,
             frags: 8192,
             events_bytes: 256 * 1024,
@@ -163,11 +175,14 @@ impl Hook {
 }
 
 /// Names of every map, all pinned under `<pin root>/maps/`.
-pub const MAP_NAMES: [&str; 11] = [
+pub const MAP_NAMES: [&str; 14] = [
     "palisade_endpoints",
     "palisade_addr4",
     "palisade_addr6",
+    "palisade_hosts4",
+    "palisade_hosts6",
     "palisade_policy",
+    "palisade_policy_parts",
     "palisade_conntrack",
     "palisade_frags",
     "palisade_counters",
@@ -187,7 +202,11 @@ pub struct Datapath {
     pub(crate) endpoints: HashMap<MapData, u32, EndpointValue>,
     pub(crate) addr4: LpmTrie<MapData, [u8; 4], AddrValue>,
     pub(crate) addr6: LpmTrie<MapData, [u8; 16], AddrValue>,
+    /// Key: the `__u32` address in network order, i.e. its octets.
+    pub(crate) hosts4: HashMap<MapData, [u8; 4], AddrValue>,
+    pub(crate) hosts6: HashMap<MapData, Host6Key, AddrValue>,
     pub(crate) policy: LpmTrie<MapData, PolicyMatch, PolicyValue>,
+    pub(crate) policy_parts: HashMap<MapData, PolicyPartKey, PolicyPart>,
     pub(crate) conntrack: HashMap<MapData, CtKey, CtValue>,
     pub(crate) counters: PerCpuArray<MapData, u64>,
     pub(crate) stats: PerCpuArray<MapData, u64>,
@@ -197,6 +216,9 @@ pub struct Datapath {
     pub(crate) state: State,
     pub(crate) adopted: bool,
     pub(crate) ncpus: usize,
+    /// A plan failed half-way: policy entries may have been written without
+    /// their partitions, so the next plan recomputes every partition.
+    pub(crate) parts_suspect: bool,
 }
 
 fn pin_dir(root: &Path, sub: &str) -> Result<PathBuf> {
@@ -268,7 +290,10 @@ impl Datapath {
             .map_max_entries("palisade_endpoints", sizes.endpoints)
             .map_max_entries("palisade_addr4", sizes.addr4)
             .map_max_entries("palisade_addr6", sizes.addr6)
+            .map_max_entries("palisade_hosts4", sizes.hosts4)
+            .map_max_entries("palisade_hosts6", sizes.hosts6)
             .map_max_entries("palisade_policy", sizes.policy)
+            .map_max_entries("palisade_policy_parts", sizes.policy_parts)
             .map_max_entries("palisade_conntrack", sizes.conntrack)
             .map_max_entries("palisade_frags", sizes.frags)
             .map_max_entries("palisade_counters", slots * abi::COUNTERS_PER_SLOT as u32)
@@ -299,14 +324,20 @@ impl Datapath {
                 .min(cap("palisade_counters")? / abi::COUNTERS_PER_SLOT as u32 - 1),
             addr4: cap("palisade_addr4")?,
             addr6: cap("palisade_addr6")?,
+            hosts4: cap("palisade_hosts4")?,
+            hosts6: cap("palisade_hosts6")?,
             policy: cap("palisade_policy")?,
+            policy_parts: cap("palisade_policy_parts")?,
         };
         let mut dp = Datapath {
             root: pin_root.to_path_buf(),
             endpoints: take(&mut ebpf, "palisade_endpoints")?,
             addr4: take(&mut ebpf, "palisade_addr4")?,
             addr6: take(&mut ebpf, "palisade_addr6")?,
+            hosts4: take(&mut ebpf, "palisade_hosts4")?,
+            hosts6: take(&mut ebpf, "palisade_hosts6")?,
             policy: take(&mut ebpf, "palisade_policy")?,
+            policy_parts: take(&mut ebpf, "palisade_policy_parts")?,
             conntrack: take(&mut ebpf, "palisade_conntrack")?,
             counters: take(&mut ebpf, "palisade_counters")?,
             stats: take(&mut ebpf, "palisade_stats")?,
@@ -316,9 +347,11 @@ impl Datapath {
             caps,
             state: State::default(),
             adopted,
+            parts_suspect: false,
             ncpus: aya::util::nr_cpus().map_err(|(_, e)| Error::Interface("cpus".into(), e))?,
         };
-        dp.reload_mirror()?;
+        let legacy_hosts = dp.reload_mirror()?;
+        dp.repair_derived(&legacy_hosts)?;
         dp.upgrade_links()?;
         Ok(dp)
     }
@@ -338,9 +371,35 @@ impl Datapath {
         &self.root
     }
 
+    /// Brings the derived maps in line with adopted contents, before the new
+    /// programs are switched in: host prefixes found in the LPM tries (pins of
+    /// a version without host maps) move to the host maps (host map first, so
+    /// the answer never changes), and every partition is recomputed from the
+    /// policy entries (missing ones are written, stale ones removed).
+    fn repair_derived(&mut self, legacy_hosts: &[(AddrKey, u32)]) -> Result<()> {
+        for (k, id) in legacy_hosts {
+            self.write(&[Write::PutAddr(*k, *id)])?;
+            let gone = match k {
+                AddrKey::V4(k) => self.addr4.remove(&Key::new(k.prefixlen, k.addr)),
+                AddrKey::V6(k) => self.addr6.remove(&Key::new(k.prefixlen, k.addr)),
+            };
+            match gone {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err("palisade_addr4/6")(e)),
+            }
+        }
+        self.plan_and_write(|p| {
+            p.resync_parts();
+            Ok(())
+        })
+    }
+
     /// Re-reads the mirror from the kernel maps (after adoption, or if a write
-    /// failed half-way).
-    fn reload_mirror(&mut self) -> Result<()> {
+    /// failed half-way). Returns the host prefixes found in the LPM tries,
+    /// where this version never puts them (see `repair_derived`); the mirror
+    /// lists them as if they were in the host maps.
+    fn reload_mirror(&mut self) -> Result<Vec<(AddrKey, u32)>> {
+        let mut legacy = Vec::new();
         let mut s = State {
             desired: std::mem::take(&mut self.state.desired),
             bindings: std::mem::take(&mut self.state.bindings),
@@ -354,30 +413,56 @@ impl Datapath {
         }
         for kv in self.addr4.iter() {
             let (k, v) = kv.map_err(map_err("palisade_addr4"))?;
+            let k = AddrKey::V4(abi::Addr4Key {
+                prefixlen: k.prefix_len(),
+                addr: k.data(),
+            });
+            if is_host(&k) {
+                legacy.push((k, v.identity));
+            }
+            s.addrs.insert(k, v.identity);
+        }
+        for kv in self.addr6.iter() {
+            let (k, v) = kv.map_err(map_err("palisade_addr6"))?;
+            let k = AddrKey::V6(abi::Addr6Key {
+                prefixlen: k.prefix_len(),
+                addr: k.data(),
+            });
+            if is_host(&k) {
+                legacy.push((k, v.identity));
+            }
+            s.addrs.insert(k, v.identity);
+        }
+        for kv in self.hosts4.iter() {
+            let (k, v) = kv.map_err(map_err("palisade_hosts4"))?;
             s.addrs.insert(
                 AddrKey::V4(abi::Addr4Key {
-                    prefixlen: k.prefix_len(),
-                    addr: k.data(),
+                    prefixlen: 32,
+                    addr: k,
                 }),
                 v.identity,
             );
         }
-        for kv in self.addr6.iter() {
-            let (k, v) = kv.map_err(map_err("palisade_addr6"))?;
+        for kv in self.hosts6.iter() {
+            let (k, v) = kv.map_err(map_err("palisade_hosts6"))?;
             s.addrs.insert(
                 AddrKey::V6(abi::Addr6Key {
-                    prefixlen: k.prefix_len(),
-                    addr: k.data(),
+                    prefixlen: 128,
+                    addr: k.addr,
                 }),
                 v.identity,
             );
+        }
+        for kv in self.policy_parts.iter() {
+            let (k, v) = kv.map_err(map_err("palisade_policy_parts"))?;
+            s.parts.insert((k.table, k.peer, k.proto), v);
         }
         for kv in self.endpoints.iter() {
             let (k, v) = kv.map_err(map_err("palisade_endpoints"))?;
             s.endpoints.insert(k, v);
         }
         self.state = s;
-        Ok(())
+        Ok(legacy)
     }
 
     pub(crate) fn classifier(&mut self, hook: Hook) -> Result<&mut SchedClassifier> {
@@ -555,7 +640,11 @@ impl Datapath {
     ) -> Result<()> {
         let mut sim = self.state.clone();
         let mut planner = Planner::new(&mut sim, self.caps);
+        if self.parts_suspect {
+            planner.resync_parts();
+        }
         f(&mut planner)?;
+        planner.flush_parts();
         if let Some((map, needed, capacity)) = planner.overflow() {
             return Err(Error::Capacity {
                 map,
@@ -567,9 +656,11 @@ impl Datapath {
         if let Err(e) = self.write(&plan) {
             // Keep the mirror truthful, whatever got written.
             let _ = self.reload_mirror();
+            self.parts_suspect = true;
             return Err(e);
         }
         self.state = sim;
+        self.parts_suspect = false;
         Ok(())
     }
 
@@ -584,32 +675,54 @@ impl Datapath {
                     Ok(()) | Err(MapError::KeyNotFound) => {}
                     Err(e) => return Err(map_err("palisade_policy")(e)),
                 },
-                Write::PutAddr(AddrKey::V4(k), id) => self
-                    .addr4
-                    .insert(
-                        &Key::new(k.prefixlen, k.addr),
-                        AddrValue { identity: *id },
-                        0,
-                    )
-                    .map_err(map_err("palisade_addr4"))?,
-                Write::PutAddr(AddrKey::V6(k), id) => self
-                    .addr6
-                    .insert(
-                        &Key::new(k.prefixlen, k.addr),
-                        AddrValue { identity: *id },
-                        0,
-                    )
-                    .map_err(map_err("palisade_addr6"))?,
-                Write::DelAddr(AddrKey::V4(k)) => {
-                    match self.addr4.remove(&Key::new(k.prefixlen, k.addr)) {
-                        Ok(()) | Err(MapError::KeyNotFound) => {}
-                        Err(e) => return Err(map_err("palisade_addr4")(e)),
+                Write::PutPart(k, v) => self
+                    .policy_parts
+                    .insert(part_key_of(k), v, 0)
+                    .map_err(map_err("palisade_policy_parts"))?,
+                Write::DelPart(k) => match self.policy_parts.remove(&part_key_of(k)) {
+                    Ok(()) | Err(MapError::KeyNotFound) => {}
+                    Err(e) => return Err(map_err("palisade_policy_parts")(e)),
+                },
+                Write::PutAddr(k, id) => {
+                    let v = AddrValue { identity: *id };
+                    match (k, is_host(k)) {
+                        (AddrKey::V4(k), true) => self
+                            .hosts4
+                            .insert(k.addr, v, 0)
+                            .map_err(map_err("palisade_hosts4"))?,
+                        (AddrKey::V6(k), true) => self
+                            .hosts6
+                            .insert(Host6Key { addr: k.addr }, v, 0)
+                            .map_err(map_err("palisade_hosts6"))?,
+                        (AddrKey::V4(k), false) => self
+                            .addr4
+                            .insert(&Key::new(k.prefixlen, k.addr), v, 0)
+                            .map_err(map_err("palisade_addr4"))?,
+                        (AddrKey::V6(k), false) => self
+                            .addr6
+                            .insert(&Key::new(k.prefixlen, k.addr), v, 0)
+                            .map_err(map_err("palisade_addr6"))?,
                     }
                 }
-                Write::DelAddr(AddrKey::V6(k)) => {
-                    match self.addr6.remove(&Key::new(k.prefixlen, k.addr)) {
+                Write::DelAddr(k) => {
+                    let (name, r) = match (k, is_host(k)) {
+                        (AddrKey::V4(k), true) => ("palisade_hosts4", self.hosts4.remove(&k.addr)),
+                        (AddrKey::V6(k), true) => (
+                            "palisade_hosts6",
+                            self.hosts6.remove(&Host6Key { addr: k.addr }),
+                        ),
+                        (AddrKey::V4(k), false) => (
+                            "palisade_addr4",
+                            self.addr4.remove(&Key::new(k.prefixlen, k.addr)),
+                        ),
+                        (AddrKey::V6(k), false) => (
+                            "palisade_addr6",
+                            self.addr6.remove(&Key::new(k.prefixlen, k.addr)),
+                        ),
+                    };
+                    match r {
                         Ok(()) | Err(MapError::KeyNotFound) => {}
-                        Err(e) => return Err(map_err("palisade_addr6")(e)),
+                        Err(e) => return Err(map_err(name)(e)),
                     }
                 }
                 Write::ZeroSlot(slot) => {

@@ -12,8 +12,9 @@ use palisade_policy::compiled::{
 };
 
 use crate::abi::{
-    Addr4Key, Addr6Key, EndpointValue, PolicyKey, PolicyMatch, PolicyValue, ACTION_ALLOW,
-    ACTION_DENY, MAX_IPS4, MAX_IPS6, POLICY_FIXED_BITS,
+    Addr4Key, Addr6Key, EndpointValue, PolicyKey, PolicyMatch, PolicyPart, PolicyValue,
+    ACTION_ALLOW, ACTION_DENY, ACTION_NONE, MAX_IPS4, MAX_IPS6, PART_F_OVERFLOW, PART_INLINE,
+    POLICY_FIXED_BITS,
 };
 
 /// Errors turning compiled state into map entries. Not retryable: the input is wrong.
@@ -224,7 +225,102 @@ pub fn decode_entries<'a>(
     RuleTable { entries: out }
 }
 
-/// An address-map key of either family.
+/// One `palisade_policy` entry of a partition: `(first port (host order), port
+/// prefix length 0..=16, value)`.
+pub type PartEntry = (u16, u8, PolicyValue);
+
+/// Entries of one partition above which [`policy_part`] does not even try to
+/// inline (the segment computation is quadratic in them); they overflow.
+const PART_MAX_SCAN: usize = 64;
+
+/// The `palisade_policy_parts` value of ONE partition (table, peer, class),
+/// given its `palisade_policy` entries as `(first port (host order), port
+/// prefix length, value)`. Each port gets the value of the longest prefix
+/// covering it, as the LPM lookup would, or [`ACTION_NONE`] where none does;
+/// adjacent equal segments merge. More than [`PART_INLINE`] segments (or more
+/// than `PART_MAX_SCAN` entries) give an overflow partition that sends the
+/// program to the LPM.
+pub fn policy_part(entries: &[PartEntry]) -> PolicyPart {
+    let overflow = PolicyPart {
+        flags: PART_F_OVERFLOW,
+        ..PolicyPart::default()
+    };
+    if entries.len() > PART_MAX_SCAN {
+        return overflow;
+    }
+    let ranges: Vec<(u32, u32, u8, PolicyValue)> = entries
+        .iter()
+        .map(|&(port, plen, v)| {
+            let (lo, hi) = prefix_port_range(port, plen);
+            (u32::from(lo), u32::from(hi), plen, v)
+        })
+        .collect();
+    let mut starts: Vec<u32> = vec![0];
+    for &(lo, hi, _, _) in &ranges {
+        starts.push(lo);
+        if hi < 65535 {
+            starts.push(hi + 1);
+        }
+    }
+    starts.sort_unstable();
+    starts.dedup();
+    // (first port, rule, action) per elementary segment, merged when equal.
+    let mut segs: Vec<(u16, u32, u8)> = Vec::new();
+    for &start in &starts {
+        let best = ranges
+            .iter()
+            .filter(|r| r.0 <= start && start <= r.1)
+            .max_by_key(|r| r.2);
+        let (rule, action) = best.map_or((0, ACTION_NONE), |r| (r.3.rule_id, r.3.action));
+        if segs.last().is_some_and(|l| (l.1, l.2) == (rule, action)) {
+            continue;
+        }
+        segs.push((start as u16, rule, action));
+    }
+    if segs.len() > PART_INLINE {
+        return overflow;
+    }
+    let mut p = PolicyPart {
+        n: segs.len() as u8,
+        ..PolicyPart::default()
+    };
+    for (i, (lo, rule, action)) in segs.into_iter().enumerate() {
+        p.port_lo[i] = lo;
+        p.rule_id[i] = rule;
+        p.action[i] = action;
+    }
+    p
+}
+
+/// What an inline partition answers for `port` (host order): `None` where it
+/// has no entry, as the program reads it. Overflow partitions answer `None`.
+pub fn policy_part_lookup(p: &PolicyPart, port: u16) -> Option<PolicyValue> {
+    if p.flags & PART_F_OVERFLOW != 0 || p.n == 0 {
+        return None;
+    }
+    let n = usize::from(p.n).min(PART_INLINE);
+    let i = (1..n)
+        .take_while(|&i| p.port_lo[i] <= port)
+        .last()
+        .unwrap_or(0);
+    (p.action[i] != ACTION_NONE).then(|| PolicyValue {
+        rule_id: p.rule_id[i],
+        action: p.action[i],
+        pad: [0; 3],
+    })
+}
+
+/// True for the prefixes that live in the exact-match host maps
+/// (`palisade_hosts4/6`: /32 and /128) rather than in the LPM tries.
+pub fn is_host(k: &AddrKey) -> bool {
+    match k {
+        AddrKey::V4(k) => k.prefixlen == 32,
+        AddrKey::V6(k) => k.prefixlen == 128,
+    }
+}
+
+/// An address-map key of either family. Host prefixes ([`is_host`]) are stored in
+/// `palisade_hosts4/6`, the others in `palisade_addr4/6`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum AddrKey {
     /// `palisade_addr4`
@@ -362,6 +458,83 @@ mod tests {
                 assert_eq!(u32::from(w[0].1) + 1, u32::from(w[1].0), "contiguous");
             }
         }
+    }
+
+    fn pv(rule: u32, action: u8) -> PolicyValue {
+        PolicyValue {
+            rule_id: rule,
+            action,
+            pad: [0; 3],
+        }
+    }
+
+    /// The LPM answer for `port` among `entries`, written the obvious way.
+    fn lpm_answer(entries: &[PartEntry], port: u16) -> Option<PolicyValue> {
+        entries
+            .iter()
+            .filter(|(p, l, _)| {
+                let (lo, hi) = prefix_port_range(*p, *l);
+                lo <= port && port <= hi
+            })
+            .max_by_key(|(_, l, _)| *l)
+            .map(|(_, _, v)| *v)
+    }
+
+    #[test]
+    fn inline_partition_answers_every_port_as_the_lpm_does() {
+        let (a, d) = (pv(2, ACTION_ALLOW), pv(1, ACTION_DENY));
+        let mut cases: Vec<(&str, Vec<PartEntry>)> = vec![
+            ("one prefix covers all ports", vec![(0, 0, d)]),
+            ("single port allowed inside a deny", {
+                let mut v = Vec::new();
+                for (lo, hi, x) in [(0, 79, d), (80, 80, a), (81, 65535, d)] {
+                    v.extend(
+                        port_range_prefixes(lo, hi)
+                            .into_iter()
+                            .map(|(p, l)| (p, l, x)),
+                    );
+                }
+                v
+            }),
+            ("gaps fall through", vec![(80, 16, a), (1024, 6, d)]),
+            (
+                "nested prefixes: the longest wins",
+                vec![(0, 0, d), (80, 16, a), (0, 8, a)],
+            ),
+            ("last port alone", vec![(65535, 16, a)]),
+        ];
+        cases.push(("three ports", {
+            let mut v = vec![(0, 0, d)];
+            v.extend([(22, 16, a), (80, 16, a), (443, 16, pv(3, ACTION_ALLOW))]);
+            v
+        }));
+        for (name, entries) in &cases {
+            let p = policy_part(entries);
+            assert_eq!(p.flags, 0, "{name}: inline");
+            for port in 0..=65535u16 {
+                assert_eq!(
+                    policy_part_lookup(&p, port),
+                    lpm_answer(entries, port),
+                    "{name}: port {port}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn partition_with_more_segments_than_fit_overflows_to_the_lpm() {
+        let (a, d) = (pv(2, ACTION_ALLOW), pv(1, ACTION_DENY));
+        let mut entries = vec![(0u16, 0u8, d)];
+        // Three single ports in a deny: 7 segments, inline.
+        entries.extend((1..=3u16).map(|i| (i * 100, 16, a)));
+        assert_eq!(policy_part(&entries).flags, 0);
+        // A fourth: 9 segments, one too many.
+        entries.push((1000, 16, a));
+        let p = policy_part(&entries);
+        assert_eq!(p.flags, PART_F_OVERFLOW);
+        assert_eq!(p.n, 0);
+        let many: Vec<_> = (0..100u16).map(|i| (i * 2, 16, a)).collect();
+        assert_eq!(policy_part(&many).flags, PART_F_OVERFLOW);
     }
 
     #[test]

@@ -10,8 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use palisade_policy::compiled::{Compiled, EndpointEntry, IdentityId, Op, TableId};
 
-use crate::abi::{EndpointValue, PolicyKey, PolicyValue, POLICY_FIXED_BITS};
-use crate::maps::{self, addr_key, AddrKey, EncodeError};
+use crate::abi::{
+    EndpointValue, PolicyKey, PolicyPart, PolicyPartKey, PolicyValue, POLICY_FIXED_BITS,
+};
+use crate::maps::{self, addr_key, is_host, AddrKey, EncodeError};
 
 /// Mirror key of a policy entry, ordered for range scans by table and peer:
 /// `(table, peer, proto, first port (host order), port prefix length)`.
@@ -31,11 +33,27 @@ pub(crate) fn policy_key_of(p: &PKey) -> PolicyKey {
     maps::policy_key(p.0, p.1, p.2, p.3, p.4)
 }
 
+/// Mirror key of a port partition (`palisade_policy_parts`): `(table, peer, proto)`.
+pub(crate) type PartKey = (TableId, IdentityId, u8);
+
+pub(crate) fn part_key_of(p: &PartKey) -> PolicyPartKey {
+    PolicyPartKey {
+        table: p.0,
+        peer: p.1,
+        proto: p.2,
+        pad: [0; 3],
+    }
+}
+
 /// One map write, in kernel terms.
 #[derive(Debug, Clone)]
 pub(crate) enum Write {
     PutPolicy(PKey, PolicyValue),
     DelPolicy(PKey),
+    /// Writes a partition's answer (after its policy entries, before anything uses it).
+    PutPart(PartKey, PolicyPart),
+    DelPart(PartKey),
+    /// Host prefixes go to `palisade_hosts4/6`, the others to the LPM tries.
     PutAddr(AddrKey, IdentityId),
     DelAddr(AddrKey),
     /// Zero the counters of a freshly allocated slot, before the endpoint uses it.
@@ -50,7 +68,10 @@ pub(crate) struct Caps {
     pub endpoints: u32,
     pub addr4: u32,
     pub addr6: u32,
+    pub hosts4: u32,
+    pub hosts6: u32,
     pub policy: u32,
+    pub policy_parts: u32,
 }
 
 /// Peak entry counts along a plan.
@@ -59,14 +80,34 @@ pub(crate) struct Peaks {
     pub endpoints: usize,
     pub addr4: usize,
     pub addr6: usize,
+    pub hosts4: usize,
+    pub hosts6: usize,
     pub policy: usize,
+    pub policy_parts: usize,
+}
+
+/// Live entry counts of the address maps, indexed as [`addr_slot`] says.
+type AddrCounts = [usize; 4];
+
+/// Which address map holds `k`: 0 addr4, 1 addr6, 2 hosts4, 3 hosts6.
+fn addr_slot(k: &AddrKey) -> usize {
+    match (k, is_host(k)) {
+        (AddrKey::V4(_), false) => 0,
+        (AddrKey::V6(_), false) => 1,
+        (AddrKey::V4(_), true) => 2,
+        (AddrKey::V6(_), true) => 3,
+    }
 }
 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct State {
     /// Exactly what palisade_policy holds.
     pub policy: BTreeMap<PKey, PolicyValue>,
-    /// Exactly what palisade_addr4/6 hold.
+    /// Exactly what palisade_policy_parts holds: derived from `policy`, one per
+    /// (table, peer, proto) having entries there.
+    pub parts: BTreeMap<PartKey, PolicyPart>,
+    /// Exactly what palisade_addr4/6 (shorter prefixes) and palisade_hosts4/6
+    /// (host prefixes) hold together.
     pub addrs: BTreeMap<AddrKey, IdentityId>,
     /// Exactly what palisade_endpoints holds, by ifindex.
     pub endpoints: BTreeMap<u32, EndpointValue>,
@@ -83,30 +124,38 @@ pub(crate) struct Planner<'a> {
     pub plan: Vec<Write>,
     pub peaks: Peaks,
     pub caps: Caps,
+    /// Live entries per address map (kept up to date, not recounted).
+    addr_counts: AddrCounts,
+    /// Partitions whose policy entries changed since the last `flush_parts`.
+    dirty: BTreeSet<PartKey>,
 }
 
 impl<'a> Planner<'a> {
     pub fn new(s: &'a mut State, caps: Caps) -> Self {
+        let mut addr_counts = [0; 4];
+        for k in s.addrs.keys() {
+            addr_counts[addr_slot(k)] += 1;
+        }
         let mut p = Planner {
             s,
             plan: Vec::new(),
             peaks: Peaks::default(),
             caps,
+            addr_counts,
+            dirty: BTreeSet::new(),
         };
         p.track();
         p
     }
 
     fn track(&mut self) {
-        let v4 = self
-            .s
-            .addrs
-            .keys()
-            .filter(|k| matches!(k, AddrKey::V4(_)))
-            .count();
-        self.peaks.addr4 = self.peaks.addr4.max(v4);
-        self.peaks.addr6 = self.peaks.addr6.max(self.s.addrs.len() - v4);
+        let [a4, a6, h4, h6] = self.addr_counts;
+        self.peaks.addr4 = self.peaks.addr4.max(a4);
+        self.peaks.addr6 = self.peaks.addr6.max(a6);
+        self.peaks.hosts4 = self.peaks.hosts4.max(h4);
+        self.peaks.hosts6 = self.peaks.hosts6.max(h6);
         self.peaks.policy = self.peaks.policy.max(self.s.policy.len());
+        self.peaks.policy_parts = self.peaks.policy_parts.max(self.s.parts.len());
         self.peaks.endpoints = self.peaks.endpoints.max(self.s.endpoints.len());
     }
 
@@ -114,19 +163,60 @@ impl<'a> Planner<'a> {
         if self.s.policy.get(&k) != Some(&v) {
             self.s.policy.insert(k, v);
             self.peaks.policy = self.peaks.policy.max(self.s.policy.len());
+            self.dirty.insert((k.0, k.1, k.2));
             self.plan.push(Write::PutPolicy(k, v));
         }
     }
 
     fn del_policy(&mut self, k: PKey) {
         if self.s.policy.remove(&k).is_some() {
+            self.dirty.insert((k.0, k.1, k.2));
             self.plan.push(Write::DelPolicy(k));
         }
     }
 
+    /// Rewrites the partition of every (table, peer, proto) whose policy
+    /// entries changed: one write each, AFTER those entries (an overflow
+    /// partition must find its LPM entries) and before anything that makes a
+    /// table reachable. Empty partitions are deleted, so "no partition" keeps
+    /// meaning "no entries" (the IDENTITY_ANY fallback).
+    pub fn flush_parts(&mut self) {
+        for pk in std::mem::take(&mut self.dirty) {
+            let entries: Vec<maps::PartEntry> = self
+                .s
+                .policy
+                .range((pk.0, pk.1, pk.2, 0, 0)..=(pk.0, pk.1, pk.2, u16::MAX, u8::MAX))
+                .map(|(k, v)| (k.3, k.4, *v))
+                .collect();
+            if entries.is_empty() {
+                if self.s.parts.remove(&pk).is_some() {
+                    self.plan.push(Write::DelPart(pk));
+                }
+                continue;
+            }
+            let part = maps::policy_part(&entries);
+            if self.s.parts.get(&pk) != Some(&part) {
+                self.s.parts.insert(pk, part);
+                self.track();
+                self.plan.push(Write::PutPart(pk, part));
+            }
+        }
+    }
+
+    /// Marks every partition, present or backed by policy entries, for
+    /// [`Planner::flush_parts`]: repairs the derived map after adoption.
+    pub fn resync_parts(&mut self) {
+        let backed = self.s.policy.keys().map(|k| (k.0, k.1, k.2));
+        let present = self.s.parts.keys().copied();
+        self.dirty = backed.chain(present).collect();
+        self.flush_parts();
+    }
+
     fn put_addr(&mut self, k: AddrKey, id: IdentityId) {
         if self.s.addrs.get(&k) != Some(&id) {
-            self.s.addrs.insert(k, id);
+            if self.s.addrs.insert(k, id).is_none() {
+                self.addr_counts[addr_slot(&k)] += 1;
+            }
             self.track();
             self.plan.push(Write::PutAddr(k, id));
         }
@@ -134,6 +224,7 @@ impl<'a> Planner<'a> {
 
     fn del_addr(&mut self, k: AddrKey) {
         if self.s.addrs.remove(&k).is_some() {
+            self.addr_counts[addr_slot(&k)] -= 1;
             self.plan.push(Write::DelAddr(k));
         }
     }
@@ -242,6 +333,7 @@ impl<'a> Planner<'a> {
                 }
             }
         }
+        self.flush_parts();
         Ok(())
     }
 
@@ -263,6 +355,7 @@ impl<'a> Planner<'a> {
         for (k, v) in &want {
             self.put_policy(*k, *v);
         }
+        self.flush_parts();
         let want_addrs: BTreeMap<AddrKey, IdentityId> = c
             .addresses
             .iter()
@@ -317,6 +410,7 @@ impl<'a> Planner<'a> {
         for k in stale {
             self.del_policy(k);
         }
+        self.flush_parts();
         Ok(())
     }
 
@@ -330,7 +424,14 @@ impl<'a> Planner<'a> {
             ),
             ("palisade_addr4", self.peaks.addr4, self.caps.addr4),
             ("palisade_addr6", self.peaks.addr6, self.caps.addr6),
+            ("palisade_hosts4", self.peaks.hosts4, self.caps.hosts4),
+            ("palisade_hosts6", self.peaks.hosts6, self.caps.hosts6),
             ("palisade_policy", self.peaks.policy, self.caps.policy),
+            (
+                "palisade_policy_parts",
+                self.peaks.policy_parts,
+                self.caps.policy_parts,
+            ),
         ];
         if let Some(slot) = self.s.endpoints.values().map(|v| v.slot).max() {
             if slot > self.caps.endpoints {
@@ -374,7 +475,10 @@ mod tests {
             endpoints: 4,
             addr4: 4,
             addr6: 4,
+            hosts4: 4,
+            hosts6: 4,
             policy: 6,
+            policy_parts: 64,
         };
         let mut p = Planner::new(&mut s, caps);
         p.op(&Op::PutTable(1, table(1))).unwrap();
@@ -392,7 +496,10 @@ mod tests {
             endpoints: 4,
             addr4: 4,
             addr6: 4,
+            hosts4: 4,
+            hosts6: 4,
             policy: 64,
+            policy_parts: 64,
         };
         let e = EndpointEntry {
             pod: "a/b".into(),
@@ -410,5 +517,67 @@ mod tests {
             p.plan[..],
             [Write::ZeroSlot(1), Write::PutEndpoint(7, _)]
         ));
+    }
+
+    fn caps(policy_parts: u32) -> Caps {
+        Caps {
+            endpoints: 4,
+            addr4: 4,
+            addr6: 4,
+            hosts4: 4,
+            hosts6: 4,
+            policy: 64,
+            policy_parts,
+        }
+    }
+
+    #[test]
+    fn partition_is_written_after_its_entries_and_before_the_endpoint_that_uses_it() {
+        let mut c = Compiled::default();
+        c.tables.insert(1, table(1));
+        c.tables.insert(2, table(2));
+        c.addresses.insert("10.1.0.0/16".parse().unwrap(), 3);
+        c.addresses.insert("10.1.2.3/32".parse().unwrap(), 4);
+        c.endpoints.insert(
+            "a/b".into(),
+            EndpointEntry {
+                pod: "a/b".into(),
+                ips: vec!["10.0.0.1".parse().unwrap()],
+                ingress: 1,
+                egress: 2,
+                generation: 1,
+            },
+        );
+        let mut s = State::default();
+        s.bindings.insert("a/b".into(), 7);
+        let mut p = Planner::new(&mut s, caps(64));
+        p.sync(&c).unwrap();
+        let pos = |f: &dyn Fn(&Write) -> bool| p.plan.iter().position(f).unwrap();
+        let last_entry = p
+            .plan
+            .iter()
+            .rposition(|w| matches!(w, Write::PutPolicy(..)))
+            .unwrap();
+        let first_part = pos(&|w| matches!(w, Write::PutPart(..)));
+        let endpoint = pos(&|w| matches!(w, Write::PutEndpoint(..)));
+        assert!(last_entry < first_part && first_part < endpoint);
+        assert_eq!(p.s.parts.len(), 8, "one per (table, peer 0, class)");
+        assert_eq!(p.peaks.hosts4, 1);
+        assert_eq!(p.peaks.addr4, 1);
+        // Removing a table removes its partitions after its entries.
+        p.plan.clear();
+        p.op(&Op::RemoveTable(1)).unwrap();
+        assert!(matches!(p.plan.last(), Some(Write::DelPart((1, _, _)))));
+        assert_eq!(p.s.parts.len(), 4);
+    }
+
+    #[test]
+    fn plan_that_overflows_the_partition_map_is_rejected() {
+        let mut s = State::default();
+        let mut p = Planner::new(&mut s, caps(6));
+        p.op(&Op::PutTable(1, table(1))).unwrap();
+        assert!(p.overflow().is_none());
+        p.op(&Op::PutTable(2, table(2))).unwrap();
+        assert_eq!(p.overflow(), Some(("palisade_policy_parts", 8, 6)));
     }
 }

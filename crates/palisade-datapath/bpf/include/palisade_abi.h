@@ -28,6 +28,9 @@ enum palisade_limits {
 	/* Fixed part of a policy_key after prefixlen, in bits: table(32) + peer(32)
 	 * + proto(8) + pad(8). A key's prefixlen is this plus the port prefix (0..16). */
 	PALISADE_POLICY_FIXED_BITS = 80,
+	/* Port segments a policy_part holds inline (count); a partition with more
+	 * segments is marked PALISADE_PART_F_OVERFLOW and answered by the LPM. */
+	PALISADE_PART_INLINE = 8,
 };
 
 /* Direction, named from the pod's point of view. */
@@ -43,6 +46,15 @@ enum palisade_dir {
 enum palisade_action {
 	PALISADE_ACTION_ALLOW = 0,
 	PALISADE_ACTION_DENY = 1,
+	/* policy_part only: no entry covers this segment (a gap), so the lookup
+	 * falls through exactly as an LPM miss would. Never in policy_value. */
+	PALISADE_ACTION_NONE = 2,
+};
+
+/* policy_part.flags */
+enum palisade_part_flags {
+	/* Too many segments to inline: look the port up in palisade_policy. */
+	PALISADE_PART_F_OVERFLOW = 1,
 };
 
 /*
@@ -156,7 +168,8 @@ enum palisade_ct_fin {
 	PALISADE_CT_FIN_REPLY = 2,
 };
 
-/* Conntrack timeouts in seconds of CLOCK_MONOTONIC (bpf_ktime_get_ns). */
+/* Conntrack timeouts in seconds of CLOCK_MONOTONIC (read at tick resolution
+ * with bpf_ktime_get_coarse_ns, see ct_now in lib/conntrack.h). */
 enum palisade_ct_timeouts {
 	PALISADE_CT_SYN_TIMEOUT_S = 60,
 	PALISADE_CT_TCP_TIMEOUT_S = 21600,
@@ -211,7 +224,19 @@ struct addr6_key {
 	__u8 addr[16];
 };
 
-/* Value of palisade_addr4/6: the peer identity (IdentityId). */
+/*
+ * palisade_hosts4 key: __u32 address, network order (exact match).
+ * palisade_hosts6 key: struct host6_key. Both hold every HOST prefix (/32,
+ * /128: every pod) instead of the LPM tries, which keep the shorter prefixes.
+ * A host prefix is the most specific match there is, so "hosts first, LPM on a
+ * miss" gives the LPM answer over the union, in one hash lookup for pods.
+ */
+struct host6_key {
+	/* Network order. */
+	__u8 addr[16];
+};
+
+/* Value of palisade_addr4/6 and palisade_hosts4/6: the peer identity (IdentityId). */
 struct addr_value {
 	__u32 identity;
 };
@@ -250,6 +275,43 @@ struct policy_value {
 };
 
 /*
+ * palisade_policy_parts key (hash): one PORT PARTITION, i.e. every
+ * palisade_policy entry of (table, peer, proto class). All three fields are
+ * matched exactly; there is no wildcarding in this map: the IDENTITY_ANY
+ * fallback is a second lookup with peer 0, as for the LPM. A partition exists
+ * iff palisade_policy holds at least one entry with these three fields.
+ */
+struct policy_part_key {
+	/* TableId, host order. */
+	__u32 table;
+	/* IdentityId of the peer, or 0 = IDENTITY_ANY. Host order. */
+	__u32 peer;
+	/* Protocol class: 6, 17, 132, or 0. */
+	__u8 proto;
+	__u8 pad[3];
+};
+
+/*
+ * palisade_policy_parts value: the partition's answer for every port, derived
+ * by the loader from the partition's palisade_policy entries (longest prefix
+ * per port), so both maps give the same verdict. Segment i covers ports
+ * port_lo[i] ..= port_lo[i + 1] - 1 (the last one up to 65535).
+ */
+struct policy_part {
+	/* Segments used, 1..PALISADE_PART_INLINE; 0 with PALISADE_PART_F_OVERFLOW. */
+	__u8 n;
+	/* PALISADE_PART_F_* */
+	__u8 flags;
+	__u16 pad;
+	/* First port of each segment, HOST order, strictly increasing, [0] = 0. */
+	__u16 port_lo[PALISADE_PART_INLINE];
+	/* RuleId of each segment. */
+	__u32 rule_id[PALISADE_PART_INLINE];
+	/* enum palisade_action of each segment; PALISADE_ACTION_NONE = no entry. */
+	__u8 action[PALISADE_PART_INLINE];
+};
+
+/*
  * palisade_conntrack key (LRU hash). Oriented by the POD, not by the packet: the
  * pod-side address/port come first whatever the direction, so a flow and its
  * replies share one entry and one lookup; ct_value.origin_dir says which side
@@ -274,9 +336,9 @@ struct ct_key {
 };
 
 struct ct_value {
-	/* bpf_ktime_get_ns() at creation, ns. */
+	/* ct_now() (coarse CLOCK_MONOTONIC) at creation, ns. */
 	__u64 created_ns;
-	/* bpf_ktime_get_ns() of the last packet, ns, refreshed at most every
+	/* ct_now() of the last packet, ns, refreshed at most every
 	 * PALISADE_CT_REFRESH_S. */
 	__u64 last_seen_ns;
 	/* Rule that allowed the flow. */
@@ -319,7 +381,7 @@ struct frag_value {
 	__u16 sport;
 	__u16 dport;
 	__u32 pad;
-	/* bpf_ktime_get_ns() of the first fragment, ns. */
+	/* ct_now() of the first fragment, ns. */
 	__u64 created_ns;
 };
 

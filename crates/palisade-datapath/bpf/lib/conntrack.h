@@ -21,6 +21,17 @@
 /* Nanoseconds per second (timeouts are in s, timestamps in ns). */
 #define NS_PER_S 1000000000ULL
 
+/*
+ * The conntrack and fragment clock: CLOCK_MONOTONIC at tick resolution
+ * (bpf_ktime_get_coarse_ns, kernel 5.11+, no clocksource read). Timeouts are
+ * seconds and the refresh period 1 s, so a tick (<= 10 ms) of lag changes no
+ * decision; the fine clock costs a clocksource read per packet.
+ */
+static __always_inline __u64 ct_now(void)
+{
+	return bpf_ktime_get_coarse_ns();
+}
+
 /* Key: struct ct_key. Value: struct ct_value. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

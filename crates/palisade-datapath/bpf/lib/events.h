@@ -154,16 +154,15 @@ static __noinline void event_fill(struct event *e, const struct decision *d, con
  * (sampled). Established/reply/related packets are not decisions and are only
  * counted.
  */
-static __always_inline void record(const struct decision *d, const struct flow *f)
+static __always_inline void record(const struct decision *d, const struct flow *f,
+				   const struct config *cfg)
 {
-	struct config *cfg;
 	struct event *e;
 	__u32 mode;
 	__u64 now;
 	int drop = d->reason >= PALISADE_REASON_FIRST_DROP;
 
 	count(d->slot, d->dir, d->reason);
-	cfg = config_get();
 	if (!cfg)
 		return;
 	mode = cfg->log_mode;

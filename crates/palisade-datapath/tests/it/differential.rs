@@ -5,7 +5,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
-use palisade_datapath::abi::{Config, CFG_F_NO_CT_CREATE, LOG_ALL, TC_ACT_SHOT, TC_ACT_UNSPEC};
+use palisade_datapath::abi::{
+    Config, CFG_F_NO_CT_CREATE, LOG_ALL, PART_F_OVERFLOW, TC_ACT_SHOT, TC_ACT_UNSPEC,
+};
 use palisade_datapath::packet::{Packet, L4};
 use palisade_datapath::{reference, Hook, MapSizes};
 use palisade_policy::compiled::{
@@ -143,6 +145,16 @@ fn random_compiled(rng: &mut Rng, edges: &mut Vec<u16>) -> Compiled {
         c.addresses
             .insert(net, rng.below(u64::from(IDENTITIES) + 1) as u32);
     }
+    // Host addresses (/32, /128: the exact-match host maps) inside the random
+    // prefixes, so "host map first, LPM on a miss" is compared too.
+    for _ in 0..8 {
+        let v6 = rng.chance(40);
+        let host = random_addr_in(rng, &c, v6);
+        c.addresses.insert(
+            IpNet::from(host),
+            rng.below(u64::from(IDENTITIES) + 1) as u32,
+        );
+    }
     c
 }
 
@@ -207,10 +219,20 @@ fn program_verdicts_equal_the_reference_lookup_on_random_tables_and_packets() {
     .unwrap();
     t.bind(POD, 1).unwrap();
     let (mut compared, mut allowed) = (0usize, 0usize);
+    let (mut inline, mut overflow) = (0usize, 0usize);
     for round in 0..rounds {
         let mut edges = Vec::new();
         let c = random_compiled(&mut rng, &mut edges);
         t.sync(&c).expect("sync");
+        let bad = t.check_derived_maps().unwrap();
+        assert!(bad.is_empty(), "seed {seed} round {round}: {bad:#?}");
+        for part in t.dump_policy_parts().unwrap().values() {
+            if part.flags & PART_F_OVERFLOW != 0 {
+                overflow += 1;
+            } else {
+                inline += 1;
+            }
+        }
         for _ in 0..per_round {
             let v6 = rng.chance(40);
             let egress = rng.chance(50);
@@ -270,5 +292,9 @@ fn program_verdicts_equal_the_reference_lookup_on_random_tables_and_packets() {
         }
     }
     assert!(reader.next().is_none());
-    println!("differential: compared {compared} packets ({allowed} allowed) over {rounds} random policies, all equal");
+    assert!(
+        inline > 0 && overflow > 0,
+        "both partition kinds exercised: {inline} inline, {overflow} overflow"
+    );
+    println!("differential: compared {compared} packets ({allowed} allowed) over {rounds} random policies ({inline} inline, {overflow} overflow partitions), all equal");
 }

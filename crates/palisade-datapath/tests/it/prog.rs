@@ -774,3 +774,117 @@ fn delta_ops_apply_in_order_peer_entries_and_addresses_included() {
     assert!(from(&mut t, "192.0.2.9"));
     assert_eq!(t.dump_endpoint(1).unwrap().ingress.id, 5);
 }
+
+/// Verdict of a new TCP flow from `src` to the pod's port, without leaving state.
+fn tcp_in(t: &mut TestDp, src: &str, dport: u16) -> bool {
+    t.run(
+        Hook::ToPod,
+        &Packet::tcp(src, "10.0.0.1", 40000, dport, SYN).frame(),
+    )
+}
+
+#[test]
+fn inline_and_overflowing_port_partitions_give_the_lpm_verdict_on_every_edge() {
+    // Peer 7: two ports, 5 segments, inline. Peer 8: five ports, 11 segments,
+    // more than PART_INLINE: answered by the LPM.
+    let p7 = ports(7, 6, &[(22, 22, allow(71)), (80, 80, allow(72))], deny(73));
+    let five: Vec<(u16, u16, _)> = [22, 80, 443, 8080, 9000]
+        .iter()
+        .map(|&p| (p, p, allow(80 + u32::from(p % 7))))
+        .collect();
+    let p8 = ports(8, 6, &five, deny(83));
+    let extra: Vec<TableEntry> = p7.iter().chain(&p8).copied().collect();
+    let mut c = compiled(
+        table(deny(1), &extra),
+        table(allow(2), &[]),
+        &[("192.0.2.7/32", 7), ("192.0.2.8/32", 8)],
+    );
+    let mut t = loaded(&c);
+    t.set_config(Config {
+        flags: CFG_F_NO_CT_CREATE,
+        ..Config::default()
+    })
+    .unwrap();
+    let parts = t.dump_policy_parts().unwrap();
+    assert_eq!(parts[&(1, 7, 6)].flags, 0, "peer 7 inline");
+    assert_eq!(parts[&(1, 7, 6)].n, 5);
+    assert_eq!(parts[&(1, 8, 6)].flags, PART_F_OVERFLOW, "peer 8 overflows");
+    assert!(t.check_derived_maps().unwrap().is_empty());
+    let check = |t: &mut TestDp, c: &palisade_policy::compiled::Compiled| {
+        for (src, peer) in [("192.0.2.7", 7u32), ("192.0.2.8", 8), ("192.0.2.9", 0)] {
+            for base in [0u16, 22, 80, 443, 8080, 9000, 65535] {
+                for port in [base.saturating_sub(1), base, base.saturating_add(1)] {
+                    let want = palisade_datapath::reference::table_lookup(c, 1, peer, 6, port)
+                        .expect("covered");
+                    assert_eq!(
+                        tcp_in(t, src, port),
+                        want.action == palisade_policy::compiled::TableAction::Allow,
+                        "{src} port {port}"
+                    );
+                }
+            }
+        }
+    };
+    check(&mut t, &c);
+    // Peer 8 loses its entries: its partition goes, it falls back to IDENTITY_ANY.
+    t.apply(&Delta {
+        ops: vec![Op::RemovePeerEntries(1, 8)],
+    })
+    .unwrap();
+    assert!(!t.dump_policy_parts().unwrap().contains_key(&(1, 8, 6)));
+    assert!(t.check_derived_maps().unwrap().is_empty());
+    c.tables
+        .get_mut(&1)
+        .unwrap()
+        .entries
+        .retain(|e| e.peer != 8);
+    check(&mut t, &c);
+    assert!(!tcp_in(&mut t, "192.0.2.8", 80));
+}
+
+#[test]
+fn adoption_repairs_partitions_and_moves_host_prefixes_out_of_the_lpm() {
+    use aya::maps::lpm_trie::{Key, LpmTrie};
+    use aya::maps::{HashMap, Map, MapData};
+
+    let extra = ports(7, 6, &[(80, 80, allow(71))], deny(73));
+    let c = compiled(
+        table(deny(1), &extra),
+        table(allow(2), &[]),
+        &[("192.0.2.7/32", 7)],
+    );
+    let mut t = loaded(&c);
+    assert!(tcp_in(&mut t, "192.0.2.7", 80));
+    let root = t.root.0.clone();
+    drop(t.dp.take());
+    // Pins as an older version (or a crash between writes) could leave them:
+    // the peer's partition missing, its /32 in the LPM trie, not the host map.
+    let open = |name: &str| {
+        Map::from_map_data(MapData::from_pin(root.join("maps").join(name)).unwrap()).unwrap()
+    };
+    let mut parts: HashMap<_, PolicyPartKey, PolicyPart> =
+        HashMap::try_from(open("palisade_policy_parts")).unwrap();
+    parts
+        .remove(&PolicyPartKey {
+            table: 1,
+            peer: 7,
+            proto: 6,
+            pad: [0; 3],
+        })
+        .unwrap();
+    let mut hosts: HashMap<_, [u8; 4], AddrValue> =
+        HashMap::try_from(open("palisade_hosts4")).unwrap();
+    hosts.remove(&[192, 0, 2, 7]).unwrap();
+    let mut lpm: LpmTrie<_, [u8; 4], AddrValue> =
+        LpmTrie::try_from(open("palisade_addr4")).unwrap();
+    lpm.insert(&Key::new(32, [192, 0, 2, 7]), AddrValue { identity: 7 }, 0)
+        .unwrap();
+    drop((parts, hosts, lpm));
+
+    let dp = palisade_datapath::Datapath::load_or_adopt(&root, MapSizes::default()).unwrap();
+    t.dp = Some(dp);
+    assert_eq!(t.check_derived_maps().unwrap(), Vec::<String>::new());
+    assert_eq!(t.dump_addresses().unwrap(), c.addresses);
+    assert!(tcp_in(&mut t, "192.0.2.7", 80));
+    assert!(!tcp_in(&mut t, "192.0.2.7", 81));
+}
