@@ -218,12 +218,15 @@ impl Reconciler {
         self.registry.insert(iface)
     }
 
-    /// The fast path of a CNI registration: when the desired state has not changed and
-    /// the pod is already compiled with these addresses, its tables are already in the
-    /// kernel; attaching writes its endpoint entry and it is in force. Returns the
+    /// The fast path of a CNI registration: when the pod is already compiled with these
+    /// addresses, its tables are already in the kernel; attaching writes its endpoint
+    /// entry and it is in force. Returns the
     /// generation, or `None` when a full pass is needed.
     pub fn register_fast(&mut self, iface: &Interface) -> anyhow::Result<Option<u64>> {
-        if self.passes == 0 || self.source.changed() {
+        // Whether the source changed since is not checked (a stat of every manifest):
+        // the generation reported is the one really in the kernel, and the next pass
+        // (at most `server::SOURCE_POLL` away) applies anything newer, as for any change.
+        if self.passes == 0 {
             return Ok(None);
         }
         let Some(entry) = self.compiled.endpoints.get(&iface.pod) else {
