@@ -762,7 +762,7 @@ impl State {
         let ident = &self.identities[&id];
         let flags = spec.flags(&ident.matched);
         let ports = match &ident.key.pod {
-            Some(p) if !ts.named.is_empty() => p.named_ports.as_slice(),
+            Some(p) if ts.key.dir == Direction::Egress => p.named_ports.as_slice(),
             _ => &[],
         };
         let part = partition(&spec, &flags, ports);
@@ -874,7 +874,7 @@ impl State {
             let ident = &self.identities[&c];
             let flags = spec.flags(&ident.matched);
             let ports = match &ident.key.pod {
-                Some(p) if !named.is_empty() => p.named_ports.as_slice(),
+                Some(p) if spec.dir == Direction::Egress => p.named_ports.as_slice(),
                 _ => &[],
             };
             let part = cache
