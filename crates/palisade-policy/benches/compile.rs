@@ -113,7 +113,9 @@ fn ips(i: usize) -> Vec<IpAddr> {
     let i = i as u32;
     vec![
         IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | i)),
-        IpAddr::V6(Ipv6Addr::from(0xfd00_0000_0000_0000_0000_0000_0000_0000u128 | i as u128)),
+        IpAddr::V6(Ipv6Addr::from(
+            0xfd00_0000_0000_0000_0000_0000_0000_0000u128 | i as u128,
+        )),
     ]
 }
 
@@ -151,7 +153,9 @@ fn base_cluster() -> Cluster {
         egress: vec![ClusterRule {
             name: "metadata".into(),
             action: Action::Deny,
-            peers: vec![ClusterPeer::Networks(vec!["169.254.169.254/32".parse().unwrap()])],
+            peers: vec![ClusterPeer::Networks(vec!["169.254.169.254/32"
+                .parse()
+                .unwrap()])],
             ports: None,
         }],
     };
@@ -325,6 +329,13 @@ fn shape_b(pods: usize, policies: usize) -> Cluster {
     c
 }
 
+/// Time this thread has spent on a CPU, in nanoseconds (Linux `schedstat`), so that
+/// figures stay meaningful on a shared, oversubscribed machine. `None` elsewhere.
+fn thread_cpu_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
 fn mib(bytes: usize) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
@@ -332,13 +343,18 @@ fn mib(bytes: usize) -> f64 {
 /// Full compile: best of `runs` wall times, peak heap above the input cluster.
 fn report_full_compile(shape: &str, cluster: &Cluster, runs: usize) {
     let mut best = Duration::MAX;
+    let mut best_cpu = u64::MAX;
     let mut peak = 0;
     let mut summary = String::new();
     for _ in 0..runs {
         let base = reset_peak();
+        let cpu = thread_cpu_ns();
         let t = Instant::now();
         let compiled = compile(cluster);
         best = best.min(t.elapsed());
+        if let (Some(a), Some(b)) = (cpu, thread_cpu_ns()) {
+            best_cpu = best_cpu.min(b - a);
+        }
         peak = peak.max(PEAK.load(Ordering::Relaxed) - base);
         let entries: usize = compiled.tables.values().map(|t| t.entries.len()).sum();
         summary = format!(
@@ -351,10 +367,11 @@ fn report_full_compile(shape: &str, cluster: &Cluster, runs: usize) {
         drop(black_box(compiled));
     }
     println!(
-        "full compile shape {shape}: pods={} policies={} time={:.1} ms peak_heap={:.1} MiB {summary}",
+        "full compile shape {shape}: pods={} policies={} wall={:.1} ms cpu={:.1} ms peak_heap={:.1} MiB {summary}",
         cluster.pods.len(),
         cluster.network_policies.len(),
         best.as_secs_f64() * 1e3,
+        best_cpu as f64 / 1e6,
         mib(peak)
     );
 }
@@ -399,8 +416,7 @@ fn bench_pod_changes(c: &mut Criterion, pods: usize) {
             for _ in 0..iters {
                 let mut p = pod_a(7, apps);
                 p.name = format!("new-{fresh}");
-                p.labels
-                    .insert("app".into(), format!("brand-new-{fresh}"));
+                p.labels.insert("app".into(), format!("brand-new-{fresh}"));
                 p.ips = ips(fresh);
                 fresh += 1;
                 let key = p.key();
