@@ -5,7 +5,8 @@
 //! cargo bench -p palisade-policy --bench compile            # full: 10k pods x 10k policies
 //! cargo bench -p palisade-policy --bench compile -- --quick # small sizes, short runs
 //! PALISADE_BENCH_QUICK=1 cargo bench -p palisade-policy --bench compile
-//! PALISADE_BENCH_COMPILE_ONLY=1 PALISADE_BENCH_SIZE=10000 cargo bench ... # full compile only
+//! PALISADE_BENCH_COMPILE_ONLY=1 PALISADE_BENCH_SIZE=10000 PALISADE_BENCH_POLICIES=10000 \
+//!     cargo bench -p palisade-policy --bench compile     # full compile only, any size
 //! ```
 //!
 //! Shapes:
@@ -449,7 +450,14 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(if quick { 2_000 } else { 10_000 });
     let runs = if quick { 1 } else { 3 };
-    for (shape, cluster) in [("A", shape_a(full, full)), ("B", shape_b(full, full))] {
+    let policies = std::env::var("PALISADE_BENCH_POLICIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(full);
+    for (shape, cluster) in [
+        ("A", shape_a(full, policies)),
+        ("B", shape_b(full, policies)),
+    ] {
         report_full_compile(shape, &cluster, runs);
     }
     if std::env::var_os("PALISADE_BENCH_COMPILE_ONLY").is_some() {

@@ -52,8 +52,14 @@ impl std::hash::Hasher for FxHasher {
     fn write_usize(&mut self, i: usize) {
         self.add(i as u64);
     }
+    /// Finishes with the splitmix64 mixer: the Fx step leaves the low bits (which
+    /// pick the bucket) depending only on the low bits of the input, and addresses
+    /// such as `10.x.y.z` share their low byte; unmixed, they all collide.
     fn finish(&self) -> u64 {
-        self.hash
+        let mut z = self.hash;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
     }
 }
 
