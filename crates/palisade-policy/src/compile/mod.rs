@@ -71,9 +71,11 @@ pub enum Change {
 ///   (a new identity is matched against the selectors indexed under its namespace, the
 ///   ipBlocks containing its prefix and the node selectors) and the pod's two tables.
 ///   The cost does not grow with the number of pods;
-/// - namespace, node and policy changes recompile the cluster, reusing the ids of every
-///   identity, table and rule whose key is unchanged, and emit the difference. Their cost
-///   is that of [`compile`]; only what changed reaches the datapath.
+/// - namespace changes re-key the namespace's pods (O(pods in the namespace)); node
+///   changes re-key the node's addresses;
+/// - policy changes recompile the cluster, reusing the ids of every identity, table and
+///   rule whose key is unchanged, and emit the difference. Their cost is that of
+///   [`compile`]; only what changed reaches the datapath.
 #[derive(Debug)]
 pub struct Compiler {
     cluster: Cluster,
@@ -152,8 +154,9 @@ impl Compiler {
         if self.cluster.namespaces.get(&ns.name) == Some(&ns) {
             return Delta::default();
         }
-        self.cluster.namespaces.insert(ns.name.clone(), ns);
-        self.rebuild()
+        let name = ns.name.clone();
+        self.cluster.namespaces.insert(name.clone(), ns);
+        self.namespace_changed(&name)
     }
 
     /// Deletes a namespace.
@@ -161,7 +164,13 @@ impl Compiler {
         if self.cluster.namespaces.remove(name).is_none() {
             return Delta::default();
         }
-        self.rebuild()
+        self.namespace_changed(name)
+    }
+
+    fn namespace_changed(&mut self, name: &str) -> Delta {
+        let mut txn = Txn::default();
+        self.state.namespace_changed(&self.cluster, name, &mut txn);
+        self.state.commit(txn)
     }
 
     /// Creates or replaces a node.
@@ -169,16 +178,24 @@ impl Compiler {
         if self.cluster.nodes.get(&node.name) == Some(&node) {
             return Delta::default();
         }
-        self.cluster.nodes.insert(node.name.clone(), node);
-        self.rebuild()
+        let name = node.name.clone();
+        let old = self.cluster.nodes.insert(name.clone(), node);
+        self.node_changed(&name, old)
     }
 
     /// Deletes a node.
     pub fn remove_node(&mut self, name: &str) -> Delta {
-        if self.cluster.nodes.remove(name).is_none() {
-            return Delta::default();
+        match self.cluster.nodes.remove(name) {
+            Some(old) => self.node_changed(name, Some(old)),
+            None => Delta::default(),
         }
-        self.rebuild()
+    }
+
+    fn node_changed(&mut self, name: &str, old: Option<Node>) -> Delta {
+        let mut txn = Txn::default();
+        self.state
+            .node_changed(&self.cluster, name, old.as_ref(), &mut txn);
+        self.state.commit(txn)
     }
 
     /// Creates or replaces a NetworkPolicy.

@@ -972,6 +972,56 @@ impl State {
         }
     }
 
+    /// Namespace `ns` was created, relabelled or deleted: every pod of it is re-keyed
+    /// (identity keys carry namespace labels, table keys depend on them through
+    /// cluster policy subjects). Cost: O(pods of the namespace).
+    pub(crate) fn namespace_changed(&mut self, cluster: &Cluster, ns: &str, txn: &mut Txn) {
+        self.ns_labels.remove(ns);
+        self.ns_selector_cache.remove(ns);
+        let prefix = format!("{ns}/");
+        let pods: Vec<&Pod> = cluster
+            .pods
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, p)| p)
+            .filter(|p| p.namespace == ns)
+            .collect();
+        for pod in pods {
+            self.pod_changed(cluster, &pod.key(), Some(pod), txn);
+        }
+    }
+
+    /// Node `name` changed from `old` to `cluster.nodes[name]` (absent: removed): its
+    /// addresses are re-keyed. Cost: O(addresses of the node).
+    pub(crate) fn node_changed(
+        &mut self,
+        cluster: &Cluster,
+        name: &str,
+        old: Option<&crate::model::Node>,
+        txn: &mut Txn,
+    ) {
+        let mut affected = BTreeSet::new();
+        for ip in old.iter().flat_map(|n| &n.addresses) {
+            if let Some(s) = self.addr_nodes.get_mut(ip) {
+                s.remove(name);
+                if s.is_empty() {
+                    self.addr_nodes.remove(ip);
+                }
+            }
+            affected.insert(*ip);
+        }
+        for ip in cluster.nodes.get(name).iter().flat_map(|n| &n.addresses) {
+            self.addr_nodes
+                .entry(*ip)
+                .or_default()
+                .insert(name.to_string());
+            affected.insert(*ip);
+        }
+        for ip in affected {
+            self.set_host(ip, cluster, txn);
+        }
+    }
+
     /// The fast path: pod `key` changed from `old` to `cluster.pods[key]` (absent: removed).
     pub(crate) fn pod_changed(
         &mut self,
