@@ -382,7 +382,8 @@ fn quick() -> bool {
 }
 
 /// Per-change costs on a compiler of `pods` pods (shape A, `pods/10` policies capped at
-/// 10k): a new replica of an existing app, a pod of a brand-new app, and a label change.
+/// 10k): a new replica of an existing app, a pod of a brand-new app, a label change, and
+/// a NetworkPolicy edit.
 fn bench_pod_changes(c: &mut Criterion, pods: usize) {
     let policies = (pods / 10).clamp(100, 10_000);
     let apps = policies;
@@ -438,6 +439,19 @@ fn bench_pod_changes(c: &mut Criterion, pods: usize) {
             p.labels
                 .insert("app".into(), if flip { to.clone() } else { from.clone() });
             black_box(comp.upsert_pod(p.clone()))
+        })
+    });
+    // A NetworkPolicy edit (a port toggled): re-keys the pods the policy selects.
+    let key = "ns7/app7".to_string();
+    let mut np = comp.cluster().network_policies[&key].clone();
+    let mut flip = false;
+    group.bench_function(BenchmarkId::new("network_policy_change", pods), |b| {
+        b.iter(|| {
+            flip = !flip;
+            if let Some(rules) = np.ingress.as_mut() {
+                rules[0].ports = Some(tcp(if flip { 8081 } else { 8080 }));
+            }
+            black_box(comp.upsert_network_policy(np.clone()))
         })
     });
     group.finish();

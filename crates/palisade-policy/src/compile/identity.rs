@@ -282,6 +282,24 @@ impl<T> LabelIndex<T> {
         }
     }
 
+    /// Unfiles `item` from under `sel`.
+    pub(crate) fn remove<Q>(&mut self, sel: &LabelSelector, item: &Q)
+    where
+        T: PartialEq<Q>,
+        Q: ?Sized,
+    {
+        let list = match sel.match_labels.iter().next() {
+            Some((k, v)) => match self.by_label.get_mut(k).and_then(|m| m.get_mut(v)) {
+                Some(l) => l,
+                None => return,
+            },
+            None => &mut self.rest,
+        };
+        if let Some(i) = list.iter().position(|x| x == item) {
+            list.remove(i);
+        }
+    }
+
     /// Every item whose selector might match `labels` (each at most once).
     pub(crate) fn candidates<'a>(&'a self, labels: &'a Labels) -> impl Iterator<Item = &'a T> {
         self.rest.iter().chain(

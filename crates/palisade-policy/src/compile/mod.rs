@@ -73,8 +73,12 @@ pub enum Change {
 ///   The cost does not grow with the number of pods;
 /// - namespace changes re-key the namespace's pods (O(pods in the namespace)); node
 ///   changes re-key the node's addresses;
-/// - policy changes recompile the cluster, reusing the ids of every identity, table and
-///   rule whose key is unchanged, and emit the difference. Their cost is that of
+/// - NetworkPolicy changes re-key the pods of the policy's namespace that the old or
+///   new version selects, after matching the matchers it introduces against every
+///   identity once (O(identities), no pod scan);
+/// - cluster policy changes, and NetworkPolicy changes that introduce a CIDR no policy
+///   mentioned before, recompile the cluster, reusing the ids of every identity, table
+///   and rule whose key is unchanged, and emit the difference. Their cost is that of
 ///   [`compile`]; only what changed reaches the datapath.
 #[derive(Debug)]
 pub struct Compiler {
@@ -205,17 +209,31 @@ impl Compiler {
             return Delta::default();
         }
         self.bump(format!("np:{key}"));
-        self.cluster.network_policies.insert(key, np);
-        self.rebuild()
+        let old = self.cluster.network_policies.insert(key.clone(), np);
+        self.network_policy_changed(&key, old)
     }
 
     /// Deletes a NetworkPolicy by `namespace/name`.
     pub fn remove_network_policy(&mut self, key: &str) -> Delta {
-        if self.cluster.network_policies.remove(key).is_none() {
+        let Some(old) = self.cluster.network_policies.remove(key) else {
             return Delta::default();
-        }
+        };
         self.bump(format!("np:{key}"));
-        self.rebuild()
+        self.network_policy_changed(key, Some(old))
+    }
+
+    /// The NetworkPolicy fast path, or a rebuild when it declines (new prefixes).
+    fn network_policy_changed(&mut self, key: &str, old: Option<NetworkPolicy>) -> Delta {
+        let revision = self.revisions[&format!("np:{key}")];
+        let mut txn = Txn::default();
+        if self
+            .state
+            .network_policy_changed(&self.cluster, key, old.as_ref(), revision, &mut txn)
+        {
+            self.state.commit(txn)
+        } else {
+            self.rebuild()
+        }
     }
 
     /// Creates or replaces a cluster policy.

@@ -1055,7 +1055,13 @@ impl State {
         for ip in affected {
             self.set_host(ip, cluster, txn);
         }
-        match new.filter(|n| is_endpoint(n)) {
+        self.refresh_endpoint(cluster, key, txn);
+    }
+
+    /// Points pod `key`'s endpoint at the tables its current policies call for (or
+    /// removes it if the pod is gone or no longer an endpoint).
+    fn refresh_endpoint(&mut self, cluster: &Cluster, key: &str, txn: &mut Txn) {
+        match cluster.pods.get(key).filter(|n| is_endpoint(n)) {
             Some(pod) => {
                 let ns_labels = cluster.namespace_labels(&pod.namespace);
                 let keys = [
@@ -1070,6 +1076,93 @@ impl State {
                     self.release_table(o.ingress, txn);
                     self.release_table(o.egress, txn);
                 }
+            }
+        }
+    }
+
+    /// NetworkPolicy `key` changed from `old` to `cluster.network_policies[key]`
+    /// (absent: removed), its revision already bumped to `revision`. Cost: the pods of
+    /// its namespace, plus one pass over the identities for each matcher it introduces.
+    ///
+    /// Returns `false`, having changed nothing, when the new version mentions a prefix
+    /// the state does not have yet: re-keying addresses under a new prefix is left to a
+    /// full rebuild. Prefixes the old version alone used stay in the set; an extra
+    /// prefix only splits identities more finely, never changes a verdict.
+    pub(crate) fn network_policy_changed(
+        &mut self,
+        cluster: &Cluster,
+        key: &str,
+        old: Option<&NetworkPolicy>,
+        revision: u64,
+        txn: &mut Txn,
+    ) -> bool {
+        let new = cluster.network_policies.get(key);
+        if let Some(np) = new {
+            if network_policy_prefixes(np)
+                .iter()
+                .any(|p| !self.prefixes.contains(p))
+            {
+                return false;
+            }
+        }
+        let old_prog = self.np_programs.remove(key);
+        if let (Some(o), Some(prog)) = (old, &old_prog) {
+            if let Some(idx) = self.np_by_namespace.get_mut(&o.namespace) {
+                idx.remove(&o.pod_selector, key);
+            }
+            debug_assert!(prog.revision < revision);
+        }
+        let first_new_matcher = self.matchers.len();
+        if let Some(np) = new {
+            self.add_network_policy(key, np, revision, txn);
+        }
+        self.match_new_matchers(first_new_matcher);
+        let namespace = new.or(old).map(|p| p.namespace.clone()).unwrap_or_default();
+        let prefix = format!("{namespace}/");
+        let pods: Vec<String> = cluster
+            .pods
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter(|(_, p)| {
+                p.namespace == namespace
+                    && (old.is_some_and(|o| o.pod_selector.matches(&p.labels))
+                        || new.is_some_and(|n| n.pod_selector.matches(&p.labels)))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in pods {
+            self.refresh_endpoint(cluster, &k, txn);
+        }
+        if let Some(prog) = old_prog {
+            for rules in &prog.rules {
+                for r in rules {
+                    self.release_rule(r.rule, txn);
+                }
+            }
+        }
+        true
+    }
+
+    /// Fills the identity sets of matchers registered since index `first` (and the
+    /// identities' matched lists) with one pass over the identities.
+    fn match_new_matchers(&mut self, first: usize) {
+        if first == self.matchers.len() {
+            return;
+        }
+        // Namespace-selector caches do not know the new matchers.
+        self.ns_selector_cache.clear();
+        for (id, ident) in self.identities.iter_mut() {
+            let mut added = false;
+            for m in first..self.matchers.len() {
+                let ms = &mut self.matchers[m];
+                if ms.matcher.matches(&ident.key) {
+                    ms.identities.insert(*id);
+                    ident.matched.push(m as MatcherId);
+                    added = true;
+                }
+            }
+            if added {
+                ident.matched.sort_unstable();
             }
         }
     }
