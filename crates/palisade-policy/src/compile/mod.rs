@@ -76,8 +76,10 @@ pub enum Change {
 /// - NetworkPolicy changes re-key the pods of the policy's namespace that the old or
 ///   new version selects, after matching the matchers it introduces against every
 ///   identity once (O(identities), no pod scan);
-/// - cluster policy changes, and NetworkPolicy changes that introduce a CIDR no policy
-///   mentioned before, recompile the cluster, reusing the ids of every identity, table
+/// - cluster policy changes re-key the pods the old or new subject selects (one pass
+///   over the pods to find them);
+/// - policy changes that introduce a CIDR no policy mentioned before recompile the
+///   cluster, reusing the ids of every identity, table
 ///   and rule whose key is unchanged, and emit the difference. Their cost is that of
 ///   [`compile`]; only what changed reaches the datapath.
 #[derive(Debug)]
@@ -243,17 +245,31 @@ impl Compiler {
             return Delta::default();
         }
         self.bump(format!("cp:{key}"));
-        self.cluster.cluster_policies.insert(key, cp);
-        self.rebuild()
+        let old = self.cluster.cluster_policies.insert(key.clone(), cp);
+        self.cluster_policy_changed(&key, old)
     }
 
     /// Deletes a cluster policy by `Kind/name`.
     pub fn remove_cluster_policy(&mut self, key: &str) -> Delta {
-        if self.cluster.cluster_policies.remove(key).is_none() {
+        let Some(old) = self.cluster.cluster_policies.remove(key) else {
             return Delta::default();
-        }
+        };
         self.bump(format!("cp:{key}"));
-        self.rebuild()
+        self.cluster_policy_changed(key, Some(old))
+    }
+
+    /// The cluster policy fast path, or a rebuild when it declines (new prefixes).
+    fn cluster_policy_changed(&mut self, key: &str, old: Option<ClusterPolicy>) -> Delta {
+        let revision = self.revisions[&format!("cp:{key}")];
+        let mut txn = Txn::default();
+        if self
+            .state
+            .cluster_policy_changed(&self.cluster, key, old.as_ref(), revision, &mut txn)
+        {
+            self.state.commit(txn)
+        } else {
+            self.rebuild()
+        }
     }
 
     /// A policy's content changed: its tables must get fresh ids.

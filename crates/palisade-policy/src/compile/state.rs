@@ -1143,6 +1143,62 @@ impl State {
         true
     }
 
+    /// Cluster policy `key` changed from `old` to `cluster.cluster_policies[key]`
+    /// (absent: removed), its revision already bumped. Cost: one pass over the pods to
+    /// find those the old or new subject selects, plus one pass over the identities for
+    /// each matcher it introduces. Declines like [`State::network_policy_changed`].
+    pub(crate) fn cluster_policy_changed(
+        &mut self,
+        cluster: &Cluster,
+        key: &str,
+        old: Option<&ClusterPolicy>,
+        revision: u64,
+        txn: &mut Txn,
+    ) -> bool {
+        let new = cluster.cluster_policies.get(key);
+        if let Some(cp) = new {
+            if cluster_policy_prefixes(cp)
+                .iter()
+                .any(|p| !self.prefixes.contains(p))
+            {
+                return false;
+            }
+        }
+        let old_prog = self.cluster_programs.remove(key);
+        self.cluster_order.retain(|k| k != key);
+        let first_new_matcher = self.matchers.len();
+        if let Some(cp) = new {
+            self.add_cluster_policy(key, cp, revision, txn);
+            self.sort_cluster_order();
+        }
+        self.match_new_matchers(first_new_matcher);
+        let mut ns_labels: FxMap<&str, Labels> = FxMap::default();
+        let pods: Vec<String> = cluster
+            .pods
+            .iter()
+            .filter(|(_, p)| is_endpoint(p))
+            .filter(|(_, p)| {
+                let l = ns_labels
+                    .entry(p.namespace.as_str())
+                    .or_insert_with(|| cluster.namespace_labels(&p.namespace));
+                old.is_some_and(|o| subject_matches(&o.subject, l, p))
+                    || new.is_some_and(|n| subject_matches(&n.subject, l, p))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in pods {
+            self.refresh_endpoint(cluster, &k, txn);
+        }
+        if let Some(prog) = old_prog {
+            for rules in &prog.rules {
+                for r in rules {
+                    self.release_rule(r.rule, txn);
+                }
+            }
+        }
+        true
+    }
+
     /// Fills the identity sets of matchers registered since index `first` (and the
     /// identities' matched lists) with one pass over the identities.
     fn match_new_matchers(&mut self, first: usize) {
