@@ -78,10 +78,9 @@ pub enum Change {
 ///   identity once (O(identities), no pod scan);
 /// - cluster policy changes re-key the pods the old or new subject selects (one pass
 ///   over the pods to find them);
-/// - policy changes that introduce a CIDR no policy mentioned before recompile the
-///   cluster, reusing the ids of every identity, table
-///   and rule whose key is unchanged, and emit the difference. Their cost is that of
-///   [`compile`]; only what changed reaches the datapath.
+/// - a policy that introduces a CIDR also re-keys the pod and node addresses under it.
+///
+/// [`Compiler::resync`] recompiles everything and emits only the difference.
 #[derive(Debug)]
 pub struct Compiler {
     cluster: Cluster,
@@ -224,18 +223,13 @@ impl Compiler {
         self.network_policy_changed(key, Some(old))
     }
 
-    /// The NetworkPolicy fast path, or a rebuild when it declines (new prefixes).
+    /// The NetworkPolicy path.
     fn network_policy_changed(&mut self, key: &str, old: Option<NetworkPolicy>) -> Delta {
         let revision = self.revisions[&format!("np:{key}")];
         let mut txn = Txn::default();
-        if self
-            .state
-            .network_policy_changed(&self.cluster, key, old.as_ref(), revision, &mut txn)
-        {
-            self.state.commit(txn)
-        } else {
-            self.rebuild()
-        }
+        self.state
+            .network_policy_changed(&self.cluster, key, old.as_ref(), revision, &mut txn);
+        self.state.commit(txn)
     }
 
     /// Creates or replaces a cluster policy.
@@ -258,18 +252,13 @@ impl Compiler {
         self.cluster_policy_changed(key, Some(old))
     }
 
-    /// The cluster policy fast path, or a rebuild when it declines (new prefixes).
+    /// The cluster policy path.
     fn cluster_policy_changed(&mut self, key: &str, old: Option<ClusterPolicy>) -> Delta {
         let revision = self.revisions[&format!("cp:{key}")];
         let mut txn = Txn::default();
-        if self
-            .state
-            .cluster_policy_changed(&self.cluster, key, old.as_ref(), revision, &mut txn)
-        {
-            self.state.commit(txn)
-        } else {
-            self.rebuild()
-        }
+        self.state
+            .cluster_policy_changed(&self.cluster, key, old.as_ref(), revision, &mut txn);
+        self.state.commit(txn)
     }
 
     /// A policy's content changed: its tables must get fresh ids.
@@ -278,7 +267,12 @@ impl Compiler {
         self.next_revision += 1;
     }
 
-    fn rebuild(&mut self) -> Delta {
+    /// Recompiles the whole cluster and returns the difference from the current state,
+    /// reusing the ids of every identity, table and rule whose key is unchanged. Every
+    /// change method already keeps the state exact; this drops what they leave behind
+    /// (prefixes no policy mentions any more, matchers no policy uses), e.g. during a
+    /// quiet period. Costs as much as [`compile`].
+    pub fn resync(&mut self) -> Delta {
         let hints = self.state.take_hints();
         let next = State::build(&self.cluster, &self.revisions, hints);
         let delta = diff(&self.state.compiled, &next.compiled);

@@ -150,6 +150,8 @@ pub(crate) struct State {
     addr_pods: FxMap<IpAddr, BTreeSet<String>>,
     addr_nodes: FxMap<IpAddr, BTreeSet<String>>,
     host_ids: FxMap<IpAddr, IdentityId>,
+    /// The keys of `host_ids`, ordered, to find the addresses under a new prefix.
+    hosts: BTreeSet<IpAddr>,
     network_ids: FxMap<IpNet, IdentityId>,
     np_programs: FxMap<String, PolicyProg>,
     /// NetworkPolicy keys by namespace, indexed by pod selector.
@@ -200,6 +202,7 @@ impl State {
             addr_pods: FxMap::default(),
             addr_nodes: FxMap::default(),
             host_ids: FxMap::default(),
+            hosts: BTreeSet::new(),
             network_ids: FxMap::default(),
             np_programs: FxMap::default(),
             np_by_namespace: FxMap::default(),
@@ -681,6 +684,7 @@ impl State {
                     txn.push(Op::PutAddress(net, id));
                 }
                 self.host_ids.insert(ip, id);
+                self.hosts.insert(ip);
             }
             None => {
                 if current.is_some() {
@@ -689,6 +693,7 @@ impl State {
                         None => txn.push(Op::RemoveAddress(net)),
                     }
                     self.host_ids.remove(&ip);
+                    self.hosts.remove(&ip);
                 }
             }
         }
@@ -1084,10 +1089,9 @@ impl State {
     /// (absent: removed), its revision already bumped to `revision`. Cost: the pods of
     /// its namespace, plus one pass over the identities for each matcher it introduces.
     ///
-    /// Returns `false`, having changed nothing, when the new version mentions a prefix
-    /// the state does not have yet: re-keying addresses under a new prefix is left to a
-    /// full rebuild. Prefixes the old version alone used stay in the set; an extra
-    /// prefix only splits identities more finely, never changes a verdict.
+    /// New prefixes are introduced (network identity, re-keyed addresses under them).
+    /// Prefixes the old version alone used stay in the set: an extra prefix only splits
+    /// identities more finely, never changes a verdict ([`State::build`] drops them).
     pub(crate) fn network_policy_changed(
         &mut self,
         cluster: &Cluster,
@@ -1095,16 +1099,9 @@ impl State {
         old: Option<&NetworkPolicy>,
         revision: u64,
         txn: &mut Txn,
-    ) -> bool {
+    ) {
         let new = cluster.network_policies.get(key);
-        if let Some(np) = new {
-            if network_policy_prefixes(np)
-                .iter()
-                .any(|p| !self.prefixes.contains(p))
-            {
-                return false;
-            }
-        }
+        let added = self.missing_prefixes(new.map(network_policy_prefixes));
         let old_prog = self.np_programs.remove(key);
         if let (Some(o), Some(prog)) = (old, &old_prog) {
             if let Some(idx) = self.np_by_namespace.get_mut(&o.namespace) {
@@ -1117,6 +1114,7 @@ impl State {
             self.add_network_policy(key, np, revision, txn);
         }
         self.match_new_matchers(first_new_matcher);
+        self.introduce_prefixes(cluster, added, txn);
         let namespace = new.or(old).map(|p| p.namespace.clone()).unwrap_or_default();
         let prefix = format!("{namespace}/");
         let pods: Vec<String> = cluster
@@ -1140,13 +1138,12 @@ impl State {
                 }
             }
         }
-        true
     }
 
     /// Cluster policy `key` changed from `old` to `cluster.cluster_policies[key]`
     /// (absent: removed), its revision already bumped. Cost: one pass over the pods to
     /// find those the old or new subject selects, plus one pass over the identities for
-    /// each matcher it introduces. Declines like [`State::network_policy_changed`].
+    /// each matcher it introduces, plus the addresses under prefixes it introduces.
     pub(crate) fn cluster_policy_changed(
         &mut self,
         cluster: &Cluster,
@@ -1154,16 +1151,9 @@ impl State {
         old: Option<&ClusterPolicy>,
         revision: u64,
         txn: &mut Txn,
-    ) -> bool {
+    ) {
         let new = cluster.cluster_policies.get(key);
-        if let Some(cp) = new {
-            if cluster_policy_prefixes(cp)
-                .iter()
-                .any(|p| !self.prefixes.contains(p))
-            {
-                return false;
-            }
-        }
+        let added = self.missing_prefixes(new.map(cluster_policy_prefixes));
         let old_prog = self.cluster_programs.remove(key);
         self.cluster_order.retain(|k| k != key);
         let first_new_matcher = self.matchers.len();
@@ -1172,6 +1162,7 @@ impl State {
             self.sort_cluster_order();
         }
         self.match_new_matchers(first_new_matcher);
+        self.introduce_prefixes(cluster, added, txn);
         let mut ns_labels: FxMap<&str, Labels> = FxMap::default();
         let pods: Vec<String> = cluster
             .pods
@@ -1196,7 +1187,38 @@ impl State {
                 }
             }
         }
-        true
+    }
+
+    /// The prefixes of `prefixes` not yet in the set, deduplicated.
+    fn missing_prefixes(&self, prefixes: Option<Vec<IpNet>>) -> Vec<IpNet> {
+        let mut out: Vec<IpNet> = prefixes
+            .into_iter()
+            .flatten()
+            .filter(|p| !self.prefixes.contains(p))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Prefixes `added` just joined the set (the policy that brought them is already
+    /// registered): each gets its network identity and address entry, and every pod or
+    /// node address under one is re-keyed, its most specific prefix having changed.
+    fn introduce_prefixes(&mut self, cluster: &Cluster, added: Vec<IpNet>, txn: &mut Txn) {
+        let mut rekey = BTreeSet::new();
+        for q in added {
+            let id = self.acquire_identity(IdentityKey::network(q), txn);
+            self.network_ids.insert(q, id);
+            // A host prefix that is also a pod or node address keeps its owner's identity.
+            let owned = q == host_net(q.addr()) && self.host_ids.contains_key(&q.addr());
+            if !owned {
+                txn.push(Op::PutAddress(q, id));
+            }
+            rekey.extend(self.hosts.range(q.network()..=q.broadcast()).copied());
+        }
+        for ip in rekey {
+            self.set_host(ip, cluster, txn);
+        }
     }
 
     /// Fills the identity sets of matchers registered since index `first` (and the

@@ -1194,5 +1194,13 @@ proptest! {
         prop_assert_eq!(comp.cluster(), &to);
         prop_assert_eq!(compare_with_oracle(&to, comp.compiled()), Ok(()));
         prop_assert_eq!(compare_with_oracle(&to, &compile(&to)), Ok(()));
+        // A resync drops leftovers (stale prefixes, unused matchers) safely.
+        for op in &comp.resync().ops {
+            if let Err(e) = apply_checked(&mut replay, op) {
+                return Err(TestCaseError::fail(format!("resync: {e}")));
+            }
+        }
+        prop_assert_eq!(&replay, comp.compiled());
+        prop_assert_eq!(compare_with_oracle(&to, comp.compiled()), Ok(()));
     }
 }
