@@ -7,6 +7,66 @@ use crate::compiled::IdentityInfo;
 use crate::model::{ClusterPeer, IpBlock, NamespaceMatch, NetworkPolicyPeer, Pod, Protocol};
 use crate::selector::{LabelSelector, Labels};
 
+/// A fast, non-cryptographic hasher (the rustc "Fx" hash) for the compiler's many
+/// small string- and id-keyed maps. Its inputs are cluster objects admitted by the API
+/// server; hash flooding would need an attacker who can already create policies.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct FxHasher {
+    hash: u64,
+}
+
+/// The Fx multiplier (from Firefox's hash, as in rustc).
+const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl FxHasher {
+    fn add(&mut self, word: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(FX_SEED);
+    }
+}
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut b = [0u8; 8];
+            b[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(b));
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+    fn write_u16(&mut self, i: u16) {
+        self.add(u64::from(i));
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    /// Finishes with the splitmix64 mixer: the Fx step leaves the low bits (which
+    /// pick the bucket) depending only on the low bits of the input, and addresses
+    /// such as `10.x.y.z` share their low byte; unmixed, they all collide.
+    fn finish(&self) -> u64 {
+        let mut z = self.hash;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// A `HashMap` with [`FxHasher`].
+pub(crate) type FxMap<K, V> =
+    std::collections::HashMap<K, V, std::hash::BuildHasherDefault<FxHasher>>;
+
 /// Named container ports `(name, protocol, port)`, sorted; the first declaration of a
 /// `(name, protocol)` wins, as in [`Pod::resolve_named_port`].
 pub(crate) type NamedPorts = Vec<(String, Protocol, u16)>;
@@ -43,8 +103,8 @@ pub(crate) fn resolve_named(
 pub(crate) struct PodClass {
     /// Namespace name.
     pub namespace: String,
-    /// Labels of the namespace, at the time the identity was made.
-    pub ns_labels: Labels,
+    /// Labels of the namespace, at the time the identity was made (shared).
+    pub ns_labels: std::sync::Arc<Labels>,
     /// Pod labels.
     pub labels: Labels,
     /// Named container ports.
@@ -185,5 +245,68 @@ impl Matcher {
             }
             Matcher::Nothing => false,
         }
+    }
+}
+
+/// Items keyed by a label selector, found by the labels they might match: each item is
+/// filed under its selector's first `matchLabels` pair (a pod has one value per key, so
+/// only that slot can hold it), or with the rest when the selector has none. Candidates
+/// still need the full selector check.
+#[derive(Debug, Clone)]
+pub(crate) struct LabelIndex<T> {
+    by_label: FxMap<String, FxMap<String, Vec<T>>>,
+    rest: Vec<T>,
+}
+
+impl<T> Default for LabelIndex<T> {
+    fn default() -> Self {
+        Self {
+            by_label: Default::default(),
+            rest: Vec::new(),
+        }
+    }
+}
+
+impl<T> LabelIndex<T> {
+    /// Files `item` under `sel`.
+    pub(crate) fn insert(&mut self, sel: &LabelSelector, item: T) {
+        match sel.match_labels.iter().next() {
+            Some((k, v)) => self
+                .by_label
+                .entry(k.clone())
+                .or_default()
+                .entry(v.clone())
+                .or_default()
+                .push(item),
+            None => self.rest.push(item),
+        }
+    }
+
+    /// Unfiles `item` from under `sel`.
+    pub(crate) fn remove<Q>(&mut self, sel: &LabelSelector, item: &Q)
+    where
+        T: PartialEq<Q>,
+        Q: ?Sized,
+    {
+        let list = match sel.match_labels.iter().next() {
+            Some((k, v)) => match self.by_label.get_mut(k).and_then(|m| m.get_mut(v)) {
+                Some(l) => l,
+                None => return,
+            },
+            None => &mut self.rest,
+        };
+        if let Some(i) = list.iter().position(|x| x == item) {
+            list.remove(i);
+        }
+    }
+
+    /// Every item whose selector might match `labels` (each at most once).
+    pub(crate) fn candidates<'a>(&'a self, labels: &'a Labels) -> impl Iterator<Item = &'a T> {
+        self.rest.iter().chain(
+            labels
+                .iter()
+                .filter_map(|(k, v)| self.by_label.get(k)?.get(v))
+                .flatten(),
+        )
     }
 }

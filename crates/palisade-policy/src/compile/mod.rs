@@ -71,9 +71,16 @@ pub enum Change {
 ///   (a new identity is matched against the selectors indexed under its namespace, the
 ///   ipBlocks containing its prefix and the node selectors) and the pod's two tables.
 ///   The cost does not grow with the number of pods;
-/// - namespace, node and policy changes recompile the cluster, reusing the ids of every
-///   identity, table and rule whose key is unchanged, and emit the difference. Their cost
-///   is that of [`compile`]; only what changed reaches the datapath.
+/// - namespace changes re-key the namespace's pods (O(pods in the namespace)); node
+///   changes re-key the node's addresses;
+/// - NetworkPolicy changes re-key the pods of the policy's namespace that the old or
+///   new version selects, after matching the matchers it introduces against every
+///   identity once (O(identities), no pod scan);
+/// - cluster policy changes re-key the pods the old or new subject selects (one pass
+///   over the pods to find them);
+/// - a policy that introduces a CIDR also re-keys the pod and node addresses under it.
+///
+/// [`Compiler::resync`] recompiles everything and emits only the difference.
 #[derive(Debug)]
 pub struct Compiler {
     cluster: Cluster,
@@ -152,8 +159,9 @@ impl Compiler {
         if self.cluster.namespaces.get(&ns.name) == Some(&ns) {
             return Delta::default();
         }
-        self.cluster.namespaces.insert(ns.name.clone(), ns);
-        self.rebuild()
+        let name = ns.name.clone();
+        self.cluster.namespaces.insert(name.clone(), ns);
+        self.namespace_changed(&name)
     }
 
     /// Deletes a namespace.
@@ -161,7 +169,13 @@ impl Compiler {
         if self.cluster.namespaces.remove(name).is_none() {
             return Delta::default();
         }
-        self.rebuild()
+        self.namespace_changed(name)
+    }
+
+    fn namespace_changed(&mut self, name: &str) -> Delta {
+        let mut txn = Txn::default();
+        self.state.namespace_changed(&self.cluster, name, &mut txn);
+        self.state.commit(txn)
     }
 
     /// Creates or replaces a node.
@@ -169,16 +183,24 @@ impl Compiler {
         if self.cluster.nodes.get(&node.name) == Some(&node) {
             return Delta::default();
         }
-        self.cluster.nodes.insert(node.name.clone(), node);
-        self.rebuild()
+        let name = node.name.clone();
+        let old = self.cluster.nodes.insert(name.clone(), node);
+        self.node_changed(&name, old)
     }
 
     /// Deletes a node.
     pub fn remove_node(&mut self, name: &str) -> Delta {
-        if self.cluster.nodes.remove(name).is_none() {
-            return Delta::default();
+        match self.cluster.nodes.remove(name) {
+            Some(old) => self.node_changed(name, Some(old)),
+            None => Delta::default(),
         }
-        self.rebuild()
+    }
+
+    fn node_changed(&mut self, name: &str, old: Option<Node>) -> Delta {
+        let mut txn = Txn::default();
+        self.state
+            .node_changed(&self.cluster, name, old.as_ref(), &mut txn);
+        self.state.commit(txn)
     }
 
     /// Creates or replaces a NetworkPolicy.
@@ -188,17 +210,26 @@ impl Compiler {
             return Delta::default();
         }
         self.bump(format!("np:{key}"));
-        self.cluster.network_policies.insert(key, np);
-        self.rebuild()
+        let old = self.cluster.network_policies.insert(key.clone(), np);
+        self.network_policy_changed(&key, old)
     }
 
     /// Deletes a NetworkPolicy by `namespace/name`.
     pub fn remove_network_policy(&mut self, key: &str) -> Delta {
-        if self.cluster.network_policies.remove(key).is_none() {
+        let Some(old) = self.cluster.network_policies.remove(key) else {
             return Delta::default();
-        }
+        };
         self.bump(format!("np:{key}"));
-        self.rebuild()
+        self.network_policy_changed(key, Some(old))
+    }
+
+    /// The NetworkPolicy path.
+    fn network_policy_changed(&mut self, key: &str, old: Option<NetworkPolicy>) -> Delta {
+        let revision = self.revisions[&format!("np:{key}")];
+        let mut txn = Txn::default();
+        self.state
+            .network_policy_changed(&self.cluster, key, old.as_ref(), revision, &mut txn);
+        self.state.commit(txn)
     }
 
     /// Creates or replaces a cluster policy.
@@ -208,17 +239,26 @@ impl Compiler {
             return Delta::default();
         }
         self.bump(format!("cp:{key}"));
-        self.cluster.cluster_policies.insert(key, cp);
-        self.rebuild()
+        let old = self.cluster.cluster_policies.insert(key.clone(), cp);
+        self.cluster_policy_changed(&key, old)
     }
 
     /// Deletes a cluster policy by `Kind/name`.
     pub fn remove_cluster_policy(&mut self, key: &str) -> Delta {
-        if self.cluster.cluster_policies.remove(key).is_none() {
+        let Some(old) = self.cluster.cluster_policies.remove(key) else {
             return Delta::default();
-        }
+        };
         self.bump(format!("cp:{key}"));
-        self.rebuild()
+        self.cluster_policy_changed(key, Some(old))
+    }
+
+    /// The cluster policy path.
+    fn cluster_policy_changed(&mut self, key: &str, old: Option<ClusterPolicy>) -> Delta {
+        let revision = self.revisions[&format!("cp:{key}")];
+        let mut txn = Txn::default();
+        self.state
+            .cluster_policy_changed(&self.cluster, key, old.as_ref(), revision, &mut txn);
+        self.state.commit(txn)
     }
 
     /// A policy's content changed: its tables must get fresh ids.
@@ -227,7 +267,12 @@ impl Compiler {
         self.next_revision += 1;
     }
 
-    fn rebuild(&mut self) -> Delta {
+    /// Recompiles the whole cluster and returns the difference from the current state,
+    /// reusing the ids of every identity, table and rule whose key is unchanged. Every
+    /// change method already keeps the state exact; this drops what they leave behind
+    /// (prefixes no policy mentions any more, matchers no policy uses), e.g. during a
+    /// quiet period. Costs as much as [`compile`].
+    pub fn resync(&mut self) -> Delta {
         let hints = self.state.take_hints();
         let next = State::build(&self.cluster, &self.revisions, hints);
         let delta = diff(&self.state.compiled, &next.compiled);

@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -26,7 +27,7 @@ use crate::model::{
 };
 use crate::selector::Labels;
 
-use super::identity::{named_ports, IdentityKey, Matcher, NamedPorts, PodClass};
+use super::identity::{named_ports, FxMap, IdentityKey, LabelIndex, Matcher, NamedPorts, PodClass};
 use super::prefixes::{
     cluster_policy_prefixes, host_net, network_policy_prefixes, truncate, PrefixSet,
 };
@@ -42,10 +43,10 @@ pub(crate) type Revisions = HashMap<String, u64>;
 /// Ids of a previous state, reused by [`State::build`] for unchanged keys.
 #[derive(Debug, Default)]
 pub(crate) struct IdHints {
-    identities: HashMap<IdentityKey, IdentityId>,
-    tables: HashMap<TableKey, TableId>,
-    rules: HashMap<RuleOrigin, RuleId>,
-    endpoints: HashMap<String, EndpointEntry>,
+    identities: FxMap<Arc<IdentityKey>, IdentityId>,
+    tables: FxMap<Arc<TableKey>, TableId>,
+    rules: FxMap<RuleOrigin, RuleId>,
+    endpoints: FxMap<String, EndpointEntry>,
     next_identity: IdentityId,
     next_table: TableId,
     next_rule: RuleId,
@@ -94,7 +95,7 @@ struct MatcherState {
 
 #[derive(Debug)]
 struct IdentityState {
-    key: IdentityKey,
+    key: Arc<IdentityKey>,
     /// Addresses (or the network prefix) mapped to it.
     refs: usize,
     /// Matchers matching it, sorted.
@@ -105,7 +106,7 @@ struct IdentityState {
 
 #[derive(Debug)]
 struct TableState {
-    key: TableKey,
+    key: Arc<TableKey>,
     /// Endpoints pointing at it.
     refs: usize,
     any: Partition,
@@ -126,33 +127,41 @@ pub(crate) struct State {
     next_table: TableId,
     next_rule: RuleId,
     prefixes: PrefixSet,
-    rule_ids: HashMap<RuleOrigin, RuleId>,
+    rule_ids: FxMap<RuleOrigin, RuleId>,
     /// Users of each rule (policies for their rules, tables for `Default`/`Isolated`).
-    rule_refs: HashMap<RuleId, (usize, RuleOrigin)>,
-    matcher_ids: HashMap<Matcher, MatcherId>,
+    rule_refs: FxMap<RuleId, (usize, RuleOrigin)>,
+    matcher_ids: FxMap<Matcher, MatcherId>,
     matchers: Vec<MatcherState>,
-    ns_named_matchers: HashMap<String, Vec<MatcherId>>,
+    /// Pod matchers naming their namespace, by namespace, indexed by pod selector.
+    ns_named_matchers: FxMap<String, LabelIndex<MatcherId>>,
+    /// Pod matchers choosing namespaces by labels.
     ns_selector_matchers: Vec<MatcherId>,
-    /// Namespace → selector-namespace matchers whose namespace selector matches it.
-    /// Valid for the life of the state: namespace changes rebuild the state.
-    ns_selector_cache: HashMap<String, Vec<MatcherId>>,
+    /// Namespace → the `ns_selector_matchers` whose namespace selector matches it,
+    /// indexed by pod selector. Valid for the life of the state: namespace changes
+    /// rebuild the state.
+    ns_selector_cache: FxMap<String, LabelIndex<MatcherId>>,
+    /// Namespace labels (shared by identity keys). Valid for the life of the state.
+    ns_labels: FxMap<String, Arc<Labels>>,
     node_matchers: Vec<MatcherId>,
-    block_matchers: HashMap<IpNet, Vec<MatcherId>>,
-    identity_ids: HashMap<IdentityKey, IdentityId>,
-    identities: HashMap<IdentityId, IdentityState>,
-    named_port_identities: HashMap<String, BTreeSet<IdentityId>>,
-    addr_pods: HashMap<IpAddr, BTreeSet<String>>,
-    addr_nodes: HashMap<IpAddr, BTreeSet<String>>,
-    host_ids: HashMap<IpAddr, IdentityId>,
-    network_ids: HashMap<IpNet, IdentityId>,
-    np_programs: HashMap<String, PolicyProg>,
-    np_by_namespace: HashMap<String, Vec<String>>,
-    cluster_programs: HashMap<String, PolicyProg>,
+    block_matchers: FxMap<IpNet, Vec<MatcherId>>,
+    identity_ids: FxMap<Arc<IdentityKey>, IdentityId>,
+    identities: FxMap<IdentityId, IdentityState>,
+    named_port_identities: FxMap<String, BTreeSet<IdentityId>>,
+    addr_pods: FxMap<IpAddr, BTreeSet<String>>,
+    addr_nodes: FxMap<IpAddr, BTreeSet<String>>,
+    host_ids: FxMap<IpAddr, IdentityId>,
+    /// The keys of `host_ids`, ordered, to find the addresses under a new prefix.
+    hosts: BTreeSet<IpAddr>,
+    network_ids: FxMap<IpNet, IdentityId>,
+    np_programs: FxMap<String, PolicyProg>,
+    /// NetworkPolicy keys by namespace, indexed by pod selector.
+    np_by_namespace: FxMap<String, LabelIndex<String>>,
+    cluster_programs: FxMap<String, PolicyProg>,
     cluster_order: Vec<String>,
-    table_ids: HashMap<TableKey, TableId>,
-    tables: HashMap<TableId, TableState>,
-    named_port_tables: HashMap<String, BTreeSet<TableId>>,
-    endpoints: HashMap<String, EndpointEntry>,
+    table_ids: FxMap<Arc<TableKey>, TableId>,
+    tables: FxMap<TableId, TableState>,
+    named_port_tables: FxMap<String, BTreeSet<TableId>>,
+    endpoints: FxMap<String, EndpointEntry>,
 }
 
 fn subject_matches(subject: &Subject, ns_labels: &Labels, pod: &Pod) -> bool {
@@ -177,30 +186,32 @@ impl State {
             next_rule: hints.next_rule,
             hints,
             prefixes: PrefixSet::new(),
-            rule_ids: HashMap::new(),
-            rule_refs: HashMap::new(),
-            matcher_ids: HashMap::new(),
+            rule_ids: FxMap::default(),
+            rule_refs: FxMap::default(),
+            matcher_ids: FxMap::default(),
             matchers: Vec::new(),
-            ns_named_matchers: HashMap::new(),
+            ns_named_matchers: FxMap::default(),
             ns_selector_matchers: Vec::new(),
-            ns_selector_cache: HashMap::new(),
+            ns_selector_cache: FxMap::default(),
+            ns_labels: FxMap::default(),
             node_matchers: Vec::new(),
-            block_matchers: HashMap::new(),
-            identity_ids: HashMap::new(),
-            identities: HashMap::new(),
-            named_port_identities: HashMap::new(),
-            addr_pods: HashMap::new(),
-            addr_nodes: HashMap::new(),
-            host_ids: HashMap::new(),
-            network_ids: HashMap::new(),
-            np_programs: HashMap::new(),
-            np_by_namespace: HashMap::new(),
-            cluster_programs: HashMap::new(),
+            block_matchers: FxMap::default(),
+            identity_ids: FxMap::default(),
+            identities: FxMap::default(),
+            named_port_identities: FxMap::default(),
+            addr_pods: FxMap::default(),
+            addr_nodes: FxMap::default(),
+            host_ids: FxMap::default(),
+            hosts: BTreeSet::new(),
+            network_ids: FxMap::default(),
+            np_programs: FxMap::default(),
+            np_by_namespace: FxMap::default(),
+            cluster_programs: FxMap::default(),
             cluster_order: Vec::new(),
-            table_ids: HashMap::new(),
-            tables: HashMap::new(),
-            named_port_tables: HashMap::new(),
-            endpoints: HashMap::new(),
+            table_ids: FxMap::default(),
+            tables: FxMap::default(),
+            named_port_tables: FxMap::default(),
+            endpoints: FxMap::default(),
         }
     }
 
@@ -231,9 +242,6 @@ impl State {
             st.add_cluster_policy(key, cp, rev, &mut txn);
         }
         st.sort_cluster_order();
-        for keys in st.np_by_namespace.values_mut() {
-            keys.sort();
-        }
         let prefixes: Vec<IpNet> = st.prefixes.iter().copied().collect();
         for p in prefixes {
             let id = st.acquire_identity(IdentityKey::network(p), &mut txn);
@@ -259,7 +267,7 @@ impl State {
             st.set_host(ip, cluster, &mut txn);
         }
         // Pods of one Deployment share their table keys: compute them once.
-        let mut memo: HashMap<(&str, &Labels, NamedPorts), [TableKey; 2]> = HashMap::new();
+        let mut memo: FxMap<(&str, &Labels, NamedPorts), [TableKey; 2]> = FxMap::default();
         for (key, pod) in &cluster.pods {
             if !is_endpoint(pod) {
                 continue;
@@ -277,7 +285,15 @@ impl State {
                 .clone();
             st.put_endpoint(key, pod, keys, &mut txn);
         }
-        st.commit(txn);
+        // Nothing to send anywhere: move the ops into the snapshot (tables uncopied).
+        for op in txn.into_delta().ops {
+            match op {
+                Op::PutTable(id, t) => {
+                    st.compiled.tables.insert(id, t);
+                }
+                other => st.compiled.apply_op(&other),
+            }
+        }
         st.hints = IdHints::default();
         st
     }
@@ -330,12 +346,12 @@ impl State {
         match &m {
             Matcher::Pods {
                 namespaces: NamespaceMatch::Named(ns),
-                ..
+                pods,
             } => self
                 .ns_named_matchers
                 .entry(ns.clone())
                 .or_default()
-                .push(id),
+                .insert(pods, id),
             Matcher::Pods { .. } => self.ns_selector_matchers.push(id),
             Matcher::Nodes(_) => self.node_matchers.push(id),
             Matcher::Block(b) => self.block_matchers.entry(b.cidr).or_default().push(id),
@@ -410,7 +426,7 @@ impl State {
         self.np_by_namespace
             .entry(np.namespace.clone())
             .or_default()
-            .push(key.to_string());
+            .insert(&np.pod_selector, key.to_string());
         self.np_programs.insert(key.to_string(), prog);
     }
 
@@ -483,22 +499,23 @@ impl State {
         let mut out = Vec::new();
         if let Some(pod) = &key.pod {
             if !self.ns_selector_cache.contains_key(&pod.namespace) {
-                let hits = self
-                    .ns_selector_matchers
-                    .iter()
-                    .copied()
-                    .filter(|&m| match &self.matchers[m as usize].matcher {
-                        Matcher::Pods { namespaces, .. } => {
-                            Matcher::matches_namespace(namespaces, &pod.namespace, &pod.ns_labels)
+                let mut hits = LabelIndex::default();
+                for &m in &self.ns_selector_matchers {
+                    if let Matcher::Pods { namespaces, pods } = &self.matchers[m as usize].matcher {
+                        if Matcher::matches_namespace(namespaces, &pod.namespace, &pod.ns_labels) {
+                            hits.insert(pods, m);
                         }
-                        _ => false,
-                    })
-                    .collect();
+                    }
+                }
                 self.ns_selector_cache.insert(pod.namespace.clone(), hits);
             }
             let named = self.ns_named_matchers.get(&pod.namespace);
             let selected = &self.ns_selector_cache[&pod.namespace];
-            for &m in named.into_iter().flatten().chain(selected) {
+            let candidates = named
+                .into_iter()
+                .flat_map(|i| i.candidates(&pod.labels))
+                .chain(selected.candidates(&pod.labels));
+            for &m in candidates {
                 if self.matchers[m as usize].matcher.matches(key) {
                     out.push(m);
                 }
@@ -555,6 +572,7 @@ impl State {
             }
         }
         txn.push(Op::PutIdentity(id, key.info()));
+        let key = Arc::new(key);
         self.identity_ids.insert(key.clone(), id);
         self.identities.insert(
             id,
@@ -613,18 +631,25 @@ impl State {
         txn.push(Op::RemoveIdentity(id));
     }
 
-    fn host_key(&self, ip: IpAddr, cluster: &Cluster) -> Option<IdentityKey> {
-        let pod = self
+    fn host_key(&mut self, ip: IpAddr, cluster: &Cluster) -> Option<IdentityKey> {
+        let owner = self
             .addr_pods
             .get(&ip)
             .and_then(|s| s.iter().next())
-            .and_then(|k| cluster.pods.get(k))
-            .map(|p| PodClass {
+            .and_then(|k| cluster.pods.get(k));
+        let pod = owner.map(|p| {
+            let ns_labels = self
+                .ns_labels
+                .entry(p.namespace.clone())
+                .or_insert_with(|| Arc::new(cluster.namespace_labels(&p.namespace)))
+                .clone();
+            PodClass {
                 namespace: p.namespace.clone(),
-                ns_labels: cluster.namespace_labels(&p.namespace),
+                ns_labels,
                 labels: p.labels.clone(),
                 named_ports: named_ports(p),
-            });
+            }
+        });
         let nodes: Vec<(String, Labels)> = self
             .addr_nodes
             .get(&ip)
@@ -659,6 +684,7 @@ impl State {
                     txn.push(Op::PutAddress(net, id));
                 }
                 self.host_ids.insert(ip, id);
+                self.hosts.insert(ip);
             }
             None => {
                 if current.is_some() {
@@ -667,6 +693,7 @@ impl State {
                         None => txn.push(Op::RemoveAddress(net)),
                     }
                     self.host_ids.remove(&ip);
+                    self.hosts.remove(&ip);
                 }
             }
         }
@@ -701,12 +728,14 @@ impl State {
                 list.push((k.clone(), prog.revision));
             }
         }
-        for k in self
+        let mut nps: Vec<&String> = self
             .np_by_namespace
             .get(&pod.namespace)
             .into_iter()
-            .flatten()
-        {
+            .flat_map(|i| i.candidates(&pod.labels))
+            .collect();
+        nps.sort_unstable();
+        for k in nps {
             let prog = &self.np_programs[k];
             let Scope::Namespace { pods, .. } = &prog.scope else {
                 continue;
@@ -762,7 +791,7 @@ impl State {
         let ident = &self.identities[&id];
         let flags = spec.flags(&ident.matched);
         let ports = match &ident.key.pod {
-            Some(p) if !ts.named.is_empty() => p.named_ports.as_slice(),
+            Some(p) if ts.key.dir == Direction::Egress => p.named_ports.as_slice(),
             _ => &[],
         };
         let part = partition(&spec, &flags, ports);
@@ -816,6 +845,7 @@ impl State {
                 .tables
                 .insert(id);
         }
+        let key = Arc::new(key);
         self.table_ids.insert(key.clone(), id);
         self.tables.insert(
             id,
@@ -867,14 +897,14 @@ impl State {
         for n in &named {
             candidates.extend(self.named_port_identities.get(n).into_iter().flatten());
         }
-        let mut cache: HashMap<(Vec<bool>, &[(String, crate::model::Protocol, u16)]), Partition> =
-            HashMap::new();
+        let mut cache: FxMap<(Vec<bool>, &[(String, crate::model::Protocol, u16)]), Partition> =
+            FxMap::default();
         let mut peers = BTreeSet::new();
         for c in candidates {
             let ident = &self.identities[&c];
             let flags = spec.flags(&ident.matched);
             let ports = match &ident.key.pod {
-                Some(p) if !named.is_empty() => p.named_ports.as_slice(),
+                Some(p) if spec.dir == Direction::Egress => p.named_ports.as_slice(),
                 _ => &[],
             };
             let part = cache
@@ -947,6 +977,56 @@ impl State {
         }
     }
 
+    /// Namespace `ns` was created, relabelled or deleted: every pod of it is re-keyed
+    /// (identity keys carry namespace labels, table keys depend on them through
+    /// cluster policy subjects). Cost: O(pods of the namespace).
+    pub(crate) fn namespace_changed(&mut self, cluster: &Cluster, ns: &str, txn: &mut Txn) {
+        self.ns_labels.remove(ns);
+        self.ns_selector_cache.remove(ns);
+        let prefix = format!("{ns}/");
+        let pods: Vec<&Pod> = cluster
+            .pods
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, p)| p)
+            .filter(|p| p.namespace == ns)
+            .collect();
+        for pod in pods {
+            self.pod_changed(cluster, &pod.key(), Some(pod), txn);
+        }
+    }
+
+    /// Node `name` changed from `old` to `cluster.nodes[name]` (absent: removed): its
+    /// addresses are re-keyed. Cost: O(addresses of the node).
+    pub(crate) fn node_changed(
+        &mut self,
+        cluster: &Cluster,
+        name: &str,
+        old: Option<&crate::model::Node>,
+        txn: &mut Txn,
+    ) {
+        let mut affected = BTreeSet::new();
+        for ip in old.iter().flat_map(|n| &n.addresses) {
+            if let Some(s) = self.addr_nodes.get_mut(ip) {
+                s.remove(name);
+                if s.is_empty() {
+                    self.addr_nodes.remove(ip);
+                }
+            }
+            affected.insert(*ip);
+        }
+        for ip in cluster.nodes.get(name).iter().flat_map(|n| &n.addresses) {
+            self.addr_nodes
+                .entry(*ip)
+                .or_default()
+                .insert(name.to_string());
+            affected.insert(*ip);
+        }
+        for ip in affected {
+            self.set_host(ip, cluster, txn);
+        }
+    }
+
     /// The fast path: pod `key` changed from `old` to `cluster.pods[key]` (absent: removed).
     pub(crate) fn pod_changed(
         &mut self,
@@ -980,7 +1060,13 @@ impl State {
         for ip in affected {
             self.set_host(ip, cluster, txn);
         }
-        match new.filter(|n| is_endpoint(n)) {
+        self.refresh_endpoint(cluster, key, txn);
+    }
+
+    /// Points pod `key`'s endpoint at the tables its current policies call for (or
+    /// removes it if the pod is gone or no longer an endpoint).
+    fn refresh_endpoint(&mut self, cluster: &Cluster, key: &str, txn: &mut Txn) {
+        match cluster.pods.get(key).filter(|n| is_endpoint(n)) {
             Some(pod) => {
                 let ns_labels = cluster.namespace_labels(&pod.namespace);
                 let keys = [
@@ -995,6 +1081,166 @@ impl State {
                     self.release_table(o.ingress, txn);
                     self.release_table(o.egress, txn);
                 }
+            }
+        }
+    }
+
+    /// NetworkPolicy `key` changed from `old` to `cluster.network_policies[key]`
+    /// (absent: removed), its revision already bumped to `revision`. Cost: the pods of
+    /// its namespace, plus one pass over the identities for each matcher it introduces.
+    ///
+    /// New prefixes are introduced (network identity, re-keyed addresses under them).
+    /// Prefixes the old version alone used stay in the set: an extra prefix only splits
+    /// identities more finely, never changes a verdict ([`State::build`] drops them).
+    pub(crate) fn network_policy_changed(
+        &mut self,
+        cluster: &Cluster,
+        key: &str,
+        old: Option<&NetworkPolicy>,
+        revision: u64,
+        txn: &mut Txn,
+    ) {
+        let new = cluster.network_policies.get(key);
+        let added = self.missing_prefixes(new.map(network_policy_prefixes));
+        let old_prog = self.np_programs.remove(key);
+        if let (Some(o), Some(prog)) = (old, &old_prog) {
+            if let Some(idx) = self.np_by_namespace.get_mut(&o.namespace) {
+                idx.remove(&o.pod_selector, key);
+            }
+            debug_assert!(prog.revision < revision);
+        }
+        let first_new_matcher = self.matchers.len();
+        if let Some(np) = new {
+            self.add_network_policy(key, np, revision, txn);
+        }
+        self.match_new_matchers(first_new_matcher);
+        self.introduce_prefixes(cluster, added, txn);
+        let namespace = new.or(old).map(|p| p.namespace.clone()).unwrap_or_default();
+        let prefix = format!("{namespace}/");
+        let pods: Vec<String> = cluster
+            .pods
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter(|(_, p)| {
+                p.namespace == namespace
+                    && (old.is_some_and(|o| o.pod_selector.matches(&p.labels))
+                        || new.is_some_and(|n| n.pod_selector.matches(&p.labels)))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in pods {
+            self.refresh_endpoint(cluster, &k, txn);
+        }
+        if let Some(prog) = old_prog {
+            for rules in &prog.rules {
+                for r in rules {
+                    self.release_rule(r.rule, txn);
+                }
+            }
+        }
+    }
+
+    /// Cluster policy `key` changed from `old` to `cluster.cluster_policies[key]`
+    /// (absent: removed), its revision already bumped. Cost: one pass over the pods to
+    /// find those the old or new subject selects, plus one pass over the identities for
+    /// each matcher it introduces, plus the addresses under prefixes it introduces.
+    pub(crate) fn cluster_policy_changed(
+        &mut self,
+        cluster: &Cluster,
+        key: &str,
+        old: Option<&ClusterPolicy>,
+        revision: u64,
+        txn: &mut Txn,
+    ) {
+        let new = cluster.cluster_policies.get(key);
+        let added = self.missing_prefixes(new.map(cluster_policy_prefixes));
+        let old_prog = self.cluster_programs.remove(key);
+        self.cluster_order.retain(|k| k != key);
+        let first_new_matcher = self.matchers.len();
+        if let Some(cp) = new {
+            self.add_cluster_policy(key, cp, revision, txn);
+            self.sort_cluster_order();
+        }
+        self.match_new_matchers(first_new_matcher);
+        self.introduce_prefixes(cluster, added, txn);
+        let mut ns_labels: FxMap<&str, Labels> = FxMap::default();
+        let pods: Vec<String> = cluster
+            .pods
+            .iter()
+            .filter(|(_, p)| is_endpoint(p))
+            .filter(|(_, p)| {
+                let l = ns_labels
+                    .entry(p.namespace.as_str())
+                    .or_insert_with(|| cluster.namespace_labels(&p.namespace));
+                old.is_some_and(|o| subject_matches(&o.subject, l, p))
+                    || new.is_some_and(|n| subject_matches(&n.subject, l, p))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in pods {
+            self.refresh_endpoint(cluster, &k, txn);
+        }
+        if let Some(prog) = old_prog {
+            for rules in &prog.rules {
+                for r in rules {
+                    self.release_rule(r.rule, txn);
+                }
+            }
+        }
+    }
+
+    /// The prefixes of `prefixes` not yet in the set, deduplicated.
+    fn missing_prefixes(&self, prefixes: Option<Vec<IpNet>>) -> Vec<IpNet> {
+        let mut out: Vec<IpNet> = prefixes
+            .into_iter()
+            .flatten()
+            .filter(|p| !self.prefixes.contains(p))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Prefixes `added` just joined the set (the policy that brought them is already
+    /// registered): each gets its network identity and address entry, and every pod or
+    /// node address under one is re-keyed, its most specific prefix having changed.
+    fn introduce_prefixes(&mut self, cluster: &Cluster, added: Vec<IpNet>, txn: &mut Txn) {
+        let mut rekey = BTreeSet::new();
+        for q in added {
+            let id = self.acquire_identity(IdentityKey::network(q), txn);
+            self.network_ids.insert(q, id);
+            // A host prefix that is also a pod or node address keeps its owner's identity.
+            let owned = q == host_net(q.addr()) && self.host_ids.contains_key(&q.addr());
+            if !owned {
+                txn.push(Op::PutAddress(q, id));
+            }
+            rekey.extend(self.hosts.range(q.network()..=q.broadcast()).copied());
+        }
+        for ip in rekey {
+            self.set_host(ip, cluster, txn);
+        }
+    }
+
+    /// Fills the identity sets of matchers registered since index `first` (and the
+    /// identities' matched lists) with one pass over the identities.
+    fn match_new_matchers(&mut self, first: usize) {
+        if first == self.matchers.len() {
+            return;
+        }
+        // Namespace-selector caches do not know the new matchers.
+        self.ns_selector_cache.clear();
+        for (id, ident) in self.identities.iter_mut() {
+            let mut added = false;
+            for m in first..self.matchers.len() {
+                let ms = &mut self.matchers[m];
+                if ms.matcher.matches(&ident.key) {
+                    ms.identities.insert(*id);
+                    ident.matched.push(m as MatcherId);
+                    added = true;
+                }
+            }
+            if added {
+                ident.matched.sort_unstable();
             }
         }
     }

@@ -128,7 +128,9 @@ pub(crate) struct Spec<'a> {
 }
 
 impl Spec<'_> {
-    /// Whether some egress rule names a port (so peers' named ports matter).
+    /// The port names of egress rules matching every peer. A peer pod with one of these
+    /// names may need entries although no matcher of the table selects it; for rules
+    /// with matchers, the matchers already make it a candidate.
     pub(crate) fn egress_named_ports(&self) -> Vec<String> {
         if self.dir != Direction::Egress {
             return Vec::new();
@@ -136,6 +138,7 @@ impl Spec<'_> {
         let mut names: Vec<String> = self
             .rules
             .iter()
+            .filter(|r| matches!(r.peers, Peers::All))
             .flat_map(|r| r.ports.iter().flatten())
             .filter_map(|p| match p {
                 PortMatch::Named { name, .. } => Some(name.clone()),

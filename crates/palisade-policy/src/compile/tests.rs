@@ -711,6 +711,103 @@ fn pod_label_change_moves_the_address_and_the_tables() {
     assert_eq!(comp.compiled().endpoints["demo/client2"].generation, 2);
 }
 
+#[test]
+fn ipv6_ip_blocks_and_pods_are_compiled_like_ipv4() {
+    let mut c = demo();
+    let mut p = np("demo", "v6", sel(&[("app", "client")]));
+    p.egress = Some(vec![rule(
+        Some(vec![block("fd00::/64", &["fd00::1/128"])]),
+        Some(vec![tcp(443)]),
+    )]);
+    c.network_policies.insert("demo/v6".into(), p);
+    assert!(side(&c, "demo/client", Direction::Egress, "fd00::5", 6, 443).0);
+    // fd00::1 is demo/web's address and an except hole.
+    assert!(!side(&c, "demo/client", Direction::Egress, "fd00::1", 6, 443).0);
+    assert!(!side(&c, "demo/client", Direction::Egress, "2001:db8::1", 6, 443).0);
+    // 10.0.0.1 is the same pod's IPv4 address: not in the IPv6 block.
+    assert!(!side(&c, "demo/client", Direction::Egress, "10.0.0.1", 6, 443).0);
+}
+
+#[test]
+fn adjacent_port_ranges_with_equal_verdicts_are_merged() {
+    let mut c = demo();
+    let mut p = np("demo", "ranges", sel(&[("app", "client")]));
+    let range = |port, end_port| PortMatch::Range {
+        protocol: Protocol::Tcp,
+        port,
+        end_port,
+    };
+    p.ingress = Some(vec![rule(None, Some(vec![range(80, 90), range(91, 100)]))]);
+    c.network_policies.insert("demo/ranges".into(), p);
+    let compiled = compile(&c);
+    let t = &compiled.tables[&compiled.endpoints["demo/client"].ingress];
+    let tcp_runs: Vec<(u16, u16)> = t
+        .entries
+        .iter()
+        .filter(|e| e.peer == crate::compiled::IDENTITY_ANY && e.proto == 6)
+        .map(|e| (e.port_lo, e.port_hi))
+        .collect();
+    assert_eq!(tcp_runs, vec![(0, 79), (80, 100), (101, 65535)]);
+    assert!(side(&c, "demo/client", Direction::Ingress, "10.9.9.9", 6, 95).0);
+}
+
+#[test]
+fn icmp_is_looked_up_with_port_zero_whatever_the_port() {
+    let compiled = compile(&demo());
+    let web = &compiled.endpoints["demo/web"];
+    let peer = compiled.lookup_identity("10.1.3.4".parse().unwrap());
+    let a = compiled.lookup(web.ingress, peer, 1, 0);
+    let b = compiled.lookup(web.ingress, peer, 1, 8);
+    assert_eq!(a, b);
+    assert_eq!(a.action, TableAction::Allow);
+}
+
+#[test]
+fn check_rejects_a_table_with_a_gap() {
+    let mut compiled = compile(&demo());
+    let t = compiled.tables.values_mut().next().unwrap();
+    let e = t.entries.iter_mut().find(|e| e.proto == 6).unwrap();
+    e.port_hi = e.port_hi.saturating_sub(1).max(e.port_lo);
+    if e.port_lo == e.port_hi {
+        e.port_lo = 1;
+    }
+    assert!(compiled.check().is_err());
+}
+
+#[test]
+fn namespace_relabel_moves_cluster_policy_subjects_and_peers() {
+    let mut c = demo();
+    let mut admin = cp(
+        "team-x",
+        Tier::Admin,
+        1,
+        Subject::Namespaces(sel(&[("team", "x")])),
+    );
+    admin.ingress = vec![crule(
+        Action::Deny,
+        vec![ClusterPeer::Namespaces(sel(&[("team", "x")]))],
+        None,
+    )];
+    c.cluster_policies
+        .insert("ClusterNetworkPolicy/team-x".into(), admin);
+    let mut comp = Compiler::new(c);
+    compare_with_oracle(comp.cluster(), comp.compiled()).unwrap();
+    comp.upsert_namespace(ns("demo", &[("team", "x")]));
+    compare_with_oracle(comp.cluster(), comp.compiled()).unwrap();
+    let (ok, _) = compiled_side(
+        comp.compiled(),
+        "demo/client",
+        Direction::Ingress,
+        "10.0.0.4".parse().unwrap(),
+        6,
+        80,
+    );
+    assert!(
+        !ok,
+        "other/client (team x) is now denied towards demo (team x)"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Property tests.
 // ---------------------------------------------------------------------------------------
@@ -1194,5 +1291,13 @@ proptest! {
         prop_assert_eq!(comp.cluster(), &to);
         prop_assert_eq!(compare_with_oracle(&to, comp.compiled()), Ok(()));
         prop_assert_eq!(compare_with_oracle(&to, &compile(&to)), Ok(()));
+        // A resync drops leftovers (stale prefixes, unused matchers) safely.
+        for op in &comp.resync().ops {
+            if let Err(e) = apply_checked(&mut replay, op) {
+                return Err(TestCaseError::fail(format!("resync: {e}")));
+            }
+        }
+        prop_assert_eq!(&replay, comp.compiled());
+        prop_assert_eq!(compare_with_oracle(&to, comp.compiled()), Ok(()));
     }
 }
