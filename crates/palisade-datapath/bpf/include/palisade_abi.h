@@ -1,0 +1,382 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * palisade_abi.h: the ONE definition of every struct and constant shared between
+ * the eBPF programs (bpf/palisade.bpf.c) and the Rust loader (src/abi.rs).
+ *
+ * Rules (see STYLE.md "How C and Rust share struct layouts"):
+ *  - only __u8/__u16/__u32/__u64, explicit pad fields, no bitfields, no bool;
+ *  - constants are enum members; index enums end with an _NR sentinel;
+ *  - byte order is stated on every multi-byte field: "be" = network order,
+ *    everything else is host order.
+ * src/abi.rs mirrors each struct as #[repr(C)] with size/offset asserts and the
+ * test `abi_layouts_match_btf` compares both against this object's BTF.
+ */
+#ifndef PALISADE_ABI_H
+#define PALISADE_ABI_H
+
+#include <linux/types.h>
+
+/* Sizing limits baked into the layouts below. */
+enum palisade_limits {
+	/* IPv4 addresses per endpoint checked by anti-spoofing (count). */
+	PALISADE_MAX_IPS4 = 4,
+	/* IPv6 addresses per endpoint checked by anti-spoofing (count). */
+	PALISADE_MAX_IPS6 = 4,
+	/* IPv6 extension headers walked before giving up (count); a packet with
+	 * more is dropped with PALISADE_REASON_IPV6_EXT_LIMIT. */
+	PALISADE_IPV6_MAX_EXT = 4,
+	/* Fixed part of a policy_key after prefixlen, in bits: table(32) + peer(32)
+	 * + proto(8) + pad(8). A key's prefixlen is this plus the port prefix (0..16). */
+	PALISADE_POLICY_FIXED_BITS = 80,
+};
+
+/* Direction, named from the pod's point of view. */
+enum palisade_dir {
+	/* Traffic leaving the pod: program from_pod, TC ingress on the host veth. */
+	PALISADE_DIR_EGRESS = 0,
+	/* Traffic towards the pod: program to_pod, TC egress on the host veth. */
+	PALISADE_DIR_INGRESS = 1,
+	PALISADE_DIR_NR = 2,
+};
+
+/* What a policy entry says. */
+enum palisade_action {
+	PALISADE_ACTION_ALLOW = 0,
+	PALISADE_ACTION_DENY = 1,
+};
+
+/*
+ * Why a packet got its verdict. Reasons below PALISADE_REASON_FIRST_DROP pass,
+ * the others drop. Counted per endpoint slot and direction (palisade_counters).
+ */
+enum palisade_reason {
+	/* New flow allowed by a policy entry (conntrack entry created). */
+	PALISADE_REASON_POLICY_ALLOW = 0,
+	/* Packet of a tracked flow, in the direction that created it. */
+	PALISADE_REASON_CT_ESTABLISHED = 1,
+	/* Reply of a tracked flow. */
+	PALISADE_REASON_CT_REPLY = 2,
+	/* ICMP/ICMPv6 error whose inner header belongs to a tracked flow. */
+	PALISADE_REASON_CT_RELATED = 3,
+	/* Non-first IP fragment of a datagram whose first fragment passed. */
+	PALISADE_REASON_FRAG_TRACKED = 4,
+	/* ICMPv6 neighbour discovery (types 133..137): always passes. */
+	PALISADE_REASON_NDP = 5,
+	/* Not IP (ARP, LLDP...): passes, the policy model is L3/L4 only. */
+	PALISADE_REASON_NON_IP = 6,
+	/* First drop reason; everything from here on drops. */
+	PALISADE_REASON_FIRST_DROP = 7,
+	/* A policy entry (or default deny) denies the new flow. */
+	PALISADE_REASON_POLICY_DENY = 7,
+	/* No endpoint entry for the interface: fail closed. */
+	PALISADE_REASON_NO_ENDPOINT = 8,
+	/* from_pod: source address is not one of the endpoint's addresses. */
+	PALISADE_REASON_SPOOF = 9,
+	/* Truncated or inconsistent L2/L3/L4 headers. */
+	PALISADE_REASON_MALFORMED = 10,
+	/* Non-first fragment without a tracked first fragment. */
+	PALISADE_REASON_FRAG_NO_STATE = 11,
+	/* More than PALISADE_IPV6_MAX_EXT IPv6 extension headers. */
+	PALISADE_REASON_IPV6_EXT_LIMIT = 12,
+	/* Peer address matched no identity prefix (address map incomplete). */
+	PALISADE_REASON_NO_IDENTITY = 13,
+	/* The endpoint's table has no entry for the packet, not even IDENTITY_ANY
+	 * (table missing): fail closed. */
+	PALISADE_REASON_NO_TABLE = 14,
+	/* VLAN-tagged frame from/to a pod: not supported, dropped so tags cannot
+	 * smuggle IP past the policy. */
+	PALISADE_REASON_VLAN = 15,
+	PALISADE_REASON_NR = 16,
+};
+
+/* Global per-CPU statistics (palisade_stats), not per endpoint. */
+enum palisade_stat {
+	/* Conntrack entries created. */
+	PALISADE_STAT_CT_CREATED = 0,
+	/* Conntrack inserts that failed (should stay 0: the map is LRU and evicts
+	 * the least recently used entry instead of failing). */
+	PALISADE_STAT_CT_CREATE_FAILED = 1,
+	/* Conntrack entries found expired and replaced. */
+	PALISADE_STAT_CT_EXPIRED = 2,
+	/* Established flows re-checked because the endpoint's table changed. */
+	PALISADE_STAT_CT_RECHECKED = 3,
+	/* Established flows cut because the new table denies them. */
+	PALISADE_STAT_CT_REVOKED = 4,
+	/* First fragments recorded in palisade_frags. */
+	PALISADE_STAT_FRAG_TRACKED = 5,
+	/* Events written to the ring buffer. */
+	PALISADE_STAT_EVENTS_SENT = 6,
+	/* Events suppressed by the per-CPU token bucket. */
+	PALISADE_STAT_EVENTS_RATE_LIMITED = 7,
+	/* Events lost because the ring buffer was full. */
+	PALISADE_STAT_EVENTS_RING_FULL = 8,
+	PALISADE_STAT_NR = 9,
+};
+
+/* config.log_mode */
+enum palisade_log_mode {
+	PALISADE_LOG_OFF = 0,
+	/* Every dropped packet. */
+	PALISADE_LOG_DENIES = 1,
+	/* Drops plus every new flow allowed by policy (sampled by sample_allow). */
+	PALISADE_LOG_ALL = 2,
+};
+
+/* endpoint_value.flags */
+enum palisade_endpoint_flags {
+	/* Skip anti-spoofing (endpoint may source any address). */
+	PALISADE_EP_F_NO_SPOOF_CHECK = 1,
+	/* Log every decision of this endpoint whatever config.log_mode says. */
+	PALISADE_EP_F_LOG_ALL = 2,
+};
+
+/* config.flags */
+enum palisade_config_flags {
+	/* BENCHMARK/TEST ONLY, never set by the agent: allowed new flows do not
+	 * create conntrack entries, so a repeated packet takes the full policy path
+	 * every time (see bench_datapath and the differential test). */
+	PALISADE_CFG_F_NO_CT_CREATE = 1,
+};
+
+/* ct_value.state */
+enum palisade_ct_state {
+	/* TCP: SYN seen from the origin, no reply yet. Timeout CT_SYN_TIMEOUT. */
+	PALISADE_CT_SYN_SENT = 1,
+	/* TCP: reply seen (or picked up mid-stream). Timeout CT_TCP_TIMEOUT. */
+	PALISADE_CT_ESTABLISHED = 2,
+	/* TCP: RST seen or FIN seen from both sides. Timeout CT_CLOSE_TIMEOUT. */
+	PALISADE_CT_CLOSING = 3,
+	/* UDP, SCTP, ICMP echo and other protocols. Timeout CT_OTHER_TIMEOUT. */
+	PALISADE_CT_OPEN = 4,
+};
+
+/* ct_value.tcp_fin bits */
+enum palisade_ct_fin {
+	PALISADE_CT_FIN_ORIGIN = 1,
+	PALISADE_CT_FIN_REPLY = 2,
+};
+
+/* Conntrack timeouts in seconds of CLOCK_MONOTONIC (bpf_ktime_get_ns). */
+enum palisade_ct_timeouts {
+	PALISADE_CT_SYN_TIMEOUT_S = 60,
+	PALISADE_CT_TCP_TIMEOUT_S = 21600,
+	PALISADE_CT_CLOSE_TIMEOUT_S = 10,
+	PALISADE_CT_OTHER_TIMEOUT_S = 60,
+	/* last_seen_ns is rewritten at most once per this many seconds per flow,
+	 * to keep map writes off the per-packet path. */
+	PALISADE_CT_REFRESH_S = 1,
+	/* palisade_frags entries older than this are ignored (seconds). */
+	PALISADE_FRAG_TIMEOUT_S = 30,
+};
+
+/*
+ * palisade_endpoints value; key: __u32 ifindex of the pod's HOST-side veth.
+ * One entry per attached interface; the programs fail closed without it.
+ */
+struct endpoint_value {
+	/* TableId (compiled.rs) for traffic towards the pod. */
+	__u32 ingress_table;
+	/* TableId for traffic from the pod. */
+	__u32 egress_table;
+	/* Row in palisade_counters, allocated by the loader; slot 0 is reserved
+	 * for packets on interfaces without an endpoint entry. */
+	__u32 slot;
+	/* PALISADE_EP_F_* */
+	__u32 flags;
+	/* Used entries of ipv4 / ipv6. */
+	__u8 n_ipv4;
+	__u8 n_ipv6;
+	__u8 pad[2];
+	/* The pod's IPv4 addresses, network order. */
+	__u32 ipv4[PALISADE_MAX_IPS4];
+	/* The pod's IPv6 addresses, network order. */
+	__u8 ipv6[PALISADE_MAX_IPS6][16];
+	__u32 pad2;
+	/* EndpointEntry.generation, for "in force" reporting; unused by the programs. */
+	__u64 generation;
+};
+
+/*
+ * palisade_addr4 key (LPM trie). prefixlen: 0..32 bits of addr; addr network order.
+ * Value: struct addr_value. 0.0.0.0/0 is always present, so a lookup never misses.
+ */
+struct addr4_key {
+	__u32 prefixlen;
+	__u8 addr[4];
+};
+
+/* palisade_addr6 key (LPM trie): as addr4_key, prefixlen 0..128. */
+struct addr6_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+/* Value of palisade_addr4/6: the peer identity (IdentityId). */
+struct addr_value {
+	__u32 identity;
+};
+
+/*
+ * palisade_policy key (LPM trie). Field order is the match order:
+ *   table, peer, proto are always matched exactly (PALISADE_POLICY_FIXED_BITS);
+ *   dport is matched on its first (prefixlen - 80) bits, so a port range is
+ *   stored as the few prefixes that cover it (range -> prefix expansion).
+ * Wildcarding: a peer without entries of its own falls back to peer 0
+ * (IDENTITY_ANY), which every table covers for all four protocol classes; that
+ * is a second lookup, not a trie wildcard.
+ */
+struct policy_key {
+	/* 80..96 */
+	__u32 prefixlen;
+	/* TableId, host order (matched exactly, so byte order is irrelevant). */
+	__u32 table;
+	/* IdentityId of the peer, or 0 = IDENTITY_ANY. Host order. */
+	__u32 peer;
+	/* Protocol class: 6, 17, 132, or 0 for every other protocol (ICMP too). */
+	__u8 proto;
+	/* Always 0. */
+	__u8 pad;
+	/* Destination port of the new connection, network order; 0 for class 0. */
+	__u16 dport;
+};
+
+/* palisade_policy value: the final verdict and the rule behind it. */
+struct policy_value {
+	/* RuleId (compiled.rs), for attribution in events and dumps. */
+	__u32 rule_id;
+	/* enum palisade_action */
+	__u8 action;
+	__u8 pad[3];
+};
+
+/*
+ * palisade_conntrack key (LRU hash). Oriented by the POD, not by the packet: the
+ * pod-side address/port come first whatever the direction, so a flow and its
+ * replies share one entry and one lookup; ct_value.origin_dir says which side
+ * opened it. Scoped by ifindex: two local pods talking get one entry each.
+ * IPv4 addresses use the first 4 bytes of the 16, the rest are 0.
+ */
+struct ct_key {
+	/* Host-side veth ifindex. */
+	__u32 ifindex;
+	/* 4 or 6. */
+	__u8 family;
+	/* IP protocol number (not the class): 6, 17, 132, 1, 58, ... */
+	__u8 proto;
+	__u16 pad;
+	/* Network order. */
+	__u8 pod_addr[16];
+	/* Network order. */
+	__u8 peer_addr[16];
+	/* Network order; ICMP echo: the identifier on both sides; other: 0. */
+	__u16 pod_port;
+	__u16 peer_port;
+};
+
+struct ct_value {
+	/* bpf_ktime_get_ns() at creation, ns. */
+	__u64 created_ns;
+	/* bpf_ktime_get_ns() of the last packet, ns, refreshed at most every
+	 * PALISADE_CT_REFRESH_S. */
+	__u64 last_seen_ns;
+	/* Rule that allowed the flow. */
+	__u32 rule_id;
+	/* Table of origin_dir that allowed the flow; if the endpoint now points at
+	 * another table the flow is re-checked (and cut if denied). */
+	__u32 table;
+	/* Peer identity when the flow was allowed. */
+	__u32 identity;
+	/* enum palisade_ct_state */
+	__u8 state;
+	/* enum palisade_dir of the packet that created the entry. */
+	__u8 origin_dir;
+	/* PALISADE_CT_FIN_* bits. */
+	__u8 tcp_fin;
+	__u8 pad;
+};
+
+/*
+ * palisade_frags key (LRU hash): a fragmented datagram whose first fragment
+ * passed, so its later fragments (which carry no ports) pass too.
+ */
+struct frag_key {
+	__u32 ifindex;
+	/* IPv4 identification (16 bits, zero-extended) or IPv6 fragment id, host order. */
+	__u32 id;
+	__u8 family;
+	/* IP protocol number. */
+	__u8 proto;
+	/* enum palisade_dir */
+	__u8 dir;
+	__u8 pad;
+	/* Network order, as in ct_key. */
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+struct frag_value {
+	/* Ports of the first fragment, network order. */
+	__u16 sport;
+	__u16 dport;
+	__u32 pad;
+	/* bpf_ktime_get_ns() of the first fragment, ns. */
+	__u64 created_ns;
+};
+
+/* palisade_config[0]: runtime knobs written by the loader. */
+struct config {
+	/* enum palisade_log_mode */
+	__u32 log_mode;
+	/* PALISADE_CFG_F_* */
+	__u32 flags;
+	/* Log 1 in sample_allow allowed new flows under PALISADE_LOG_ALL (0 and 1 = all). */
+	__u32 sample_allow;
+	/* Token bucket refill, events per second per CPU (0 = unlimited). */
+	__u32 events_per_sec;
+	/* Token bucket depth, events. */
+	__u32 events_burst;
+	__u32 pad;
+};
+
+/* palisade_ratelimit[0] (per-CPU): the event token bucket state. */
+struct ratelimit_state {
+	/* Tokens, in units of 1e-9 event (so refill needs no division). */
+	__u64 tokens;
+	/* bpf_ktime_get_ns() of the last refill, ns. */
+	__u64 last_ns;
+};
+
+/* Ring buffer record (palisade_events): one policy decision. */
+struct event {
+	/* bpf_ktime_get_ns(), ns. */
+	__u64 ts_ns;
+	__u32 ifindex;
+	/* RuleId, 0 when no rule applies (e.g. spoof, malformed). */
+	__u32 rule_id;
+	/* Peer IdentityId, 0 when not looked up. */
+	__u32 identity;
+	/* TableId consulted, 0 when none. */
+	__u32 table;
+	/* enum palisade_dir */
+	__u8 dir;
+	/* enum palisade_action */
+	__u8 action;
+	/* enum palisade_reason */
+	__u8 reason;
+	/* 4, 6, or 0 for non-IP */
+	__u8 family;
+	/* IP protocol number */
+	__u8 proto;
+	/* TCP flags byte (FIN=1 SYN=2 RST=4 PSH=8 ACK=16), ICMP type otherwise. */
+	__u8 tcp_flags;
+	__u16 pad;
+	/* Network order. */
+	__u16 sport;
+	__u16 dport;
+	/* Network order; IPv4 in the first 4 bytes. */
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u32 pad2;
+};
+
+#endif /* PALISADE_ABI_H */

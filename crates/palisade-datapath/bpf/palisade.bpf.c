@@ -1,0 +1,235 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * Palisade TC programs, attached to each pod's HOST-side veth:
+ *   from_pod: TC ingress of the host veth = the pod's EGRESS;
+ *   to_pod:   TC egress of the host veth  = the pod's INGRESS;
+ *   noop:     returns at once; the benchmark's floor.
+ *
+ * Per packet, in this order (numbers are the precedence):
+ *  1. endpoint entry by skb->ifindex; missing -> drop NO_ENDPOINT (fail closed:
+ *     programs are only attached to registered endpoints, so a missing entry
+ *     means state was lost, and a hole is worse than an outage);
+ *  2. parse; non-IP passes (ARP, the model is L3/L4), VLAN tags and malformed
+ *     headers drop;
+ *  3. ICMPv6 NDP 133..137 passes (before anti-spoofing: DAD uses ::);
+ *  4. from_pod only: source address must be one of the endpoint's -> else SPOOF;
+ *  5. later IPv4/IPv6 fragments pass iff their first fragment passed;
+ *  6. ICMP errors whose inner header is a tracked flow pass as RELATED;
+ *  7. conntrack hit -> ESTABLISHED / REPLY (re-checked if the table changed);
+ *  8. policy: identity of the peer (dst for from_pod, src for to_pod) by LPM,
+ *     then (table, peer, proto class, dport) with IDENTITY_ANY fallback;
+ *     allow creates a conntrack entry.
+ * Allowed packets return TC_ACT_UNSPEC (= TCX_NEXT), so programs attached after
+ * ours still run; drops return TC_ACT_SHOT.
+ */
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+
+#include "palisade_abi.h"
+#include "lib/parse.h"
+#include "lib/events.h"
+#include "lib/policy.h"
+#include "lib/conntrack.h"
+
+/* The kernel needs a GPL-compatible string for some helpers; the source is dual licensed. */
+char LICENSE[] SEC("license") = "GPL";
+
+#define VERDICT_PASS TC_ACT_UNSPEC
+#define VERDICT_DROP TC_ACT_SHOT
+
+static __always_inline int finish(struct decision *d, const struct flow *f, __u32 reason)
+{
+	d->reason = reason;
+	record(d, f);
+	return reason >= PALISADE_REASON_FIRST_DROP ? VERDICT_DROP : VERDICT_PASS;
+}
+
+static __always_inline int is_ndp(const struct flow *f)
+{
+	return f->family == 6 && f->proto == IPPROTO_ICMPV6_ && f->frag == FRAG_NONE &&
+	       f->icmp_type >= 133 && f->icmp_type <= 137;
+}
+
+/* Only these open a conntrack entry; other allowed packets pass statelessly. */
+static __always_inline int ct_creatable(const struct flow *f)
+{
+	if (f->icmp_error)
+		return 0;
+	if (f->proto == IPPROTO_TCP)
+		return !(f->tcp_flags & TCP_RST);
+	if (is_icmp_proto(f->family, f->proto))
+		return f->icmp_type == (f->family == 4 ? 8 : 128);
+	return 1;
+}
+
+static __always_inline int handle(struct __sk_buff *skb, __u32 dir)
+{
+	struct decision d = { .ifindex = skb->ifindex, .dir = dir };
+	struct flow f = {};
+	struct endpoint_value *ep;
+	struct policy_value *pv;
+	struct ct_value *ct;
+	struct config *cfg;
+	struct ct_key k;
+	__u8 *peer;
+	__u64 now;
+	int rc;
+
+	ep = bpf_map_lookup_elem(&palisade_endpoints, &d.ifindex);
+	if (!ep)
+		return finish(&d, &f, PALISADE_REASON_NO_ENDPOINT);
+	d.slot = ep->slot;
+	d.ep_flags = ep->flags;
+	d.table = dir == PALISADE_DIR_EGRESS ? ep->egress_table : ep->ingress_table;
+
+	rc = parse_frame(skb, &f);
+	if (rc == PARSE_NON_IP)
+		return finish(&d, &f, PALISADE_REASON_NON_IP);
+	if (rc == PARSE_VLAN)
+		return finish(&d, &f, PALISADE_REASON_VLAN);
+	if (rc == PARSE_EXT_LIMIT)
+		return finish(&d, &f, PALISADE_REASON_IPV6_EXT_LIMIT);
+	if (rc != PARSE_OK)
+		return finish(&d, &f, PALISADE_REASON_MALFORMED);
+
+	if (is_ndp(&f))
+		return finish(&d, &f, PALISADE_REASON_NDP);
+
+	if (dir == PALISADE_DIR_EGRESS && !(ep->flags & PALISADE_EP_F_NO_SPOOF_CHECK) &&
+	    !endpoint_owns(ep, &f))
+		return finish(&d, &f, PALISADE_REASON_SPOOF);
+
+	now = bpf_ktime_get_ns();
+	if (f.frag == FRAG_LATER)
+		return finish(&d, &f,
+			      frag_known(d.ifindex, dir, &f, now) ? PALISADE_REASON_FRAG_TRACKED
+								  : PALISADE_REASON_FRAG_NO_STATE);
+
+	if (f.icmp_error) {
+		struct flow in = {};
+
+		if (parse_icmp_inner(skb, &f, &in) == PARSE_OK) {
+			/* The inner packet travelled the other way. */
+			ct_key_from(&k, d.ifindex, dir ^ 1, &in);
+			ct = bpf_map_lookup_elem(&palisade_conntrack, &k);
+			if (ct && !ct_expired(ct, now)) {
+				d.rule_id = ct->rule_id;
+				d.identity = ct->identity;
+				return finish(&d, &f, PALISADE_REASON_CT_RELATED);
+			}
+		}
+		/* Unrelated error: judged by policy below, never creates state. */
+	}
+
+	ct_key_from(&k, d.ifindex, dir, &f);
+	ct = bpf_map_lookup_elem(&palisade_conntrack, &k);
+	if (ct && ct_expired(ct, now)) {
+		stat_inc(PALISADE_STAT_CT_EXPIRED);
+		ct = NULL;
+	}
+	if (ct) {
+		int forward = ct->origin_dir == dir;
+		int reopen = f.proto == IPPROTO_TCP && ct->state == PALISADE_CT_CLOSING && forward &&
+			     (f.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
+
+		if (!reopen) {
+			__u32 cur = ct->origin_dir == PALISADE_DIR_EGRESS ? ep->egress_table
+									   : ep->ingress_table;
+			int changed = 0;
+
+			if (ct->table != cur) {
+				/* The endpoint now points at another table: judge the flow
+				 * again, in its original orientation. */
+				__u16 odport = ct->origin_dir == PALISADE_DIR_EGRESS ? k.peer_port
+										     : k.pod_port;
+				__u32 id = 0;
+
+				stat_inc(PALISADE_STAT_CT_RECHECKED);
+				d.table = cur;
+				if (identity_lookup(f.family, k.peer_addr, &id))
+					return finish(&d, &f, PALISADE_REASON_NO_IDENTITY);
+				d.identity = id;
+				pv = policy_lookup(cur, id, f.proto, odport);
+				if (!pv)
+					return finish(&d, &f, PALISADE_REASON_NO_TABLE);
+				d.rule_id = pv->rule_id;
+				if (pv->action != PALISADE_ACTION_ALLOW) {
+					bpf_map_delete_elem(&palisade_conntrack, &k);
+					stat_inc(PALISADE_STAT_CT_REVOKED);
+					return finish(&d, &f, PALISADE_REASON_POLICY_DENY);
+				}
+				ct->table = cur;
+				ct->rule_id = pv->rule_id;
+				ct->identity = id;
+				changed = 1;
+			}
+			if (f.proto == IPPROTO_TCP)
+				changed |= ct_tcp_update(ct, forward, f.tcp_flags);
+			if (changed || now - ct->last_seen_ns > PALISADE_CT_REFRESH_S * NS_PER_S)
+				ct->last_seen_ns = now;
+			if (f.frag == FRAG_FIRST)
+				frag_track(d.ifindex, dir, &f, now);
+			d.rule_id = ct->rule_id;
+			d.identity = ct->identity;
+			d.table = ct->table;
+			return finish(&d, &f,
+				      forward ? PALISADE_REASON_CT_ESTABLISHED
+					      : PALISADE_REASON_CT_REPLY);
+		}
+	}
+
+	peer = dir == PALISADE_DIR_EGRESS ? f.daddr : f.saddr;
+	if (identity_lookup(f.family, peer, &d.identity))
+		return finish(&d, &f, PALISADE_REASON_NO_IDENTITY);
+	pv = policy_lookup(d.table, d.identity, f.proto, f.dport);
+	if (!pv)
+		return finish(&d, &f, PALISADE_REASON_NO_TABLE);
+	d.rule_id = pv->rule_id;
+	if (pv->action != PALISADE_ACTION_ALLOW)
+		return finish(&d, &f, PALISADE_REASON_POLICY_DENY);
+
+	cfg = config_get();
+	if (ct_creatable(&f) && !(cfg && (cfg->flags & PALISADE_CFG_F_NO_CT_CREATE))) {
+		struct ct_value v = {
+			.created_ns = now,
+			.last_seen_ns = now,
+			.rule_id = pv->rule_id,
+			.table = d.table,
+			.identity = d.identity,
+			.origin_dir = dir,
+		};
+
+		if (f.proto == IPPROTO_TCP)
+			v.state = (f.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN
+					  ? PALISADE_CT_SYN_SENT
+					  : PALISADE_CT_ESTABLISHED;
+		else
+			v.state = PALISADE_CT_OPEN;
+		if (bpf_map_update_elem(&palisade_conntrack, &k, &v, BPF_ANY))
+			stat_inc(PALISADE_STAT_CT_CREATE_FAILED);
+		else
+			stat_inc(PALISADE_STAT_CT_CREATED);
+	}
+	if (f.frag == FRAG_FIRST)
+		frag_track(d.ifindex, dir, &f, now);
+	return finish(&d, &f, PALISADE_REASON_POLICY_ALLOW);
+}
+
+SEC("classifier")
+int from_pod(struct __sk_buff *skb)
+{
+	return handle(skb, PALISADE_DIR_EGRESS);
+}
+
+SEC("classifier")
+int to_pod(struct __sk_buff *skb)
+{
+	return handle(skb, PALISADE_DIR_INGRESS);
+}
+
+SEC("classifier")
+int noop(struct __sk_buff *skb)
+{
+	return TC_ACT_UNSPEC;
+}

@@ -1,0 +1,446 @@
+//! `BPF_PROG_TEST_RUN` of the production object, maps filled through the
+//! crate's own encoder: build the packet, set up the maps, check return code,
+//! reason counters and events.
+
+use std::net::IpAddr;
+
+use palisade_datapath::abi::*;
+use palisade_datapath::packet::{arp_frame, Frag, Packet, L4};
+use palisade_datapath::{DecisionEvent, Error, Hook, MapSizes};
+use palisade_policy::compiled::{Delta, EndpointEntry, Op, TableEntry};
+
+use crate::common::*;
+
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+const FIN: u8 = 0x01;
+const RST: u8 = 0x04;
+
+fn events(t: &mut TestDp) -> Vec<DecisionEvent> {
+    let mut r = t.events().expect("reader");
+    std::iter::from_fn(|| r.next()).collect()
+}
+
+fn icmp(src: &str, dst: &str, ty: u8, id: u16, inner: Vec<u8>) -> Packet {
+    Packet::new(src.parse().unwrap(), dst.parse().unwrap(), L4::Icmp { ty, code: 0, id, inner })
+}
+
+#[test]
+fn allowed_new_flow_creates_state_so_replies_pass_an_ingress_deny() {
+    let c = compiled(table(deny(1), &[]), table(allow(2), &[]), &[]);
+    let mut t = loaded(&c);
+    assert!(t.run(Hook::FromPod, &Packet::tcp("10.0.0.1", "1.2.3.4", 40000, 80, SYN).frame()));
+    assert!(t.run(Hook::ToPod, &Packet::tcp("1.2.3.4", "10.0.0.1", 80, 40000, SYN | ACK).frame()));
+    assert!(t.run(Hook::FromPod, &Packet::tcp("10.0.0.1", "1.2.3.4", 40000, 80, ACK).frame()));
+    // A new connection from the peer is still judged by the ingress table.
+    assert!(!t.run(Hook::ToPod, &Packet::tcp("1.2.3.4", "10.0.0.1", 80, 40001, SYN).frame()));
+    assert_eq!(t.count(DIR_EGRESS, REASON_POLICY_ALLOW), 1);
+    assert_eq!(t.count(DIR_INGRESS, REASON_CT_REPLY), 1);
+    assert_eq!(t.count(DIR_EGRESS, REASON_CT_ESTABLISHED), 1);
+    assert_eq!(t.count(DIR_INGRESS, REASON_POLICY_DENY), 1);
+    assert_eq!(t.counters().unwrap().stats[STAT_CT_CREATED as usize], 1);
+}
+
+#[test]
+fn denied_packet_is_logged_with_the_rule_that_denied_it() {
+    let extra = ports(0, 6, &[(22, 22, deny(77))], allow(2));
+    let c = compiled(table(deny(1), &[]), table(allow(2), &extra), &[]);
+    let mut t = loaded(&c);
+    t.set_config(Config { log_mode: LOG_DENIES, ..Config::default() }).unwrap();
+    assert!(!t.run(Hook::FromPod, &Packet::tcp("10.0.0.1", "1.2.3.4", 40000, 22, SYN).frame()));
+    assert!(t.run(Hook::FromPod, &Packet::tcp("10.0.0.1", "1.2.3.4", 40000, 23, SYN).frame()));
+    let ev = events(&mut t);
+    assert_eq!(ev.len(), 1, "only the deny is logged under LOG_DENIES: {ev:?}");
+    let e = &ev[0];
+    assert_eq!((e.allowed, e.reason, e.rule_id, e.direction), (false, "policy-deny", 77, "egress"));
+    assert_eq!((e.dport, e.sport, e.proto, e.table), (22, 40000, 6, 2));
+    assert_eq!(e.dst, Some("1.2.3.4".parse().unwrap()));
+}
+
+#[test]
+fn except_hole_is_a_more_specific_address_prefix_with_its_own_entries() {
+    // egress: 0.0.0.0/0 allowed, except 169.254.169.254/32 (identity 5) denied;
+    // 10.0.0.0/8 (identity 6) allowed except 10.9.0.0/16 (identity 7).
+    let mut e = table(allow(2), &[]).entries;
+    for p in [6u8, 17, 132, 0] {
+        let hi = if p == 0 { 0 } else { 65535 };
+        e.push(TableEntry { peer: 5, proto: p, port_lo: 0, port_hi: hi, verdict: deny(50) });
+        e.push(TableEntry { peer: 7, proto: p, port_lo: 0, port_hi: hi, verdict: deny(70) });
+    }
+    let eg = table(allow(2), &e.into_iter().filter(|x| x.peer != 0).collect::<Vec<_>>());
+    let c = compiled(table(deny(1), &[]), eg, &[("169.254.169.254/32", 5), ("10.0.0.0/8", 6), ("10.9.0.0/16", 7)]);
+    let mut t = loaded(&c);
+    let go = |t: &mut TestDp, dst: &str| t.run(Hook::FromPod, &Packet::udp("10.0.0.1", dst, 5000, 80).frame());
+    assert!(!go(&mut t, "169.254.169.254"));
+    assert!(go(&mut t, "169.254.169.253"));
+    assert!(go(&mut t, "10.8.255.255"));
+    assert!(!go(&mut t, "10.9.0.1"));
+    assert!(go(&mut t, "10.10.0.1"));
+    assert!(go(&mut t, "8.8.8.8"));
+}
+
+#[test]
+fn port_ranges_include_both_bounds_and_nothing_else() {
+    let extra = [ports(0, 6, &[(8000, 8080, allow(3))], deny(1)), ports(0, 17, &[(53, 53, allow(4))], deny(1))].concat();
+    let c = compiled(table(deny(1), &extra), table(allow(2), &[]), &[]);
+    let mut t = loaded(&c);
+    for (port, ok) in [(7999, false), (8000, true), (8047, true), (8080, true), (8081, false), (0, false), (65535, false)] {
+        assert_eq!(t.run(Hook::ToPod, &Packet::tcp("1.2.3.4", "10.0.0.1", 1000 + port % 7, port, SYN).frame()), ok, "tcp {port}");
+    }
+    assert!(t.run(Hook::ToPod, &Packet::udp("1.2.3.4", "10.0.0.1", 999, 53).frame()));
+    assert!(!t.run(Hook::ToPod, &Packet::udp("1.2.3.4", "10.0.0.1", 999, 54).frame()));
+    // ICMP is class 0: denied by the ANY class-0 entry.
+    assert!(!t.run(Hook::ToPod, &icmp("1.2.3.4", "10.0.0.1", 8, 1, vec![]).frame()));
+    // SCTP has its own class, here the ANY default.
+    let sctp = Packet::new("1.2.3.4".parse().unwrap(), "10.0.0.1".parse().unwrap(), L4::Sctp { sport: 1, dport: 8000 });
+    assert!(!t.run(Hook::ToPod, &sctp.frame()));
+}
+
+#[test]
+fn each_tier_verdict_and_rule_comes_from_the_table_entry() {
+    // Compiled tiers: admin deny (rule 10) for identity 3 on tcp/22, a
+    // NetworkPolicy allow (rule 20) for identity 4 on tcp/80, isolation deny
+    // (rule 30) for the rest, baseline-allowed udp (rule 40) for anyone.
+    let extra = [
+        ports(3, 6, &[(22, 22, deny(10))], deny(30)),
+        ports(4, 6, &[(80, 80, allow(20))], deny(30)),
+        ports(0, 17, &[], allow(40)),
+    ]
+    .concat();
+    let c = compiled(table(deny(30), &extra), table(allow(2), &[]), &[("192.0.2.3/32", 3), ("192.0.2.4/32", 4)]);
+    let mut t = loaded(&c);
+    t.set_config(Config { log_mode: LOG_ALL, ..Config::default() }).unwrap();
+    let cases = [
+        ("192.0.2.3", 6u8, 22u16, false, 10u32),
+        ("192.0.2.4", 6, 80, true, 20),
+        ("192.0.2.4", 6, 81, false, 30),
+        ("192.0.2.5", 6, 80, false, 30),
+        ("192.0.2.3", 17, 22, true, 40),
+    ];
+    for (src, proto, port, ok, _) in cases {
+        let l4 = if proto == 6 { L4::Tcp { sport: 3333, dport: port, flags: SYN } } else { L4::Udp { sport: 3333, dport: port } };
+        let p = Packet::new(src.parse().unwrap(), "10.0.0.1".parse().unwrap(), l4);
+        assert_eq!(t.run(Hook::ToPod, &p.frame()), ok, "{src} {proto}/{port}");
+    }
+    let ev = events(&mut t);
+    let rules: Vec<u32> = ev.iter().map(|e| e.rule_id).collect();
+    assert_eq!(rules, cases.iter().map(|c| c.4).collect::<Vec<_>>());
+    assert_eq!(ev[0].identity, 3);
+}
+
+#[test]
+fn ipv6_policy_extension_headers_and_their_bound() {
+    let extra = ports(8, 6, &[(443, 443, allow(5))], deny(1));
+    let c = compiled(table(deny(1), &extra), table(allow(2), &[]), &[("2001:db8::/64", 8)]);
+    let mut t = loaded(&c);
+    let p = |src: &str, port| Packet::tcp(src, "fd00::1", 5555, port, SYN);
+    assert!(t.run(Hook::ToPod, &p("2001:db8::7", 443).frame()));
+    assert!(!t.run(Hook::ToPod, &p("2001:db8::7", 444).frame()));
+    assert!(!t.run(Hook::ToPod, &p("2001:db8:1::7", 443).frame()));
+    let mut ext = p("2001:db8::8", 443);
+    ext.v6_ext = vec![0, 60, 43];
+    assert!(t.run(Hook::ToPod, &ext.frame()), "3 extension headers are walked");
+    ext.v6_ext = vec![0, 60, 43, 60, 60];
+    assert!(!t.run(Hook::ToPod, &ext.frame()), "5 exceed the bound of 4");
+    assert_eq!(t.count(DIR_INGRESS, REASON_IPV6_EXT_LIMIT), 1);
+    // Reply to an allowed IPv6 egress flow.
+    assert!(t.run(Hook::FromPod, &Packet::udp("fd00::1", "2001:db8:9::1", 7000, 53).frame()));
+    assert!(t.run(Hook::ToPod, &Packet::udp("2001:db8:9::1", "fd00::1", 53, 7000).frame()));
+    assert_eq!(t.count(DIR_INGRESS, REASON_CT_REPLY), 1);
+}
+
+#[test]
+fn later_fragments_pass_only_behind_an_allowed_first_fragment() {
+    let extra = ports(0, 17, &[(53, 53, allow(4))], deny(1));
+    let c = compiled(table(deny(1), &extra), table(allow(2), &[]), &[]);
+    let mut t = loaded(&c);
+    let frag = |port: u16, id: u32, offset: u16, more: bool, v6: bool| {
+        let (s, d) = if v6 { ("2001:db8::1", "fd00::1") } else { ("1.2.3.4", "10.0.0.1") };
+        let mut p = Packet::udp(s, d, 999, port);
+        p.frag = Some(Frag { id, offset, more });
+        p.frame()
+    };
+    for v6 in [false, true] {
+        assert!(t.run(Hook::ToPod, &frag(53, 7, 0, true, v6)), "first fragment, allowed port");
+        assert!(t.run(Hook::ToPod, &frag(53, 7, 185, true, v6)), "middle fragment");
+        assert!(t.run(Hook::ToPod, &frag(53, 7, 370, false, v6)), "last fragment");
+        assert!(!t.run(Hook::ToPod, &frag(54, 8, 0, true, v6)), "first fragment, denied port");
+        assert!(!t.run(Hook::ToPod, &frag(54, 8, 185, false, v6)), "its later fragment");
+        assert!(!t.run(Hook::ToPod, &frag(53, 9, 185, false, v6)), "later fragment without a first one");
+    }
+    assert_eq!(t.count(DIR_INGRESS, REASON_FRAG_TRACKED), 4);
+    assert_eq!(t.count(DIR_INGRESS, REASON_FRAG_NO_STATE), 4);
+    assert_eq!(t.counters().unwrap().stats[STAT_FRAG_TRACKED as usize], 0, "stat reserved");
+}
+
+#[test]
+fn truncated_and_malformed_headers_are_dropped_and_counted() {
+    let c = compiled(table(allow(1), &[]), table(allow(2), &[]), &[]);
+    let mut t = loaded(&c);
+    let good = Packet::tcp("1.2.3.4", "10.0.0.1", 1, 80, SYN).frame();
+    assert!(t.run(Hook::ToPod, &good));
+    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+    cases.push(("tcp header cut", good[..14 + 20 + 10].to_vec()));
+    let mut short_total = good.clone();
+    short_total.truncate(good.len() - 4); // IP total length now exceeds the frame
+    cases.push(("ip total length beyond frame", short_total));
+    let mut ihl = good.clone();
+    ihl[14] = 0x44;
+    cases.push(("ihl < 5", ihl));
+    let mut ver = good.clone();
+    ver[14] = 0x55;
+    cases.push(("ipv4 ethertype, version 5", ver));
+    // (A frame cut inside the IP header itself cannot be fed in: BPF_PROG_TEST_RUN
+    // rejects it with EINVAL before the program runs.)
+    let v6 = Packet::udp("2001:db8::1", "fd00::1", 1, 53).frame();
+    cases.push(("ipv6 udp cut", v6[..14 + 40 + 2].to_vec()));
+    let n = cases.len() as u64;
+    for (what, f) in cases {
+        assert!(!t.run(Hook::ToPod, &f), "{what}");
+    }
+    assert_eq!(t.count(DIR_INGRESS, REASON_MALFORMED), n);
+}
+
+#[test]
+fn spoofed_source_is_dropped_leaving_the_pod() {
+    let c = compiled(table(allow(1), &[]), table(allow(2), &[]), &[]);
+    let mut t = loaded(&c);
+    assert!(!t.run(Hook::FromPod, &Packet::udp("10.0.0.2", "1.2.3.4", 1, 53).frame()));
+    assert!(!t.run(Hook::FromPod, &Packet::udp("fd00::2", "2001:db8::1", 1, 53).frame()));
+    assert!(t.run(Hook::FromPod, &Packet::udp("fd00::1", "2001:db8::1", 1, 53).frame()));
+    // Towards the pod the source is the peer's: no anti-spoofing there.
+    assert!(t.run(Hook::ToPod, &Packet::udp("10.0.0.2", "10.0.0.1", 1, 53).frame()));
+    assert_eq!(t.count(DIR_EGRESS, REASON_SPOOF), 2);
+    t.set_endpoint_flags(POD, EP_F_NO_SPOOF_CHECK).unwrap();
+    assert!(t.run(Hook::FromPod, &Packet::udp("10.0.0.2", "1.2.3.4", 1, 53).frame()));
+}
+
+#[test]
+fn arp_passes_vlan_tags_drop_and_ndp_passes_a_deny_all() {
+    let c = compiled(table(deny(1), &[]), table(deny(2), &[]), &[]);
+    let mut t = loaded(&c);
+    assert!(t.run(Hook::ToPod, &arp_frame()));
+    assert!(t.run(Hook::FromPod, &arp_frame()));
+    let mut vlan = Packet::udp("1.2.3.4", "10.0.0.1", 1, 2).frame();
+    vlan[12] = 0x81;
+    vlan[13] = 0x00;
+    assert!(!t.run(Hook::ToPod, &vlan));
+    for ty in 133..=137u8 {
+        // DAD neighbour solicitation comes from :: (not the pod's address).
+        assert!(t.run(Hook::FromPod, &icmp("::", "ff02::1:ff00:1", ty, 0, vec![]).frame()), "ndp type {ty}");
+        assert!(t.run(Hook::ToPod, &icmp("fe80::1", "fd00::1", ty, 0, vec![]).frame()), "ndp type {ty}");
+    }
+    assert!(!t.run(Hook::ToPod, &icmp("fe80::1", "fd00::1", 128, 1, vec![]).frame()), "echo request is policy");
+    assert_eq!(t.count(DIR_INGRESS, REASON_NON_IP), 1);
+    assert_eq!(t.count(DIR_INGRESS, REASON_VLAN), 1);
+    assert_eq!(t.count(DIR_EGRESS, REASON_NDP), 5);
+}
+
+#[test]
+fn icmp_errors_about_tracked_flows_pass_as_related() {
+    let c = compiled(table(deny(1), &[]), table(allow(2), &[]), &[]);
+    let mut t = loaded(&c);
+    let out = Packet::udp("10.0.0.1", "8.8.8.8", 40000, 53);
+    assert!(t.run(Hook::FromPod, &out.frame()));
+    // Port unreachable from a router, quoting the pod's datagram.
+    assert!(t.run(Hook::ToPod, &icmp("192.0.2.1", "10.0.0.1", 3, 0, out.ip_bytes()).frame()));
+    // Quoting a datagram the pod never sent.
+    let other = Packet::udp("10.0.0.1", "8.8.4.4", 40000, 53);
+    assert!(!t.run(Hook::ToPod, &icmp("192.0.2.1", "10.0.0.1", 3, 0, other.ip_bytes()).frame()));
+    // IPv6: packet too big about a tracked TCP flow.
+    let out6 = Packet::tcp("fd00::1", "2001:db8::9", 40000, 443, SYN);
+    assert!(t.run(Hook::FromPod, &out6.frame()));
+    assert!(t.run(Hook::ToPod, &icmp("2001:db8::fe", "fd00::1", 2, 0, out6.ip_bytes()).frame()));
+    // Echo: the reply matches the request's identifier.
+    assert!(t.run(Hook::FromPod, &icmp("10.0.0.1", "8.8.8.8", 8, 42, vec![]).frame()));
+    assert!(t.run(Hook::ToPod, &icmp("8.8.8.8", "10.0.0.1", 0, 42, vec![]).frame()));
+    assert!(!t.run(Hook::ToPod, &icmp("8.8.8.8", "10.0.0.1", 0, 43, vec![]).frame()));
+    assert_eq!(t.count(DIR_INGRESS, REASON_CT_RELATED), 2);
+    assert_eq!(t.count(DIR_INGRESS, REASON_CT_REPLY), 1);
+}
+
+fn ct_state(t: &mut TestDp) -> u8 {
+    let entries: Vec<_> = t.conntrack().iter().filter_map(|r| r.ok()).collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    entries[0].1.state
+}
+
+#[test]
+fn tcp_conntrack_moves_through_syn_established_closing_and_reopens_by_policy() {
+    let c = compiled(table(deny(1), &[]), table(allow(2), &[]), &[]);
+    let mut t = loaded(&c);
+    let out = |f| Packet::tcp("10.0.0.1", "1.2.3.4", 40000, 80, f).frame();
+    let back = |f| Packet::tcp("1.2.3.4", "10.0.0.1", 80, 40000, f).frame();
+    assert!(t.run(Hook::FromPod, &out(SYN)));
+    assert_eq!(ct_state(&mut t), CT_SYN_SENT);
+    assert!(t.run(Hook::ToPod, &back(SYN | ACK)));
+    assert_eq!(ct_state(&mut t), CT_ESTABLISHED);
+    assert!(t.run(Hook::FromPod, &out(FIN | ACK)));
+    assert_eq!(ct_state(&mut t), CT_ESTABLISHED, "half close");
+    assert!(t.run(Hook::ToPod, &back(FIN | ACK)));
+    assert_eq!(ct_state(&mut t), CT_CLOSING);
+    assert!(t.run(Hook::FromPod, &out(ACK)), "last ACK within the close timeout");
+    // A new SYN on the closed tuple is judged by policy again: deny egress now.
+    let mut c2 = c.clone();
+    c2.tables.insert(2, table(deny(9), &[]));
+    t.sync(&c2).unwrap();
+    assert!(!t.run(Hook::FromPod, &out(SYN)));
+    // RST closes a flow from either side.
+    t.sync(&c).unwrap();
+    t.flush_conntrack(None).unwrap();
+    assert!(t.run(Hook::FromPod, &out(SYN)));
+    assert!(t.run(Hook::ToPod, &back(RST)));
+    assert_eq!(ct_state(&mut t), CT_CLOSING);
+}
+
+#[test]
+fn expired_conntrack_entry_no_longer_admits_replies() {
+    let c = compiled(table(deny(1), &[]), table(allow(2), &[]), &[]);
+    let mut t = loaded(&c);
+    assert!(t.run(Hook::FromPod, &Packet::udp("10.0.0.1", "1.2.3.4", 5000, 53).frame()));
+    let (k, mut v) = t.conntrack().iter().next().unwrap().unwrap();
+    assert_eq!(v.state, CT_OPEN);
+    v.last_seen_ns = v.last_seen_ns.saturating_sub((CT_OTHER_TIMEOUT_S + 1) * 1_000_000_000);
+    t.conntrack().insert(k, v, 0).unwrap();
+    assert!(!t.run(Hook::ToPod, &Packet::udp("1.2.3.4", "10.0.0.1", 53, 5000).frame()));
+    assert_eq!(t.counters().unwrap().stats[STAT_CT_EXPIRED as usize], 1);
+}
+
+#[test]
+fn policy_change_cuts_established_flows_it_now_denies() {
+    let c = compiled(table(deny(1), &[]), table(allow(2), &[]), &[]);
+    let mut t = loaded(&c);
+    let out = Packet::tcp("10.0.0.1", "1.2.3.4", 40000, 80, ACK).frame();
+    let back = Packet::tcp("1.2.3.4", "10.0.0.1", 80, 40000, ACK).frame();
+    assert!(t.run(Hook::FromPod, &out));
+    // Table 3 still allows: the flow is re-checked once and kept.
+    let mut e = c.endpoints[POD].clone();
+    e.egress = 3;
+    e.generation = 2;
+    t.apply(&Delta { ops: vec![Op::PutTable(3, table(allow(3), &[])), Op::PutEndpoint(e.clone()), Op::RemoveTable(2)] }).unwrap();
+    assert!(t.run(Hook::ToPod, &back));
+    assert!(t.run(Hook::FromPod, &out));
+    // Table 4 denies: the next packet, even a reply, is dropped and the entry removed.
+    e.egress = 4;
+    e.generation = 3;
+    t.apply(&Delta { ops: vec![Op::PutTable(4, table(deny(44), &[])), Op::PutEndpoint(e), Op::RemoveTable(3)] }).unwrap();
+    assert!(!t.run(Hook::ToPod, &back));
+    let s = t.counters().unwrap().stats;
+    assert_eq!((s[STAT_CT_RECHECKED as usize], s[STAT_CT_REVOKED as usize]), (2, 1));
+    assert_eq!(t.conntrack().iter().count(), 0);
+}
+
+#[test]
+fn interface_without_endpoint_entry_fails_closed() {
+    let c = compiled(table(allow(1), &[]), table(allow(2), &[]), &[]);
+    let mut t = TestDp::new();
+    t.sync(&c).unwrap();
+    assert!(!t.run(Hook::ToPod, &Packet::udp("1.2.3.4", "10.0.0.1", 1, 2).frame()), "not bound yet");
+    assert!(!t.run(Hook::FromPod, &arp_frame()), "even ARP");
+    assert_eq!(t.counters().unwrap().no_endpoint[DIR_INGRESS as usize][REASON_NO_ENDPOINT as usize], 1);
+    t.bind(POD, 1).unwrap();
+    assert!(t.run(Hook::ToPod, &Packet::udp("1.2.3.4", "10.0.0.1", 1, 2).frame()));
+    t.apply(&Delta { ops: vec![Op::RemoveEndpoint(POD.into())] }).unwrap();
+    assert!(!t.run(Hook::ToPod, &Packet::udp("1.2.3.4", "10.0.0.1", 1, 3).frame()));
+}
+
+#[test]
+fn update_that_overflows_a_map_is_rejected_and_the_old_state_stays() {
+    let sizes = MapSizes { policy: 64, ..MapSizes::default() };
+    let mut t = TestDp::with_sizes(sizes);
+    let c = compiled(table(deny(1), &[]), table(allow(2), &[]), &[]);
+    t.sync(&c).unwrap();
+    t.bind(POD, 1).unwrap();
+    // 40 identities with a 1..=65534 TCP range each: far beyond 64 prefixes.
+    let mut big = c.clone();
+    let extra: Vec<_> = (1..=40).flat_map(|p| ports(p, 6, &[(1, 65534, allow(5))], deny(1))).collect();
+    big.tables.insert(1, table(deny(1), &extra));
+    match t.sync(&big) {
+        Err(Error::Capacity { map, needed, capacity }) => {
+            assert_eq!((map, capacity), ("palisade_policy", 64));
+            assert!(needed > 64);
+        }
+        other => panic!("expected a capacity error, got {other:?}"),
+    }
+    assert_eq!(t.policy_entry_count(), 8);
+    assert!(t.run(Hook::FromPod, &Packet::udp("10.0.0.1", "1.2.3.4", 1, 2).frame()));
+    assert_eq!(t.dump_endpoint(1).unwrap().ingress.table, c.tables[&1]);
+}
+
+#[test]
+fn dump_endpoint_decodes_the_kernel_tables_back_into_policy_terms() {
+    let extra = [ports(3, 6, &[(22, 22, deny(10)), (8000, 9000, allow(11))], deny(30)), ports(0, 17, &[(53, 53, allow(4))], deny(1))].concat();
+    let c = compiled(table(deny(1), &extra), table(allow(2), &[]), &[("192.0.2.0/24", 3)]);
+    let t = loaded(&c);
+    let d = t.dump_endpoint(1).unwrap();
+    assert_eq!(d.pod.as_deref(), Some(POD));
+    assert_eq!(d.ingress.table, c.tables[&1]);
+    assert_eq!(d.egress.table, c.tables[&2]);
+    assert_eq!(d.ips, vec!["10.0.0.1".parse::<IpAddr>().unwrap(), "fd00::1".parse().unwrap()]);
+    assert_eq!(t.dump_addresses().unwrap(), c.addresses);
+}
+
+#[test]
+fn restart_adopts_pinned_maps_without_a_gap_and_resync_is_a_no_op() {
+    let c = compiled(table(deny(1), &[]), table(allow(2), &[]), &[]);
+    let mut t = loaded(&c);
+    assert!(t.run(Hook::FromPod, &Packet::udp("10.0.0.1", "1.2.3.4", 5000, 53).frame()));
+    let root = t.root.0.clone();
+    drop(t.dp.take()); // the agent exits; pins stay
+    let mut dp = palisade_datapath::Datapath::load_or_adopt(&root, MapSizes::default()).unwrap();
+    assert!(dp.adopted());
+    // Enforcement and conntrack survived: the reply passes, a new inbound flow does not.
+    let (rc, _) = dp.test_run(Hook::ToPod, &Packet::udp("1.2.3.4", "10.0.0.1", 53, 5000).frame(), 1).unwrap();
+    assert_eq!(rc, TC_ACT_UNSPEC);
+    let (rc, _) = dp.test_run(Hook::ToPod, &Packet::udp("1.2.3.4", "10.0.0.1", 53, 5001).frame(), 1).unwrap();
+    assert_eq!(rc, TC_ACT_SHOT);
+    let before = dp.policy_entry_count();
+    dp.bind(POD, 1).unwrap();
+    dp.sync(&c).unwrap();
+    assert_eq!(dp.policy_entry_count(), before);
+    t.dp = Some(dp);
+}
+
+#[test]
+fn events_are_rate_limited_per_cpu() {
+    let c = compiled(table(deny(1), &[]), table(allow(2), &[]), &[]);
+    let mut t = loaded(&c);
+    t.set_config(Config { log_mode: LOG_DENIES, events_per_sec: 1, events_burst: 3, ..Config::default() }).unwrap();
+    for i in 0..20 {
+        assert!(!t.run(Hook::ToPod, &Packet::udp("1.2.3.4", "10.0.0.1", 1, 100 + i).frame()));
+    }
+    let n = events(&mut t).len() as u64;
+    let s = t.counters().unwrap().stats;
+    assert!((1..=4).contains(&n), "{n} events");
+    assert_eq!(s[STAT_EVENTS_SENT as usize], n);
+    assert_eq!(s[STAT_EVENTS_RATE_LIMITED as usize], 20 - n);
+}
+
+#[test]
+fn delta_ops_apply_in_order_peer_entries_and_addresses_included() {
+    let c = compiled(table(deny(1), &[]), table(allow(2), &[]), &[]);
+    let mut t = loaded(&c);
+    let mut sport = 0u16;
+    let mut from = |t: &mut TestDp, src: &str| {
+        // A fresh source port each time: an allowed SYN leaves conntrack state behind.
+        sport += 1;
+        t.run(Hook::ToPod, &Packet::tcp(src, "10.0.0.1", sport, 80, SYN).frame())
+    };
+    assert!(!from(&mut t, "192.0.2.9"));
+    t.apply(&Delta {
+        ops: vec![
+            Op::AddPeerEntries(1, ports(9, 6, &[(80, 80, allow(90))], deny(1))),
+            Op::PutAddress("192.0.2.9/32".parse().unwrap(), 9),
+        ],
+    })
+    .unwrap();
+    assert!(from(&mut t, "192.0.2.9"));
+    t.apply(&Delta { ops: vec![Op::RemoveAddress("192.0.2.9/32".parse().unwrap()), Op::RemovePeerEntries(1, 9)] }).unwrap();
+    assert!(!from(&mut t, "192.0.2.9"));
+    assert_eq!(t.policy_entry_count(), 8);
+    // A new endpoint entry with a fresh table.
+    let e = EndpointEntry { ingress: 5, ..c.endpoints[POD].clone() };
+    t.apply(&Delta { ops: vec![Op::PutTable(5, table(allow(55), &[])), Op::PutEndpoint(e), Op::RemoveTable(1)] }).unwrap();
+    assert!(from(&mut t, "192.0.2.9"));
+    assert_eq!(t.dump_endpoint(1).unwrap().ingress.id, 5);
+}
