@@ -104,9 +104,9 @@ pub enum BenchError {
     /// The policy could not be built, compiled or translated.
     #[error("policy: {0}")]
     Policy(String),
-    /// The Palisade datapath cannot be used (the run continues without it).
-    #[error("palisade datapath unavailable: {0}")]
-    PalisadeUnavailable(String),
+    /// The Palisade datapath failed (load, sync, attach, detach), with its cause chain.
+    #[error("palisade datapath: {0}")]
+    Palisade(String),
     /// A configuration did not enforce what it should.
     #[error("verification failed for {config} at N={entries}: {detail}")]
     Verification {
@@ -153,7 +153,7 @@ impl Default for NetworkOptions {
 enum Active {
     Nothing,
     Iptables,
-    Palisade(palisade::Attachment),
+    Palisade,
 }
 
 /// Per-N state built once: the compiled policy and the iptables rule sets.
@@ -179,7 +179,7 @@ pub fn run_network(
         ));
     }
     let _sigint = interrupt::Guard::install();
-    let mut configs: Vec<Config> = Config::ALL
+    let configs: Vec<Config> = Config::ALL
         .into_iter()
         .filter(|c| *c == Config::None || opts.configs.contains(c))
         .collect();
@@ -214,20 +214,25 @@ pub fn run_network(
 
     progress("creating namespaces");
     let bed = testbed::TestBed::create("net")?;
+    // Declared after `bed`, so dropped before it: detach and unpin, then delete.
+    let enforcer = if configs.contains(&Config::Palisade) {
+        let e = palisade::Enforcer::start(&bed, "net")?;
+        for &n in &opts.entries {
+            progress(&format!("loading the palisade datapath for N={n}"));
+            let encoded = e.load(n, &prepared[&n].compiled)?;
+            report.palisade_entries.insert(n, encoded);
+        }
+        Some(e)
+    } else {
+        None
+    };
     let mut active = Active::Nothing;
 
     // Verification: every configuration at every N.
     for &n in &opts.entries {
-        for &c in &configs.clone() {
+        for &c in &configs {
             interrupt::check()?;
-            match switch(&bed, &mut active, c, &prepared[&n]) {
-                Err(BenchError::PalisadeUnavailable(why)) => {
-                    report.notes.push(format!("palisade not measured: {why}"));
-                    configs.retain(|x| *x != Config::Palisade);
-                    continue;
-                }
-                other => other?,
-            }
+            switch(&bed, enforcer.as_ref(), &mut active, c, n, &prepared[&n])?;
             progress(&format!("verifying {} at N={n}", c.as_str()));
             verify(&bed, c, n)?;
         }
@@ -235,7 +240,14 @@ pub fn run_network(
     report.configs = configs.clone();
 
     // Warm-up (discarded): first runs pay for page faults and cold caches.
-    switch(&bed, &mut active, Config::None, &prepared[&opts.entries[0]])?;
+    switch(
+        &bed,
+        enforcer.as_ref(),
+        &mut active,
+        Config::None,
+        0,
+        &prepared[&opts.entries[0]],
+    )?;
     for m in Metric::ALL {
         measure(&bed, m, opts.duration / 4)?;
     }
@@ -249,7 +261,7 @@ pub fn run_network(
                     opts.rounds,
                     c.as_str()
                 ));
-                switch(&bed, &mut active, c, &prepared[&n])?;
+                switch(&bed, enforcer.as_ref(), &mut active, c, n, &prepared[&n])?;
                 let key_n = if c == Config::None { 0 } else { n };
                 for m in Metric::ALL {
                     interrupt::check()?;
@@ -282,29 +294,39 @@ fn measure(bed: &testbed::TestBed, m: Metric, d: Duration) -> Result<traffic::Sa
 /// Makes `c` the enforced configuration: removes what was active, then applies `c`.
 fn switch(
     bed: &testbed::TestBed,
+    enforcer: Option<&palisade::Enforcer>,
     active: &mut Active,
     c: Config,
+    n: usize,
     p: &Prepared,
 ) -> Result<(), BenchError> {
-    // Detach first (drop), then clear iptables, so two enforcers never overlap.
-    let had_iptables = matches!(active, Active::Iptables);
-    // Overwriting drops a palisade attachment, which detaches it.
-    *active = Active::Nothing;
-    if had_iptables {
-        iptables::apply(bed, &iptables::empty())?;
+    // Remove the previous enforcer first, so two never overlap.
+    match std::mem::replace(active, Active::Nothing) {
+        Active::Nothing => {}
+        Active::Iptables => iptables::apply(bed, &iptables::empty())?,
+        Active::Palisade => {
+            if let Some(e) = enforcer {
+                e.detach()?;
+            }
+        }
     }
-    *active = match c {
-        Config::None => Active::Nothing,
-        Config::Palisade => Active::Palisade(palisade::attach(bed, &p.compiled)?),
+    match c {
+        Config::None => {}
+        Config::Palisade => {
+            let e = enforcer.ok_or_else(|| BenchError::Palisade("datapath not started".into()))?;
+            // Recorded before attaching so that a half-done attach is undone next time.
+            *active = Active::Palisade;
+            e.attach(n)?;
+        }
         Config::IptablesFlat => {
+            *active = Active::Iptables;
             iptables::apply(bed, &p.flat)?;
-            Active::Iptables
         }
         Config::IptablesStateful => {
+            *active = Active::Iptables;
             iptables::apply(bed, &p.stateful)?;
-            Active::Iptables
         }
-    };
+    }
     Ok(())
 }
 
@@ -364,15 +386,17 @@ pub fn verify_configs(entries: usize, configs: &[Config]) -> Result<Vec<Config>,
         compiled,
     };
     let bed = testbed::TestBed::create("verify")?;
+    let enforcer = if configs.contains(&Config::Palisade) {
+        let e = palisade::Enforcer::start(&bed, "verify")?;
+        e.load(entries, &prepared.compiled)?;
+        Some(e)
+    } else {
+        None
+    };
     let mut active = Active::Nothing;
-    let mut verified = Vec::new();
     for &c in configs {
-        match switch(&bed, &mut active, c, &prepared) {
-            Err(BenchError::PalisadeUnavailable(_)) => continue,
-            other => other?,
-        }
+        switch(&bed, enforcer.as_ref(), &mut active, c, entries, &prepared)?;
         verify(&bed, c, entries)?;
-        verified.push(c);
     }
-    Ok(verified)
+    Ok(configs.to_vec())
 }

@@ -140,6 +140,8 @@ pub struct Report {
     pub cpu_s_per_gb: BTreeMap<(Config, usize), Vec<f64>>,
     /// iptables rules in the policy chain, per N.
     pub iptables_rules: BTreeMap<usize, usize>,
+    /// Palisade policy-map entries (port ranges expanded to prefixes), per N.
+    pub palisade_entries: BTreeMap<usize, usize>,
     /// Facts a reader needs (configurations skipped and why, kernel limits).
     pub notes: Vec<String>,
 }
@@ -286,6 +288,13 @@ impl Report {
                     let _ = writeln!(out, "  N={n:<6} {:.3}", p.median / f.median);
                 }
             }
+        }
+        if self.configs.contains(&Config::Palisade) {
+            let _ = writeln!(
+                out,
+                "\nrules: iptables rules in the policy chain; * palisade policy-map (LPM) entries, \
+                 port ranges expanded to prefixes."
+            );
         }
         if !self.notes.is_empty() {
             let _ = writeln!(out, "\nnotes:");
