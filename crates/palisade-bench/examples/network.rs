@@ -1,6 +1,7 @@
 //! Runs the network benchmark without the CLI:
 //! `cargo run -p palisade-bench --release --example network -- [--rounds R]
-//! [--entries 10,1000,10000,50000] [--duration-ms MS] [--output table|json] [--plot FILE.svg]`
+//! [--entries 10,1000,10000,50000] [--duration-ms MS] [--output table|json] [--plot FILE.svg]
+//! [--save-json FILE]`
 //!
 //! The real front end is `palisade bench network`; this example parses the same flags by
 //! hand to keep the crate free of a CLI dependency.
@@ -29,6 +30,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut opts = NetworkOptions::default();
     let mut output = "table".to_string();
     let mut plot_path: Option<String> = None;
+    let mut json_path: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{a} needs a value"));
@@ -43,6 +45,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--duration-ms" => opts.duration = Duration::from_millis(value()?.parse()?),
             "--output" => output = value()?,
             "--plot" => plot_path = Some(value()?),
+            // Example only: keep the JSON too when printing the table (for docs).
+            "--save-json" => json_path = Some(value()?),
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -54,6 +58,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         println!("{}", report.to_json());
     } else {
         print!("{}", report.to_table());
+    }
+    if let Some(p) = json_path {
+        std::fs::write(&p, report.to_json())?;
+        eprintln!("bench: wrote {p}");
     }
     if let Some(p) = plot_path {
         std::fs::write(&p, plot::svg(&report))?;

@@ -26,8 +26,8 @@
 //!    `iptables-flat`, `iptables-stateful` in turn, so slow drift (other tenants, thermal,
 //!    page cache) hits every configuration alike. Medians over rounds are reported with
 //!    min, max and the coefficient of variation.
-//! 5. **Metrics** ([`traffic`]): UDP and TCP 64-byte request/response (mean round trip,
-//!    µs), connection rate (connect, one byte each way, close; per s), bulk TCP
+//! 5. **Metrics** ([`traffic`]): UDP and TCP 64-byte request/response (median
+//!    round trip of the run's transactions, µs), connection rate (connect, one byte each way, close; per s), bulk TCP
 //!    throughput (Gbit/s) with CPU seconds per GB from `/proc/stat`. Client and server
 //!    are threads of this process, moved into their namespaces with setns(2) and pinned
 //!    to different CPUs.

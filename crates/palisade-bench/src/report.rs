@@ -46,10 +46,10 @@ impl Config {
 /// A metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum Metric {
-    /// UDP 64-byte request/response, mean round trip in µs (lower is better).
+    /// UDP 64-byte request/response, median round trip in µs (lower is better).
     #[serde(rename = "udp_rr_us")]
     UdpRrUs,
-    /// TCP 64-byte request/response, mean round trip in µs (lower is better).
+    /// TCP 64-byte request/response, median round trip in µs (lower is better).
     #[serde(rename = "tcp_rr_us")]
     TcpRrUs,
     /// TCP connect + 1 byte each way + close, per second (higher is better).
@@ -259,7 +259,12 @@ impl Report {
                     .get(&n)
                     .map(|r| r.to_string())
                     .unwrap_or_default(),
-                _ => String::new(),
+                Config::Palisade => self
+                    .palisade_entries
+                    .get(&n)
+                    .map(|r| format!("{r}*"))
+                    .unwrap_or_default(),
+                Config::None => String::new(),
             };
             let _ = writeln!(
                 out,

@@ -196,7 +196,48 @@ fn crr_once(conn: &mut TcpStream) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Mean request/response round-trip time in µs over `duration`, 64 bytes each way.
+/// Round-trip times of one request/response run.
+///
+/// The run's value is the *median* transaction, not the mean: on a shared machine some
+/// transactions wait for a CPU another tenant holds, and those waits (tens to hundreds
+/// of µs) say nothing about the datapath but dominate a mean.
+struct RoundTrips {
+    start: Instant,
+    duration: Duration,
+    ns: Vec<u32>,
+}
+
+impl RoundTrips {
+    fn new(duration: Duration) -> Self {
+        RoundTrips {
+            start: Instant::now(),
+            duration,
+            ns: Vec::with_capacity(1 << 16),
+        }
+    }
+
+    /// The start time of the next transaction, or `None` when the run is over.
+    fn next_start(&self) -> Option<Instant> {
+        let now = Instant::now();
+        (now.duration_since(self.start) < self.duration).then_some(now)
+    }
+
+    fn done(&mut self, t0: Instant) {
+        self.ns
+            .push(t0.elapsed().as_nanos().min(u128::from(u32::MAX)) as u32);
+    }
+
+    fn median_us(&mut self) -> f64 {
+        if self.ns.is_empty() {
+            return f64::NAN;
+        }
+        let mid = self.ns.len() / 2;
+        let (_, m, _) = self.ns.select_nth_unstable(mid);
+        f64::from(*m) / 1e3
+    }
+}
+
+/// Median request/response round-trip time in µs over `duration`, 64 bytes each way.
 pub fn udp_rr(bed: &TestBed, duration: Duration) -> Result<Sample, BenchError> {
     with_server(bed, ServerKind::UdpEcho, move || {
         let io = |what: &'static str| {
@@ -211,22 +252,21 @@ pub fn udp_rr(bed: &TestBed, duration: Duration) -> Result<Sample, BenchError> {
         sock.set_read_timeout(Some(IO_TIMEOUT))
             .map_err(io("udp timeout"))?;
         let mut buf = [0u8; RR_PAYLOAD];
-        let start = Instant::now();
-        let mut n: u64 = 0;
-        while start.elapsed() < duration {
+        let mut rtts = RoundTrips::new(duration);
+        while let Some(t0) = rtts.next_start() {
             sock.send(&buf).map_err(io("udp send"))?;
             sock.recv(&mut buf)
                 .map_err(io("udp recv (reply lost or dropped)"))?;
-            n += 1;
+            rtts.done(t0);
         }
         Ok(Sample {
-            value: start.elapsed().as_secs_f64() * 1e6 / n.max(1) as f64,
+            value: rtts.median_us(),
             cpu_s_per_gb: None,
         })
     })
 }
 
-/// Mean request/response round-trip time in µs over one TCP connection (TCP_NODELAY).
+/// Median request/response round-trip time in µs over one TCP connection (TCP_NODELAY).
 pub fn tcp_rr(bed: &TestBed, duration: Duration) -> Result<Sample, BenchError> {
     with_server(bed, ServerKind::TcpEcho, move || {
         let io = |what: &'static str| {
@@ -237,17 +277,15 @@ pub fn tcp_rr(bed: &TestBed, duration: Duration) -> Result<Sample, BenchError> {
         };
         let mut s = connect(PORT_TCP_RR)?;
         let mut buf = [0u8; RR_PAYLOAD];
-        let start = Instant::now();
-        let mut n: u64 = 0;
-        while start.elapsed() < duration {
+        let mut rtts = RoundTrips::new(duration);
+        while let Some(t0) = rtts.next_start() {
             s.write_all(&buf).map_err(io("tcp send"))?;
             s.read_exact(&mut buf).map_err(io("tcp recv"))?;
-            n += 1;
+            rtts.done(t0);
         }
-        let elapsed = start.elapsed();
         let _ = s.shutdown(Shutdown::Both);
         Ok(Sample {
-            value: elapsed.as_secs_f64() * 1e6 / n.max(1) as f64,
+            value: rtts.median_us(),
             cpu_s_per_gb: None,
         })
     })
