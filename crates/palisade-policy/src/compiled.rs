@@ -48,6 +48,11 @@ pub type TableId = u32;
 /// A rule id, for attribution; see [`RuleOrigin`].
 pub type RuleId = u32;
 
+/// Rule id of the verdict [`Compiled::lookup`] returns for a table that does not exist
+/// (or lacks wildcard coverage, which [`Compiled::check`] rejects): deny, attributed to
+/// nothing. Never present in [`Compiled::rules`].
+pub const RULE_NONE: RuleId = u32::MAX;
+
 /// Wildcard peer in table entries: "any identity without entries of its own".
 pub const IDENTITY_ANY: IdentityId = 0;
 

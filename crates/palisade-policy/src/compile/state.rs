@@ -1,0 +1,1086 @@
+//! The compiler's working state: interned matchers with the identities they match,
+//! identities with the tables that hold entries for them, tables with their users, and
+//! the [`Compiled`] snapshot kept in step through [`Op`]s.
+//!
+//! Two ways change it:
+//!
+//! - [`State::build`] compiles a whole cluster (programs, then identities, then tables,
+//!   so that a table is built once with every peer present). Given [`IdHints`] from a
+//!   previous state it reuses the ids of identities, tables and rules whose keys did not
+//!   change, so [`diff`] of the two snapshots is small and safe.
+//! - [`State::pod_changed`] is the fast path: it touches only the pod's addresses, the
+//!   identities they map to (created with the matchers relevant to the pod's namespace
+//!   and prefix) and the pod's own tables. Its cost does not depend on the pod count.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::compiled::{
+    Compiled, Delta, EndpointEntry, IdentityId, Op, RuleId, RuleOrigin, RuleTable, TableEntry,
+    TableId, IDENTITY_ANY,
+};
+use crate::model::{
+    Action, Cluster, ClusterPolicy, Direction, NamespaceMatch, NetworkPolicy, Pod, Subject, Tier,
+};
+use crate::selector::Labels;
+
+use super::identity::{named_ports, IdentityKey, Matcher, NamedPorts, PodClass};
+use super::prefixes::{
+    cluster_policy_prefixes, host_net, network_policy_prefixes, truncate, PrefixSet,
+};
+use super::tables::{
+    dir_index, partition, push_entries, MatcherId, Partition, Peers, PolicyProg, RuleProg, Scope,
+    Spec, TableKey,
+};
+
+/// Policy revisions by `np:namespace/name` or `cp:Kind/name`; part of table keys so that
+/// a changed policy never mutates a table in use.
+pub(crate) type Revisions = HashMap<String, u64>;
+
+/// Ids of a previous state, reused by [`State::build`] for unchanged keys.
+#[derive(Debug, Default)]
+pub(crate) struct IdHints {
+    identities: HashMap<IdentityKey, IdentityId>,
+    tables: HashMap<TableKey, TableId>,
+    rules: HashMap<RuleOrigin, RuleId>,
+    endpoints: HashMap<String, EndpointEntry>,
+    next_identity: IdentityId,
+    next_table: TableId,
+    next_rule: RuleId,
+}
+
+/// Ops of one change, bucketed so that [`Txn::into_delta`] emits them in safe order.
+#[derive(Debug, Default)]
+pub(crate) struct Txn {
+    buckets: [Vec<Op>; 12],
+}
+
+impl Txn {
+    /// Records an op in its bucket.
+    pub(crate) fn push(&mut self, op: Op) {
+        let i = match op {
+            Op::PutRule(..) => 0,
+            Op::PutIdentity(..) => 1,
+            Op::PutTable(..) => 2,
+            Op::AddPeerEntries(..) => 3,
+            Op::PutEndpoint(..) => 4,
+            Op::PutAddress(..) => 5,
+            Op::RemoveAddress(..) => 6,
+            Op::RemoveEndpoint(..) => 7,
+            Op::RemovePeerEntries(..) => 8,
+            Op::RemoveTable(..) => 9,
+            Op::RemoveIdentity(..) => 10,
+            Op::RemoveRule(..) => 11,
+        };
+        self.buckets[i].push(op);
+    }
+
+    /// The ops in safe order: puts of things pointed at, then pointers, then removals.
+    pub(crate) fn into_delta(self) -> Delta {
+        Delta {
+            ops: self.buckets.into_iter().flatten().collect(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct MatcherState {
+    matcher: Matcher,
+    identities: BTreeSet<IdentityId>,
+    tables: BTreeSet<TableId>,
+}
+
+#[derive(Debug)]
+struct IdentityState {
+    key: IdentityKey,
+    /// Addresses (or the network prefix) mapped to it.
+    refs: usize,
+    /// Matchers matching it, sorted.
+    matched: Vec<MatcherId>,
+    /// Tables holding entries for it.
+    tables: BTreeSet<TableId>,
+}
+
+#[derive(Debug)]
+struct TableState {
+    key: TableKey,
+    /// Endpoints pointing at it.
+    refs: usize,
+    any: Partition,
+    peers: BTreeSet<IdentityId>,
+    matchers: Vec<MatcherId>,
+    named: Vec<String>,
+    default: RuleId,
+    isolated: Option<RuleId>,
+}
+
+/// See the module doc.
+#[derive(Debug)]
+pub(crate) struct State {
+    /// The snapshot, updated by [`State::commit`].
+    pub compiled: Compiled,
+    hints: IdHints,
+    next_identity: IdentityId,
+    next_table: TableId,
+    next_rule: RuleId,
+    prefixes: PrefixSet,
+    rule_ids: HashMap<RuleOrigin, RuleId>,
+    /// Users of each rule (policies for their rules, tables for `Default`/`Isolated`).
+    rule_refs: HashMap<RuleId, (usize, RuleOrigin)>,
+    matcher_ids: HashMap<Matcher, MatcherId>,
+    matchers: Vec<MatcherState>,
+    ns_named_matchers: HashMap<String, Vec<MatcherId>>,
+    ns_selector_matchers: Vec<MatcherId>,
+    /// Namespace → selector-namespace matchers whose namespace selector matches it.
+    /// Valid for the life of the state: namespace changes rebuild the state.
+    ns_selector_cache: HashMap<String, Vec<MatcherId>>,
+    node_matchers: Vec<MatcherId>,
+    block_matchers: HashMap<IpNet, Vec<MatcherId>>,
+    identity_ids: HashMap<IdentityKey, IdentityId>,
+    identities: HashMap<IdentityId, IdentityState>,
+    named_port_identities: HashMap<String, BTreeSet<IdentityId>>,
+    addr_pods: HashMap<IpAddr, BTreeSet<String>>,
+    addr_nodes: HashMap<IpAddr, BTreeSet<String>>,
+    host_ids: HashMap<IpAddr, IdentityId>,
+    network_ids: HashMap<IpNet, IdentityId>,
+    np_programs: HashMap<String, PolicyProg>,
+    np_by_namespace: HashMap<String, Vec<String>>,
+    cluster_programs: HashMap<String, PolicyProg>,
+    cluster_order: Vec<String>,
+    table_ids: HashMap<TableKey, TableId>,
+    tables: HashMap<TableId, TableState>,
+    named_port_tables: HashMap<String, BTreeSet<TableId>>,
+    endpoints: HashMap<String, EndpointEntry>,
+}
+
+fn subject_matches(subject: &Subject, ns_labels: &Labels, pod: &Pod) -> bool {
+    match subject {
+        Subject::Namespaces(ns) => ns.matches(ns_labels),
+        Subject::Pods { namespaces, pods } => {
+            namespaces.matches(ns_labels) && pods.matches(&pod.labels)
+        }
+    }
+}
+
+fn is_endpoint(pod: &Pod) -> bool {
+    !pod.host_network && !pod.ips.is_empty()
+}
+
+impl State {
+    fn empty(hints: IdHints) -> Self {
+        State {
+            compiled: Compiled::default(),
+            next_identity: hints.next_identity.max(IDENTITY_ANY + 1),
+            next_table: hints.next_table,
+            next_rule: hints.next_rule,
+            hints,
+            prefixes: PrefixSet::new(),
+            rule_ids: HashMap::new(),
+            rule_refs: HashMap::new(),
+            matcher_ids: HashMap::new(),
+            matchers: Vec::new(),
+            ns_named_matchers: HashMap::new(),
+            ns_selector_matchers: Vec::new(),
+            ns_selector_cache: HashMap::new(),
+            node_matchers: Vec::new(),
+            block_matchers: HashMap::new(),
+            identity_ids: HashMap::new(),
+            identities: HashMap::new(),
+            named_port_identities: HashMap::new(),
+            addr_pods: HashMap::new(),
+            addr_nodes: HashMap::new(),
+            host_ids: HashMap::new(),
+            network_ids: HashMap::new(),
+            np_programs: HashMap::new(),
+            np_by_namespace: HashMap::new(),
+            cluster_programs: HashMap::new(),
+            cluster_order: Vec::new(),
+            table_ids: HashMap::new(),
+            tables: HashMap::new(),
+            named_port_tables: HashMap::new(),
+            endpoints: HashMap::new(),
+        }
+    }
+
+    /// Moves this state's ids out as hints for the next [`State::build`]. The state must
+    /// not be changed afterwards (only its snapshot read).
+    pub(crate) fn take_hints(&mut self) -> IdHints {
+        IdHints {
+            identities: std::mem::take(&mut self.identity_ids),
+            tables: std::mem::take(&mut self.table_ids),
+            rules: std::mem::take(&mut self.rule_ids),
+            endpoints: std::mem::take(&mut self.endpoints),
+            next_identity: self.next_identity,
+            next_table: self.next_table,
+            next_rule: self.next_rule,
+        }
+    }
+
+    /// Compiles a whole cluster. See the module doc.
+    pub(crate) fn build(cluster: &Cluster, revisions: &Revisions, hints: IdHints) -> State {
+        let mut st = State::empty(hints);
+        let mut txn = Txn::default();
+        for (key, np) in &cluster.network_policies {
+            let rev = revisions.get(&format!("np:{key}")).copied().unwrap_or(0);
+            st.add_network_policy(key, np, rev, &mut txn);
+        }
+        for (key, cp) in &cluster.cluster_policies {
+            let rev = revisions.get(&format!("cp:{key}")).copied().unwrap_or(0);
+            st.add_cluster_policy(key, cp, rev, &mut txn);
+        }
+        st.sort_cluster_order();
+        for keys in st.np_by_namespace.values_mut() {
+            keys.sort();
+        }
+        let prefixes: Vec<IpNet> = st.prefixes.iter().copied().collect();
+        for p in prefixes {
+            let id = st.acquire_identity(IdentityKey::network(p), &mut txn);
+            st.network_ids.insert(p, id);
+            txn.push(Op::PutAddress(p, id));
+        }
+        let mut addrs = BTreeSet::new();
+        for (key, pod) in &cluster.pods {
+            if !pod.host_network {
+                for ip in &pod.ips {
+                    st.addr_pods.entry(*ip).or_default().insert(key.clone());
+                    addrs.insert(*ip);
+                }
+            }
+        }
+        for (name, node) in &cluster.nodes {
+            for ip in &node.addresses {
+                st.addr_nodes.entry(*ip).or_default().insert(name.clone());
+                addrs.insert(*ip);
+            }
+        }
+        for ip in addrs {
+            st.set_host(ip, cluster, &mut txn);
+        }
+        // Pods of one Deployment share their table keys: compute them once.
+        let mut memo: HashMap<(&str, &Labels, NamedPorts), [TableKey; 2]> = HashMap::new();
+        for (key, pod) in &cluster.pods {
+            if !is_endpoint(pod) {
+                continue;
+            }
+            let ports = named_ports(pod);
+            let keys = memo
+                .entry((pod.namespace.as_str(), &pod.labels, ports))
+                .or_insert_with(|| {
+                    let ns_labels = cluster.namespace_labels(&pod.namespace);
+                    [
+                        st.table_key(pod, &ns_labels, Direction::Ingress),
+                        st.table_key(pod, &ns_labels, Direction::Egress),
+                    ]
+                })
+                .clone();
+            st.put_endpoint(key, pod, keys, &mut txn);
+        }
+        st.commit(txn);
+        st.hints = IdHints::default();
+        st
+    }
+
+    /// Applies a transaction to the snapshot and returns it as a delta.
+    pub(crate) fn commit(&mut self, txn: Txn) -> Delta {
+        let delta = txn.into_delta();
+        self.compiled.apply(&delta);
+        delta
+    }
+
+    // ---- rules ----
+
+    fn intern_rule(&mut self, origin: RuleOrigin, txn: &mut Txn) -> RuleId {
+        if let Some(&id) = self.rule_ids.get(&origin) {
+            self.rule_refs.get_mut(&id).expect("live rule").0 += 1;
+            return id;
+        }
+        let id = match self.hints.rules.get(&origin) {
+            Some(&id) => id,
+            None => {
+                let id = self.next_rule;
+                self.next_rule += 1;
+                id
+            }
+        };
+        self.rule_ids.insert(origin.clone(), id);
+        self.rule_refs.insert(id, (1, origin.clone()));
+        txn.push(Op::PutRule(id, origin));
+        id
+    }
+
+    fn release_rule(&mut self, id: RuleId, txn: &mut Txn) {
+        let refs = self.rule_refs.get_mut(&id).expect("live rule");
+        refs.0 -= 1;
+        if refs.0 == 0 {
+            let (_, origin) = self.rule_refs.remove(&id).expect("live rule");
+            self.rule_ids.remove(&origin);
+            txn.push(Op::RemoveRule(id));
+        }
+    }
+
+    // ---- policies ----
+
+    fn register_matcher(&mut self, m: Matcher) -> MatcherId {
+        if let Some(&id) = self.matcher_ids.get(&m) {
+            return id;
+        }
+        let id = self.matchers.len() as MatcherId;
+        match &m {
+            Matcher::Pods {
+                namespaces: NamespaceMatch::Named(ns),
+                ..
+            } => self
+                .ns_named_matchers
+                .entry(ns.clone())
+                .or_default()
+                .push(id),
+            Matcher::Pods { .. } => self.ns_selector_matchers.push(id),
+            Matcher::Nodes(_) => self.node_matchers.push(id),
+            Matcher::Block(b) => self.block_matchers.entry(b.cidr).or_default().push(id),
+            Matcher::Nothing => {}
+        }
+        self.matcher_ids.insert(m.clone(), id);
+        self.matchers.push(MatcherState {
+            matcher: m,
+            identities: BTreeSet::new(),
+            tables: BTreeSet::new(),
+        });
+        id
+    }
+
+    fn peers_of(&mut self, matchers: Vec<Matcher>) -> Vec<MatcherId> {
+        let mut ids: Vec<MatcherId> = matchers
+            .into_iter()
+            .map(|m| self.register_matcher(m))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    fn add_network_policy(&mut self, key: &str, np: &NetworkPolicy, revision: u64, txn: &mut Txn) {
+        let mut prog = PolicyProg {
+            scope: Scope::Namespace {
+                pods: np.pod_selector.clone(),
+            },
+            rules: [Vec::new(), Vec::new()],
+            active: [false; 2],
+            uses_named: [false; 2],
+            revision,
+            matchers: Vec::new(),
+        };
+        for dir in [Direction::Ingress, Direction::Egress] {
+            let d = dir_index(dir);
+            let Some(rules) = np.rules(dir) else { continue };
+            prog.active[d] = true;
+            for (index, r) in rules.iter().enumerate() {
+                let rule = self.intern_rule(
+                    RuleOrigin::NetworkPolicy {
+                        namespace: np.namespace.clone(),
+                        name: np.name.clone(),
+                        direction: dir,
+                        index,
+                    },
+                    txn,
+                );
+                let peers = match &r.peers {
+                    None => Peers::All,
+                    Some(ps) => {
+                        let ms = ps.iter().flat_map(Matcher::of_network_peer).collect();
+                        Peers::Any(self.peers_of(ms))
+                    }
+                };
+                if let Peers::Any(ms) = &peers {
+                    prog.matchers.extend(ms);
+                }
+                prog.uses_named[d] |= uses_named(&r.ports);
+                prog.rules[d].push(RuleProg {
+                    rule,
+                    action: Action::Accept,
+                    peers,
+                    ports: r.ports.clone(),
+                });
+            }
+        }
+        for p in network_policy_prefixes(np) {
+            self.prefixes.insert(p);
+        }
+        self.np_by_namespace
+            .entry(np.namespace.clone())
+            .or_default()
+            .push(key.to_string());
+        self.np_programs.insert(key.to_string(), prog);
+    }
+
+    fn add_cluster_policy(&mut self, key: &str, cp: &ClusterPolicy, revision: u64, txn: &mut Txn) {
+        let mut prog = PolicyProg {
+            scope: Scope::Cluster {
+                tier: cp.tier,
+                priority: cp.priority,
+                name: cp.name.clone(),
+                subject: cp.subject.clone(),
+            },
+            rules: [Vec::new(), Vec::new()],
+            active: [false; 2],
+            uses_named: [false; 2],
+            revision,
+            matchers: Vec::new(),
+        };
+        for dir in [Direction::Ingress, Direction::Egress] {
+            let d = dir_index(dir);
+            prog.active[d] = !cp.rules(dir).is_empty();
+            for (index, r) in cp.rules(dir).iter().enumerate() {
+                let rule = self.intern_rule(
+                    RuleOrigin::Cluster {
+                        kind: cp.kind,
+                        name: cp.name.clone(),
+                        tier: cp.tier,
+                        direction: dir,
+                        index,
+                        rule_name: r.name.clone(),
+                        action: r.action,
+                    },
+                    txn,
+                );
+                let ms = r.peers.iter().flat_map(Matcher::of_cluster_peer).collect();
+                let ms = self.peers_of(ms);
+                prog.matchers.extend(&ms);
+                prog.uses_named[d] |= uses_named(&r.ports);
+                prog.rules[d].push(RuleProg {
+                    rule,
+                    action: r.action,
+                    peers: Peers::Any(ms),
+                    ports: r.ports.clone(),
+                });
+            }
+        }
+        for p in cluster_policy_prefixes(cp) {
+            self.prefixes.insert(p);
+        }
+        self.cluster_programs.insert(key.to_string(), prog);
+        self.cluster_order.push(key.to_string());
+    }
+
+    fn sort_cluster_order(&mut self) {
+        let progs = &self.cluster_programs;
+        self.cluster_order
+            .sort_by_cached_key(|k| match &progs[k].scope {
+                Scope::Cluster {
+                    tier,
+                    priority,
+                    name,
+                    ..
+                } => (*tier, *priority, name.clone(), k.clone()),
+                Scope::Namespace { .. } => unreachable!("cluster programs are cluster-scoped"),
+            });
+    }
+
+    // ---- identities ----
+
+    fn matching_matchers(&mut self, key: &IdentityKey) -> Vec<MatcherId> {
+        let mut out = Vec::new();
+        if let Some(pod) = &key.pod {
+            if !self.ns_selector_cache.contains_key(&pod.namespace) {
+                let hits = self
+                    .ns_selector_matchers
+                    .iter()
+                    .copied()
+                    .filter(|&m| match &self.matchers[m as usize].matcher {
+                        Matcher::Pods { namespaces, .. } => {
+                            Matcher::matches_namespace(namespaces, &pod.namespace, &pod.ns_labels)
+                        }
+                        _ => false,
+                    })
+                    .collect();
+                self.ns_selector_cache.insert(pod.namespace.clone(), hits);
+            }
+            let named = self.ns_named_matchers.get(&pod.namespace);
+            let selected = &self.ns_selector_cache[&pod.namespace];
+            for &m in named.into_iter().flatten().chain(selected) {
+                if self.matchers[m as usize].matcher.matches(key) {
+                    out.push(m);
+                }
+            }
+        }
+        if !key.nodes.is_empty() {
+            for &m in &self.node_matchers {
+                if self.matchers[m as usize].matcher.matches(key) {
+                    out.push(m);
+                }
+            }
+        }
+        for len in self.prefixes.lens_within(&key.prefix) {
+            if let Some(ms) = self.block_matchers.get(&truncate(key.prefix, len)) {
+                for &m in ms {
+                    if self.matchers[m as usize].matcher.matches(key) {
+                        out.push(m);
+                    }
+                }
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    fn acquire_identity(&mut self, key: IdentityKey, txn: &mut Txn) -> IdentityId {
+        if let Some(&id) = self.identity_ids.get(&key) {
+            self.identities.get_mut(&id).expect("live identity").refs += 1;
+            return id;
+        }
+        let id = match self.hints.identities.get(&key) {
+            Some(&id) => id,
+            None => {
+                let id = self.next_identity;
+                self.next_identity += 1;
+                id
+            }
+        };
+        let matched = self.matching_matchers(&key);
+        let mut tables = BTreeSet::new();
+        for &m in &matched {
+            let ms = &mut self.matchers[m as usize];
+            ms.identities.insert(id);
+            tables.extend(ms.tables.iter().copied());
+        }
+        if let Some(pod) = &key.pod {
+            for (name, _, _) in &pod.named_ports {
+                self.named_port_identities
+                    .entry(name.clone())
+                    .or_default()
+                    .insert(id);
+                tables.extend(self.named_port_tables.get(name).into_iter().flatten());
+            }
+        }
+        txn.push(Op::PutIdentity(id, key.info()));
+        self.identity_ids.insert(key.clone(), id);
+        self.identities.insert(
+            id,
+            IdentityState {
+                key,
+                refs: 1,
+                matched,
+                tables: BTreeSet::new(),
+            },
+        );
+        for t in tables {
+            let mut entries = Vec::new();
+            if self.peer_entries(t, id, &mut entries) {
+                self.tables
+                    .get_mut(&t)
+                    .expect("live table")
+                    .peers
+                    .insert(id);
+                self.identities
+                    .get_mut(&id)
+                    .expect("just made")
+                    .tables
+                    .insert(t);
+                txn.push(Op::AddPeerEntries(t, entries));
+            }
+        }
+        id
+    }
+
+    fn release_identity(&mut self, id: IdentityId, txn: &mut Txn) {
+        let st = self.identities.get_mut(&id).expect("live identity");
+        st.refs -= 1;
+        if st.refs > 0 {
+            return;
+        }
+        let st = self.identities.remove(&id).expect("live identity");
+        for t in &st.tables {
+            self.tables
+                .get_mut(t)
+                .expect("live table")
+                .peers
+                .remove(&id);
+            txn.push(Op::RemovePeerEntries(*t, id));
+        }
+        for m in &st.matched {
+            self.matchers[*m as usize].identities.remove(&id);
+        }
+        if let Some(pod) = &st.key.pod {
+            for (name, _, _) in &pod.named_ports {
+                if let Some(s) = self.named_port_identities.get_mut(name) {
+                    s.remove(&id);
+                }
+            }
+        }
+        self.identity_ids.remove(&st.key);
+        txn.push(Op::RemoveIdentity(id));
+    }
+
+    fn host_key(&self, ip: IpAddr, cluster: &Cluster) -> Option<IdentityKey> {
+        let pod = self
+            .addr_pods
+            .get(&ip)
+            .and_then(|s| s.iter().next())
+            .and_then(|k| cluster.pods.get(k))
+            .map(|p| PodClass {
+                namespace: p.namespace.clone(),
+                ns_labels: cluster.namespace_labels(&p.namespace),
+                labels: p.labels.clone(),
+                named_ports: named_ports(p),
+            });
+        let nodes: Vec<(String, Labels)> = self
+            .addr_nodes
+            .get(&ip)
+            .into_iter()
+            .flatten()
+            .filter_map(|n| {
+                cluster
+                    .nodes
+                    .get(n)
+                    .map(|node| (n.clone(), node.labels.clone()))
+            })
+            .collect();
+        if pod.is_none() && nodes.is_empty() {
+            return None;
+        }
+        Some(IdentityKey {
+            pod,
+            nodes,
+            prefix: self.prefixes.most_specific(ip),
+        })
+    }
+
+    /// Recomputes the identity of one pod or node address and maps it.
+    fn set_host(&mut self, ip: IpAddr, cluster: &Cluster, txn: &mut Txn) {
+        let desired = self.host_key(ip, cluster);
+        let current = self.host_ids.get(&ip).copied();
+        let net = host_net(ip);
+        match desired {
+            Some(key) => {
+                let id = self.acquire_identity(key, txn);
+                if current != Some(id) {
+                    txn.push(Op::PutAddress(net, id));
+                }
+                self.host_ids.insert(ip, id);
+            }
+            None => {
+                if current.is_some() {
+                    match self.network_ids.get(&net) {
+                        Some(&id) => txn.push(Op::PutAddress(net, id)),
+                        None => txn.push(Op::RemoveAddress(net)),
+                    }
+                    self.host_ids.remove(&ip);
+                }
+            }
+        }
+        if let Some(cur) = current {
+            self.release_identity(cur, txn);
+        }
+    }
+
+    // ---- tables ----
+
+    fn table_key(&self, pod: &Pod, ns_labels: &Labels, dir: Direction) -> TableKey {
+        let d = dir_index(dir);
+        let mut key = TableKey {
+            dir,
+            admin: Vec::new(),
+            network: Vec::new(),
+            baseline: Vec::new(),
+            local_ports: None,
+        };
+        let mut named = false;
+        for k in &self.cluster_order {
+            let prog = &self.cluster_programs[k];
+            let Scope::Cluster { tier, subject, .. } = &prog.scope else {
+                continue;
+            };
+            if prog.active[d] && subject_matches(subject, ns_labels, pod) {
+                named |= prog.uses_named[d];
+                let list = match tier {
+                    Tier::Admin => &mut key.admin,
+                    Tier::Baseline => &mut key.baseline,
+                };
+                list.push((k.clone(), prog.revision));
+            }
+        }
+        for k in self
+            .np_by_namespace
+            .get(&pod.namespace)
+            .into_iter()
+            .flatten()
+        {
+            let prog = &self.np_programs[k];
+            let Scope::Namespace { pods, .. } = &prog.scope else {
+                continue;
+            };
+            if prog.active[d] && pods.matches(&pod.labels) {
+                named |= prog.uses_named[d];
+                key.network.push((k.clone(), prog.revision));
+            }
+        }
+        if dir == Direction::Ingress && named {
+            let ports = named_ports(pod);
+            if !ports.is_empty() {
+                key.local_ports = Some(ports);
+            }
+        }
+        key
+    }
+
+    fn spec<'a>(
+        &'a self,
+        key: &'a TableKey,
+        isolated: Option<RuleId>,
+        default: RuleId,
+    ) -> Spec<'a> {
+        let d = dir_index(key.dir);
+        let mut rules: Vec<&RuleProg> = Vec::new();
+        for (k, _) in &key.admin {
+            rules.extend(&self.cluster_programs[k].rules[d]);
+        }
+        let admin_end = rules.len();
+        for (k, _) in &key.network {
+            rules.extend(&self.np_programs[k].rules[d]);
+        }
+        let np_end = rules.len();
+        for (k, _) in &key.baseline {
+            rules.extend(&self.cluster_programs[k].rules[d]);
+        }
+        Spec {
+            dir: key.dir,
+            rules,
+            admin_end,
+            np_end,
+            isolated,
+            default,
+            local_ports: key.local_ports.as_deref().unwrap_or(&[]),
+        }
+    }
+
+    /// Entries of identity `id` in table `t`, if its partition differs from the wildcard's.
+    fn peer_entries(&self, t: TableId, id: IdentityId, out: &mut Vec<TableEntry>) -> bool {
+        let ts = &self.tables[&t];
+        let spec = self.spec(&ts.key, ts.isolated, ts.default);
+        let ident = &self.identities[&id];
+        let flags = spec.flags(&ident.matched);
+        let ports = match &ident.key.pod {
+            Some(p) if !ts.named.is_empty() => p.named_ports.as_slice(),
+            _ => &[],
+        };
+        let part = partition(&spec, &flags, ports);
+        part != ts.any && push_entries(id, &part, Some(&ts.any), out)
+    }
+
+    fn acquire_table(&mut self, key: TableKey, txn: &mut Txn) -> TableId {
+        if let Some(&id) = self.table_ids.get(&key) {
+            self.tables.get_mut(&id).expect("live table").refs += 1;
+            return id;
+        }
+        let dir = key.dir;
+        let default = self.intern_rule(RuleOrigin::Default { direction: dir }, txn);
+        let isolated = if key.network.is_empty() {
+            None
+        } else {
+            let policies = key.network.iter().map(|(k, _)| k.clone()).collect();
+            Some(self.intern_rule(
+                RuleOrigin::Isolated {
+                    direction: dir,
+                    policies,
+                },
+                txn,
+            ))
+        };
+        let id = match self.hints.tables.get(&key) {
+            Some(&id) => id,
+            None => {
+                let id = self.next_table;
+                self.next_table += 1;
+                id
+            }
+        };
+        let (entries, any, peers, matchers, named) = {
+            let spec = self.spec(&key, isolated, default);
+            self.build_entries(&spec)
+        };
+        for &m in &matchers {
+            self.matchers[m as usize].tables.insert(id);
+        }
+        for n in &named {
+            self.named_port_tables
+                .entry(n.clone())
+                .or_default()
+                .insert(id);
+        }
+        for p in &peers {
+            self.identities
+                .get_mut(p)
+                .expect("live identity")
+                .tables
+                .insert(id);
+        }
+        self.table_ids.insert(key.clone(), id);
+        self.tables.insert(
+            id,
+            TableState {
+                key,
+                refs: 1,
+                any,
+                peers,
+                matchers,
+                named,
+                default,
+                isolated,
+            },
+        );
+        txn.push(Op::PutTable(id, RuleTable { entries }));
+        id
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn build_entries(
+        &self,
+        spec: &Spec,
+    ) -> (
+        Vec<TableEntry>,
+        Partition,
+        BTreeSet<IdentityId>,
+        Vec<MatcherId>,
+        Vec<String>,
+    ) {
+        let any = partition(spec, &spec.any_flags(), &[]);
+        let mut entries = Vec::new();
+        push_entries(IDENTITY_ANY, &any, None, &mut entries);
+        let mut matchers: Vec<MatcherId> = spec
+            .rules
+            .iter()
+            .filter_map(|r| match &r.peers {
+                Peers::Any(ms) => Some(ms.iter().copied()),
+                Peers::All => None,
+            })
+            .flatten()
+            .collect();
+        matchers.sort_unstable();
+        matchers.dedup();
+        let named = spec.egress_named_ports();
+        let mut candidates: BTreeSet<IdentityId> = BTreeSet::new();
+        for &m in &matchers {
+            candidates.extend(&self.matchers[m as usize].identities);
+        }
+        for n in &named {
+            candidates.extend(self.named_port_identities.get(n).into_iter().flatten());
+        }
+        let mut cache: HashMap<(Vec<bool>, &[(String, crate::model::Protocol, u16)]), Partition> =
+            HashMap::new();
+        let mut peers = BTreeSet::new();
+        for c in candidates {
+            let ident = &self.identities[&c];
+            let flags = spec.flags(&ident.matched);
+            let ports = match &ident.key.pod {
+                Some(p) if !named.is_empty() => p.named_ports.as_slice(),
+                _ => &[],
+            };
+            let part = cache
+                .entry((flags, ports))
+                .or_insert_with_key(|(f, p)| partition(spec, f, p));
+            if *part != any && push_entries(c, part, Some(&any), &mut entries) {
+                peers.insert(c);
+            }
+        }
+        (entries, any, peers, matchers, named)
+    }
+
+    fn release_table(&mut self, id: TableId, txn: &mut Txn) {
+        let ts = self.tables.get_mut(&id).expect("live table");
+        ts.refs -= 1;
+        if ts.refs > 0 {
+            return;
+        }
+        let ts = self.tables.remove(&id).expect("live table");
+        for m in &ts.matchers {
+            self.matchers[*m as usize].tables.remove(&id);
+        }
+        for n in &ts.named {
+            if let Some(s) = self.named_port_tables.get_mut(n) {
+                s.remove(&id);
+            }
+        }
+        for p in &ts.peers {
+            if let Some(i) = self.identities.get_mut(p) {
+                i.tables.remove(&id);
+            }
+        }
+        self.table_ids.remove(&ts.key);
+        txn.push(Op::RemoveTable(id));
+        self.release_rule(ts.default, txn);
+        if let Some(iso) = ts.isolated {
+            self.release_rule(iso, txn);
+        }
+    }
+
+    // ---- endpoints ----
+
+    fn put_endpoint(&mut self, key: &str, pod: &Pod, keys: [TableKey; 2], txn: &mut Txn) {
+        let [kin, keg] = keys;
+        let ingress = self.acquire_table(kin, txn);
+        let egress = self.acquire_table(keg, txn);
+        let prior = self
+            .endpoints
+            .get(key)
+            .or_else(|| self.hints.endpoints.get(key));
+        let generation = match prior {
+            Some(p) if p.ingress == ingress && p.egress == egress => p.generation,
+            Some(p) => p.generation + 1,
+            None => 1,
+        };
+        let entry = EndpointEntry {
+            pod: key.to_string(),
+            ips: pod.ips.clone(),
+            ingress,
+            egress,
+            generation,
+        };
+        let old = self.endpoints.insert(key.to_string(), entry.clone());
+        if old.as_ref() != Some(&entry) {
+            txn.push(Op::PutEndpoint(entry));
+        }
+        if let Some(o) = old {
+            self.release_table(o.ingress, txn);
+            self.release_table(o.egress, txn);
+        }
+    }
+
+    /// The fast path: pod `key` changed from `old` to `cluster.pods[key]` (absent: removed).
+    pub(crate) fn pod_changed(
+        &mut self,
+        cluster: &Cluster,
+        key: &str,
+        old: Option<&Pod>,
+        txn: &mut Txn,
+    ) {
+        let mut affected = BTreeSet::new();
+        if let Some(o) = old.filter(|o| !o.host_network) {
+            for ip in &o.ips {
+                if let Some(s) = self.addr_pods.get_mut(ip) {
+                    s.remove(key);
+                    if s.is_empty() {
+                        self.addr_pods.remove(ip);
+                    }
+                }
+                affected.insert(*ip);
+            }
+        }
+        let new = cluster.pods.get(key);
+        if let Some(n) = new.filter(|n| !n.host_network) {
+            for ip in &n.ips {
+                self.addr_pods
+                    .entry(*ip)
+                    .or_default()
+                    .insert(key.to_string());
+                affected.insert(*ip);
+            }
+        }
+        for ip in affected {
+            self.set_host(ip, cluster, txn);
+        }
+        match new.filter(|n| is_endpoint(n)) {
+            Some(pod) => {
+                let ns_labels = cluster.namespace_labels(&pod.namespace);
+                let keys = [
+                    self.table_key(pod, &ns_labels, Direction::Ingress),
+                    self.table_key(pod, &ns_labels, Direction::Egress),
+                ];
+                self.put_endpoint(key, pod, keys, txn);
+            }
+            None => {
+                if let Some(o) = self.endpoints.remove(key) {
+                    txn.push(Op::RemoveEndpoint(key.to_string()));
+                    self.release_table(o.ingress, txn);
+                    self.release_table(o.egress, txn);
+                }
+            }
+        }
+    }
+}
+
+fn uses_named(ports: &Option<Vec<crate::model::PortMatch>>) -> bool {
+    ports
+        .iter()
+        .flatten()
+        .any(|p| matches!(p, crate::model::PortMatch::Named { .. }))
+}
+
+/// The ops that move the snapshot `old` to `new`, in safe order. Ids must be stable for
+/// unchanged keys (see [`IdHints`]): a table present in both differs only by the entries
+/// of identities present in just one of them.
+pub(crate) fn diff(old: &Compiled, new: &Compiled) -> Delta {
+    let mut txn = Txn::default();
+    for (id, o) in &new.rules {
+        if old.rules.get(id) != Some(o) {
+            txn.push(Op::PutRule(*id, o.clone()));
+        }
+    }
+    for id in old.rules.keys().filter(|id| !new.rules.contains_key(id)) {
+        txn.push(Op::RemoveRule(*id));
+    }
+    for (id, i) in &new.identities {
+        if old.identities.get(id) != Some(i) {
+            txn.push(Op::PutIdentity(*id, i.clone()));
+        }
+    }
+    for id in old
+        .identities
+        .keys()
+        .filter(|id| !new.identities.contains_key(id))
+    {
+        txn.push(Op::RemoveIdentity(*id));
+    }
+    for (id, t) in &new.tables {
+        let Some(o) = old.tables.get(id) else {
+            txn.push(Op::PutTable(*id, t.clone()));
+            continue;
+        };
+        let by_peer = |t: &RuleTable| {
+            let mut m: std::collections::BTreeMap<IdentityId, Vec<TableEntry>> = Default::default();
+            for e in &t.entries {
+                m.entry(e.peer).or_default().push(*e);
+            }
+            m
+        };
+        let (om, nm) = (by_peer(o), by_peer(t));
+        for (peer, es) in &nm {
+            match om.get(peer) {
+                None => txn.push(Op::AddPeerEntries(*id, es.clone())),
+                Some(oes) => debug_assert_eq!(oes, es, "table {id} changed for live peer {peer}"),
+            }
+        }
+        for peer in om.keys().filter(|p| !nm.contains_key(p)) {
+            txn.push(Op::RemovePeerEntries(*id, *peer));
+        }
+    }
+    for id in old.tables.keys().filter(|id| !new.tables.contains_key(id)) {
+        txn.push(Op::RemoveTable(*id));
+    }
+    for (k, e) in &new.endpoints {
+        if old.endpoints.get(k) != Some(e) {
+            txn.push(Op::PutEndpoint(e.clone()));
+        }
+    }
+    for k in old
+        .endpoints
+        .keys()
+        .filter(|k| !new.endpoints.contains_key(*k))
+    {
+        txn.push(Op::RemoveEndpoint(k.clone()));
+    }
+    for (p, id) in &new.addresses {
+        if old.addresses.get(p) != Some(id) {
+            txn.push(Op::PutAddress(*p, *id));
+        }
+    }
+    for p in old
+        .addresses
+        .keys()
+        .filter(|p| !new.addresses.contains_key(p))
+    {
+        txn.push(Op::RemoveAddress(*p));
+    }
+    txn.into_delta()
+}
