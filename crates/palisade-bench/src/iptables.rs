@@ -26,6 +26,9 @@
 //! rules load in about 0.4 s), so switching never leaves a half-loaded chain.
 
 use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
 
 use palisade_policy::compiled::{
     Compiled, RuleOrigin, TableAction, TableEntry, IDENTITY_ANY, PROTO_OTHER,
@@ -47,13 +50,80 @@ pub enum Flavor {
     Stateful,
 }
 
+/// One rule of the policy chain, kept structured so tests can evaluate the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainRule {
+    /// `-m conntrack --ctstate ESTABLISHED,RELATED` (matches no new flow).
+    pub established: bool,
+    /// `-s`.
+    pub src: Option<IpNet>,
+    /// `-p` (6, 17, 132).
+    pub proto: Option<u8>,
+    /// `--dport lo:hi`.
+    pub dports: Option<(u16, u16)>,
+    /// `-j ACCEPT` or `-j DROP`.
+    pub accept: bool,
+}
+
+impl ChainRule {
+    fn render(&self) -> Result<String, BenchError> {
+        let mut r = String::new();
+        if self.established {
+            r.push_str("-m conntrack --ctstate ESTABLISHED,RELATED ");
+        }
+        if let Some(src) = self.src {
+            let _ = write!(r, "-s {src} ");
+        }
+        if let Some(proto) = self.proto {
+            let name = match proto {
+                6 => "tcp",
+                17 => "udp",
+                132 => "sctp",
+                p => {
+                    return Err(BenchError::Policy(format!(
+                        "iptables generator: protocol {p} not supported"
+                    )))
+                }
+            };
+            let _ = write!(r, "-p {name} ");
+            if let Some((lo, hi)) = self.dports {
+                let _ = write!(r, "-m {name} --dport {lo}:{hi} ");
+            }
+        }
+        r.push_str(if self.accept { "-j ACCEPT" } else { "-j DROP" });
+        Ok(r)
+    }
+
+    /// Whether the first packet of a new flow matches.
+    pub fn matches_new(&self, src: IpAddr, proto: u8, dport: u16) -> bool {
+        !self.established
+            && self.src.is_none_or(|n| n.contains(&src))
+            && self.proto.is_none_or(|p| p == proto)
+            && self
+                .dports
+                .is_none_or(|(lo, hi)| lo <= dport && dport <= hi)
+    }
+}
+
 /// An `iptables-restore` input for the filter table.
 #[derive(Debug, Clone)]
 pub struct RuleSet {
+    /// The policy chain's rules, in order.
+    pub chain: Vec<ChainRule>,
     /// The restore text.
     pub text: String,
     /// Number of rules in the policy chain (excluding the jump from FORWARD).
     pub rules: usize,
+}
+
+impl RuleSet {
+    /// First-match verdict of the chain for a new flow (`true`: accepted).
+    pub fn accepts_new(&self, src: IpAddr, proto: u8, dport: u16) -> bool {
+        self.chain
+            .iter()
+            .find(|r| r.matches_new(src, proto, dport))
+            .is_some_and(|r| r.accept)
+    }
 }
 
 /// Generates the rule set for `flavor` from the compiled form.
@@ -84,42 +154,52 @@ pub fn generate(compiled: &Compiled, flavor: Flavor) -> Result<RuleSet, BenchErr
         .collect();
     specific.sort_by_key(|e| (rule_index(e), e.peer, e.proto, e.port_lo));
 
-    let mut body = Vec::with_capacity(specific.len() + any_allows.len() + 2);
+    let mut chain = Vec::with_capacity(specific.len() + any_allows.len() + 2);
     if flavor == Flavor::Stateful {
-        body.push("-m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT".to_string());
+        chain.push(ChainRule {
+            established: true,
+            src: None,
+            proto: None,
+            dports: None,
+            accept: true,
+        });
     }
     for e in &specific {
         let nets = prefixes.get(&e.peer).map(Vec::as_slice).unwrap_or_default();
-        for net in nets.iter().filter(|n| matches!(n, ipnet::IpNet::V4(_))) {
-            body.push(format!(
-                "-s {net} {} -j {}",
-                match_proto_ports(e)?,
-                target(e)
-            ));
+        for net in nets.iter().filter(|n| matches!(n, IpNet::V4(_))) {
+            chain.push(rule_for(e, Some(*net))?);
         }
     }
     for e in &any_allows {
-        body.push(format!("{} -j ACCEPT", match_proto_ports(e)?));
+        chain.push(rule_for(e, None)?);
     }
-    body.push("-j DROP".to_string());
+    chain.push(ChainRule {
+        established: false,
+        src: None,
+        proto: None,
+        dports: None,
+        accept: false,
+    });
 
-    let mut text = String::with_capacity(body.len() * 72 + 256);
+    let mut text = String::with_capacity(chain.len() * 72 + 256);
     text.push_str("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
     let _ = writeln!(text, ":{CHAIN} - [0:0]");
     let _ = writeln!(text, "-A FORWARD -o {NODE_IF_SERVER} -j {CHAIN}");
-    for r in &body {
-        let _ = writeln!(text, "-A {CHAIN} {r}");
+    for r in &chain {
+        let _ = writeln!(text, "-A {CHAIN} {}", r.render()?);
     }
     text.push_str("COMMIT\n");
     Ok(RuleSet {
+        rules: chain.len(),
+        chain,
         text,
-        rules: body.len(),
     })
 }
 
 /// The empty filter table (used by `none` and `palisade`).
 pub fn empty() -> RuleSet {
     RuleSet {
+        chain: Vec::new(),
         text: "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
             .to_string(),
         rules: 0,
@@ -141,37 +221,20 @@ fn restore_binary() -> &'static str {
     }
 }
 
-fn target(e: &TableEntry) -> &'static str {
-    match e.verdict.action {
-        TableAction::Allow => "ACCEPT",
-        TableAction::Deny => "DROP",
+fn rule_for(e: &TableEntry, src: Option<IpNet>) -> Result<ChainRule, BenchError> {
+    if e.proto == PROTO_OTHER {
+        return Err(BenchError::Policy(
+            "iptables generator: entries for other protocols are not supported".into(),
+        ));
     }
-}
-
-fn match_proto_ports(e: &TableEntry) -> Result<String, BenchError> {
-    let name = match e.proto {
-        6 => "tcp",
-        17 => "udp",
-        132 => "sctp",
-        PROTO_OTHER => {
-            return Err(BenchError::Policy(
-                "iptables generator: entries for other protocols are not supported".into(),
-            ))
-        }
-        p => {
-            return Err(BenchError::Policy(format!(
-                "iptables generator: unknown protocol {p}"
-            )))
-        }
-    };
-    if e.port_lo == 0 && e.port_hi == u16::MAX {
-        Ok(format!("-p {name}"))
-    } else {
-        Ok(format!(
-            "-p {name} -m {name} --dport {}:{}",
-            e.port_lo, e.port_hi
-        ))
-    }
+    let all_ports = e.port_lo == 0 && e.port_hi == u16::MAX;
+    Ok(ChainRule {
+        established: false,
+        src,
+        proto: Some(e.proto),
+        dports: (!all_ports).then_some((e.port_lo, e.port_hi)),
+        accept: e.verdict.action == TableAction::Allow,
+    })
 }
 
 /// First match equals longest-prefix match only if no identity's prefix contains another
@@ -179,7 +242,7 @@ fn match_proto_ports(e: &TableEntry) -> Result<String, BenchError> {
 /// specific-peer entries). The benchmark's /32s satisfy this; refuse anything else
 /// rather than generate a wrong baseline.
 fn check_prefixes_do_not_nest(compiled: &Compiled) -> Result<(), BenchError> {
-    let mut prev: Option<&ipnet::IpNet> = None;
+    let mut prev: Option<&IpNet> = None;
     for net in compiled.addresses.keys().filter(|n| n.prefix_len() > 0) {
         if let Some(p) = prev {
             if p.contains(net) {
@@ -200,7 +263,7 @@ mod tests {
 
     #[test]
     fn flat_chain_has_one_rule_per_entry_with_the_client_rule_last_before_drop() {
-        let compiled = compile(&cluster(10)).expect("compiles");
+        let compiled = compile(&cluster(10));
         let rs = generate(&compiled, Flavor::Flat).expect("generates");
         let lines: Vec<&str> = rs
             .text
@@ -215,8 +278,43 @@ mod tests {
     }
 
     #[test]
+    fn generated_chain_decides_every_new_flow_like_the_compiled_lookup() {
+        let compiled = compile(&cluster(200));
+        let (tid, _) = server_ingress(&compiled).expect("server table");
+        let rs = generate(&compiled, Flavor::Flat).expect("generates");
+        let srcs: Vec<IpAddr> = [
+            "10.77.1.2",
+            "10.77.1.3",
+            "172.16.0.1",
+            "172.16.0.2",
+            "172.16.0.199",
+            "172.16.0.200",
+            "192.0.2.1",
+        ]
+        .iter()
+        .map(|s| s.parse().expect("ip"))
+        .collect();
+        for src in srcs {
+            for proto in [6u8, 17] {
+                for port in [
+                    0u16, 999, 1000, 1001, 1003, 1004, 1100, 1197, 7001, 7002, 7004, 7005, 7999,
+                    65535,
+                ] {
+                    let id = compiled.lookup_identity(src);
+                    let want = compiled.lookup(tid, id, proto, port).action == TableAction::Allow;
+                    assert_eq!(
+                        rs.accepts_new(src, proto, port),
+                        want,
+                        "{src} proto {proto} port {port}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn stateful_chain_accepts_established_first() {
-        let compiled = compile(&cluster(10)).expect("compiles");
+        let compiled = compile(&cluster(10));
         let rs = generate(&compiled, Flavor::Stateful).expect("generates");
         let first = rs
             .text

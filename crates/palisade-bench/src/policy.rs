@@ -131,13 +131,9 @@ pub fn cluster(entries: usize) -> Cluster {
     c
 }
 
-/// Compiles the cluster with the policy core's compiler.
-///
-/// Until `palisade_policy::compile::compile` lands (branch `compile`), this uses
-/// [`stand_in::compile`], which handles exactly the shape [`cluster`] builds; swap the
-/// body for `palisade_policy::compile::compile(cluster)` then.
-pub fn compile(cluster: &Cluster) -> Result<Compiled, BenchError> {
-    stand_in::compile(cluster)
+/// Compiles the cluster with the policy core's compiler, the same call the agent makes.
+pub fn compile(cluster: &Cluster) -> Compiled {
+    palisade_policy::compile::compile(cluster)
 }
 
 /// The server pod's ingress table and its id.
@@ -163,222 +159,6 @@ pub fn prefixes_by_identity(compiled: &Compiled) -> BTreeMap<u32, Vec<IpNet>> {
     m
 }
 
-/// A minimal compiler for the benchmark's policy shape (ipBlock peers without `except`,
-/// port ranges, one NetworkPolicy selecting one pod), producing the documented
-/// [`Compiled`] invariants. Exists only until the real compiler is merged.
-mod stand_in {
-    use super::*;
-    use palisade_policy::compiled::{
-        EndpointEntry, IdentityInfo, RuleOrigin, TableAction, TableEntry, TableVerdict,
-        IDENTITY_ANY, PROTO_CLASSES, PROTO_OTHER,
-    };
-    use palisade_policy::model::Direction;
-
-    /// `(port_lo, port_hi, rule id)` allowed for one `(peer, proto)`.
-    type PortRun = (u16, u16, u32);
-
-    pub fn compile(cluster: &Cluster) -> Result<Compiled, BenchError> {
-        let mut out = Compiled::default();
-        let mut next_id = 1u32;
-        let mut id_of = |out: &mut Compiled, net: IpNet| -> u32 {
-            if let Some(id) = out.addresses.get(&net) {
-                return *id;
-            }
-            let id = next_id;
-            next_id += 1;
-            out.addresses.insert(net, id);
-            out.identities
-                .insert(id, IdentityInfo::Network { prefix: net });
-            id
-        };
-        id_of(&mut out, "0.0.0.0/0".parse().expect("valid"));
-        id_of(&mut out, "::/0".parse().expect("valid"));
-        for pod in cluster.pods.values() {
-            for ip in &pod.ips {
-                id_of(&mut out, IpNet::from(*ip));
-            }
-        }
-        // Table 1: allow everything (default, no policy). Tables 2..: one per policy.
-        let allow_all = |rule| RuleTable {
-            entries: PROTO_CLASSES
-                .iter()
-                .map(|&proto| TableEntry {
-                    peer: IDENTITY_ANY,
-                    proto,
-                    port_lo: 0,
-                    port_hi: if proto == PROTO_OTHER { 0 } else { u16::MAX },
-                    verdict: TableVerdict {
-                        action: TableAction::Allow,
-                        rule,
-                    },
-                })
-                .collect(),
-        };
-        out.rules.insert(
-            0,
-            RuleOrigin::Default {
-                direction: Direction::Ingress,
-            },
-        );
-        out.rules.insert(
-            1,
-            RuleOrigin::Default {
-                direction: Direction::Egress,
-            },
-        );
-        out.tables.insert(1, allow_all(0));
-        out.tables.insert(2, allow_all(1));
-        let mut next_rule = 2u32;
-        for pod in cluster.pods.values() {
-            out.endpoints.insert(
-                pod.key(),
-                EndpointEntry {
-                    pod: pod.key(),
-                    ips: pod.ips.clone(),
-                    ingress: 1,
-                    egress: 2,
-                    generation: 1,
-                },
-            );
-        }
-        let mut next_table = 3u32;
-        for (key, policy) in &cluster.network_policies {
-            if policy.egress.is_some() {
-                return Err(BenchError::Policy(format!(
-                    "stand-in compiler: {key}: egress unsupported"
-                )));
-            }
-            let Some(rules) = &policy.ingress else {
-                continue;
-            };
-            let isolated = next_rule;
-            next_rule += 1;
-            out.rules.insert(
-                isolated,
-                RuleOrigin::Isolated {
-                    direction: Direction::Ingress,
-                    policies: vec![key.clone()],
-                },
-            );
-            // (peer, proto) -> allowed ranges with their rule id.
-            let mut allowed: BTreeMap<(u32, u8), Vec<PortRun>> = BTreeMap::new();
-            for (index, rule) in rules.iter().enumerate() {
-                let rid = next_rule;
-                next_rule += 1;
-                out.rules.insert(
-                    rid,
-                    RuleOrigin::NetworkPolicy {
-                        namespace: policy.namespace.clone(),
-                        name: policy.name.clone(),
-                        direction: Direction::Ingress,
-                        index,
-                    },
-                );
-                let (Some(peers), Some(ports)) = (&rule.peers, &rule.ports) else {
-                    return Err(BenchError::Policy(format!(
-                        "stand-in compiler: {key}: rules need peers and ports"
-                    )));
-                };
-                for peer in peers {
-                    let NetworkPolicyPeer::IpBlock(b) = peer else {
-                        return Err(BenchError::Policy(format!(
-                            "stand-in compiler: {key}: only ipBlock peers"
-                        )));
-                    };
-                    if !b.except.is_empty() || b.cidr.prefix_len() != b.cidr.max_prefix_len() {
-                        return Err(BenchError::Policy(format!(
-                            "stand-in compiler: {key}: only host ipBlocks without except"
-                        )));
-                    }
-                    let id = id_of(&mut out, b.cidr);
-                    for port in ports {
-                        let PortMatch::Range {
-                            protocol,
-                            port,
-                            end_port,
-                        } = port
-                        else {
-                            return Err(BenchError::Policy(format!(
-                                "stand-in compiler: {key}: only port ranges"
-                            )));
-                        };
-                        allowed
-                            .entry((id, protocol.number()))
-                            .or_default()
-                            .push((*port, *end_port, rid));
-                    }
-                }
-            }
-            let deny = TableVerdict {
-                action: TableAction::Deny,
-                rule: isolated,
-            };
-            let mut table = RuleTable::default();
-            for &proto in &PROTO_CLASSES {
-                table.entries.push(TableEntry {
-                    peer: IDENTITY_ANY,
-                    proto,
-                    port_lo: 0,
-                    port_hi: if proto == PROTO_OTHER { 0 } else { u16::MAX },
-                    verdict: deny,
-                });
-            }
-            for ((peer, proto), mut ranges) in allowed {
-                ranges.sort();
-                let mut next: u32 = 0;
-                for (lo, hi, rid) in ranges {
-                    if u32::from(lo) < next {
-                        return Err(BenchError::Policy(format!(
-                            "stand-in compiler: {key}: overlapping ports for one peer"
-                        )));
-                    }
-                    if u32::from(lo) > next {
-                        table.entries.push(TableEntry {
-                            peer,
-                            proto,
-                            port_lo: next as u16,
-                            port_hi: lo - 1,
-                            verdict: deny,
-                        });
-                    }
-                    table.entries.push(TableEntry {
-                        peer,
-                        proto,
-                        port_lo: lo,
-                        port_hi: hi,
-                        verdict: TableVerdict {
-                            action: TableAction::Allow,
-                            rule: rid,
-                        },
-                    });
-                    next = u32::from(hi) + 1;
-                }
-                if next <= u32::from(u16::MAX) {
-                    table.entries.push(TableEntry {
-                        peer,
-                        proto,
-                        port_lo: next as u16,
-                        port_hi: u16::MAX,
-                        verdict: deny,
-                    });
-                }
-            }
-            table.entries.sort_by_key(|e| (e.peer, e.proto, e.port_lo));
-            let tid = next_table;
-            next_table += 1;
-            out.tables.insert(tid, table);
-            for pod in cluster.pods.values() {
-                if pod.namespace == policy.namespace && policy.pod_selector.matches(&pod.labels) {
-                    if let Some(ep) = out.endpoints.get_mut(&pod.key()) {
-                        ep.ingress = tid;
-                    }
-                }
-            }
-        }
-        Ok(out)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,7 +169,8 @@ mod tests {
         let c = cluster(10);
         let p = &c.network_policies[&format!("{SERVER_NAMESPACE}/bench")];
         assert_eq!(p.ingress.as_ref().map(Vec::len), Some(10));
-        let compiled = compile(&c).expect("compiles");
+        let compiled = compile(&c);
+        compiled.check().expect("compiled form is consistent");
         let (_, table) = server_ingress(&compiled).expect("server table");
         let client_id = compiled.addresses[&IpNet::from(IpAddr::V4(CLIENT_IP))];
         let allows = |proto: u8, port: u16| {
