@@ -1,7 +1,7 @@
 //! Runs the network benchmark without the CLI:
 //! `cargo run -p palisade-bench --release --example network -- [--rounds R]
 //! [--entries 10,1000,10000,50000] [--duration-ms MS] [--output table|json] [--plot FILE.svg]
-//! [--save-json FILE]`
+//! [--save-json FILE] [--configs none,palisade,iptables-flat,iptables-stateful]`
 //!
 //! The real front end is `palisade bench network`; this example parses the same flags by
 //! hand to keep the crate free of a CLI dependency.
@@ -9,7 +9,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use palisade_bench::{plot, run_network, NetworkOptions};
+use palisade_bench::{plot, run_network, Config, NetworkOptions};
 
 fn main() -> ExitCode {
     match run() {
@@ -40,6 +40,19 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 opts.entries = value()?
                     .split(',')
                     .map(|s| s.trim().parse())
+                    .collect::<Result<_, _>>()?
+            }
+            // Example only: measure a subset (`none` is always measured).
+            "--configs" => {
+                opts.configs = value()?
+                    .split(',')
+                    .map(|s| match s.trim() {
+                        "none" => Ok(Config::None),
+                        "palisade" => Ok(Config::Palisade),
+                        "iptables-flat" => Ok(Config::IptablesFlat),
+                        "iptables-stateful" => Ok(Config::IptablesStateful),
+                        other => Err(format!("unknown configuration {other}")),
+                    })
                     .collect::<Result<_, _>>()?
             }
             "--duration-ms" => opts.duration = Duration::from_millis(value()?.parse()?),

@@ -26,13 +26,26 @@
 //!    `iptables-flat`, `iptables-stateful` in turn, so slow drift (other tenants, thermal,
 //!    page cache) hits every configuration alike. Medians over rounds are reported with
 //!    min, max and the coefficient of variation.
-//! 5. **Metrics** ([`traffic`]): UDP and TCP 64-byte request/response (median
-//!    round trip of the run's transactions, µs), connection rate (connect, one byte each way, close; per s), bulk TCP
-//!    throughput (Gbit/s) with CPU seconds per GB from `/proc/stat`. Client and server
-//!    are threads of this process, moved into their namespaces with setns(2) and pinned
-//!    to different CPUs.
+//! 5. **Metrics** ([`traffic`]): UDP and TCP 64-byte request/response (median round
+//!    trip of the run's transactions, µs), connection rate (connect, one byte each way,
+//!    close; per s), bulk TCP throughput (Gbit/s) with CPU seconds per GB from
+//!    `/proc/stat`. Client and server are threads of this process, moved into their
+//!    namespaces with setns(2) and pinned to different CPUs. Every run is bounded in
+//!    time and every blocking call has a timeout.
 //!
-//! Start reading at [`run_network`].
+//! ## What it does not do
+//!
+//! - ipset: the kernel here has no `ip_set`, so the iptables baselines are one rule per
+//!   entry, the shape an iptables-based engine produces without ipset. With ipset the
+//!   address part of iptables-flat would be one hash lookup; the port ranges would not.
+//! - `none` is "no rules", not "no netfilter": once an iptables configuration has run,
+//!   the node namespace keeps an empty legacy `filter` table (a table cannot be removed
+//!   from a namespace without unloading the module). Its cost is one hook with an empty
+//!   FORWARD chain, and it is the same for `palisade`.
+//! - IPv6 is not measured (the datapath handles it; the test bed is IPv4 only).
+//!
+//! Start reading at [`run_network`]; the CLI calls [`run_network`], then
+//! [`Report::to_table`] or [`Report::to_json`], and [`plot::svg`] for `--plot`.
 #![deny(missing_docs)]
 
 pub mod interrupt;
@@ -195,10 +208,14 @@ pub fn run_network(
             .into(),
     );
 
-    progress("building and compiling policies");
     let mut prepared = BTreeMap::new();
     for &n in &opts.entries {
+        let t0 = std::time::Instant::now();
         let compiled = policy::compile(&policy::cluster(n));
+        progress(&format!(
+            "compiled the N={n} policy in {:.1} s",
+            t0.elapsed().as_secs_f64()
+        ));
         let flat = iptables::generate(&compiled, iptables::Flavor::Flat)?;
         let stateful = iptables::generate(&compiled, iptables::Flavor::Stateful)?;
         report.iptables_rules.insert(n, flat.rules);
@@ -218,8 +235,12 @@ pub fn run_network(
     let enforcer = if configs.contains(&Config::Palisade) {
         let e = palisade::Enforcer::start(&bed, "net")?;
         for &n in &opts.entries {
-            progress(&format!("loading the palisade datapath for N={n}"));
+            let t0 = std::time::Instant::now();
             let encoded = e.load(n, &prepared[&n].compiled)?;
+            progress(&format!(
+                "loaded and synced the palisade datapath for N={n} in {:.1} s",
+                t0.elapsed().as_secs_f64()
+            ));
             report.palisade_entries.insert(n, encoded);
         }
         Some(e)
