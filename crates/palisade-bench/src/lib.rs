@@ -210,6 +210,7 @@ pub fn run_network(
 
     let mut prepared = BTreeMap::new();
     for &n in &opts.entries {
+        interrupt::check()?;
         let t0 = std::time::Instant::now();
         let compiled = policy::compile(&policy::cluster(n));
         progress(&format!(
@@ -235,6 +236,7 @@ pub fn run_network(
     let enforcer = if configs.contains(&Config::Palisade) {
         let e = palisade::Enforcer::start(&bed, "net")?;
         for &n in &opts.entries {
+            interrupt::check()?;
             let t0 = std::time::Instant::now();
             let encoded = e.load(n, &prepared[&n].compiled)?;
             progress(&format!(
