@@ -1,0 +1,75 @@
+use std::time::Duration;
+
+use palisade_bench::{run_network, verify_configs, Config, NetworkOptions};
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn iptables_flat_allows_the_measured_flow_and_blocks_the_denied_ones() {
+    if !is_root() {
+        eprintln!("skipped: needs root (network namespaces)");
+        return;
+    }
+    let verified = verify_configs(
+        10,
+        &[Config::None, Config::IptablesFlat, Config::IptablesStateful],
+    )
+    .expect("every iptables configuration enforces the policy");
+    assert_eq!(
+        verified,
+        vec![Config::None, Config::IptablesFlat, Config::IptablesStateful]
+    );
+}
+
+#[test]
+fn tiny_run_produces_the_documented_json() {
+    if !is_root() {
+        eprintln!("skipped: needs root (network namespaces)");
+        return;
+    }
+    let opts = NetworkOptions {
+        rounds: 1,
+        entries: vec![10],
+        duration: Duration::from_millis(100),
+        ..NetworkOptions::default()
+    };
+    let report = run_network(&opts, |_| {}).expect("tiny run");
+    let v: serde_json::Value = serde_json::from_str(&report.to_json()).expect("valid json");
+    let obj = v.as_object().expect("top level is an object");
+    assert_eq!(obj.keys().collect::<Vec<_>>(), vec!["results", "rounds"]);
+    assert_eq!(v["rounds"], 1);
+    let results = v["results"].as_array().expect("results is an array");
+    let configs = ["none", "palisade", "iptables-flat", "iptables-stateful"];
+    let metrics = ["udp_rr_us", "tcp_rr_us", "crr_per_s", "tcp_gbps"];
+    for r in results {
+        let o = r.as_object().expect("result is an object");
+        assert_eq!(o.len(), 6, "{r}");
+        assert!(
+            configs.contains(&r["config"].as_str().expect("config")),
+            "{r}"
+        );
+        assert!(
+            metrics.contains(&r["metric"].as_str().expect("metric")),
+            "{r}"
+        );
+        let entries = r["entries"].as_u64().expect("entries");
+        assert_eq!(entries, if r["config"] == "none" { 0 } else { 10 }, "{r}");
+        let (med, min, max) = (
+            r["median"].as_f64().expect("median"),
+            r["min"].as_f64().expect("min"),
+            r["max"].as_f64().expect("max"),
+        );
+        assert!(min <= med && med <= max && min > 0.0, "{r}");
+    }
+    // none and both iptables configurations, four metrics each (palisade when loadable).
+    for c in ["none", "iptables-flat", "iptables-stateful"] {
+        assert_eq!(
+            results.iter().filter(|r| r["config"] == c).count(),
+            4,
+            "{c}"
+        );
+    }
+}
