@@ -324,6 +324,25 @@ pub enum BenchCommand {
         #[arg(long, value_delimiter = ',', default_value = "100,1000,10000,100000")]
         entries: Vec<usize>,
     },
+    /// Real traffic: Palisade vs no policy vs iptables, interleaved rounds.
+    #[command(after_help = "Example:\n  palisade bench network --rounds 8 --plot docs/performance-scaling.svg")]
+    Network {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// Rounds (every configuration at every size once per round).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Policy sizes N.
+        #[arg(long, value_delimiter = ',', default_value = "10,1000,10000,50000")]
+        entries: Vec<usize>,
+        /// Milliseconds per metric run.
+        #[arg(long, default_value_t = 1000)]
+        duration_ms: u64,
+        /// Draw the scaling curve to this SVG file.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
     /// Policy change -> in force and CNI ADD -> in force on a real lab (p50, p99).
     Enforcement {
         /// Output format.
