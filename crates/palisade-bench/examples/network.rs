@@ -1,7 +1,8 @@
 //! Runs the network benchmark without the CLI:
 //! `cargo run -p palisade-bench --release --example network -- [--rounds R]
 //! [--entries 10,1000,10000,50000] [--duration-ms MS] [--output table|json] [--plot FILE.svg]
-//! [--save-json FILE] [--configs none,palisade,iptables-flat,iptables-stateful]`
+//! [--save-json FILE] [--configs none,palisade,iptables-flat,iptables-stateful]
+//! [--palisade-server-only]`
 //!
 //! The real front end is `palisade bench network`; this example parses the same flags by
 //! hand to keep the crate free of a CLI dependency.
@@ -55,6 +56,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                     })
                     .collect::<Result<_, _>>()?
             }
+            // Example only: Palisade on the server's veth only (cost split).
+            "--palisade-server-only" => opts.palisade_client_side = false,
             "--duration-ms" => opts.duration = Duration::from_millis(value()?.parse()?),
             "--output" => output = value()?,
             "--plot" => plot_path = Some(value()?),

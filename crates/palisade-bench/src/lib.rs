@@ -149,6 +149,9 @@ pub struct NetworkOptions {
     pub duration: Duration,
     /// Configurations to measure (`none` is always included as the baseline).
     pub configs: Vec<Config>,
+    /// Attach Palisade to the client's veth too (default, as on a real node where every
+    /// pod's veth carries the programs); `false` enforces at the server's veth only.
+    pub palisade_client_side: bool,
 }
 
 impl Default for NetworkOptions {
@@ -158,6 +161,7 @@ impl Default for NetworkOptions {
             entries: vec![10, 1_000, 10_000, 50_000],
             duration: Duration::from_secs(1),
             configs: Config::ALL.to_vec(),
+            palisade_client_side: true,
         }
     }
 }
@@ -234,7 +238,7 @@ pub fn run_network(
     let bed = testbed::TestBed::create("net")?;
     // Declared after `bed`, so dropped before it: detach and unpin, then delete.
     let enforcer = if configs.contains(&Config::Palisade) {
-        let e = palisade::Enforcer::start(&bed, "net")?;
+        let e = palisade::Enforcer::start(&bed, "net", opts.palisade_client_side)?;
         for &n in &opts.entries {
             interrupt::check()?;
             let t0 = std::time::Instant::now();
@@ -296,6 +300,9 @@ pub fn run_network(
                         .push(sample.value);
                     if let Some(cpu) = sample.cpu_s_per_gb {
                         report.cpu_s_per_gb.entry((c, key_n)).or_default().push(cpu);
+                    }
+                    if let Some(us) = sample.median_conn_us {
+                        report.conn_us.entry((c, key_n)).or_default().push(us);
                     }
                 }
             }
@@ -410,7 +417,7 @@ pub fn verify_configs(entries: usize, configs: &[Config]) -> Result<Vec<Config>,
     };
     let bed = testbed::TestBed::create("verify")?;
     let enforcer = if configs.contains(&Config::Palisade) {
-        let e = palisade::Enforcer::start(&bed, "verify")?;
+        let e = palisade::Enforcer::start(&bed, "verify", true)?;
         e.load(entries, &prepared.compiled)?;
         Some(e)
     } else {

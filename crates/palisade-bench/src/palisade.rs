@@ -75,7 +75,9 @@ fn dp_err(what: &str) -> impl Fn(palisade_datapath::Error) -> BenchError + '_ {
 
 impl Enforcer {
     /// Starts the worker in `bed`'s node namespace.
-    pub fn start(bed: &TestBed, tag: &str) -> Result<Enforcer, BenchError> {
+    /// With `client_side` false, only the server's veth gets the programs (the same
+    /// single enforcement point as the iptables baselines), to split the cost.
+    pub fn start(bed: &TestBed, tag: &str, client_side: bool) -> Result<Enforcer, BenchError> {
         let (tx, rx) = mpsc::channel::<Cmd>();
         let node = bed.node.clone();
         let root = PathBuf::from(format!(
@@ -84,7 +86,7 @@ impl Enforcer {
         ));
         let worker = std::thread::Builder::new()
             .name("bench-palisade".into())
-            .spawn(move || worker(&node, root, rx))
+            .spawn(move || worker(&node, root, client_side, rx))
             .map_err(|e| BenchError::Io {
                 what: "spawning datapath thread".into(),
                 source: e,
@@ -135,7 +137,12 @@ impl Drop for Enforcer {
     }
 }
 
-fn worker(node: &str, root: PathBuf, rx: mpsc::Receiver<Cmd>) -> Result<(), BenchError> {
+fn worker(
+    node: &str,
+    root: PathBuf,
+    client_side: bool,
+    rx: mpsc::Receiver<Cmd>,
+) -> Result<(), BenchError> {
     let entered = enter_netns_and_pin(node, None);
     let mut loaded: BTreeMap<usize, Datapath> = BTreeMap::new();
     let mut attached: Option<usize> = None;
@@ -171,8 +178,10 @@ fn worker(node: &str, root: PathBuf, rx: mpsc::Receiver<Cmd>) -> Result<(), Benc
                     attached = Some(n);
                     dp.attach(SERVER_POD, NODE_IF_SERVER)
                         .map_err(dp_err("attaching to the server veth"))?;
-                    dp.attach(CLIENT_POD, NODE_IF_CLIENT)
-                        .map_err(dp_err("attaching to the client veth"))?;
+                    if client_side {
+                        dp.attach(CLIENT_POD, NODE_IF_CLIENT)
+                            .map_err(dp_err("attaching to the client veth"))?;
+                    }
                     Ok(())
                 })();
                 let _ = reply.send(r);

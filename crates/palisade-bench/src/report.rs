@@ -138,6 +138,8 @@ pub struct Report {
     pub samples: BTreeMap<SeriesKey, Vec<f64>>,
     /// CPU seconds per GB of the bulk stream, per (configuration, N).
     pub cpu_s_per_gb: BTreeMap<(Config, usize), Vec<f64>>,
+    /// Median connection duration (µs) of each connection-rate run, per (configuration, N).
+    pub conn_us: BTreeMap<(Config, usize), Vec<f64>>,
     /// iptables rules in the policy chain, per N.
     pub iptables_rules: BTreeMap<usize, usize>,
     /// Palisade policy-map entries (port ranges expanded to prefixes), per N.
@@ -205,15 +207,18 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "Each cell: median over rounds, then ±CV (coefficient of variation) across rounds.\n"
+            "Each cell: median over rounds, then ±CV (coefficient of variation) across rounds.\n\
+             crr_conn_us: median duration of one connection (connect, 1 byte each way, close);\n\
+             cpu_s/GB: machine-wide busy CPU per GB streamed (other tenants included).\n"
         );
         let header = format!(
-            "{:<18} {:>7} {:>16} {:>16} {:>16} {:>14} {:>10} {:>9} {:>9} {:>9}",
+            "{:<18} {:>7} {:>16} {:>16} {:>16} {:>16} {:>14} {:>10} {:>9} {:>9} {:>9}",
             "config",
             "N",
             "udp_rr_us",
             "tcp_rr_us",
             "crr_per_s",
+            "crr_conn_us",
             "tcp_gbps",
             "cpu_s/GB",
             "rr/none",
@@ -268,12 +273,13 @@ impl Report {
             };
             let _ = writeln!(
                 out,
-                "{:<18} {:>7} {:>16} {:>16} {:>16} {:>14} {:>10} {:>9} {:>9} {:>9}",
+                "{:<18} {:>7} {:>16} {:>16} {:>16} {:>16} {:>14} {:>10} {:>9} {:>9} {:>9}",
                 c.as_str(),
                 n,
                 cell(s(Metric::UdpRrUs), 1),
                 cell(s(Metric::TcpRrUs), 1),
                 cell(s(Metric::CrrPerS), 0),
+                cell(self.conn_us.get(&(c, n)).and_then(|v| Summary::of(v)), 1),
                 cell(s(Metric::TcpGbps), 2),
                 cpu,
                 ratio(s(Metric::TcpRrUs), none_rr),

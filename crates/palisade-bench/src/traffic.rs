@@ -36,6 +36,9 @@ pub struct Sample {
     pub value: f64,
     /// For the bulk stream only: CPU seconds (all CPUs, from /proc/stat) per GB moved.
     pub cpu_s_per_gb: Option<f64>,
+    /// For the connection rate only: the median connection's duration in µs (connect,
+    /// one byte each way, close), which preemption by other tenants barely moves.
+    pub median_conn_us: Option<f64>,
 }
 
 /// Which server a run needs.
@@ -262,6 +265,7 @@ pub fn udp_rr(bed: &TestBed, duration: Duration) -> Result<Sample, BenchError> {
         Ok(Sample {
             value: rtts.median_us(),
             cpu_s_per_gb: None,
+            median_conn_us: None,
         })
     })
 }
@@ -287,6 +291,7 @@ pub fn tcp_rr(bed: &TestBed, duration: Duration) -> Result<Sample, BenchError> {
         Ok(Sample {
             value: rtts.median_us(),
             cpu_s_per_gb: None,
+            median_conn_us: None,
         })
     })
 }
@@ -300,19 +305,19 @@ pub fn tcp_crr(bed: &TestBed, duration: Duration) -> Result<Sample, BenchError> 
                 source: e,
             }
         };
-        let start = Instant::now();
-        let mut n: u64 = 0;
+        let mut conns = RoundTrips::new(duration);
         let mut b = [1u8; 1];
-        while start.elapsed() < duration {
+        while let Some(t0) = conns.next_start() {
             let mut s = connect(PORT_TCP_CRR)?;
             s.write_all(&b).map_err(io("crr send"))?;
             s.read_exact(&mut b).map_err(io("crr recv"))?;
             drop(s);
-            n += 1;
+            conns.done(t0);
         }
         Ok(Sample {
-            value: n as f64 / start.elapsed().as_secs_f64(),
+            value: conns.ns.len() as f64 / conns.start.elapsed().as_secs_f64(),
             cpu_s_per_gb: None,
+            median_conn_us: Some(conns.median_us()),
         })
     })
 }
@@ -342,6 +347,7 @@ pub fn tcp_stream(bed: &TestBed, duration: Duration) -> Result<Sample, BenchErro
         Ok(Sample {
             value: bytes * 8.0 / elapsed / 1e9,
             cpu_s_per_gb: Some(cpu / (bytes / 1e9).max(1e-9)),
+            median_conn_us: None,
         })
     })
 }
