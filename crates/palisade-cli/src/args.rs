@@ -325,7 +325,9 @@ pub enum BenchCommand {
         entries: Vec<usize>,
     },
     /// Real traffic: Palisade vs no policy vs iptables, interleaved rounds.
-    #[command(after_help = "Example:\n  palisade bench network --rounds 8 --plot docs/performance-scaling.svg")]
+    #[command(
+        after_help = "Example:\n  palisade bench network --rounds 8 --plot docs/performance-scaling.svg"
+    )]
     Network {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Output::Table)]

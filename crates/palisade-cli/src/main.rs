@@ -239,6 +239,31 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
                 Ok(0)
             }
+            BenchCommand::Network {
+                output,
+                rounds,
+                entries,
+                duration_ms,
+                plot,
+            } => {
+                let opts = palisade_bench::NetworkOptions {
+                    rounds,
+                    entries,
+                    duration: std::time::Duration::from_millis(duration_ms),
+                    ..Default::default()
+                };
+                let report = palisade_bench::run_network(&opts, |line| eprintln!("bench: {line}"))?;
+                match output {
+                    Output::Json => println!("{}", report.to_json()),
+                    Output::Table => print!("{}", report.to_table()),
+                }
+                if let Some(p) = plot {
+                    std::fs::write(&p, palisade_bench::plot::svg(&report))
+                        .with_context(|| format!("writing {}", p.display()))?;
+                    eprintln!("bench: wrote {}", p.display());
+                }
+                Ok(0)
+            }
             BenchCommand::Enforcement {
                 output,
                 policies,

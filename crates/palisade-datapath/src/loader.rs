@@ -254,19 +254,17 @@ fn attach_one(
     path: &Path,
 ) -> Result<()> {
     let name = hook.name();
-    let id = match prog.attach_with_options(
-        ifname,
-        at,
-        TcAttachOptions::TcxOrder(LinkOrder::default()),
-    ) {
-        Ok(id) => id,
-        Err(_) => {
-            // Kernel < 6.6: netlink clsact filter (not pinnable; it stays until detach).
-            let _ = qdisc_add_clsact(ifname);
-            prog.attach_with_options(ifname, at, TcAttachOptions::Netlink(NlOptions::default()))
-                .map_err(prog_err(name))?
-        }
-    };
+    let id =
+        match prog.attach_with_options(ifname, at, TcAttachOptions::TcxOrder(LinkOrder::default()))
+        {
+            Ok(id) => id,
+            Err(_) => {
+                // Kernel < 6.6: netlink clsact filter (not pinnable; it stays until detach).
+                let _ = qdisc_add_clsact(ifname);
+                prog.attach_with_options(ifname, at, TcAttachOptions::Netlink(NlOptions::default()))
+                    .map_err(prog_err(name))?
+            }
+        };
     let link = prog.take_link(id).map_err(prog_err(name))?;
     if <&FdLink>::try_from(&link).is_ok() {
         let fd = FdLink::try_from(link).map_err(|e| Error::Pin {
