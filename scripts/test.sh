@@ -14,4 +14,10 @@ cargo build --workspace --bins --quiet
 echo "== cargo test"
 # Privileged tests (netns, BPF pins) use unique names and clean up after themselves,
 # so test binaries may run their tests in parallel.
-cargo test --workspace --no-fail-fast
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
+# cargo's last line is usually a doc-test binary's "0 passed"; close with the totals.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
