@@ -92,8 +92,11 @@ impl Reply {
     }
 }
 
-/// Sends one request and reads one reply line.
-pub async fn call(socket: &Path, req: &Request) -> anyhow::Result<Reply> {
+/// Connects and sends one request line; returns the reading half.
+async fn send(
+    socket: &Path,
+    req: &Request,
+) -> anyhow::Result<BufReader<tokio::net::unix::OwnedReadHalf>> {
     let stream = UnixStream::connect(socket)
         .await
         .with_context(|| format!("connecting to the agent at {}", socket.display()))?;
@@ -101,8 +104,14 @@ pub async fn call(socket: &Path, req: &Request) -> anyhow::Result<Reply> {
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
     w.write_all(&line).await?;
+    // One request per connection: closing our side tells the agent nothing else comes.
     w.shutdown().await.ok();
-    let mut reader = BufReader::new(r);
+    Ok(BufReader::new(r))
+}
+
+/// Sends one request and reads one reply line.
+pub async fn call(socket: &Path, req: &Request) -> anyhow::Result<Reply> {
+    let mut reader = send(socket, req).await?;
     let mut reply = String::new();
     reader
         .read_line(&mut reply)
@@ -131,14 +140,7 @@ pub async fn stream_flows(
     req: &Request,
     mut each: impl FnMut(&str) -> bool,
 ) -> anyhow::Result<()> {
-    let stream = UnixStream::connect(socket)
-        .await
-        .with_context(|| format!("connecting to the agent at {}", socket.display()))?;
-    let (r, mut w) = stream.into_split();
-    let mut line = serde_json::to_vec(req)?;
-    line.push(b'\n');
-    w.write_all(&line).await?;
-    let mut lines = BufReader::new(r).lines();
+    let mut lines = send(socket, req).await?.lines();
     while let Some(l) = lines.next_line().await? {
         if !each(&l) {
             break;

@@ -7,11 +7,12 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use palisade_datapath::{abi, reason_name, Datapath, DecisionEvent, EventReader};
-use palisade_policy::compiled::{Compiled, RuleOrigin, RuleTable, TableAction};
+use palisade_policy::compiled::{Compiled, RuleOrigin};
 use tokio::io::unix::AsyncFd;
 
 use crate::decisions::{rfc3339_now, DecisionRecord, LogMode};
-use crate::reconcile::{CounterSample, Enforcer, KernelEndpoint, TableRow};
+use crate::inspect::table_rows;
+use crate::reconcile::{CounterSample, Enforcer, KernelEndpoint};
 use crate::server::{Shared, Views};
 
 /// [`Enforcer`] over the real datapath.
@@ -54,26 +55,6 @@ impl BpfEnforcer {
             .set_config(c)
             .context("setting the datapath's log configuration")
     }
-}
-
-fn rows(t: &RuleTable) -> Vec<TableRow> {
-    let mut rows: Vec<TableRow> = t
-        .entries
-        .iter()
-        .map(|e| TableRow {
-            peer: e.peer,
-            proto: e.proto,
-            port_lo: e.port_lo,
-            port_hi: e.port_hi,
-            action: match e.verdict.action {
-                TableAction::Allow => "allow".into(),
-                TableAction::Deny => "deny".into(),
-            },
-            rule: e.verdict.rule,
-        })
-        .collect();
-    rows.sort();
-    rows
 }
 
 /// Reasons under which the datapath lets a packet through; every other reason drops.
@@ -128,8 +109,8 @@ impl Enforcer for BpfEnforcer {
             ingress_table: d.ingress.id,
             egress_table: d.egress.id,
             ips: d.ips,
-            ingress: rows(&d.ingress.table),
-            egress: rows(&d.egress.table),
+            ingress: table_rows(&d.ingress.table),
+            egress: table_rows(&d.egress.table),
         })
     }
 

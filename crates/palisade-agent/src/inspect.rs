@@ -9,8 +9,15 @@ use crate::reconcile::{Reconciler, TableRow};
 
 /// Rows of a compiled table, in the same shape the enforcer decodes from the kernel.
 pub fn rows(compiled: &Compiled, table: TableId) -> Vec<TableRow> {
-    let empty = RuleTable::default();
-    let t = compiled.tables.get(&table).unwrap_or(&empty);
+    compiled
+        .tables
+        .get(&table)
+        .map(table_rows)
+        .unwrap_or_default()
+}
+
+/// Rows of one table, sorted, in the terms `palisade endpoint diff` compares.
+pub fn table_rows(t: &RuleTable) -> Vec<TableRow> {
     let mut rows: Vec<TableRow> = t
         .entries
         .iter()

@@ -16,27 +16,7 @@ use palisade_policy::model::*;
 use palisade_policy::selector::{LabelSelector, Labels, Requirement};
 use palisade_policy::verdict::{evaluate_side, Peer};
 
-use crate::common::TestDp;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, pct: u64) -> bool {
-        self.below(100) < pct
-    }
-    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[self.below(v.len() as u64) as usize]
-    }
-}
+use crate::common::{Rng, TestDp};
 
 const NAMESPACES: [&str; 3] = ["a", "b", "c"];
 const APPS: [&str; 3] = ["web", "db", "dns"];
@@ -275,16 +255,7 @@ fn random_cluster(rng: &mut Rng) -> Cluster {
 
 #[test]
 fn kernel_verdicts_on_compiled_random_clusters_equal_the_reference_evaluator() {
-    let seed = std::env::var("PALISADE_DIFF_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
+    let seed = Rng::seed();
     let rounds: usize = std::env::var("PALISADE_CLUSTER_DIFF_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())

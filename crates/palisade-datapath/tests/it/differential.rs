@@ -16,24 +16,6 @@ use palisade_policy::compiled::{
 
 use crate::common::*;
 
-/// xorshift64*: deterministic from the printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, pct: u64) -> bool {
-        self.below(100) < pct
-    }
-}
-
 const IDENTITIES: u32 = 12;
 
 fn random_partition(
@@ -187,16 +169,7 @@ fn random_addr_in(rng: &mut Rng, c: &Compiled, v6: bool) -> IpAddr {
 
 #[test]
 fn program_verdicts_equal_the_reference_lookup_on_random_tables_and_packets() {
-    let seed = std::env::var("PALISADE_DIFF_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
+    let seed = Rng::seed();
     let rounds: usize = std::env::var("PALISADE_DIFF_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
