@@ -13,7 +13,8 @@
 //!    the port partition with final verdicts; entries only where a peer differs from
 //!    [`IDENTITY_ANY`](crate::compiled::IDENTITY_ANY).
 //! 4. `state`: the bookkeeping that lets [`Compiler`] turn a change into an ordered
-//!    [`Delta`]; `lookup`: reading a snapshot the way the datapath does.
+//!    [`Delta`] (`state::changes` has one handler per kind of object); `lookup`:
+//!    reading and updating a snapshot the way the datapath does.
 //!
 //! Start with [`compile`] for one-shot use and [`Compiler`] for a long-running agent.
 
@@ -74,8 +75,8 @@ pub enum Change {
 /// - namespace changes re-key the namespace's pods (O(pods in the namespace)); node
 ///   changes re-key the node's addresses;
 /// - NetworkPolicy changes re-key the pods of the policy's namespace that the old or
-///   new version selects, after matching the matchers it introduces against every
-///   identity once (O(identities), no pod scan);
+///   new version selects, after matching each matcher it introduces against every
+///   identity once;
 /// - cluster policy changes re-key the pods the old or new subject selects (one pass
 ///   over the pods to find them);
 /// - a policy that introduces a CIDR also re-keys the pod and node addresses under it.

@@ -1257,7 +1257,11 @@ fn apply_checked(state: &mut Compiled, op: &Op) -> Result<(), String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    // 128 cases by default; `PROPTEST_CASES=N` for a longer soak.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(128),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn compiled_lookups_equal_the_oracle(c in arb_cluster()) {
