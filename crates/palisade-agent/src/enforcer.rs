@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use palisade_datapath::{abi, reason_name, Datapath, DecisionEvent, EventReader};
-use palisade_policy::compiled::{Compiled, RuleOrigin};
+use palisade_policy::compiled::{Compiled, Delta, RuleOrigin};
 use tokio::io::unix::AsyncFd;
 
 use crate::decisions::{rfc3339_now, DecisionRecord, LogMode};
@@ -100,6 +100,12 @@ impl Enforcer for BpfEnforcer {
             .context("programming the datapath")
     }
 
+    fn apply(&mut self, delta: &Delta) -> anyhow::Result<()> {
+        self.datapath
+            .apply(delta)
+            .context("applying a change to the datapath")
+    }
+
     fn endpoint_state(&mut self, ifindex: u32) -> anyhow::Result<KernelEndpoint> {
         let d = self
             .datapath
@@ -180,7 +186,7 @@ pub fn record(ev: &DecisionEvent, views: &Views) -> DecisionRecord {
             .unwrap_or_else(|| ip.to_string()),
         None => "-".into(),
     };
-    let origin = views.compiled.rules.get(&ev.rule_id);
+    let origin = views.rules.get(&ev.rule_id);
     let policy = origin.and_then(|o| match o {
         RuleOrigin::NetworkPolicy {
             namespace, name, ..

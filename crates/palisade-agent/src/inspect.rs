@@ -43,10 +43,10 @@ pub fn endpoint_view(reconciler: &mut Reconciler, pod: &str) -> anyhow::Result<s
         reconciler.registry().get(pod).cloned().ok_or_else(|| {
             anyhow::anyhow!("not an endpoint of this agent (no CNI registration)")
         })?;
-    let compiled = reconciler.compiled().clone();
-    let entry = compiled.endpoints.get(pod);
+    let compiled = reconciler.compiled();
+    let entry = compiled.endpoints.get(pod).map(|e| (e.ingress, e.egress));
     let (desired_in, desired_out) = match entry {
-        Some(e) => (rows(&compiled, e.ingress), rows(&compiled, e.egress)),
+        Some((i, e)) => (rows(compiled, i), rows(compiled, e)),
         None => (Vec::new(), Vec::new()),
     };
     let rule_ids: BTreeSet<u32> = desired_in
@@ -85,8 +85,8 @@ pub fn endpoint_view(reconciler: &mut Reconciler, pod: &str) -> anyhow::Result<s
         "ips": iface.ips,
         "generation_in_force": reconciler.in_force(pod),
         "desired": {
-            "ingress_table": entry.map(|e| e.ingress),
-            "egress_table": entry.map(|e| e.egress),
+            "ingress_table": entry.map(|e| e.0),
+            "egress_table": entry.map(|e| e.1),
             "ingress": desired_in,
             "egress": desired_out,
         },

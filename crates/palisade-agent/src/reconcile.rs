@@ -13,8 +13,8 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use palisade_policy::compile::compile;
-use palisade_policy::compiled::Compiled;
+use palisade_policy::compile::{changes_between, Compiler};
+use palisade_policy::compiled::{Compiled, Delta};
 
 use crate::registry::{Interface, Registry};
 use crate::source::{Snapshot, Source};
@@ -30,6 +30,9 @@ pub trait Enforcer: Send {
     /// Makes the kernel match `compiled` for every attached pod. Either the whole
     /// update is applied or nothing already enforced changes.
     fn sync(&mut self, compiled: &Compiled) -> anyhow::Result<()>;
+    /// Applies one ordered delta. Either the whole delta is applied or nothing
+    /// already enforced changes.
+    fn apply(&mut self, delta: &Delta) -> anyhow::Result<()>;
     /// The kernel's state for one endpoint, decoded back into policy terms.
     fn endpoint_state(&mut self, ifindex: u32) -> anyhow::Result<KernelEndpoint>;
     /// Datapath counters, summed over CPUs.
@@ -116,7 +119,9 @@ pub struct Reconciler {
     enforcer: Box<dyn Enforcer>,
     registry: Registry,
     snapshot: Snapshot,
-    compiled: Compiled,
+    /// The incremental compiler holding the compiled state in the kernel; `None` until
+    /// the first pass and after a failed one (the next pass rebuilds and resyncs).
+    compiler: Option<Compiler>,
     /// Pod → the pass number whose desired state is in the kernel for it.
     in_force: BTreeMap<String, u64>,
     /// Monotonic count of successful passes.
@@ -133,7 +138,7 @@ impl Reconciler {
             enforcer,
             registry,
             snapshot: Snapshot::default(),
-            compiled: Compiled::default(),
+            compiler: None,
             in_force: BTreeMap::new(),
             passes: 0,
             last_error: None,
@@ -143,13 +148,21 @@ impl Reconciler {
 
     /// One pass. `reload` re-reads the source; without it the last snapshot is reused
     /// (a CNI registration changes only the registry, and re-parsing every manifest
-    /// would put that cost on every pod start). On error the kernel keeps what it had.
-    pub fn reconcile(&mut self, reload: bool) -> anyhow::Result<PassReport> {
+    /// would put that cost on every pod start). `full` rebuilds the compiled state from
+    /// scratch and resynchronises the whole datapath instead of applying the object-level
+    /// changes as deltas. On error the kernel keeps what it had.
+    pub fn reconcile(&mut self, reload: bool, full: bool) -> anyhow::Result<PassReport> {
         let start = Instant::now();
-        let result = self.pass(reload || self.passes == 0);
+        let result = self.pass(reload || self.passes == 0, full);
         match &result {
             Ok(_) => self.last_error = None,
-            Err(e) => self.last_error = Some(format!("{e:#}")),
+            Err(e) => {
+                self.last_error = Some(format!("{e:#}"));
+                // The compiler may be ahead of the kernel now: the next pass rebuilds
+                // from scratch and resyncs (the datapath rejected the update whole, so
+                // what is enforced is still the previous state).
+                self.compiler = None;
+            }
         }
         let (endpoints, stages) = result?;
         self.passes += 1;
@@ -162,7 +175,7 @@ impl Reconciler {
         })
     }
 
-    fn pass(&mut self, reload: bool) -> anyhow::Result<(usize, Stages)> {
+    fn pass(&mut self, reload: bool, full: bool) -> anyhow::Result<(usize, Stages)> {
         let mut stages = Stages::default();
         let t = Instant::now();
         let mut snapshot = if reload {
@@ -181,7 +194,22 @@ impl Reconciler {
             }
         }
         let t = Instant::now();
-        let compiled = compile(&snapshot.cluster);
+        // Incremental unless asked for a full pass or there is no compiler yet: each
+        // changed object becomes a Delta that touches only what it affects.
+        let mut deltas = Vec::new();
+        let rebuild = match self.compiler.as_mut() {
+            Some(compiler) if !full => {
+                for change in changes_between(compiler.cluster(), &snapshot.cluster) {
+                    deltas.push(compiler.apply(change));
+                }
+                false
+            }
+            _ => {
+                self.compiler = Some(Compiler::new(snapshot.cluster.clone()));
+                true
+            }
+        };
+        let compiled = self.compiler.as_ref().expect("set above").compiled();
         stages.compile = t.elapsed().as_secs_f64();
         let t = Instant::now();
         let mut ifindexes = BTreeMap::new();
@@ -193,7 +221,13 @@ impl Reconciler {
         }
         stages.attach = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        self.enforcer.sync(&compiled)?;
+        if rebuild {
+            self.enforcer.sync(compiled)?;
+        } else {
+            for delta in &deltas {
+                self.enforcer.apply(delta)?;
+            }
+        }
         stages.sync = t.elapsed().as_secs_f64();
         // Generation = the number of this pass: "the desired state as read by pass N is
         // in the kernel for this pod". Monotonic across the agent's lifetime.
@@ -204,7 +238,6 @@ impl Reconciler {
             .collect();
         let n = ifindexes.len();
         self.snapshot = snapshot;
-        self.compiled = compiled;
         Ok((n, stages))
     }
 
@@ -229,7 +262,7 @@ impl Reconciler {
         if self.passes == 0 {
             return Ok(None);
         }
-        let Some(entry) = self.compiled.endpoints.get(&iface.pod) else {
+        let Some(entry) = self.compiled().endpoints.get(&iface.pod) else {
             return Ok(None);
         };
         if !iface.ips.is_empty() && entry.ips != iface.ips {
@@ -267,7 +300,11 @@ impl Reconciler {
 
     /// The compiled state last handed to the kernel.
     pub fn compiled(&self) -> &Compiled {
-        &self.compiled
+        static EMPTY: std::sync::OnceLock<Compiled> = std::sync::OnceLock::new();
+        match &self.compiler {
+            Some(c) => c.compiled(),
+            None => EMPTY.get_or_init(Compiled::default),
+        }
     }
 
     /// Registered interfaces.

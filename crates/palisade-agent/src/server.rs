@@ -51,8 +51,8 @@ pub struct Shared {
 /// Lookup tables for turning kernel events into names, rebuilt after each pass.
 #[derive(Debug, Default)]
 pub struct Views {
-    /// The compiled state in the kernel (rule ids, identities).
-    pub compiled: palisade_policy::compiled::Compiled,
+    /// Rule ids of the compiled state in the kernel, for attribution.
+    pub rules: BTreeMap<u32, palisade_policy::compiled::RuleOrigin>,
     /// Interface index → pod.
     pub pod_by_ifindex: BTreeMap<u32, String>,
     /// Address → pod (every pod in the desired state, local or not).
@@ -81,7 +81,7 @@ impl Views {
             }
         }
         Views {
-            compiled: reconciler.compiled().clone(),
+            rules: reconciler.compiled().rules.clone(),
             pod_by_ifindex,
             pod_by_ip,
         }
@@ -150,10 +150,13 @@ pub async fn serve(
                 }
             }
             _ = ticker.tick() => {
-                if reconciler.source_changed() || last_full.elapsed() >= RESYNC_EVERY {
-                    let _ = run_pass(&mut reconciler, &metrics, true);
+                let full = last_full.elapsed() >= RESYNC_EVERY;
+                if full || reconciler.source_changed() {
+                    let _ = run_pass_with(&mut reconciler, &metrics, true, full);
                     publish(&reconciler);
-                    last_full = Instant::now();
+                    if full {
+                        last_full = Instant::now();
+                    }
                 }
             }
         }
@@ -166,7 +169,18 @@ fn run_pass(
     metrics: &Arc<Mutex<Metrics>>,
     reload: bool,
 ) -> Result<u64, String> {
-    let result = reconciler.reconcile(reload);
+    run_pass_with(reconciler, metrics, reload, false)
+}
+
+/// One pass; `full` rebuilds the compiled state and resyncs the whole datapath (done
+/// every [`RESYNC_EVERY`], and automatically after a failed pass).
+fn run_pass_with(
+    reconciler: &mut Reconciler,
+    metrics: &Arc<Mutex<Metrics>>,
+    reload: bool,
+    full: bool,
+) -> Result<u64, String> {
+    let result = reconciler.reconcile(reload, full);
     let mut m = metrics.lock().expect("metrics lock");
     match result {
         Ok(report) => {

@@ -18,6 +18,7 @@
 //!
 //! Start with [`compile`] for one-shot use and [`Compiler`] for a long-running agent.
 
+mod cluster_diff;
 mod identity;
 mod lookup;
 mod prefixes;
@@ -36,6 +37,8 @@ use state::{diff, IdHints, Revisions, State, Txn};
 pub fn compile(cluster: &Cluster) -> Compiled {
     State::build(cluster, &Revisions::new(), IdHints::default()).compiled
 }
+
+pub use cluster_diff::changes_between;
 
 /// One change to the cluster, for [`Compiler::apply`].
 #[derive(Debug, Clone, PartialEq, Eq)]
