@@ -244,19 +244,33 @@ pub async fn read_events(
         .map_err(std::io::Error::from)
         .context("polling the event ring buffer")?;
     loop {
-        let mut guard = fd.readable_mut().await?;
-        let views = shared.views.read().expect("views lock").clone();
-        while let Some(ev) = guard.get_inner_mut().next() {
-            let r = record(&ev, &views);
-            if let Some(log) = &log {
-                if let Ok(line) = serde_json::to_string(&r) {
-                    let mut f = log.lock().expect("log lock");
-                    let _ = writeln!(f, "{line}");
-                }
+        // The programs wake us only once a batch of events is pending (a wake-up per
+        // event costs microseconds per packet on a VM); the timer drains the rest.
+        match tokio::time::timeout(EVENT_POLL, fd.readable_mut()).await {
+            Ok(ready) => {
+                let mut guard = ready?;
+                drain(guard.get_inner_mut(), &shared, log.as_deref());
+                guard.clear_ready();
             }
-            shared.history.lock().expect("history lock").push(r.clone());
-            let _ = shared.decisions.send(r);
+            Err(_) => drain(fd.get_mut(), &shared, log.as_deref()),
         }
-        guard.clear_ready();
+    }
+}
+
+/// How long an event may wait in the ring buffer before the agent reads it, at most.
+pub const EVENT_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+fn drain(reader: &mut EventReader, shared: &Shared, log: Option<&Mutex<std::fs::File>>) {
+    let views = shared.views.read().expect("views lock").clone();
+    while let Some(ev) = reader.next() {
+        let r = record(&ev, &views);
+        if let Some(log) = log {
+            if let Ok(line) = serde_json::to_string(&r) {
+                let mut f = log.lock().expect("log lock");
+                let _ = writeln!(f, "{line}");
+            }
+        }
+        shared.history.lock().expect("history lock").push(r.clone());
+        let _ = shared.decisions.send(r);
     }
 }

@@ -194,7 +194,10 @@ fn spin(mut read: impl FnMut() -> std::io::Result<usize>) -> std::io::Result<usi
         match read() {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if Instant::now() > deadline {
-                    return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no data before the deadline"));
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no data before the deadline",
+                    ));
                 }
                 std::hint::spin_loop();
             }

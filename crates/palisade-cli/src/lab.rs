@@ -236,7 +236,11 @@ fn start_agent(lab: &mut Lab, name: &str) -> anyhow::Result<()> {
         .arg(dir.join("decisions.jsonl"))
         .args(["--log-mode", "all"])
         // Extra agent flags for experiments (e.g. `--conntrack-entries 8192`).
-        .args(std::env::var("PALISADE_LAB_AGENT_ARGS").unwrap_or_default().split_whitespace())
+        .args(
+            std::env::var("PALISADE_LAB_AGENT_ARGS")
+                .unwrap_or_default()
+                .split_whitespace(),
+        )
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);

@@ -82,6 +82,36 @@ fn walkthrough_is_enforced_on_real_packets_exactly_as_simulated() {
         verdict(&dns, "default/client-one", "kube-system/coredns"),
         "allow"
     );
+
+    // The denies above reached the decision log, named by pod, policy and reason. The
+    // agent drains the ring buffer at least every EVENT_POLL, so wait for the condition
+    // (bounded), not for a fixed time.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = run(palisade()
+            .args(["flows", "--verdict", "deny", "--socket"])
+            .arg(lab.socket()));
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let found = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|r| {
+                r["src"] == "default/client-two"
+                    && r["dst"] == "default/demo-app"
+                    && r["reason"] == "policy-deny"
+                    && r["explanation"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("isolated for ingress"))
+            });
+        if found {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no deny decision for client-two -> demo-app in:\n{text}"
+        );
+        std::thread::yield_now();
+    }
 }
 
 #[test]

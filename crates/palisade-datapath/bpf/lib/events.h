@@ -5,6 +5,9 @@
 #ifndef PALISADE_EVENTS_H
 #define PALISADE_EVENTS_H
 
+/* Pending event bytes that make a submit wake the reader: 64 events. */
+#define PALISADE_EVENT_WAKEUP_BYTES (64 * sizeof(struct event))
+
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
@@ -187,7 +190,14 @@ static __always_inline void record(const struct decision *d, const struct flow *
 		return;
 	}
 	event_fill(e, d, f, now, drop);
-	bpf_ringbuf_submit(e, 0);
+	/* Waking the reader costs microseconds per event on a VM (measured: from_pod went
+	 * from 0.86 to 4.6 us per run with every decision logged). Wake it only once a
+	 * batch is pending; the agent also drains the ring on a short timer
+	 * (palisade_agent::enforcer::EVENT_POLL), so a lone event waits at most that long. */
+	bpf_ringbuf_submit(e, bpf_ringbuf_query(&palisade_events, BPF_RB_AVAIL_DATA) >=
+				       PALISADE_EVENT_WAKEUP_BYTES
+			       ? BPF_RB_FORCE_WAKEUP
+			       : BPF_RB_NO_WAKEUP);
 	stat_inc(PALISADE_STAT_EVENTS_SENT);
 }
 
