@@ -9,12 +9,22 @@ use palisade_datapath::bench::{bench_peer, bench_policy, bench_sizes, BENCH_POD}
 use palisade_datapath::packet::{arp_frame, Packet};
 use palisade_datapath::{unpin_all_at, Datapath, Hook};
 
+/// Removes the example's pins when dropped, also when a run panics.
+struct Pins(std::path::PathBuf);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = unpin_all_at(&self.0);
+    }
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let repeat: u32 = args.next().map_or(200_000, |r| r.parse().expect("repeat"));
     let runs: usize = args.next().map_or(5, |r| r.parse().expect("runs"));
     let root =
         std::path::PathBuf::from(format!("/sys/fs/bpf/palisade-prof-{}", std::process::id()));
+    let _pins = Pins(root.clone());
     for n in [100usize, 100_000] {
         let _ = unpin_all_at(&root);
         let mut dp = Datapath::load_or_adopt(&root, bench_sizes(n)).expect("load");
