@@ -126,6 +126,10 @@ pub struct Reconciler {
     in_force: BTreeMap<String, u64>,
     /// Monotonic count of successful passes.
     passes: u64,
+    /// Generation of the last successful pass: persisted, so it only grows across
+    /// agent restarts (a CNI plugin or operator never sees it go backwards).
+    generation: u64,
+    generation_file: Option<std::path::PathBuf>,
     last_error: Option<String>,
     last_stages: Stages,
 }
@@ -141,6 +145,8 @@ impl Reconciler {
             compiler: None,
             in_force: BTreeMap::new(),
             passes: 0,
+            generation: 0,
+            generation_file: None,
             last_error: None,
             last_stages: Stages::default(),
         }
@@ -166,6 +172,14 @@ impl Reconciler {
         }
         let (endpoints, stages) = result?;
         self.passes += 1;
+        self.generation += 1;
+        if let Some(path) = &self.generation_file {
+            if let Err(e) =
+                crate::registry::write_atomically(path, self.generation.to_string().as_bytes())
+            {
+                tracing::warn!(error = %format!("{e:#}"), "could not persist the generation");
+            }
+        }
         self.last_stages = stages;
         Ok(PassReport {
             seconds: start.elapsed().as_secs_f64(),
@@ -231,7 +245,7 @@ impl Reconciler {
         stages.sync = t.elapsed().as_secs_f64();
         // Generation = the number of this pass: "the desired state as read by pass N is
         // in the kernel for this pod". Monotonic across the agent's lifetime.
-        let generation = self.passes + 1;
+        let generation = self.generation + 1;
         self.in_force = ifindexes
             .keys()
             .map(|pod| (pod.clone(), generation))
@@ -244,6 +258,22 @@ impl Reconciler {
     /// Whether the source reports a change since the last load.
     pub fn source_changed(&mut self) -> bool {
         self.source.changed()
+    }
+
+    /// Persists the generation at `path` and continues from the value stored there.
+    pub fn with_generation_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        let path = path.into();
+        self.generation = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        self.generation_file = Some(path);
+        self
+    }
+
+    /// The generation of the last successful pass.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Records a CNI registration (the caller then reconciles and checks [`Self::in_force`]).
@@ -269,8 +299,8 @@ impl Reconciler {
             return Ok(None);
         }
         self.enforcer.attach(&iface.pod, &iface.host_ifname)?;
-        self.in_force.insert(iface.pod.clone(), self.passes);
-        Ok(Some(self.passes))
+        self.in_force.insert(iface.pod.clone(), self.generation);
+        Ok(Some(self.generation))
     }
 
     /// Forgets a pod's interface and detaches from it.

@@ -52,7 +52,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     enforcer.set_log_mode(config.log_mode, config.sample_allow, config.events_per_sec)?;
     let registry = Registry::open(config.state_dir.join("endpoints.json"))?;
     let source = DirectorySource::new(&config.manifests);
-    let reconciler = Reconciler::new(Box::new(source), Box::new(enforcer), registry);
+    let reconciler = Reconciler::new(Box::new(source), Box::new(enforcer), registry)
+        .with_generation_file(config.state_dir.join("generation"));
 
     let (tx, _) = broadcast::channel(4096);
     let shared = Shared {

@@ -189,7 +189,7 @@ fn run_pass_with(
             for e in &report.errors {
                 tracing::warn!(error = %e, "object rejected; the rest is enforced");
             }
-            Ok(reconciler.passes())
+            Ok(reconciler.generation())
         }
         Err(e) => {
             m.record_failed_pass();
@@ -362,6 +362,7 @@ fn handle_command(
             let datapath = reconciler.enforcer_mut().status();
             let _ = reply.send(Reply::data(serde_json::json!({
                 "passes": reconciler.passes(),
+                "generation": reconciler.generation(),
                 "last_pass_stages": reconciler.last_stages(),
                 "last_error": reconciler.last_error(),
                 "errors": reconciler.snapshot().errors,

@@ -179,6 +179,16 @@ fn tcp_connects(ns: &palisade_lab::netns::NetNs, to: SocketAddr, timeout: Durati
         .unwrap()
 }
 
+fn generation_in_force(lab: &LabGuard, pod: &str) -> u64 {
+    let out = run(palisade()
+        .args(["endpoint", "get", pod, "--json", "--socket"])
+        .arg(lab.socket()));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("endpoint JSON");
+    v["generation_in_force"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{pod} not in force: {v}"))
+}
+
 #[test]
 fn agent_kill_9_keeps_connections_and_denied_ports_stay_closed_until_it_converges() {
     if !privileged() {
@@ -237,6 +247,7 @@ fn agent_kill_9_keeps_connections_and_denied_ports_stay_closed_until_it_converge
         "port 80 must be denied before the kill"
     );
 
+    let generation_before = generation_in_force(&lab, "default/server");
     let pid = lab.state()["agent"]["pid"].as_i64().expect("agent pid") as i32;
     // SAFETY: kill(2) on the agent this test's lab started; the PID is alive (checked by the lab state's start time).
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
@@ -267,6 +278,11 @@ fn agent_kill_9_keeps_connections_and_denied_ports_stay_closed_until_it_converge
     );
 
     run(&mut lab.cmd(&["start-agent"]));
+    let generation_after = generation_in_force(&lab, "default/server");
+    assert!(
+        generation_after > generation_before,
+        "the generation in force must keep growing across restarts ({generation_before} -> {generation_after})"
+    );
     ping(&mut conn, "after-restart");
     for pod in ["default/server", "default/client"] {
         let out = palisade()
