@@ -57,20 +57,6 @@ impl BpfEnforcer {
     }
 }
 
-/// Reasons under which the datapath lets a packet through; every other reason drops.
-fn reason_allows(reason: &str) -> bool {
-    matches!(
-        reason,
-        "policy-allow"
-            | "ct-established"
-            | "ct-reply"
-            | "ct-related"
-            | "frag-tracked"
-            | "ndp"
-            | "non-ip"
-    )
-}
-
 impl Enforcer for BpfEnforcer {
     fn attach(&mut self, pod: &str, host_ifname: &str) -> anyhow::Result<u32> {
         if self.attached.get(pod).is_some_and(|i| i == host_ifname) {
@@ -142,7 +128,7 @@ impl Enforcer for BpfEnforcer {
                         "ingress"
                     }
                     .into(),
-                    verdict: if reason_allows(reason) {
+                    verdict: if (r as u32) < abi::REASON_FIRST_DROP {
                         "allow"
                     } else {
                         "deny"

@@ -247,7 +247,7 @@ fn handle_command(
             ..
         }) => {
             let key = format!("{namespace}/{pod}");
-            let ifindex = match nix_ifindex(&host_ifname) {
+            let ifindex = match palisade_datapath::ifindex_of(&host_ifname) {
                 Ok(i) => i,
                 Err(e) => {
                     let _ = reply.send(Reply::error(format!(
@@ -387,17 +387,6 @@ fn handle_command(
             let _ = reply.send(Reply::error("flows is served by the connection task"));
         }
     }
-}
-
-fn nix_ifindex(name: &str) -> anyhow::Result<u32> {
-    let c = std::ffi::CString::new(name).context("interface name")?;
-    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
-    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if idx == 0 {
-        return Err(std::io::Error::last_os_error())
-            .context("no such interface in the agent's network namespace");
-    }
-    Ok(idx)
 }
 
 async fn handle_connection(
