@@ -174,41 +174,29 @@ pub fn endpoint_get(socket: &Path, pod: &str, json: bool) -> anyhow::Result<Stri
         );
         render_rows(&mut out, &v, &rows(&v["desired"][dir]));
     }
-    let d = diff(&v);
-    let _ = writeln!(
-        out,
-        "kernel state: {}",
-        if d.is_empty() {
-            "matches the desired state".to_string()
-        } else {
-            format!(
-                "{} difference(s); see `palisade endpoint diff {pod}`",
-                d.len()
-            )
-        }
-    );
+    let kernel = match diff(&v) {
+        Ok(d) if d.is_empty() => "matches the desired state".to_string(),
+        Ok(d) => format!(
+            "{} difference(s); see `palisade endpoint diff {pod}`",
+            d.len()
+        ),
+        Err(e) => format!("{e:#}"),
+    };
+    let _ = writeln!(out, "kernel state: {kernel}");
     Ok(out)
 }
 
-/// Differences between desired and kernel rows: `(direction, "+"|"-", row)`; `+` is in
-/// the kernel but not desired, `-` desired but missing from the kernel.
-pub fn diff(v: &serde_json::Value) -> Vec<(String, char, TableRow)> {
-    let mut out = Vec::new();
+/// Differences between desired and kernel rows: `(direction, '+'|'-', row)`; `+` is in
+/// the kernel but not desired, `-` desired but missing from the kernel. Fails when the
+/// agent could not read the kernel state.
+fn diff(v: &serde_json::Value) -> anyhow::Result<Vec<(String, char, TableRow)>> {
     if let Some(err) = v["kernel"].get("error") {
-        out.push((
-            "kernel".into(),
-            '!',
-            TableRow {
-                peer: 0,
-                proto: 0,
-                port_lo: 0,
-                port_hi: 0,
-                action: err.to_string(),
-                rule: 0,
-            },
-        ));
-        return out;
+        anyhow::bail!(
+            "the agent could not read the kernel state: {}",
+            err.as_str().unwrap_or_default()
+        );
     }
+    let mut out = Vec::new();
     for dir in ["ingress", "egress"] {
         let want: BTreeSet<TableRow> = rows(&v["desired"][dir]).into_iter().collect();
         let have: BTreeSet<TableRow> = rows(&v["kernel"][dir]).into_iter().collect();
@@ -221,7 +209,7 @@ pub fn diff(v: &serde_json::Value) -> Vec<(String, char, TableRow)> {
                 .map(|r| (dir.to_string(), '-', r.clone())),
         );
     }
-    out
+    Ok(out)
 }
 
 /// `palisade endpoint diff NS/POD`: returns the text and whether they match.
@@ -232,7 +220,7 @@ pub fn endpoint_diff(socket: &Path, pod: &str) -> anyhow::Result<(String, bool)>
             pod: pod.to_string(),
         },
     )?;
-    let d = diff(&v);
+    let d = diff(&v)?;
     let mut out = String::new();
     if d.is_empty() {
         let _ = writeln!(out, "{pod}: kernel state matches the desired state");
