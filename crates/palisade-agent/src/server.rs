@@ -75,11 +75,6 @@ impl Views {
                 }
             }
         }
-        for (key, e) in &reconciler.compiled().endpoints {
-            for ip in &e.ips {
-                pod_by_ip.insert(*ip, key.clone());
-            }
-        }
         Views {
             rules: reconciler.compiled().rules.clone(),
             pod_by_ifindex,
