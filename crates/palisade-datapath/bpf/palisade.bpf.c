@@ -38,11 +38,15 @@
 /* The kernel needs a GPL-compatible string for some helpers; the source is dual licensed. */
 char LICENSE[] SEC("license") = "GPL";
 
+/* Carries every ABI enum into BTF for the Rust side's check (palisade_abi.h);
+ * a data section no loader turns into a map, never read. */
+struct palisade_abi_enums palisade_abi_enums SEC(".palisade_abi") __attribute__((used));
+
 /* Allow: TC_ACT_UNSPEC (-1) = TCX_NEXT, programs after ours still run; at the
  * end of the chain (or for a clsact filter) the packet passes. */
-#define VERDICT_PASS TC_ACT_UNSPEC
+#define VERDICT_PASS PALISADE_TC_ACT_UNSPEC
 /* Drop. */
-#define VERDICT_DROP TC_ACT_SHOT
+#define VERDICT_DROP PALISADE_TC_ACT_SHOT
 
 static __always_inline int finish(struct decision *d, const struct flow *f,
 				  const struct config *cfg, __u32 reason)

@@ -5,7 +5,9 @@
 //! 2-core machine shared by five engineers); every struct carries `const` size and
 //! offset asserts, and the integration test `abi::abi_layouts_match_btf` compares
 //! them against the BTF of the compiled object, so a drift fails the build or CI.
-//! Each C `struct foo_bar` is `FooBar` here; C enums are `u32`/`u8` constants.
+//! Each C `struct foo_bar` is `FooBar` here; C enum members `PALISADE_FOO` are
+//! `u32`/`u8` constants `FOO`, listed in [`CONSTANTS`] and compared with the
+//! object's values by `abi::abi_constants_match_btf`.
 
 #![allow(missing_docs)] // every item mirrors a documented C declaration of the same name
 
@@ -90,13 +92,88 @@ pub const CT_TCP_TIMEOUT_S: u64 = 21600;
 pub const CT_CLOSE_TIMEOUT_S: u64 = 10;
 pub const CT_OTHER_TIMEOUT_S: u64 = 60;
 
-/// Counter rows per endpoint slot in `palisade_counters` (direction x reason).
+/// `enum palisade_counters_layout`: counter rows per endpoint slot in
+/// `palisade_counters` (direction x reason).
 pub const COUNTERS_PER_SLOT: usize = DIR_NR * REASON_NR;
 
-/// Pod-direction programs' verdicts as returned by the kernel (`TC_ACT_UNSPEC`, i.e. TCX_NEXT).
+/// `enum palisade_tc_verdict`: pod-direction programs' verdicts as returned by
+/// the kernel (`TC_ACT_UNSPEC`, i.e. TCX_NEXT; -1 as the kernel's `int`).
 pub const TC_ACT_UNSPEC: u32 = u32::MAX;
 /// Drop (`TC_ACT_SHOT`).
 pub const TC_ACT_SHOT: u32 = 2;
+
+/// `(Rust name, value)` of an ABI constant. The C enum member is `PALISADE_<name>`.
+pub type Constant = (&'static str, u64);
+
+macro_rules! constants {
+    ($($c:ident),* $(,)?) => {
+        &[$((stringify!($c), $c as u64)),*]
+    };
+}
+
+/// Every constant above, for the BTF test `abi::abi_constants_match_btf`: it
+/// compares each value with the object's enum member `PALISADE_<name>`, and
+/// fails if a `pub const` of this file is missing here. A new constant is one
+/// more name in this list.
+pub const CONSTANTS: &[Constant] = constants![
+    MAX_IPS4,
+    MAX_IPS6,
+    IPV6_MAX_EXT,
+    POLICY_FIXED_BITS,
+    PART_INLINE,
+    DIR_EGRESS,
+    DIR_INGRESS,
+    DIR_NR,
+    ACTION_ALLOW,
+    ACTION_DENY,
+    ACTION_NONE,
+    PART_F_OVERFLOW,
+    REASON_POLICY_ALLOW,
+    REASON_CT_ESTABLISHED,
+    REASON_CT_REPLY,
+    REASON_CT_RELATED,
+    REASON_FRAG_TRACKED,
+    REASON_NDP,
+    REASON_NON_IP,
+    REASON_FIRST_DROP,
+    REASON_POLICY_DENY,
+    REASON_NO_ENDPOINT,
+    REASON_SPOOF,
+    REASON_MALFORMED,
+    REASON_FRAG_NO_STATE,
+    REASON_IPV6_EXT_LIMIT,
+    REASON_NO_IDENTITY,
+    REASON_NO_TABLE,
+    REASON_VLAN,
+    REASON_NR,
+    STAT_CT_CREATED,
+    STAT_CT_CREATE_FAILED,
+    STAT_CT_EXPIRED,
+    STAT_CT_RECHECKED,
+    STAT_CT_REVOKED,
+    STAT_FRAG_TRACKED,
+    STAT_EVENTS_SENT,
+    STAT_EVENTS_RATE_LIMITED,
+    STAT_EVENTS_RING_FULL,
+    STAT_NR,
+    LOG_OFF,
+    LOG_DENIES,
+    LOG_ALL,
+    EP_F_NO_SPOOF_CHECK,
+    EP_F_LOG_ALL,
+    CFG_F_NO_CT_CREATE,
+    CT_SYN_SENT,
+    CT_ESTABLISHED,
+    CT_CLOSING,
+    CT_OPEN,
+    CT_SYN_TIMEOUT_S,
+    CT_TCP_TIMEOUT_S,
+    CT_CLOSE_TIMEOUT_S,
+    CT_OTHER_TIMEOUT_S,
+    COUNTERS_PER_SLOT,
+    TC_ACT_UNSPEC,
+    TC_ACT_SHOT,
+];
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]

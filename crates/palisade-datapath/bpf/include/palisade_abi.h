@@ -9,12 +9,15 @@
  *  - byte order is stated on every multi-byte field: "be" = network order,
  *    everything else is host order.
  * src/abi.rs mirrors each struct as #[repr(C)] with size/offset asserts and the
- * test `abi_layouts_match_btf` compares both against this object's BTF.
+ * test `abi_layouts_match_btf` compares both against this object's BTF; it
+ * mirrors each enum member as a constant and `abi_constants_match_btf` compares
+ * every one with the object's value (struct palisade_abi_enums below).
  */
 #ifndef PALISADE_ABI_H
 #define PALISADE_ABI_H
 
 #include <linux/types.h>
+#include <linux/pkt_cls.h>
 
 /* Sizing limits baked into the layouts below. */
 enum palisade_limits {
@@ -180,6 +183,20 @@ enum palisade_ct_timeouts {
 	PALISADE_CT_REFRESH_S = 1,
 	/* palisade_frags entries older than this are ignored (seconds). */
 	PALISADE_FRAG_TIMEOUT_S = 30,
+};
+
+/* Counter rows per endpoint slot in palisade_counters: direction x reason. */
+enum palisade_counters_layout {
+	PALISADE_COUNTERS_PER_SLOT = PALISADE_DIR_NR * PALISADE_REASON_NR,
+};
+
+/* What the programs return: the kernel's values (linux/pkt_cls.h), restated
+ * as enum members so they reach BTF and the Rust side is checked against them. */
+enum palisade_tc_verdict {
+	/* Pass: -1 = TCX_NEXT, programs attached after ours still run. */
+	PALISADE_TC_ACT_UNSPEC = TC_ACT_UNSPEC,
+	/* Drop. */
+	PALISADE_TC_ACT_SHOT = TC_ACT_SHOT,
 };
 
 /*
@@ -439,6 +456,30 @@ struct event {
 	__u8 saddr[16];
 	__u8 daddr[16];
 	__u32 pad2;
+};
+
+/*
+ * Never read. Names every enum of this header so that it reaches the object's
+ * BTF (an enum used only in expressions does not), where the test
+ * abi::abi_constants_match_btf compares each member with src/abi.rs. The
+ * object holds one instance, in section .palisade_abi, which loaders ignore.
+ * When you add an enum above, add it here (the test fails until you do).
+ */
+struct palisade_abi_enums {
+	enum palisade_limits limits;
+	enum palisade_dir dir;
+	enum palisade_action action;
+	enum palisade_part_flags part_flags;
+	enum palisade_reason reason;
+	enum palisade_stat stat;
+	enum palisade_log_mode log_mode;
+	enum palisade_endpoint_flags endpoint_flags;
+	enum palisade_config_flags config_flags;
+	enum palisade_ct_state ct_state;
+	enum palisade_ct_fin ct_fin;
+	enum palisade_ct_timeouts ct_timeouts;
+	enum palisade_counters_layout counters_layout;
+	enum palisade_tc_verdict tc_verdict;
 };
 
 #endif /* PALISADE_ABI_H */

@@ -14,8 +14,8 @@
 #include "palisade_abi.h"
 #include "parse.h"
 
-/* Counter rows per endpoint slot: direction x reason. */
-#define COUNTERS_PER_SLOT (PALISADE_DIR_NR * PALISADE_REASON_NR)
+/* Counter rows per endpoint slot: direction x reason (palisade_abi.h). */
+#define COUNTERS_PER_SLOT PALISADE_COUNTERS_PER_SLOT
 
 /*
  * Per-CPU packet counters, u64. Index = slot * COUNTERS_PER_SLOT
