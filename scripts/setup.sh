@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything Palisade needs on a fresh Debian 12 machine (run as root).
 # Idempotent: a second run changes nothing. Only the package registries are used.
+# What it changes, and nothing else (README.md "Two commands" says the same):
+#  - apt: installs the packages of need_pkgs that are missing (apt-get update first);
+#  - bpffs: mounts it at /sys/fs/bpf if nothing is mounted there (until reboot).
 set -euo pipefail
 
 need_pkgs=(clang-19 llvm-19 libbpf-dev libclang-19-dev bpftool iproute2 iptables
@@ -22,7 +25,6 @@ if ! mount | grep -q ' /sys/fs/bpf type bpf'; then
   mount -t bpf bpf /sys/fs/bpf
 fi
 
-# iptables-legacy is the baseline the network benchmark compares against.
-if [ -x /usr/sbin/iptables-legacy ]; then
-  update-alternatives --set iptables /usr/sbin/iptables-legacy >/dev/null 2>&1 || true
-fi
+# The machine's default iptables (its alternatives choice) is left as it is: the
+# network benchmark and the tests call iptables-legacy* by name, inside network
+# namespaces they create.

@@ -206,19 +206,14 @@ pub fn empty() -> RuleSet {
     }
 }
 
+/// The baseline is iptables-legacy, called by name: the machine's default `iptables`
+/// (an update-alternatives choice, nft on Debian 12) is neither used nor changed.
+/// Debian's `iptables` package installs it.
+const RESTORE: &str = "iptables-legacy-restore";
+
 /// Atomically replaces the node namespace's filter table with `rules`.
 pub fn apply(bed: &TestBed, rules: &RuleSet) -> Result<(), BenchError> {
-    bed.exec_with_input(&bed.node, restore_binary(), &[], &rules.text)
-}
-
-/// `iptables-legacy-restore` when installed (the baseline is iptables-legacy), else
-/// whatever `iptables-restore` is.
-fn restore_binary() -> &'static str {
-    if std::path::Path::new("/usr/sbin/iptables-legacy-restore").exists() {
-        "iptables-legacy-restore"
-    } else {
-        "iptables-restore"
-    }
+    bed.exec_with_input(&bed.node, RESTORE, &[], &rules.text)
 }
 
 fn rule_for(e: &TableEntry, src: Option<IpNet>) -> Result<ChainRule, BenchError> {
@@ -260,6 +255,53 @@ fn check_prefixes_do_not_nest(compiled: &Compiled) -> Result<(), BenchError> {
 mod tests {
     use super::*;
     use crate::policy::{cluster, compile};
+
+    /// Issue 8, "Leave the user's machine as it was": nothing switches the machine's
+    /// iptables alternative, and no code or test calls the default `iptables`
+    /// (whose meaning that switch would change); they name `iptables-legacy*`.
+    #[test]
+    fn nothing_uses_or_switches_the_default_iptables() {
+        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let setup = std::fs::read_to_string(repo.join("scripts/setup.sh")).expect("setup.sh");
+        assert!(
+            !setup.contains("update-alternatives"),
+            "scripts/setup.sh must leave the iptables alternatives alone"
+        );
+        // Built at run time so that this file does not match itself.
+        let bare: Vec<String> = ["ip", "ip6"]
+            .iter()
+            .flat_map(|f| ["", "-restore"].map(|s| format!("\"{f}tables{s}\"")))
+            .collect();
+        let mut found = Vec::new();
+        let mut files = 0;
+        let mut dirs = vec![repo.join("crates")];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).expect("read_dir") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    files += 1;
+                    let text = std::fs::read_to_string(&path).expect("source");
+                    for (n, line) in text.lines().enumerate() {
+                        if bare.iter().any(|b| line.contains(b.as_str())) {
+                            found.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            files > 50,
+            "walked only {files} Rust files under {}",
+            repo.display()
+        );
+        assert!(
+            found.is_empty(),
+            "calls of the default iptables:\n{}",
+            found.join("\n")
+        );
+    }
 
     #[test]
     fn flat_chain_has_one_rule_per_entry_with_the_client_rule_last_before_drop() {

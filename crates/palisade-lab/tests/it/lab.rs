@@ -213,8 +213,9 @@ fn a_panic_after_up_still_removes_every_namespace() {
 }
 
 /// Drops, in the node namespace only, everything forwarded to `host_ifname`.
+/// iptables-legacy by name: the machine's default iptables is not ours to choose.
 fn drop_towards(node: &str, host_ifname: &str) {
-    for tool in ["iptables", "ip6tables"] {
+    for tool in ["iptables-legacy", "ip6tables-legacy"] {
         let st = std::process::Command::new("ip")
             .args([
                 "netns",
