@@ -15,7 +15,10 @@
  *  4. from_pod only: source address must be one of the endpoint's -> else SPOOF;
  *  5. later IPv4/IPv6 fragments pass iff their first fragment passed;
  *  6. ICMP errors whose inner header is a tracked flow pass as RELATED;
- *  7. conntrack hit -> ESTABLISHED / REPLY (re-checked if the table changed);
+ *  7. conntrack hit -> ESTABLISHED / REPLY; first re-judged (ct_revalidate)
+ *     if the endpoint's table or the policy epoch changed since the flow was
+ *     last judged, and cut if now denied (a revoked TCP flow keeps a REVOKED
+ *     entry that drops both ways); the RELATED check of 6 does the same;
  *  8. policy: identity of the peer (dst for from_pod, src for to_pod): host
  *     map, else LPM; then (table, peer, proto class, dport) through the port
  *     partition hash (the LPM only for overflow partitions), with the
@@ -74,6 +77,76 @@ static __always_inline int ct_creatable(const struct flow *f)
 	return 1;
 }
 
+/*
+ * Re-judges a tracked flow if what judged it may have changed, exactly as its
+ * first packet would be judged now: in its original orientation (peer =
+ * ct_key.peer_addr, the opener's destination port), under the table the
+ * endpoint now points at for the flow's origin direction.
+ *  1. revocation off (PALISADE_CFG_F_NO_REVOKE): never re-judged;
+ *  2. same table and same epoch: nothing to do (no write);
+ *  3. otherwise: identity + policy lookup. Missing identity or table: drop this
+ *     packet (fail closed), keep the entry to try again. Denied: UDP and the
+ *     others lose their entry; TCP becomes PALISADE_CT_REVOKED (both ways drop,
+ *     so replies cannot restart it as a mid-stream flow of the other side).
+ *     Allowed: the entry takes the new table, rule, identity and epoch (one
+ *     write per entry per epoch) and a REVOKED entry is revived.
+ * The epoch is read BEFORE the lookups, so a batch of writes landing while
+ * they run leaves an older epoch in the entry and the next packet re-judges.
+ * Returns 0 if the packet may go on as tracked, else the drop reason (a
+ * REVOKED entry that stays revoked answers POLICY_DENY, with its rule).
+ */
+static __always_inline __u32 ct_revalidate(const struct endpoint_value *ep,
+					   const struct config *cfg, struct ct_key *k,
+					   struct ct_value *ct, struct decision *d, __u64 now)
+{
+	__u32 table = ct->origin_dir == PALISADE_DIR_EGRESS ? ep->egress_table : ep->ingress_table;
+	struct policy_value pv;
+	__u32 epoch = 0, id = 0;
+	__u16 odport;
+	int off = cfg && (cfg->flags & PALISADE_CFG_F_NO_REVOKE);
+
+	if (!off)
+		epoch = epoch_get();
+	if (off || (ct->table == table && ct->epoch == epoch)) {
+		if (ct->state != PALISADE_CT_REVOKED)
+			return 0;
+		d->table = ct->table;
+		d->rule_id = ct->rule_id;
+		d->identity = ct->identity;
+		return PALISADE_REASON_POLICY_DENY;
+	}
+	stat_inc(PALISADE_STAT_CT_RECHECKED);
+	d->table = table;
+	if (identity_lookup(k->family, k->peer_addr, &id))
+		return PALISADE_REASON_NO_IDENTITY;
+	d->identity = id;
+	odport = ct->origin_dir == PALISADE_DIR_EGRESS ? k->peer_port : k->pod_port;
+	if (policy_lookup(table, id, k->proto, odport, &pv))
+		return PALISADE_REASON_NO_TABLE;
+	d->rule_id = pv.rule_id;
+	if (pv.action != PALISADE_ACTION_ALLOW) {
+		if (ct->state != PALISADE_CT_REVOKED)
+			stat_inc(PALISADE_STAT_CT_REVOKED);
+		if (k->proto != IPPROTO_TCP) {
+			bpf_map_delete_elem(&palisade_conntrack, k);
+			return PALISADE_REASON_POLICY_DENY;
+		}
+		if (ct->state != PALISADE_CT_REVOKED)
+			ct->last_seen_ns = now;
+		ct->state = PALISADE_CT_REVOKED;
+	} else if (ct->state == PALISADE_CT_REVOKED) {
+		/* Allowed again: what a mid-stream packet without an entry would get. */
+		ct->state = PALISADE_CT_ESTABLISHED;
+		ct->tcp_fin = 0;
+		ct->last_seen_ns = now;
+	}
+	ct->table = table;
+	ct->rule_id = pv.rule_id;
+	ct->identity = id;
+	ct->epoch = epoch;
+	return ct->state == PALISADE_CT_REVOKED ? PALISADE_REASON_POLICY_DENY : 0;
+}
+
 static __always_inline int handle(struct __sk_buff *skb, __u32 dir)
 {
 	struct decision d = { .ifindex = skb->ifindex, .dir = dir };
@@ -89,6 +162,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 dir)
 	/* The clock (ct_now) is read only where a timestamp is needed (expiry
 	 * checks, new state): a denied new flow never reads it. */
 	__u64 now = 0;
+	__u32 epoch = 0, why;
 	int rc, create;
 
 	ep = bpf_map_lookup_elem(&palisade_endpoints, &d.ifindex);
@@ -131,6 +205,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 dir)
 			ct_key_from(&k, d.ifindex, dir ^ 1, &in);
 			ct = bpf_map_lookup_elem(&palisade_conntrack, &k);
 			if (ct && !ct_expired(ct, now)) {
+				why = ct_revalidate(ep, cfg, &k, ct, &d, now);
+				if (why)
+					return finish(&d, &f, cfg, why);
 				d.rule_id = ct->rule_id;
 				d.identity = ct->identity;
 				return finish(&d, &f, cfg, PALISADE_REASON_CT_RELATED);
@@ -149,39 +226,18 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 dir)
 	}
 	if (ct) {
 		int forward = ct->origin_dir == dir;
-		int reopen = f.proto == IPPROTO_TCP && ct->state == PALISADE_CT_CLOSING && forward &&
-			     (f.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
+		/* A new SYN from the origin on a closed or revoked tuple is a new
+		 * connection: judged by policy below. */
+		int reopen = f.proto == IPPROTO_TCP &&
+			     (ct->state == PALISADE_CT_CLOSING || ct->state == PALISADE_CT_REVOKED) &&
+			     forward && (f.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
 
 		if (!reopen) {
-			__u32 cur = ct->origin_dir == PALISADE_DIR_EGRESS ? ep->egress_table
-									   : ep->ingress_table;
 			int changed = 0;
 
-			if (ct->table != cur) {
-				/* The endpoint now points at another table: judge the flow
-				 * again, in its original orientation. */
-				__u16 odport = ct->origin_dir == PALISADE_DIR_EGRESS ? k.peer_port
-										     : k.pod_port;
-				__u32 id = 0;
-
-				stat_inc(PALISADE_STAT_CT_RECHECKED);
-				d.table = cur;
-				if (identity_lookup(f.family, k.peer_addr, &id))
-					return finish(&d, &f, cfg, PALISADE_REASON_NO_IDENTITY);
-				d.identity = id;
-				if (policy_lookup(cur, id, f.proto, odport, &pv))
-					return finish(&d, &f, cfg, PALISADE_REASON_NO_TABLE);
-				d.rule_id = pv.rule_id;
-				if (pv.action != PALISADE_ACTION_ALLOW) {
-					bpf_map_delete_elem(&palisade_conntrack, &k);
-					stat_inc(PALISADE_STAT_CT_REVOKED);
-					return finish(&d, &f, cfg, PALISADE_REASON_POLICY_DENY);
-				}
-				ct->table = cur;
-				ct->rule_id = pv.rule_id;
-				ct->identity = id;
-				changed = 1;
-			}
+			why = ct_revalidate(ep, cfg, &k, ct, &d, now);
+			if (why)
+				return finish(&d, &f, cfg, why);
 			if (f.proto == IPPROTO_TCP)
 				changed |= ct_tcp_update(ct, forward, f.tcp_flags);
 			if (changed || now - ct->last_seen_ns > PALISADE_CT_REFRESH_S * NS_PER_S)
@@ -197,6 +253,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 dir)
 		}
 	}
 
+	create = ct_creatable(&f) && !(cfg && (cfg->flags & PALISADE_CFG_F_NO_CT_CREATE));
+	/* Before the lookups, as in ct_revalidate: an entry must never claim an
+	 * epoch newer than the maps it was judged by. */
+	if (create)
+		epoch = epoch_get();
 	peer = dir == PALISADE_DIR_EGRESS ? f.daddr : f.saddr;
 	if (identity_lookup(f.family, peer, &d.identity))
 		return finish(&d, &f, cfg, PALISADE_REASON_NO_IDENTITY);
@@ -206,7 +267,6 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 dir)
 	if (pv.action != PALISADE_ACTION_ALLOW)
 		return finish(&d, &f, cfg, PALISADE_REASON_POLICY_DENY);
 
-	create = ct_creatable(&f) && !(cfg && (cfg->flags & PALISADE_CFG_F_NO_CT_CREATE));
 	if (create || f.frag == FRAG_FIRST)
 		now = ct_now();
 	if (create) {
@@ -217,6 +277,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 dir)
 			.table = d.table,
 			.identity = d.identity,
 			.origin_dir = dir,
+			.epoch = epoch,
 		};
 
 		if (f.proto == IPPROTO_TCP)

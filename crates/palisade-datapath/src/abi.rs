@@ -79,18 +79,23 @@ pub const EP_F_LOG_ALL: u32 = 2;
 
 /// `enum palisade_config_flags`
 pub const CFG_F_NO_CT_CREATE: u32 = 1;
+/// Established flows are not re-judged when their table or the policy epoch changes.
+pub const CFG_F_NO_REVOKE: u32 = 2;
 
 /// `enum palisade_ct_state`
 pub const CT_SYN_SENT: u8 = 1;
 pub const CT_ESTABLISHED: u8 = 2;
 pub const CT_CLOSING: u8 = 3;
 pub const CT_OPEN: u8 = 4;
+/// TCP flow cut by a re-judgement: drops both ways until a new SYN or a later epoch allows it.
+pub const CT_REVOKED: u8 = 5;
 
 /// `enum palisade_ct_timeouts`, seconds.
 pub const CT_SYN_TIMEOUT_S: u64 = 60;
 pub const CT_TCP_TIMEOUT_S: u64 = 21600;
 pub const CT_CLOSE_TIMEOUT_S: u64 = 10;
 pub const CT_OTHER_TIMEOUT_S: u64 = 60;
+pub const CT_REVOKED_TIMEOUT_S: u64 = 21600;
 
 /// `enum palisade_counters_layout`: counter rows per endpoint slot in
 /// `palisade_counters` (direction x reason).
@@ -299,6 +304,9 @@ pub struct CtValue {
     pub origin_dir: u8,
     pub tcp_fin: u8,
     pub pad: u8,
+    /// `palisade_epoch[0]` the flow was last judged under; 0 = never.
+    pub epoch: u32,
+    pub pad2: u32,
 }
 
 #[repr(C)]
@@ -446,7 +454,9 @@ pub const LAYOUTS: &[Layout] = &[
             state,
             origin_dir,
             tcp_fin,
-            pad
+            pad,
+            epoch,
+            pad2
         ]
     ),
     layout!(
@@ -497,7 +507,8 @@ const _: () = {
     assert!(offset_of!(PolicyPart, action) == 52);
     assert!(size_of::<CtKey>() == 44);
     assert!(offset_of!(CtKey, pod_port) == 40);
-    assert!(size_of::<CtValue>() == 32);
+    assert!(size_of::<CtValue>() == 40);
+    assert!(offset_of!(CtValue, epoch) == 32);
     assert!(size_of::<FragKey>() == 44);
     assert!(size_of::<FragValue>() == 16);
     assert!(size_of::<Config>() == 24);

@@ -26,6 +26,7 @@
 //! | `palisade_frags` | LRU hash | (ifindex, id, proto, dir, src, dst) → ports | later fragments carry no ports: they follow their first fragment |
 //! | `palisade_counters` | per-CPU array | slot × direction × reason → packets | no atomics, no map writes on the hot path; slot 0 = unknown interface |
 //! | `palisade_stats` | per-CPU array | stat → count | conntrack and event health |
+//! | `palisade_epoch` | array (1) | 0 → policy epoch (`u32`) | bumped by the loader after every batch of writes; a conntrack entry judged under another epoch is judged again, so identity and address changes cut flows as policy edits do |
 //! | `palisade_config`, `palisade_ratelimit` | array, per-CPU array | log mode, sampling, token bucket | runtime knobs without reloading |
 //! | `palisade_events` | ring buffer | decision events | rate-limited per CPU so floods cannot starve userspace |
 //!
@@ -41,8 +42,12 @@
 //! an update that would overflow any map at any point is rejected before the
 //! first write ([`Error::Capacity`]). Writes go new-state-first, endpoint
 //! switches (one write each), removals last, so the kernel never sees an
-//! endpoint pointing at a missing table. Established flows are re-checked when
-//! their endpoint's table changes, so a policy change also cuts flows it denies.
+//! endpoint pointing at a missing table. After the last write of a batch the
+//! loader publishes a new policy epoch; an established flow whose entry holds
+//! another epoch (or another table) is judged again on its next packet, exactly
+//! as a new flow, and cut if now denied: a policy edit, a label change and an
+//! address re-mapped to another identity all cut the flows they deny
+//! (configurable: [`Datapath::set_revoke_established`]; docs/semantics.md).
 //!
 //! ## Restarts and upgrades
 //!
@@ -70,9 +75,11 @@
 //!   resolution); timeouts are whole seconds, so no decision changes.
 //! - The netlink fallback (kernels without TCX) cannot pin its filter: it stays
 //!   attached across restarts but [`Datapath::detach`] cannot remove it.
-//! - A new ABI (changed map layout) cannot adopt old pins: `aya` refuses the
-//!   key/value sizes and `load_or_adopt` fails; uninstall ([`Datapath::unpin_all`])
-//!   first or migrate.
+//! - A new ABI (changed map layout) cannot adopt old pins: the programs fail to
+//!   verify against a map of another value size, so `load_or_adopt` fails;
+//!   uninstall ([`Datapath::unpin_all`]) first or migrate. The one migration
+//!   done: a conntrack map from before `ct_value.epoch` is copied into the new
+//!   layout on load (its flows are judged again on their next packet).
 #![deny(missing_docs)]
 
 pub mod abi;

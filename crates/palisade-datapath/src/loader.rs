@@ -175,7 +175,7 @@ impl Hook {
 }
 
 /// Names of every map, all pinned under `<pin root>/maps/`.
-pub const MAP_NAMES: [&str; 14] = [
+pub const MAP_NAMES: [&str; 15] = [
     "palisade_endpoints",
     "palisade_addr4",
     "palisade_addr6",
@@ -190,6 +190,7 @@ pub const MAP_NAMES: [&str; 14] = [
     "palisade_config",
     "palisade_ratelimit",
     "palisade_events",
+    "palisade_epoch",
 ];
 
 /// The loaded datapath: programs, pinned maps, and the userspace mirror.
@@ -211,6 +212,8 @@ pub struct Datapath {
     pub(crate) counters: PerCpuArray<MapData, u64>,
     pub(crate) stats: PerCpuArray<MapData, u64>,
     pub(crate) config: Array<MapData, Config>,
+    /// `palisade_epoch[0]`: see [`Datapath::bump_epoch`].
+    pub(crate) epoch: Array<MapData, u32>,
     pub(crate) events: Option<RingBuf<MapData>>,
     pub(crate) caps: Caps,
     pub(crate) state: State,
@@ -302,6 +305,37 @@ where
     T::try_from(m).map_err(map_err(name))
 }
 
+/// `sizeof(struct ct_value)` before it held the policy epoch.
+const OLD_CT_VALUE_SIZE: usize = 32;
+
+/// If the pinned conntrack map has another value size than this version's
+/// (a pin of a version before `ct_value.epoch`), renames its pin aside so the
+/// loader creates the new layout, and returns where it went:
+/// `migrate_conntrack` copies it over once the new map exists. A layout that
+/// is not the known older one is not copied (its flows are judged as new).
+fn set_aside_old_conntrack(maps_dir: &Path) -> Result<Option<PathBuf>> {
+    let pin = maps_dir.join("palisade_conntrack");
+    let Ok(info) = aya::maps::MapInfo::from_pin(&pin) else {
+        return Ok(None);
+    };
+    let size = info.value_size() as usize;
+    if size == std::mem::size_of::<CtValue>() {
+        return Ok(None);
+    }
+    let aside = maps_dir.join("palisade_conntrack.previous");
+    let pin_err = |source| Error::Pin {
+        path: pin.clone(),
+        source,
+    };
+    if size != OLD_CT_VALUE_SIZE {
+        std::fs::remove_file(&pin).map_err(pin_err)?;
+        return Ok(None);
+    }
+    let _ = std::fs::remove_file(&aside);
+    std::fs::rename(&pin, &aside).map_err(pin_err)?;
+    Ok(Some(aside))
+}
+
 fn link_pin(root: &Path, ifindex: u32, hook: Hook) -> PathBuf {
     root.join("links")
         .join(format!("{ifindex}-{}", hook.name()))
@@ -319,6 +353,7 @@ impl Datapath {
         let progs_dir = pin_dir(pin_root, "progs")?;
         pin_dir(pin_root, "links")?;
         let adopted = maps_dir.join("palisade_endpoints").exists();
+        let old_conntrack = set_aside_old_conntrack(&maps_dir)?;
         let slots = sizes.endpoints + 1;
         let mut loader = EbpfLoader::new();
         for name in MAP_NAMES {
@@ -380,6 +415,7 @@ impl Datapath {
             counters: take(&mut ebpf, "palisade_counters")?,
             stats: take(&mut ebpf, "palisade_stats")?,
             config: take(&mut ebpf, "palisade_config")?,
+            epoch: take(&mut ebpf, "palisade_epoch")?,
             events: Some(take(&mut ebpf, "palisade_events")?),
             ebpf,
             caps,
@@ -388,8 +424,14 @@ impl Datapath {
             parts_suspect: false,
             ncpus: aya::util::nr_cpus().map_err(|(_, e)| Error::Interface("cpus".into(), e))?,
         };
+        if let Some(old) = old_conntrack {
+            dp.migrate_conntrack(&old)?;
+        }
         let legacy_hosts = dp.reload_mirror()?;
         dp.repair_derived(&legacy_hosts)?;
+        // Entries judged by an older program, or before this process knew the
+        // maps, are judged again by the programs switched in just below.
+        dp.bump_epoch()?;
         dp.upgrade_links()?;
         Ok(dp)
     }
@@ -703,7 +745,108 @@ impl Datapath {
         Ok(())
     }
 
+    /// Writes `plan` in order, then, if it touched anything a verdict depends
+    /// on (endpoint, address or policy maps: everything but counter slots),
+    /// publishes a new policy epoch with [`Datapath::bump_epoch`], also after a
+    /// failed write (whatever landed must be judged again). Every plan goes
+    /// through here, so the planner need not bump the epoch itself: one
+    /// `write` per applied plan is one epoch per plan.
     fn write(&mut self, plan: &[Write]) -> Result<()> {
+        let written = self.write_maps(plan);
+        if plan.iter().any(|w| !matches!(w, Write::ZeroSlot(_))) {
+            self.bump_epoch()?;
+        }
+        written
+    }
+
+    /// Publishes a new policy epoch (`palisade_epoch[0] + 1`, skipping 0, which
+    /// marks entries never judged under one): the next packet of every tracked
+    /// flow is judged again by identity and policy, exactly as a new flow, and
+    /// cut if now denied (unless revocation is off, see
+    /// [`Datapath::set_revoke_established`]). Call it once AFTER the last write
+    /// of a batch that changes identities, addresses, tables or endpoints,
+    /// never before or between its writes: a flow re-judged against a partial
+    /// batch then keeps the old epoch and is judged again once this lands.
+    /// `Datapath::write` calls it for every plan; a writer that bypasses
+    /// `write` must call it itself. Cost: one re-judgement (identity + policy
+    /// lookups and one entry write) per tracked flow with traffic, per epoch.
+    pub(crate) fn bump_epoch(&mut self) -> Result<u32> {
+        let next = match self.policy_epoch()?.wrapping_add(1) {
+            0 => 1,
+            n => n,
+        };
+        self.epoch
+            .set(0, next, 0)
+            .map_err(map_err("palisade_epoch"))?;
+        Ok(next)
+    }
+
+    /// The policy epoch in force (`palisade_epoch[0]`): the loader publishes a
+    /// new one after every batch of writes that verdicts depend on.
+    pub fn policy_epoch(&self) -> Result<u32> {
+        self.epoch.get(&0, 0).map_err(map_err("palisade_epoch"))
+    }
+
+    /// Whether established flows are re-judged when what judged them changes
+    /// (on by default). Off sets `PALISADE_CFG_F_NO_REVOKE`: a flow allowed
+    /// once then stays allowed until it ends or expires, whatever policy,
+    /// label or address changes say (docs/semantics.md, "Established flows").
+    /// Only that config bit is changed; flows that missed epochs while it was
+    /// off are judged again when it is switched back on.
+    pub fn set_revoke_established(&mut self, on: bool) -> Result<()> {
+        let mut c = self.config()?;
+        if on {
+            c.flags &= !abi::CFG_F_NO_REVOKE;
+        } else {
+            c.flags |= abi::CFG_F_NO_REVOKE;
+        }
+        self.set_config(c)
+    }
+
+    /// See [`Datapath::set_revoke_established`].
+    pub fn revoke_established(&self) -> Result<bool> {
+        Ok(self.config()?.flags & abi::CFG_F_NO_REVOKE == 0)
+    }
+
+    /// Copies the entries of a conntrack map pinned by a version whose
+    /// `ct_value` was shorter (the fields it had, epoch 0: judged again on
+    /// their next packet) into the new map, then removes the old pin. Flows
+    /// the old programs open between this copy and the link switch are judged
+    /// as new flows on their next packet.
+    fn migrate_conntrack(&mut self, old: &Path) -> Result<()> {
+        let name = "palisade_conntrack (previous layout)";
+        let data = MapData::from_pin(old).map_err(map_err(name))?;
+        let map = aya::maps::Map::from_map_data(data).map_err(map_err(name))?;
+        let old_map: HashMap<MapData, CtKey, [u8; OLD_CT_VALUE_SIZE]> =
+            HashMap::try_from(map).map_err(map_err(name))?;
+        for kv in old_map.iter() {
+            let Ok((k, b)) = kv else { continue };
+            let u64_at = |i: usize| u64::from_ne_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+            let u32_at = |i: usize| u32::from_ne_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+            // The old layout is the new one's prefix; epoch 0 = never judged.
+            let v = CtValue {
+                created_ns: u64_at(0),
+                last_seen_ns: u64_at(8),
+                rule_id: u32_at(16),
+                table: u32_at(20),
+                identity: u32_at(24),
+                state: b[28],
+                origin_dir: b[29],
+                tcp_fin: b[30],
+                pad: 0,
+                epoch: 0,
+                pad2: 0,
+            };
+            let _ = self.conntrack.insert(k, v, 0);
+        }
+        drop(old_map);
+        std::fs::remove_file(old).map_err(|source| Error::Pin {
+            path: old.into(),
+            source,
+        })
+    }
+
+    fn write_maps(&mut self, plan: &[Write]) -> Result<()> {
         for w in plan {
             match w {
                 Write::PutPolicy(k, v) => self

@@ -113,9 +113,10 @@ enum palisade_stat {
 	PALISADE_STAT_CT_CREATE_FAILED = 1,
 	/* Conntrack entries found expired and replaced. */
 	PALISADE_STAT_CT_EXPIRED = 2,
-	/* Established flows re-checked because the endpoint's table changed. */
+	/* Established flows re-judged because what judged them may have changed:
+	 * the endpoint's table, or the policy epoch (palisade_epoch). */
 	PALISADE_STAT_CT_RECHECKED = 3,
-	/* Established flows cut because the new table denies them. */
+	/* Established flows cut because the re-judgement denies them. */
 	PALISADE_STAT_CT_REVOKED = 4,
 	/* First fragments recorded in palisade_frags. */
 	PALISADE_STAT_FRAG_TRACKED = 5,
@@ -151,6 +152,11 @@ enum palisade_config_flags {
 	 * create conntrack entries, so a repeated packet takes the full policy path
 	 * every time (see bench_datapath and the differential test). */
 	PALISADE_CFG_F_NO_CT_CREATE = 1,
+	/* Established flows are NOT re-judged when what decided them changes (the
+	 * endpoint's table or the policy epoch): a flow allowed once stays allowed
+	 * until it ends or expires. Clear by default (revocation on); see
+	 * docs/semantics.md "Established flows". */
+	PALISADE_CFG_F_NO_REVOKE = 2,
 };
 
 /* ct_value.state */
@@ -163,6 +169,12 @@ enum palisade_ct_state {
 	PALISADE_CT_CLOSING = 3,
 	/* UDP, SCTP, ICMP echo and other protocols. Timeout CT_OTHER_TIMEOUT. */
 	PALISADE_CT_OPEN = 4,
+	/* TCP: revoked (a re-judgement denied it). Every packet of the flow, both
+	 * ways, drops, so the reply side cannot be picked up mid-stream as a new
+	 * flow of the other direction; a new SYN from the origin is judged as a
+	 * new flow, and a later epoch that allows the flow again revives it.
+	 * Timeout CT_REVOKED_TIMEOUT. */
+	PALISADE_CT_REVOKED = 5,
 };
 
 /* ct_value.tcp_fin bits */
@@ -178,6 +190,9 @@ enum palisade_ct_timeouts {
 	PALISADE_CT_TCP_TIMEOUT_S = 21600,
 	PALISADE_CT_CLOSE_TIMEOUT_S = 10,
 	PALISADE_CT_OTHER_TIMEOUT_S = 60,
+	/* A revoked TCP entry lasts as long as the established flow it replaces
+	 * could have (both stacks may retransmit or keep alive that long). */
+	PALISADE_CT_REVOKED_TIMEOUT_S = 21600,
 	/* last_seen_ns is rewritten at most once per this many seconds per flow,
 	 * to keep map writes off the per-packet path. */
 	PALISADE_CT_REFRESH_S = 1,
@@ -360,8 +375,8 @@ struct ct_value {
 	__u64 last_seen_ns;
 	/* Rule that allowed the flow. */
 	__u32 rule_id;
-	/* Table of origin_dir that allowed the flow; if the endpoint now points at
-	 * another table the flow is re-checked (and cut if denied). */
+	/* Table of origin_dir that judged the flow; if the endpoint now points at
+	 * another table the flow is re-judged (and cut if denied). */
 	__u32 table;
 	/* Peer identity when the flow was allowed. */
 	__u32 identity;
@@ -372,6 +387,12 @@ struct ct_value {
 	/* PALISADE_CT_FIN_* bits. */
 	__u8 tcp_fin;
 	__u8 pad;
+	/* palisade_epoch[0] read BEFORE the lookups that last judged the flow; a
+	 * different current epoch means identities, addresses or tables were
+	 * rewritten since, so the flow is re-judged. 0 = never judged under a
+	 * published epoch (the loader never publishes 0). */
+	__u32 epoch;
+	__u32 pad2;
 };
 
 /*

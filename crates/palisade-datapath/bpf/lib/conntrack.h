@@ -40,6 +40,32 @@ struct {
 	__type(value, struct ct_value);
 } palisade_conntrack SEC(".maps");
 
+/*
+ * palisade_epoch[0]: the policy epoch, a __u32 the loader increments after
+ * every batch of writes to the endpoint, address or policy maps (never to 0).
+ * A conntrack entry records the epoch it was judged under (ct_value.epoch); a
+ * packet finding another epoch re-judges its flow (ct_revalidate in
+ * palisade.bpf.c). So a peer's identity change (an address re-mapped) cuts a
+ * flow exactly as a policy edit with the same effect does, for one array read
+ * per tracked packet and one entry write per flow per epoch.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} palisade_epoch SEC(".maps");
+
+/* The current policy epoch (index 0 of an array always exists; 0 is the
+ * fallback only to satisfy the verifier). */
+static __always_inline __u32 epoch_get(void)
+{
+	__u32 zero = 0;
+	__u32 *e = bpf_map_lookup_elem(&palisade_epoch, &zero);
+
+	return e ? *e : 0;
+}
+
 /* Key: struct frag_key. Value: struct frag_value. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -78,6 +104,8 @@ static __always_inline __u64 ct_timeout_ns(__u8 state)
 		return PALISADE_CT_TCP_TIMEOUT_S * NS_PER_S;
 	case PALISADE_CT_CLOSING:
 		return PALISADE_CT_CLOSE_TIMEOUT_S * NS_PER_S;
+	case PALISADE_CT_REVOKED:
+		return PALISADE_CT_REVOKED_TIMEOUT_S * NS_PER_S;
 	default:
 		return PALISADE_CT_OTHER_TIMEOUT_S * NS_PER_S;
 	}

@@ -565,7 +565,9 @@ fn policy_change_cuts_established_flows_it_now_denies() {
         (s[STAT_CT_RECHECKED as usize], s[STAT_CT_REVOKED as usize]),
         (2, 1)
     );
-    assert_eq!(t.conntrack().iter().count(), 0);
+    // TCP keeps a REVOKED entry: the pod's side of the flow drops too.
+    assert_eq!(ct_state(&mut t), CT_REVOKED);
+    assert!(!t.run(Hook::FromPod, &out));
 }
 
 #[test]
@@ -887,4 +889,245 @@ fn adoption_repairs_partitions_and_moves_host_prefixes_out_of_the_lpm() {
     assert_eq!(t.dump_addresses().unwrap(), c.addresses);
     assert!(tcp_in(&mut t, "192.0.2.7", 80));
     assert!(!tcp_in(&mut t, "192.0.2.7", 81));
+}
+
+// Issue 8, "Established flows are re-judged whenever what decided them changes":
+// a conntrack entry records the policy epoch it was judged under; the loader
+// publishes a new epoch after every batch of writes, so a peer's identity
+// change cuts a flow exactly as a policy edit with the same effect does.
+
+fn stat(t: &TestDp, s: u32) -> u64 {
+    t.counters().unwrap().stats[s as usize]
+}
+
+/// Peer 192.0.2.10 is identity 5, which the ingress table allows (UDP rule 50,
+/// TCP rule 51); identity 6 has no entries, so IDENTITY_ANY denies it (rule 1).
+/// Egress allows everything (rule 2).
+fn peer_allowed_by_identity() -> palisade_policy::compiled::Compiled {
+    let extra = [ports(5, 17, &[], allow(50)), ports(5, 6, &[], allow(51))].concat();
+    compiled(
+        table(deny(1), &extra),
+        table(allow(2), &[]),
+        &[("192.0.2.10/32", 5)],
+    )
+}
+
+/// The UDP flow every revocation test uses: from a FIXED source port, so it
+/// keeps its 5-tuple (and its conntrack entry) for as long as it runs.
+fn udp_in() -> Vec<u8> {
+    Packet::udp("192.0.2.10", "10.0.0.1", 5353, 53).frame()
+}
+
+fn udp_back() -> Vec<u8> {
+    Packet::udp("10.0.0.1", "192.0.2.10", 53, 5353).frame()
+}
+
+fn remap_peer(id: u32) -> Delta {
+    Delta {
+        ops: vec![Op::PutAddress("192.0.2.10/32".parse().unwrap(), id)],
+    }
+}
+
+#[test]
+fn issue_8_identity_change_cuts_an_established_udp_flow_like_a_policy_edit() {
+    // The two ways of denying the same flow: (a) the peer's address now maps
+    // to an identity the table denies (a label change), (b) the table itself
+    // is edited to deny the peer (a policy edit). Both must cut it.
+    let c = peer_allowed_by_identity();
+    let mut edited = c.clone();
+    edited.tables.insert(1, table(deny(1), &[]));
+    let mut relabelled = c.clone();
+    relabelled
+        .addresses
+        .insert("192.0.2.10/32".parse().unwrap(), 6);
+    for (what, next) in [("identity change", relabelled), ("policy edit", edited)] {
+        let mut t = loaded(&c);
+        t.set_config(Config {
+            log_mode: LOG_DENIES,
+            ..Config::default()
+        })
+        .unwrap();
+        assert!(t.run(Hook::ToPod, &udp_in()), "{what}: first datagram");
+        assert!(t.run(Hook::FromPod, &udp_back()), "{what}: reply");
+        assert!(t.run(Hook::ToPod, &udp_in()), "{what}: established");
+        let epoch = t.policy_epoch().unwrap();
+        t.sync(&next).unwrap();
+        assert!(t.policy_epoch().unwrap() > epoch, "{what}: epoch bumped");
+        assert!(!t.run(Hook::ToPod, &udp_in()), "{what}: cut");
+        assert_eq!(t.conntrack().iter().count(), 0, "{what}: entry removed");
+        assert!(!t.run(Hook::ToPod, &udp_in()), "{what}: stays cut");
+        assert_eq!(stat(&t, STAT_CT_REVOKED), 1, "{what}");
+        let ev = events(&mut t);
+        assert_eq!(
+            (ev[0].reason, ev[0].rule_id, ev[0].direction),
+            ("policy-deny", 1, "ingress"),
+            "{what}: the cut names the rule that denies it: {ev:?}"
+        );
+    }
+}
+
+#[test]
+fn issue_8_incremental_address_remap_cuts_the_flow_on_either_direction() {
+    // Applied as a Delta (the agent's incremental path), and the first packet
+    // after the change is the POD's reply: it is judged in the flow's original
+    // orientation (ingress table, peer identity), not as an egress packet.
+    let c = peer_allowed_by_identity();
+    let mut t = loaded(&c);
+    assert!(t.run(Hook::ToPod, &udp_in()));
+    t.apply(&remap_peer(6)).unwrap();
+    assert!(!t.run(Hook::FromPod, &udp_back()), "reply after the remap");
+    assert_eq!(stat(&t, STAT_CT_REVOKED), 1);
+    assert_eq!(t.count(DIR_EGRESS, REASON_POLICY_DENY), 1);
+    // Re-mapped back: the flow is judged as new again and allowed.
+    t.apply(&remap_peer(5)).unwrap();
+    assert!(t.run(Hook::ToPod, &udp_in()));
+    assert!(t.run(Hook::FromPod, &udp_back()));
+}
+
+#[test]
+fn issue_8_revocation_off_keeps_established_flows_and_on_catches_up() {
+    let c = peer_allowed_by_identity();
+    let mut t = loaded(&c);
+    assert!(t.revoke_established().unwrap(), "on by default");
+    t.set_revoke_established(false).unwrap();
+    assert_eq!(t.config().unwrap().flags & CFG_F_NO_REVOKE, CFG_F_NO_REVOKE);
+    assert!(t.run(Hook::ToPod, &udp_in()));
+    // Identity change, then a table switch: the flow stays, both ways.
+    t.apply(&remap_peer(6)).unwrap();
+    assert!(
+        t.run(Hook::ToPod, &udp_in()),
+        "identity change, revocation off"
+    );
+    assert!(t.run(Hook::FromPod, &udp_back()));
+    let mut e = c.endpoints[POD].clone();
+    e.ingress = 3;
+    t.apply(&Delta {
+        ops: vec![Op::PutTable(3, table(deny(33), &[])), Op::PutEndpoint(e)],
+    })
+    .unwrap();
+    assert!(
+        t.run(Hook::ToPod, &udp_in()),
+        "table change, revocation off"
+    );
+    assert_eq!(stat(&t, STAT_CT_RECHECKED), 0, "never re-judged while off");
+    // New flows are still judged by policy.
+    assert!(!t.run(
+        Hook::ToPod,
+        &Packet::udp("192.0.2.10", "10.0.0.1", 5354, 53).frame()
+    ));
+    // Switched back on: the epochs it missed make the next packet re-judge.
+    t.set_revoke_established(true).unwrap();
+    assert!(!t.run(Hook::ToPod, &udp_in()), "cut once revocation is on");
+    assert_eq!(stat(&t, STAT_CT_REVOKED), 1);
+}
+
+#[test]
+fn issue_8_identity_change_cuts_a_long_lived_tcp_connection_both_ways() {
+    let c = peer_allowed_by_identity();
+    let mut t = loaded(&c);
+    let peer = |f| Packet::tcp("192.0.2.10", "10.0.0.1", 40000, 80, f);
+    let pod = |f| Packet::tcp("10.0.0.1", "192.0.2.10", 80, 40000, f);
+    assert!(t.run(Hook::ToPod, &peer(SYN).frame()));
+    assert!(t.run(Hook::FromPod, &pod(SYN | ACK).frame()));
+    for _ in 0..3 {
+        assert!(t.run(Hook::ToPod, &peer(ACK).frame()));
+        assert!(t.run(Hook::FromPod, &pod(ACK).frame()));
+    }
+    t.apply(&remap_peer(6)).unwrap();
+    assert!(
+        !t.run(Hook::ToPod, &peer(ACK).frame()),
+        "peer's next segment"
+    );
+    assert_eq!(ct_state(&mut t), CT_REVOKED);
+    // Egress allows everything, yet the pod's side of the cut connection must
+    // not restart it as a mid-stream egress flow: the REVOKED entry drops it.
+    assert!(!t.run(Hook::FromPod, &pod(ACK).frame()), "pod's reply");
+    assert!(!t.run(Hook::FromPod, &pod(FIN | ACK).frame()));
+    // An ICMP error from the pod about the peer's segment is not related
+    // traffic any more (egress would allow it as an unrelated error).
+    let quoted = peer(ACK).ip_bytes();
+    assert!(!t.run(
+        Hook::FromPod,
+        &icmp("10.0.0.1", "192.0.2.10", 3, 0, quoted).frame()
+    ));
+    // A new SYN on the tuple is a new connection, judged (and denied) as one.
+    assert!(!t.run(Hook::ToPod, &peer(SYN).frame()));
+    assert_eq!(stat(&t, STAT_CT_REVOKED), 1, "revoked once, not per packet");
+    assert_eq!(stat(&t, STAT_CT_CREATED), 1, "nothing re-created the flow");
+    // Allowed again (the label comes back): the connection may resume, as a
+    // segment picked up mid-stream would.
+    t.apply(&remap_peer(5)).unwrap();
+    assert!(t.run(Hook::FromPod, &pod(ACK).frame()));
+    assert_eq!(ct_state(&mut t), CT_ESTABLISHED);
+    assert!(t.run(Hook::ToPod, &peer(ACK).frame()));
+}
+
+#[test]
+fn issue_8_allowed_flows_keep_replies_and_related_icmp_across_an_unrelated_epoch() {
+    let c = peer_allowed_by_identity();
+    let mut t = loaded(&c);
+    let out = Packet::tcp("10.0.0.1", "198.51.100.7", 41000, 443, SYN);
+    let back = |f| Packet::tcp("198.51.100.7", "10.0.0.1", 443, 41000, f).frame();
+    assert!(t.run(Hook::FromPod, &out.frame()));
+    assert!(t.run(Hook::ToPod, &back(SYN | ACK)));
+    assert!(t.run(Hook::ToPod, &udp_in()));
+    let before = t.policy_epoch().unwrap();
+    // Unrelated: another address gets an identity.
+    t.apply(&Delta {
+        ops: vec![Op::PutAddress("203.0.113.0/24".parse().unwrap(), 9)],
+    })
+    .unwrap();
+    let now = t.policy_epoch().unwrap();
+    assert_eq!(now, before + 1, "one epoch per applied batch");
+    // The pod's own connection: reply, then a related ICMP error, then more.
+    assert!(t.run(Hook::ToPod, &back(ACK)), "reply across the epoch");
+    assert!(t.run(
+        Hook::ToPod,
+        &icmp("192.0.2.254", "10.0.0.1", 3, 4, out.ip_bytes()).frame()
+    ));
+    assert!(t.run(Hook::FromPod, &udp_back()), "ingress flow's reply");
+    assert!(t.run(Hook::ToPod, &udp_in()));
+    for _ in 0..5 {
+        assert!(t.run(Hook::ToPod, &back(ACK)));
+    }
+    // Each flow re-judged once for the new epoch, not per packet.
+    assert_eq!(stat(&t, STAT_CT_RECHECKED), 2);
+    assert_eq!(stat(&t, STAT_CT_REVOKED), 0);
+    let epochs: Vec<u32> = t
+        .conntrack()
+        .iter()
+        .filter_map(|r| r.ok())
+        .map(|(_, v)| v.epoch)
+        .collect();
+    assert_eq!(epochs, vec![now, now], "entries refreshed to the new epoch");
+    assert_eq!(t.count(DIR_INGRESS, REASON_CT_RELATED), 1);
+}
+
+#[test]
+fn issue_8_epoch_moves_once_per_write_batch_and_not_for_no_op_passes() {
+    let c = peer_allowed_by_identity();
+    let mut t = loaded(&c);
+    let e0 = t.policy_epoch().unwrap();
+    assert_ne!(e0, 0, "0 is never published");
+    t.sync(&c).unwrap();
+    t.apply(&Delta::default()).unwrap();
+    assert_eq!(
+        t.policy_epoch().unwrap(),
+        e0,
+        "nothing written, nothing re-judged"
+    );
+    t.apply(&Delta {
+        ops: vec![
+            Op::PutAddress("203.0.113.0/24".parse().unwrap(), 9),
+            Op::PutAddress("203.0.114.0/24".parse().unwrap(), 9),
+            Op::RemoveAddress("203.0.113.0/24".parse().unwrap()),
+        ],
+    })
+    .unwrap();
+    assert_eq!(t.policy_epoch().unwrap(), e0 + 1);
+    // A restart (adoption) judges every flow again under the new programs.
+    let root = t.root.0.clone();
+    drop(t.dp.take());
+    t.dp = Some(palisade_datapath::Datapath::load_or_adopt(&root, MapSizes::default()).unwrap());
+    assert!(t.policy_epoch().unwrap() > e0 + 1);
 }
