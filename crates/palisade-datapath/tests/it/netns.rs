@@ -3,15 +3,19 @@
 //! Traffic stays inside the namespaces this test creates.
 
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::process::Command;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use palisade_datapath::abi::{DIR_INGRESS, REASON_POLICY_ALLOW, REASON_POLICY_DENY};
+use palisade_datapath::abi::{
+    DIR_INGRESS, REASON_POLICY_ALLOW, REASON_POLICY_DENY, STAT_CT_REVOKED,
+};
 use palisade_datapath::{Datapath, MapSizes};
-use palisade_policy::compiled::EndpointEntry;
+use palisade_policy::compiled::{Compiled, Delta, EndpointEntry, Op};
 
 use crate::common::*;
 
@@ -25,18 +29,22 @@ fn ip(args: &[&str]) {
     );
 }
 
-/// Namespaces `palisade-t-<pid>-pod` and `-host`, deleted on Drop (also on panic).
+/// Namespaces `palisade-t-<pid>-<n>-pod` and `-host`, deleted on Drop (also on
+/// panic); `n` keeps the tests of one binary apart when they run in parallel.
 struct NetNsPair {
     pod: String,
     host: String,
 }
 
+static PAIRS: AtomicUsize = AtomicUsize::new(0);
+
 impl NetNsPair {
     fn new() -> Self {
         let pid = std::process::id();
+        let n = PAIRS.fetch_add(1, Ordering::SeqCst);
         let pair = NetNsPair {
-            pod: format!("palisade-t-{pid}-pod"),
-            host: format!("palisade-t-{pid}-host"),
+            pod: format!("palisade-t-{pid}-{n}-pod"),
+            host: format!("palisade-t-{pid}-{n}-host"),
         };
         ip(&["netns", "add", &pair.pod]);
         ip(&["netns", "add", &pair.host]);
@@ -180,4 +188,168 @@ fn denied_tcp_connect_fails_and_allowed_one_succeeds_through_veth() {
         "after detach: {after:?}"
     );
     drop(pair);
+}
+
+/// The pod (10.200.0.1) with ingress: peer identity 5 allowed for UDP (rule 50)
+/// and TCP (rule 51), everything else denied (rule 1); egress allowed. The host
+/// side's 10.200.0.2 is identity 5.
+fn pod_allowing_identity_5() -> Compiled {
+    let extra = [ports(5, 17, &[], allow(50)), ports(5, 6, &[], allow(51))].concat();
+    let mut c = compiled(
+        table(deny(1), &extra),
+        table(allow(2), &[]),
+        &[("10.200.0.2/32", 5)],
+    );
+    c.endpoints.clear();
+    c.endpoints.insert(
+        "t/pod".into(),
+        EndpointEntry {
+            pod: "t/pod".into(),
+            ips: vec!["10.200.0.1".parse().unwrap()],
+            ingress: 1,
+            egress: 2,
+            generation: 1,
+        },
+    );
+    c
+}
+
+fn put_address(dp: &mut Datapath, net: &str, id: u32) {
+    dp.apply(&Delta {
+        ops: vec![Op::PutAddress(net.parse().unwrap(), id)],
+    })
+    .unwrap();
+}
+
+/// Sends `msg` on a connected UDP socket; true if the echo came back in time.
+fn udp_echoes(s: &UdpSocket, msg: &[u8]) -> bool {
+    s.send(msg).unwrap();
+    let mut buf = [0u8; 64];
+    loop {
+        match s.recv(&mut buf) {
+            Ok(n) if &buf[..n] == msg => return true,
+            // A late echo of an earlier message: keep reading until the deadline.
+            Ok(_) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Writes a line on a TCP connection; true if its echo came back in time.
+fn tcp_echoes(w: &mut TcpStream, r: &mut BufReader<TcpStream>, line: &str) -> bool {
+    w.write_all(format!("{line}\n").as_bytes()).unwrap();
+    let mut got = String::new();
+    matches!(r.read_line(&mut got), Ok(n) if n > 0 && got.trim_end() == line)
+}
+
+/// Issue 8 on real packets: a UDP flow from a fixed source port and a
+/// long-lived TCP connection, both allowed by the peer's identity, keep
+/// working across an unrelated epoch, are cut when the peer's address is
+/// re-mapped to an identity the table denies, and (revocation off) stay.
+#[test]
+fn issue_8_identity_change_cuts_established_udp_and_tcp_flows_through_veth() {
+    let pair = NetNsPair::new();
+    let root = PinRoot(unique_root());
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // The pod: UDP echo on 5300 (until stopped), TCP line echo on 8080 (one
+    // connection, until EOF or an idle read times out).
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let pod_ns = pair.pod.clone();
+    let stop_server = stop.clone();
+    let server = std::thread::spawn(move || {
+        enter(&pod_ns);
+        let udp = UdpSocket::bind("10.200.0.1:5300").unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let tcp = TcpListener::bind("10.200.0.1:8080").unwrap();
+        ready_tx.send(()).unwrap();
+        let tcp_echo = std::thread::spawn(move || {
+            let (s, _) = tcp.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut w = s.try_clone().unwrap();
+            for line in BufReader::new(s).lines() {
+                let Ok(line) = line else { break };
+                if w.write_all(format!("{line}\n").as_bytes()).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut buf = [0u8; 64];
+        while !stop_server.load(Ordering::SeqCst) {
+            if let Ok((n, from)) = udp.recv_from(&mut buf) {
+                let _ = udp.send_to(&buf[..n], from);
+            }
+        }
+        tcp_echo.join().unwrap();
+    });
+    ready_rx.recv().unwrap();
+
+    let host_ns = pair.host.clone();
+    let root_path = root.0.clone();
+    let client = std::thread::spawn(move || {
+        enter(&host_ns);
+        let mut dp = Datapath::load_or_adopt(&root_path, MapSizes::default()).unwrap();
+        dp.sync(&pod_allowing_identity_5()).unwrap();
+        dp.attach("t/pod", "h0").unwrap();
+        let wait = Duration::from_millis(700);
+        let udp = UdpSocket::bind("10.200.0.2:5353").unwrap();
+        udp.connect("10.200.0.1:5300").unwrap();
+        udp.set_read_timeout(Some(wait)).unwrap();
+        let tcp = TcpStream::connect_timeout(&"10.200.0.1:8080".parse().unwrap(), wait).unwrap();
+        tcp.set_read_timeout(Some(wait)).unwrap();
+        let mut tcp_w = tcp.try_clone().unwrap();
+        let mut tcp_r = BufReader::new(tcp);
+        let mut seen = Vec::new();
+        seen.push(("udp allowed", udp_echoes(&udp, b"a")));
+        seen.push(("tcp allowed", tcp_echoes(&mut tcp_w, &mut tcp_r, "1")));
+        // Unrelated change: both flows are re-judged and keep passing replies.
+        put_address(&mut dp, "203.0.113.0/24", 9);
+        seen.push(("udp after unrelated epoch", udp_echoes(&udp, b"b")));
+        seen.push((
+            "tcp after unrelated epoch",
+            tcp_echoes(&mut tcp_w, &mut tcp_r, "2"),
+        ));
+        // The peer's address now maps to an identity the table denies.
+        put_address(&mut dp, "10.200.0.2/32", 6);
+        seen.push(("udp after identity change", udp_echoes(&udp, b"c")));
+        seen.push((
+            "tcp after identity change",
+            tcp_echoes(&mut tcp_w, &mut tcp_r, "3"),
+        ));
+        let revoked = dp.counters().unwrap().stats[STAT_CT_REVOKED as usize];
+        // Revocation off: a flow admitted again stays across the same change.
+        dp.set_revoke_established(false).unwrap();
+        put_address(&mut dp, "10.200.0.2/32", 5);
+        let udp2 = UdpSocket::bind("10.200.0.2:5354").unwrap();
+        udp2.connect("10.200.0.1:5300").unwrap();
+        udp2.set_read_timeout(Some(wait)).unwrap();
+        seen.push(("udp, revocation off", udp_echoes(&udp2, b"d")));
+        put_address(&mut dp, "10.200.0.2/32", 6);
+        seen.push((
+            "udp after identity change, revocation off",
+            udp_echoes(&udp2, b"e"),
+        ));
+        // Let the TCP connection close cleanly so the server thread ends.
+        dp.detach("t/pod").unwrap();
+        drop((tcp_w, tcp_r));
+        (seen, revoked)
+    });
+    let (seen, revoked) = client.join().unwrap();
+    stop.store(true, Ordering::SeqCst);
+    server.join().unwrap();
+    drop(root);
+    drop(pair);
+    let expected = [
+        ("udp allowed", true),
+        ("tcp allowed", true),
+        ("udp after unrelated epoch", true),
+        ("tcp after unrelated epoch", true),
+        ("udp after identity change", false),
+        ("tcp after identity change", false),
+        ("udp, revocation off", true),
+        ("udp after identity change, revocation off", true),
+    ];
+    assert_eq!(seen, expected);
+    assert_eq!(revoked, 2, "the UDP flow and the TCP connection, once each");
 }
