@@ -25,7 +25,10 @@
 //! | any | other error (no route, …) | deny, with the error |
 //!
 //! SCTP: this kernel has no SCTP, so no SCTP socket exists on either side. The probe
-//! sends an SCTP `INIT` chunk on a raw IP socket (protocol 132); the peer's kernel,
+//! sends an SCTP `INIT` chunk on a raw IP socket (protocol 132), from a new source
+//! port every time, as a real client opening a new association does (so each probe
+//! is a new flow to the datapath, never a packet of an earlier probe's tracked
+//! association); the peer's kernel,
 //! lacking SCTP, answers with ICMP protocol unreachable (IPv4) or parameter problem,
 //! unrecognized next header (IPv6), which the raw socket reports as an error thanks to
 //! `IP_RECVERR`/`IPV6_RECVERR`. That answer proves the INIT reached the peer pod.
@@ -35,8 +38,9 @@
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sched::{setns, CloneFlags};
 use palisade_policy::model::Protocol;
@@ -249,7 +253,7 @@ pub fn probe_one(dst: SocketAddr, protocol: Protocol, timeout: Duration) -> (Ver
         let r = match protocol {
             Protocol::Tcp => probe_tcp(dst, slot, deadline),
             Protocol::Udp => probe_udp(dst, slot),
-            Protocol::Sctp => probe_sctp(dst, slot),
+            Protocol::Sctp => probe_sctp(dst, next_sctp_port(), slot),
         };
         match r {
             Err(e) if is_timeout(&e) && attempt < ATTEMPTS => continue,
@@ -359,7 +363,31 @@ fn probe_udp(dst: SocketAddr, timeout: Duration) -> std::io::Result<Outcome> {
 /// IANA protocol number of SCTP.
 const IPPROTO_SCTP: i32 = 132;
 
-fn probe_sctp(dst: SocketAddr, timeout: Duration) -> std::io::Result<Outcome> {
+/// First port of the range SCTP probes take their source ports from: the IANA
+/// dynamic range, 49152..=65535 (RFC 6335), 16384 ports.
+const SCTP_PORT_BASE: u16 = 49_152;
+/// Ports in that range.
+const SCTP_PORT_COUNT: u32 = 16_384;
+
+/// The source port of the next SCTP association: every call gives the next port
+/// of the dynamic range, from a start picked once per process (clock and pid),
+/// so consecutive probes never share a 5-tuple within 16384 probes and two
+/// `lab probe` runs do not replay each other's tuples. A raw socket has no port
+/// of its own to allocate from, so the prober allocates it.
+fn next_sctp_port() -> u16 {
+    static NEXT: OnceLock<AtomicU32> = OnceLock::new();
+    let next = NEXT.get_or_init(|| {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        AtomicU32::new(nanos ^ std::process::id().rotate_left(16))
+    });
+    let n = next.fetch_add(1, Ordering::Relaxed) % SCTP_PORT_COUNT;
+    SCTP_PORT_BASE + n as u16
+}
+
+/// Sends one INIT from `src_port` and waits for the peer's answer.
+fn probe_sctp(dst: SocketAddr, src_port: u16, timeout: Duration) -> std::io::Result<Outcome> {
     let (domain, level, recverr) = match dst {
         SocketAddr::V4(_) => (libc::AF_INET, libc::SOL_IP, libc::IP_RECVERR),
         SocketAddr::V6(_) => (libc::AF_INET6, libc::SOL_IPV6, libc::IPV6_RECVERR),
@@ -396,7 +424,7 @@ fn probe_sctp(dst: SocketAddr, timeout: Duration) -> std::io::Result<Outcome> {
     // Raw sockets take the port as 0; the SCTP header carries the real one.
     let sa = nix::sys::socket::SockaddrStorage::from(SocketAddr::new(dst.ip(), 0));
     nix::sys::socket::connect(fd.as_raw_fd(), &sa).map_err(std::io::Error::from)?;
-    let packet = sctp_init(dst.port());
+    let packet = sctp_init(src_port, dst.port());
     nix::sys::socket::send(fd.as_raw_fd(), &packet, nix::sys::socket::MsgFlags::empty())
         .map_err(std::io::Error::from)?;
     let deadline = Instant::now() + timeout;
@@ -409,7 +437,7 @@ fn probe_sctp(dst: SocketAddr, timeout: Duration) -> std::io::Result<Outcome> {
         ) {
             // A raw socket also receives SCTP packets *from* the peer (its own
             // concurrent INIT to us): only an answer to our INIT counts.
-            Ok(n) if is_answer_to_init(&buf[..n], dst, dst.port()) => {
+            Ok(n) if is_answer_to_init(&buf[..n], dst, src_port) => {
                 return Ok(Outcome::Reply("SCTP answer".into()))
             }
             Ok(_) => {
@@ -453,8 +481,8 @@ fn set_rcvtimeo(fd: &OwnedFd, t: Duration) {
 }
 
 /// Whether `data` (as a raw socket returns it: with the IPv4 header, without an IPv6
-/// one) is an SCTP INIT-ACK (2) or ABORT (6) from `peer_port` to [`SCTP_SRC_PORT`].
-fn is_answer_to_init(data: &[u8], dst: SocketAddr, peer_port: u16) -> bool {
+/// one) is an SCTP INIT-ACK (2) or ABORT (6) from `dst`'s port to `src_port`.
+fn is_answer_to_init(data: &[u8], dst: SocketAddr, src_port: u16) -> bool {
     let sctp = match dst {
         SocketAddr::V4(_) => {
             let Some(ihl) = data.first().map(|b| usize::from(b & 0x0f) * 4) else {
@@ -465,18 +493,15 @@ fn is_answer_to_init(data: &[u8], dst: SocketAddr, peer_port: u16) -> bool {
         SocketAddr::V6(_) => data,
     };
     sctp.len() >= 13
-        && u16::from_be_bytes([sctp[0], sctp[1]]) == peer_port
-        && u16::from_be_bytes([sctp[2], sctp[3]]) == SCTP_SRC_PORT
+        && u16::from_be_bytes([sctp[0], sctp[1]]) == dst.port()
+        && u16::from_be_bytes([sctp[2], sctp[3]]) == src_port
         && matches!(sctp[12], 2 | 6)
 }
 
-/// Source port of probe INITs: any ephemeral port will do, no SCTP stack answers on it.
-const SCTP_SRC_PORT: u16 = 40_132;
-
 /// An SCTP packet holding one INIT chunk (RFC 9260 §3.3.2), checksummed with CRC32c.
-fn sctp_init(dst_port: u16) -> Vec<u8> {
+fn sctp_init(src_port: u16, dst_port: u16) -> Vec<u8> {
     let mut p = Vec::with_capacity(32);
-    p.extend_from_slice(&SCTP_SRC_PORT.to_be_bytes());
+    p.extend_from_slice(&src_port.to_be_bytes());
     p.extend_from_slice(&dst_port.to_be_bytes());
     p.extend_from_slice(&0u32.to_be_bytes()); // verification tag: 0 for INIT
     p.extend_from_slice(&0u32.to_be_bytes()); // checksum, filled below
@@ -512,6 +537,78 @@ fn crc32c(data: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sctp_source_ports_are_new_for_every_association_and_dynamic() {
+        let ports: Vec<u16> = (0..2000).map(|_| next_sctp_port()).collect();
+        let distinct: std::collections::BTreeSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len(), "a port repeated: {ports:?}");
+        assert!(ports.iter().all(|&p| p >= SCTP_PORT_BASE), "{ports:?}");
+    }
+
+    #[test]
+    fn sctp_init_is_sent_from_its_port_and_only_answers_to_that_port_count() {
+        let dst: SocketAddr = "[fd00::2]:132".parse().unwrap();
+        let init = sctp_init(50_000, 132);
+        assert_eq!(&init[0..4], &[0xc3, 0x50, 0x00, 0x84], "ports 50000 -> 132");
+        // An ABORT from the peer's port 132 back to 50000 (IPv6: no IP header).
+        let mut abort = vec![0x00, 0x84, 0xc3, 0x50, 0, 0, 0, 0, 0, 0, 0, 0, 6, 0, 0, 4];
+        assert!(is_answer_to_init(&abort, dst, 50_000));
+        assert!(
+            !is_answer_to_init(&abort, dst, 50_001),
+            "another probe's answer"
+        );
+        abort[12] = 1;
+        assert!(
+            !is_answer_to_init(&abort, dst, 50_000),
+            "an INIT is not an answer"
+        );
+    }
+
+    /// Real packets (needs root for raw sockets; loopback only): two SCTP probes
+    /// send six INITs (three attempts each), from six different source ports.
+    #[test]
+    fn sctp_probes_open_a_new_association_each_on_the_wire() {
+        // Capture INITs to one port on loopback. While this raw socket takes them,
+        // the kernel sends no protocol unreachable, so the probes time out: only
+        // the INITs matter here.
+        // SAFETY: plain socket(2); the fd is owned immediately.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, IPPROTO_SCTP) };
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        // SAFETY: fd is a fresh, valid descriptor we own.
+        let cap = unsafe { OwnedFd::from_raw_fd(fd) };
+        set_rcvtimeo(&cap, Duration::from_millis(200));
+        let port = 40_000 + (std::process::id() % 9_000) as u16;
+        let dst: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        for _ in 0..2 {
+            let (verdict, _) = probe_one(dst, Protocol::Sctp, Duration::from_millis(300));
+            assert_eq!(
+                verdict,
+                Verdict::Deny,
+                "nothing answers on the capture port"
+            );
+        }
+        let mut sources = Vec::new();
+        let mut buf = [0u8; 1500];
+        while let Ok(n) = nix::sys::socket::recv(
+            cap.as_raw_fd(),
+            &mut buf,
+            nix::sys::socket::MsgFlags::empty(),
+        ) {
+            let ihl = usize::from(buf[0] & 0x0f) * 4;
+            let sctp = &buf[ihl..n];
+            if sctp.len() >= 13 && u16::from_be_bytes([sctp[2], sctp[3]]) == port && sctp[12] == 1 {
+                sources.push(u16::from_be_bytes([sctp[0], sctp[1]]));
+            }
+        }
+        let distinct: std::collections::BTreeSet<_> = sources.iter().collect();
+        assert_eq!(sources.len(), 6, "INITs captured: {sources:?}");
+        assert_eq!(
+            distinct.len(),
+            6,
+            "one association per attempt: {sources:?}"
+        );
+    }
 
     #[test]
     fn crc32c_matches_the_standard_check_value() {
