@@ -308,12 +308,17 @@ where
 /// `sizeof(struct ct_value)` before it held the policy epoch.
 const OLD_CT_VALUE_SIZE: usize = 32;
 
+/// A conntrack map of the layout before `ct_value.epoch`, opened from its pin.
+type OldConntrack = HashMap<MapData, CtKey, [u8; OLD_CT_VALUE_SIZE]>;
+
 /// If the pinned conntrack map has another value size than this version's
-/// (a pin of a version before `ct_value.epoch`), renames its pin aside so the
-/// loader creates the new layout, and returns where it went:
-/// `migrate_conntrack` copies it over once the new map exists. A layout that
-/// is not the known older one is not copied (its flows are judged as new).
-fn set_aside_old_conntrack(maps_dir: &Path) -> Result<Option<PathBuf>> {
+/// (a pin of a version before `ct_value.epoch`), opens it and removes its pin
+/// (bpffs cannot rename) so the loader creates the new layout; the open map
+/// lives on (the old programs still use it) and `migrate_conntrack` copies it
+/// over once the new map exists. A layout that is not the known older one is
+/// not copied: its flows are judged as new flows.
+fn set_aside_old_conntrack(maps_dir: &Path) -> Result<Option<OldConntrack>> {
+    const NAME: &str = "palisade_conntrack (previous layout)";
     let pin = maps_dir.join("palisade_conntrack");
     let Ok(info) = aya::maps::MapInfo::from_pin(&pin) else {
         return Ok(None);
@@ -322,18 +327,18 @@ fn set_aside_old_conntrack(maps_dir: &Path) -> Result<Option<PathBuf>> {
     if size == std::mem::size_of::<CtValue>() {
         return Ok(None);
     }
-    let aside = maps_dir.join("palisade_conntrack.previous");
-    let pin_err = |source| Error::Pin {
+    let old = if size == OLD_CT_VALUE_SIZE {
+        let data = MapData::from_pin(&pin).map_err(map_err(NAME))?;
+        let map = aya::maps::Map::from_map_data(data).map_err(map_err(NAME))?;
+        Some(HashMap::try_from(map).map_err(map_err(NAME))?)
+    } else {
+        None
+    };
+    std::fs::remove_file(&pin).map_err(|source| Error::Pin {
         path: pin.clone(),
         source,
-    };
-    if size != OLD_CT_VALUE_SIZE {
-        std::fs::remove_file(&pin).map_err(pin_err)?;
-        return Ok(None);
-    }
-    let _ = std::fs::remove_file(&aside);
-    std::fs::rename(&pin, &aside).map_err(pin_err)?;
-    Ok(Some(aside))
+    })?;
+    Ok(old)
 }
 
 fn link_pin(root: &Path, ifindex: u32, hook: Hook) -> PathBuf {
@@ -425,7 +430,7 @@ impl Datapath {
             ncpus: aya::util::nr_cpus().map_err(|(_, e)| Error::Interface("cpus".into(), e))?,
         };
         if let Some(old) = old_conntrack {
-            dp.migrate_conntrack(&old)?;
+            dp.migrate_conntrack(&old);
         }
         let legacy_hosts = dp.reload_mirror()?;
         dp.repair_derived(&legacy_hosts)?;
@@ -753,10 +758,12 @@ impl Datapath {
     /// `write` per applied plan is one epoch per plan.
     fn write(&mut self, plan: &[Write]) -> Result<()> {
         let written = self.write_maps(plan);
-        if plan.iter().any(|w| !matches!(w, Write::ZeroSlot(_))) {
-            self.bump_epoch()?;
+        if !plan.iter().any(|w| !matches!(w, Write::ZeroSlot(_))) {
+            return written;
         }
-        written
+        let bumped = self.bump_epoch();
+        // A failed write is the error to report; the bump is then best effort.
+        written.and(bumped.map(|_| ()))
     }
 
     /// Publishes a new policy epoch (`palisade_epoch[0] + 1`, skipping 0, which
@@ -810,16 +817,12 @@ impl Datapath {
 
     /// Copies the entries of a conntrack map pinned by a version whose
     /// `ct_value` was shorter (the fields it had, epoch 0: judged again on
-    /// their next packet) into the new map, then removes the old pin. Flows
-    /// the old programs open between this copy and the link switch are judged
-    /// as new flows on their next packet.
-    fn migrate_conntrack(&mut self, old: &Path) -> Result<()> {
-        let name = "palisade_conntrack (previous layout)";
-        let data = MapData::from_pin(old).map_err(map_err(name))?;
-        let map = aya::maps::Map::from_map_data(data).map_err(map_err(name))?;
-        let old_map: HashMap<MapData, CtKey, [u8; OLD_CT_VALUE_SIZE]> =
-            HashMap::try_from(map).map_err(map_err(name))?;
-        for kv in old_map.iter() {
+    /// their next packet) into the new map (best effort: an entry that cannot
+    /// be read or written is a flow judged as new). Flows the old programs
+    /// open between this copy and the link switch are judged as new flows on
+    /// their next packet.
+    fn migrate_conntrack(&mut self, old: &OldConntrack) {
+        for kv in old.iter() {
             let Ok((k, b)) = kv else { continue };
             let u64_at = |i: usize| u64::from_ne_bytes(b[i..i + 8].try_into().expect("8 bytes"));
             let u32_at = |i: usize| u32::from_ne_bytes(b[i..i + 4].try_into().expect("4 bytes"));
@@ -839,11 +842,6 @@ impl Datapath {
             };
             let _ = self.conntrack.insert(k, v, 0);
         }
-        drop(old_map);
-        std::fs::remove_file(old).map_err(|source| Error::Pin {
-            path: old.into(),
-            source,
-        })
     }
 
     fn write_maps(&mut self, plan: &[Write]) -> Result<()> {

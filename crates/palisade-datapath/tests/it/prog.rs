@@ -2,6 +2,7 @@
 //! crate's own encoder: build the packet, set up the maps, check return code,
 //! reason counters and events.
 
+use std::mem::size_of;
 use std::net::IpAddr;
 
 use palisade_datapath::abi::*;
@@ -1130,4 +1131,71 @@ fn issue_8_epoch_moves_once_per_write_batch_and_not_for_no_op_passes() {
     drop(t.dp.take());
     t.dp = Some(palisade_datapath::Datapath::load_or_adopt(&root, MapSizes::default()).unwrap());
     assert!(t.policy_epoch().unwrap() > e0 + 1);
+}
+
+/// `bpf(2)` with a zeroed 128-byte attribute whose leading words are `words`.
+fn bpf_sys(cmd: i64, words: &[u64]) -> i64 {
+    let mut attr = [0u64; 16];
+    attr[..words.len()].copy_from_slice(words);
+    // SAFETY: attr is a live, zero-padded buffer of the size passed.
+    unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 128usize) }
+}
+
+#[test]
+fn adoption_migrates_a_conntrack_map_of_the_layout_before_the_epoch() {
+    let c = compiled(table(deny(1), &[]), table(allow(2), &[]), &[]);
+    let mut t = loaded(&c);
+    let out = Packet::udp("10.0.0.1", "1.2.3.4", 5000, 53).frame();
+    let back = Packet::udp("1.2.3.4", "10.0.0.1", 53, 5000).frame();
+    assert!(t.run(Hook::FromPod, &out));
+    let (k, v) = t.conntrack().iter().next().unwrap().unwrap();
+    let root = t.root.0.clone();
+    drop(t.dp.take());
+    // The pins an agent of the previous version leaves: ct_value without its
+    // last 8 bytes (epoch, pad2), holding the same flow.
+    let pin = root.join("maps").join("palisade_conntrack");
+    std::fs::remove_file(&pin).unwrap();
+    const LRU_HASH: u64 = 9;
+    let (ks, vs) = (size_of::<CtKey>() as u64, 32u64);
+    let fd = bpf_sys(0, &[LRU_HASH | ks << 32, vs | 1024 << 32]);
+    assert!(fd >= 0, "map create: {}", std::io::Error::last_os_error());
+    let old_value = &bytes_of(&v)[..32];
+    let key = bytes_of(&k);
+    let rc = bpf_sys(
+        2,
+        &[fd as u64, key.as_ptr() as u64, old_value.as_ptr() as u64, 0],
+    );
+    assert_eq!(rc, 0, "update: {}", std::io::Error::last_os_error());
+    let path = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(bpf_sys(6, &[path.as_ptr() as u64, fd as u64]), 0, "pin");
+    // SAFETY: fd is the map descriptor created above, closed once.
+    unsafe { libc::close(fd as i32) };
+
+    let dp = palisade_datapath::Datapath::load_or_adopt(&root, MapSizes::default())
+        .expect("an older conntrack layout is migrated, not refused");
+    t.dp = Some(dp);
+    let entries: Vec<_> = t.conntrack().iter().filter_map(|r| r.ok()).collect();
+    assert_eq!(entries.len(), 1, "the tracked flow survived: {entries:?}");
+    let (k2, v2) = entries[0];
+    assert_eq!(k2, k);
+    assert_eq!(
+        (
+            v2.created_ns,
+            v2.rule_id,
+            v2.table,
+            v2.state,
+            v2.origin_dir,
+            v2.epoch
+        ),
+        (v.created_ns, v.rule_id, v.table, v.state, v.origin_dir, 0),
+        "fields kept, epoch 0: judged again on its next packet"
+    );
+    // Its reply still passes an ingress deny-all, after one re-judgement.
+    assert!(t.run(Hook::ToPod, &back));
+    assert_eq!(stat(&t, STAT_CT_RECHECKED), 1);
+}
+
+fn bytes_of<T: Copy>(v: &T) -> &[u8] {
+    // SAFETY: the ABI types are repr(C) integers with explicit padding (abi.rs).
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
 }
