@@ -88,7 +88,6 @@ mod inspect;
 mod loader;
 pub mod maps;
 pub mod packet;
-pub mod reference;
 mod state;
 
 pub use bench::{bench_datapath, BenchOptions, BenchPoint, BenchReport};

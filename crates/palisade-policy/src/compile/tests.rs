@@ -1,5 +1,6 @@
 //! Compiler tests: one unit test per construct, then property tests comparing compiled
-//! lookups with a direct evaluation, and incremental deltas with a full compile.
+//! lookups with the reference evaluator (`verdict::evaluate`), and incremental deltas
+//! with a full compile.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -8,25 +9,23 @@ use ipnet::IpNet;
 use proptest::prelude::*;
 
 use super::{compile, Change, Compiler};
-use crate::compiled::{Compiled, Op, RuleOrigin, TableAction, PROTO_OTHER};
+use crate::compiled::{Compiled, Op, RuleOrigin, TableAction};
 use crate::model::{
     Action, Cluster, ClusterPeer, ClusterPolicy, ClusterPolicyKind, ClusterRule, ContainerPort,
     Direction, IpBlock, Namespace, NamespaceMatch, NetworkPolicy, NetworkPolicyPeer,
     NetworkPolicyRule, Node, Pod, PortMatch, Protocol, Subject, Tier, NAMESPACE_NAME_LABEL,
 };
 use crate::selector::{LabelSelector, Labels, Requirement};
+use crate::verdict::{evaluate, Flow, Peer};
 
 // ---------------------------------------------------------------------------------------
 // The oracle.
 // ---------------------------------------------------------------------------------------
 
-/// The verdict for one side of a flow: endpoint `ep`, direction, the peer's address,
-/// IP protocol and destination port. The property tests compare compiled lookups
-/// against this.
-///
-/// To use the reference evaluator instead, replace the body with the one-line call
-/// `crate::verdict::evaluate_side(cluster, ep, dir, peer, proto, port)` (adapting the
-/// result to `(allowed, origin)`).
+/// The oracle: the reference evaluator itself, [`evaluate`], on the flow the datapath
+/// sees for one side of endpoint `ep`: `ep` by name and the peer by address (so the
+/// flow's family is the peer's), in direction `dir`. The property tests compare every
+/// compiled lookup with this; there is no second evaluator to keep in step.
 fn oracle(
     cluster: &Cluster,
     ep: &Pod,
@@ -35,156 +34,18 @@ fn oracle(
     proto: u8,
     port: u16,
 ) -> (bool, RuleOrigin) {
-    direct_side(cluster, ep, dir, peer, proto, port)
-}
-
-/// A direct, deliberately naive evaluation of the tiers, written without any code of
-/// the compiler.
-fn direct_side(
-    c: &Cluster,
-    ep: &Pod,
-    dir: Direction,
-    peer: IpAddr,
-    proto: u8,
-    port: u16,
-) -> (bool, RuleOrigin) {
-    let (class, port) = match proto {
-        6 | 17 | 132 => (proto, port),
-        _ => (PROTO_OTHER, 0),
+    let (me, them) = (Peer::Pod(ep.key()), Peer::Ip(peer));
+    let flow = match dir {
+        Direction::Egress => Flow::new(me, them, proto, port),
+        Direction::Ingress => Flow::new(them, me, proto, port),
     };
-    let ns_labels = c.namespace_labels(&ep.namespace);
-    let peer_pod = c.pod_by_ip(&peer);
-    let peer_nodes: Vec<&Node> = c
-        .nodes
-        .values()
-        .filter(|n| n.addresses.contains(&peer))
-        .collect();
-    let dest_pod = match dir {
-        Direction::Ingress => Some(ep),
-        Direction::Egress => peer_pod,
+    let d = evaluate(cluster, &flow);
+    let side = match dir {
+        Direction::Egress => d.egress,
+        Direction::Ingress => d.ingress,
     };
-    let ports_ok = |ports: &Option<Vec<PortMatch>>| match ports {
-        None => true,
-        Some(_) if class == PROTO_OTHER => false,
-        Some(list) => list.iter().any(|pm| match pm {
-            PortMatch::AllPorts(p) => p.number() == class,
-            PortMatch::Range {
-                protocol,
-                port: lo,
-                end_port: hi,
-            } => protocol.number() == class && *lo <= port && port <= *hi,
-            PortMatch::Named { protocol, name } => {
-                protocol.number() == class
-                    && dest_pod.and_then(|d| d.resolve_named_port(name, *protocol)) == Some(port)
-            }
-        }),
-    };
-    let cluster_peer_ok = |p: &ClusterPeer| match p {
-        ClusterPeer::Namespaces(s) => {
-            peer_pod.is_some_and(|pp| s.matches(&c.namespace_labels(&pp.namespace)))
-        }
-        ClusterPeer::Pods { namespaces, pods } => peer_pod.is_some_and(|pp| {
-            namespaces.matches(&c.namespace_labels(&pp.namespace)) && pods.matches(&pp.labels)
-        }),
-        ClusterPeer::Nodes(s) => peer_nodes.iter().any(|n| s.matches(&n.labels)),
-        ClusterPeer::Networks(nets) => nets.iter().any(|n| n.contains(&peer)),
-        ClusterPeer::DomainNames(_) => false,
-    };
-    let subject_ok = |s: &Subject| match s {
-        Subject::Namespaces(n) => n.matches(&ns_labels),
-        Subject::Pods { namespaces, pods } => {
-            namespaces.matches(&ns_labels) && pods.matches(&ep.labels)
-        }
-    };
-    let mut cps: Vec<&ClusterPolicy> = c
-        .cluster_policies
-        .values()
-        .filter(|p| subject_ok(&p.subject))
-        .collect();
-    cps.sort_by_key(|p| (p.priority, p.name.clone(), p.kind.as_str()));
-    let tier = |t: Tier| -> Option<(bool, RuleOrigin)> {
-        for p in cps.iter().filter(|p| p.tier == t) {
-            for (index, r) in p.rules(dir).iter().enumerate() {
-                if r.peers.iter().any(cluster_peer_ok) && ports_ok(&r.ports) {
-                    let origin = RuleOrigin::Cluster {
-                        kind: p.kind,
-                        name: p.name.clone(),
-                        tier: p.tier,
-                        direction: dir,
-                        index,
-                        rule_name: r.name.clone(),
-                        action: r.action,
-                    };
-                    return match r.action {
-                        Action::Accept => Some((true, origin)),
-                        Action::Deny => Some((false, origin)),
-                        Action::Pass => None,
-                    };
-                }
-            }
-        }
-        None
-    };
-    if let Some(v) = tier(Tier::Admin) {
-        return v;
-    }
-    let nps: Vec<&NetworkPolicy> = c
-        .network_policies
-        .values()
-        .filter(|p| {
-            p.namespace == ep.namespace
-                && p.pod_selector.matches(&ep.labels)
-                && p.rules(dir).is_some()
-        })
-        .collect();
-    if !nps.is_empty() {
-        for p in &nps {
-            for (index, r) in p.rules(dir).unwrap_or_default().iter().enumerate() {
-                let peer_ok = match &r.peers {
-                    None => true,
-                    Some(ps) => ps.iter().any(|np| match np {
-                        NetworkPolicyPeer::Pods { namespaces, pods } => {
-                            peer_pod.is_some_and(|pp| {
-                                let ns_ok = match namespaces {
-                                    NamespaceMatch::Named(n) => &pp.namespace == n,
-                                    NamespaceMatch::Selector(s) => {
-                                        s.matches(&c.namespace_labels(&pp.namespace))
-                                    }
-                                };
-                                ns_ok && pods.matches(&pp.labels)
-                            })
-                        }
-                        NetworkPolicyPeer::IpBlock(b) => b.contains(&peer),
-                    }),
-                };
-                if peer_ok && ports_ok(&r.ports) {
-                    return (
-                        true,
-                        RuleOrigin::NetworkPolicy {
-                            namespace: p.namespace.clone(),
-                            name: p.name.clone(),
-                            direction: dir,
-                            index,
-                        },
-                    );
-                }
-            }
-        }
-        return (
-            false,
-            RuleOrigin::Isolated {
-                direction: dir,
-                policies: nps
-                    .iter()
-                    .map(|p| format!("{}/{}", p.namespace, p.name))
-                    .collect(),
-            },
-        );
-    }
-    if let Some(v) = tier(Tier::Baseline) {
-        return v;
-    }
-    (true, RuleOrigin::Default { direction: dir })
+    let side = side.unwrap_or_else(|| panic!("{} is an endpoint: {dir:?} is evaluated", ep.key()));
+    (side.allowed, side.origin)
 }
 
 /// The compiled verdict for the same side.
