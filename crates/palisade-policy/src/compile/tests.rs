@@ -2,13 +2,12 @@
 //! lookups with the reference evaluator (`verdict::evaluate`), and incremental deltas
 //! with a full compile.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 use proptest::prelude::*;
 
-use super::{compile, Change, Compiler};
+use super::{changes_between, compile, Change, Compiler};
 use crate::compiled::{Compiled, Op, RuleOrigin, TableAction};
 use crate::model::{
     Action, Cluster, ClusterPeer, ClusterPolicy, ClusterPolicyKind, ClusterRule, ContainerPort,
@@ -1016,63 +1015,6 @@ fn arb_cluster() -> impl Strategy<Value = Cluster> {
             }
             c
         })
-}
-
-/// The changes that turn `from` into `to`, one object at a time.
-fn changes_between(from: &Cluster, to: &Cluster) -> Vec<Change> {
-    fn each<T: Clone + PartialEq>(
-        a: &BTreeMap<String, T>,
-        b: &BTreeMap<String, T>,
-        up: impl Fn(T) -> Change,
-        rm: impl Fn(String) -> Change,
-        out: &mut Vec<Change>,
-    ) {
-        for (k, v) in b {
-            if a.get(k) != Some(v) {
-                out.push(up(v.clone()));
-            }
-        }
-        for k in a.keys().filter(|k| !b.contains_key(*k)) {
-            out.push(rm(k.clone()));
-        }
-    }
-    let mut out = Vec::new();
-    each(
-        &from.namespaces,
-        &to.namespaces,
-        Change::UpsertNamespace,
-        Change::RemoveNamespace,
-        &mut out,
-    );
-    each(
-        &from.pods,
-        &to.pods,
-        Change::UpsertPod,
-        Change::RemovePod,
-        &mut out,
-    );
-    each(
-        &from.nodes,
-        &to.nodes,
-        Change::UpsertNode,
-        Change::RemoveNode,
-        &mut out,
-    );
-    each(
-        &from.network_policies,
-        &to.network_policies,
-        Change::UpsertNetworkPolicy,
-        Change::RemoveNetworkPolicy,
-        &mut out,
-    );
-    each(
-        &from.cluster_policies,
-        &to.cluster_policies,
-        Change::UpsertClusterPolicy,
-        Change::RemoveClusterPolicy,
-        &mut out,
-    );
-    out
 }
 
 /// Applies one op to `state`, checking that it is safe: nothing is pointed at before it
