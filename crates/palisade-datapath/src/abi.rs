@@ -342,7 +342,7 @@ pub struct Config {
     pub sample_allow: u32,
     pub events_per_sec: u32,
     pub events_burst: u32,
-    pub pad: u32,
+    pub pod_events_per_sec: u32,
 }
 
 #[repr(C)]
@@ -350,6 +350,14 @@ pub struct Config {
 pub struct RatelimitState {
     pub tokens: u64,
     pub last_ns: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct PodRatelimitState {
+    pub tokens: u64,
+    pub last_ns: u64,
+    pub suppressed: u64,
 }
 
 #[repr(C)]
@@ -393,6 +401,7 @@ unsafe impl aya::Pod for FragKey {}
 unsafe impl aya::Pod for FragValue {}
 unsafe impl aya::Pod for Config {}
 unsafe impl aya::Pod for RatelimitState {}
+unsafe impl aya::Pod for PodRatelimitState {}
 unsafe impl aya::Pod for Event {}
 
 /// `(C struct name, Rust size, [(field, Rust offset)])` for every ABI struct; the
@@ -477,10 +486,15 @@ pub const LAYOUTS: &[Layout] = &[
             sample_allow,
             events_per_sec,
             events_burst,
-            pad
+            pod_events_per_sec
         ]
     ),
     layout!("ratelimit_state", RatelimitState, [tokens, last_ns]),
+    layout!(
+        "pod_ratelimit_state",
+        PodRatelimitState,
+        [tokens, last_ns, suppressed]
+    ),
     layout!(
         "event",
         Event,
@@ -516,6 +530,7 @@ const _: () = {
     assert!(size_of::<FragValue>() == 16);
     assert!(size_of::<Config>() == 24);
     assert!(size_of::<RatelimitState>() == 16);
+    assert!(size_of::<PodRatelimitState>() == 24);
     assert!(size_of::<Event>() == 72);
     assert!(offset_of!(Event, saddr) == 36);
 };

@@ -28,6 +28,9 @@ pub struct Counters {
     pub no_endpoint: EndpointCounters,
     /// Global statistics, indexed by `abi::STAT_*`.
     pub stats: [u64; abi::STAT_NR],
+    /// Decision events suppressed by each endpoint's own token bucket, by host-side
+    /// ifindex; key 0 = interfaces without an endpoint entry (slot 0).
+    pub events_suppressed: BTreeMap<u32, u64>,
 }
 
 /// Name of a drop/pass reason (`abi::REASON_*`).
@@ -195,6 +198,18 @@ impl Datapath {
         };
         for (ifindex, v) in &self.state.endpoints {
             out.endpoints.insert(*ifindex, read_slot(v.slot)?);
+        }
+        let suppressed = |slot: u32| -> Result<u64> {
+            match self.pod_ratelimit.get(&slot, 0) {
+                Ok(v) => Ok(v.iter().map(|s| s.suppressed).sum()),
+                // Pins of an older version may have fewer slots: nothing counted there.
+                Err(aya::maps::MapError::OutOfBounds { .. }) => Ok(0),
+                Err(e) => Err(map_err("palisade_pod_ratelimit")(e)),
+            }
+        };
+        out.events_suppressed.insert(0, suppressed(0)?);
+        for (ifindex, v) in &self.state.endpoints {
+            out.events_suppressed.insert(*ifindex, suppressed(v.slot)?);
         }
         for (i, s) in out.stats.iter_mut().enumerate() {
             *s = self

@@ -27,7 +27,8 @@
 //! | `palisade_counters` | per-CPU array | slot × direction × reason → packets | no atomics, no map writes on the hot path; slot 0 = unknown interface |
 //! | `palisade_stats` | per-CPU array | stat → count | conntrack and event health |
 //! | `palisade_epoch` | array (1) | 0 → policy epoch (`u32`) | bumped by the loader after every batch of writes; a conntrack entry judged under another epoch is judged again, so identity and address changes cut flows as policy edits do |
-//! | `palisade_config`, `palisade_ratelimit` | array, per-CPU array | log mode, sampling, token bucket | runtime knobs without reloading |
+//! | `palisade_config`, `palisade_ratelimit` | array, per-CPU array | log mode, sampling, the node's event token bucket | runtime knobs without reloading |
+//! | `palisade_pod_ratelimit` | per-CPU array | slot → endpoint's event token bucket, suppressed count | one flooding pod cannot use up the node's event budget |
 //! | `palisade_events` | ring buffer | decision events | rate-limited per CPU so floods cannot starve userspace |
 //!
 //! Per-packet cost is therefore a fixed number of lookups (endpoint, conntrack,

@@ -175,7 +175,7 @@ impl Hook {
 }
 
 /// Names of every map, all pinned under `<pin root>/maps/`.
-pub const MAP_NAMES: [&str; 15] = [
+pub const MAP_NAMES: [&str; 16] = [
     "palisade_endpoints",
     "palisade_addr4",
     "palisade_addr6",
@@ -189,6 +189,7 @@ pub const MAP_NAMES: [&str; 15] = [
     "palisade_stats",
     "palisade_config",
     "palisade_ratelimit",
+    "palisade_pod_ratelimit",
     "palisade_events",
     "palisade_epoch",
 ];
@@ -214,6 +215,7 @@ pub struct Datapath {
     pub(crate) config: Array<MapData, Config>,
     /// `palisade_epoch[0]`: see [`Datapath::bump_epoch`].
     pub(crate) epoch: Array<MapData, u32>,
+    pub(crate) pod_ratelimit: PerCpuArray<MapData, abi::PodRatelimitState>,
     pub(crate) events: Option<RingBuf<MapData>>,
     pub(crate) caps: Caps,
     pub(crate) state: State,
@@ -375,6 +377,7 @@ impl Datapath {
             .map_max_entries("palisade_conntrack", sizes.conntrack)
             .map_max_entries("palisade_frags", sizes.frags)
             .map_max_entries("palisade_counters", slots * abi::COUNTERS_PER_SLOT as u32)
+            .map_max_entries("palisade_pod_ratelimit", slots)
             .map_max_entries("palisade_events", sizes.events_bytes);
         let mut ebpf = loader.load(OBJECT).map_err(Error::Load)?;
         for hook in [Hook::FromPod, Hook::ToPod, Hook::Noop] {
@@ -421,6 +424,7 @@ impl Datapath {
             stats: take(&mut ebpf, "palisade_stats")?,
             config: take(&mut ebpf, "palisade_config")?,
             epoch: take(&mut ebpf, "palisade_epoch")?,
+            pod_ratelimit: take(&mut ebpf, "palisade_pod_ratelimit")?,
             events: Some(take(&mut ebpf, "palisade_events")?),
             ebpf,
             caps,
@@ -921,6 +925,22 @@ impl Datapath {
                             .set(i, zeros, 0)
                             .map_err(map_err("palisade_counters"))?;
                     }
+                    // A reused slot starts with a full bucket and no suppressed events.
+                    let fresh =
+                        PerCpuValues::try_from(vec![abi::PodRatelimitState::default(); self.ncpus])
+                            .map_err(|io_error| {
+                                map_err("palisade_pod_ratelimit")(MapError::SyscallError(
+                                    aya::sys::SyscallError {
+                                        call: "nr_cpus",
+                                        io_error,
+                                    },
+                                ))
+                            })?;
+                    match self.pod_ratelimit.set(*slot, fresh, 0) {
+                        // Pins of an older version may have fewer slots; not fatal.
+                        Ok(()) | Err(MapError::OutOfBounds { .. }) => {}
+                        Err(e) => return Err(map_err("palisade_pod_ratelimit")(e)),
+                    }
                 }
                 Write::PutEndpoint(i, v) => self
                     .endpoints
@@ -940,6 +960,12 @@ impl Datapath {
         self.config
             .set(0, config, 0)
             .map_err(map_err("palisade_config"))
+    }
+
+    /// Number of possible CPUs: per-CPU maps hold one value per CPU, and the event
+    /// token buckets are per CPU.
+    pub fn ncpus(&self) -> usize {
+        self.ncpus
     }
 
     /// The runtime config.

@@ -122,7 +122,8 @@ enum palisade_stat {
 	PALISADE_STAT_FRAG_TRACKED = 5,
 	/* Events written to the ring buffer. */
 	PALISADE_STAT_EVENTS_SENT = 6,
-	/* Events suppressed by the per-CPU token bucket. */
+	/* Events suppressed by a per-CPU token bucket: the node's, or an endpoint's
+	 * (palisade_pod_ratelimit counts those per endpoint too). */
 	PALISADE_STAT_EVENTS_RATE_LIMITED = 7,
 	/* Events lost because the ring buffer was full. */
 	PALISADE_STAT_EVENTS_RING_FULL = 8,
@@ -435,7 +436,10 @@ struct config {
 	__u32 events_per_sec;
 	/* Token bucket depth, events. */
 	__u32 events_burst;
-	__u32 pad;
+	/* Per-endpoint token bucket (palisade_pod_ratelimit), events per second per
+	 * CPU and also its depth; taken before the node's bucket, so one flooding
+	 * pod cannot use up the node's budget (0 = no per-endpoint limit). */
+	__u32 pod_events_per_sec;
 };
 
 /* palisade_ratelimit[0] (per-CPU): the event token bucket state. */
@@ -444,6 +448,19 @@ struct ratelimit_state {
 	__u64 tokens;
 	/* bpf_ktime_get_ns() of the last refill, ns. */
 	__u64 last_ns;
+};
+
+/*
+ * palisade_pod_ratelimit[slot] (per-CPU): one endpoint's event token bucket,
+ * indexed by endpoint_value.slot (slot 0: interfaces without an entry).
+ */
+struct pod_ratelimit_state {
+	/* Tokens, in units of 1e-9 event, as in ratelimit_state. */
+	__u64 tokens;
+	/* bpf_ktime_get_ns() of the last refill, ns. */
+	__u64 last_ns;
+	/* Events of this endpoint suppressed by its bucket. */
+	__u64 suppressed;
 };
 
 /* Ring buffer record (palisade_events): one policy decision. */

@@ -53,6 +53,17 @@ struct {
 	__type(value, struct ratelimit_state);
 } palisade_ratelimit SEC(".maps");
 
+/*
+ * Per-CPU per-endpoint token bucket for events, indexed by endpoint slot.
+ * max_entries = endpoint slots (set by the loader from MapSizes.endpoints + 1).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1025);
+	__type(key, __u32);
+	__type(value, struct pod_ratelimit_state);
+} palisade_pod_ratelimit SEC(".maps");
+
 /* Decision events (struct event); size in bytes, a power of two of pages. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -88,29 +99,55 @@ static __always_inline struct config *config_get(void)
 /* Refill at most this much elapsed time at once (ns), to bound the product. */
 #define TOKEN_MAX_ELAPSED_NS 10000000000ULL
 
+/* Takes one token from a bucket refilled at rate per second, depth burst. */
+static __always_inline int bucket_take(__u64 *tokens, __u64 *last_ns, __u32 rate, __u32 burst,
+				       __u64 now)
+{
+	__u64 elapsed, cap;
+
+	elapsed = now - *last_ns;
+	if (elapsed > TOKEN_MAX_ELAPSED_NS)
+		elapsed = TOKEN_MAX_ELAPSED_NS;
+	cap = (__u64)(burst ? burst : 1) * TOKEN_UNIT;
+	*tokens += elapsed * rate;
+	if (*tokens > cap)
+		*tokens = cap;
+	*last_ns = now;
+	if (*tokens < TOKEN_UNIT)
+		return 0;
+	*tokens -= TOKEN_UNIT;
+	return 1;
+}
+
+/* The node's bucket (palisade_ratelimit). */
 static __always_inline int ratelimit_take(const struct config *cfg, __u64 now)
 {
 	__u32 zero = 0;
 	struct ratelimit_state *rl;
-	__u64 elapsed, cap;
 
 	if (cfg->events_per_sec == 0)
 		return 1;
 	rl = bpf_map_lookup_elem(&palisade_ratelimit, &zero);
 	if (!rl)
 		return 0;
-	elapsed = now - rl->last_ns;
-	if (elapsed > TOKEN_MAX_ELAPSED_NS)
-		elapsed = TOKEN_MAX_ELAPSED_NS;
-	cap = (__u64)(cfg->events_burst ? cfg->events_burst : 1) * TOKEN_UNIT;
-	rl->tokens += elapsed * cfg->events_per_sec;
-	if (rl->tokens > cap)
-		rl->tokens = cap;
-	rl->last_ns = now;
-	if (rl->tokens < TOKEN_UNIT)
+	return bucket_take(&rl->tokens, &rl->last_ns, cfg->events_per_sec, cfg->events_burst, now);
+}
+
+/* The endpoint's bucket (palisade_pod_ratelimit[slot]); counts what it suppresses. */
+static __always_inline int pod_ratelimit_take(const struct config *cfg, __u32 slot, __u64 now)
+{
+	struct pod_ratelimit_state *rl;
+
+	if (cfg->pod_events_per_sec == 0)
+		return 1;
+	rl = bpf_map_lookup_elem(&palisade_pod_ratelimit, &slot);
+	if (!rl)
 		return 0;
-	rl->tokens -= TOKEN_UNIT;
-	return 1;
+	if (bucket_take(&rl->tokens, &rl->last_ns, cfg->pod_events_per_sec,
+			cfg->pod_events_per_sec, now))
+		return 1;
+	rl->suppressed += 1;
+	return 0;
 }
 
 struct decision {
@@ -180,6 +217,12 @@ static __always_inline void record(const struct decision *d, const struct flow *
 			return;
 	}
 	now = bpf_ktime_get_ns();
+	/* The endpoint's own budget first: a flooding pod is cut at its budget and
+	 * leaves the node's budget to the others. */
+	if (!pod_ratelimit_take(cfg, d->slot, now)) {
+		stat_inc(PALISADE_STAT_EVENTS_RATE_LIMITED);
+		return;
+	}
 	if (!ratelimit_take(cfg, now)) {
 		stat_inc(PALISADE_STAT_EVENTS_RATE_LIMITED);
 		return;

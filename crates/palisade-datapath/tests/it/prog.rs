@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use palisade_datapath::abi::*;
 use palisade_datapath::packet::{arp_frame, Frag, Packet, L4};
 use palisade_datapath::{DecisionEvent, Error, Hook, MapSizes};
-use palisade_policy::compiled::{Delta, EndpointEntry, Op, TableEntry};
+use palisade_policy::compiled::{Compiled, Delta, EndpointEntry, Op, TableEntry};
 
 use crate::common::*;
 
@@ -728,6 +728,50 @@ fn events_are_rate_limited_per_cpu() {
     assert!((1..=4).contains(&n), "{n} events");
     assert_eq!(s[STAT_EVENTS_SENT as usize], n);
     assert_eq!(s[STAT_EVENTS_RATE_LIMITED as usize], 20 - n);
+}
+
+/// Issue 8: decision events are bounded per endpoint too, and one endpoint's flood
+/// leaves the other endpoints' budget untouched.
+#[test]
+fn events_are_rate_limited_per_endpoint_and_counted_per_endpoint() {
+    let c = compiled(table(deny(1), &[]), table(allow(2), &[]), &[]);
+    let mut t = loaded(&c);
+    t.set_config(Config {
+        log_mode: LOG_DENIES,
+        pod_events_per_sec: 3,
+        ..Config::default()
+    })
+    .unwrap();
+    let mut reader = t.events().expect("reader");
+    let mut drain = || std::iter::from_fn(|| reader.next()).collect::<Vec<_>>();
+    let flood = |t: &mut TestDp| {
+        for i in 0..20 {
+            assert!(!t.run(
+                Hook::ToPod,
+                &Packet::udp("1.2.3.4", "10.0.0.1", 1, 100 + i).frame()
+            ));
+        }
+    };
+    flood(&mut t);
+    let n = drain().len() as u64;
+    let c1 = t.counters().unwrap();
+    assert!((3..=4).contains(&n), "{n} events with a budget of 3");
+    assert_eq!(c1.events_suppressed[&1], 20 - n, "suppressed on the pod");
+    assert_eq!(c1.events_suppressed[&0], 0, "nothing suppressed elsewhere");
+    assert_eq!(c1.stats[STAT_EVENTS_RATE_LIMITED as usize], 20 - n);
+    // The interface loses its endpoint entry: its packets now fall in slot 0, whose
+    // bucket the flood above did not touch.
+    t.sync(&Compiled::default()).unwrap();
+    flood(&mut t);
+    let m = drain();
+    assert!(
+        (3..=4).contains(&m.len()),
+        "{} events from the other slot",
+        m.len()
+    );
+    assert!(m.iter().all(|e| e.reason == "no-endpoint"), "{m:?}");
+    let c2 = t.counters().unwrap();
+    assert_eq!(c2.events_suppressed[&0], 20 - m.len() as u64);
 }
 
 #[test]
