@@ -2,16 +2,16 @@
 //! its decision events into [`DecisionRecord`]s.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
-use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use palisade_datapath::{abi, reason_name, Datapath, DecisionEvent, EventReader};
 use palisade_policy::compiled::{Compiled, Delta, RuleOrigin};
 use tokio::io::unix::AsyncFd;
 
+use crate::decision_log::DecisionLog;
 use crate::decisions::{rfc3339_now, DecisionRecord, LogMode};
 use crate::inspect::table_rows;
+use crate::metrics::EventStats;
 use crate::reconcile::{CounterSample, Enforcer, KernelEndpoint};
 use crate::server::{Shared, Views};
 
@@ -33,27 +33,80 @@ impl BpfEnforcer {
         }
     }
 
-    /// Sets the kernel's logging knobs.
+    /// Sets the kernel's logging knobs from this agent's flags: every knob the agent
+    /// owns is written, so values pinned by an earlier run (or a benchmark) never
+    /// survive a restart. Budgets are per node and per pod; the kernel's buckets are
+    /// per CPU, so each gets its share (rounded up).
     pub fn set_log_mode(
         &mut self,
         mode: LogMode,
         sample_allow: u32,
-        events_per_sec: u32,
+        limits: EventLimits,
     ) -> anyhow::Result<()> {
-        let mut c = self.datapath.config().unwrap_or_default();
+        let before = self.datapath.config().unwrap_or_default();
+        // Start from what is pinned only to keep fields this agent does not know.
+        let mut c = before;
         c.log_mode = match mode {
             LogMode::Off => abi::LOG_OFF,
             LogMode::Denies => abi::LOG_DENIES,
             LogMode::All => abi::LOG_ALL,
         };
         c.sample_allow = sample_allow;
-        if events_per_sec > 0 {
-            c.events_per_sec = events_per_sec;
-            c.events_burst = events_per_sec.max(c.events_burst);
+        let per_cpu = limits.per_cpu(self.datapath.ncpus());
+        c.events_per_sec = per_cpu.node_per_sec;
+        c.events_burst = per_cpu.node_burst;
+        c.pod_events_per_sec = per_cpu.pod_per_sec;
+        // Test and benchmark only: an agent never runs without connection tracking.
+        c.flags &= !abi::CFG_F_NO_CT_CREATE;
+        if before != c {
+            tracing::info!(?before, after = ?c, "datapath log configuration set from this agent's flags");
         }
         self.datapath
             .set_config(c)
             .context("setting the datapath's log configuration")
+    }
+}
+
+/// Default [`EventLimits::node_per_sec`].
+pub const DEFAULT_EVENTS_PER_SEC: u32 = 1000;
+/// Default [`EventLimits::node_burst`].
+pub const DEFAULT_EVENTS_BURST: u32 = 2000;
+/// Default [`EventLimits::pod_per_sec`].
+pub const DEFAULT_POD_EVENTS_PER_SEC: u32 = 100;
+
+/// Budgets of decision events the datapath may report (0 = unlimited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventLimits {
+    /// Events per second for the whole node.
+    pub node_per_sec: u32,
+    /// Events the node may report at once after a quiet period.
+    pub node_burst: u32,
+    /// Events per second (and at once) for one pod; taken before the node's budget, so
+    /// one flooding pod leaves the node's budget to the others.
+    pub pod_per_sec: u32,
+}
+
+impl Default for EventLimits {
+    fn default() -> Self {
+        Self {
+            node_per_sec: DEFAULT_EVENTS_PER_SEC,
+            node_burst: DEFAULT_EVENTS_BURST,
+            pod_per_sec: DEFAULT_POD_EVENTS_PER_SEC,
+        }
+    }
+}
+
+impl EventLimits {
+    /// Each CPU's share (the kernel's buckets are per CPU), rounded up, so the sum
+    /// over CPUs is at least the budget and a nonzero budget stays nonzero.
+    pub fn per_cpu(self, ncpus: usize) -> EventLimits {
+        let n = ncpus.max(1) as u32;
+        let share = |v: u32| v.div_ceil(n);
+        EventLimits {
+            node_per_sec: share(self.node_per_sec),
+            node_burst: share(self.node_burst.max(self.node_per_sec)),
+            pod_per_sec: share(self.pod_per_sec),
+        }
     }
 }
 
@@ -141,8 +194,29 @@ impl Enforcer for BpfEnforcer {
             .collect())
     }
 
+    fn event_stats(&mut self) -> anyhow::Result<EventStats> {
+        let c = self.datapath.counters().context("reading counters")?;
+        Ok(EventStats {
+            sent: c.stats[abi::STAT_EVENTS_SENT as usize],
+            rate_limited: c.stats[abi::STAT_EVENTS_RATE_LIMITED as usize],
+            ring_full: c.stats[abi::STAT_EVENTS_RING_FULL as usize],
+            pod_suppressed: c.events_suppressed,
+        })
+    }
+
     fn status(&mut self) -> serde_json::Value {
+        let config = self.datapath.config().ok();
+        let ncpus = self.datapath.ncpus();
         serde_json::json!({
+            "events": config.map(|c| serde_json::json!({
+                "log_mode": c.log_mode,
+                "sample_allow": c.sample_allow,
+                "cpus": ncpus,
+                "events_per_sec_per_cpu": c.events_per_sec,
+                "events_burst_per_cpu": c.events_burst,
+                "pod_events_per_sec_per_cpu": c.pod_events_per_sec,
+                "flags": c.flags,
+            })),
             "pin_root": self.datapath.pin_root().display().to_string(),
             "adopted_pins": self.datapath.adopted(),
             "endpoints_in_kernel": self.datapath.endpoint_entries().len(),
@@ -172,7 +246,15 @@ pub fn record(ev: &DecisionEvent, views: &Views) -> DecisionRecord {
             .unwrap_or_else(|| ip.to_string()),
         None => "-".into(),
     };
-    let origin = views.rules.get(&ev.rule_id);
+    // Only a policy verdict names a policy: the other reasons (spoof, malformed,
+    // fragments, no endpoint...) decide before any rule is looked up, and their
+    // events carry rule id 0, which is not theirs.
+    let by_policy = matches!(ev.reason, "policy-allow" | "policy-deny");
+    let origin = if by_policy {
+        views.rules.get(&ev.rule_id)
+    } else {
+        None
+    };
     let policy = origin.and_then(|o| match o {
         RuleOrigin::NetworkPolicy {
             namespace, name, ..
@@ -193,6 +275,12 @@ pub fn record(ev: &DecisionEvent, views: &Views) -> DecisionRecord {
         ("frag-no-state", _) => {
             "denied: fragment of a datagram whose first fragment was not seen".into()
         }
+        ("ipv6-ext-limit", _) => {
+            "denied: more IPv6 extension headers than the datapath walks".into()
+        }
+        ("no-identity", _) => "denied: peer address has no identity (fail closed)".into(),
+        ("no-table", _) => "denied: the endpoint's rule table is missing (fail closed)".into(),
+        ("vlan", _) => "denied: VLAN-tagged frame".into(),
         (r, _) => r.to_string(),
     };
     DecisionRecord {
@@ -218,11 +306,12 @@ pub fn record(ev: &DecisionEvent, views: &Views) -> DecisionRecord {
 }
 
 /// Reads decision events until the process ends: names them, appends them to the
-/// decision log (JSON lines), keeps recent ones and broadcasts them to followers.
+/// decision log (JSON lines, size-capped), keeps recent ones and broadcasts them to
+/// followers.
 pub async fn read_events(
     reader: EventReader,
     shared: Shared,
-    log: Option<Arc<Mutex<std::fs::File>>>,
+    mut log: Option<DecisionLog>,
 ) -> anyhow::Result<()> {
     // SAFETY: the reader owns the ring buffer map's fd; it stays open and unchanged for
     // as long as the AsyncFd owns the reader.
@@ -235,10 +324,10 @@ pub async fn read_events(
         match tokio::time::timeout(EVENT_POLL, fd.readable_mut()).await {
             Ok(ready) => {
                 let mut guard = ready?;
-                drain(guard.get_inner_mut(), &shared, log.as_deref());
+                drain(guard.get_inner_mut(), &shared, log.as_mut());
                 guard.clear_ready();
             }
-            Err(_) => drain(fd.get_mut(), &shared, log.as_deref()),
+            Err(_) => drain(fd.get_mut(), &shared, log.as_mut()),
         }
     }
 }
@@ -246,15 +335,12 @@ pub async fn read_events(
 /// How long an event may wait in the ring buffer before the agent reads it, at most.
 pub const EVENT_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
-fn drain(reader: &mut EventReader, shared: &Shared, log: Option<&Mutex<std::fs::File>>) {
+fn drain(reader: &mut EventReader, shared: &Shared, mut log: Option<&mut DecisionLog>) {
     let views = shared.views.read().expect("views lock").clone();
     while let Some(ev) = reader.next() {
         let r = record(&ev, &views);
-        if let Some(log) = log {
-            if let Ok(line) = serde_json::to_string(&r) {
-                let mut f = log.lock().expect("log lock");
-                let _ = writeln!(f, "{line}");
-            }
+        if let Some(log) = log.as_deref_mut() {
+            log.write(&r);
         }
         shared.history.lock().expect("history lock").push(r.clone());
         let _ = shared.decisions.send(r);

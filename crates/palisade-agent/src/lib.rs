@@ -13,10 +13,13 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod decision_log;
 pub mod decisions;
 pub mod enforcer;
 pub mod inspect;
+pub mod listener;
 pub mod metrics;
+pub mod ratelog;
 pub mod reconcile;
 pub mod registry;
 pub mod run;

@@ -9,6 +9,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::decision_log::LogCounters;
+use crate::listener::TransportStats;
 use crate::reconcile::CounterSample;
 
 /// Labels of the datapath packet counters.
@@ -17,6 +19,32 @@ struct PacketLabels {
     direction: String,
     verdict: String,
     reason: String,
+}
+
+/// Label of suppressed decision events and dropped decision records.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabels {
+    cause: String,
+}
+
+/// Label naming a pod.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PodLabels {
+    pod: String,
+}
+
+/// The kernel's decision-event counters (absolute, since the maps were created).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventStats {
+    /// Events written to the ring buffer.
+    pub sent: u64,
+    /// Events suppressed by a token bucket (the node's or a pod's).
+    pub rate_limited: u64,
+    /// Events lost because the ring buffer was full.
+    pub ring_full: u64,
+    /// Of `rate_limited`, those suppressed by each endpoint's own bucket, by host-side
+    /// ifindex (0 = interfaces without an endpoint entry).
+    pub pod_suppressed: BTreeMap<u32, u64>,
 }
 
 /// Every metric the agent exports.
@@ -32,6 +60,18 @@ pub struct Metrics {
     /// Last absolute value read from the kernel per label set; the kernel counters are
     /// absolute, Prometheus counters are incremented by the difference.
     last: BTreeMap<(String, String, String), u64>,
+    events_sent: Counter,
+    events_suppressed: Family<CauseLabels, Counter>,
+    events_suppressed_by_pod: Family<PodLabels, Counter>,
+    /// Last absolute kernel value of each event counter, by metric and label.
+    last_events: BTreeMap<(&'static str, String), u64>,
+    log: LogCounters,
+    api_connections: Gauge,
+    api_evicted: Counter,
+    api_refused: Counter,
+    api_accept_errors: Counter,
+    last_transport: TransportStats,
+    connections: Option<crate::listener::Connections>,
 }
 
 impl Default for Metrics {
@@ -87,6 +127,82 @@ impl Metrics {
             "Packets by direction, verdict and reason",
             packets.clone(),
         );
+        let events_sent = Counter::default();
+        registry.register(
+            "decision_events_sent",
+            "Decision events the datapath wrote to its ring buffer",
+            events_sent.clone(),
+        );
+        let events_suppressed = Family::<CauseLabels, Counter>::default();
+        registry.register(
+            "decision_events_suppressed",
+            "Decision events the datapath did not report: cause rate-limit-node (the node's budget), rate-limit-pod (the pod's budget) or ring-full",
+            events_suppressed.clone(),
+        );
+        let events_suppressed_by_pod = Family::<PodLabels, Counter>::default();
+        registry.register(
+            "decision_events_suppressed_by_pod",
+            "Decision events suppressed by the pod's own budget, by pod (- = interfaces without an endpoint)",
+            events_suppressed_by_pod.clone(),
+        );
+        let log = LogCounters::default();
+        registry.register(
+            "decision_records_written",
+            "Decision records written to the decision log file",
+            log.written.clone(),
+        );
+        let records_dropped = Family::<CauseLabels, Counter>::default();
+        // The log's own counters are handles onto these series. One statement each: a
+        // `get_or_create` guard held across the next one would deadlock the family.
+        let write_failed = records_dropped
+            .get_or_create(&CauseLabels {
+                cause: "write-failed".into(),
+            })
+            .clone();
+        let oversized = records_dropped
+            .get_or_create(&CauseLabels {
+                cause: "oversized".into(),
+            })
+            .clone();
+        let log = LogCounters {
+            write_failed,
+            oversized,
+            ..log
+        };
+        registry.register(
+            "decision_records_dropped",
+            "Decision records not written to the decision log: cause write-failed or oversized",
+            records_dropped.clone(),
+        );
+        registry.register(
+            "decision_log_rotations",
+            "Rotations of the decision log file",
+            log.rotations.clone(),
+        );
+        let api_connections = Gauge::default();
+        registry.register(
+            "api_connections",
+            "Open connections on the agent socket",
+            api_connections.clone(),
+        );
+        let api_evicted = Counter::default();
+        registry.register(
+            "api_connections_evicted",
+            "Idle API connections closed to make room (connection limit or fd limit)",
+            api_evicted.clone(),
+        );
+        let api_refused = Counter::default();
+        registry.register(
+            "api_connections_refused",
+            "API connections refused because every connection was busy",
+            api_refused.clone(),
+        );
+        let api_accept_errors = Counter::default();
+        registry.register(
+            "api_accept_errors",
+            "Failed accepts on the agent socket (EMFILE, ENFILE, ...)",
+            api_accept_errors.clone(),
+        );
         Self {
             registry,
             passes,
@@ -97,7 +213,89 @@ impl Metrics {
             register_seconds,
             packets,
             last: BTreeMap::new(),
+            events_sent,
+            events_suppressed,
+            events_suppressed_by_pod,
+            last_events: BTreeMap::new(),
+            log,
+            api_connections,
+            api_evicted,
+            api_refused,
+            api_accept_errors,
+            last_transport: TransportStats::default(),
+            connections: None,
         }
+    }
+
+    /// Reports the API socket's connections too.
+    pub fn watch_connections(&mut self, connections: crate::listener::Connections) {
+        self.connections = Some(connections);
+    }
+
+    /// Handles onto the decision log's counters (for [`crate::decision_log::DecisionLog`]).
+    pub fn log_counters(&self) -> LogCounters {
+        self.log.clone()
+    }
+
+    /// Folds in the kernel's event counters; `pod_of` names an ifindex.
+    pub fn record_events(&mut self, e: &EventStats, pod_of: impl Fn(u32) -> Option<String>) {
+        let mut bump = |metric: &'static str, label: &str, now: u64| -> u64 {
+            let prev = self
+                .last_events
+                .insert((metric, label.to_string()), now)
+                .unwrap_or(0);
+            now.saturating_sub(prev)
+        };
+        let sent = bump("sent", "", e.sent);
+        let limited = bump("rate_limited", "", e.rate_limited);
+        let ring = bump("ring_full", "", e.ring_full);
+        let by_pod: Vec<(String, u64)> = e
+            .pod_suppressed
+            .iter()
+            .map(|(ifindex, n)| {
+                let name = if *ifindex == 0 {
+                    "-".to_string()
+                } else {
+                    pod_of(*ifindex).unwrap_or_else(|| format!("ifindex {ifindex}"))
+                };
+                (name, bump("by_pod", &ifindex.to_string(), *n))
+            })
+            .collect();
+        // Deltas, not absolute values: an endpoint that leaves takes its count along.
+        let pod: u64 = by_pod.iter().map(|(_, d)| d).sum();
+        let node = limited.saturating_sub(pod);
+        self.events_sent.inc_by(sent);
+        for (cause, d) in [
+            ("rate-limit-node", node),
+            ("rate-limit-pod", pod),
+            ("ring-full", ring),
+        ] {
+            self.events_suppressed
+                .get_or_create(&CauseLabels {
+                    cause: cause.into(),
+                })
+                .inc_by(d);
+        }
+        for (pod, d) in by_pod {
+            if d > 0 {
+                self.events_suppressed_by_pod
+                    .get_or_create(&PodLabels { pod })
+                    .inc_by(d);
+            }
+        }
+    }
+
+    /// Folds in the API transport's counters.
+    pub fn record_transport(&mut self, t: TransportStats) {
+        let prev = self.last_transport;
+        self.api_connections.set(t.open as i64);
+        self.api_evicted
+            .inc_by(t.evicted.saturating_sub(prev.evicted));
+        self.api_refused
+            .inc_by(t.refused.saturating_sub(prev.refused));
+        self.api_accept_errors
+            .inc_by(t.accept_errors.saturating_sub(prev.accept_errors));
+        self.last_transport = t;
     }
 
     /// Records a successful pass.
@@ -132,10 +330,60 @@ impl Metrics {
                 .get_or_create(&labels)
                 .inc_by(c.packets.saturating_sub(prev));
         }
+        if let Some(c) = &self.connections {
+            let t = c.stats();
+            self.record_transport(t);
+        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.push_str("# encoding failed\n");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_counters_become_deltas_split_by_cause_and_pod() {
+        let mut m = Metrics::new();
+        let names = |i: u32| (i == 7).then(|| "default/a".to_string());
+        let mut e = EventStats {
+            sent: 10,
+            rate_limited: 30,
+            ring_full: 1,
+            pod_suppressed: [(7, 20), (0, 0)].into_iter().collect(),
+        };
+        m.record_events(&e, names);
+        // The endpoint leaves (its count goes with it); the node limit suppresses 5 more.
+        e.pod_suppressed.remove(&7);
+        e.rate_limited = 35;
+        m.record_events(&e, names);
+        let text = m.encode(&[]);
+        let get = |series: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+                .to_string()
+        };
+        assert_eq!(get("palisade_decision_events_sent_total"), "10");
+        assert_eq!(
+            get(r#"palisade_decision_events_suppressed_total{cause="rate-limit-pod"}"#),
+            "20"
+        );
+        assert_eq!(
+            get(r#"palisade_decision_events_suppressed_total{cause="rate-limit-node"}"#),
+            "15"
+        );
+        assert_eq!(
+            get(r#"palisade_decision_events_suppressed_by_pod_total{pod="default/a"}"#),
+            "20"
+        );
+        assert_eq!(
+            get("palisade_decision_records_dropped_total{cause=\"oversized\"}"),
+            "0"
+        );
     }
 }

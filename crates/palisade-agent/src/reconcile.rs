@@ -37,6 +37,10 @@ pub trait Enforcer: Send {
     fn endpoint_state(&mut self, ifindex: u32) -> anyhow::Result<KernelEndpoint>;
     /// Datapath counters, summed over CPUs.
     fn counters(&mut self) -> anyhow::Result<Vec<CounterSample>>;
+    /// The datapath's decision-event counters (sent, suppressed); none by default.
+    fn event_stats(&mut self) -> anyhow::Result<crate::metrics::EventStats> {
+        Ok(Default::default())
+    }
     /// A short description for `status` (pin root, program ids, map fill levels).
     fn status(&mut self) -> serde_json::Value;
 }

@@ -7,12 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::io::BufReader;
+use tokio::net::UnixStream;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::api::{PodEndpoint, Reply, Request};
 use crate::decisions::{matches_filter, DecisionRecord, History};
+use crate::listener::write_bounded;
 use crate::metrics::Metrics;
 use crate::reconcile::Reconciler;
 use crate::registry::Interface;
@@ -46,6 +47,10 @@ pub struct Shared {
     pub history: Arc<Mutex<History>>,
     /// What the decision reader needs to name things; replaced after every pass.
     pub views: Arc<std::sync::RwLock<Arc<Views>>>,
+    /// Bounds of the API socket.
+    pub api: crate::listener::ApiLimits,
+    /// Open API connections.
+    pub connections: crate::listener::Connections,
 }
 
 /// Lookup tables for turning kernel events into names, rebuilt after each pass.
@@ -98,31 +103,24 @@ pub async fn serve(
     metrics: Arc<Mutex<Metrics>>,
 ) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::channel::<Command>(256);
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let _ = std::fs::remove_file(&socket);
-    let listener =
-        UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
+    let listener = crate::listener::bind_private(&socket)?;
     tracing::info!(socket = %socket.display(), "agent API listening");
 
     let accept_shared = shared.clone();
-    tokio::spawn(async move {
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    let tx = tx.clone();
-                    let shared = accept_shared.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = handle_connection(stream, tx, shared).await {
-                            tracing::debug!(error = %format!("{e:#}"), "API connection ended with an error");
-                        }
-                    });
+    tokio::spawn(crate::listener::accept_loop(
+        listener,
+        shared.api,
+        shared.connections.clone(),
+        move |stream, slot| {
+            let tx = tx.clone();
+            let shared = accept_shared.clone();
+            async move {
+                if let Err(e) = handle_connection(stream, tx, shared, slot).await {
+                    tracing::debug!(error = %format!("{e:#}"), "API connection ended with an error");
                 }
-                Err(e) => tracing::warn!(error = %e, "accepting an API connection failed"),
             }
-        }
-    });
+        },
+    ));
 
     let views = shared.views.clone();
     let publish = move |r: &Reconciler| {
@@ -374,7 +372,16 @@ fn handle_command(
         }
         Request::Metrics => {
             let counters = reconciler.enforcer_mut().counters().unwrap_or_default();
-            let text = metrics.lock().expect("metrics lock").encode(&counters);
+            let events = reconciler.enforcer_mut().event_stats().unwrap_or_default();
+            let pods: BTreeMap<u32, String> = reconciler
+                .registry()
+                .interfaces()
+                .values()
+                .map(|i| (i.ifindex, i.pod.clone()))
+                .collect();
+            let mut m = metrics.lock().expect("metrics lock");
+            m.record_events(&events, |ifindex| pods.get(&ifindex).cloned());
+            let text = m.encode(&counters);
             let _ = reply.send(Reply::data(serde_json::Value::String(text)));
         }
         Request::Flows { .. } => {
@@ -388,17 +395,29 @@ async fn handle_connection(
     stream: UnixStream,
     tx: mpsc::Sender<Command>,
     shared: Shared,
+    slot: crate::listener::Slot,
 ) -> anyhow::Result<()> {
+    let limits = shared.api;
     let (r, mut w) = stream.into_split();
     let mut reader = BufReader::new(r);
-    let mut line = String::new();
-    reader.read_line(&mut line).await?;
+    let line = match crate::listener::read_request(&mut reader, &limits).await {
+        Ok(line) => line,
+        Err(crate::listener::RequestError::Empty) => return Ok(()),
+        Err(e) => {
+            let mut out = serde_json::to_vec(&Reply::error(format!("bad request: {e}")))?;
+            out.push(b'\n');
+            write_bounded(&mut w, &out, &limits).await?;
+            return Ok(());
+        }
+    };
+    drop(reader);
+    slot.busy();
     let request: Request = match serde_json::from_str(line.trim()) {
         Ok(r) => r,
         Err(e) => {
             let mut out = serde_json::to_vec(&Reply::error(format!("bad request: {e}")))?;
             out.push(b'\n');
-            w.write_all(&out).await?;
+            write_bounded(&mut w, &out, &limits).await?;
             return Ok(());
         }
     };
@@ -420,7 +439,7 @@ async fn handle_connection(
         for r in recent {
             let mut out = serde_json::to_vec(&r)?;
             out.push(b'\n');
-            w.write_all(&out).await?;
+            write_bounded(&mut w, &out, &limits).await?;
         }
         if !follow {
             return Ok(());
@@ -430,12 +449,12 @@ async fn handle_connection(
                 Ok(r) if matches_filter(&r, pod.as_deref(), verdict.as_deref()) => {
                     let mut out = serde_json::to_vec(&r)?;
                     out.push(b'\n');
-                    w.write_all(&out).await?;
+                    write_bounded(&mut w, &out, &limits).await?;
                 }
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     let note = serde_json::json!({"lagged": n, "note": "the reader fell behind; records were skipped"});
-                    w.write_all(format!("{note}\n").as_bytes()).await?;
+                    write_bounded(&mut w, format!("{note}\n").as_bytes(), &limits).await?;
                 }
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
             }
@@ -453,6 +472,6 @@ async fn handle_connection(
         .unwrap_or_else(|_| Reply::error("the agent dropped the request"));
     let mut out = serde_json::to_vec(&reply)?;
     out.push(b'\n');
-    w.write_all(&out).await?;
+    write_bounded(&mut w, &out, &limits).await?;
     Ok(())
 }

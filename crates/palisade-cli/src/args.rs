@@ -199,18 +199,44 @@ pub struct AgentArgs {
     /// bpffs root for pins.
     #[arg(long, default_value = "/sys/fs/bpf/palisade")]
     pub pin_root: PathBuf,
-    /// Decision log (JSON lines).
+    /// Decision log (JSON lines). Size-capped and rotated (see --decision-log-max-bytes).
     #[arg(long)]
     pub decision_log: Option<PathBuf>,
+    /// Size cap of the decision log file, bytes; past it the file is rotated to
+    /// FILE.1 (older ones shift to FILE.2 ...). 0 = no cap.
+    #[arg(long, default_value_t = palisade_agent::decision_log::DEFAULT_MAX_BYTES)]
+    pub decision_log_max_bytes: u64,
+    /// Rotated decision log files kept (FILE.1 .. FILE.N); the oldest is removed.
+    #[arg(long, default_value_t = palisade_agent::decision_log::DEFAULT_KEEP)]
+    pub decision_log_keep: u32,
     /// Which decisions to log: off, denies, all.
     #[arg(long, default_value = "denies")]
     pub log_mode: String,
     /// With --log-mode all: log 1 in N allowed new flows.
     #[arg(long, default_value_t = 1)]
     pub sample: u32,
-    /// Decision events per CPU per second before rate limiting (0 = default).
-    #[arg(long, default_value_t = 0)]
+    /// Decision events per second for the whole node; beyond it events are suppressed
+    /// and counted (metric palisade_decision_events_suppressed_total). 0 = unlimited.
+    /// Applied on every start, whatever an earlier run pinned.
+    #[arg(long, default_value_t = palisade_agent::enforcer::DEFAULT_EVENTS_PER_SEC)]
     pub events_per_sec: u32,
+    /// Decision events the node may report at once after a quiet period.
+    #[arg(long, default_value_t = palisade_agent::enforcer::DEFAULT_EVENTS_BURST)]
+    pub events_burst: u32,
+    /// Decision events per second (and at once) for one pod, taken before the node's
+    /// budget so one flooding pod cannot silence the others. 0 = no per-pod limit.
+    #[arg(long, default_value_t = palisade_agent::enforcer::DEFAULT_POD_EVENTS_PER_SEC)]
+    pub pod_events_per_sec: u32,
+    /// Open API connections at most; beyond it the oldest connection still sending
+    /// its request is closed (busy ones never are).
+    #[arg(long, default_value_t = palisade_agent::listener::DEFAULT_MAX_CONNECTIONS)]
+    pub api_max_connections: usize,
+    /// Longest API request line, bytes; a longer one is refused.
+    #[arg(long, default_value_t = palisade_agent::listener::DEFAULT_MAX_REQUEST_BYTES)]
+    pub api_max_request_bytes: usize,
+    /// Time a client has to send its whole request line after connecting, ms.
+    #[arg(long, default_value_t = palisade_agent::listener::DEFAULT_REQUEST_TIMEOUT.as_millis() as u64)]
+    pub api_request_timeout_ms: u64,
     /// Capacity of the policy map (prefixes over all tables).
     #[arg(long)]
     pub policy_entries: Option<u32>,

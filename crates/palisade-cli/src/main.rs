@@ -297,7 +297,21 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<i32> {
         decision_log: a.decision_log,
         log_mode: a.log_mode.parse().map_err(|e: String| anyhow::anyhow!(e))?,
         sample_allow: a.sample,
-        events_per_sec: a.events_per_sec,
+        events: palisade_agent::enforcer::EventLimits {
+            node_per_sec: a.events_per_sec,
+            node_burst: a.events_burst,
+            pod_per_sec: a.pod_events_per_sec,
+        },
+        rotation: palisade_agent::decision_log::Rotation {
+            max_bytes: a.decision_log_max_bytes,
+            keep: a.decision_log_keep,
+        },
+        api: palisade_agent::listener::ApiLimits {
+            max_connections: a.api_max_connections,
+            max_request_bytes: a.api_max_request_bytes,
+            request_timeout: std::time::Duration::from_millis(a.api_request_timeout_ms),
+            ..Default::default()
+        },
         sizes,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -77,6 +77,23 @@ impl LabGuard {
         guard
     }
 
+    /// `palisade lab up` whose agent also gets `agent_args` (PALISADE_LAB_AGENT_ARGS,
+    /// set for that command only).
+    pub fn up_with_agent_args(files: &[PathBuf], agent_args: &str) -> LabGuard {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let name = format!("t{}x{n}", std::process::id() % 100_000);
+        let guard = LabGuard { name };
+        let mut cmd = palisade();
+        cmd.args(["lab", "up", "--name", &guard.name, "--cni-bin"])
+            .arg(cni_dir())
+            .env("PALISADE_LAB_AGENT_ARGS", agent_args);
+        for f in files {
+            cmd.arg("-f").arg(f);
+        }
+        run(&mut cmd);
+        guard
+    }
+
     /// `palisade lab <args> --name <name>`.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = palisade();
