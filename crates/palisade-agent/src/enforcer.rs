@@ -346,3 +346,64 @@ fn drain(reader: &mut EventReader, shared: &Shared, mut log: Option<&mut Decisio
         let _ = shared.decisions.send(r);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_policy::model::Direction;
+
+    fn event(reason: &'static str, rule_id: u32) -> DecisionEvent {
+        DecisionEvent {
+            ts_ns: 0,
+            ifindex: 5,
+            direction: "ingress",
+            allowed: false,
+            reason,
+            rule_id,
+            identity: 0,
+            table: 0,
+            proto: 6,
+            src: "10.0.0.2".parse().ok(),
+            dst: "10.0.0.1".parse().ok(),
+            sport: 1234,
+            dport: 80,
+            tcp_flags: 2,
+        }
+    }
+
+    /// Issue 8: only policy verdicts name a policy; the datapath's other drops carry
+    /// rule id 0, and rule 0 belongs to some policy.
+    #[test]
+    fn only_policy_verdicts_are_attributed_to_a_policy() {
+        let mut views = Views::default();
+        views.rules.insert(
+            0,
+            RuleOrigin::Isolated {
+                direction: Direction::Ingress,
+                policies: vec!["default/deny-all".into()],
+            },
+        );
+        let r = record(&event("policy-deny", 0), &views);
+        assert_eq!(r.policy.as_deref(), Some("default/deny-all"));
+        for reason in [
+            "spoof",
+            "malformed",
+            "frag-no-state",
+            "no-endpoint",
+            "ipv6-ext-limit",
+            "no-identity",
+            "no-table",
+            "vlan",
+        ] {
+            let r = record(&event(reason, 0), &views);
+            assert_eq!(r.policy, None, "{reason} named a policy: {r:?}");
+            assert_eq!(r.reason, reason);
+            assert!(r.explanation.starts_with("denied: "), "{reason}: {r:?}");
+            assert!(
+                !r.explanation.contains("deny-all"),
+                "{reason}: {}",
+                r.explanation
+            );
+        }
+    }
+}

@@ -402,9 +402,9 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
-fn pod(name: &str, ip: &str) -> String {
+fn pod(name: &str, ip: &str, role: &str) -> String {
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: default\n  labels:\n    app: {name}\nspec:\n  containers:\n  - name: c\n    image: x\n    ports:\n    - containerPort: 80\nstatus:\n  podIP: {ip}\n"
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: default\n  labels:\n    app: {name}\n    role: {role}\nspec:\n  containers:\n  - name: c\n    image: x\n    ports:\n    - containerPort: 80\nstatus:\n  podIP: {ip}\n"
     )
 }
 
@@ -431,10 +431,11 @@ fn issue_8_a_denied_flood_with_log_all_keeps_the_log_under_its_cap() {
         "cluster.yaml",
         &[
             "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: default\n".to_string(),
-            pod("target", "10.244.9.10"),
-            pod("flooder", "10.244.9.11"),
-            pod("other", "10.244.9.12"),
-            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: target-deny-all\n  namespace: default\nspec:\n  podSelector:\n    matchLabels:\n      app: target\n  policyTypes: [Ingress]\n".to_string(),
+            pod("target", "10.244.9.10", "locked"),
+            pod("target2", "10.244.9.13", "locked"),
+            pod("flooder", "10.244.9.11", "open"),
+            pod("other", "10.244.9.12", "open"),
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: locked-deny-all\n  namespace: default\nspec:\n  podSelector:\n    matchLabels:\n      role: locked\n  policyTypes: [Ingress]\n".to_string(),
         ]
         .join("---\n"),
     );
@@ -467,10 +468,10 @@ fn issue_8_a_denied_flood_with_log_all_keeps_the_log_under_its_cap() {
             .unwrap()
     };
     let sent = flood_for(Duration::from_secs(3));
-    // Meanwhile another pod's single denied connection is still logged: its own
-    // budget is untouched by the flood.
+    // Meanwhile a single denied connection to another locked pod is still logged: the
+    // budget is per enforcing pod, and the flood spends only the target's.
     let other = netns_of(&lab, "default/other");
-    let to = sink;
+    let to: std::net::SocketAddr = "10.244.9.13:80".parse().unwrap();
     let flooding = std::thread::scope(|sc| {
         let h = sc.spawn(|| flood_for(Duration::from_secs(2)));
         other
@@ -489,7 +490,7 @@ fn issue_8_a_denied_flood_with_log_all_keeps_the_log_under_its_cap() {
         );
         let from_other = flows(&lab)
             .iter()
-            .any(|r| r["src"] == "default/other" && r["dst"] == "default/target");
+            .any(|r| r["src"] == "default/other" && r["dst"] == "default/target2");
         if pod_limited > 0.0 && from_other {
             break m;
         }
@@ -503,7 +504,7 @@ fn issue_8_a_denied_flood_with_log_all_keeps_the_log_under_its_cap() {
     assert!(
         sample(
             &m,
-            r#"palisade_decision_events_suppressed_by_pod_total{pod="default/flooder"}"#
+            r#"palisade_decision_events_suppressed_by_pod_total{pod="default/target"}"#
         ) > 0.0,
         "{m}"
     );
