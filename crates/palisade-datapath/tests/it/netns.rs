@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use palisade_datapath::abi::{
     DIR_INGRESS, REASON_POLICY_ALLOW, REASON_POLICY_DENY, STAT_CT_REVOKED,
@@ -221,6 +221,56 @@ fn put_address(dp: &mut Datapath, net: &str, id: u32) {
     .unwrap();
 }
 
+/// A pod's servers, in its namespace: UDP echo on 5300 (until stopped), TCP
+/// line echo on 8080 (one connection, until EOF or an idle read times out).
+struct EchoServer {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl EchoServer {
+    /// Returns once both sockets listen on `ip` inside namespace `ns`.
+    fn start(ns: &str, ip: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (ns, ip, stopped) = (ns.to_string(), ip.to_string(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            enter(&ns);
+            let udp = UdpSocket::bind(format!("{ip}:5300")).unwrap();
+            udp.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            let tcp = TcpListener::bind(format!("{ip}:8080")).unwrap();
+            ready_tx.send(()).unwrap();
+            let tcp_echo = std::thread::spawn(move || {
+                let (s, _) = tcp.accept().unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                let mut w = s.try_clone().unwrap();
+                for line in BufReader::new(s).lines() {
+                    let Ok(line) = line else { break };
+                    if w.write_all(format!("{line}\n").as_bytes()).is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut buf = [0u8; 64];
+            while !stopped.load(Ordering::SeqCst) {
+                if let Ok((n, from)) = udp.recv_from(&mut buf) {
+                    let _ = udp.send_to(&buf[..n], from);
+                }
+            }
+            tcp_echo.join().unwrap();
+        });
+        ready_rx.recv().unwrap();
+        EchoServer { stop, thread }
+    }
+
+    /// Stops the UDP loop and waits for the TCP connection to end too.
+    fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap();
+    }
+}
+
 /// Sends `msg` on a connected UDP socket; true if the echo came back in time.
 fn udp_echoes(s: &UdpSocket, msg: &[u8]) -> bool {
     s.send(msg).unwrap();
@@ -250,40 +300,7 @@ fn tcp_echoes(w: &mut TcpStream, r: &mut BufReader<TcpStream>, line: &str) -> bo
 fn issue_8_identity_change_cuts_established_udp_and_tcp_flows_through_veth() {
     let pair = NetNsPair::new();
     let root = PinRoot(unique_root());
-    let stop = Arc::new(AtomicBool::new(false));
-
-    // The pod: UDP echo on 5300 (until stopped), TCP line echo on 8080 (one
-    // connection, until EOF or an idle read times out).
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let pod_ns = pair.pod.clone();
-    let stop_server = stop.clone();
-    let server = std::thread::spawn(move || {
-        enter(&pod_ns);
-        let udp = UdpSocket::bind("10.200.0.1:5300").unwrap();
-        udp.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let tcp = TcpListener::bind("10.200.0.1:8080").unwrap();
-        ready_tx.send(()).unwrap();
-        let tcp_echo = std::thread::spawn(move || {
-            let (s, _) = tcp.accept().unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-            let mut w = s.try_clone().unwrap();
-            for line in BufReader::new(s).lines() {
-                let Ok(line) = line else { break };
-                if w.write_all(format!("{line}\n").as_bytes()).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut buf = [0u8; 64];
-        while !stop_server.load(Ordering::SeqCst) {
-            if let Ok((n, from)) = udp.recv_from(&mut buf) {
-                let _ = udp.send_to(&buf[..n], from);
-            }
-        }
-        tcp_echo.join().unwrap();
-    });
-    ready_rx.recv().unwrap();
+    let server = EchoServer::start(&pair.pod, "10.200.0.1");
 
     let host_ns = pair.host.clone();
     let root_path = root.0.clone();
@@ -336,8 +353,7 @@ fn issue_8_identity_change_cuts_established_udp_and_tcp_flows_through_veth() {
         (seen, revoked)
     });
     let (seen, revoked) = client.join().unwrap();
-    stop.store(true, Ordering::SeqCst);
-    server.join().unwrap();
+    server.stop();
     drop(root);
     drop(pair);
     let expected = [
@@ -352,4 +368,197 @@ fn issue_8_identity_change_cuts_established_udp_and_tcp_flows_through_veth() {
     ];
     assert_eq!(seen, expected);
     assert_eq!(revoked, 2, "the UDP flow and the TCP connection, once each");
+}
+
+/// Pods `a` (10.210.0.1) and `b` (10.211.0.1) in their own namespaces, both
+/// attached on one node namespace that routes between them (`ha`, `hb`).
+struct TwoPods {
+    a: String,
+    b: String,
+    node: String,
+}
+
+impl TwoPods {
+    fn new() -> Self {
+        let pid = std::process::id();
+        let n = PAIRS.fetch_add(1, Ordering::SeqCst);
+        let name = |x: &str| format!("palisade-t-{pid}-{n}-{x}");
+        let t = TwoPods {
+            a: name("a"),
+            b: name("b"),
+            node: name("node"),
+        };
+        for ns in [&t.a, &t.b, &t.node] {
+            ip(&["netns", "add", ns]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        for (pod, host, net) in [(&t.a, "ha", "10.210.0"), (&t.b, "hb", "10.211.0")] {
+            ip(&[
+                "-n", pod, "link", "add", "eth0", "type", "veth", "peer", "name", host, "netns",
+                &t.node,
+            ]);
+            ip(&[
+                "-n",
+                pod,
+                "addr",
+                "add",
+                &format!("{net}.1/24"),
+                "dev",
+                "eth0",
+            ]);
+            ip(&[
+                "-n",
+                &t.node,
+                "addr",
+                "add",
+                &format!("{net}.254/24"),
+                "dev",
+                host,
+            ]);
+            ip(&["-n", pod, "link", "set", "eth0", "up"]);
+            ip(&["-n", &t.node, "link", "set", host, "up"]);
+            ip(&[
+                "-n",
+                pod,
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("{net}.254"),
+            ]);
+        }
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &t.node,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ])
+            .output()
+            .expect("sysctl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        t
+    }
+}
+
+impl Drop for TwoPods {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b, &self.node] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// a is identity 5, b identity 7. b's ingress (table 1) allows identity 5 for
+/// UDP and TCP and denies the rest (rule 1); a's ingress (table 3) denies all;
+/// both egress tables allow all (table 2).
+fn two_pods_policy() -> Compiled {
+    let extra = [ports(5, 17, &[], allow(50)), ports(5, 6, &[], allow(51))].concat();
+    let mut c = compiled(
+        table(deny(1), &extra),
+        table(allow(2), &[]),
+        &[("10.210.0.1/32", 5), ("10.211.0.1/32", 7)],
+    );
+    c.tables.insert(3, table(deny(3), &[]));
+    c.endpoints.clear();
+    for (pod, addr, ingress) in [("t/a", "10.210.0.1", 3), ("t/b", "10.211.0.1", 1)] {
+        c.endpoints.insert(
+            pod.into(),
+            EndpointEntry {
+                pod: pod.into(),
+                ips: vec![addr.parse().unwrap()],
+                ingress,
+                egress: 2,
+                generation: 1,
+            },
+        );
+    }
+    c
+}
+
+/// Issue 8 between two local pods: each side has its own conntrack entry (a's
+/// egress on ha, b's ingress on hb). Relabelling a (its address re-mapped to
+/// identity 6) cuts a's UDP flow and TCP connection to b at b's ingress,
+/// although a's own egress still allows them; mapped back, they work again.
+#[test]
+fn issue_8_relabelling_a_local_pod_cuts_its_flows_to_another_local_pod() {
+    let pods = TwoPods::new();
+    let root = PinRoot(unique_root());
+    let server = EchoServer::start(&pods.b, "10.211.0.1");
+    let (node, a, root_path) = (pods.node.clone(), pods.a.clone(), root.0.clone());
+    let client = std::thread::spawn(move || {
+        enter(&node);
+        let mut dp = Datapath::load_or_adopt(&root_path, MapSizes::default()).unwrap();
+        dp.sync(&two_pods_policy()).unwrap();
+        dp.attach("t/a", "ha").unwrap();
+        let hb = dp.attach("t/b", "hb").unwrap();
+        // The client sockets live in a's namespace; map writes work from anywhere.
+        enter(&a);
+        let wait = Duration::from_millis(700);
+        let udp = UdpSocket::bind("10.210.0.1:5353").unwrap();
+        udp.connect("10.211.0.1:5300").unwrap();
+        udp.set_read_timeout(Some(wait)).unwrap();
+        let tcp = TcpStream::connect_timeout(&"10.211.0.1:8080".parse().unwrap(), wait).unwrap();
+        tcp.set_read_timeout(Some(wait)).unwrap();
+        let mut tcp_w = tcp.try_clone().unwrap();
+        let mut tcp_r = BufReader::new(tcp);
+        let mut seen = vec![
+            ("udp allowed", udp_echoes(&udp, b"a")),
+            ("tcp allowed", tcp_echoes(&mut tcp_w, &mut tcp_r, "1")),
+        ];
+        put_address(&mut dp, "10.210.0.1/32", 6);
+        seen.push(("udp after a's relabel", udp_echoes(&udp, b"b")));
+        seen.push((
+            "tcp after a's relabel",
+            tcp_echoes(&mut tcp_w, &mut tcp_r, "2"),
+        ));
+        let denied_at_b = dp.counters().unwrap().endpoints[&hb][DIR_INGRESS as usize]
+            [REASON_POLICY_DENY as usize];
+        put_address(&mut dp, "10.210.0.1/32", 5);
+        seen.push(("udp after the label is back", udp_echoes(&udp, b"c")));
+        // The connection resumes: the dropped segment "2" is retransmitted (on
+        // the sender's backoff) and echoed, then "3" goes through.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut resumed = false;
+        while !resumed && Instant::now() < deadline {
+            let mut got = String::new();
+            match tcp_r.read_line(&mut got) {
+                Ok(0) => break,
+                Ok(_) => resumed = got.trim_end() == "2",
+                Err(_) => {}
+            }
+        }
+        seen.push(("tcp resumes after the label is back", resumed));
+        seen.push((
+            "tcp after the label is back",
+            tcp_echoes(&mut tcp_w, &mut tcp_r, "3"),
+        ));
+        dp.detach("t/a").unwrap();
+        dp.detach("t/b").unwrap();
+        drop((tcp_w, tcp_r));
+        (seen, denied_at_b)
+    });
+    let (seen, denied_at_b) = client.join().unwrap();
+    server.stop();
+    drop(root);
+    drop(pods);
+    assert_eq!(
+        seen,
+        [
+            ("udp allowed", true),
+            ("tcp allowed", true),
+            ("udp after a's relabel", false),
+            ("tcp after a's relabel", false),
+            ("udp after the label is back", true),
+            ("tcp resumes after the label is back", true),
+            ("tcp after the label is back", true),
+        ]
+    );
+    assert!(denied_at_b >= 2, "dropped at b's ingress: {denied_at_b}");
 }

@@ -1243,3 +1243,39 @@ fn bytes_of<T: Copy>(v: &T) -> &[u8] {
     // SAFETY: the ABI types are repr(C) integers with explicit padding (abi.rs).
     unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
 }
+
+#[test]
+fn issue_8_identity_change_cuts_a_flow_the_pod_opened() {
+    // Egress allows peer identity 5 (rule 60) and denies the rest (rule 3);
+    // ingress denies everything: only conntrack lets the replies in.
+    let c = compiled(
+        table(deny(1), &[]),
+        table(deny(3), &ports(5, 17, &[], allow(60))),
+        &[("192.0.2.10/32", 5)],
+    );
+    let mut t = loaded(&c);
+    assert!(t.run(Hook::FromPod, &udp_back()), "pod -> peer:5353");
+    assert!(t.run(Hook::ToPod, &udp_in()), "reply");
+    // An unrelated identity change elsewhere: re-judged, kept.
+    t.apply(&Delta {
+        ops: vec![Op::PutAddress("192.0.2.11/32".parse().unwrap(), 6)],
+    })
+    .unwrap();
+    assert!(
+        t.run(Hook::ToPod, &udp_in()),
+        "reply after an unrelated change"
+    );
+    // The peer itself changes identity: the reply is the first packet to see it.
+    t.apply(&remap_peer(6)).unwrap();
+    assert!(
+        !t.run(Hook::ToPod, &udp_in()),
+        "reply after the peer's change"
+    );
+    assert!(
+        !t.run(Hook::FromPod, &udp_back()),
+        "the pod's next datagram"
+    );
+    assert_eq!(stat(&t, STAT_CT_REVOKED), 1);
+    assert_eq!(t.count(DIR_INGRESS, REASON_POLICY_DENY), 1);
+    assert_eq!(t.count(DIR_EGRESS, REASON_POLICY_DENY), 1);
+}
