@@ -289,3 +289,22 @@ fn verifier_cost_stays_within_budget() {
         assert!(insns < 100_000, "{name} verified {insns} instructions");
     }
 }
+
+#[test]
+fn reason_names_follow_the_object_enum() {
+    let (members, _) = btf_enums(&btf_types());
+    let mut checked = 0;
+    for (c, v) in &members {
+        let Some(reason) = c.strip_prefix("PALISADE_REASON_") else {
+            continue;
+        };
+        // Markers, not reasons: FIRST_DROP aliases POLICY_DENY, NR counts them.
+        if reason == "FIRST_DROP" || reason == "NR" {
+            continue;
+        }
+        let want = reason.to_lowercase().replace('_', "-");
+        assert_eq!(palisade_datapath::reason_name(*v as u32), want, "{c} = {v}");
+        checked += 1;
+    }
+    assert_eq!(checked, abi::REASON_NR, "one name per reason");
+}
