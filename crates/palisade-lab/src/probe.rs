@@ -569,6 +569,10 @@ mod tests {
     /// send six INITs (three attempts each), from six different source ports.
     #[test]
     fn sctp_probes_open_a_new_association_each_on_the_wire() {
+        use palisade_testkit::{require, Need};
+        if !require(&[Need::Root]) {
+            return;
+        }
         // Capture INITs to one port on loopback. While this raw socket takes them,
         // the kernel sends no protocol unreachable, so the probes time out: only
         // the INITs matter here.
