@@ -32,8 +32,10 @@
 //! | `palisade_events` | ring buffer | decision events | rate-limited per CPU so floods cannot starve userspace |
 //!
 //! Per-packet cost is therefore a fixed number of lookups (endpoint, conntrack,
-//! and for new flows a host-map lookup (+ an LPM lookup for non-pod peers) and
-//! 1-2 partition lookups), all hash lookups on the common path, so it stays flat
+//! the epoch array for tracked packets, and for new flows (or a tracked flow's
+//! first packet under a new epoch) a host-map lookup (+ an LPM lookup for
+//! non-pod peers) and 1-2 partition lookups), all hash or array lookups on the
+//! common path, so it stays flat
 //! in the number of policies, rules, peers or CIDRs; see [`mod@bench`] for the
 //! figures and the per-stage profile.
 //!
