@@ -1279,3 +1279,31 @@ fn issue_8_identity_change_cuts_a_flow_the_pod_opened() {
     assert_eq!(t.count(DIR_INGRESS, REASON_POLICY_DENY), 1);
     assert_eq!(t.count(DIR_EGRESS, REASON_POLICY_DENY), 1);
 }
+
+#[test]
+fn issue_8_identity_change_cuts_an_ipv6_flow_and_keeps_an_unaffected_one() {
+    let mut c = peer_allowed_by_identity();
+    c.addresses.insert("2001:db8::10/128".parse().unwrap(), 5);
+    c.addresses.insert("2001:db8::11/128".parse().unwrap(), 5);
+    let mut t = loaded(&c);
+    let into = |src: &str| Packet::udp(src, "fd00::1", 5353, 53).frame();
+    let back = |dst: &str| Packet::udp("fd00::1", dst, 53, 5353).frame();
+    for peer in ["2001:db8::10", "2001:db8::11"] {
+        assert!(t.run(Hook::ToPod, &into(peer)), "{peer}");
+        assert!(t.run(Hook::FromPod, &back(peer)), "{peer}");
+    }
+    t.apply(&Delta {
+        ops: vec![Op::PutAddress("2001:db8::10/128".parse().unwrap(), 6)],
+    })
+    .unwrap();
+    assert!(
+        !t.run(Hook::FromPod, &back("2001:db8::10")),
+        "re-mapped peer"
+    );
+    assert!(
+        t.run(Hook::FromPod, &back("2001:db8::11")),
+        "same identity as before"
+    );
+    assert!(t.run(Hook::ToPod, &into("2001:db8::11")));
+    assert_eq!(stat(&t, STAT_CT_REVOKED), 1);
+}
