@@ -72,6 +72,7 @@ pub struct Metrics {
     api_accept_errors: Counter,
     last_transport: TransportStats,
     connections: Option<crate::listener::Connections>,
+    read_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -203,6 +204,12 @@ impl Metrics {
             "Failed accepts on the agent socket (EMFILE, ENFILE, ...)",
             api_accept_errors.clone(),
         );
+        let read_errors = Counter::default();
+        registry.register(
+            "datapath_read_errors",
+            "Scrapes whose datapath counters could not be read (those series did not move)",
+            read_errors.clone(),
+        );
         Self {
             registry,
             passes,
@@ -224,6 +231,7 @@ impl Metrics {
             api_accept_errors,
             last_transport: TransportStats::default(),
             connections: None,
+            read_errors,
         }
     }
 
@@ -283,6 +291,11 @@ impl Metrics {
                     .inc_by(d);
             }
         }
+    }
+
+    /// Counts datapath reads that failed during a scrape.
+    pub fn record_read_errors(&mut self, n: usize) {
+        self.read_errors.inc_by(n as u64);
     }
 
     /// Folds in the API transport's counters.

@@ -371,8 +371,16 @@ fn handle_command(
             });
         }
         Request::Metrics => {
-            let counters = reconciler.enforcer_mut().counters().unwrap_or_default();
-            let events = reconciler.enforcer_mut().event_stats().unwrap_or_default();
+            // A kernel read error is said in the exposition, not hidden as zeros.
+            let mut unread = Vec::new();
+            let counters = reconciler.enforcer_mut().counters().unwrap_or_else(|e| {
+                unread.push(format!("{e:#}"));
+                Vec::new()
+            });
+            let events = reconciler.enforcer_mut().event_stats().unwrap_or_else(|e| {
+                unread.push(format!("{e:#}"));
+                Default::default()
+            });
             let pods: BTreeMap<u32, String> = reconciler
                 .registry()
                 .interfaces()
@@ -381,7 +389,11 @@ fn handle_command(
                 .collect();
             let mut m = metrics.lock().expect("metrics lock");
             m.record_events(&events, |ifindex| pods.get(&ifindex).cloned());
-            let text = m.encode(&counters);
+            m.record_read_errors(unread.len());
+            let mut text = m.encode(&counters);
+            for e in unread {
+                text.insert_str(0, &format!("# datapath counters not read: {e}\n"));
+            }
             let _ = reply.send(Reply::data(serde_json::Value::String(text)));
         }
         Request::Flows { .. } => {

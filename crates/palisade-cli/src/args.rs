@@ -220,11 +220,14 @@ pub struct AgentArgs {
     /// Applied on every start, whatever an earlier run pinned.
     #[arg(long, default_value_t = palisade_agent::enforcer::DEFAULT_EVENTS_PER_SEC)]
     pub events_per_sec: u32,
-    /// Decision events the node may report at once after a quiet period.
+    /// Decision events the node may report at once after a quiet period (at least
+    /// --events-per-sec).
     #[arg(long, default_value_t = palisade_agent::enforcer::DEFAULT_EVENTS_BURST)]
     pub events_burst: u32,
-    /// Decision events per second (and at once) for one pod, taken before the node's
-    /// budget so one flooding pod cannot silence the others. 0 = no per-pod limit.
+    /// Decision events per second (and at once) for one pod, the pod whose policy
+    /// decides (the destination for ingress, the source for egress); taken before the
+    /// node's budget, so one flooded or flooding pod cannot silence the others.
+    /// 0 = no per-pod limit. The kernel splits each budget evenly over the CPUs.
     #[arg(long, default_value_t = palisade_agent::enforcer::DEFAULT_POD_EVENTS_PER_SEC)]
     pub pod_events_per_sec: u32,
     /// Open API connections at most; beyond it the oldest connection still sending
