@@ -26,6 +26,8 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 64 * 1024;
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default [`ApiLimits::write_timeout`].
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default [`ApiLimits::max_followers`].
+pub const DEFAULT_MAX_FOLLOWERS: usize = 64;
 /// Mode of the socket file: only root (the CNI plugin, the CLI) may connect.
 pub const SOCKET_MODE: u32 = 0o600;
 
@@ -44,6 +46,9 @@ pub struct ApiLimits {
     pub request_timeout: Duration,
     /// A reply (or one streamed record) must be taken by the client within this time.
     pub write_timeout: Duration,
+    /// `flows --follow` streams at most: they stay open, so without this bound they
+    /// could take every connection and lock out the CNI plugin.
+    pub max_followers: usize,
 }
 
 impl Default for ApiLimits {
@@ -53,6 +58,7 @@ impl Default for ApiLimits {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
+            max_followers: DEFAULT_MAX_FOLLOWERS,
         }
     }
 }
@@ -202,6 +208,16 @@ pub struct TransportStats {
 pub struct Connections {
     table: Arc<Mutex<Table>>,
     stats: Arc<Mutex<TransportStats>>,
+    followers: Arc<Mutex<usize>>,
+}
+
+/// One `flows --follow` stream's place; dropping it frees the place.
+pub struct Follower(Arc<Mutex<usize>>);
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        *self.0.lock().expect("followers lock") -= 1;
+    }
 }
 
 /// A connection's place in [`Connections`]; dropping it frees the place.
@@ -243,6 +259,16 @@ impl Connections {
         let mut s = *self.stats.lock().expect("stats lock");
         s.open = self.table.lock().expect("connections lock").entries.len();
         s
+    }
+
+    /// A place for one more `flows --follow` stream, if fewer than `max` are open.
+    pub fn follow(&self, max: usize) -> Option<Follower> {
+        let mut n = self.followers.lock().expect("followers lock");
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Follower(self.followers.clone()))
     }
 
     /// Makes room for one more connection under `max`: evicts the oldest idle one if
@@ -427,5 +453,15 @@ mod tests {
         drop(a);
         assert!(c.admit(2).is_some(), "a freed place is reused");
         drop(b);
+    }
+
+    #[test]
+    fn followers_are_bounded_and_their_places_come_back() {
+        let c = Connections::default();
+        let a = c.follow(2).unwrap();
+        let _b = c.follow(2).unwrap();
+        assert!(c.follow(2).is_none());
+        drop(a);
+        assert!(c.follow(2).is_some());
     }
 }

@@ -439,6 +439,23 @@ async fn handle_connection(
         verdict,
     } = request
     {
+        let _follower = if follow {
+            match shared.connections.follow(limits.max_followers) {
+                Some(f) => Some(f),
+                None => {
+                    let msg = format!(
+                        "{} flows --follow streams are open already (the limit); retry later",
+                        limits.max_followers
+                    );
+                    let mut out = serde_json::to_vec(&Reply::error(msg))?;
+                    out.push(b'\n');
+                    write_bounded(&mut w, &out, &limits).await?;
+                    return Ok(());
+                }
+            }
+        } else {
+            None
+        };
         let mut live = shared.decisions.subscribe();
         let recent: Vec<DecisionRecord> = shared
             .history

@@ -331,6 +331,43 @@ fn issue_8_a_half_sent_request_is_closed_after_the_request_timeout() {
 }
 
 #[test]
+fn issue_8_follow_streams_are_bounded_and_other_requests_still_served() {
+    if !agent_can_run() {
+        return;
+    }
+    let s = Scratch::new("follow");
+    let _agent = Agent::start(&s, &[], None);
+    let follow = || {
+        let mut c = UnixStream::connect(s.socket()).unwrap();
+        c.write_all(b"{\"op\":\"flows\",\"follow\":true}\n")
+            .unwrap();
+        c
+    };
+    let held: Vec<UnixStream> = (0..64).map(|_| follow()).collect();
+    // Each of the 64 is streaming once the agent counts it; poll (bounded) for that by
+    // asking for one more until it is refused.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refusal = loop {
+        let mut extra = follow();
+        extra
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut line = String::new();
+        let _ = BufReader::new(&mut extra).read_line(&mut line);
+        if line.contains("\"ok\":false") {
+            break line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the 65th stream was never refused"
+        );
+    };
+    assert!(refusal.contains("64 flows --follow streams"), "{refusal}");
+    status_ok(&s.socket());
+    drop(held);
+}
+
+#[test]
 fn issue_8_at_the_fd_limit_the_accept_loop_backs_off_and_keeps_serving() {
     if !agent_can_run() {
         return;
