@@ -141,8 +141,10 @@ static __always_inline int pod_ratelimit_take(const struct config *cfg, __u32 sl
 	if (cfg->pod_events_per_sec == 0)
 		return 1;
 	rl = bpf_map_lookup_elem(&palisade_pod_ratelimit, &slot);
+	/* A slot beyond the map (pins of an older size): the node's bucket still
+	 * bounds it; do not silence the pod. */
 	if (!rl)
-		return 0;
+		return 1;
 	if (bucket_take(&rl->tokens, &rl->last_ns, cfg->pod_events_per_sec,
 			cfg->pod_events_per_sec, now))
 		return 1;
