@@ -946,10 +946,15 @@ fn stat(t: &TestDp, s: u32) -> u64 {
 }
 
 /// Peer 192.0.2.10 is identity 5, which the ingress table allows (UDP rule 50,
-/// TCP rule 51); identity 6 has no entries, so IDENTITY_ANY denies it (rule 1).
+/// TCP rule 51, SCTP rule 52); identity 6 has no entries, so IDENTITY_ANY denies it (rule 1).
 /// Egress allows everything (rule 2).
 fn peer_allowed_by_identity() -> palisade_policy::compiled::Compiled {
-    let extra = [ports(5, 17, &[], allow(50)), ports(5, 6, &[], allow(51))].concat();
+    let extra = [
+        ports(5, 17, &[], allow(50)),
+        ports(5, 6, &[], allow(51)),
+        ports(5, 132, &[], allow(52)),
+    ]
+    .concat();
     compiled(
         table(deny(1), &extra),
         table(allow(2), &[]),
@@ -1305,5 +1310,28 @@ fn issue_8_identity_change_cuts_an_ipv6_flow_and_keeps_an_unaffected_one() {
         "same identity as before"
     );
     assert!(t.run(Hook::ToPod, &into("2001:db8::11")));
+    assert_eq!(stat(&t, STAT_CT_REVOKED), 1);
+}
+
+#[test]
+fn issue_8_identity_change_cuts_an_sctp_association_from_a_fixed_port() {
+    let c = peer_allowed_by_identity();
+    let mut t = loaded(&c);
+    let sctp = |src: &str, dst: &str, sport, dport| {
+        Packet::new(
+            src.parse().unwrap(),
+            dst.parse().unwrap(),
+            L4::Sctp { sport, dport },
+        )
+        .frame()
+    };
+    let into = sctp("192.0.2.10", "10.0.0.1", 5000, 3868);
+    let back = sctp("10.0.0.1", "192.0.2.10", 3868, 5000);
+    assert!(t.run(Hook::ToPod, &into));
+    assert!(t.run(Hook::FromPod, &back));
+    assert!(t.run(Hook::ToPod, &into));
+    t.apply(&remap_peer(6)).unwrap();
+    assert!(!t.run(Hook::ToPod, &into), "association cut");
+    assert!(!t.run(Hook::ToPod, &into), "and stays cut");
     assert_eq!(stat(&t, STAT_CT_REVOKED), 1);
 }
