@@ -14,7 +14,10 @@
 //!   this machine class per TOOLCHAIN.md; paid once per allowed flow, never by
 //!   denied ones).
 //! - `established_ns`: a packet of a tracked flow (TCP ACK after the SYN created
-//!   the entry): endpoint, parse, anti-spoofing, clock, conntrack hit.
+//!   the entry): endpoint, parse, anti-spoofing, clock, conntrack hit, policy
+//!   epoch read (same epoch: no re-judgement, no write). Measured before and
+//!   after the epoch was added (A/B/A/B, load average ~10): 129-131 ns before,
+//!   126-139 after at every size, noop 26 in both: within the noise.
 //!
 //! `entries` counts map entries: `entries/3` peer identities, each with one /32
 //! address (host map) and two TCP table entries (allow 0-32767, deny
