@@ -23,18 +23,19 @@
 //!    `domainNames` peers (they have no named ports).
 //! 6. `Pass` is rejected in the Baseline tier: there is no later tier to pass to.
 //!
-//! Unknown fields are warned about (the API server would prune them). A peer or port
-//! entry with *no* known field is an error: upstream asks implementations to fail
-//! closed on a peer type they do not know, and refusing the object is the loudest way.
+//! Unknown fields are errors, as with `kubectl apply --validate=strict` (see
+//! [`super::strict`]): upstream asks implementations to fail closed on a peer type they
+//! do not know, and refusing the object is the loudest way. So the serde types below
+//! list every field of the CRD schemas, `metadata` and `status` included.
 
-use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::Problems;
-use super::{cidr, ports, selector};
+use super::location::Sites;
+use super::{cidr, ports, selector, strict};
 use crate::model::{
     Action, ClusterPeer, ClusterPolicy, ClusterPolicyKind, ClusterRule, PortMatch, Protocol,
     Subject, Tier,
@@ -48,13 +49,23 @@ const MAX_RULE_NAME_LEN: usize = 100;
 /// Most CIDRs in one `networks` peer and domain names in one `domainNames` peer.
 const MAX_NETWORKS: usize = 25;
 
-/// Unknown keys of an object, captured to warn about them.
-type Extra = BTreeMap<String, Value>;
-
+/// The whole object. `apiVersion` and `kind` were checked by the dispatcher.
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
 struct Object {
-    #[serde(default)]
+    api_version: Option<String>,
+    kind: Option<String>,
+    metadata: Option<meta::ObjectMeta>,
     spec: Option<Spec>,
+    status: Option<Status>,
+}
+
+/// The CRDs' status: conditions only.
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct Status {
+    conditions: Option<Vec<meta::Condition>>,
 }
 
 #[derive(Deserialize)]
@@ -65,8 +76,6 @@ struct Spec {
     subject: Option<SubjectSpec>,
     ingress: Option<Vec<Rule>>,
     egress: Option<Vec<Rule>>,
-    #[serde(flatten)]
-    extra: Extra,
 }
 
 #[derive(Deserialize)]
@@ -74,8 +83,6 @@ struct Spec {
 struct SubjectSpec {
     namespaces: Option<meta::LabelSelector>,
     pods: Option<NamespacedPod>,
-    #[serde(flatten)]
-    extra: Extra,
 }
 
 #[derive(Deserialize)]
@@ -96,8 +103,6 @@ struct Rule {
     protocols: Option<Vec<ProtocolSpec>>,
     /// v1alpha1 spelling.
     ports: Option<Vec<AnpPort>>,
-    #[serde(flatten)]
-    extra: Extra,
 }
 
 #[derive(Deserialize)]
@@ -108,8 +113,6 @@ struct Peer {
     nodes: Option<meta::LabelSelector>,
     networks: Option<Vec<String>>,
     domain_names: Option<Vec<String>>,
-    #[serde(flatten)]
-    extra: Extra,
 }
 
 #[derive(Deserialize)]
@@ -119,8 +122,6 @@ struct ProtocolSpec {
     udp: Option<ProtocolPort>,
     sctp: Option<ProtocolPort>,
     destination_named_port: Option<String>,
-    #[serde(flatten)]
-    extra: Extra,
 }
 
 #[derive(Deserialize)]
@@ -147,8 +148,6 @@ struct AnpPort {
     port_number: Option<AnpPortNumber>,
     named_port: Option<String>,
     port_range: Option<AnpRange>,
-    #[serde(flatten)]
-    extra: Extra,
 }
 
 #[derive(Deserialize)]
@@ -191,30 +190,24 @@ impl Flavor {
     }
 }
 
-/// Decodes and validates one cluster policy of `kind`. `Err` is a decode failure;
-/// validation problems go to `p`.
+/// Decodes and validates one cluster policy of `kind`. `None` is a decode failure;
+/// every problem goes to `p`.
 pub(crate) fn cluster_policy(
-    v: Value,
+    v: &Value,
+    sites: &Sites,
     kind: ClusterPolicyKind,
     name: &str,
     p: &mut Problems,
-) -> Result<ClusterPolicy, String> {
-    let labels: Option<crate::selector::Labels> = v
-        .pointer("/metadata/labels")
-        .cloned()
-        .map(serde_json::from_value)
-        .transpose()
-        .map_err(|e| format!("metadata.labels: {e}"))?;
-    if let Some(l) = &labels {
+) -> Option<ClusterPolicy> {
+    let obj: Object = strict::decode(v, sites, p)?;
+    if let Some(l) = obj.metadata.as_ref().and_then(|m| m.labels.as_ref()) {
         selector::check_labels(l, "metadata.labels", p);
     }
-    let obj: Object = serde_json::from_value(v).map_err(|e| e.to_string())?;
     let flavor = Flavor::of(kind);
     let Some(spec) = obj.spec else {
         p.error("spec", "Required value");
-        return Ok(placeholder(kind, name));
+        return Some(placeholder(kind, name));
     };
-    warn_extra(&spec.extra, "spec", p);
 
     if kind == ClusterPolicyKind::BaselineAdminNetworkPolicy && name != "default" {
         p.error(
@@ -286,7 +279,7 @@ pub(crate) fn cluster_policy(
     let ingress = rules(spec.ingress.as_deref(), "spec.ingress", &flavor, tier, p);
     let egress = rules(spec.egress.as_deref(), "spec.egress", &flavor, tier, p);
 
-    Ok(ClusterPolicy {
+    Some(ClusterPolicy {
         kind,
         name: name.into(),
         tier,
@@ -310,17 +303,7 @@ fn placeholder(kind: ClusterPolicyKind, name: &str) -> ClusterPolicy {
     }
 }
 
-fn warn_extra(extra: &Extra, field: &str, p: &mut Problems) {
-    for k in extra.keys() {
-        p.warn(
-            format!("{field}.{k}"),
-            "unknown field; ignored (the API server would prune it)",
-        );
-    }
-}
-
 fn subject(s: &SubjectSpec, flavor: &Flavor, p: &mut Problems) -> Option<Subject> {
-    warn_extra(&s.extra, "spec.subject", p);
     match (&s.namespaces, &s.pods) {
         (Some(ns), None) => Some(Subject::Namespaces(selector::selector(
             ns,
@@ -406,7 +389,6 @@ fn rule(
     tier: Tier,
     p: &mut Problems,
 ) -> Option<ClusterRule> {
-    warn_extra(&r.extra, field, p);
     let name = r.name.clone().unwrap_or_default();
     if name.chars().count() > MAX_RULE_NAME_LEN {
         p.error(
@@ -580,24 +562,10 @@ fn peer(
     };
     match set.as_slice() {
         [] => {
-            let unknown: Vec<&str> = peer.extra.keys().map(String::as_str).collect();
-            p.error(
-                field,
-                format!(
-                    "must specify exactly one of {allowed}{}",
-                    if unknown.is_empty() {
-                        String::new()
-                    } else {
-                        format!(
-                            " (unknown peer type {}; failing closed)",
-                            unknown.join(", ")
-                        )
-                    }
-                ),
-            );
+            p.error(field, format!("must specify exactly one of {allowed}"));
             return None;
         }
-        [_] => warn_extra(&peer.extra, field, p),
+        [_] => {}
         many => {
             p.error(
                 field,
@@ -736,7 +704,7 @@ fn protocols(list: &[ProtocolSpec], field: &str, p: &mut Problems) -> Vec<PortMa
                 );
                 continue;
             }
-            [_] => warn_extra(&ps.extra, &f, p),
+            [_] => {}
             many => {
                 let names: Vec<&str> = many.iter().map(|(n, ..)| *n).collect();
                 p.error(
@@ -848,7 +816,6 @@ fn anp_ports(list: &[AnpPort], field: &str, flavor: &Flavor, p: &mut Problems) -
             );
             continue;
         }
-        warn_extra(&ap.extra, &f, p);
         if let Some(pn) = &ap.port_number {
             let f = format!("{f}.portNumber");
             let protocol = ports::protocol(pn.protocol.as_deref(), &format!("{f}.protocol"), p);

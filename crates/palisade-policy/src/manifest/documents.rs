@@ -7,15 +7,39 @@
 //! get -o yaml` prints them) are expanded into their `items` by the caller, see
 //! [`list_items`].
 
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
+use serde_saphyr::Spanned;
+
+use super::location::{join, Position, Segment, Site, Sites};
 
 /// One parsed document of a source.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Document {
     /// 1-based number within its source.
     pub number: usize,
-    /// The parsed content, or the parser's message.
-    pub content: Result<Value, String>,
+    /// The parsed content, or why it could not be read.
+    pub content: Result<Value, ParseError>,
+    /// Where each field of the content was written (empty for JSON).
+    pub sites: Sites,
+}
+
+/// Why a document could not be read, in plain words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ParseError {
+    /// What is wrong, lowercase, no final period.
+    pub message: String,
+    /// Where, when known.
+    pub at: Option<Position>,
+}
+
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.at {
+            Some(at) => write!(f, "line {}, column {}: {}", at.line, at.column, self.message),
+            None => f.write_str(&self.message),
+        }
+    }
 }
 
 /// Splits and parses `text`. Empty documents (only comments or whitespace, or `null`)
@@ -26,86 +50,394 @@ pub(crate) fn split(text: &str) -> Vec<Document> {
         return split_json(trimmed);
     }
     let mut docs = Vec::new();
-    for (i, chunk) in yaml_chunks(text).into_iter().enumerate() {
-        let content = match serde_saphyr::from_str::<Value>(&chunk) {
+    for (i, (first_line, chunk)) in yaml_chunks(text).into_iter().enumerate() {
+        let mut sites = Sites::default();
+        let content = match parse_yaml(&chunk, first_line, &mut sites) {
             Ok(Value::Null) => continue,
-            Ok(v) => Ok(v),
-            Err(e) => Err(e.to_string()),
+            other => other,
         };
         docs.push(Document {
             number: i + 1,
             content,
+            sites,
         });
     }
     docs
 }
 
-/// The text of each YAML document. A line `---` (optionally followed by content) starts
-/// a new document, `...` ends one; directives (`%YAML`) are dropped.
-fn yaml_chunks(text: &str) -> Vec<String> {
-    let mut chunks = vec![String::new()];
+/// YAML 1.2 reading options: only `true`/`false` are booleans (`y`, `no`, `on` are
+/// strings, as Kubernetes reads them), a key may appear once per mapping.
+fn yaml_options() -> serde_saphyr::Options {
+    let mut o = serde_saphyr::Options::default();
+    o.strict_booleans = true;
+    o.with_snippet = false;
+    o.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::Error;
+    o
+}
+
+/// Parses one YAML document (whose first line is line `first_line` of its file) into
+/// JSON, recording every field's position in `sites`.
+fn parse_yaml(chunk: &str, first_line: usize, sites: &mut Sites) -> Result<Value, ParseError> {
+    let node: Spanned<Node> = serde_saphyr::from_str_with_options(chunk, yaml_options())
+        .map_err(|e| yaml_error(&e, first_line))?;
+    let mut c = Converter {
+        text: chunk,
+        first_line,
+        sites,
+        path: Vec::new(),
+    };
+    c.value(node, None)
+}
+
+/// A saphyr error in plain words: no option names, and a hint for the usual mistakes.
+fn yaml_error(e: &serde_saphyr::Error, first_line: usize) -> ParseError {
+    let at = e.location().filter(|l| l.line() > 0).map(|l| Position {
+        line: l.line() as usize + first_line - 1,
+        column: l.column() as usize,
+    });
+    let full = e.without_snippet().to_string();
+    // saphyr appends " at line L column C"; the position is reported on its own.
+    let message = match full.find(" at line ") {
+        Some(i) => full[..i].to_string(),
+        None => full,
+    };
+    let lower = message.to_lowercase();
+    let message = if lower.contains("duplicate") {
+        duplicate_key_message(&message)
+    } else {
+        message
+    };
+    ParseError { message, at }
+}
+
+fn duplicate_key_message(message: &str) -> String {
+    let key = message
+        .split(['\'', '"', '`'])
+        .nth(1)
+        .map(str::to_string)
+        .unwrap_or_default();
+    duplicate_key(&key, None)
+}
+
+/// The message for a key written twice in one mapping. At the top level of a document,
+/// `apiVersion` or `kind` twice almost always means two objects without `---`.
+fn duplicate_key(key: &str, top_level: Option<bool>) -> String {
+    let starts_object = matches!(key, "apiVersion" | "kind") && top_level != Some(false);
+    if starts_object {
+        format!(
+            "the key {key:?} appears twice in one document: two objects must be separated by a line `---`"
+        )
+    } else if key.is_empty() {
+        "a key appears twice in the same mapping; each key may appear once".into()
+    } else {
+        format!("the key {key:?} appears twice in the same mapping; each key may appear once")
+    }
+}
+
+/// A YAML node as written: the shape of the document, each part with its position.
+enum Node {
+    Scalar(Value),
+    Seq(Vec<Spanned<Node>>),
+    Map(Vec<(Spanned<Node>, Spanned<Node>)>),
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NodeVisitor)
+    }
+}
+
+struct NodeVisitor;
+
+impl<'de> Visitor<'de> for NodeVisitor {
+    type Value = Node;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any YAML value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Node, E> {
+        Ok(Node::Scalar(Value::Bool(v)))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Node, E> {
+        Ok(Node::Scalar(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Node, E> {
+        Ok(Node::Scalar(v.into()))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Node, E> {
+        serde_json::Number::from_f64(v)
+            .map(|n| Node::Scalar(Value::Number(n)))
+            .ok_or_else(|| E::custom(format!("{v} is not a number JSON can hold; quote it")))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Node, E> {
+        Ok(Node::Scalar(Value::String(v.into())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Node, E> {
+        Ok(Node::Scalar(Value::String(v)))
+    }
+    fn visit_unit<E>(self) -> Result<Node, E> {
+        Ok(Node::Scalar(Value::Null))
+    }
+    fn visit_none<E>(self) -> Result<Node, E> {
+        Ok(Node::Scalar(Value::Null))
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Node, D::Error> {
+        Node::deserialize(d)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Node::Seq(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(entry) = map.next_entry()? {
+            entries.push(entry);
+        }
+        Ok(Node::Map(entries))
+    }
+}
+
+/// Turns a [`Node`] tree into JSON, filling [`Sites`] on the way.
+struct Converter<'a> {
+    text: &'a str,
+    first_line: usize,
+    sites: &'a mut Sites,
+    path: Vec<Segment>,
+}
+
+impl Converter<'_> {
+    fn position(&self, l: &serde_saphyr::Location) -> Option<Position> {
+        (l.line() > 0).then(|| Position {
+            line: l.line() as usize + self.first_line - 1,
+            column: l.column() as usize,
+        })
+    }
+
+    /// The source text of a scalar, when the reader gave its byte span.
+    fn raw(&self, l: &serde_saphyr::Location) -> Option<String> {
+        let span = l.span();
+        let start = usize::try_from(span.byte_offset()?).ok()?;
+        let len = usize::try_from(span.byte_len()?).ok()?;
+        self.text
+            .get(start..start + len)
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    }
+
+    fn value(&mut self, node: Spanned<Node>, key: Option<Position>) -> Result<Value, ParseError> {
+        let at = self.position(&node.referenced);
+        let raw = match &node.value {
+            Node::Scalar(Value::Number(_) | Value::Bool(_)) => self.raw(&node.referenced),
+            _ => None,
+        };
+        self.sites.0.insert(
+            join(&self.path),
+            Site {
+                key,
+                value: at,
+                raw,
+            },
+        );
+        match node.value {
+            Node::Scalar(v) => Ok(v),
+            Node::Seq(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for (i, item) in items.into_iter().enumerate() {
+                    self.path.push(Segment::Index(i));
+                    let v = self.value(item, None);
+                    self.path.pop();
+                    out.push(v?);
+                }
+                Ok(Value::Array(out))
+            }
+            Node::Map(entries) => {
+                let mut out = serde_json::Map::new();
+                for (k, v) in entries {
+                    let key_at = self.position(&k.referenced);
+                    let name = match k.value {
+                        Node::Scalar(Value::String(s)) => s,
+                        Node::Scalar(Value::Null) => "null".into(),
+                        Node::Scalar(other) => {
+                            self.raw(&k.referenced).unwrap_or_else(|| other.to_string())
+                        }
+                        Node::Seq(_) | Node::Map(_) => {
+                            return Err(ParseError {
+                                message: "a mapping key must be a plain value, not a list or mapping".into(),
+                                at: key_at,
+                            })
+                        }
+                    };
+                    if out.contains_key(&name) {
+                        return Err(ParseError {
+                            message: duplicate_key(&name, Some(self.path.is_empty())),
+                            at: key_at,
+                        });
+                    }
+                    self.path.push(Segment::Key(name.clone()));
+                    let value = self.value(v, key_at);
+                    self.path.pop();
+                    out.insert(name, value?);
+                }
+                Ok(Value::Object(out))
+            }
+        }
+    }
+}
+
+/// The text of each YAML document with the file line it starts on. A line `---`
+/// (optionally followed by content) starts a new document, `...` ends one; directives
+/// (`%YAML`) are dropped. Dropped lines are kept as empty lines so that line numbers
+/// within a chunk map to the file by a fixed offset.
+fn yaml_chunks(text: &str) -> Vec<(usize, String)> {
+    let mut chunks = vec![(1, String::new())];
     let mut started = false;
-    for line in text.lines() {
+    for (n, line) in text.lines().enumerate() {
         let is_start = line == "---"
             || line.starts_with("--- ")
             || line.starts_with("---\t")
             || line.starts_with("---#");
         if is_start {
-            if started || !chunks[0].trim().is_empty() {
-                chunks.push(String::new());
+            if started || !chunks[0].1.trim().is_empty() {
+                chunks.push((n + 1, String::new()));
+            } else {
+                chunks[0] = (n + 1, String::new());
             }
             started = true;
-            let rest = &line[3..];
-            if !rest.trim().is_empty() && !rest.trim_start().starts_with('#') {
-                chunks
-                    .last_mut()
-                    .expect("non-empty")
-                    .push_str(rest.trim_start());
-                chunks.last_mut().expect("non-empty").push('\n');
+            let rest = line[3..].trim_start();
+            let c = &mut chunks.last_mut().expect("non-empty").1;
+            if !rest.is_empty() && !rest.starts_with('#') {
+                c.push_str(rest);
             }
+            c.push('\n');
             continue;
         }
-        if line == "..." || line.starts_with("... ") {
+        let c = &mut chunks.last_mut().expect("non-empty").1;
+        if line == "..."
+            || line.starts_with("... ")
+            || (line.starts_with('%') && c.trim().is_empty())
+        {
+            c.push('\n');
             continue;
         }
-        if line.starts_with('%') && chunks.last().is_some_and(|c| c.trim().is_empty()) {
-            continue;
-        }
-        let c = chunks.last_mut().expect("non-empty");
         c.push_str(line);
         c.push('\n');
     }
     chunks
 }
 
+/// JSON documents: concatenated values, or one top-level array of objects. JSON carries
+/// no positions through this reader, but duplicate keys are still refused.
 fn split_json(text: &str) -> Vec<Document> {
     let mut docs = Vec::new();
-    let stream = serde_json::Deserializer::from_str(text).into_iter::<Value>();
+    let stream = serde_json::Deserializer::from_str(text).into_iter::<JsonValue>();
     for (i, item) in stream.enumerate() {
         match item {
-            Ok(Value::Array(items)) if i == 0 => {
+            Ok(JsonValue(Value::Array(items))) if i == 0 => {
                 for (j, v) in items.into_iter().enumerate() {
                     docs.push(Document {
                         number: j + 1,
                         content: Ok(v),
+                        sites: Sites::default(),
                     });
                 }
             }
-            Ok(v) => docs.push(Document {
+            Ok(JsonValue(v)) => docs.push(Document {
                 number: docs.len() + 1,
                 content: Ok(v),
+                sites: Sites::default(),
             }),
             Err(e) => {
                 // A JSON stream cannot resynchronise after a syntax error.
+                let full = e.to_string();
+                let message = match full.find(" at line ") {
+                    Some(i) => full[..i].to_string(),
+                    None => full,
+                };
                 docs.push(Document {
                     number: docs.len() + 1,
-                    content: Err(e.to_string()),
+                    content: Err(ParseError {
+                        message,
+                        at: (e.line() > 0).then(|| Position {
+                            line: e.line(),
+                            column: e.column(),
+                        }),
+                    }),
+                    sites: Sites::default(),
                 });
                 break;
             }
         }
     }
     docs
+}
+
+/// A JSON value read with duplicate keys refused (`serde_json::Value` keeps the last).
+struct JsonValue(Value);
+
+impl<'de> Deserialize<'de> for JsonValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(JsonVisitor).map(JsonValue)
+    }
+}
+
+struct JsonVisitor;
+
+impl<'de> Visitor<'de> for JsonVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.into()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        JsonValue::deserialize(d).map(|v| v.0)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(JsonValue(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let JsonValue(v) = map.next_value()?;
+            if out.contains_key(&key) {
+                return Err(de::Error::custom(format!(
+                    "the key {key:?} appears twice in the same object; each key may appear once"
+                )));
+            }
+            out.insert(key, v);
+        }
+        Ok(Value::Object(out))
+    }
 }
 
 /// If `v` is a list object (`kind: List` or `kind: <Kind>List` with an `items` array),

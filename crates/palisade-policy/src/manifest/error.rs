@@ -7,6 +7,20 @@
 
 use std::fmt;
 
+use super::location::Position;
+
+/// `:line:column` after a file name, or nothing when the position is unknown.
+struct At<'a>(&'a Option<Position>);
+
+impl fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(p) => write!(f, ":{p}"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// A reason an object (or a whole document) was not loaded.
 ///
 /// None of these are retryable: the input itself must change. Each error rejects only
@@ -14,10 +28,12 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestError {
     /// A document is not valid YAML or JSON.
-    #[error("{file}: document {document}: {message}")]
+    #[error("{file}{}: document {document}: {message}", At(.at))]
     Syntax {
         /// Source name given to [`crate::manifest::load`].
         file: String,
+        /// Where in the file, when known.
+        at: Option<Position>,
         /// 1-based document number in the file (`---` separated).
         document: usize,
         /// What the parser said.
@@ -25,10 +41,12 @@ pub enum ManifestError {
     },
     /// A document is well-formed but is not a Kubernetes object we can identify
     /// (no `apiVersion`, `kind` or `metadata.name`).
-    #[error("{file}: document {document}: {message}")]
+    #[error("{file}{}: document {document}: {message}", At(.at))]
     Document {
         /// Source name.
         file: String,
+        /// Where in the file, when known.
+        at: Option<Position>,
         /// 1-based document number in the file.
         document: usize,
         /// What is missing.
@@ -36,10 +54,12 @@ pub enum ManifestError {
     },
     /// An identified object has a field of the wrong type or shape, so it could not be
     /// decoded at all (the API server would reject it the same way).
-    #[error("{file}: {object}: {message}")]
+    #[error("{file}{}: {object}: {message}", At(.at))]
     Decode {
         /// Source name.
         file: String,
+        /// Where in the file, when known.
+        at: Option<Position>,
         /// `Kind namespace/name` or `Kind name`.
         object: String,
         /// The decoder's message.
@@ -47,10 +67,13 @@ pub enum ManifestError {
     },
     /// An object decoded but failed validation. One error per problem; an object with
     /// any of these is rejected as a whole.
-    #[error("{file}: {object}: {field}: {message}")]
+    #[error("{file}{}: {object}: {field}: {message}", At(.at))]
     Invalid {
         /// Source name.
         file: String,
+        /// Where in the file, when known (the field's value, or its key for an unknown
+        /// field, or its nearest written ancestor for a missing one).
+        at: Option<Position>,
         /// `Kind namespace/name` or `Kind name`.
         object: String,
         /// Field path, e.g. `spec.ingress[0].ports[1].endPort`.
@@ -81,6 +104,26 @@ impl ManifestError {
         }
     }
 
+    /// Where in the file, when known.
+    pub fn position(&self) -> Option<Position> {
+        match self {
+            ManifestError::Syntax { at, .. }
+            | ManifestError::Document { at, .. }
+            | ManifestError::Decode { at, .. }
+            | ManifestError::Invalid { at, .. } => *at,
+        }
+    }
+
+    /// The problem alone, without file, object or field.
+    pub fn message(&self) -> &str {
+        match self {
+            ManifestError::Syntax { message, .. }
+            | ManifestError::Document { message, .. }
+            | ManifestError::Decode { message, .. }
+            | ManifestError::Invalid { message, .. } => message,
+        }
+    }
+
     /// The field path, for validation errors.
     pub fn field(&self) -> Option<&str> {
         match self {
@@ -93,9 +136,11 @@ impl ManifestError {
 /// Something that loaded but probably does not do what its author meant, or was skipped.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Warning {
-    /// Source name, when known (lint warnings work on a [`crate::model::Cluster`] and
-    /// have none).
+    /// Source name, when known ([`crate::manifest::lint`] on a bare
+    /// [`crate::model::Cluster`] has none; [`crate::manifest::Loaded::lint`] fills it).
     pub file: Option<String>,
+    /// Where in the file, when known.
+    pub at: Option<Position>,
     /// `Kind namespace/name`, `Kind name`, or `document N` for unidentified documents.
     pub object: String,
     /// Field path, or `""` when the warning is about the whole object.
@@ -107,7 +152,7 @@ pub struct Warning {
 impl fmt::Display for Warning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(file) = &self.file {
-            write!(f, "{file}: ")?;
+            write!(f, "{file}{}: ", At(&self.at))?;
         }
         f.write_str(&self.object)?;
         if !self.field.is_empty() {
@@ -147,6 +192,7 @@ mod tests {
     fn invalid_error_displays_file_object_field_and_message() {
         let e = ManifestError::Invalid {
             file: "web.yaml".into(),
+            at: None,
             object: "NetworkPolicy default/web".into(),
             field: "spec.ingress[0].ports[1].endPort".into(),
             message: "must not be less than port (8080)".into(),
@@ -158,9 +204,28 @@ mod tests {
     }
 
     #[test]
+    fn a_known_position_follows_the_file_name() {
+        let e = ManifestError::Invalid {
+            file: "t.yaml".into(),
+            at: Some(Position {
+                line: 12,
+                column: 7,
+            }),
+            object: "Pod default/x".into(),
+            field: "spec.podSelector".into(),
+            message: "expected a LabelSelector (a map), found the string \"app=web\"".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "t.yaml:12:7: Pod default/x: spec.podSelector: expected a LabelSelector (a map), found the string \"app=web\""
+        );
+    }
+
+    #[test]
     fn lint_warning_without_file_or_field_displays_object_and_message() {
         let w = Warning {
             file: None,
+            at: None,
             object: "NetworkPolicy default/web".into(),
             field: String::new(),
             message: "selects no pod".into(),

@@ -16,12 +16,14 @@ use crate::model::{
 };
 use crate::selector::LabelSelector;
 
-/// Lints a loaded cluster. Warnings carry no file (a [`Cluster`] does not record one).
+/// Lints a loaded cluster. Warnings carry no file (a [`Cluster`] does not record one);
+/// [`super::Loaded::lint`] adds it.
 pub fn lint(cluster: &Cluster) -> Vec<Warning> {
     let mut out = Vec::new();
     let mut warn = |object: &str, field: String, message: String| {
         out.push(Warning {
             file: None,
+            at: None,
             object: object.to_string(),
             field,
             message,

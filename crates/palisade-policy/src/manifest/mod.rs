@@ -8,11 +8,18 @@
 //!
 //! 1. `documents`: split each text into YAML documents (`---`) or JSON values and parse
 //!    each on its own into a `serde_json::Value`; `kind: List` is expanded.
-//! 2. Dispatch on `apiVersion` + `kind`. Unknown kinds, and known kinds at an
-//!    unsupported version, are skipped with a [`Warning`].
+//!    YAML is read as YAML 1.2, as Kubernetes reads it (`y`, `no`, `on` are strings);
+//!    a key written twice is an error; each field's line and column are kept
+//!    (`location`) so errors can point at them.
+//! 2. Dispatch on `apiVersion` + `kind` (`kinds`). A policy kind Palisade does not
+//!    enforce (Calico, Cilium, `networking.k8s.io/v1beta1`, any other `...Policy`) is an
+//!    error: answering without it would be wrong. Other unknown kinds cannot affect
+//!    network policy and are skipped with a [`Warning`].
 //! 3. Decode into `k8s-openapi` types (core and networking objects) or this module's own
-//!    serde types (the policy.networking.k8s.io CRDs), validate, default and convert to
-//!    [`crate::model`]: `objects`, `network_policy`, `cluster_policy`.
+//!    serde types (the policy.networking.k8s.io CRDs), strictly (`strict`: an unknown
+//!    field or a value of the wrong type is an error, never dropped or converted),
+//!    validate, default and convert to [`crate::model`]: `objects`, `network_policy`,
+//!    `cluster_policy`.
 //!
 //! ## Decisions where the API server's behaviour varies
 //!
@@ -34,12 +41,15 @@ mod cidr;
 mod cluster_policy;
 mod documents;
 mod error;
+mod kinds;
 mod lint;
+mod location;
 mod names;
 mod network_policy;
 mod objects;
 mod ports;
 mod selector;
+mod strict;
 
 #[cfg(test)]
 mod tests;
@@ -50,9 +60,12 @@ use serde_json::Value;
 
 pub use error::{ManifestError, Warning};
 pub use lint::lint;
+pub use location::Position;
 
-use crate::model::{Cluster, ClusterPolicyKind};
+use crate::model::Cluster;
 use error::Problems;
+use kinds::{Dispatch, Kind};
+use location::Sites;
 
 /// The result of [`load`]: everything that loaded, and why anything did not.
 #[derive(Debug, Clone, Default)]
@@ -63,6 +76,23 @@ pub struct Loaded {
     pub errors: Vec<ManifestError>,
     /// Skipped documents, defaulting surprises and replaced duplicates, in input order.
     pub warnings: Vec<Warning>,
+    /// The source name each loaded object came from, by `Kind namespace/name` or
+    /// `Kind name` (as errors and warnings name objects).
+    pub sources: BTreeMap<String, String>,
+    /// How many documents (and `List` items) the inputs held, loaded or not: zero means
+    /// the input was empty, which callers report rather than answer from.
+    pub documents: usize,
+}
+
+impl Loaded {
+    /// [`lint`] of the loaded cluster, each warning naming the file of its object.
+    pub fn lint(&self) -> Vec<Warning> {
+        let mut out = lint(&self.cluster);
+        for w in &mut out {
+            w.file = self.sources.get(&w.object).cloned();
+        }
+        out
+    }
 }
 
 /// Parses, validates and normalizes every object in `inputs` (`(source name, text)`
@@ -70,13 +100,25 @@ pub struct Loaded {
 pub fn load(inputs: &[(String, String)]) -> Loaded {
     let mut loader = Loader::default();
     for (file, text) in inputs {
-        for doc in documents::split(text) {
+        let docs = documents::split(text);
+        if docs.is_empty() {
+            loader.out.warnings.push(Warning {
+                file: Some(file.clone()),
+                at: None,
+                object: "file".into(),
+                field: String::new(),
+                message: "holds no Kubernetes object (it is empty or only comments)".into(),
+            });
+        }
+        for doc in docs {
+            loader.out.documents += 1;
             match doc.content {
-                Ok(v) => loader.object(file, doc.number, "", v),
-                Err(message) => loader.out.errors.push(ManifestError::Syntax {
+                Ok(v) => loader.object(file, doc.number, &doc.sites, "", v),
+                Err(e) => loader.out.errors.push(ManifestError::Syntax {
                     file: file.clone(),
+                    at: e.at,
                     document: doc.number,
-                    message,
+                    message: e.message,
                 }),
             }
         }
@@ -101,58 +143,6 @@ pub fn split_objects(text: &str) -> Vec<Result<Value, String>> {
     out
 }
 
-/// The kinds this module understands, with their scope.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Namespace,
-    Pod,
-    Node,
-    Service,
-    EndpointSlice,
-    NetworkPolicy,
-    Cluster(ClusterPolicyKind),
-}
-
-impl Kind {
-    fn of(api_version: &str, kind: &str) -> Result<Kind, Option<&'static str>> {
-        const POLICY_V1ALPHA1: &str = "policy.networking.k8s.io/v1alpha1";
-        const POLICY_V1ALPHA2: &str = "policy.networking.k8s.io/v1alpha2";
-        let (want, k) = match kind {
-            "Namespace" => ("v1", Kind::Namespace),
-            "Pod" => ("v1", Kind::Pod),
-            "Node" => ("v1", Kind::Node),
-            "Service" => ("v1", Kind::Service),
-            "EndpointSlice" => ("discovery.k8s.io/v1", Kind::EndpointSlice),
-            "NetworkPolicy" => ("networking.k8s.io/v1", Kind::NetworkPolicy),
-            "ClusterNetworkPolicy" => (
-                POLICY_V1ALPHA2,
-                Kind::Cluster(ClusterPolicyKind::ClusterNetworkPolicy),
-            ),
-            "AdminNetworkPolicy" => (
-                POLICY_V1ALPHA1,
-                Kind::Cluster(ClusterPolicyKind::AdminNetworkPolicy),
-            ),
-            "BaselineAdminNetworkPolicy" => (
-                POLICY_V1ALPHA1,
-                Kind::Cluster(ClusterPolicyKind::BaselineAdminNetworkPolicy),
-            ),
-            _ => return Err(None),
-        };
-        if api_version == want {
-            Ok(k)
-        } else {
-            Err(Some(want))
-        }
-    }
-
-    fn namespaced(self) -> bool {
-        matches!(
-            self,
-            Kind::Pod | Kind::Service | Kind::EndpointSlice | Kind::NetworkPolicy
-        )
-    }
-}
-
 /// Where each loaded object came from, to name both places when one replaces another.
 #[derive(Default)]
 struct Loader {
@@ -160,27 +150,56 @@ struct Loader {
     origin: BTreeMap<String, String>,
 }
 
+/// A scalar as text, for naming an object whose name or namespace has the wrong type
+/// (`namespace: 1` must not become the default namespace).
+fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
 impl Loader {
-    fn warn(&mut self, file: &str, object: &str, field: &str, message: impl Into<String>) {
+    fn warn(
+        &mut self,
+        file: &str,
+        at: Option<Position>,
+        object: &str,
+        field: &str,
+        message: impl Into<String>,
+    ) {
         self.out.warnings.push(Warning {
             file: Some(file.into()),
+            at,
             object: object.into(),
             field: field.into(),
             message: message.into(),
         });
     }
 
-    fn document_error(&mut self, file: &str, document: usize, message: impl Into<String>) {
+    fn document_error(
+        &mut self,
+        file: &str,
+        at: Option<Position>,
+        document: usize,
+        message: impl Into<String>,
+    ) {
         self.out.errors.push(ManifestError::Document {
             file: file.into(),
+            at,
             document,
             message: message.into(),
         });
     }
 
     /// One document (or `List` item) `v`. `item` is `""` for a document, or the item's
-    /// path (`items[3]`, `items[3].items[0]`) inside a list document.
-    fn object(&mut self, file: &str, document: usize, item: &str, v: Value) {
+    /// path (`items[3]`, `items[3].items[0]`) inside a list document; `sites` are the
+    /// document's, so an item's are found under its path.
+    fn object(&mut self, file: &str, document: usize, doc_sites: &Sites, item: &str, v: Value) {
+        let sites = doc_sites.under(item);
+        let root = sites.locate("", false);
         // Prefix for messages of document errors, whose Display already names the document.
         let at = if item.is_empty() {
             String::new()
@@ -190,6 +209,7 @@ impl Loader {
         if !v.is_object() {
             self.document_error(
                 file,
+                root,
                 document,
                 format!(
                     "{at}not a Kubernetes object (expected a mapping with apiVersion and kind)"
@@ -208,7 +228,17 @@ impl Loader {
             } else {
                 "kind"
             };
-            self.document_error(file, document, format!("{at}{missing} is required"));
+            let problem = if v.get(missing).is_some_and(|x| !x.is_string()) {
+                "must be a string"
+            } else {
+                "is required"
+            };
+            self.document_error(
+                file,
+                sites.locate(missing, false).or(root),
+                document,
+                format!("{at}{missing} {problem}"),
+            );
             return;
         }
         if let Some(items) = documents::list_items(&v) {
@@ -218,64 +248,52 @@ impl Loader {
                 } else {
                     format!("{item}.items[{i}]")
                 };
-                self.object(file, document, &path, item_value);
+                self.object(file, document, doc_sites, &path, item_value);
             }
             return;
         }
-        // How to name an object we skip: by kind and name when it has them.
-        let skipped = {
-            let name = v.pointer("/metadata/name").and_then(Value::as_str);
-            let ns = v.pointer("/metadata/namespace").and_then(Value::as_str);
-            match (name, ns) {
-                (Some(n), Some(ns)) => format!("{kind_name} {ns}/{n}"),
-                (Some(n), None) => format!("{kind_name} {n}"),
-                _ if item.is_empty() => format!("document {document}"),
-                _ => format!("document {document} {item}"),
-            }
+        let name = v.pointer("/metadata/name").and_then(scalar_text);
+        let given_ns = v.pointer("/metadata/namespace").and_then(scalar_text);
+        // How to name an object we skip or refuse: by kind and name when it has them.
+        let skipped = match (&name, &given_ns) {
+            (Some(n), Some(ns)) => format!("{kind_name} {ns}/{n}"),
+            (Some(n), None) => format!("{kind_name} {n}"),
+            _ if item.is_empty() => format!("document {document}"),
+            _ => format!("document {document} {item}"),
         };
-        let kind = match Kind::of(api_version, kind_name) {
-            Ok(k) => k,
-            Err(None) => {
-                self.warn(
-                    file,
-                    &skipped,
-                    "kind",
-                    format!(
-                        "kind {kind_name} ({api_version}) has no effect on network policy; skipped"
-                    ),
-                );
+        let kind = match kinds::dispatch(api_version, kind_name) {
+            Dispatch::Decode(k) => k,
+            Dispatch::Unenforced(message) => {
+                self.out.errors.push(ManifestError::Invalid {
+                    file: file.into(),
+                    at: sites.locate("kind", false),
+                    object: skipped,
+                    field: "kind".into(),
+                    message,
+                });
                 return;
             }
-            Err(Some(want)) => {
-                self.warn(
-                    file,
-                    &skipped,
-                    "apiVersion",
-                    format!("{kind_name} is supported as {want}, not {api_version}; skipped"),
-                );
+            Dispatch::Skip { field, message } => {
+                self.warn(file, sites.locate(field, false), &skipped, field, message);
                 return;
             }
         };
 
-        let name = v
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
+        let name = name.unwrap_or_default();
         if name.is_empty() {
             self.document_error(
                 file,
+                sites.locate("metadata.name", false).or(root),
                 document,
                 format!("{at}{kind_name} has no metadata.name"),
             );
             return;
         }
         let namespace = kind.namespaced().then(|| {
-            v.pointer("/metadata/namespace")
-                .and_then(Value::as_str)
+            given_ns
+                .clone()
                 .filter(|s| !s.is_empty())
-                .unwrap_or("default")
-                .to_string()
+                .unwrap_or_else(|| "default".to_string())
         });
         let key = match &namespace {
             Some(ns) => format!("{ns}/{name}"),
@@ -302,44 +320,36 @@ impl Loader {
         }
         let ns = namespace.as_deref().unwrap_or_default();
         // Decode and validate; the object is inserted only if it has no errors.
+        let s = &sites;
         let parsed = match kind {
-            Kind::Namespace => objects::namespace(v, &name, &mut p).map(Parsed::Namespace),
-            Kind::Pod => objects::pod(v, ns, &name, &mut p).map(Parsed::Pod),
-            Kind::Node => objects::node(v, &name, &mut p).map(Parsed::Node),
-            Kind::Service => objects::service(v, ns, &name, &mut p).map(Parsed::Service),
+            Kind::Namespace => objects::namespace(&v, s, &name, &mut p).map(Parsed::Namespace),
+            Kind::Pod => objects::pod(&v, s, ns, &name, &mut p).map(Parsed::Pod),
+            Kind::Node => objects::node(&v, s, &name, &mut p).map(Parsed::Node),
+            Kind::Service => objects::service(&v, s, ns, &name, &mut p).map(Parsed::Service),
             Kind::EndpointSlice => {
-                objects::endpoint_slice(v, ns, &name, &mut p).map(Parsed::EndpointSlice)
+                objects::endpoint_slice(&v, s, ns, &name, &mut p).map(Parsed::EndpointSlice)
             }
-            Kind::NetworkPolicy => {
-                network_policy::network_policy(v, ns, &name, &mut p).map(Parsed::NetworkPolicy)
-            }
+            Kind::NetworkPolicy => network_policy::network_policy(&v, s, ns, &name, &mut p)
+                .map(Parsed::NetworkPolicy),
             Kind::Cluster(k) => {
-                cluster_policy::cluster_policy(v, k, &name, &mut p).map(Parsed::ClusterPolicy)
+                cluster_policy::cluster_policy(&v, s, k, &name, &mut p).map(Parsed::ClusterPolicy)
             }
         };
         for (field, message) in p.warnings {
             self.out.warnings.push(Warning {
                 file: Some(file.into()),
+                at: sites.locate(&field, false),
                 object: object.clone(),
                 field,
                 message,
             });
         }
-        let parsed = match parsed {
-            Ok(o) => o,
-            Err(message) => {
-                self.out.errors.push(ManifestError::Decode {
-                    file: file.into(),
-                    object,
-                    message,
-                });
-                return;
-            }
-        };
-        if !p.errors.is_empty() {
+        if parsed.is_none() || !p.errors.is_empty() {
             for (field, message) in p.errors {
+                let at = sites.locate(&field, message.starts_with("unknown field"));
                 self.out.errors.push(ManifestError::Invalid {
                     file: file.into(),
+                    at,
                     object: object.clone(),
                     field,
                     message,
@@ -347,15 +357,18 @@ impl Loader {
             }
             return;
         }
+        let parsed = parsed.expect("checked above");
         if parsed.insert(&key, &mut self.out.cluster) {
             let before = self.origin.get(&object).cloned().unwrap_or_default();
             self.warn(
                 file,
+                root,
                 &object,
                 "",
                 format!("duplicate object: replaces the one from {before}"),
             );
         }
+        self.out.sources.insert(object.clone(), file.to_string());
         self.origin
             .insert(object, format!("{file} document {document}"));
     }

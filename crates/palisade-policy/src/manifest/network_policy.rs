@@ -16,21 +16,23 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
 use super::error::Problems;
-use super::{cidr, ports, selector};
+use super::location::Sites;
+use super::{cidr, ports, selector, strict};
 use crate::model::{
     IpBlock, NamespaceMatch, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyRule, PortMatch,
 };
 use crate::selector::LabelSelector;
 
-/// Decodes and validates one NetworkPolicy. `Err` is a decode failure; validation
-/// problems go to `p`.
+/// Decodes and validates one NetworkPolicy. `None` is a decode failure; every problem
+/// goes to `p`.
 pub(crate) fn network_policy(
-    v: Value,
+    v: &Value,
+    sites: &Sites,
     namespace: &str,
     name: &str,
     p: &mut Problems,
-) -> Result<NetworkPolicy, String> {
-    let np: net::NetworkPolicy = serde_json::from_value(v).map_err(|e| e.to_string())?;
+) -> Option<NetworkPolicy> {
+    let np: net::NetworkPolicy = strict::decode(v, sites, p)?;
     if let Some(labels) = &np.metadata.labels {
         selector::check_labels(labels, "metadata.labels", p);
     }
@@ -93,7 +95,7 @@ pub(crate) fn network_policy(
 
     let ingress = rules(&ingress_rules, "spec.ingress", "from", namespace, p);
     let egress = rules(&egress_rules, "spec.egress", "to", namespace, p);
-    Ok(NetworkPolicy {
+    Some(NetworkPolicy {
         namespace: namespace.into(),
         name: name.into(),
         pod_selector,

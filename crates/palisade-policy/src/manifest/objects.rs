@@ -10,6 +10,8 @@ use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery};
 use serde_json::Value;
 
 use super::error::Problems;
+use super::location::Sites;
+use super::strict::decode;
 use super::ports;
 use super::selector::check_labels;
 use crate::model::{
@@ -19,9 +21,6 @@ use crate::model::{
 /// The label EndpointSlices carry to name their Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-fn decode<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, String> {
-    serde_json::from_value(v).map_err(|e| e.to_string())
-}
 
 fn ip(s: &str, field: &str, p: &mut Problems) -> Option<IpAddr> {
     match s.parse() {
@@ -35,8 +34,8 @@ fn ip(s: &str, field: &str, p: &mut Problems) -> Option<IpAddr> {
 
 /// A Namespace; the automatic `kubernetes.io/metadata.name` label is added (and wins
 /// over a different value, as the API server makes it).
-pub(crate) fn namespace(v: Value, name: &str, p: &mut Problems) -> Result<Namespace, String> {
-    let ns: core::Namespace = decode(v)?;
+pub(crate) fn namespace(v: &Value, sites: &Sites, name: &str, p: &mut Problems) -> Option<Namespace> {
+    let ns: core::Namespace = decode(v, sites, p)?;
     let mut labels = ns.metadata.labels.unwrap_or_default();
     check_labels(&labels, "metadata.labels", p);
     if let Some(old) = labels.insert(NAMESPACE_NAME_LABEL.into(), name.into()) {
@@ -47,15 +46,21 @@ pub(crate) fn namespace(v: Value, name: &str, p: &mut Problems) -> Result<Namesp
             );
         }
     }
-    Ok(Namespace {
+    Some(Namespace {
         name: name.into(),
         labels,
     })
 }
 
 /// A Pod: labels, declared container ports, IPs (`status.podIPs`, else `status.podIP`).
-pub(crate) fn pod(v: Value, namespace: &str, name: &str, p: &mut Problems) -> Result<Pod, String> {
-    let pod: core::Pod = decode(v)?;
+pub(crate) fn pod(
+    v: &Value,
+    sites: &Sites,
+    namespace: &str,
+    name: &str,
+    p: &mut Problems,
+) -> Option<Pod> {
+    let pod: core::Pod = decode(v, sites, p)?;
     let labels = pod.metadata.labels.unwrap_or_default();
     check_labels(&labels, "metadata.labels", p);
     let spec = pod.spec.unwrap_or_default();
@@ -111,7 +116,7 @@ pub(crate) fn pod(v: Value, namespace: &str, name: &str, p: &mut Problems) -> Re
             }
         }
     }
-    Ok(Pod {
+    Some(Pod {
         namespace: namespace.into(),
         name: name.into(),
         labels,
@@ -124,8 +129,8 @@ pub(crate) fn pod(v: Value, namespace: &str, name: &str, p: &mut Problems) -> Re
 
 /// A Node: labels and `InternalIP`/`ExternalIP` addresses (other address types, such as
 /// `Hostname`, are not IPs and are skipped).
-pub(crate) fn node(v: Value, name: &str, p: &mut Problems) -> Result<Node, String> {
-    let node: core::Node = decode(v)?;
+pub(crate) fn node(v: &Value, sites: &Sites, name: &str, p: &mut Problems) -> Option<Node> {
+    let node: core::Node = decode(v, sites, p)?;
     let labels = node.metadata.labels.unwrap_or_default();
     check_labels(&labels, "metadata.labels", p);
     let mut addresses = Vec::new();
@@ -144,7 +149,7 @@ pub(crate) fn node(v: Value, name: &str, p: &mut Problems) -> Result<Node, Strin
             }
         }
     }
-    Ok(Node {
+    Some(Node {
         name: name.into(),
         labels,
         addresses,
@@ -153,12 +158,13 @@ pub(crate) fn node(v: Value, name: &str, p: &mut Problems) -> Result<Node, Strin
 
 /// A Service. An empty `selector` means selector-less, as in the API.
 pub(crate) fn service(
-    v: Value,
+    v: &Value,
+    sites: &Sites,
     namespace: &str,
     name: &str,
     p: &mut Problems,
-) -> Result<Service, String> {
-    let svc: core::Service = decode(v)?;
+) -> Option<Service> {
+    let svc: core::Service = decode(v, sites, p)?;
     let spec = svc.spec.unwrap_or_default();
     let selector = spec.selector.filter(|s| !s.is_empty());
     if let Some(s) = &selector {
@@ -193,7 +199,7 @@ pub(crate) fn service(
             });
         }
     }
-    Ok(Service {
+    Some(Service {
         namespace: namespace.into(),
         name: name.into(),
         selector,
@@ -205,12 +211,13 @@ pub(crate) fn service(
 /// An EndpointSlice: addresses of endpoints not marked `ready: false` (an absent
 /// `ready` means ready, per the API). FQDN slices carry no IPs and are kept empty.
 pub(crate) fn endpoint_slice(
-    v: Value,
+    v: &Value,
+    sites: &Sites,
     namespace: &str,
     name: &str,
     p: &mut Problems,
-) -> Result<EndpointSlice, String> {
-    let es: discovery::EndpointSlice = decode(v)?;
+) -> Option<EndpointSlice> {
+    let es: discovery::EndpointSlice = decode(v, sites, p)?;
     let labels = es.metadata.labels.unwrap_or_default();
     check_labels(&labels, "metadata.labels", p);
     let mut addresses = Vec::new();
@@ -257,7 +264,7 @@ pub(crate) fn endpoint_slice(
             }
         }
     }
-    Ok(EndpointSlice {
+    Some(EndpointSlice {
         namespace: namespace.into(),
         name: name.into(),
         service_name: labels.get(SERVICE_NAME_LABEL).cloned(),

@@ -418,7 +418,7 @@ fn the_end_port_error_reads_like_the_style_guide_example() {
     )]);
     assert_eq!(
         l.errors[0].to_string(),
-        "web.yaml: NetworkPolicy default/web: spec.ingress[0].ports[1].endPort: must not be less than port (8080)"
+        "web.yaml:6:61: NetworkPolicy default/web: spec.ingress[0].ports[1].endPort: must not be less than port (8080)"
     );
 }
 
@@ -585,7 +585,11 @@ fn a_malformed_object_is_rejected_alone() {
     ));
     assert_eq!(l.errors.len(), 3, "{:?}", l.errors);
     assert!(matches!(l.errors[0], ManifestError::Invalid { .. }));
-    assert!(matches!(l.errors[1], ManifestError::Decode { .. }));
+    assert_eq!(l.errors[1].field(), Some("spec.containers"));
+    assert_eq!(
+        l.errors[1].message(),
+        "expected a list, found the number 7"
+    );
     assert!(matches!(
         l.errors[2],
         ManifestError::Syntax { document: 4, .. }
@@ -599,25 +603,27 @@ fn unidentifiable_documents_are_errors_and_unknown_kinds_are_warnings() {
     let l = load_one(
         "kind: Pod\nmetadata: {name: x}\n---\napiVersion: v1\nkind: Pod\nmetadata: {}\n---\n- 1\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n---\napiVersion: networking.k8s.io/v1beta1\nkind: NetworkPolicy\nmetadata: {name: old}\n",
     );
-    assert_eq!(l.errors.len(), 3, "{:?}", l.errors);
-    assert!(l
-        .errors
+    assert_eq!(l.errors.len(), 4, "{:?}", l.errors);
+    assert!(l.errors[..3]
         .iter()
         .all(|e| matches!(e, ManifestError::Document { .. })));
     assert_eq!(
         l.errors[0].to_string(),
-        "t.yaml: document 1: apiVersion is required"
+        "t.yaml:1:1: document 1: apiVersion is required"
     );
     assert_eq!(
         l.errors[1].to_string(),
-        "t.yaml: document 2: Pod has no metadata.name"
+        "t.yaml:6:11: document 2: Pod has no metadata.name"
     );
+    // A policy at a version Palisade does not enforce is refused, not skipped.
+    assert_eq!(l.errors[3].field(), Some("kind"));
+    assert!(l.cluster.network_policies.is_empty());
     assert_eq!(
         l.warnings[0].to_string(),
         "t.yaml: Deployment d: kind: kind Deployment (apps/v1) has no effect on network policy; skipped"
     );
     let fields: Vec<&str> = l.warnings.iter().map(|w| w.field.as_str()).collect();
-    assert_eq!(fields, vec!["kind", "apiVersion"]);
+    assert_eq!(fields, vec!["kind"]);
 }
 
 #[test]
@@ -639,7 +645,7 @@ fn errors_inside_lists_name_the_item() {
     assert_eq!(l.errors.len(), 1);
     assert_eq!(
         l.errors[0].to_string(),
-        "t.yaml: document 1: items[1]: apiVersion is required"
+        "t.yaml:5:3: document 1: items[1]: apiVersion is required"
     );
 }
 
@@ -830,7 +836,7 @@ fn cluster_policy_validation_names_every_bad_field() {
         (
             "peer of an unknown type fails closed",
             cnp_yaml(&format!("{{tier: Admin, priority: 1, {base}, egress: [{{action: Deny, to: [{{services: [kubernetes]}}]}}]}}")),
-            vec!["spec.egress[0].to[0]"],
+            vec!["spec.egress[0].to[0].services", "spec.egress[0].to[0]"],
         ),
         (
             "bad network",
@@ -979,13 +985,15 @@ fn too_many_rules_are_rejected_per_api_version() {
 }
 
 #[test]
-fn unknown_cluster_policy_fields_are_warned_about() {
+fn unknown_cluster_policy_fields_are_errors() {
     let l = load_one(&cnp_yaml(
         "{tier: Admin, priority: 1, subject: {namespaces: {}}, colour: red, egress: [{action: Deny, to: [{namespaces: {}, note: x}]}]}",
     ));
-    assert!(l.errors.is_empty(), "{:?}", l.errors);
-    let fields: Vec<&str> = l.warnings.iter().map(|w| w.field.as_str()).collect();
-    assert_eq!(fields, vec!["spec.colour", "spec.egress[0].to[0].note"]);
+    assert_eq!(
+        error_fields(&l),
+        vec!["spec.colour", "spec.egress[0].to[0].note"]
+    );
+    assert!(l.cluster.cluster_policies.is_empty());
 }
 
 // ---- lint ----
