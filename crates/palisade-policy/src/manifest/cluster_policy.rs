@@ -28,7 +28,6 @@
 //! do not know, and refusing the object is the loudest way. So the serde types below
 //! list every field of the CRD schemas, `metadata` and `status` included.
 
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 use serde::Deserialize;
 use serde_json::Value;

@@ -36,7 +36,11 @@ pub(crate) struct ParseError {
 impl std::fmt::Display for ParseError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.at {
-            Some(at) => write!(f, "line {}, column {}: {}", at.line, at.column, self.message),
+            Some(at) => write!(
+                f,
+                "line {}, column {}: {}",
+                at.line, at.column, self.message
+            ),
             None => f.write_str(&self.message),
         }
     }
@@ -66,12 +70,13 @@ pub(crate) fn split(text: &str) -> Vec<Document> {
 }
 
 /// YAML 1.2 reading options: only `true`/`false` are booleans (`y`, `no`, `on` are
-/// strings, as Kubernetes reads them), a key may appear once per mapping.
+/// strings, as Kubernetes reads them). Repeated keys are passed through so that
+/// [`Converter`] can refuse them knowing the key and whether it is at the top level.
 fn yaml_options() -> serde_saphyr::Options {
     let mut o = serde_saphyr::Options::default();
     o.strict_booleans = true;
     o.with_snippet = false;
-    o.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::Error;
+    o.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::PassThrough;
     o
 }
 
@@ -101,22 +106,13 @@ fn yaml_error(e: &serde_saphyr::Error, first_line: usize) -> ParseError {
         Some(i) => full[..i].to_string(),
         None => full,
     };
-    let lower = message.to_lowercase();
-    let message = if lower.contains("duplicate") {
-        duplicate_key_message(&message)
-    } else {
-        message
+    let message = match e.without_snippet() {
+        serde_saphyr::Error::DuplicateMappingKey { key, .. } => {
+            duplicate_key(key.as_deref().unwrap_or_default(), None)
+        }
+        _ => message,
     };
     ParseError { message, at }
-}
-
-fn duplicate_key_message(message: &str) -> String {
-    let key = message
-        .split(['\'', '"', '`'])
-        .nth(1)
-        .map(str::to_string)
-        .unwrap_or_default();
-    duplicate_key(&key, None)
 }
 
 /// The message for a key written twice in one mapping. At the top level of a document,
@@ -265,7 +261,9 @@ impl Converter<'_> {
                         }
                         Node::Seq(_) | Node::Map(_) => {
                             return Err(ParseError {
-                                message: "a mapping key must be a plain value, not a list or mapping".into(),
+                                message:
+                                    "a mapping key must be a plain value, not a list or mapping"
+                                        .into(),
                                 at: key_at,
                             })
                         }

@@ -150,7 +150,10 @@ mod tests {
             ("apps/v1", "Deployment"),
             ("v1", "ConfigMap"),
             ("crd.projectcalico.org/v1", "IPPool"),
-            ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy"),
+            (
+                "admissionregistration.k8s.io/v1",
+                "ValidatingAdmissionPolicy",
+            ),
             ("v2", "Pod"),
         ] {
             assert!(

@@ -94,8 +94,7 @@ pub(crate) enum Segment {
 /// Whether a key can be written after a `.` in a path without ambiguity.
 fn plain_key(k: &str) -> bool {
     !k.is_empty()
-        && k
-            .chars()
+        && k.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 

@@ -321,20 +321,20 @@ impl Loader {
         let ns = namespace.as_deref().unwrap_or_default();
         // Decode and validate; the object is inserted only if it has no errors.
         let s = &sites;
-        let parsed = match kind {
-            Kind::Namespace => objects::namespace(&v, s, &name, &mut p).map(Parsed::Namespace),
-            Kind::Pod => objects::pod(&v, s, ns, &name, &mut p).map(Parsed::Pod),
-            Kind::Node => objects::node(&v, s, &name, &mut p).map(Parsed::Node),
-            Kind::Service => objects::service(&v, s, ns, &name, &mut p).map(Parsed::Service),
-            Kind::EndpointSlice => {
-                objects::endpoint_slice(&v, s, ns, &name, &mut p).map(Parsed::EndpointSlice)
-            }
-            Kind::NetworkPolicy => network_policy::network_policy(&v, s, ns, &name, &mut p)
-                .map(Parsed::NetworkPolicy),
-            Kind::Cluster(k) => {
-                cluster_policy::cluster_policy(&v, s, k, &name, &mut p).map(Parsed::ClusterPolicy)
-            }
-        };
+        let parsed =
+            match kind {
+                Kind::Namespace => objects::namespace(&v, s, &name, &mut p).map(Parsed::Namespace),
+                Kind::Pod => objects::pod(&v, s, ns, &name, &mut p).map(Parsed::Pod),
+                Kind::Node => objects::node(&v, s, &name, &mut p).map(Parsed::Node),
+                Kind::Service => objects::service(&v, s, ns, &name, &mut p).map(Parsed::Service),
+                Kind::EndpointSlice => {
+                    objects::endpoint_slice(&v, s, ns, &name, &mut p).map(Parsed::EndpointSlice)
+                }
+                Kind::NetworkPolicy => network_policy::network_policy(&v, s, ns, &name, &mut p)
+                    .map(Parsed::NetworkPolicy),
+                Kind::Cluster(k) => cluster_policy::cluster_policy(&v, s, k, &name, &mut p)
+                    .map(Parsed::ClusterPolicy),
+            };
         for (field, message) in p.warnings {
             self.out.warnings.push(Warning {
                 file: Some(file.into()),

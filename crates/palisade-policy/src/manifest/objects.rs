@@ -11,16 +11,15 @@ use serde_json::Value;
 
 use super::error::Problems;
 use super::location::Sites;
-use super::strict::decode;
 use super::ports;
 use super::selector::check_labels;
+use super::strict::decode;
 use crate::model::{
     ContainerPort, EndpointSlice, Namespace, Node, Pod, Service, ServicePort, NAMESPACE_NAME_LABEL,
 };
 
 /// The label EndpointSlices carry to name their Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-
 
 fn ip(s: &str, field: &str, p: &mut Problems) -> Option<IpAddr> {
     match s.parse() {
@@ -34,7 +33,12 @@ fn ip(s: &str, field: &str, p: &mut Problems) -> Option<IpAddr> {
 
 /// A Namespace; the automatic `kubernetes.io/metadata.name` label is added (and wins
 /// over a different value, as the API server makes it).
-pub(crate) fn namespace(v: &Value, sites: &Sites, name: &str, p: &mut Problems) -> Option<Namespace> {
+pub(crate) fn namespace(
+    v: &Value,
+    sites: &Sites,
+    name: &str,
+    p: &mut Problems,
+) -> Option<Namespace> {
     let ns: core::Namespace = decode(v, sites, p)?;
     let mut labels = ns.metadata.labels.unwrap_or_default();
     check_labels(&labels, "metadata.labels", p);

@@ -74,9 +74,9 @@ fn ignored_segments(path: &serde_ignored::Path<'_>) -> Vec<Segment> {
             v.push(Segment::Key(key.clone()));
             v
         }
-        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
-            ignored_segments(parent)
-        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => ignored_segments(parent),
     }
 }
 
@@ -217,9 +217,7 @@ impl<'de> de::MapAccess<'de> for ProbeMap<'_> {
         seed: K,
     ) -> Result<Option<K::Value>, Stop> {
         match self.key.take() {
-            Some(k) => seed
-                .deserialize(k.as_str().into_deserializer())
-                .map(Some),
+            Some(k) => seed.deserialize(k.as_str().into_deserializer()).map(Some),
             None => Ok(None),
         }
     }
@@ -335,9 +333,15 @@ mod tests {
     #[test]
     fn near_misses_are_suggested_and_far_ones_are_not() {
         let known = ["podSelector", "ingress", "egress", "policyTypes"];
-        assert_eq!(suggest("podSelecter", &known).as_deref(), Some("podSelector"));
+        assert_eq!(
+            suggest("podSelecter", &known).as_deref(),
+            Some("podSelector")
+        );
         assert_eq!(suggest("ingres", &known).as_deref(), Some("ingress"));
-        assert_eq!(suggest("PodSelector", &known).as_deref(), Some("podSelector"));
+        assert_eq!(
+            suggest("PodSelector", &known).as_deref(),
+            Some("podSelector")
+        );
         assert_eq!(suggest("colour", &known), None);
     }
 
@@ -350,9 +354,15 @@ mod tests {
             Segment::Index(3),
         ];
         let fields = known_fields::<NetworkPolicy>(&path);
-        assert!(fields.contains(&"from") && fields.contains(&"ports"), "{fields:?}");
+        assert!(
+            fields.contains(&"from") && fields.contains(&"ports"),
+            "{fields:?}"
+        );
         // Labels are a map: any key is allowed, so there is nothing to suggest.
-        let labels = [Segment::Key("metadata".into()), Segment::Key("labels".into())];
+        let labels = [
+            Segment::Key("metadata".into()),
+            Segment::Key("labels".into()),
+        ];
         assert!(known_fields::<NetworkPolicy>(&labels).is_empty());
     }
 
@@ -378,6 +388,9 @@ mod tests {
             "expected a string, found the number 1.10: quote it (\"1.10\") to keep it a string"
         );
         let (f, m) = plain_message("spec.containers[0]", "missing field `name`", None);
-        assert_eq!((f.as_str(), m.as_str()), ("spec.containers[0].name", "Required value"));
+        assert_eq!(
+            (f.as_str(), m.as_str()),
+            ("spec.containers[0].name", "Required value")
+        );
     }
 }

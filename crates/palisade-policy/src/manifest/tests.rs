@@ -586,10 +586,7 @@ fn a_malformed_object_is_rejected_alone() {
     assert_eq!(l.errors.len(), 3, "{:?}", l.errors);
     assert!(matches!(l.errors[0], ManifestError::Invalid { .. }));
     assert_eq!(l.errors[1].field(), Some("spec.containers"));
-    assert_eq!(
-        l.errors[1].message(),
-        "expected a list, found the number 7"
-    );
+    assert_eq!(l.errors[1].message(), "expected a list, found the number 7");
     assert!(matches!(
         l.errors[2],
         ManifestError::Syntax { document: 4, .. }
@@ -620,7 +617,7 @@ fn unidentifiable_documents_are_errors_and_unknown_kinds_are_warnings() {
     assert!(l.cluster.network_policies.is_empty());
     assert_eq!(
         l.warnings[0].to_string(),
-        "t.yaml: Deployment d: kind: kind Deployment (apps/v1) has no effect on network policy; skipped"
+        "t.yaml:11:7: Deployment d: kind: kind Deployment (apps/v1) has no effect on network policy; skipped"
     );
     let fields: Vec<&str> = l.warnings.iter().map(|w| w.field.as_str()).collect();
     assert_eq!(fields, vec!["kind"]);
@@ -1135,4 +1132,264 @@ fn the_dual_stack_example_gives_pods_both_families() {
         assert!(p.ips.iter().any(|i| i.is_ipv4()), "{}", p.key());
         assert!(p.ips.iter().any(|i| v6.contains(i)), "{}", p.key());
     }
+}
+
+// Issue 8: input is read exactly as Kubernetes reads it, or rejected.
+
+/// The `(field, message)` of every error.
+fn error_pairs(l: &Loaded) -> Vec<(String, String)> {
+    l.errors
+        .iter()
+        .map(|e| (e.field().unwrap_or("").to_string(), e.message().to_string()))
+        .collect()
+}
+
+#[test]
+fn issue_8_unknown_fields_are_errors_with_the_field_probably_meant() {
+    let cases: &[(&str, String, &str, &str)] = &[
+        (
+            "a typo in spec selects every pod if dropped",
+            np_yaml("{podSelecter: {matchLabels: {app: web}}}"),
+            "spec.podSelecter",
+            "unknown field; did you mean podSelector?",
+        ),
+        (
+            "a typo in a rule allows every source if dropped",
+            np_yaml("{podSelector: {}, ingress: [{form: [{podSelector: {matchLabels: {app: x}}}]}]}"),
+            "spec.ingress[0].form",
+            "unknown field; did you mean from?",
+        ),
+        (
+            "a typo in a selector",
+            np_yaml("{podSelector: {matchLabel: {app: web}}}"),
+            "spec.podSelector.matchLabel",
+            "unknown field; did you mean matchLabels?",
+        ),
+        (
+            "a typo of a direction",
+            np_yaml("{podSelector: {}, ingres: []}"),
+            "spec.ingres",
+            "unknown field; did you mean ingress?",
+        ),
+        (
+            "metadata is checked too",
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p, lables: {app: web}}\n".into(),
+            "metadata.lables",
+            "unknown field; did you mean labels?",
+        ),
+        (
+            "status is checked too",
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nstatus: {podIp: 10.0.0.1}\n".into(),
+            "status.podIp",
+            "unknown field; did you mean podIP?",
+        ),
+        (
+            "an unrelated name gets no suggestion",
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: n}\nflavour: x\n".into(),
+            "flavour",
+            "unknown field",
+        ),
+        (
+            "cluster policies are checked in metadata too",
+            "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: c, namspace: x}\nspec: {tier: Admin, priority: 1, subject: {namespaces: {}}}\n".into(),
+            "metadata.namspace",
+            "unknown field; did you mean namespace?",
+        ),
+    ];
+    for (rule, yaml, field, message) in cases {
+        let l = load_one(yaml);
+        assert_eq!(
+            error_pairs(&l),
+            vec![(field.to_string(), message.to_string())],
+            "{rule}"
+        );
+        assert!(
+            l.cluster.network_policies.is_empty()
+                && l.cluster.pods.is_empty()
+                && l.cluster.namespaces.is_empty()
+                && l.cluster.cluster_policies.is_empty(),
+            "{rule}: the object must be rejected"
+        );
+    }
+}
+
+#[test]
+fn issue_8_an_unknown_field_error_points_at_its_key() {
+    let l = load_one(&np_yaml("{podSelecter: {}}"));
+    assert_eq!(
+        l.errors[0].to_string(),
+        "t.yaml:6:8: NetworkPolicy default/web: spec.podSelecter: unknown field; did you mean podSelector?"
+    );
+}
+
+#[test]
+fn issue_8_yaml_is_read_as_yaml_1_2() {
+    let l = load_one(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: y}\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: no\n  namespace: y\n  labels: {light: on, fan: off, ok: yes}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: n}\nspec: {podSelector: {matchLabels: {light: on}}}\n",
+    );
+    assert!(l.errors.is_empty(), "{:?}", l.errors);
+    assert!(l.cluster.namespaces.contains_key("y"));
+    let pod = &l.cluster.pods["y/no"];
+    assert_eq!(pod.labels["light"], "on");
+    assert_eq!(pod.labels["fan"], "off");
+    assert_eq!(pod.labels["ok"], "yes");
+    assert!(l.cluster.network_policies.contains_key("n/p"));
+}
+
+#[test]
+fn issue_8_a_number_or_boolean_in_a_string_field_is_an_error_that_says_to_quote_it() {
+    let cases = [
+        (
+            "version: 1.10",
+            "metadata.labels.version",
+            "expected a string, found the number 1.10: quote it (\"1.10\") to keep it a string",
+        ),
+        (
+            "tier: 3",
+            "metadata.labels.tier",
+            "expected a string, found the number 3: quote it (\"3\") to keep it a string",
+        ),
+        (
+            "debug: true",
+            "metadata.labels.debug",
+            "expected a string, found the boolean true: quote it (\"true\") to keep it a string",
+        ),
+    ];
+    for (label, field, message) in cases {
+        let l = load_one(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  labels:\n    {label}\n"
+        ));
+        assert_eq!(
+            error_pairs(&l),
+            vec![(field.to_string(), message.to_string())],
+            "{label}"
+        );
+        assert_eq!(l.errors[0].position().map(|p| p.line), Some(6), "{label}");
+        assert!(l.cluster.pods.is_empty(), "{label}");
+    }
+    let l =
+        load_one("apiVersion: v1\nkind: Pod\nmetadata: {name: p, labels: {version: \"1.10\"}}\n");
+    assert!(l.errors.is_empty(), "{:?}", l.errors);
+    assert_eq!(l.cluster.pods["default/p"].labels["version"], "1.10");
+}
+
+#[test]
+fn issue_8_a_namespace_of_the_wrong_type_is_not_taken_as_default() {
+    let l = load_one("apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: 7}\n");
+    assert_eq!(l.errors.len(), 1, "{:?}", l.errors);
+    assert_eq!(l.errors[0].object(), Some("Pod 7/p"));
+    assert_eq!(l.errors[0].field(), Some("metadata.namespace"));
+    assert!(
+        l.errors[0].message().contains("quote it"),
+        "{}",
+        l.errors[0]
+    );
+    assert!(l.cluster.pods.is_empty());
+}
+
+#[test]
+fn issue_8_type_errors_carry_the_field_path_line_and_column() {
+    let l = load_one(&format!(
+        "# a comment\n\n{}",
+        np_yaml("\n  podSelector: app=web")
+    ));
+    assert_eq!(
+        l.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+        vec!["t.yaml:9:16: NetworkPolicy default/web: spec.podSelector: expected a LabelSelector (a map), found the string \"app=web\""]
+    );
+    // In the second document of a file, lines count from the top of the file.
+    let l = load_one(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: a}}\n---\n{}",
+        np_yaml("{podSelector: {}, ingress: [{ports: [{port: {}}]}]}")
+    ));
+    assert_eq!(l.errors.len(), 1, "{:?}", l.errors);
+    assert_eq!(l.errors[0].field(), Some("spec.ingress[0].ports[0].port"));
+    assert_eq!(l.errors[0].position().map(|p| p.line), Some(10));
+}
+
+#[test]
+fn issue_8_policy_kinds_palisade_does_not_enforce_are_errors() {
+    let l = load_one(
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: deny-metadata}\nspec:\n  egress: [{action: Deny, destination: {nets: [169.254.169.254/32]}}]\n---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: c, namespace: default}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: ok}\n",
+    );
+    let objects: Vec<&str> = l.errors.iter().filter_map(|e| e.object()).collect();
+    assert_eq!(
+        objects,
+        vec![
+            "GlobalNetworkPolicy deny-metadata",
+            "CiliumNetworkPolicy default/c"
+        ]
+    );
+    assert!(l.errors[0].message().contains("Calico"), "{}", l.errors[0]);
+    assert_eq!(l.errors[0].position().map(|p| p.line), Some(2));
+    assert_eq!(l.warnings.len(), 1, "{:?}", l.warnings);
+    assert_eq!(l.warnings[0].object, "Deployment d");
+    assert!(
+        l.cluster.namespaces.contains_key("ok"),
+        "the rest still loads"
+    );
+}
+
+#[test]
+fn issue_8_concatenated_documents_and_duplicate_keys_are_plain_errors() {
+    let two_objects = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\napiVersion: v1\nkind: Namespace\nmetadata: {name: b}\n";
+    let l = load_one(two_objects);
+    assert_eq!(l.errors.len(), 1, "{:?}", l.errors);
+    let e = l.errors[0].to_string();
+    assert!(e.contains("appears twice") && e.contains("`---`"), "{e}");
+    assert!(e.starts_with("t.yaml:4:1: "), "{e}");
+    assert!(
+        !e.to_lowercase().contains("policy") && !e.contains("DuplicateKey"),
+        "no library option names: {e}"
+    );
+    let l =
+        load_one("apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  labels: {app: a, app: b}\n");
+    assert_eq!(l.errors.len(), 1, "{:?}", l.errors);
+    let e = l.errors[0].to_string();
+    assert!(e.contains("\"app\" appears twice"), "{e}");
+    assert!(
+        !e.contains("`---`"),
+        "a nested duplicate is not two objects: {e}"
+    );
+    let l = load_one(
+        r#"{"apiVersion": "v1", "kind": "Namespace", "kind": "Namespace", "metadata": {"name": "a"}}"#,
+    );
+    assert_eq!(l.errors.len(), 1, "{:?}", l.errors);
+    assert!(l.errors[0].to_string().contains("appears twice"));
+    assert!(l.cluster.namespaces.is_empty());
+}
+
+#[test]
+fn issue_8_empty_input_is_counted_and_named() {
+    let l = load(&[
+        (
+            "empty.yaml".to_string(),
+            "# nothing here\n---\n".to_string(),
+        ),
+        (
+            "ns.yaml".to_string(),
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n".to_string(),
+        ),
+    ]);
+    assert_eq!(l.documents, 1);
+    assert_eq!(l.warnings.len(), 1, "{:?}", l.warnings);
+    assert_eq!(l.warnings[0].file.as_deref(), Some("empty.yaml"));
+    assert_eq!(load_one("").documents, 0);
+}
+
+#[test]
+fn issue_8_lint_warnings_name_their_file() {
+    let l = load(&[(
+        "policy.yaml".to_string(),
+        np_yaml("{podSelector: {matchLabels: {app: nothing}}}"),
+    )]);
+    let w = l.lint();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].file.as_deref(), Some("policy.yaml"));
+    assert!(
+        w[0].to_string()
+            .starts_with("policy.yaml: NetworkPolicy default/web: "),
+        "{}",
+        w[0]
+    );
 }
