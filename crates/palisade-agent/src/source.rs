@@ -139,6 +139,7 @@ fn parse(
         cluster,
         errors,
         warnings,
+        ..
     } = manifest::load(&[(name.clone(), text)]);
     let errors: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
     let mut warnings: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();

@@ -18,9 +18,17 @@ const EXAMPLES: &str = "Examples:
   palisade explain -f examples/aws-walkthrough --from default/client-one --to default/demo-app --port 80
   palisade validate -f examples/
   palisade lab walkthrough
-  palisade endpoint get default/demo-app
+  palisade endpoint get default/demo-app";
 
-Exit codes: 0 success; 1 failure (invalid manifests for validate); 2 bad usage.";
+/// The exit-code scheme, shown in the help of every command.
+pub const EXIT_CODES: &str = "Exit codes (every command):
+  0  success: the command did its job; simulate and explain gave a complete answer
+  1  failure: the command could not run (unreadable file, agent unreachable, pod not
+     found), or endpoint diff found a difference
+  2  usage error: bad flags or arguments
+  3  invalid input: objects were rejected or there were none (validate: errors, or
+     warnings with --strict; simulate and explain give no answer, since it would
+     leave those objects out, unless --ignore-invalid is given)";
 
 /// Output formats for matrices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -93,6 +101,10 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
+        /// Answer even if some objects were rejected; the answer then excludes them and
+        /// says so on its first line (JSON: the `errors` array, and a note on stderr).
+        #[arg(long)]
+        ignore_invalid: bool,
     },
     /// The decision path of one connection: each tier and policy consulted (offline).
     #[command(
@@ -112,6 +124,10 @@ pub enum Command {
         /// Print the decision as JSON.
         #[arg(long)]
         json: bool,
+        /// Answer even if some objects were rejected; the answer then excludes them and
+        /// says so on its first line (JSON: the `errors` array, and a note on stderr).
+        #[arg(long)]
+        ignore_invalid: bool,
     },
     /// Check manifests as the API server would, plus warnings it cannot give.
     Validate {

@@ -1,9 +1,29 @@
-//! Reading `-f PATH...` arguments: files or directories of manifests.
+//! Reading `-f PATH...` arguments (files or directories of manifests), and deciding
+//! whether what loaded is complete enough to answer from.
+//!
+//! An answer computed while some objects were rejected leaves them out, and a left-out
+//! deny policy turns into a wrong "allowed". So `simulate` and `explain` withhold their
+//! answer (exit [`crate::EXIT_INVALID`]) unless `--ignore-invalid` is given, and then
+//! say on the first line what the answer excludes.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use palisade_policy::manifest::{self, Loaded};
+use palisade_policy::manifest::{self, Loaded, ManifestError};
+use serde_json::{json, Value};
+
+/// Input that cannot be answered from (empty, or no manifests in a directory): the
+/// command exits with [`crate::EXIT_INVALID`], not as a failure to run.
+#[derive(Debug)]
+pub struct InvalidInput(pub String);
+
+impl std::fmt::Display for InvalidInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InvalidInput {}
 
 /// Expands files and directories (recursively; `*.yaml`, `*.yml`, `*.json`, sorted) and
 /// reads them as `(display name, text)` pairs for [`manifest::load`]. `-` reads stdin.
@@ -21,6 +41,13 @@ pub fn read_inputs(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, String)>> {
         if meta.is_dir() {
             let mut files = Vec::new();
             collect(p, &mut files)?;
+            if files.is_empty() {
+                return Err(InvalidInput(format!(
+                    "directory {} holds no manifest files (*.yaml, *.yml, *.json)",
+                    p.display()
+                ))
+                .into());
+            }
             files.sort();
             for f in files {
                 let text = std::fs::read_to_string(&f)
@@ -53,9 +80,98 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads and loads manifests, printing every error and warning to stderr.
-/// Returns the loaded cluster and whether there were errors.
+/// Reads and loads manifests. Input that holds no object at all is an
+/// [`InvalidInput`] error: there is nothing to answer from.
 pub fn load_manifests(paths: &[PathBuf]) -> anyhow::Result<Loaded> {
     let inputs = read_inputs(paths)?;
-    Ok(manifest::load(&inputs))
+    let loaded = manifest::load(&inputs);
+    if loaded.documents == 0 {
+        let names: Vec<&str> = inputs.iter().map(|(n, _)| n.as_str()).collect();
+        return Err(InvalidInput(format!(
+            "no Kubernetes objects in the input ({})",
+            if names.is_empty() {
+                "no files".to_string()
+            } else {
+                names.join(", ")
+            }
+        ))
+        .into());
+    }
+    Ok(loaded)
+}
+
+/// What an error left out of the model: the object, or the document it was in.
+pub fn left_out(e: &ManifestError) -> String {
+    match e {
+        ManifestError::Syntax { file, document, .. }
+        | ManifestError::Document { file, document, .. } => format!("{file} document {document}"),
+        ManifestError::Decode { object, .. } | ManifestError::Invalid { object, .. } => {
+            object.clone()
+        }
+    }
+}
+
+/// Every error as JSON: `{file, line, column, object, field, message}` (absent parts
+/// are null).
+pub fn errors_json(loaded: &Loaded) -> Value {
+    loaded
+        .errors
+        .iter()
+        .map(|e| {
+            json!({
+                "file": e.file(),
+                "line": e.position().map(|p| p.line),
+                "column": e.position().map(|p| p.column),
+                "object": left_out(e),
+                "field": e.field(),
+                "message": e.message(),
+            })
+        })
+        .collect()
+}
+
+/// The objects left out, each once, in input order.
+fn left_out_list(loaded: &Loaded) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for e in &loaded.errors {
+        let o = left_out(e);
+        if !out.contains(&o) {
+            out.push(o);
+        }
+    }
+    out
+}
+
+/// Prints load warnings and errors to stderr, for commands that answer from manifests.
+pub fn print_problems(loaded: &Loaded) {
+    for e in &loaded.errors {
+        eprintln!("error: {e}");
+    }
+    for w in &loaded.warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
+/// Whether to answer. `Ok(None)`: the model is complete. `Ok(Some(note))`: some objects
+/// were rejected and `ignore_invalid` was given; `note` is the line that must open the
+/// answer. `Err(message)`: rejected objects and no `--ignore-invalid`; withhold the
+/// answer and print `message`.
+pub fn completeness(loaded: &Loaded, ignore_invalid: bool) -> Result<Option<String>, String> {
+    if loaded.errors.is_empty() {
+        return Ok(None);
+    }
+    let list = left_out_list(loaded);
+    if ignore_invalid {
+        Ok(Some(format!(
+            "note: this answer excludes {} invalid object(s): {}",
+            list.len(),
+            list.join(", ")
+        )))
+    } else {
+        Err(format!(
+            "error: no answer: {} object(s) were rejected and an answer would leave them out: {}\n\nhint: fix them, or pass --ignore-invalid to answer without them",
+            list.len(),
+            list.join(", ")
+        ))
+    }
 }

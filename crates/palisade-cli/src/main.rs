@@ -13,11 +13,31 @@ mod validate;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use palisade_policy::model::Protocol;
 
 use args::{AgentArgs, BenchCommand, Cli, Command, EbpfCommand, EndpointCommand, Family, Output};
 use palisade_policy::verdict::IpFamily;
+
+/// Exit code: the command could not run (unreadable file, agent unreachable, pod not
+/// found), or `endpoint diff` found a difference.
+pub const EXIT_FAILURE: i32 = 1;
+/// Exit code: some input objects were rejected (or there was no input), so no complete
+/// answer exists; `validate` reports them, `simulate` and `explain` withhold the answer
+/// unless `--ignore-invalid` is given. Usage errors exit with 2 (clap's code).
+pub const EXIT_INVALID: i32 = 3;
+
+/// Adds the exit-code scheme to the help of `cmd` and every subcommand below it.
+fn with_exit_codes(cmd: clap::Command) -> clap::Command {
+    let help = match cmd.get_after_help() {
+        Some(h) if !h.to_string().contains(args::EXIT_CODES) => {
+            format!("{h}\n\n{}", args::EXIT_CODES)
+        }
+        Some(h) => h.to_string(),
+        None => args::EXIT_CODES.to_string(),
+    };
+    cmd.after_help(help).mut_subcommands(with_exit_codes)
+}
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -28,19 +48,15 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let cli = Cli::parse();
+    let matches = with_exit_codes(Cli::command()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match run(cli) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            let invalid = e.downcast_ref::<inputs::InvalidInput>().is_some();
+            ExitCode::from(if invalid { EXIT_INVALID } else { EXIT_FAILURE } as u8)
         }
-    }
-}
-
-fn print_load_problems(loaded: &palisade_policy::manifest::Loaded) {
-    for e in &loaded.errors {
-        eprintln!("warning: ignored invalid object: {e}");
     }
 }
 
@@ -71,9 +87,21 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             to,
             family,
             output,
+            ignore_invalid,
         } => {
             let loaded = inputs::load_manifests(&manifests.files)?;
-            print_load_problems(&loaded);
+            inputs::print_problems(&loaded);
+            let note = match inputs::completeness(&loaded, ignore_invalid) {
+                Ok(note) => note,
+                Err(message) => {
+                    eprintln!("{message}");
+                    if output == Output::Json {
+                        let v = serde_json::json!({"errors": inputs::errors_json(&loaded)});
+                        println!("{}", serde_json::to_string_pretty(&v)?);
+                    }
+                    return Ok(EXIT_INVALID);
+                }
+            };
             let protocol = port_protocol(&port.protocol)?;
             let family = family.map(|f| match f {
                 Family::V4 => IpFamily::V4,
@@ -88,8 +116,20 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 to.as_deref(),
             )?;
             match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&m)?),
-                Output::Table => print!("{}", simulate::render_table(&m, None)),
+                Output::Json => {
+                    let mut v = serde_json::to_value(&m)?;
+                    v["errors"] = inputs::errors_json(&loaded);
+                    if let Some(n) = &note {
+                        eprintln!("{n}");
+                    }
+                    println!("{}", serde_json::to_string_pretty(&v)?)
+                }
+                Output::Table => {
+                    if let Some(n) = &note {
+                        println!("{n}");
+                    }
+                    print!("{}", simulate::render_table(&m, None))
+                }
             }
             Ok(0)
         }
@@ -99,20 +139,40 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             from,
             to,
             json,
+            ignore_invalid,
         } => {
             let loaded = inputs::load_manifests(&manifests.files)?;
-            print_load_problems(&loaded);
+            inputs::print_problems(&loaded);
+            let note = match inputs::completeness(&loaded, ignore_invalid) {
+                Ok(note) => note,
+                Err(message) => {
+                    eprintln!("{message}");
+                    if json {
+                        let v = serde_json::json!({"errors": inputs::errors_json(&loaded)});
+                        println!("{}", serde_json::to_string_pretty(&v)?);
+                    }
+                    return Ok(EXIT_INVALID);
+                }
+            };
             let proto = protocol_number(&port.protocol)?;
             let (flow, d) = explain::explain(&loaded.cluster, &from, &to, proto, port.port)
                 .context("explaining")?;
             if json {
+                if let Some(n) = &note {
+                    eprintln!("{n}");
+                }
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(
-                        &serde_json::json!({"flow": flow, "decision": d})
-                    )?
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "flow": flow,
+                        "decision": d,
+                        "errors": inputs::errors_json(&loaded),
+                    }))?
                 );
             } else {
+                if let Some(n) = &note {
+                    println!("{n}");
+                }
                 print!(
                     "{}",
                     explain::render(&flow, &port.protocol.to_ascii_uppercase(), &d)
@@ -172,7 +232,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 EndpointCommand::Diff { pod } => {
                     let (text, same) = inspect::endpoint_diff(&socket, &pod)?;
                     print!("{text}");
-                    return Ok(if same { 0 } else { 1 });
+                    return Ok(if same { 0 } else { EXIT_FAILURE });
                 }
             }
             Ok(0)

@@ -1,13 +1,13 @@
 //! `palisade validate`: every error and warning, naming file, object and field.
 
-use palisade_policy::manifest::{self, Loaded};
+use palisade_policy::manifest::Loaded;
 
-/// Exit code when manifests have errors.
-pub const EXIT_INVALID: i32 = 1;
+use crate::EXIT_INVALID;
 
-/// Prints errors and warnings; returns the process exit code.
+/// Prints errors and warnings (lint warnings too, each naming its file); returns the
+/// process exit code: [`EXIT_INVALID`] on any error, or any warning with `strict`.
 pub fn report(loaded: &Loaded, strict: bool) -> i32 {
-    let lint = manifest::lint(&loaded.cluster);
+    let lint = loaded.lint();
     for e in &loaded.errors {
         println!("error: {e}");
     }

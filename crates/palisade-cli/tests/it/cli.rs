@@ -18,7 +18,8 @@ fn simulate_json_has_exactly_the_documented_shape() {
         .arg(repo().join("examples/aws-walkthrough")));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["port", "protocol", "results"]);
+    assert_eq!(keys, ["errors", "port", "protocol", "results"]);
+    assert_eq!(v["errors"], serde_json::json!([]), "a complete answer");
     assert_eq!(v["port"], 80);
     assert_eq!(v["protocol"], "TCP");
     let r = &v["results"][0];
@@ -87,7 +88,7 @@ fn validate_reports_file_object_and_field_and_exits_nonzero() {
         .output()
         .unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3), "invalid input");
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("NetworkPolicy default/web"), "{text}");
     assert!(text.contains("spec.ingress[0].ports[0].endPort"), "{text}");
@@ -111,4 +112,229 @@ fn every_bundled_example_validates_cleanly() {
         }
     }
     assert!(n >= 4, "expected the bundled examples, found {n}");
+}
+
+// Issue 8: strict input and honest answers.
+
+/// A fresh directory for one test, removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(test: &str) -> Self {
+        let d = std::env::temp_dir().join(format!("palisade-cli-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        TempDir(d)
+    }
+
+    fn file(&self, name: &str, text: &str) -> std::path::PathBuf {
+        let f = self.0.join(name);
+        std::fs::write(&f, text).unwrap();
+        f
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A pod, and a Calico policy that denies it the metadata address: Palisade does not
+/// enforce Calico policies, so an answer without it would be a wrong "allowed".
+const WITH_CALICO: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: app, namespace: default, labels: {app: web}}\nstatus: {podIP: 10.0.0.5}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: db, namespace: default}\nstatus: {podIP: 10.0.0.6}\n---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: deny-metadata}\nspec:\n  egress: [{action: Deny, destination: {nets: [169.254.169.254/32]}}]\n";
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8(b.to_vec()).unwrap()
+}
+
+#[test]
+fn issue_8_validate_rejects_a_typo_with_its_line_and_the_field_meant() {
+    let dir = TempDir::new("typo");
+    let f = dir.file(
+        "t.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: default}\nspec:\n  podSelecter: {matchLabels: {app: web}}\n  ingress:\n  - form: [{podSelector: {}}]\n",
+    );
+    let out = palisade()
+        .args(["validate", "-f"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let stdout = text(&out.stdout);
+    let name = f.display();
+    assert!(
+        stdout.contains(&format!("{name}:5:3: NetworkPolicy default/web: spec.podSelecter: unknown field; did you mean podSelector?")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("{name}:7:5: NetworkPolicy default/web: spec.ingress[0].form: unknown field; did you mean from?")),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn issue_8_explain_gives_no_answer_while_an_unenforced_policy_is_left_out() {
+    let dir = TempDir::new("explain-partial");
+    let f = dir.file("t.yaml", WITH_CALICO);
+    let args = [
+        "explain",
+        "--from",
+        "default/app",
+        "--to",
+        "169.254.169.254",
+        "--port",
+        "80",
+        "-f",
+    ];
+    let out = palisade().args(args).arg(&f).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "", "no answer from a partial model");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("GlobalNetworkPolicy deny-metadata"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--ignore-invalid"), "{stderr}");
+
+    let out = run(palisade().args(args).arg(&f).arg("--ignore-invalid"));
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        stdout.lines().next(),
+        Some("note: this answer excludes 1 invalid object(s): GlobalNetworkPolicy deny-metadata"),
+        "{stdout}"
+    );
+
+    let out = palisade()
+        .args(args)
+        .arg(&f)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["errors"][0]["object"],
+        "GlobalNetworkPolicy deny-metadata"
+    );
+    assert_eq!(v["errors"][0]["line"], 12, "the line of `kind`");
+    assert!(v.get("decision").is_none(), "{v}");
+}
+
+#[test]
+fn issue_8_simulate_json_carries_the_errors_and_answers_only_when_asked() {
+    let dir = TempDir::new("simulate-partial");
+    let f = dir.file("t.yaml", WITH_CALICO);
+    let out = palisade()
+        .args(["simulate", "--output", "json", "-f"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["errors"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(v["errors"][0]["field"], "kind");
+    assert!(v.get("results").is_none(), "{v}");
+
+    let out = run(palisade()
+        .args(["simulate", "--output", "json", "--ignore-invalid", "-f"])
+        .arg(&f));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["errors"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(verdict(&v, "default/app", "default/db"), "allow");
+    assert!(text(&out.stderr).contains("note: this answer excludes"));
+
+    let out = run(palisade()
+        .args(["simulate", "--ignore-invalid", "-f"])
+        .arg(&f));
+    assert!(text(&out.stdout).starts_with("note: this answer excludes 1 invalid object(s)"));
+}
+
+#[test]
+fn issue_8_yaml_1_2_names_work_end_to_end() {
+    let dir = TempDir::new("yaml12");
+    let f = dir.file(
+        "t.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: no, namespace: y, labels: {light: on}}\nstatus: {podIP: 10.0.0.5}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: off, namespace: n}\nstatus: {podIP: 10.0.0.6}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: y}\nspec: {podSelector: {matchLabels: {light: on}}}\n",
+    );
+    let out = run(palisade()
+        .args(["simulate", "--output", "json", "-f"])
+        .arg(&f));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        verdict(&v, "n/off", "y/no"),
+        "deny",
+        "the policy isolates y/no"
+    );
+    assert_eq!(verdict(&v, "y/no", "n/off"), "allow");
+}
+
+#[test]
+fn issue_8_empty_input_and_an_empty_directory_are_invalid_input() {
+    let dir = TempDir::new("empty");
+    let empty = dir.file("empty.yaml", "# nothing yet\n");
+    let sub = dir.0.join("none");
+    std::fs::create_dir_all(&sub).unwrap();
+    for (what, path) in [("empty file", &empty), ("empty directory", &sub)] {
+        for cmd in [
+            vec!["validate"],
+            vec!["simulate"],
+            vec!["explain", "--from", "default/a", "--to", "10.0.0.1"],
+        ] {
+            let out = palisade().args(&cmd).arg("-f").arg(path).output().unwrap();
+            assert_eq!(
+                out.status.code(),
+                Some(3),
+                "{what} {cmd:?}: {}",
+                text(&out.stderr)
+            );
+            let stderr = text(&out.stderr);
+            assert!(
+                stderr.contains("no Kubernetes objects")
+                    || stderr.contains("holds no manifest files"),
+                "{what} {cmd:?}: {stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn issue_8_every_command_lists_the_exit_codes_in_its_help() {
+    for cmd in [
+        vec!["--help"],
+        vec!["simulate", "--help"],
+        vec!["explain", "--help"],
+        vec!["validate", "--help"],
+        vec!["lab", "up", "--help"],
+        vec!["endpoint", "diff", "--help"],
+    ] {
+        let out = run(palisade().args(&cmd));
+        let help = text(&out.stdout);
+        for line in [
+            "0  success",
+            "1  failure",
+            "2  usage error",
+            "3  invalid input",
+        ] {
+            assert!(help.contains(line), "{cmd:?} lacks {line:?}:\n{help}");
+        }
+    }
+}
+
+#[test]
+fn issue_8_lint_warnings_in_validate_name_their_file() {
+    let dir = TempDir::new("lint");
+    let f = dir.file(
+        "p.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: default}\nspec: {podSelector: {matchLabels: {app: nothing}}}\n",
+    );
+    let out = run(palisade().args(["validate", "-f"]).arg(&f));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "warning: {}: NetworkPolicy default/web: spec.podSelector: selects no pod",
+            f.display()
+        )),
+        "{stdout}"
+    );
 }
