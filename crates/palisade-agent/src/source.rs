@@ -236,6 +236,34 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Issue 8: a typo in a field name rejects that object, and the agent keeps
+    /// enforcing its last good version rather than a policy with the rule dropped.
+    #[test]
+    fn issue_8_a_field_typo_keeps_the_last_good_version_in_force() {
+        let dir = std::env::temp_dir().join(format!("palisade-source-typo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("p.yaml");
+        std::fs::write(&f, GOOD).unwrap();
+        let mut src = DirectorySource::new(&dir);
+        src.load().unwrap();
+        std::fs::write(&f, GOOD.replace("ingress:", "ingres:")).unwrap();
+        let s = src.load().unwrap();
+        let p = &s.cluster.network_policies["default/p"];
+        assert_eq!(
+            p.ingress.as_ref().map(Vec::len),
+            Some(1),
+            "the last good version, with its rule, stays in force"
+        );
+        assert!(
+            s.errors
+                .iter()
+                .any(|e| e.contains("spec.ingres: unknown field; did you mean ingress?")),
+            "{:?}",
+            s.errors
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn a_file_that_never_loaded_cleanly_contributes_its_valid_objects() {
         let dir = std::env::temp_dir().join(format!("palisade-source-new-{}", std::process::id()));
