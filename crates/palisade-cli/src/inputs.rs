@@ -27,7 +27,14 @@ impl std::error::Error for InvalidInput {}
 
 /// Expands files and directories (recursively; `*.yaml`, `*.yml`, `*.json`, sorted) and
 /// reads them as `(display name, text)` pairs for [`manifest::load`]. `-` reads stdin.
+/// A directory without manifests contributes nothing (the lab's state may be empty).
 pub fn read_inputs(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, String)>> {
+    read(paths, false)
+}
+
+/// [`read_inputs`], where a directory without manifests is an [`InvalidInput`] (a user
+/// who names a directory expects manifests in it).
+fn read(paths: &[PathBuf], require_files: bool) -> anyhow::Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for p in paths {
         if p.as_os_str() == "-" {
@@ -41,7 +48,7 @@ pub fn read_inputs(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, String)>> {
         if meta.is_dir() {
             let mut files = Vec::new();
             collect(p, &mut files)?;
-            if files.is_empty() {
+            if files.is_empty() && require_files {
                 return Err(InvalidInput(format!(
                     "directory {} holds no manifest files (*.yaml, *.yml, *.json)",
                     p.display()
@@ -83,7 +90,7 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
 /// Reads and loads manifests. Input that holds no object at all is an
 /// [`InvalidInput`] error: there is nothing to answer from.
 pub fn load_manifests(paths: &[PathBuf]) -> anyhow::Result<Loaded> {
-    let inputs = read_inputs(paths)?;
+    let inputs = read(paths, true)?;
     let loaded = manifest::load(&inputs);
     if loaded.documents == 0 {
         let names: Vec<&str> = inputs.iter().map(|(n, _)| n.as_str()).collect();
