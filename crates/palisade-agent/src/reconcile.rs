@@ -16,7 +16,7 @@ use std::time::Instant;
 use palisade_policy::compile::{changes_between, Compiler};
 use palisade_policy::compiled::{Compiled, Delta};
 
-use crate::registry::{Interface, Registry};
+use crate::registry::{unix_now, Interface, Registry, DEFAULT_REGISTRATION_TTL};
 use crate::source::{Snapshot, Source};
 
 /// The kernel side, as the reconciler needs it. Implemented by the eBPF datapath
@@ -27,6 +27,12 @@ pub trait Enforcer: Send {
     fn attach(&mut self, pod: &str, host_ifname: &str) -> anyhow::Result<u32>;
     /// Detaches programs from a pod's interface (which may already be gone).
     fn detach(&mut self, pod: &str) -> anyhow::Result<()>;
+    /// The index the interface called `host_ifname` has now, if it exists. A
+    /// registration whose name now resolves to another index is dead: its interface
+    /// is gone (names are unique in a namespace) and the name belongs to someone else.
+    fn ifindex_of(&self, host_ifname: &str) -> Option<u32> {
+        palisade_datapath::ifindex_of(host_ifname).ok()
+    }
     /// Makes the kernel match `compiled` for every attached pod. Either the whole
     /// update is applied or nothing already enforced changes.
     fn sync(&mut self, compiled: &Compiled) -> anyhow::Result<()>;
@@ -136,6 +142,8 @@ pub struct Reconciler {
     generation_file: Option<std::path::PathBuf>,
     last_error: Option<String>,
     last_stages: Stages,
+    /// How long a registration whose pod never appears is kept.
+    registration_ttl: std::time::Duration,
 }
 
 impl Reconciler {
@@ -153,6 +161,7 @@ impl Reconciler {
             generation_file: None,
             last_error: None,
             last_stages: Stages::default(),
+            registration_ttl: DEFAULT_REGISTRATION_TTL,
         }
     }
 
@@ -202,6 +211,7 @@ impl Reconciler {
             self.snapshot.clone()
         };
         stages.load = t.elapsed().as_secs_f64();
+        self.prune_registrations(&snapshot)?;
         // The CNI chain is the authority on a pod's addresses: a Pod object may not
         // carry status.podIPs yet when its sandbox is created.
         for iface in self.registry.interfaces().values() {
@@ -259,6 +269,50 @@ impl Reconciler {
         Ok((n, stages))
     }
 
+    /// Drops registrations that cannot be enforced on: their pod never appeared within
+    /// the TTL, or their interface is gone (its name missing or now another index).
+    /// Without this, one stale registration would make every later pass fail to attach.
+    fn prune_registrations(&mut self, snapshot: &Snapshot) -> anyhow::Result<()> {
+        let pods = &snapshot.cluster.pods;
+        self.registry.mark_seen(|p| pods.contains_key(p))?;
+        let mut dead: Vec<(String, String)> = self
+            .registry
+            .expired(unix_now(), self.registration_ttl)
+            .into_iter()
+            .map(|p| (p, "its pod never appeared in the desired state".to_string()))
+            .collect();
+        for iface in self.registry.interfaces().values() {
+            match self.enforcer.ifindex_of(&iface.host_ifname) {
+                Some(i) if i == iface.ifindex => {}
+                now => dead.push((
+                    iface.pod.clone(),
+                    match now {
+                        Some(i) => format!(
+                            "interface {} is now ifindex {i}, not {}",
+                            iface.host_ifname, iface.ifindex
+                        ),
+                        None => format!("interface {} is gone", iface.host_ifname),
+                    },
+                )),
+            }
+        }
+        for (pod, why) in dead {
+            if self.registry.forget(&pod)?.is_some() {
+                tracing::warn!(pod = %pod, reason = %why, "registration dropped");
+                self.in_force.remove(&pod);
+                let _ = self.enforcer.detach(&pod);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets how long a registration whose pod never appears in the desired state is
+    /// kept (default [`DEFAULT_REGISTRATION_TTL`]).
+    pub fn with_registration_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.registration_ttl = ttl;
+        self
+    }
+
     /// Whether the source reports a change since the last load.
     pub fn source_changed(&mut self) -> bool {
         self.source.changed()
@@ -280,9 +334,15 @@ impl Reconciler {
         self.generation
     }
 
-    /// Records a CNI registration (the caller then reconciles and checks [`Self::in_force`]).
+    /// Records a CNI registration (the caller then reconciles and checks
+    /// [`Self::in_force`]). Refused when another registration owns the interface.
     pub fn register(&mut self, iface: Interface) -> anyhow::Result<()> {
-        self.registry.insert(iface)
+        let iface = Interface {
+            registered_at: unix_now(),
+            seen: self.knows_pod(&iface.pod),
+            ..iface
+        };
+        Ok(self.registry.insert(iface)?)
     }
 
     /// The fast path of a CNI registration: when the pod is already compiled with these
@@ -307,13 +367,19 @@ impl Reconciler {
         Ok(Some(self.generation))
     }
 
-    /// Forgets a pod's interface and detaches from it.
-    pub fn unregister(&mut self, pod: &str, container_id: &str) -> anyhow::Result<()> {
-        if let Some(iface) = self.registry.remove(pod, container_id)? {
-            self.in_force.remove(pod);
-            // The veth is usually gone already with the sandbox; that is fine.
-            let _ = self.enforcer.detach(&iface.pod);
-        }
+    /// Forgets a pod's interface and detaches from it, only if `container_id` (never
+    /// empty) is the sandbox that registered it and `host_ifname` (when given) is the
+    /// interface it registered; anything else is an error and changes nothing.
+    pub fn unregister(
+        &mut self,
+        pod: &str,
+        container_id: &str,
+        host_ifname: &str,
+    ) -> anyhow::Result<()> {
+        let iface = self.registry.remove(pod, container_id, host_ifname)?;
+        self.in_force.remove(pod);
+        // The veth is usually gone already with the sandbox; that is fine.
+        let _ = self.enforcer.detach(&iface.pod);
         Ok(())
     }
 

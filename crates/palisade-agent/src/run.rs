@@ -43,6 +43,9 @@ pub struct AgentConfig {
     pub api: ApiLimits,
     /// Map capacities.
     pub sizes: MapSizes,
+    /// How long a CNI registration whose pod never appears in the desired state is
+    /// kept (see [`crate::registry::DEFAULT_REGISTRATION_TTL`]).
+    pub registration_ttl: std::time::Duration,
 }
 
 /// Runs the agent until the process is killed. Enforcement does not depend on this
@@ -59,7 +62,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let registry = Registry::open(config.state_dir.join("endpoints.json"))?;
     let source = DirectorySource::new(&config.manifests);
     let reconciler = Reconciler::new(Box::new(source), Box::new(enforcer), registry)
-        .with_generation_file(config.state_dir.join("generation"));
+        .with_generation_file(config.state_dir.join("generation"))
+        .with_registration_ttl(config.registration_ttl);
 
     raise_fd_limit(config.api.max_connections);
     let (tx, _) = broadcast::channel(4096);

@@ -255,6 +255,8 @@ fn handle_command(
                 ifindex,
                 ips,
                 container_id,
+                registered_at: 0,
+                seen: false,
             };
             if let Err(e) = reconciler.register(iface.clone()) {
                 let _ = reply.send(Reply::error(format!("pod {key}: {e:#}")));
@@ -300,10 +302,11 @@ fn handle_command(
             namespace,
             pod,
             container_id,
+            host_ifname,
             ..
         }) => {
             let key = format!("{namespace}/{pod}");
-            let r = reconciler.unregister(&key, &container_id);
+            let r = reconciler.unregister(&key, &container_id, &host_ifname);
             let _ = run_pass(reconciler, metrics, false);
             let _ = reply.send(match r {
                 Ok(()) => Reply::data(serde_json::Value::Null),

@@ -262,6 +262,10 @@ pub struct AgentArgs {
     /// Capacity of the connection-tracking table.
     #[arg(long)]
     pub conntrack_entries: Option<u32>,
+    /// Seconds a CNI registration whose pod never appears in the manifests is kept
+    /// before the agent forgets it (checked at every pass, at least every 30 s).
+    #[arg(long, default_value_t = palisade_agent::registry::DEFAULT_REGISTRATION_TTL.as_secs())]
+    pub registration_ttl_secs: u64,
 }
 
 /// `palisade ebpf` subcommands.

@@ -373,6 +373,7 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<i32> {
             ..Default::default()
         },
         sizes,
+        registration_ttl: std::time::Duration::from_secs(a.registration_ttl_secs),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
