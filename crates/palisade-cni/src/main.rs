@@ -2,18 +2,17 @@
 //! ([`palisade_cni::plugin::run`]); this file wires it to the process: environment,
 //! stdin, stdout, stderr and the exit code the CNI spec asks for.
 
-use std::io::{Read, Write};
+use std::io::Write;
 
-use palisade_cni::spec::{code, CniError, Env};
+use palisade_cni::spec::Env;
 
 fn main() {
     let result = Env::from_lookup(|k| std::env::var(k).ok()).and_then(|env| {
-        let mut stdin = Vec::new();
-        if env.command != palisade_cni::spec::Command::Version {
-            std::io::stdin()
-                .read_to_end(&mut stdin)
-                .map_err(|e| CniError::new(code::IO_FAILURE, "cannot read stdin", e.to_string()))?;
-        }
+        let stdin = if env.command != palisade_cni::spec::Command::Version {
+            palisade_cni::plugin::read_stdin(std::io::stdin().lock())?
+        } else {
+            Vec::new()
+        };
         palisade_cni::plugin::run(&env, &stdin, &mut std::io::stderr())
     });
     let mut out = std::io::stdout().lock();

@@ -20,6 +20,22 @@ use crate::spec::{
 /// kubelet's own CNI timeout is minutes.
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 
+/// The most bytes of stdin the plugin reads (1 MiB). A network configuration with its
+/// `prevResult` is a few KiB; the bound keeps a runaway or hostile caller from making
+/// the plugin (run once per pod start) hold an unbounded buffer.
+pub const MAX_STDIN: usize = 1 << 20;
+
+/// Reads stdin up to [`MAX_STDIN`] + 1 bytes, so [`run`] can tell a configuration that
+/// is exactly at the bound from one past it without reading the rest.
+pub fn read_stdin(r: impl std::io::Read) -> Result<Vec<u8>, CniError> {
+    use std::io::Read as _;
+    let mut buf = Vec::new();
+    r.take(MAX_STDIN as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| CniError::new(code::IO_FAILURE, "cannot read stdin", e.to_string()))?;
+    Ok(buf)
+}
+
 /// `CNI_ARGS` key carrying the pod's namespace (set by the kubelet and by the lab).
 pub const ARG_POD_NAMESPACE: &str = "K8S_POD_NAMESPACE";
 /// `CNI_ARGS` key carrying the pod's name.
@@ -29,8 +45,20 @@ pub const ARG_POD_NAME: &str = "K8S_POD_NAME";
 /// human-readable diagnostics (the binary sends them to stderr). Returns what to print
 /// on stdout on success.
 pub fn run(env: &Env, stdin: &[u8], log: &mut dyn Write) -> Result<String, CniError> {
-    if env.command == Command::Version {
-        return Ok(version_json());
+    match env.command {
+        Command::Version => return Ok(version_json()),
+        Command::Del => return Ok(del(env, stdin, log)),
+        Command::Add | Command::Check => {}
+    }
+    if stdin.len() > MAX_STDIN {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!(
+                "the network configuration on stdin is larger than {} KiB",
+                MAX_STDIN / 1024
+            ),
+            "a configuration with its prevResult is a few KiB; check what the runtime passes",
+        ));
     }
     let conf: NetConf = serde_json::from_slice(stdin).map_err(|e| {
         CniError::new(
@@ -50,7 +78,6 @@ pub fn run(env: &Env, stdin: &[u8], log: &mut dyn Write) -> Result<String, CniEr
     let timeout = Duration::from_millis(conf.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS));
     let policy = conf.fail_policy.unwrap_or_default();
     match env.command {
-        Command::Version => unreachable!("handled above"),
         Command::Add => {
             let prev = require_prev(&conf)?;
             let endpoint = endpoint(env, Some(&parse_prev(prev)?), true)?;
@@ -71,40 +98,90 @@ pub fn run(env: &Env, stdin: &[u8], log: &mut dyn Write) -> Result<String, CniEr
             confirm(&socket, &Request::Check(endpoint), timeout, policy, log)?;
             Ok(String::new())
         }
-        Command::Del => {
-            // DEL must succeed whenever it can: the runtime retries DEL forever
-            // otherwise, and a pod that is going away needs no protection.
-            let prev = conf
-                .prev_result
-                .as_ref()
-                .and_then(|p| serde_json::from_value(p.clone()).ok());
-            let endpoint = match endpoint(env, prev.as_ref(), false) {
-                Ok(e) => e,
-                Err(e) => {
-                    let _ = writeln!(
-                        log,
-                        "palisade-cni: DEL without pod identity, skipping: {}",
-                        e.msg
-                    );
-                    return Ok(String::new());
-                }
-            };
-            match client::call(&socket, &Request::Unregister(endpoint), timeout) {
-                Ok(r) if r.ok => {}
-                Ok(r) => {
-                    let _ = writeln!(
-                        log,
-                        "palisade-cni: agent refused unregister: {}",
-                        r.error.unwrap_or_default()
-                    );
-                }
-                Err(e) => {
-                    let _ = writeln!(log, "palisade-cni: unregister not delivered: {}", chain(&e));
-                }
+        Command::Version | Command::Del => unreachable!("handled above"),
+    }
+}
+
+/// `DEL`. It never fails (CNI 1.0: "plugins should generally complete a DEL action
+/// without error even if some resources are missing"; a failing DEL is retried by the
+/// runtime and keeps the pod terminating, and a pod going away needs no protection):
+///
+/// 1. The registration is named by the pod (`CNI_ARGS`) and `CNI_CONTAINERID` from the
+///    environment; without a pod identity there is nothing to name and DEL only logs.
+/// 2. The configuration is read leniently: `agentSocket` and `timeoutMs` are used when
+///    present with the right type, the defaults otherwise (also when stdin is over
+///    [`MAX_STDIN`] or not JSON at all). `cniVersion` is not checked.
+/// 3. `prevResult`, when present and decodable, contributes the host interface, which
+///    the agent then requires to be the registered one; when missing or undecodable,
+///    the container id alone names the registration.
+/// 4. An agent that is away or refuses (no such registration: a repeated DEL) is
+///    logged; a registration left behind is removed by the agent when its interface is
+///    found gone (see `palisade_agent::registry`).
+fn del(env: &Env, stdin: &[u8], log: &mut dyn Write) -> String {
+    let conf: Option<Value> = if stdin.len() > MAX_STDIN {
+        let _ = writeln!(
+            log,
+            "palisade-cni: DEL: stdin is over {} KiB; using the default agent socket",
+            MAX_STDIN / 1024
+        );
+        None
+    } else {
+        serde_json::from_slice(stdin)
+            .map_err(|e| {
+                let _ = writeln!(
+                    log,
+                    "palisade-cni: DEL: configuration is not JSON ({e}); using the default agent socket"
+                );
+            })
+            .ok()
+    };
+    let field = |k: &str| conf.as_ref().and_then(|c| c.get(k));
+    let socket = PathBuf::from(
+        field("agentSocket")
+            .and_then(Value::as_str)
+            .unwrap_or(DEFAULT_AGENT_SOCKET),
+    );
+    let timeout = Duration::from_millis(
+        field("timeoutMs")
+            .and_then(Value::as_u64)
+            .unwrap_or(DEFAULT_TIMEOUT_MS),
+    );
+    let prev: Option<CniResult> =
+        field("prevResult").and_then(|p| match serde_json::from_value(p.clone()) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                let _ = writeln!(
+                    log,
+                    "palisade-cni: DEL: prevResult not decodable ({e}); naming the registration by container id"
+                );
+                None
             }
-            Ok(String::new())
+        });
+    let endpoint = match endpoint(env, prev.as_ref(), false) {
+        Ok(e) => e,
+        Err(e) => {
+            let _ = writeln!(
+                log,
+                "palisade-cni: DEL without pod identity, skipping: {}",
+                e.msg
+            );
+            return String::new();
+        }
+    };
+    match client::call(&socket, &Request::Unregister(endpoint), timeout) {
+        Ok(r) if r.ok => {}
+        Ok(r) => {
+            let _ = writeln!(
+                log,
+                "palisade-cni: agent refused unregister: {}",
+                r.error.unwrap_or_default()
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(log, "palisade-cni: unregister not delivered: {}", chain(&e));
         }
     }
+    String::new()
 }
 
 /// The `VERSION` answer.
@@ -155,15 +232,26 @@ fn endpoint(env: &Env, prev: Option<&CniResult>, strict: bool) -> Result<PodEndp
             "palisade-cni enforces on the host-side veth; chain it after ptp or bridge",
         ));
     }
+    // DEL names the registration by pod, sandbox and interface; addresses do not
+    // matter to it, so a bad one must not stop it.
+    let ips = match prev {
+        Some(p) if strict => p.container_ips(&env.ifname)?,
+        _ => Vec::new(),
+    };
+    if strict && ips.is_empty() {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!("prevResult has no address for {}", env.ifname),
+            "Palisade identifies a pod and checks its source address by the addresses its main plugin assigns; configure IPAM in the main plugin",
+        ));
+    }
     Ok(PodEndpoint {
         namespace,
         pod,
         container_id: env.container_id.clone(),
         netns: env.netns.clone(),
         host_ifname: host_ifname.unwrap_or_default(),
-        ips: prev
-            .map(|p| p.container_ips(&env.ifname))
-            .unwrap_or_default(),
+        ips,
     })
 }
 

@@ -267,16 +267,49 @@ impl CniResult {
     }
 
     /// The container's addresses (all of them if no address names an interface).
-    pub fn container_ips(&self, ifname: &str) -> Vec<IpAddr> {
+    ///
+    /// Every entry of `ips` must be an address in CIDR notation whose `interface`, if
+    /// given, is an index into `interfaces`: an entry that is not is an error (code
+    /// [`code::DECODE_FAILURE`]) naming its field, never skipped, so a pod is never
+    /// registered with fewer addresses than its main plugin gave it.
+    pub fn container_ips(&self, ifname: &str) -> Result<Vec<IpAddr>, CniError> {
         let idx = self.container_interface(ifname).map(|(i, _)| i);
-        self.ips
-            .iter()
-            .filter(|c| match (c.interface, idx) {
+        let mut out = Vec::new();
+        for (n, c) in self.ips.iter().enumerate() {
+            let bad = |why: String| {
+                CniError::new(
+                    code::DECODE_FAILURE,
+                    format!("prevResult.ips[{n}]: {why}"),
+                    "addresses are what the pod is identified and checked by; none is skipped",
+                )
+            };
+            let (Some(ip), Some(len)) = (c.ip(), c.prefix_len()) else {
+                return Err(bad(format!(
+                    "address {:?} is not an IP address in CIDR notation",
+                    c.address
+                )));
+            };
+            if len > if ip.is_ipv4() { 32 } else { 128 } {
+                return Err(bad(format!(
+                    "address {:?} has a prefix length longer than the address",
+                    c.address
+                )));
+            }
+            if let Some(i) = c.interface.filter(|i| *i >= self.interfaces.len()) {
+                return Err(bad(format!(
+                    "interface {i} is not an index into interfaces (which has {})",
+                    self.interfaces.len()
+                )));
+            }
+            let ours = match (c.interface, idx) {
                 (Some(i), Some(want)) => i == want,
                 _ => true,
-            })
-            .filter_map(IpConfig::ip)
-            .collect()
+            };
+            if ours {
+                out.push(ip);
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -354,7 +387,7 @@ mod tests {
         let r: CniResult = serde_json::from_str(PTP_RESULT).unwrap();
         assert_eq!(r.host_interface("eth0").unwrap().name, "veth3a9c1e2f");
         assert_eq!(
-            r.container_ips("eth0"),
+            r.container_ips("eth0").unwrap(),
             vec![
                 "10.244.0.5".parse::<IpAddr>().unwrap(),
                 "fd00:10:244::5".parse().unwrap()
@@ -362,6 +395,27 @@ mod tests {
         );
         assert_eq!(r.ips[1].prefix_len(), Some(64));
         assert!(r.extra.contains_key("routes"), "unknown fields are kept");
+    }
+
+    // Issue 8: an address that did not parse was dropped and ADD succeeded without it.
+    #[test]
+    fn issue_8_a_bad_address_in_the_result_is_an_error_naming_it() {
+        for (bad, field) in [
+            (r#"{"address":"10.244.0.300/24","interface":1}"#, "ips[1]"),
+            (r#"{"address":"10.244.0.6","interface":1}"#, "ips[1]"),
+            (r#"{"address":"10.244.0.6/33","interface":1}"#, "ips[1]"),
+            (r#"{"address":"10.244.0.6/24","interface":7}"#, "ips[1]"),
+        ] {
+            let text = PTP_RESULT.replace(
+                r#"{"address": "fd00:10:244::5/64", "gateway": "fd00:10:244::1", "interface": 1}"#,
+                bad,
+            );
+            assert_ne!(text, PTP_RESULT, "the fixture changed");
+            let r: CniResult = serde_json::from_str(&text).unwrap();
+            let err = r.container_ips("eth0").unwrap_err();
+            assert_eq!(err.code, code::DECODE_FAILURE);
+            assert!(err.msg.contains(field), "{bad}: {}", err.msg);
+        }
     }
 
     #[test]

@@ -323,12 +323,25 @@ impl Lab {
             .host_interface(POD_IFNAME)
             .map(|i| i.name.clone())
             .unwrap_or_default();
+        // The chain's result names the pod's addresses; one that does not parse is an
+        // error of the last plugin, never skipped.
+        let ips = outcome
+            .result
+            .container_ips(POD_IFNAME)
+            .map_err(|error| LabError::Cni {
+                pod: key.clone(),
+                source: Box::new(CniRunError::Plugin {
+                    plugin: "chain result".into(),
+                    command: "ADD",
+                    error,
+                }),
+            })?;
         let record = PodRecord {
             key: key.clone(),
             netns: ns.persist(),
             ifname: POD_IFNAME.into(),
             host_ifname,
-            ips: outcome.result.container_ips(POD_IFNAME),
+            ips,
             ports: pod.ports.clone(),
             attachment,
             network,

@@ -77,6 +77,12 @@ fn conf(socket: &Path, extra: Value) -> Value {
 
 /// Runs the plugin; returns (exit success, stdout).
 fn plugin(cmd: &str, conf: &Value) -> (bool, String) {
+    plugin_raw(cmd, conf.to_string().into_bytes())
+}
+
+/// Runs the plugin with `stdin` as is; returns (exit success, stdout). The plugin may
+/// stop reading early (that is the point of a bound), so a short write is expected.
+fn plugin_raw(cmd: &str, stdin: Vec<u8>) -> (bool, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_palisade-cni"))
         .env_clear()
         .env("CNI_COMMAND", cmd)
@@ -93,13 +99,12 @@ fn plugin(cmd: &str, conf: &Value) -> (bool, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let writer = thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
     let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
     (out.status.success(), String::from_utf8(out.stdout).unwrap())
 }
 
@@ -236,4 +241,114 @@ fn version_lists_1_0_0() {
         .as_array()
         .unwrap()
         .contains(&json!("1.0.0")));
+}
+
+// Issue 8: an address in prevResult that did not parse was dropped and ADD registered
+// the pod without it.
+#[test]
+fn issue_8_add_with_an_unparseable_address_fails_and_registers_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sock, rx) = fake_agent(dir.path(), Fake::Confirm, 1);
+    let mut prev = prev_result();
+    prev["ips"] = json!([
+        {"address": "10.244.0.5/24", "interface": 1},
+        {"address": "fd00::zz/64", "interface": 1}
+    ]);
+    let (ok, out) = plugin("ADD", &conf(&sock, json!({ "prevResult": prev })));
+    assert!(!ok, "ADD must fail: {out}");
+    assert_eq!(error_code(&out), 6);
+    assert!(out.contains("ips[1]"), "the error names the field: {out}");
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "nothing may be registered"
+    );
+}
+
+#[test]
+fn add_without_any_address_for_the_container_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sock, rx) = fake_agent(dir.path(), Fake::Confirm, 1);
+    let mut prev = prev_result();
+    prev["ips"] = json!([]);
+    let (ok, out) = plugin("ADD", &conf(&sock, json!({ "prevResult": prev })));
+    assert!(!ok, "ADD must fail: {out}");
+    assert_eq!(error_code(&out), 7);
+    assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+}
+
+/// A valid configuration padded past the stdin bound with an unknown field.
+fn oversized(socket: &Path) -> Vec<u8> {
+    let mut c = conf(socket, json!({}));
+    c["padding"] = json!("x".repeat(palisade_cni::plugin::MAX_STDIN + 16));
+    c.to_string().into_bytes()
+}
+
+// Issue 8: "a 300 MB CNI stdin was read whole".
+#[test]
+fn issue_8_add_past_the_stdin_bound_fails_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sock, rx) = fake_agent(dir.path(), Fake::Confirm, 1);
+    let (ok, out) = plugin_raw("ADD", oversized(&sock));
+    assert!(!ok, "ADD must fail: {out}");
+    assert_eq!(error_code(&out), 7);
+    assert!(out.contains("larger than 1024 KiB"), "{out}");
+    assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+}
+
+#[test]
+fn add_at_the_stdin_bound_still_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sock, rx) = fake_agent(dir.path(), Fake::Confirm, 1);
+    let mut c = conf(&sock, json!({}));
+    let base = c.to_string().len() + r#","padding":"""#.len();
+    c["padding"] = json!("x".repeat(palisade_cni::plugin::MAX_STDIN - base));
+    let bytes = c.to_string().into_bytes();
+    assert_eq!(bytes.len(), palisade_cni::plugin::MAX_STDIN);
+    let (ok, out) = plugin_raw("ADD", bytes);
+    assert!(ok, "{out}");
+    assert!(rx.recv_timeout(Duration::from_secs(2)).is_ok());
+}
+
+// Issue 8: DEL succeeds whenever the CNI spec says it must, even for input it cannot
+// fully parse; the registration is then named by the container id alone.
+#[test]
+fn issue_8_del_with_a_config_it_cannot_decode_still_unregisters_by_container_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sock, rx) = fake_agent(dir.path(), Fake::Confirm, 1);
+    let broken = conf(
+        &sock,
+        json!({"cniVersion": 5, "failPolicy": "sideways", "prevResult": {"interfaces": "none"}}),
+    );
+    let (ok, out) = plugin("DEL", &broken);
+    assert!(ok, "DEL must succeed: {out}");
+    let Request::Unregister(e) = rx.recv_timeout(Duration::from_secs(2)).unwrap() else {
+        panic!("expected unregister")
+    };
+    assert_eq!((e.namespace.as_str(), e.pod.as_str()), ("x", "a"));
+    assert_eq!(e.container_id, "c1");
+    assert_eq!(e.host_ifname, "", "no interface is guessed");
+}
+
+#[test]
+fn issue_8_del_with_garbage_or_oversized_stdin_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sock, rx) = fake_agent(dir.path(), Fake::Confirm, 1);
+    let (ok, out) = plugin_raw("DEL", b"{not json".to_vec());
+    assert!(ok, "DEL of garbage must succeed: {out}");
+    let (ok, out) = plugin_raw("DEL", oversized(&sock));
+    assert!(ok, "DEL past the bound must succeed: {out}");
+    // Past the bound the configuration is not read, so its agentSocket is not used.
+    assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+}
+
+#[test]
+fn del_without_prev_result_unregisters_by_container_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sock, rx) = fake_agent(dir.path(), Fake::Refuse, 1);
+    let (ok, out) = plugin("DEL", &conf(&sock, json!({"prevResult": null})));
+    assert!(ok, "a refused DEL (already gone) still succeeds: {out}");
+    let req = rx.recv_timeout(Duration::from_secs(2)).unwrap();
+    assert!(
+        matches!(req, Request::Unregister(e) if e.host_ifname.is_empty() && e.container_id == "c1")
+    );
 }
