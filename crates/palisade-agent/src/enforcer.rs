@@ -12,7 +12,7 @@ use crate::decision_log::DecisionLog;
 use crate::decisions::{rfc3339_now, DecisionRecord, LogMode};
 use crate::inspect::table_rows;
 use crate::metrics::EventStats;
-use crate::reconcile::{CounterSample, Enforcer, KernelEndpoint};
+use crate::reconcile::{CounterSample, Enforcer, KernelAttachment, KernelEndpoint, KernelHook};
 use crate::server::{Shared, Views};
 
 /// [`Enforcer`] over the real datapath.
@@ -156,6 +156,26 @@ impl Enforcer for BpfEnforcer {
             ips: d.ips,
             ingress: table_rows(&d.ingress.table),
             egress: table_rows(&d.egress.table),
+        })
+    }
+
+    fn attachment(&mut self, ifindex: u32) -> anyhow::Result<KernelAttachment> {
+        let a = self
+            .datapath
+            .attachment(ifindex)
+            .with_context(|| format!("querying the programs on ifindex {ifindex}"))?;
+        Ok(KernelAttachment {
+            interface: a.ifname,
+            endpoint_entry: a.endpoint_entry,
+            hooks: a
+                .hooks
+                .into_iter()
+                .map(|h| KernelHook {
+                    hook: h.hook.into(),
+                    programs: h.programs,
+                    ours: h.ours,
+                })
+                .collect(),
         })
     }
 

@@ -78,6 +78,7 @@ pub fn endpoint_view(reconciler: &mut Reconciler, pod: &str) -> anyhow::Result<s
         })
         .collect();
     let kernel = reconciler.enforcer_mut().endpoint_state(iface.ifindex);
+    let attachment = reconciler.enforcer_mut().attachment(iface.ifindex);
     Ok(serde_json::json!({
         "pod": pod,
         "interface": iface.host_ifname,
@@ -92,6 +93,10 @@ pub fn endpoint_view(reconciler: &mut Reconciler, pod: &str) -> anyhow::Result<s
         },
         "kernel": match kernel {
             Ok(k) => serde_json::to_value(k)?,
+            Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
+        },
+        "attachment": match attachment {
+            Ok(a) => serde_json::to_value(a)?,
             Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
         },
         "rules": rules,

@@ -41,6 +41,8 @@ pub trait Enforcer: Send {
     fn apply(&mut self, delta: &Delta) -> anyhow::Result<()>;
     /// The kernel's state for one endpoint, decoded back into policy terms.
     fn endpoint_state(&mut self, ifindex: u32) -> anyhow::Result<KernelEndpoint>;
+    /// Which programs the kernel runs on interface `ifindex`, read from the kernel.
+    fn attachment(&mut self, ifindex: u32) -> anyhow::Result<KernelAttachment>;
     /// Datapath counters, summed over CPUs.
     fn counters(&mut self) -> anyhow::Result<Vec<CounterSample>>;
     /// The datapath's decision-event counters (sent, suppressed); none by default.
@@ -82,6 +84,68 @@ pub struct KernelEndpoint {
     pub ingress: Vec<TableRow>,
     /// Egress table rows.
     pub egress: Vec<TableRow>,
+}
+
+/// Which programs the kernel runs on an endpoint's interface: what makes the tables in
+/// [`KernelEndpoint`] matter at all (maps without attached programs enforce nothing).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KernelAttachment {
+    /// The interface's name now; `None` when no interface has the registered index.
+    pub interface: Option<String>,
+    /// Whether the endpoint map has an entry for the interface.
+    pub endpoint_entry: bool,
+    /// One per hook (`from_pod` on TC ingress, `to_pod` on TC egress).
+    pub hooks: Vec<KernelHook>,
+}
+
+/// The programs on one hook, in the order the kernel runs them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KernelHook {
+    /// Our program's name for this hook.
+    pub hook: String,
+    /// Ids of the programs attached, in run order.
+    pub programs: Vec<u32>,
+    /// Our program's id.
+    pub ours: u32,
+}
+
+impl KernelAttachment {
+    /// Every way the interface registered as `ifname` is not enforced by our programs;
+    /// empty when it is. A program ahead of ours counts: it can pass packets first.
+    pub fn problems(&self, ifname: &str) -> Vec<String> {
+        let Some(now) = &self.interface else {
+            return vec![format!("interface {ifname} no longer exists")];
+        };
+        let mut out = Vec::new();
+        if now != ifname {
+            out.push(format!(
+                "the registered interface {ifname} is now called {now}"
+            ));
+        }
+        if !self.endpoint_entry {
+            out.push(format!("no endpoint entry for {now} in the kernel"));
+        }
+        for hook in ["from_pod", "to_pod"] {
+            let why = match self.hooks.iter().find(|h| h.hook == hook) {
+                None => format!("{hook}: not queried"),
+                Some(h) if h.programs.is_empty() => {
+                    format!("{hook}: no program attached to {now}")
+                }
+                Some(h) if h.programs.first() == Some(&h.ours) => continue,
+                Some(h) if h.programs.contains(&h.ours) => format!(
+                    "{hook}: program(s) {:?} run before ours ({}) on {now}",
+                    &h.programs[..h.programs.iter().position(|p| *p == h.ours).unwrap_or(0)],
+                    h.ours
+                ),
+                Some(h) => format!(
+                    "{hook}: programs {:?} attached to {now}, not ours ({})",
+                    h.programs, h.ours
+                ),
+            };
+            out.push(why);
+        }
+        out
+    }
 }
 
 /// One datapath counter.
@@ -435,5 +499,70 @@ impl Reconciler {
     /// The enforcer, for inspection requests.
     pub fn enforcer_mut(&mut self) -> &mut dyn Enforcer {
         self.enforcer.as_mut()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hook(name: &str, programs: &[u32], ours: u32) -> KernelHook {
+        KernelHook {
+            hook: name.into(),
+            programs: programs.to_vec(),
+            ours,
+        }
+    }
+
+    #[test]
+    fn attachment_problems_name_every_way_an_interface_escapes_enforcement() {
+        let good = KernelAttachment {
+            interface: Some("veth1".into()),
+            endpoint_entry: true,
+            hooks: vec![hook("from_pod", &[5], 5), hook("to_pod", &[6], 6)],
+        };
+        assert!(good.problems("veth1").is_empty());
+        let cases = [
+            (
+                KernelAttachment {
+                    hooks: vec![hook("from_pod", &[], 5), hook("to_pod", &[6], 6)],
+                    ..good.clone()
+                },
+                "from_pod: no program attached",
+            ),
+            (
+                KernelAttachment {
+                    hooks: vec![hook("from_pod", &[5], 5), hook("to_pod", &[9, 6], 6)],
+                    ..good.clone()
+                },
+                "to_pod: program(s) [9] run before ours",
+            ),
+            (
+                KernelAttachment {
+                    hooks: vec![hook("from_pod", &[4], 5), hook("to_pod", &[6], 6)],
+                    ..good.clone()
+                },
+                "not ours (5)",
+            ),
+            (
+                KernelAttachment {
+                    endpoint_entry: false,
+                    ..good.clone()
+                },
+                "no endpoint entry",
+            ),
+            (
+                KernelAttachment {
+                    interface: None,
+                    ..good.clone()
+                },
+                "no longer exists",
+            ),
+        ];
+        for (a, want) in cases {
+            let p = a.problems("veth1");
+            assert!(p.iter().any(|s| s.contains(want)), "{want}: {p:?}");
+        }
+        assert!(good.problems("veth2")[0].contains("now called veth1"));
     }
 }

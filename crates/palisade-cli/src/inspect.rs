@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use palisade_agent::api::{self, Request};
-use palisade_agent::reconcile::TableRow;
+use palisade_agent::reconcile::{KernelAttachment, TableRow};
 
 /// The default agent socket on a node.
 pub const NODE_SOCKET: &str = "/run/palisade/agent.sock";
@@ -182,15 +182,56 @@ pub fn endpoint_get(socket: &Path, pod: &str, json: bool) -> anyhow::Result<Stri
         ),
         Err(e) => format!("{e:#}"),
     };
+    if let Ok(d) = diff(&v) {
+        for p in &d.attachment {
+            let _ = writeln!(out, "NOT ENFORCED: {p}");
+        }
+    }
     let _ = writeln!(out, "kernel state: {kernel}");
     Ok(out)
 }
 
-/// Differences between desired and kernel rows: `(direction, '+'|'-', row)`; `+` is in
-/// the kernel but not desired, `-` desired but missing from the kernel. Fails when the
-/// agent could not read the kernel state.
-fn diff(v: &serde_json::Value) -> anyhow::Result<Vec<(String, char, TableRow)>> {
+/// What `endpoint diff` found.
+struct Diff {
+    /// Ways the interface is not enforced by our programs (detached, a program ahead
+    /// of ours, no endpoint entry, interface gone): the tables below enforce nothing
+    /// then, so these come first.
+    attachment: Vec<String>,
+    /// `(direction, '+'|'-', row)`; `+` is in the kernel but not desired, `-` desired
+    /// but missing from the kernel.
+    rows: Vec<(String, char, TableRow)>,
+}
+
+impl Diff {
+    fn is_empty(&self) -> bool {
+        self.attachment.is_empty() && self.rows.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.attachment.len() + self.rows.len()
+    }
+}
+
+/// Compares the desired state with the kernel's: first whether our programs run on the
+/// interface at all, then the table rows. Fails when the agent could not read the
+/// kernel state (and that is not explained by a missing endpoint entry).
+fn diff(v: &serde_json::Value) -> anyhow::Result<Diff> {
+    if let Some(err) = v["attachment"].get("error") {
+        anyhow::bail!(
+            "the agent could not query the programs on the interface: {}",
+            err.as_str().unwrap_or_default()
+        );
+    }
+    let attachment: KernelAttachment = serde_json::from_value(v["attachment"].clone())
+        .map_err(|e| anyhow::anyhow!("the agent's reply has no attachment state: {e}"))?;
+    let attachment = attachment.problems(v["interface"].as_str().unwrap_or_default());
     if let Some(err) = v["kernel"].get("error") {
+        if !attachment.is_empty() {
+            return Ok(Diff {
+                attachment,
+                rows: Vec::new(),
+            });
+        }
         anyhow::bail!(
             "the agent could not read the kernel state: {}",
             err.as_str().unwrap_or_default()
@@ -209,7 +250,10 @@ fn diff(v: &serde_json::Value) -> anyhow::Result<Vec<(String, char, TableRow)>> 
                 .map(|r| (dir.to_string(), '-', r.clone())),
         );
     }
-    Ok(out)
+    Ok(Diff {
+        attachment,
+        rows: out,
+    })
 }
 
 /// `palisade endpoint diff NS/POD`: returns the text and whether they match.
@@ -226,11 +270,17 @@ pub fn endpoint_diff(socket: &Path, pod: &str) -> anyhow::Result<(String, bool)>
         let _ = writeln!(out, "{pod}: kernel state matches the desired state");
         return Ok((out, true));
     }
+    for p in &d.attachment {
+        let _ = writeln!(out, "! {pod}: not enforced: {p}");
+    }
+    if d.rows.is_empty() {
+        return Ok((out, false));
+    }
     let _ = writeln!(
         out,
         "{pod}: '-' desired but not in the kernel, '+' in the kernel but not desired"
     );
-    for (dir, sign, r) in &d {
+    for (dir, sign, r) in &d.rows {
         let _ = writeln!(
             out,
             "{sign} {dir} peer={} proto={} ports={}-{} {} rule={}",

@@ -8,10 +8,11 @@ use ipnet::IpNet;
 use palisade_policy::compiled::{IdentityId, RuleTable, TableId};
 use serde::Serialize;
 
-use aya::maps::{MapData, RingBuf};
+use aya::maps::{MapData, MapError, RingBuf};
+use aya::programs::tc::{SchedClassifier, TcAttachType};
 
 use crate::abi;
-use crate::loader::{map_err, prog_err, Datapath, Error, Hook};
+use crate::loader::{ifname_of, map_err, prog_err, Datapath, Error, Hook};
 use crate::maps::{self, addr_net, AddrKey};
 
 type Result<T, E = Error> = std::result::Result<T, E>;
@@ -31,6 +32,48 @@ pub struct Counters {
     /// Decision events suppressed by each endpoint's own token bucket, by host-side
     /// ifindex; key 0 = interfaces without an endpoint entry (slot 0).
     pub events_suppressed: BTreeMap<u32, u64>,
+}
+
+/// The programs the kernel runs on one hook of an interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HookAttachment {
+    /// Our program for the hook (`from_pod` on TC ingress, `to_pod` on TC egress).
+    pub hook: &'static str,
+    /// Ids of the TCX programs attached, in the order the kernel runs them.
+    pub programs: Vec<u32>,
+    /// The id of this datapath's program for the hook.
+    pub ours: u32,
+}
+
+impl HookAttachment {
+    /// Whether our program decides every packet on this hook: it runs first. A
+    /// program ahead of it could pass a packet (`TCX_PASS`) before ours sees it.
+    pub fn enforced(&self) -> bool {
+        self.programs.first() == Some(&self.ours)
+    }
+}
+
+/// What the kernel runs on one interface, read from the kernel (TCX program query and
+/// the endpoint map), not from pins or the mirror: a pin can outlive its link and a
+/// mirror can disagree with the map.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Attachment {
+    /// The interface index asked about.
+    pub ifindex: u32,
+    /// Its name now, `None` if no interface has that index.
+    pub ifname: Option<String>,
+    /// Whether `palisade_endpoints` has an entry for it.
+    pub endpoint_entry: bool,
+    /// TC ingress (the pod's egress), then TC egress (the pod's ingress); empty
+    /// when the interface is gone.
+    pub hooks: Vec<HookAttachment>,
+}
+
+impl Attachment {
+    /// Both hooks run our programs first and the endpoint entry exists.
+    pub fn enforced(&self) -> bool {
+        self.endpoint_entry && self.hooks.len() == 2 && self.hooks.iter().all(|h| h.enforced())
+    }
 }
 
 /// Name of a drop/pass reason (`abi::REASON_*`).
@@ -348,6 +391,45 @@ impl Datapath {
             generation: v.generation,
             ingress: self.dump_table(v.ingress_table)?,
             egress: self.dump_table(v.egress_table)?,
+        })
+    }
+
+    /// Which programs the kernel runs on interface `ifindex`, and whether it has an
+    /// endpoint entry. Needs TCX (kernel 6.6+): on older kernels, where the programs
+    /// are clsact filters, the query fails with an error rather than guessing.
+    pub fn attachment(&mut self, ifindex: u32) -> Result<Attachment> {
+        let endpoint_entry = match self.endpoints.get(&ifindex, 0) {
+            Ok(_) => true,
+            Err(MapError::KeyNotFound) => false,
+            Err(e) => return Err(map_err("palisade_endpoints")(e)),
+        };
+        let Ok(ifname) = ifname_of(ifindex) else {
+            return Ok(Attachment {
+                ifindex,
+                ifname: None,
+                endpoint_entry,
+                hooks: Vec::new(),
+            });
+        };
+        let mut hooks = Vec::new();
+        for (hook, at) in [
+            (Hook::FromPod, TcAttachType::Ingress),
+            (Hook::ToPod, TcAttachType::Egress),
+        ] {
+            let name = hook.name();
+            let ours = self.classifier(hook)?.info().map_err(prog_err(name))?.id();
+            let (_, programs) = SchedClassifier::query_tcx(&ifname, at).map_err(prog_err(name))?;
+            hooks.push(HookAttachment {
+                hook: name,
+                programs: programs.iter().map(|p| p.id()).collect(),
+                ours,
+            });
+        }
+        Ok(Attachment {
+            ifindex,
+            ifname: Some(ifname),
+            endpoint_entry,
+            hooks,
         })
     }
 

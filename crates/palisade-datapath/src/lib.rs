@@ -95,7 +95,8 @@ mod state;
 
 pub use bench::{bench_datapath, BenchOptions, BenchPoint, BenchReport};
 pub use inspect::{
-    reason_name, Counters, DecisionEvent, EndpointCounters, EndpointDump, EventReader, TableDump,
+    reason_name, Attachment, Counters, DecisionEvent, EndpointCounters, EndpointDump, EventReader,
+    HookAttachment, TableDump,
 };
 pub use loader::{
     ifindex_of, object_bytes, unpin_all_at, Datapath, Error, Hook, MapSizes, DEFAULT_PIN_ROOT,

@@ -235,7 +235,7 @@ fn pin_dir(root: &Path, sub: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
-fn ifname_of(ifindex: u32) -> Result<String> {
+pub(crate) fn ifname_of(ifindex: u32) -> Result<String> {
     let mut buf = [0u8; libc::IF_NAMESIZE];
     // SAFETY: buf has IF_NAMESIZE bytes as if_indextoname requires.
     let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };

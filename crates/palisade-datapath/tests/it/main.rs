@@ -2,6 +2,7 @@
 //! One binary, one module per area.
 
 mod abi;
+mod attachment;
 mod bench;
 mod cluster_differential;
 mod common;

@@ -1,0 +1,105 @@
+//! `Datapath::attachment` reads what the kernel runs on an interface (TCX query and the
+//! endpoint map), so `palisade endpoint diff` can tell a detached interface from an
+//! enforced one even when the maps still hold its tables.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::process::Command;
+
+use palisade_datapath::{Datapath, MapSizes};
+use palisade_policy::compiled::EndpointEntry;
+
+use crate::common::*;
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip(8)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A namespace `palisade-att-<pid>` holding a veth pair `a0`/`b0`, deleted on Drop.
+struct Ns(String);
+
+impl Ns {
+    fn new() -> Self {
+        let ns = Ns(format!("palisade-att-{}", std::process::id()));
+        ip(&["netns", "add", &ns.0]);
+        ip(&[
+            "-n", &ns.0, "link", "add", "a0", "type", "veth", "peer", "name", "b0",
+        ]);
+        ns
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+#[test]
+fn attachment_reports_our_programs_first_and_sees_a_detached_or_deleted_interface() {
+    let ns = Ns::new();
+    let root = PinRoot(unique_root());
+    let (name, path) = (ns.0.clone(), root.0.clone());
+    std::thread::spawn(move || {
+        let f = File::open(format!("/var/run/netns/{name}")).expect("netns file");
+        // SAFETY: plain syscall on a valid fd; moves only this thread's network namespace.
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        let mut dp = Datapath::load_or_adopt(&path, MapSizes::default()).unwrap();
+        let mut c = compiled(table(deny(1), &[]), table(allow(2), &[]), &[]);
+        c.endpoints.clear();
+        c.endpoints.insert(
+            "t/pod".into(),
+            EndpointEntry {
+                pod: "t/pod".into(),
+                ips: vec!["10.201.0.1".parse().unwrap()],
+                ingress: 1,
+                egress: 2,
+                generation: 1,
+            },
+        );
+        dp.sync(&c).unwrap();
+        let ifindex = dp.attach("t/pod", "a0").unwrap();
+        let a = dp.attachment(ifindex).unwrap();
+        assert_eq!(a.ifname.as_deref(), Some("a0"));
+        assert!(a.endpoint_entry);
+        assert_eq!(a.hooks.len(), 2);
+        for h in &a.hooks {
+            assert_eq!(h.programs, vec![h.ours], "{}: only ours runs", h.hook);
+        }
+        assert!(a.enforced(), "{a:?}");
+        // The other end never had programs.
+        let other = palisade_datapath::ifindex_of("b0").unwrap();
+        let b = dp.attachment(other).unwrap();
+        assert!(
+            !b.enforced() && b.hooks.iter().all(|h| h.programs.is_empty()),
+            "{b:?}"
+        );
+
+        dp.detach("t/pod").unwrap();
+        let a = dp.attachment(ifindex).unwrap();
+        assert!(!a.enforced(), "detached yet enforced: {a:?}");
+        assert!(!a.endpoint_entry);
+        assert!(a.hooks.iter().all(|h| h.programs.is_empty()), "{a:?}");
+
+        // The maps alone do not make an interface enforced: an endpoint entry
+        // written without programs attached is still reported as not enforced.
+        dp.bind("t/pod", ifindex).unwrap();
+        let a = dp.attachment(ifindex).unwrap();
+        assert!(a.endpoint_entry && !a.enforced(), "{a:?}");
+
+        ip(&["-n", &name, "link", "del", "a0"]);
+        let gone = dp.attachment(ifindex).unwrap();
+        assert_eq!(gone.ifname, None);
+        assert!(!gone.enforced());
+    })
+    .join()
+    .unwrap();
+    drop(root);
+    drop(ns);
+}
