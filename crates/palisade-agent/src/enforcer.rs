@@ -113,7 +113,12 @@ impl EventLimits {
 impl Enforcer for BpfEnforcer {
     fn attach(&mut self, pod: &str, host_ifname: &str) -> anyhow::Result<u32> {
         if self.attached.get(pod).is_some_and(|i| i == host_ifname) {
-            if let Some(ifindex) = self.datapath.binding(pod) {
+            // Unless its links were removed since (drift): then attach again.
+            if let Some(ifindex) = self
+                .datapath
+                .binding(pod)
+                .filter(|i| self.datapath.links_pinned(*i))
+            {
                 return Ok(ifindex);
             }
         }

@@ -12,7 +12,7 @@ use aya::maps::{MapData, MapError, RingBuf};
 use aya::programs::tc::{SchedClassifier, TcAttachType};
 
 use crate::abi;
-use crate::loader::{ifname_of, map_err, prog_err, Datapath, Error, Hook};
+use crate::loader::{ifname_of, link_pin, map_err, prog_err, Datapath, Error, Hook};
 use crate::maps::{self, addr_net, AddrKey};
 
 type Result<T, E = Error> = std::result::Result<T, E>;
@@ -392,6 +392,15 @@ impl Datapath {
             ingress: self.dump_table(v.ingress_table)?,
             egress: self.dump_table(v.egress_table)?,
         })
+    }
+
+    /// Whether both links of interface `ifindex` are pinned: a cheap check (two
+    /// stats) that an attach done earlier was not undone since (an unpinned TCX link
+    /// is detached). [`Datapath::attachment`] asks the kernel itself.
+    pub fn links_pinned(&self, ifindex: u32) -> bool {
+        [Hook::FromPod, Hook::ToPod]
+            .into_iter()
+            .all(|h| link_pin(&self.root, ifindex, h).exists())
     }
 
     /// Which programs the kernel runs on interface `ifindex`, and whether it has an

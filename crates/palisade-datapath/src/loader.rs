@@ -343,7 +343,7 @@ fn set_aside_old_conntrack(maps_dir: &Path) -> Result<Option<OldConntrack>> {
     Ok(old)
 }
 
-fn link_pin(root: &Path, ifindex: u32, hook: Hook) -> PathBuf {
+pub(crate) fn link_pin(root: &Path, ifindex: u32, hook: Hook) -> PathBuf {
     root.join("links")
         .join(format!("{ifindex}-{}", hook.name()))
 }

@@ -138,14 +138,14 @@ fn ipv6_pairs_are_enforced_as_simulated() {
     assert_eq!(m, verdicts(&simulated));
 }
 
-fn write(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
+pub(crate) fn write(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
     p
 }
 
-fn pod_yaml(name: &str, app: &str, ip: &str, ports: &[(u16, &str)]) -> String {
+pub(crate) fn pod_yaml(name: &str, app: &str, ip: &str, ports: &[(u16, &str)]) -> String {
     let mut s = format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: default\n  labels:\n    app: {app}\nspec:\n  containers:\n  - name: c\n    image: x\n"
     );
@@ -161,7 +161,7 @@ fn pod_yaml(name: &str, app: &str, ip: &str, ports: &[(u16, &str)]) -> String {
     s
 }
 
-fn netns_of(lab: &LabGuard, pod: &str) -> palisade_lab::netns::NetNs {
+pub(crate) fn netns_of(lab: &LabGuard, pod: &str) -> palisade_lab::netns::NetNs {
     let st = lab.state();
     let rec = st["pods"]
         .as_array()
@@ -172,7 +172,11 @@ fn netns_of(lab: &LabGuard, pod: &str) -> palisade_lab::netns::NetNs {
     palisade_lab::netns::NetNs::open(rec["netns"].as_str().unwrap())
 }
 
-fn tcp_connects(ns: &palisade_lab::netns::NetNs, to: SocketAddr, timeout: Duration) -> bool {
+pub(crate) fn tcp_connects(
+    ns: &palisade_lab::netns::NetNs,
+    to: SocketAddr,
+    timeout: Duration,
+) -> bool {
     ns.run_in(move || TcpStream::connect_timeout(&to, timeout).is_ok())
         .unwrap()
 }

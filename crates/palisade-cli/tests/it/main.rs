@@ -5,4 +5,5 @@
 mod bounds;
 mod cli;
 mod lab;
+mod registration;
 mod support;
