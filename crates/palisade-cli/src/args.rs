@@ -248,13 +248,16 @@ pub struct AgentArgs {
     pub pod_events_per_sec: u32,
     /// Open API connections at most; beyond it the oldest connection still sending
     /// its request is closed (busy ones never are).
-    #[arg(long, default_value_t = palisade_agent::listener::DEFAULT_MAX_CONNECTIONS)]
+    #[arg(long, default_value_t = palisade_agent::listener::DEFAULT_MAX_CONNECTIONS,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub api_max_connections: usize,
     /// Longest API request line, bytes; a longer one is refused.
-    #[arg(long, default_value_t = palisade_agent::listener::DEFAULT_MAX_REQUEST_BYTES)]
+    #[arg(long, default_value_t = palisade_agent::listener::DEFAULT_MAX_REQUEST_BYTES,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub api_max_request_bytes: usize,
     /// Time a client has to send its whole request line after connecting, ms.
-    #[arg(long, default_value_t = palisade_agent::listener::DEFAULT_REQUEST_TIMEOUT.as_millis() as u64)]
+    #[arg(long, default_value_t = palisade_agent::listener::DEFAULT_REQUEST_TIMEOUT.as_millis() as u64,
+        value_parser = clap::value_parser!(u64).range(1..))]
     pub api_request_timeout_ms: u64,
     /// Capacity of the policy map (prefixes over all tables).
     #[arg(long)]

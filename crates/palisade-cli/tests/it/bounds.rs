@@ -217,6 +217,25 @@ fn idle_connections(socket: &Path, n: usize) -> Vec<UnixStream> {
         .collect()
 }
 
+/// A zero bound would refuse every client (or none could ever finish): refused at
+/// parse time, naming the flag, before anything is loaded.
+#[test]
+fn issue_8_zero_api_bounds_are_usage_errors() {
+    for flag in [
+        "--api-max-connections",
+        "--api-max-request-bytes",
+        "--api-request-timeout-ms",
+    ] {
+        let out = palisade()
+            .args(["agent", "--manifests", "/nonexistent", flag, "0"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{flag} 0 accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(flag), "{flag}: {err}");
+    }
+}
+
 #[test]
 fn issue_8_socket_mode_is_0600_whatever_the_umask() {
     if !agent_can_run() {
