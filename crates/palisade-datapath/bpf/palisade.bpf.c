@@ -17,8 +17,8 @@
  *  6. ICMP errors whose inner header is a tracked flow pass as RELATED;
  *  7. conntrack hit -> ESTABLISHED / REPLY; first re-judged (ct_revalidate)
  *     if the endpoint's table or the policy epoch changed since the flow was
- *     last judged, and cut if now denied (a revoked TCP flow keeps a REVOKED
- *     entry that drops both ways); the RELATED check of 6 does the same;
+ *     last judged, and cut if now denied (a revoked TCP or SCTP flow keeps a
+ *     REVOKED entry that drops both ways); the RELATED check of 6 does the same;
  *  8. policy: identity of the peer (dst for from_pod, src for to_pod): host
  *     map, else LPM; then (table, peer, proto class, dport) through the port
  *     partition hash (the LPM only for overflow partitions), with the
@@ -86,8 +86,9 @@ static __always_inline int ct_creatable(const struct flow *f)
  *  2. same table and same epoch: nothing to do (no write);
  *  3. otherwise: identity + policy lookup. Missing identity or table: drop this
  *     packet (fail closed), keep the entry to try again. Denied: UDP and the
- *     others lose their entry; TCP becomes PALISADE_CT_REVOKED (both ways drop,
- *     so replies cannot restart it as a mid-stream flow of the other side).
+ *     others lose their entry; TCP and SCTP (connections with a handshake)
+ *     become PALISADE_CT_REVOKED (both ways drop, so the other side cannot
+ *     restart it as a mid-stream flow of its own direction).
  *     Allowed: the entry takes the new table, rule, identity and epoch (one
  *     write per entry per epoch) and a REVOKED entry is revived.
  * The epoch is read BEFORE the lookups, so a batch of writes landing while
@@ -127,7 +128,7 @@ static __always_inline __u32 ct_revalidate(const struct endpoint_value *ep,
 	if (pv.action != PALISADE_ACTION_ALLOW) {
 		if (ct->state != PALISADE_CT_REVOKED)
 			stat_inc(PALISADE_STAT_CT_REVOKED);
-		if (k->proto != IPPROTO_TCP) {
+		if (k->proto != IPPROTO_TCP && k->proto != IPPROTO_SCTP) {
 			bpf_map_delete_elem(&palisade_conntrack, k);
 			return PALISADE_REASON_POLICY_DENY;
 		}
@@ -136,7 +137,7 @@ static __always_inline __u32 ct_revalidate(const struct endpoint_value *ep,
 		ct->state = PALISADE_CT_REVOKED;
 	} else if (ct->state == PALISADE_CT_REVOKED) {
 		/* Allowed again: what a mid-stream packet without an entry would get. */
-		ct->state = PALISADE_CT_ESTABLISHED;
+		ct->state = k->proto == IPPROTO_TCP ? PALISADE_CT_ESTABLISHED : PALISADE_CT_OPEN;
 		ct->tcp_fin = 0;
 		ct->last_seen_ns = now;
 	}

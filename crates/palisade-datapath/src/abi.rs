@@ -87,7 +87,7 @@ pub const CT_SYN_SENT: u8 = 1;
 pub const CT_ESTABLISHED: u8 = 2;
 pub const CT_CLOSING: u8 = 3;
 pub const CT_OPEN: u8 = 4;
-/// TCP flow cut by a re-judgement: drops both ways until a new SYN or a later epoch allows it.
+/// TCP or SCTP flow cut by a re-judgement: drops both ways until a new SYN or a later epoch allows it.
 pub const CT_REVOKED: u8 = 5;
 
 /// `enum palisade_ct_timeouts`, seconds.

@@ -170,10 +170,11 @@ enum palisade_ct_state {
 	PALISADE_CT_CLOSING = 3,
 	/* UDP, SCTP, ICMP echo and other protocols. Timeout CT_OTHER_TIMEOUT. */
 	PALISADE_CT_OPEN = 4,
-	/* TCP: revoked (a re-judgement denied it). Every packet of the flow, both
-	 * ways, drops, so the reply side cannot be picked up mid-stream as a new
-	 * flow of the other direction; a new SYN from the origin is judged as a
-	 * new flow, and a later epoch that allows the flow again revives it.
+	/* TCP and SCTP: revoked (a re-judgement denied it). Every packet of the
+	 * flow, both ways, drops, so the reply side cannot be picked up mid-stream
+	 * as a new flow of the other direction; a new TCP SYN from the origin is
+	 * judged as a new flow, and a later epoch that allows the flow again
+	 * revives it (TCP as ESTABLISHED, SCTP as OPEN).
 	 * Timeout CT_REVOKED_TIMEOUT. */
 	PALISADE_CT_REVOKED = 5,
 };

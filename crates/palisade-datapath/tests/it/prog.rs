@@ -1333,5 +1333,18 @@ fn issue_8_identity_change_cuts_an_sctp_association_from_a_fixed_port() {
     t.apply(&remap_peer(6)).unwrap();
     assert!(!t.run(Hook::ToPod, &into), "association cut");
     assert!(!t.run(Hook::ToPod, &into), "and stays cut");
+    assert_eq!(ct_state(&mut t), CT_REVOKED);
+    // Egress allows everything, yet the pod's side of the association cannot
+    // restart it as an egress flow of its own.
+    assert!(
+        !t.run(Hook::FromPod, &back),
+        "pod's side of the cut association"
+    );
     assert_eq!(stat(&t, STAT_CT_REVOKED), 1);
+    assert_eq!(stat(&t, STAT_CT_CREATED), 1);
+    // Allowed again: the association resumes.
+    t.apply(&remap_peer(5)).unwrap();
+    assert!(t.run(Hook::FromPod, &back));
+    assert_eq!(ct_state(&mut t), CT_OPEN);
+    assert!(t.run(Hook::ToPod, &into));
 }
