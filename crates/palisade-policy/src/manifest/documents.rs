@@ -49,9 +49,10 @@ impl std::fmt::Display for ParseError {
 /// Splits and parses `text`. Empty documents (only comments or whitespace, or `null`)
 /// are skipped but still counted, so numbers match what an editor shows between `---`.
 pub(crate) fn split(text: &str) -> Vec<Document> {
-    let trimmed = text.trim_start_matches('\u{feff}').trim_start();
+    let text = text.trim_start_matches('\u{feff}');
+    let trimmed = text.trim_start();
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
-        return split_json(trimmed);
+        return split_json(text);
     }
     let mut docs = Vec::new();
     for (i, (first_line, chunk)) in yaml_chunks(text).into_iter().enumerate() {
@@ -326,26 +327,33 @@ fn yaml_chunks(text: &str) -> Vec<(usize, String)> {
     chunks
 }
 
-/// JSON documents: concatenated values, or one top-level array of objects. JSON carries
-/// no positions through this reader, but duplicate keys are still refused.
+/// JSON documents: concatenated values, or one top-level array of objects. serde_json
+/// reads the values (refusing duplicate keys); each value's text is read again as YAML
+/// (JSON is YAML 1.2 flow syntax) only to learn where its fields are. If that second
+/// reading fails, the document simply has no positions.
 fn split_json(text: &str) -> Vec<Document> {
     let mut docs = Vec::new();
-    let stream = serde_json::Deserializer::from_str(text).into_iter::<JsonValue>();
-    for (i, item) in stream.enumerate() {
+    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<JsonValue>();
+    let mut start = 0;
+    let mut first = true;
+    while let Some(item) = stream.next() {
+        let end = stream.byte_offset();
+        let sites = json_sites(text, start, end);
+        start = end;
         match item {
-            Ok(JsonValue(Value::Array(items))) if i == 0 => {
+            Ok(JsonValue(Value::Array(items))) if first => {
                 for (j, v) in items.into_iter().enumerate() {
                     docs.push(Document {
                         number: j + 1,
                         content: Ok(v),
-                        sites: Sites::default(),
+                        sites: sites.under(&format!("[{j}]")),
                     });
                 }
             }
             Ok(JsonValue(v)) => docs.push(Document {
                 number: docs.len() + 1,
                 content: Ok(v),
-                sites: Sites::default(),
+                sites,
             }),
             Err(e) => {
                 // A JSON stream cannot resynchronise after a syntax error.
@@ -368,8 +376,27 @@ fn split_json(text: &str) -> Vec<Document> {
                 break;
             }
         }
+        first = false;
     }
     docs
+}
+
+/// The positions of the fields of the JSON value in `text[start..end]`, reported as
+/// positions in `text`.
+fn json_sites(text: &str, start: usize, end: usize) -> Sites {
+    let Some(slice) = text.get(start..end) else {
+        return Sites::default();
+    };
+    let before = &text[..start];
+    let line = before.matches('\n').count() + 1;
+    // Pad the first line so that columns match the file.
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count());
+    let padded = format!("{}{}", " ".repeat(column), slice);
+    let mut sites = Sites::default();
+    match parse_yaml(&padded, line, &mut sites) {
+        Ok(_) => sites,
+        Err(_) => Sites::default(),
+    }
 }
 
 /// A JSON value read with duplicate keys refused (`serde_json::Value` keeps the last).

@@ -1308,6 +1308,32 @@ fn issue_8_type_errors_carry_the_field_path_line_and_column() {
 }
 
 #[test]
+fn issue_8_json_errors_carry_line_and_column_too() {
+    let l = load_one(
+        "\n{\"apiVersion\": \"v1\", \"kind\": \"Namespace\", \"metadata\": {\"name\": \"a\"}}\n{\"apiVersion\": \"v1\", \"kind\": \"Pod\",\n \"metadata\": {\"name\": \"p\", \"labels\": {\"version\": 1.10}}}\n{\"apiVersion\": \"v1\", \"kind\": \"Pod\", \"metadata\": {\"name\": \"q\"},\n \"spec\": {\"containrs\": []}}\n",
+    );
+    let got: Vec<String> = l.errors.iter().map(|e| e.to_string()).collect();
+    assert_eq!(
+        got,
+        vec![
+            "t.yaml:4:50: Pod default/p: metadata.labels.version: expected a string, found the number 1.10: quote it (\"1.10\") to keep it a string",
+            "t.yaml:6:11: Pod default/q: spec.containrs: unknown field; did you mean containers?",
+        ]
+    );
+    assert!(l.cluster.namespaces.contains_key("a"));
+    // Items of a top-level array are located too.
+    let l = load_one("[{\"apiVersion\": \"v1\", \"kind\": \"Namespace\", \"metadata\": {\"name\": \"a\"}},\n {\"apiVersion\": \"v1\", \"kind\": \"Namespace\", \"metadata\": {\"name\": \"b\", \"lables\": {}}}]");
+    assert_eq!(l.errors.len(), 1, "{:?}", l.errors);
+    assert_eq!(
+        l.errors[0].position(),
+        Some(Position {
+            line: 2,
+            column: 70
+        })
+    );
+}
+
+#[test]
 fn issue_8_policy_kinds_palisade_does_not_enforce_are_errors() {
     let l = load_one(
         "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: deny-metadata}\nspec:\n  egress: [{action: Deny, destination: {nets: [169.254.169.254/32]}}]\n---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: c, namespace: default}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: ok}\n",
