@@ -584,7 +584,11 @@ impl Datapath {
         Ok(())
     }
 
-    fn replace_link(&mut self, path: &Path, hook: Hook) -> Result<()> {
+    /// Points the pinned link at `path` to this process's program for `hook`. A link
+    /// whose interface was deleted (its pod went away while no agent ran, so nobody
+    /// unpinned it) is severed: the kernel answers `ENOLINK`. Its pin is removed and
+    /// `false` returned, so one vanished pod never stops an agent from starting.
+    fn replace_link(&mut self, path: &Path, hook: Hook) -> Result<bool> {
         let pinned = PinnedLink::from_pin(path).map_err(|e| Error::Pin {
             path: path.into(),
             source: io::Error::other(e),
@@ -595,10 +599,22 @@ impl Datapath {
         })?;
         let name = hook.name();
         let prog = self.classifier(hook)?;
-        let id = prog.attach_to_link(link).map_err(prog_err(name))?;
+        let id = match prog.attach_to_link(link) {
+            Ok(id) => id,
+            Err(ProgramError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOLINK) =>
+            {
+                std::fs::remove_file(path).map_err(|source| Error::Pin {
+                    path: path.into(),
+                    source,
+                })?;
+                return Ok(false);
+            }
+            Err(e) => return Err(prog_err(name)(e)),
+        };
         // The pin keeps the link; dropping our fd does not detach it.
         drop(prog.take_link(id).map_err(prog_err(name))?);
-        Ok(())
+        Ok(true)
     }
 
     /// Binds `pod` to an interface without attaching programs: its endpoint
@@ -631,9 +647,9 @@ impl Datapath {
             (Hook::ToPod, TcAttachType::Egress),
         ] {
             let path = link_pin(&self.root, ifindex, hook);
-            if path.exists() {
-                self.replace_link(&path, hook)?;
-            } else {
+            // A severed pin (its interface was deleted and the index reused) is
+            // removed by replace_link; the interface then gets a fresh link.
+            if !(path.exists() && self.replace_link(&path, hook)?) {
                 fresh.push((hook, at, path));
             }
         }

@@ -103,3 +103,45 @@ fn attachment_reports_our_programs_first_and_sees_a_detached_or_deleted_interfac
     drop(root);
     drop(ns);
 }
+
+/// A pod deleted while the agent was down leaves its links pinned with their interface
+/// gone; the next agent must still load and adopt (issue 8: a lost DEL must not stop
+/// enforcement elsewhere).
+#[test]
+fn adopting_pins_whose_interface_was_deleted_still_loads() {
+    let ns = Ns(format!("palisade-att2-{}", std::process::id()));
+    ip(&["netns", "add", &ns.0]);
+    for (a, b) in [("a0", "a1"), ("b0", "b1")] {
+        ip(&[
+            "-n", &ns.0, "link", "add", a, "type", "veth", "peer", "name", b,
+        ]);
+    }
+    let root = PinRoot(unique_root());
+    let (name, path) = (ns.0.clone(), root.0.clone());
+    std::thread::spawn(move || {
+        let f = File::open(format!("/var/run/netns/{name}")).expect("netns file");
+        // SAFETY: plain syscall on a valid fd; moves only this thread's network namespace.
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        let mut dp = Datapath::load_or_adopt(&path, MapSizes::default()).unwrap();
+        let gone = dp.attach("t/gone", "a0").unwrap();
+        let kept = dp.attach("t/kept", "b0").unwrap();
+        drop(dp);
+        ip(&["-n", &name, "link", "del", "a0"]);
+        let mut dp = Datapath::load_or_adopt(&path, MapSizes::default())
+            .expect("adopting pins of a deleted interface");
+        assert!(dp.adopted());
+        let k = dp.attachment(kept).unwrap();
+        assert!(
+            k.hooks.len() == 2 && k.hooks.iter().all(|h| h.programs == vec![h.ours]),
+            "the other interface runs the new programs: {k:?}"
+        );
+        for hook in ["from_pod", "to_pod"] {
+            let pin = path.join("links").join(format!("{gone}-{hook}"));
+            assert!(!pin.exists(), "severed pin {} left behind", pin.display());
+        }
+    })
+    .join()
+    .unwrap();
+    drop(root);
+    drop(ns);
+}
