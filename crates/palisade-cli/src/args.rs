@@ -28,7 +28,8 @@ pub const EXIT_CODES: &str = "Exit codes (every command):
   2  usage error: bad flags or arguments
   3  invalid input: objects were rejected or there were none (validate: errors, or
      warnings with --strict; simulate and explain give no answer, since it would
-     leave those objects out, unless --ignore-invalid is given)";
+     leave those objects out, unless --ignore-invalid is given; lab up and lab apply
+     change nothing)";
 
 /// Output formats for matrices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

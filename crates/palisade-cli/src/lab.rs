@@ -172,7 +172,7 @@ pub(crate) fn objects(paths: &[PathBuf]) -> anyhow::Result<(Vec<serde_json::Valu
         for e in &loaded.errors {
             let _ = write!(msg, "\n  {e}");
         }
-        bail!(msg);
+        return Err(crate::inputs::InvalidInput(msg).into());
     }
     let mut out = Vec::new();
     for (file, text) in &inputs {
