@@ -70,11 +70,19 @@ pub(crate) fn split(text: &str) -> Vec<Document> {
     docs
 }
 
+/// Deepest nesting of mappings and lists read, in levels. Kubernetes objects nest about
+/// ten levels (a Pod's node affinity is among the deepest); each level costs stack in
+/// the reader, and a 2 MiB thread (tokio's default) must survive the deepest document.
+const MAX_DEPTH: usize = 32;
+
 /// YAML 1.2 reading options: only `true`/`false` are booleans (`y`, `no`, `on` are
 /// strings, as Kubernetes reads them). Repeated keys are passed through so that
 /// [`Converter`] can refuse them knowing the key and whether it is at the top level.
 fn yaml_options() -> serde_saphyr::Options {
     let mut o = serde_saphyr::Options::default();
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_depth = MAX_DEPTH;
+    o.budget = Some(budget);
     o.strict_booleans = true;
     o.with_snippet = false;
     o.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::PassThrough;
@@ -111,9 +119,25 @@ fn yaml_error(e: &serde_saphyr::Error, first_line: usize) -> ParseError {
         serde_saphyr::Error::DuplicateMappingKey { key, .. } => {
             duplicate_key(key.as_deref().unwrap_or_default(), None)
         }
+        serde_saphyr::Error::Budget { breach, .. } => too_large(breach),
         _ => message,
     };
     ParseError { message, at }
+}
+
+/// A breached reader limit in plain words. The limits ([`MAX_DEPTH`] levels of nesting;
+/// the reader's defaults of 250,000 values and 1,000,000 parser events per document and
+/// bounded alias expansion) keep one hostile document from exhausting stack or memory.
+fn too_large(breach: &serde_saphyr::budget::BudgetBreach) -> String {
+    use serde_saphyr::budget::BudgetBreach as B;
+    let what = match breach {
+        B::Depth { .. } => "it nests mappings and lists more than 32 levels deep",
+        B::Nodes { .. } | B::Events { .. } => "it holds too many values for one object",
+        B::Aliases { .. } | B::Anchors { .. } => "it uses too many anchors or aliases",
+        B::ScalarBytes { .. } => "its text values are too large",
+        _ => "it is larger than a Kubernetes object can be",
+    };
+    format!("document not read: {what}")
 }
 
 /// The message for a key written twice in one mapping. At the top level of a document,

@@ -1386,6 +1386,41 @@ fn issue_8_concatenated_documents_and_duplicate_keys_are_plain_errors() {
 }
 
 #[test]
+fn issue_8_a_document_nested_too_deeply_is_refused_in_plain_words() {
+    let mut yaml =
+        String::from("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n  labels:\n");
+    for i in 0..80 {
+        yaml.push_str(&format!("{}k{i}:\n", " ".repeat(4 + 2 * i)));
+    }
+    let l = load_one(&yaml);
+    assert_eq!(l.errors.len(), 1, "{:?}", l.errors);
+    assert_eq!(
+        l.errors[0].message(),
+        "document not read: it nests mappings and lists more than 32 levels deep"
+    );
+    // The deepest document that is read must not exhaust a 2 MiB thread (tokio's
+    // default, where the agent reads manifests).
+    let mut yaml =
+        String::from("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n  annotations:\n");
+    for i in 0..29 {
+        yaml.push_str(&format!("{}k{i}:\n", " ".repeat(4 + 2 * i)));
+    }
+    let l = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || load_one(&yaml))
+        .unwrap()
+        .join()
+        .expect("no stack overflow");
+    assert!(
+        l.errors
+            .iter()
+            .all(|e| !e.message().starts_with("document not read")),
+        "{:?}",
+        l.errors
+    );
+}
+
+#[test]
 fn issue_8_empty_input_is_counted_and_named() {
     let l = load(&[
         (
