@@ -620,9 +620,23 @@ impl Datapath {
     /// Binds `pod` to an interface without attaching programs: its endpoint
     /// entry (if the pod is known) is written now. `attach` calls this; tests
     /// driving `BPF_PROG_TEST_RUN` bind to the loopback's ifindex 1.
+    ///
+    /// A pod bound elsewhere before (a new sandbox) takes its entry with it: the old
+    /// interface, if it still exists, then drops everything (no entry: fail closed)
+    /// instead of running tables that nothing keeps up to date any more.
     pub fn bind(&mut self, pod: &str, ifindex: u32) -> Result<()> {
-        self.state.bindings.insert(pod.to_string(), ifindex);
-        self.plan_and_write(|p| p.write_endpoint_pub(pod))
+        let previous = self
+            .state
+            .bindings
+            .insert(pod.to_string(), ifindex)
+            .filter(|&old| old != ifindex);
+        let orphan = previous.filter(|old| !self.state.bindings.values().any(|i| i == old));
+        self.plan_and_write(|p| {
+            if let Some(old) = orphan {
+                p.del_endpoint_pub(old);
+            }
+            p.write_endpoint_pub(pod)
+        })
     }
 
     /// Sets PALISADE_EP_F_* flags of a pod (rewrites its entry if bound).

@@ -298,6 +298,11 @@ impl<'a> Planner<'a> {
         self.write_endpoint(pod)
     }
 
+    /// [`Planner::del_endpoint`] for the loader.
+    pub fn del_endpoint_pub(&mut self, ifindex: u32) {
+        self.del_endpoint(ifindex)
+    }
+
     fn del_endpoint(&mut self, ifindex: u32) {
         if self.s.endpoints.remove(&ifindex).is_some() {
             self.plan.push(Write::DelEndpoint(ifindex));

@@ -145,3 +145,48 @@ fn adopting_pins_whose_interface_was_deleted_still_loads() {
     drop(root);
     drop(ns);
 }
+
+/// A pod re-registered from a new sandbox moves to a new interface; the old one keeps
+/// no endpoint entry (its programs then drop everything) instead of stale tables.
+#[test]
+fn rebinding_a_pod_to_a_new_interface_leaves_the_old_one_fail_closed() {
+    let ns = Ns(format!("palisade-att3-{}", std::process::id()));
+    ip(&["netns", "add", &ns.0]);
+    for (a, b) in [("a0", "a1"), ("b0", "b1")] {
+        ip(&[
+            "-n", &ns.0, "link", "add", a, "type", "veth", "peer", "name", b,
+        ]);
+    }
+    let root = PinRoot(unique_root());
+    let (name, path) = (ns.0.clone(), root.0.clone());
+    std::thread::spawn(move || {
+        let f = File::open(format!("/var/run/netns/{name}")).expect("netns file");
+        // SAFETY: plain syscall on a valid fd; moves only this thread's network namespace.
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        let mut dp = Datapath::load_or_adopt(&path, MapSizes::default()).unwrap();
+        let mut c = compiled(table(deny(1), &[]), table(allow(2), &[]), &[]);
+        c.endpoints.clear();
+        c.endpoints.insert(
+            "t/pod".into(),
+            EndpointEntry {
+                pod: "t/pod".into(),
+                ips: vec!["10.202.0.1".parse().unwrap()],
+                ingress: 1,
+                egress: 2,
+                generation: 1,
+            },
+        );
+        dp.sync(&c).unwrap();
+        let old = dp.attach("t/pod", "a0").unwrap();
+        assert!(dp.attachment(old).unwrap().endpoint_entry);
+        let new = dp.attach("t/pod", "b0").unwrap();
+        assert!(dp.attachment(new).unwrap().enforced());
+        let o = dp.attachment(old).unwrap();
+        assert!(!o.endpoint_entry, "the old interface kept an entry: {o:?}");
+        assert!(!dp.endpoint_entries().contains_key(&old));
+    })
+    .join()
+    .unwrap();
+    drop(root);
+    drop(ns);
+}
