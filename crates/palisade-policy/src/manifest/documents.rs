@@ -369,14 +369,14 @@ fn split_json(text: &str) -> Vec<Document> {
                 for (j, v) in items.into_iter().enumerate() {
                     docs.push(Document {
                         number: j + 1,
-                        content: Ok(v),
+                        content: shallow(v),
                         sites: sites.under(&format!("[{j}]")),
                     });
                 }
             }
             Ok(JsonValue(v)) => docs.push(Document {
                 number: docs.len() + 1,
-                content: Ok(v),
+                content: shallow(v),
                 sites,
             }),
             Err(e) => {
@@ -403,6 +403,28 @@ fn split_json(text: &str) -> Vec<Document> {
         first = false;
     }
     docs
+}
+
+/// `v`, unless it nests deeper than YAML documents may ([`MAX_DEPTH`]).
+fn shallow(v: Value) -> Result<Value, ParseError> {
+    if depth(&v) > MAX_DEPTH {
+        return Err(ParseError {
+            message: format!(
+                "document not read: it nests objects and arrays more than {MAX_DEPTH} levels deep"
+            ),
+            at: None,
+        });
+    }
+    Ok(v)
+}
+
+/// How many levels of objects and arrays `v` nests (serde_json stops at 128).
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(m) => 1 + m.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
 }
 
 /// The positions of the fields of the JSON value in `text[start..end]`, reported as

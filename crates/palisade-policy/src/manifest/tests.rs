@@ -1398,6 +1398,14 @@ fn issue_8_a_document_nested_too_deeply_is_refused_in_plain_words() {
         l.errors[0].message(),
         "document not read: it nests mappings and lists more than 32 levels deep"
     );
+    let json = format!("{{\"a\": {}1{}}}", "[".repeat(60), "]".repeat(60));
+    let l = load_one(&json);
+    assert_eq!(l.errors.len(), 1, "{:?}", l.errors);
+    assert!(
+        l.errors[0].message().contains("more than 32 levels"),
+        "{}",
+        l.errors[0]
+    );
     // The deepest document that is read must not exhaust a 2 MiB thread (tokio's
     // default, where the agent reads manifests).
     let mut yaml =
