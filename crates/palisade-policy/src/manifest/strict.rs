@@ -299,6 +299,8 @@ fn plain_message(field: &str, message: &str, raw: Option<&str>) -> (String, Stri
     if expected == "a string" {
         if let Some(q) = quote {
             out.push_str(&format!(": quote it ({q:?}) to keep it a string"));
+        } else if found == "null" {
+            out.push_str(": write \"\" for an empty string");
         }
     }
     (field.to_string(), out)
@@ -386,6 +388,15 @@ mod tests {
         assert_eq!(
             m,
             "expected a string, found the number 1.10: quote it (\"1.10\") to keep it a string"
+        );
+        let (_, m) = plain_message(
+            "metadata.labels.app",
+            "invalid type: null, expected a string",
+            None,
+        );
+        assert_eq!(
+            m,
+            "expected a string, found null: write \"\" for an empty string"
         );
         let (f, m) = plain_message("spec.containers[0]", "missing field `name`", None);
         assert_eq!(
