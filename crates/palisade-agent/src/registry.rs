@@ -100,6 +100,20 @@ pub enum RegistryError {
         /// The interface the request named.
         given: String,
     },
+    /// More addresses of one family than an endpoint entry holds: enforcing with some
+    /// of them dropped would misjudge the pod's own traffic as spoofed, and the
+    /// datapath would reject the whole pass.
+    #[error("pod {pod}: {count} IPv{family} addresses; an endpoint holds at most {max}")]
+    TooManyAddresses {
+        /// `namespace/name`.
+        pod: String,
+        /// 4 or 6.
+        family: u8,
+        /// How many were given.
+        count: usize,
+        /// The datapath's limit.
+        max: usize,
+    },
     /// The change was made in memory but could not be saved.
     #[error("saving the interface registry")]
     Save(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -142,6 +156,24 @@ impl Registry {
     pub fn insert(&mut self, iface: Interface) -> Result<(), RegistryError> {
         if iface.container_id.is_empty() {
             return Err(RegistryError::EmptyContainerId { pod: iface.pod });
+        }
+        for (family, max) in [
+            (4, palisade_datapath::abi::MAX_IPS4),
+            (6, palisade_datapath::abi::MAX_IPS6),
+        ] {
+            let count = iface
+                .ips
+                .iter()
+                .filter(|ip| ip.is_ipv4() == (family == 4))
+                .count();
+            if count > max {
+                return Err(RegistryError::TooManyAddresses {
+                    pod: iface.pod,
+                    family,
+                    count,
+                    max,
+                });
+            }
         }
         let same_owner = |o: &Interface| o.pod == iface.pod && o.container_id == iface.container_id;
         if let Some(owner) = self
@@ -363,6 +395,25 @@ mod tests {
         r.insert(iface("default/victim", "vethw", 8, "cv2"))
             .unwrap();
         assert_eq!(r.get("default/victim").unwrap().ifindex, 8);
+    }
+
+    #[test]
+    fn a_registration_with_more_addresses_than_an_endpoint_holds_is_refused() {
+        let mut r = Registry::default();
+        let many = (1..=palisade_datapath::abi::MAX_IPS4 as u8 + 1)
+            .map(|i| IpAddr::from([10, 0, 0, i]))
+            .collect();
+        let err = r
+            .insert(Interface {
+                ips: many,
+                ..iface("default/a", "veth1", 7, "c1")
+            })
+            .unwrap_err();
+        assert!(
+            matches!(err, RegistryError::TooManyAddresses { family: 4, .. }),
+            "{err}"
+        );
+        assert!(r.get("default/a").is_none());
     }
 
     #[test]

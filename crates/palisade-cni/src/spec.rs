@@ -248,22 +248,16 @@ impl CniResult {
     /// veth, then the container interface. When several host-side entries exist we
     /// take the one listed right before the container interface, which is the veth
     /// peer in both plugins' output (a bridge is listed first).
+    ///
+    /// Nothing is guessed: without a sandbox interface named `ifname`, or without a
+    /// host-side interface listed before it, there is no answer (enforcing on the
+    /// wrong interface, a bridge say, would be worse than refusing).
     pub fn host_interface(&self, ifname: &str) -> Option<&Interface> {
-        let host: Vec<(usize, &Interface)> = self
-            .interfaces
+        let (idx, _) = self.container_interface(ifname)?;
+        self.interfaces[..idx]
             .iter()
-            .enumerate()
-            .filter(|(_, i)| !i.in_sandbox())
-            .collect();
-        match self.container_interface(ifname) {
-            Some((idx, _)) => host
-                .iter()
-                .rev()
-                .find(|(i, _)| *i < idx)
-                .or(host.first())
-                .map(|(_, i)| *i),
-            None => host.last().map(|(_, i)| *i),
-        }
+            .rev()
+            .find(|i| !i.in_sandbox())
     }
 
     /// The container's addresses (all of them if no address names an interface).
@@ -416,6 +410,23 @@ mod tests {
             assert_eq!(err.code, code::DECODE_FAILURE);
             assert!(err.msg.contains(field), "{bad}: {}", err.msg);
         }
+    }
+
+    #[test]
+    fn no_host_interface_is_guessed() {
+        // No sandbox interface named eth0: the host-side entries say nothing about it.
+        let r: CniResult = serde_json::from_str(
+            r#"{"interfaces":[{"name":"cni0"},{"name":"vethabc"},{"name":"net1","sandbox":"/p"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.host_interface("eth0"), None);
+        assert_eq!(r.host_interface("net1").unwrap().name, "vethabc");
+        // The container interface listed first: nothing before it is its peer.
+        let r: CniResult = serde_json::from_str(
+            r#"{"interfaces":[{"name":"eth0","sandbox":"/p"},{"name":"vethabc"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.host_interface("eth0"), None);
     }
 
     #[test]
