@@ -447,6 +447,16 @@ impl Reconciler {
         Ok(())
     }
 
+    /// Whether the kernel runs our programs first on the registered interface and has
+    /// its endpoint entry (`None` when that cannot be queried). Recorded generations
+    /// say what was written; this says what the kernel does now.
+    pub fn enforced(&mut self, iface: &Interface) -> Option<bool> {
+        self.enforcer
+            .attachment(iface.ifindex)
+            .ok()
+            .map(|a| a.problems(&iface.host_ifname).is_empty())
+    }
+
     /// The generation in force for a pod, if programmed.
     pub fn in_force(&self, pod: &str) -> Option<u64> {
         self.in_force.get(pod).copied()

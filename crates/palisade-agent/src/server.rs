@@ -341,16 +341,22 @@ fn handle_command(
             });
         }
         Request::Status => {
-            let endpoints: BTreeMap<_, _> = reconciler
+            let registered: Vec<Interface> = reconciler
                 .registry()
                 .interfaces()
                 .values()
+                .cloned()
+                .collect();
+            let endpoints: BTreeMap<_, _> = registered
+                .into_iter()
                 .map(|i| {
+                    let enforced = reconciler.enforced(&i);
                     (
                         i.pod.clone(),
                         serde_json::json!({
                             "interface": i.host_ifname, "ifindex": i.ifindex, "ips": i.ips,
                             "generation_in_force": reconciler.in_force(&i.pod),
+                            "enforced": enforced,
                         }),
                     )
                 })

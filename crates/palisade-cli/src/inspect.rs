@@ -65,10 +65,12 @@ pub fn endpoint_list(socket: &Path) -> anyhow::Result<String> {
                 e["interface"].as_str().unwrap_or(""),
                 e["ifindex"],
                 ips.join(","),
-                e["generation_in_force"]
-                    .as_u64()
-                    .map(|g| format!("gen {g}"))
-                    .unwrap_or_else(|| "NO".into())
+                match (e["generation_in_force"].as_u64(), e["enforced"].as_bool()) {
+                    // Written, but the kernel does not run our programs there now.
+                    (Some(_), Some(false)) => "DETACHED".to_string(),
+                    (Some(g), _) => format!("gen {g}"),
+                    (None, _) => "NO".into(),
+                }
             );
         }
     }

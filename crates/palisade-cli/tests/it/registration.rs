@@ -251,10 +251,14 @@ fn issue_8_endpoint_diff_reports_a_detached_interface_and_the_next_pass_reattach
         );
     }
 
+    // `endpoint list` does not call it in force either.
+    assert_eq!(list_state(&lab, "default/victim"), "DETACHED");
+
     // The next pass attaches again (drift repair) and diff matches again.
     sync(&lab);
     let (same, text) = diff(&lab, "default/victim");
     assert!(same, "after a pass: {text}");
+    assert!(list_state(&lab, "default/victim").starts_with("gen "));
     assert_eq!(any_connects(&lab, victim, 3), 0, "victim closed again");
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -308,6 +312,24 @@ fn issue_8_a_registration_whose_pod_never_appears_expires() {
         "victim still closed"
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The IN FORCE column of `palisade endpoint list` for `pod`.
+fn list_state(lab: &LabGuard, pod: &str) -> String {
+    let out = run(palisade()
+        .args(["endpoint", "list", "--socket"])
+        .arg(lab.socket()));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(pod))
+        .unwrap_or_else(|| panic!("{pod} not listed:\n{text}"));
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    match cols.as_slice() {
+        [.., "gen", g] => format!("gen {g}"),
+        [.., last] => last.to_string(),
+        [] => unreachable!(),
+    }
 }
 
 /// One reconcile pass, now.
