@@ -457,6 +457,29 @@ impl Reconciler {
             .map(|a| a.problems(&iface.host_ifname).is_empty())
     }
 
+    /// CNI CHECK: the registration is this sandbox's (same container id, and the same
+    /// interface when named), its policy is in force, and the kernel runs our programs
+    /// on its interface now. Returns the generation in force. When the attachment
+    /// cannot be queried (kernels without TCX) only the first two are checked.
+    pub fn check(
+        &mut self,
+        pod: &str,
+        container_id: &str,
+        host_ifname: &str,
+    ) -> anyhow::Result<u64> {
+        let iface = self.registry.owned(pod, container_id, host_ifname)?.clone();
+        let generation = self
+            .in_force(pod)
+            .ok_or_else(|| anyhow::anyhow!("policy not in force"))?;
+        if let Ok(a) = self.enforcer.attachment(iface.ifindex) {
+            let problems = a.problems(&iface.host_ifname);
+            if !problems.is_empty() {
+                anyhow::bail!("not enforced: {}", problems.join("; "));
+            }
+        }
+        Ok(generation)
+    }
+
     /// The generation in force for a pod, if programmed.
     pub fn in_force(&self, pod: &str) -> Option<u64> {
         self.in_force.get(pod).copied()

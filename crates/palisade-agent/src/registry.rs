@@ -213,6 +213,20 @@ impl Registry {
         container_id: &str,
         host_ifname: &str,
     ) -> Result<Interface, RegistryError> {
+        self.owned(pod, container_id, host_ifname)?;
+        let removed = self.by_pod.remove(pod).expect("checked above");
+        self.save()?;
+        Ok(removed)
+    }
+
+    /// The registration of `pod` made by sandbox `container_id` (never empty), on
+    /// `host_ifname` when that is not empty; an error naming the mismatch otherwise.
+    pub fn owned(
+        &self,
+        pod: &str,
+        container_id: &str,
+        host_ifname: &str,
+    ) -> Result<&Interface, RegistryError> {
         if container_id.is_empty() {
             return Err(RegistryError::EmptyContainerId { pod: pod.into() });
         }
@@ -234,9 +248,7 @@ impl Registry {
                 given: host_ifname.into(),
             });
         }
-        let removed = self.by_pod.remove(pod).expect("found above");
-        self.save()?;
-        Ok(removed)
+        Ok(iface)
     }
 
     /// Removes a registration the agent itself found dead (expired, or its interface

@@ -313,15 +313,21 @@ fn handle_command(
                 Err(e) => Reply::error(format!("pod {key}: {e:#}")),
             });
         }
-        Request::Check(PodEndpoint { namespace, pod, .. }) => {
+        Request::Check(PodEndpoint {
+            namespace,
+            pod,
+            container_id,
+            host_ifname,
+            ..
+        }) => {
             let key = format!("{namespace}/{pod}");
-            let _ = reply.send(match reconciler.in_force(&key) {
-                Some(generation) => Reply {
+            let _ = reply.send(match reconciler.check(&key, &container_id, &host_ifname) {
+                Ok(generation) => Reply {
                     generation: Some(generation),
                     in_force: Some(true),
                     ..Reply::data(serde_json::Value::Null)
                 },
-                None => Reply::error(format!("pod {key}: policy not in force")),
+                Err(e) => Reply::error(format!("pod {key}: {e:#}")),
             });
         }
         Request::Sync => {

@@ -73,11 +73,48 @@ fn pod_record(lab: &LabGuard, pod: &str) -> (String, String) {
 /// Runs the real `palisade-cni` binary against the lab's agent, as the runtime would
 /// for pod `pod` with sandbox `container`; returns (success, stdout).
 fn cni(lab: &LabGuard, command: &str, pod: &str, container: &str, prev: &Value) -> (bool, String) {
+    cni_in(lab, command, pod, container, prev, None)
+}
+
+/// CNI CHECK of a lab pod as the runtime would run it: in the node namespace, with the
+/// pod's own sandbox id and chain result.
+fn cni_check(lab: &LabGuard, pod: &str) -> (bool, String) {
+    let st = lab.state();
+    let rec = st["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["key"] == format!("default/{pod}"))
+        .unwrap()
+        .clone();
+    let node = palisade_lab::netns::NetNs::open(st["node_netns"].as_str().unwrap());
+    cni_in(
+        lab,
+        "CHECK",
+        pod,
+        rec["attachment"]["container_id"].as_str().unwrap(),
+        &rec["cni_result"],
+        Some(&node),
+    )
+}
+
+fn cni_in(
+    lab: &LabGuard,
+    command: &str,
+    pod: &str,
+    container: &str,
+    prev: &Value,
+    netns: Option<&palisade_lab::netns::NetNs>,
+) -> (bool, String) {
     let conf = json!({
         "cniVersion": "1.0.0", "name": "lab", "type": "palisade-cni",
         "agentSocket": lab.socket(), "timeoutMs": 5000, "prevResult": prev,
     });
-    let mut child = Command::new(cni_dir().join("palisade-cni"))
+    let mut cmd = Command::new(cni_dir().join("palisade-cni"));
+    if let Some(ns) = netns {
+        ns.enter_on_exec(&mut cmd).unwrap();
+    }
+    let mut child = cmd
         .env_clear()
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", container)
@@ -251,14 +288,19 @@ fn issue_8_endpoint_diff_reports_a_detached_interface_and_the_next_pass_reattach
         );
     }
 
-    // `endpoint list` does not call it in force either.
+    // `endpoint list` does not call it in force either, and CNI CHECK fails.
     assert_eq!(list_state(&lab, "default/victim"), "DETACHED");
+    let (ok, out) = cni_check(&lab, "victim");
+    assert!(!ok, "CHECK of a detached pod must fail: {out}");
+    assert!(out.contains("no program attached"), "{out}");
 
     // The next pass attaches again (drift repair) and diff matches again.
     sync(&lab);
     let (same, text) = diff(&lab, "default/victim");
     assert!(same, "after a pass: {text}");
     assert!(list_state(&lab, "default/victim").starts_with("gen "));
+    let (ok, out) = cni_check(&lab, "victim");
+    assert!(ok, "CHECK after the repair: {out}");
     assert_eq!(any_connects(&lab, victim, 3), 0, "victim closed again");
     std::fs::remove_dir_all(&dir).ok();
 }
