@@ -9,7 +9,9 @@
 //! are attached (`in_force`), and the plugin then passes `prevResult` on unchanged. If
 //! the agent does not answer within `timeoutMs`, `failPolicy` decides: `closed`
 //! (default) fails the `ADD` so the pod does not start; `open` lets it start anyway.
-//! `DEL` unregisters and never fails because the agent is away.
+//! `DEL` unregisters and never fails, whatever its input (the rules are on `del` in
+//! [`plugin`]); ADD and CHECK refuse stdin over [`plugin::MAX_STDIN`] and any address in
+//! `prevResult` that does not parse.
 //!
 //! This crate is both the plugin binary (`src/main.rs`, thin) and a library:
 //!
