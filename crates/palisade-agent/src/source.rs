@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use anyhow::Context;
-use palisade_policy::manifest::{self, Loaded};
+use palisade_policy::manifest;
 use palisade_policy::model::Cluster;
 
 /// One consistent view of the desired state.
@@ -52,10 +52,12 @@ struct FileState {
 /// to one file costs one file's parse, not the whole directory's. Files are merged in
 /// path order; an object defined twice takes the later file's version.
 ///
-/// **Last known good, per file.** When a file stops loading cleanly, the objects it
-/// last held cleanly stay in force and the errors are reported: an edit in progress or
-/// a typo never removes policy that is being enforced. A file that was never clean
-/// contributes its valid objects only (the core rejects bad objects one by one).
+/// **Last known good, per object.** When an object of a file is rejected, its version
+/// from the file's last good load stays in force and the errors are reported, while the
+/// file's other objects take their new versions: an edit in progress or a typo never
+/// removes or widens policy that is being enforced. When an error cannot be tied to one
+/// object (a document that does not parse), the whole file's last good version stays.
+/// A file that was never clean contributes its valid objects only.
 #[derive(Debug)]
 pub struct DirectorySource {
     dir: PathBuf,
@@ -135,24 +137,32 @@ fn parse(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("reading {name}")),
     };
-    let Loaded {
-        cluster,
-        errors,
-        warnings,
-        ..
-    } = manifest::load(&[(name.clone(), text)]);
-    let errors: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-    let mut warnings: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
+    let loaded = manifest::load(&[(name.clone(), text)]);
+    let errors: Vec<String> = loaded.errors.iter().map(|e| e.to_string()).collect();
+    let mut warnings: Vec<String> = loaded.warnings.iter().map(|w| w.to_string()).collect();
     let good = if errors.is_empty() {
-        Some(cluster)
+        Some(loaded.cluster)
     } else {
         match previous.and_then(|p| p.good) {
             Some(good) => {
-                warnings.push(format!("{name}: keeping the last version that loaded cleanly until the errors are fixed"));
-                Some(good)
+                let mut cluster = loaded.cluster.clone();
+                match loaded.keep_last_good(&mut cluster, &good) {
+                    // Each rejected object keeps its last good version; the rest is new.
+                    Some(kept) => {
+                        for o in kept {
+                            warnings.push(format!("{name}: {o}: keeping its last version that loaded cleanly until the errors are fixed"));
+                        }
+                        Some(cluster)
+                    }
+                    // An error no object can be blamed for: keep the whole file.
+                    None => {
+                        warnings.push(format!("{name}: keeping the last version that loaded cleanly until the errors are fixed"));
+                        Some(good)
+                    }
+                }
             }
             // Never clean: its valid objects still count.
-            None => Some(cluster),
+            None => Some(loaded.cluster),
         }
     };
     Ok(Some(FileState {
@@ -260,6 +270,42 @@ mod tests {
                 .any(|e| e.contains("spec.ingres: unknown field; did you mean ingress?")),
             "{:?}",
             s.errors
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Issue 8: the agent rejects the bad object alone: the file's other objects take
+    /// their new versions.
+    #[test]
+    fn issue_8_a_bad_object_keeps_its_last_good_version_and_the_others_update() {
+        let dir =
+            std::env::temp_dir().join(format!("palisade-source-alone-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("two.yaml");
+        let other = GOOD.replace("name: p", "name: q");
+        std::fs::write(&f, format!("{GOOD}---\n{other}")).unwrap();
+        let mut src = DirectorySource::new(&dir);
+        src.load().unwrap();
+        // p gets a typo; q gains a second rule.
+        let q2 = other.replace(
+            "    - port: 80\n",
+            "    - port: 80\n  - ports:\n    - port: 443\n",
+        );
+        std::fs::write(
+            &f,
+            format!("{}---\n{q2}", GOOD.replace("ingress:", "ingres:")),
+        )
+        .unwrap();
+        let s = src.load().unwrap();
+        let rules = |k: &str| s.cluster.network_policies[k].ingress.as_ref().map(Vec::len);
+        assert_eq!(rules("default/p"), Some(1), "p keeps its last good version");
+        assert_eq!(rules("default/q"), Some(2), "q takes its new version");
+        assert!(
+            s.warnings
+                .iter()
+                .any(|w| w.contains("NetworkPolicy default/p: keeping its last version")),
+            "{:?}",
+            s.warnings
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

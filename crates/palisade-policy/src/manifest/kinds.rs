@@ -35,6 +35,19 @@ impl Kind {
         )
     }
 
+    /// The kind's name, as objects are named (`Pod default/x`).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::Namespace => "Namespace",
+            Kind::Pod => "Pod",
+            Kind::Node => "Node",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::NetworkPolicy => "NetworkPolicy",
+            Kind::Cluster(k) => k.as_str(),
+        }
+    }
+
     fn is_policy(self) -> bool {
         matches!(self, Kind::NetworkPolicy | Kind::Cluster(_))
     }
@@ -58,7 +71,7 @@ const POLICY_V1ALPHA1: &str = "policy.networking.k8s.io/v1alpha1";
 const POLICY_V1ALPHA2: &str = "policy.networking.k8s.io/v1alpha2";
 
 /// The supported kind named `kind` and the one `apiVersion` it is read at.
-fn supported(kind: &str) -> Option<(&'static str, Kind)> {
+pub(crate) fn supported(kind: &str) -> Option<(&'static str, Kind)> {
     Some(match kind {
         "Namespace" => ("v1", Kind::Namespace),
         "Pod" => ("v1", Kind::Pod),

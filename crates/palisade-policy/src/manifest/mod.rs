@@ -82,9 +82,62 @@ pub struct Loaded {
     /// How many documents (and `List` items) the inputs held, loaded or not: zero means
     /// the input was empty, which callers report rather than answer from.
     pub documents: usize,
+    /// The model objects that were rejected (kind, key), for [`Loaded::keep_last_good`].
+    rejected: Vec<(Kind, String)>,
+    /// Whether some error could not be tied to one object (a document that does not
+    /// parse, or does not name its object).
+    unattributed: bool,
 }
 
 impl Loaded {
+    /// For a reader that holds an earlier version of the same input (the agent, per
+    /// file): puts into `cluster` the `previous` version of each object this load
+    /// rejected, so a bad edit of one object keeps that object's last good version in
+    /// force while every other object takes its new version. Returns the objects kept
+    /// (`Kind key`), or `None` when some error cannot be tied to one object, and the
+    /// caller must keep its whole previous version instead.
+    pub fn keep_last_good(&self, cluster: &mut Cluster, previous: &Cluster) -> Option<Vec<String>> {
+        fn copy<T: Clone>(
+            from: &BTreeMap<String, T>,
+            to: &mut BTreeMap<String, T>,
+            key: &str,
+        ) -> bool {
+            match from.get(key) {
+                Some(o) => {
+                    to.insert(key.to_string(), o.clone());
+                    true
+                }
+                None => false,
+            }
+        }
+        if self.unattributed {
+            return None;
+        }
+        let mut kept = Vec::new();
+        for (kind, key) in &self.rejected {
+            let p = previous;
+            let found = match kind {
+                Kind::Namespace => copy(&p.namespaces, &mut cluster.namespaces, key),
+                Kind::Pod => copy(&p.pods, &mut cluster.pods, key),
+                Kind::Node => copy(&p.nodes, &mut cluster.nodes, key),
+                Kind::Service => copy(&p.services, &mut cluster.services, key),
+                Kind::EndpointSlice => copy(&p.endpoint_slices, &mut cluster.endpoint_slices, key),
+                Kind::NetworkPolicy => {
+                    copy(&p.network_policies, &mut cluster.network_policies, key)
+                }
+                Kind::Cluster(k) => copy(
+                    &p.cluster_policies,
+                    &mut cluster.cluster_policies,
+                    &format!("{}/{key}", k.as_str()),
+                ),
+            };
+            if found {
+                kept.push(format!("{} {key}", kind.name()));
+            }
+        }
+        Some(kept)
+    }
+
     /// [`lint`] of the loaded cluster, each warning naming the file of its object.
     pub fn lint(&self) -> Vec<Warning> {
         let mut out = lint(&self.cluster);
@@ -114,12 +167,15 @@ pub fn load(inputs: &[(String, String)]) -> Loaded {
             loader.out.documents += 1;
             match doc.content {
                 Ok(v) => loader.object(file, doc.number, &doc.sites, "", v),
-                Err(e) => loader.out.errors.push(ManifestError::Syntax {
-                    file: file.clone(),
-                    at: e.at,
-                    document: doc.number,
-                    message: e.message,
-                }),
+                Err(e) => {
+                    loader.out.unattributed = true;
+                    loader.out.errors.push(ManifestError::Syntax {
+                        file: file.clone(),
+                        at: e.at,
+                        document: doc.number,
+                        message: e.message,
+                    })
+                }
             }
         }
     }
@@ -186,6 +242,7 @@ impl Loader {
         document: usize,
         message: impl Into<String>,
     ) {
+        self.out.unattributed = true;
         self.out.errors.push(ManifestError::Document {
             file: file.into(),
             at,
@@ -264,6 +321,21 @@ impl Loader {
         let kind = match kinds::dispatch(api_version, kind_name) {
             Dispatch::Decode(k) => k,
             Dispatch::Unenforced(message) => {
+                // A supported kind at another version replaces that kind's object:
+                // record it, so an earlier version can stay in force.
+                match (kinds::supported(kind_name), &name) {
+                    (Some((_, k)), Some(n)) => {
+                        let key = match (k.namespaced(), &given_ns) {
+                            (true, Some(ns)) if !ns.is_empty() => format!("{ns}/{n}"),
+                            (true, _) => format!("default/{n}"),
+                            (false, _) => n.clone(),
+                        };
+                        self.out.rejected.push((k, key));
+                    }
+                    (Some(_), None) => self.out.unattributed = true,
+                    // Never part of the model: nothing earlier to keep.
+                    (None, _) => {}
+                }
                 self.out.errors.push(ManifestError::Invalid {
                     file: file.into(),
                     at: sites.locate("kind", false),
@@ -345,6 +417,7 @@ impl Loader {
             });
         }
         if parsed.is_none() || !p.errors.is_empty() {
+            self.out.rejected.push((kind, key.clone()));
             for (field, message) in p.errors {
                 let at = sites.locate(&field, message.starts_with("unknown field"));
                 self.out.errors.push(ManifestError::Invalid {

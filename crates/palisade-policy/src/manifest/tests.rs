@@ -1462,3 +1462,51 @@ fn issue_8_lint_warnings_name_their_file() {
         w[0]
     );
 }
+
+#[test]
+fn issue_8_a_rejected_object_can_keep_its_last_good_version_alone() {
+    let two = |a_spec: &str, b_spec: &str| {
+        format!(
+            "{}---\n{}",
+            np_yaml(a_spec).replace("name: web", "name: a"),
+            np_yaml(b_spec).replace("name: web", "name: b")
+        )
+    };
+    let before = load_one(&two(
+        "{podSelector: {}, ingress: [{ports: [{port: 80}]}]}",
+        "{podSelector: {}, ingress: [{ports: [{port: 81}]}]}",
+    ));
+    assert!(before.errors.is_empty(), "{:?}", before.errors);
+    // a changes validly; b gets a typo.
+    let after = load_one(&two(
+        "{podSelector: {}, ingress: [{ports: [{port: 90}]}]}",
+        "{podSelector: {}, ingres: [{ports: [{port: 91}]}]}",
+    ));
+    let mut cluster = after.cluster.clone();
+    let kept = after
+        .keep_last_good(&mut cluster, &before.cluster)
+        .expect("every error names its object");
+    assert_eq!(kept, vec!["NetworkPolicy default/b"]);
+    let port = |name: &str| match &cluster.network_policies[name].ingress.as_ref().unwrap()[0]
+        .ports
+        .as_ref()
+        .unwrap()[0]
+    {
+        PortMatch::Range { port, .. } => *port,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(port("default/a"), 90, "the valid edit is taken");
+    assert_eq!(
+        port("default/b"),
+        81,
+        "the bad edit keeps the last good version"
+    );
+    // A document that does not parse names no object: the caller keeps everything.
+    let broken = load_one(&format!(
+        "{}---\nkey: [broken\n",
+        np_yaml("{podSelector: {}}")
+    ));
+    assert!(broken
+        .keep_last_good(&mut broken.cluster.clone(), &before.cluster)
+        .is_none());
+}
