@@ -138,6 +138,23 @@ impl Enforcer for BpfEnforcer {
             .with_context(|| format!("detaching pod {pod}"))
     }
 
+    fn release_if_gone(&mut self, pod: &str, ifindex: u32) -> anyhow::Result<bool> {
+        if !self
+            .datapath
+            .release_if_severed(ifindex)
+            .with_context(|| format!("checking the links of ifindex {ifindex}"))?
+        {
+            return Ok(false);
+        }
+        self.attached.remove(pod);
+        if self.datapath.binding(pod) == Some(ifindex) {
+            self.datapath
+                .detach(pod)
+                .with_context(|| format!("detaching pod {pod}"))?;
+        }
+        Ok(true)
+    }
+
     fn sync(&mut self, compiled: &Compiled) -> anyhow::Result<()> {
         self.datapath
             .sync(compiled)

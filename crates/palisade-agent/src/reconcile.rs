@@ -10,7 +10,7 @@
 //! A failed pass changes nothing already enforced (the enforcer rejects an update as a
 //! whole) and is retried on the next trigger.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use palisade_policy::compile::{changes_between, Compiler};
@@ -33,6 +33,11 @@ pub trait Enforcer: Send {
     fn ifindex_of(&self, host_ifname: &str) -> Option<u32> {
         palisade_datapath::ifindex_of(host_ifname).ok()
     }
+    /// For a pod whose registered interface this namespace no longer has: if the
+    /// kernel severed its links (the interface was deleted), removes what is left of it
+    /// and returns true; if its links are alive (the interface lives elsewhere, e.g. the
+    /// agent runs in the wrong namespace), changes nothing and returns false.
+    fn release_if_gone(&mut self, pod: &str, ifindex: u32) -> anyhow::Result<bool>;
     /// Makes the kernel match `compiled` for every attached pod. Either the whole
     /// update is applied or nothing already enforced changes.
     fn sync(&mut self, compiled: &Compiled) -> anyhow::Result<()>;
@@ -275,7 +280,7 @@ impl Reconciler {
             self.snapshot.clone()
         };
         stages.load = t.elapsed().as_secs_f64();
-        self.prune_registrations(&snapshot)?;
+        let unreachable = self.prune_registrations(&snapshot)?;
         // The CNI chain is the authority on a pod's addresses: a Pod object may not
         // carry status.podIPs yet when its sandbox is created.
         for iface in self.registry.interfaces().values() {
@@ -306,7 +311,7 @@ impl Reconciler {
         let t = Instant::now();
         let mut ifindexes = BTreeMap::new();
         for iface in self.registry.interfaces().values() {
-            if compiled.endpoints.contains_key(&iface.pod) {
+            if compiled.endpoints.contains_key(&iface.pod) && !unreachable.contains(&iface.pod) {
                 let ifindex = self.enforcer.attach(&iface.pod, &iface.host_ifname)?;
                 ifindexes.insert(iface.pod.clone(), ifindex);
             }
@@ -336,30 +341,18 @@ impl Reconciler {
     /// Drops registrations that cannot be enforced on: their pod never appeared within
     /// the TTL, or their interface is gone (its name missing or now another index).
     /// Without this, one stale registration would make every later pass fail to attach.
-    fn prune_registrations(&mut self, snapshot: &Snapshot) -> anyhow::Result<()> {
+    ///
+    /// Returns the pods whose interface is not here but whose links are alive: they are
+    /// kept, and skipped by this pass's attach.
+    fn prune_registrations(&mut self, snapshot: &Snapshot) -> anyhow::Result<BTreeSet<String>> {
         let pods = &snapshot.cluster.pods;
         self.registry.mark_seen(|p| pods.contains_key(p))?;
-        let mut dead: Vec<(String, String)> = self
+        let dead: Vec<(String, String)> = self
             .registry
             .expired(unix_now(), self.registration_ttl)
             .into_iter()
             .map(|p| (p, "its pod never appeared in the desired state".to_string()))
             .collect();
-        for iface in self.registry.interfaces().values() {
-            match self.enforcer.ifindex_of(&iface.host_ifname) {
-                Some(i) if i == iface.ifindex => {}
-                now => dead.push((
-                    iface.pod.clone(),
-                    match now {
-                        Some(i) => format!(
-                            "interface {} is now ifindex {i}, not {}",
-                            iface.host_ifname, iface.ifindex
-                        ),
-                        None => format!("interface {} is gone", iface.host_ifname),
-                    },
-                )),
-            }
-        }
         for (pod, why) in dead {
             if self.registry.forget(&pod)?.is_some() {
                 tracing::warn!(pod = %pod, reason = %why, "registration dropped");
@@ -367,7 +360,34 @@ impl Reconciler {
                 let _ = self.enforcer.detach(&pod);
             }
         }
-        Ok(())
+        let mut unreachable = BTreeSet::new();
+        let registered: Vec<Interface> = self.registry.interfaces().values().cloned().collect();
+        for iface in registered {
+            let why = match self.enforcer.ifindex_of(&iface.host_ifname) {
+                Some(i) if i == iface.ifindex => continue,
+                Some(i) => format!(
+                    "interface {} is now ifindex {i}, not {}",
+                    iface.host_ifname, iface.ifindex
+                ),
+                None => format!("interface {} is gone", iface.host_ifname),
+            };
+            match self.enforcer.release_if_gone(&iface.pod, iface.ifindex) {
+                Ok(true) => {
+                    self.registry.forget(&iface.pod)?;
+                    self.in_force.remove(&iface.pod);
+                    tracing::warn!(pod = %iface.pod, reason = %why, "registration dropped");
+                }
+                outcome => {
+                    // Not attached this pass (that would fail it, or bind a recycled
+                    // name), and not removed: its programs may be enforcing elsewhere.
+                    tracing::warn!(pod = %iface.pod, reason = %why, error = ?outcome.err(),
+                        "registered interface not in this namespace but its links are alive; is the agent in the right network namespace?");
+                    self.in_force.remove(&iface.pod);
+                    unreachable.insert(iface.pod);
+                }
+            }
+        }
+        Ok(unreachable)
     }
 
     /// Sets how long a registration whose pod never appears in the desired state is

@@ -708,6 +708,21 @@ impl Datapath {
         self.attach(pod, &name)
     }
 
+    /// Whether interface `ifindex`'s links are severed (the kernel deleted the
+    /// interface), removing their pins if so; `true` also when none is pinned. A link
+    /// that is alive is left alone and `false` returned: an interface that this
+    /// namespace cannot see may live in another one (an agent started in the wrong
+    /// namespace must not unpin, which would detach every pod).
+    pub fn release_if_severed(&mut self, ifindex: u32) -> Result<bool> {
+        for hook in [Hook::FromPod, Hook::ToPod] {
+            let path = link_pin(&self.root, ifindex, hook);
+            if path.exists() && self.replace_link(&path, hook)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Detaches the programs from the pod's interface and removes its endpoint
     /// entry (links first, so the interface never runs without its entry).
     pub fn detach(&mut self, pod: &str) -> Result<()> {

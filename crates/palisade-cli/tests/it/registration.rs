@@ -356,6 +356,70 @@ fn issue_8_a_registration_whose_pod_never_appears_expires() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+// A registered interface the agent cannot see may live in another namespace: an agent
+// started in the wrong one must not drop registrations by unpinning live links (that
+// would switch enforcement off for every pod).
+#[test]
+fn an_agent_in_the_wrong_namespace_keeps_every_pod_enforced() {
+    if !privileged() {
+        return;
+    }
+    let dir = tempfile_dir("wrongns");
+    let lab = lab_up(&[three_pods(&dir, 34)], "");
+    let victim: SocketAddr = "10.244.34.10:80".parse().unwrap();
+    assert_eq!(any_connects(&lab, victim, 3), 0, "victim must be closed");
+    let pid = lab.state()["agent"]["pid"].as_i64().expect("agent pid") as i32;
+    // SAFETY: kill(2) on the agent this test's lab started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let state = PathBuf::from(format!("/run/palisade-lab/{}", lab.name));
+    let socket = dir.join("wrong.sock");
+    // The same state and pins, but this process's (root) network namespace.
+    let mut wrong = palisade()
+        .arg("agent")
+        .arg("--manifests")
+        .arg(state.join("manifests"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(state.join("agent"))
+        .arg("--pin-root")
+        .arg(format!("/sys/fs/bpf/palisade-lab-{}", lab.name))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("agent");
+    // Its first pass is done once it answers.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Ok(mut s) = UnixStream::connect(&socket) {
+            writeln!(s, "{}", json!({"op": "status"})).unwrap();
+            let mut line = String::new();
+            BufReader::new(&s).read_line(&mut line).unwrap();
+            break serde_json::from_str::<Value>(&line).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the misplaced agent never answered"
+        );
+        std::thread::yield_now();
+    };
+    sync_at(&socket);
+    let kept = status["data"]["endpoints"].get("default/victim").is_some();
+    let open = any_connects(&lab, victim, 5);
+    wrong.kill().unwrap();
+    wrong.wait().unwrap();
+    assert!(kept, "the victim's registration was dropped: {status}");
+    assert_eq!(
+        open, 0,
+        "denied traffic got through while the agent was misplaced"
+    );
+    // Back in the right namespace, everything converges.
+    run(&mut lab.cmd(&["start-agent"]));
+    let (same, text) = diff(&lab, "default/victim");
+    assert!(same, "{text}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// The IN FORCE column of `palisade endpoint list` for `pod`.
 fn list_state(lab: &LabGuard, pod: &str) -> String {
     let out = run(palisade()
@@ -376,7 +440,11 @@ fn list_state(lab: &LabGuard, pod: &str) -> String {
 
 /// One reconcile pass, now.
 fn sync(lab: &LabGuard) {
-    let r = agent(&lab.socket(), &json!({"op": "sync"}));
+    sync_at(&lab.socket());
+}
+
+fn sync_at(socket: &Path) {
+    let r = agent(socket, &json!({"op": "sync"}));
     assert_eq!(r["ok"], true, "sync: {r}");
 }
 

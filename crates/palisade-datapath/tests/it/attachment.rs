@@ -190,3 +190,72 @@ fn rebinding_a_pod_to_a_new_interface_leaves_the_old_one_fail_closed() {
     drop(root);
     drop(ns);
 }
+
+/// An agent that cannot see an interface (another namespace) must not unpin its live
+/// links; only links the kernel severed (interface deleted) are released.
+#[test]
+fn only_severed_links_are_released_never_live_ones_seen_from_another_namespace() {
+    let ns = Ns(format!("palisade-att4-{}", std::process::id()));
+    let other = Ns(format!("palisade-att5-{}", std::process::id()));
+    ip(&["netns", "add", &ns.0]);
+    ip(&["netns", "add", &other.0]);
+    ip(&[
+        "-n", &ns.0, "link", "add", "a0", "type", "veth", "peer", "name", "a1",
+    ]);
+    let root = PinRoot(unique_root());
+    let enter = |name: &str| {
+        let f = File::open(format!("/var/run/netns/{name}")).expect("netns file");
+        // SAFETY: plain syscall on a valid fd; moves only this thread's network namespace.
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+    };
+    let (name, path) = (ns.0.clone(), root.0.clone());
+    let ifindex = std::thread::scope(|s| {
+        s.spawn(|| {
+            enter(&name);
+            let mut dp = Datapath::load_or_adopt(&path, MapSizes::default()).unwrap();
+            dp.attach("t/pod", "a0").unwrap()
+        })
+        .join()
+        .unwrap()
+    });
+    let (other_name, path2) = (other.0.clone(), root.0.clone());
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            enter(&other_name);
+            let mut dp = Datapath::load_or_adopt(&path2, MapSizes::default()).unwrap();
+            assert!(
+                !dp.release_if_severed(ifindex).unwrap(),
+                "a live link seen from another namespace must be kept"
+            );
+        })
+        .join()
+        .unwrap()
+    });
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            enter(&name);
+            let mut dp = Datapath::load_or_adopt(&path, MapSizes::default()).unwrap();
+            let a = dp.attachment(ifindex).unwrap();
+            assert!(
+                a.hooks.iter().all(|h| h.programs == vec![h.ours]),
+                "still attached: {a:?}"
+            );
+            ip(&["-n", &name, "link", "del", "a0"]);
+            assert!(
+                dp.release_if_severed(ifindex).unwrap(),
+                "severed links are released"
+            );
+            for hook in ["from_pod", "to_pod"] {
+                assert!(!path
+                    .join("links")
+                    .join(format!("{ifindex}-{hook}"))
+                    .exists());
+            }
+        })
+        .join()
+        .unwrap()
+    });
+    drop(root);
+    drop(other);
+    drop(ns);
+}
