@@ -58,6 +58,12 @@ fn seen_by_default() -> bool {
 /// request names something the agent will not accept until the other owner is gone.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    /// The pod is not `namespace/name` with both parts non-empty.
+    #[error("pod {pod:?}: the namespace and the name must both be non-empty")]
+    BadPodName {
+        /// What was given.
+        pod: String,
+    },
     /// The request carries no container id, so it cannot prove which sandbox it is.
     #[error("pod {pod}: the container id is empty")]
     EmptyContainerId {
@@ -154,6 +160,13 @@ impl Registry {
     /// saves. Refused when the container id is empty or when another registration
     /// holds the same interface index (rule 1 of the module doc).
     pub fn insert(&mut self, iface: Interface) -> Result<(), RegistryError> {
+        if !iface
+            .pod
+            .split_once('/')
+            .is_some_and(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/'))
+        {
+            return Err(RegistryError::BadPodName { pod: iface.pod });
+        }
         if iface.container_id.is_empty() {
             return Err(RegistryError::EmptyContainerId { pod: iface.pod });
         }
@@ -365,6 +378,12 @@ mod tests {
             r.insert(iface("default/a", "veth1", 7, "")),
             Err(RegistryError::EmptyContainerId { .. })
         ));
+        for bad in ["/a", "default/", "a", "a/b/c"] {
+            assert!(matches!(
+                r.insert(iface(bad, "veth1", 7, "c1")),
+                Err(RegistryError::BadPodName { .. })
+            ));
+        }
         r.insert(iface("default/a", "veth1", 7, "c1")).unwrap();
         assert!(matches!(
             r.remove("default/a", "", ""),

@@ -289,6 +289,13 @@ impl CniResult {
                     c.address
                 )));
             }
+            let broadcast = matches!(ip, IpAddr::V4(a) if a.is_broadcast());
+            if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || broadcast {
+                return Err(bad(format!(
+                    "address {:?} is not a unicast address a pod can have",
+                    c.address
+                )));
+            }
             if let Some(i) = c.interface.filter(|i| *i >= self.interfaces.len()) {
                 return Err(bad(format!(
                     "interface {i} is not an index into interfaces (which has {})",
@@ -399,6 +406,9 @@ mod tests {
             (r#"{"address":"10.244.0.6","interface":1}"#, "ips[1]"),
             (r#"{"address":"10.244.0.6/33","interface":1}"#, "ips[1]"),
             (r#"{"address":"10.244.0.6/24","interface":7}"#, "ips[1]"),
+            (r#"{"address":"0.0.0.0/0","interface":1}"#, "ips[1]"),
+            (r#"{"address":"ff02::1/64","interface":1}"#, "ips[1]"),
+            (r#"{"address":"127.0.0.1/8","interface":1}"#, "ips[1]"),
         ] {
             let text = PTP_RESULT.replace(
                 r#"{"address": "fd00:10:244::5/64", "gateway": "fd00:10:244::1", "interface": 1}"#,
