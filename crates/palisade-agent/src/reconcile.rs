@@ -213,6 +213,11 @@ pub struct Reconciler {
     last_stages: Stages,
     /// How long a registration whose pod never appears is kept.
     registration_ttl: std::time::Duration,
+    /// Interfaces of sandboxes replaced by a newer one of the same pod: their links
+    /// stay (the interface drops everything, having no entry) until the kernel severs
+    /// them with the interface; each pass then releases their pins. In memory only: a
+    /// restart releases severed pins when it adopts them.
+    retired: BTreeMap<u32, String>,
 }
 
 impl Reconciler {
@@ -231,6 +236,7 @@ impl Reconciler {
             last_error: None,
             last_stages: Stages::default(),
             registration_ttl: DEFAULT_REGISTRATION_TTL,
+            retired: BTreeMap::new(),
         }
     }
 
@@ -360,6 +366,12 @@ impl Reconciler {
                 let _ = self.enforcer.detach(&pod);
             }
         }
+        let retired = std::mem::take(&mut self.retired);
+        for (ifindex, pod) in retired {
+            if !matches!(self.enforcer.release_if_gone(&pod, ifindex), Ok(true)) {
+                self.retired.insert(ifindex, pod);
+            }
+        }
         let mut unreachable = BTreeSet::new();
         let registered: Vec<Interface> = self.registry.interfaces().values().cloned().collect();
         for iface in registered {
@@ -426,7 +438,17 @@ impl Reconciler {
             seen: self.knows_pod(&iface.pod),
             ..iface
         };
-        Ok(self.registry.insert(iface)?)
+        let replaced = self
+            .registry
+            .get(&iface.pod)
+            .map(|old| old.ifindex)
+            .filter(|&old| old != iface.ifindex);
+        let pod = iface.pod.clone();
+        self.registry.insert(iface)?;
+        if let Some(old) = replaced {
+            self.retired.insert(old, pod);
+        }
+        Ok(())
     }
 
     /// The fast path of a CNI registration: when the pod is already compiled with these

@@ -420,6 +420,78 @@ fn an_agent_in_the_wrong_namespace_keeps_every_pod_enforced() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+// A new sandbox of the same pod on a new interface: the old interface keeps no entry
+// (it drops everything instead of running tables nobody updates), and its pins are
+// released once the kernel deletes it.
+#[test]
+fn a_new_sandbox_of_a_pod_leaves_the_old_interface_closed_and_releases_it_when_deleted() {
+    if !privileged() {
+        return;
+    }
+    let dir = tempfile_dir("resandbox");
+    let lab = lab_up(&[three_pods(&dir, 35)], "");
+    let victim: SocketAddr = "10.244.35.10:80".parse().unwrap();
+    let control: SocketAddr = "10.244.35.11:80".parse().unwrap();
+    let (old_if, _) = pod_record(&lab, "default/victim");
+    let node = lab.state()["node_netns"].as_str().unwrap().to_string();
+    let new_if = format!("nv{}", lab.name);
+    let out = Command::new("ip")
+        .args([
+            "-n", &node, "link", "add", &new_if, "type", "veth", "peer", "name",
+        ])
+        .arg(format!("np{}", lab.name))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let old_ifindex = {
+        let out = run(palisade()
+            .args(["endpoint", "get", "default/victim", "--json", "--socket"])
+            .arg(lab.socket()));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["ifindex"].as_u64().unwrap()
+    };
+    let victim_ns = netns_of(&lab, "default/victim");
+    let victim_out = || tcp_connects(&victim_ns, control, Duration::from_millis(300));
+    assert!(victim_out(), "the victim's egress is allowed by policy");
+    let r = agent(
+        &lab.socket(),
+        &endpoint("register", "victim", "sandbox-2", &new_if, "10.244.35.10"),
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    let (same, text) = diff(&lab, "default/victim");
+    assert!(same, "the new interface is enforced: {text}");
+    // The old interface (still wired to the victim's namespace) now drops everything,
+    // its allowed egress too: it is not enforced by stale tables.
+    assert_eq!(any_connects(&lab, victim, 3), 0);
+    assert!(
+        !victim_out(),
+        "the old interface still runs the pod's tables"
+    );
+    assert_eq!(any_connects(&lab, control, 1), 1, "the prober works");
+    let links = PathBuf::from(format!("/sys/fs/bpf/palisade-lab-{}/links", lab.name));
+    let pinned = || links.join(format!("{old_ifindex}-from_pod")).exists();
+    assert!(
+        pinned(),
+        "the old interface keeps its programs while it exists"
+    );
+    let out = Command::new("ip")
+        .args(["-n", &node, "link", "del", &old_if])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sync(&lab);
+    assert!(!pinned(), "the deleted interface's pins were not released");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// The IN FORCE column of `palisade endpoint list` for `pod`.
 fn list_state(lab: &LabGuard, pod: &str) -> String {
     let out = run(palisade()
