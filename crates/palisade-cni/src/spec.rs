@@ -138,6 +138,16 @@ impl Env {
             }
         };
         let real = command != Command::Version;
+        let raw_args = get("CNI_ARGS").unwrap_or_default();
+        if matches!(command, Command::Add | Command::Check) {
+            check_args(&raw_args).map_err(|why| {
+                CniError::new(
+                    code::INVALID_ENV,
+                    format!("CNI_ARGS: {why}"),
+                    "CNI_ARGS is KEY=VALUE pairs separated by ';'",
+                )
+            })?;
+        }
         let env = Env {
             command,
             container_id: need("CNI_CONTAINERID", real)?,
@@ -146,7 +156,7 @@ impl Env {
                 matches!(command, Command::Add | Command::Check),
             )?,
             ifname: need("CNI_IFNAME", real)?,
-            args: parse_args(&get("CNI_ARGS").unwrap_or_default()),
+            args: parse_args(&raw_args),
             path: get("CNI_PATH")
                 .unwrap_or_default()
                 .split(':')
@@ -158,8 +168,25 @@ impl Env {
     }
 }
 
+/// Checks `CNI_ARGS` strictly (ADD and CHECK): every `;`-separated item is
+/// `KEY=VALUE` with a non-empty key, and no key is given twice (which value would
+/// name the pod?). Empty items (a trailing `;`) are allowed.
+pub fn check_args(s: &str) -> Result<(), String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for item in s.split(';').filter(|i| !i.trim().is_empty()) {
+        let Some((k, _)) = item.split_once('=').filter(|(k, _)| !k.trim().is_empty()) else {
+            return Err(format!("{item:?} is not KEY=VALUE"));
+        };
+        if !seen.insert(k.trim()) {
+            return Err(format!("{} is given twice", k.trim()));
+        }
+    }
+    Ok(())
+}
+
 /// Parses `CNI_ARGS` (`K8S_POD_NAMESPACE=x;K8S_POD_NAME=a;IgnoreUnknown=1`).
-/// Pairs without `=` are ignored.
+/// Lenient, for DEL, which must complete: pairs without `=` are ignored and a
+/// repeated key keeps its last value. ADD and CHECK refuse both ([`check_args`]).
 pub fn parse_args(s: &str) -> BTreeMap<String, String> {
     s.split(';')
         .filter_map(|kv| kv.split_once('='))
@@ -499,5 +526,32 @@ mod tests {
         assert_eq!(del.args["K8S_POD_NAMESPACE"], "x");
         let version = Env::from_lookup(|k| (k == "CNI_COMMAND").then(|| "VERSION".into())).unwrap();
         assert_eq!(version.command, Command::Version);
+    }
+
+    #[test]
+    fn add_refuses_malformed_or_ambiguous_cni_args_and_del_reads_them_anyway() {
+        for (args, why) in [
+            ("K8S_POD_NAMESPACE=x;K8S_POD_NAME", "is not KEY=VALUE"),
+            ("=x;K8S_POD_NAME=a", "is not KEY=VALUE"),
+            ("K8S_POD_NAME=a;K8S_POD_NAME=b", "given twice"),
+        ] {
+            let env = |cmd: &'static str| {
+                move |k: &str| -> Option<String> {
+                    match k {
+                        "CNI_COMMAND" => Some(cmd.into()),
+                        "CNI_CONTAINERID" => Some("c1".into()),
+                        "CNI_IFNAME" => Some("eth0".into()),
+                        "CNI_NETNS" => Some("/run/netns/p".into()),
+                        "CNI_ARGS" => Some(args.into()),
+                        _ => None,
+                    }
+                }
+            };
+            let err = Env::from_lookup(env("ADD")).unwrap_err();
+            assert_eq!(err.code, code::INVALID_ENV);
+            assert!(err.msg.contains(why), "{args}: {}", err.msg);
+            assert!(Env::from_lookup(env("DEL")).is_ok(), "{args}");
+        }
+        assert!(check_args("IgnoreUnknown=1;K8S_POD_NAME=a;").is_ok());
     }
 }
