@@ -85,8 +85,11 @@ pub fn endpoint_list(socket: &Path) -> anyhow::Result<String> {
     Ok(out)
 }
 
-fn rows(v: &serde_json::Value) -> Vec<TableRow> {
-    serde_json::from_value(v.clone()).unwrap_or_default()
+/// Table rows from the agent's reply. A missing or malformed list is an error, never
+/// an empty table: two empty tables would "match".
+fn rows(v: &serde_json::Value, what: &str) -> anyhow::Result<Vec<TableRow>> {
+    serde_json::from_value(v.clone())
+        .map_err(|e| anyhow::anyhow!("the agent's reply has no readable {what} rows: {e}"))
 }
 
 fn proto_name(p: u8) -> &'static str {
@@ -174,7 +177,7 @@ pub fn endpoint_get(socket: &Path, pod: &str, json: bool) -> anyhow::Result<Stri
             "{dir} (table {}):",
             v["desired"][format!("{dir}_table")]
         );
-        render_rows(&mut out, &v, &rows(&v["desired"][dir]));
+        render_rows(&mut out, &v, &rows(&v["desired"][dir], "desired")?);
     }
     let kernel = match diff(&v) {
         Ok(d) if d.is_empty() => "matches the desired state".to_string(),
@@ -241,8 +244,8 @@ fn diff(v: &serde_json::Value) -> anyhow::Result<Diff> {
     }
     let mut out = Vec::new();
     for dir in ["ingress", "egress"] {
-        let want: BTreeSet<TableRow> = rows(&v["desired"][dir]).into_iter().collect();
-        let have: BTreeSet<TableRow> = rows(&v["kernel"][dir]).into_iter().collect();
+        let want: BTreeSet<TableRow> = rows(&v["desired"][dir], "desired")?.into_iter().collect();
+        let have: BTreeSet<TableRow> = rows(&v["kernel"][dir], "kernel")?.into_iter().collect();
         out.extend(
             have.difference(&want)
                 .map(|r| (dir.to_string(), '+', r.clone())),
@@ -308,4 +311,47 @@ pub fn flows(
         println!("{line}");
         true
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(kernel_rows: serde_json::Value, programs: &[u32]) -> serde_json::Value {
+        let row = serde_json::json!({"peer":0,"proto":6,"port_lo":0,"port_hi":65535,"action":"deny","rule":1});
+        serde_json::json!({
+            "interface": "veth1",
+            "desired": {"ingress": [row], "egress": []},
+            "kernel": {"ingress": kernel_rows, "egress": []},
+            "attachment": {"interface": "veth1", "endpoint_entry": true, "hooks": [
+                {"hook": "from_pod", "programs": programs, "ours": 5},
+                {"hook": "to_pod", "programs": [6], "ours": 6}
+            ]},
+        })
+    }
+
+    #[test]
+    fn diff_matches_only_when_our_programs_run_and_the_rows_agree() {
+        let row = serde_json::json!([{"peer":0,"proto":6,"port_lo":0,"port_hi":65535,"action":"deny","rule":1}]);
+        assert!(diff(&reply(row.clone(), &[5])).unwrap().is_empty());
+        let detached = diff(&reply(row.clone(), &[])).unwrap();
+        assert_eq!(detached.attachment.len(), 1, "{:?}", detached.attachment);
+        assert!(detached.rows.is_empty(), "the maps alone still agree");
+        let missing = diff(&reply(serde_json::json!([]), &[5])).unwrap();
+        assert_eq!(missing.rows.len(), 1);
+        assert_eq!(missing.rows[0].1, '-');
+    }
+
+    #[test]
+    fn a_reply_without_readable_rows_or_attachment_is_an_error_not_a_match() {
+        let row = serde_json::json!([{"peer":0,"proto":6,"port_lo":0,"port_hi":65535,"action":"deny","rule":1}]);
+        let mut v = reply(row, &[5]);
+        v["kernel"]["ingress"] = serde_json::json!("garbage");
+        assert!(diff(&v).is_err());
+        v["kernel"]["ingress"] = serde_json::Value::Null;
+        assert!(diff(&v).is_err());
+        let mut v = reply(serde_json::json!([]), &[5]);
+        v.as_object_mut().unwrap().remove("attachment");
+        assert!(diff(&v).is_err());
+    }
 }
