@@ -141,7 +141,8 @@ pub struct Warning {
     pub file: Option<String>,
     /// Where in the file, when known.
     pub at: Option<Position>,
-    /// `Kind namespace/name`, `Kind name`, or `document N` for unidentified documents.
+    /// `Kind namespace/name`, `Kind name`, `document N` for unidentified documents, or
+    /// `""` when the warning is about the whole file.
     pub object: String,
     /// Field path, or `""` when the warning is about the whole object.
     pub field: String,
@@ -154,11 +155,17 @@ impl fmt::Display for Warning {
         if let Some(file) = &self.file {
             write!(f, "{file}{}: ", At(&self.at))?;
         }
-        f.write_str(&self.object)?;
-        if !self.field.is_empty() {
-            write!(f, ": {}", self.field)?;
+        let mut parts = [self.object.as_str(), self.field.as_str()]
+            .into_iter()
+            .filter(|s| !s.is_empty());
+        if let Some(first) = parts.next() {
+            f.write_str(first)?;
+            for p in parts {
+                write!(f, ": {p}")?;
+            }
+            f.write_str(": ")?;
         }
-        write!(f, ": {}", self.message)
+        f.write_str(&self.message)
     }
 }
 

@@ -158,9 +158,9 @@ pub fn load(inputs: &[(String, String)]) -> Loaded {
             loader.out.warnings.push(Warning {
                 file: Some(file.clone()),
                 at: None,
-                object: "file".into(),
+                object: String::new(),
                 field: String::new(),
-                message: "holds no Kubernetes object (it is empty or only comments)".into(),
+                message: "no Kubernetes object in this file (it is empty or only comments)".into(),
             });
         }
         for doc in docs {
