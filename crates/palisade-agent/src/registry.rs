@@ -10,8 +10,9 @@
 //! 2. Only the owner removes it: `unregister` must name the same pod and the same
 //!    non-empty container id, and, when it names an interface, the same interface.
 //! 3. A registration whose pod has never been in the desired state expires after a TTL
-//!    ([`DEFAULT_REGISTRATION_TTL`]); one whose pod has been seen never expires (its
-//!    interface stays fail-closed until the CNI DEL comes).
+//!    ([`DEFAULT_REGISTRATION_TTL`]); one whose pod has been seen never expires (if the
+//!    pod leaves the desired state its interface stays fail-closed until the CNI DEL
+//!    comes or the kernel deletes the interface, see `Reconciler::prune_registrations`).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
