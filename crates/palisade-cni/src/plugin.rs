@@ -67,6 +67,16 @@ pub fn run(env: &Env, stdin: &[u8], log: &mut dyn Write) -> Result<String, CniEr
             e.to_string(),
         )
     })?;
+    if let Some((typo, meant)) = serde_json::from_slice::<serde_json::Map<String, Value>>(stdin)
+        .ok()
+        .and_then(|m| near_miss(m.keys()))
+    {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!("unknown field {typo:?} in the network configuration; did you mean {meant:?}?"),
+            "a misspelt palisade-cni option would silently fall back to its default",
+        ));
+    }
     if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
         return Err(CniError::new(
             code::INCOMPATIBLE_VERSION,
@@ -182,6 +192,43 @@ fn del(env: &Env, stdin: &[u8], log: &mut dyn Write) -> String {
         }
     }
     String::new()
+}
+
+/// This plugin's own options: a key that is almost one of them is a typo.
+const OWN_KEYS: [&str; 3] = ["agentSocket", "timeoutMs", "failPolicy"];
+
+/// The first key that is not one of [`OWN_KEYS`] but is within two edits of one (or
+/// equal ignoring case), with the key it probably meant. Other unknown keys are left
+/// alone: the runtime adds its own (`runtimeConfig`, `capabilities`, `args`, ...).
+fn near_miss<'a>(keys: impl Iterator<Item = &'a String>) -> Option<(String, &'static str)> {
+    for key in keys {
+        if OWN_KEYS.contains(&key.as_str()) {
+            continue;
+        }
+        if let Some(meant) = OWN_KEYS
+            .iter()
+            .find(|own| own.eq_ignore_ascii_case(key) || edit_distance(own, key) <= 2)
+        {
+            return Some((key.clone(), meant));
+        }
+    }
+    None
+}
+
+/// Levenshtein distance over chars (keys are short).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 /// The `VERSION` answer.
@@ -323,4 +370,40 @@ fn chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_misspelt_option_is_named_with_the_one_meant_and_runtime_keys_pass() {
+        let keys = |ks: &[&str]| ks.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+        for (typo, meant) in [
+            ("failPolcy", "failPolicy"),
+            ("FailPolicy", "failPolicy"),
+            ("timeout_ms", "timeoutMs"),
+            ("agentSockt", "agentSocket"),
+        ] {
+            let k = keys(&["cniVersion", typo]);
+            assert_eq!(
+                near_miss(k.iter()),
+                Some((typo.to_string(), meant)),
+                "{typo}"
+            );
+        }
+        let fine = keys(&[
+            "cniVersion",
+            "name",
+            "type",
+            "prevResult",
+            "runtimeConfig",
+            "capabilities",
+            "args",
+            "agentSocket",
+            "timeoutMs",
+            "failPolicy",
+        ]);
+        assert_eq!(near_miss(fine.iter()), None);
+    }
 }
