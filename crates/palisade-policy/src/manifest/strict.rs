@@ -20,43 +20,98 @@ use serde_json::Value;
 use super::error::Problems;
 use super::location::{join, Segment, Sites};
 
-/// Decodes `v` as `T`. Every unknown field and the first type error go to `p` with
-/// their field paths; `None` when `T` could not be built.
+/// Most type errors reported for one object: each costs one more decoding attempt.
+const MAX_TYPE_ERRORS: usize = 16;
+
+/// Decodes `v` as `T`. Every unknown field and every type error go to `p` with their
+/// field paths; `None` when `T` could not be built. After a type error the offending
+/// value is taken out (a mapping entry removed, a list item made null) and decoding is
+/// tried again, so one pass reports the object's problems together, up to
+/// [`MAX_TYPE_ERRORS`]; a value that cannot be taken out ends the search.
 pub(crate) fn decode<T: DeserializeOwned>(v: &Value, sites: &Sites, p: &mut Problems) -> Option<T> {
-    let mut unknown = Vec::new();
-    let result: Result<T, _> = {
-        let mut record = |path: serde_ignored::Path<'_>| unknown.push(ignored_segments(&path));
-        let de = serde_ignored::Deserializer::new(v, &mut record);
-        serde_path_to_error::deserialize(de)
-    };
-    for segs in unknown {
-        let Some((Segment::Key(name), parent)) = segs.split_last() else {
-            continue;
+    let mut value = std::borrow::Cow::Borrowed(v);
+    let mut removed: Vec<Vec<Segment>> = Vec::new();
+    let mut seen_unknown: Vec<Vec<Segment>> = Vec::new();
+    for _ in 0..MAX_TYPE_ERRORS {
+        let mut unknown = Vec::new();
+        let result: Result<T, _> = {
+            let mut record = |path: serde_ignored::Path<'_>| unknown.push(ignored_segments(&path));
+            let de = serde_ignored::Deserializer::new(value.as_ref(), &mut record);
+            serde_path_to_error::deserialize(de)
         };
-        let message = match suggest(name, known_fields::<T>(parent)) {
-            Some(s) => format!("unknown field; did you mean {s}?"),
-            None => "unknown field".to_string(),
-        };
-        p.error(join(&segs), message);
-    }
-    match result {
-        Ok(t) => Some(t),
-        Err(e) => {
-            let segs: Vec<Segment> = e
-                .path()
-                .iter()
-                .filter_map(|s| match s {
-                    serde_path_to_error::Segment::Seq { index } => Some(Segment::Index(*index)),
-                    serde_path_to_error::Segment::Map { key } => Some(Segment::Key(key.clone())),
-                    _ => None,
-                })
-                .collect();
-            let field = join(&segs);
-            let raw = sites.exact(&field).and_then(|s| s.raw.as_deref());
-            let (field, message) = plain_message(&field, &e.into_inner().to_string(), raw);
-            p.error(field, message);
-            None
+        for segs in unknown {
+            if seen_unknown.contains(&segs) {
+                continue;
+            }
+            let Some((Segment::Key(name), parent)) = segs.split_last() else {
+                continue;
+            };
+            let message = match suggest(name, known_fields::<T>(parent)) {
+                Some(s) => format!("unknown field; did you mean {s}?"),
+                None => "unknown field".to_string(),
+            };
+            p.error(join(&segs), message);
+            seen_unknown.push(segs);
         }
+        let e = match result {
+            Ok(t) => return removed.is_empty().then_some(t),
+            Err(e) => e,
+        };
+        let segs: Vec<Segment> = e
+            .path()
+            .iter()
+            .filter_map(|s| match s {
+                serde_path_to_error::Segment::Seq { index } => Some(Segment::Index(*index)),
+                serde_path_to_error::Segment::Map { key } => Some(Segment::Key(key.clone())),
+                _ => None,
+            })
+            .collect();
+        let path = join(&segs);
+        let raw = sites.exact(&path).and_then(|s| s.raw.as_deref());
+        let (field, message) = plain_message(&path, &e.into_inner().to_string(), raw);
+        // A field we took out, now missing, or the same value again: stop.
+        if removed.iter().any(|r| join(r) == field) || removed.contains(&segs) {
+            return None;
+        }
+        p.error(field, message);
+        let mut owned = value.into_owned();
+        if segs.is_empty() || !take_out(&mut owned, &segs) {
+            return None;
+        }
+        removed.push(segs);
+        value = std::borrow::Cow::Owned(owned);
+    }
+    None
+}
+
+/// Removes the value at `path` (a mapping entry) or nulls it (a list item, so later
+/// indices keep their meaning). False when there is nothing there.
+fn take_out(v: &mut Value, path: &[Segment]) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut cur = v;
+    for s in parents {
+        let next = match s {
+            Segment::Key(k) => cur.get_mut(k.as_str()),
+            Segment::Index(i) => cur.get_mut(*i),
+        };
+        match next {
+            Some(n) => cur = n,
+            None => return false,
+        }
+    }
+    match last {
+        Segment::Key(k) => cur
+            .as_object_mut()
+            .is_some_and(|m| m.remove(k.as_str()).is_some()),
+        Segment::Index(i) => match cur.get_mut(*i) {
+            Some(item) => {
+                *item = Value::Null;
+                true
+            }
+            None => false,
+        },
     }
 }
 

@@ -1274,6 +1274,25 @@ fn issue_8_a_number_or_boolean_in_a_string_field_is_an_error_that_says_to_quote_
 }
 
 #[test]
+fn issue_8_every_wrong_type_and_unknown_field_of_an_object_is_reported_at_once() {
+    let l = load_one(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  labels: {a: 1, b: ok, c: true}\nspec:\n  containers:\n  - {name: c, image: x, ports: [{containerPort: http}]}\n  nodeNmae: n1\n",
+    );
+    assert_eq!(
+        error_fields(&l),
+        vec![
+            "metadata.labels.a",
+            "metadata.labels.c",
+            "spec.containers[0].ports[0].containerPort",
+            "spec.nodeNmae",
+        ],
+        "{:?}",
+        l.errors
+    );
+    assert!(l.cluster.pods.is_empty());
+}
+
+#[test]
 fn issue_8_a_namespace_of_the_wrong_type_is_not_taken_as_default() {
     let l = load_one("apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: 7}\n");
     assert_eq!(l.errors.len(), 1, "{:?}", l.errors);
