@@ -36,6 +36,10 @@ pub fn read_stdin(r: impl std::io::Read) -> Result<Vec<u8>, CniError> {
     Ok(buf)
 }
 
+/// The longest `timeoutMs` accepted, in milliseconds (10 minutes): container runtimes
+/// give up on a sandbox far sooner (the kubelet's runtime request timeout is 2 minutes).
+pub const MAX_TIMEOUT_MS: u64 = 600_000;
+
 /// `CNI_ARGS` key carrying the pod's namespace (set by the kubelet and by the lab).
 pub const ARG_POD_NAMESPACE: &str = "K8S_POD_NAMESPACE";
 /// `CNI_ARGS` key carrying the pod's name.
@@ -85,7 +89,15 @@ pub fn run(env: &Env, stdin: &[u8], log: &mut dyn Write) -> Result<String, CniEr
         ));
     }
     let socket = PathBuf::from(conf.agent_socket.as_deref().unwrap_or(DEFAULT_AGENT_SOCKET));
-    let timeout = Duration::from_millis(conf.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS));
+    let timeout_ms = conf.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+    if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!("timeoutMs {timeout_ms} is outside 1..={MAX_TIMEOUT_MS}"),
+            "0 would fail every ADD; past 10 minutes the runtime has given up long before",
+        ));
+    }
+    let timeout = Duration::from_millis(timeout_ms);
     let policy = conf.fail_policy.unwrap_or_default();
     match env.command {
         Command::Add => {
@@ -375,6 +387,25 @@ fn chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeout_ms_out_of_range_is_a_config_error() {
+        let env = Env::from_lookup(|k| match k {
+            "CNI_COMMAND" => Some("ADD".into()),
+            "CNI_CONTAINERID" => Some("c1".into()),
+            "CNI_IFNAME" => Some("eth0".into()),
+            "CNI_NETNS" => Some("/run/netns/p".into()),
+            "CNI_ARGS" => Some("K8S_POD_NAMESPACE=x;K8S_POD_NAME=a".into()),
+            _ => None,
+        })
+        .unwrap();
+        for t in [0, MAX_TIMEOUT_MS + 1] {
+            let conf = format!(r#"{{"cniVersion":"1.0.0","timeoutMs":{t},"prevResult":{{}}}}"#);
+            let err = run(&env, conf.as_bytes(), &mut Vec::new()).unwrap_err();
+            assert_eq!(err.code, code::INVALID_CONFIG, "{t}: {}", err.msg);
+            assert!(err.msg.contains("timeoutMs"), "{}", err.msg);
+        }
+    }
 
     #[test]
     fn a_misspelt_option_is_named_with_the_one_meant_and_runtime_keys_pass() {
