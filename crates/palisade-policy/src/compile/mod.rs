@@ -27,11 +27,38 @@ mod tables;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod transition_tests;
 
-use crate::compiled::{Compiled, Delta};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use crate::compiled::{Compiled, Delta, IdentityId, RuleId, TableId};
 use crate::model::{Cluster, ClusterPolicy, Namespace, NetworkPolicy, Node, Pod};
 
+use identity::FxMap;
 use state::{diff, IdHints, Revisions, State, Txn};
+
+mod merge;
+pub use merge::merge;
+
+/// The ids a datapath already holds when a compiler takes over from a previous run
+/// (an agent restart adopting pinned maps). A new compiler must not give any of these
+/// numbers a different meaning while the kernel still uses them: see
+/// [`Compiler::adopting`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InUse {
+    /// Highest identity id present (address values, policy keys), 0 if none.
+    pub max_identity: IdentityId,
+    /// Highest table id present (policy keys, endpoint values), 0 if none.
+    pub max_table: TableId,
+    /// Highest rule id present (policy values), 0 if none.
+    pub max_rule: RuleId,
+    /// Every address entry: prefix (host prefixes included) → identity.
+    pub addresses: BTreeMap<IpNet, IdentityId>,
+}
 
 /// Compiles a whole cluster. Deterministic: equal clusters give equal output.
 pub fn compile(cluster: &Cluster) -> Compiled {
@@ -99,6 +126,65 @@ impl Compiler {
     /// Compiles `cluster` and keeps it for incremental changes.
     pub fn new(cluster: Cluster) -> Self {
         let state = State::build(&cluster, &Revisions::new(), IdHints::default());
+        Compiler {
+            cluster,
+            revisions: Revisions::new(),
+            next_revision: 1,
+            state,
+        }
+    }
+
+    /// Compiles `cluster` to replace what a previous run left in a datapath, so that
+    /// switching the kernel from that state to this one never mixes two meanings of one
+    /// number:
+    ///
+    /// - every table and rule id is fresh, above anything in use (endpoints then switch
+    ///   from old tables to new ones with one write each, as for any policy change);
+    /// - an identity keeps the id the kernel gives its addresses when the kernel maps
+    ///   exactly the same set of addresses to that id (the common case: nothing
+    ///   changed while the agent was away); otherwise it gets a fresh id, above
+    ///   anything in use. So a table entry for an identity never means something else
+    ///   during the switch, and an address keeps its identity unless its class really
+    ///   changed.
+    ///
+    /// Costs two whole compiles.
+    pub fn adopting(cluster: Cluster, in_use: &InUse) -> Self {
+        let floor = (
+            in_use.max_identity.saturating_add(1),
+            in_use.max_table.saturating_add(1),
+            in_use.max_rule.saturating_add(1),
+        );
+        let first = State::build(
+            &cluster,
+            &Revisions::new(),
+            IdHints::above(floor.0, floor.1, floor.2, FxMap::default()),
+        );
+        let sets = |addresses: &BTreeMap<IpNet, IdentityId>| {
+            let mut out: BTreeMap<IdentityId, BTreeSet<IpNet>> = BTreeMap::new();
+            for (net, id) in addresses {
+                out.entry(*id).or_default().insert(*net);
+            }
+            out
+        };
+        let (new_sets, kernel_sets) = (sets(&first.compiled.addresses), sets(&in_use.addresses));
+        let mut keep: FxMap<Arc<_>, IdentityId> = FxMap::default();
+        for (key, id) in first.identity_keys() {
+            let Some(set) = new_sets.get(&id) else {
+                continue;
+            };
+            let first_net = set.iter().next().expect("sets are never empty");
+            let Some(&old) = in_use.addresses.get(first_net) else {
+                continue;
+            };
+            if kernel_sets.get(&old) == Some(set) {
+                keep.insert(key.clone(), old);
+            }
+        }
+        let state = State::build(
+            &cluster,
+            &Revisions::new(),
+            IdHints::above(floor.0, floor.1, floor.2, keep),
+        );
         Compiler {
             cluster,
             revisions: Revisions::new(),
@@ -271,6 +357,38 @@ impl Compiler {
         self.next_revision += 1;
     }
 
+    /// Replaces the whole cluster and recompiles it (a full pass), keeping the ids of
+    /// every identity, table and rule whose key is unchanged and allocating fresh ones
+    /// above every id this compiler ever gave out. Policies whose content changed get a
+    /// new revision first, so a table of a changed policy is never rewritten in place
+    /// under an id the kernel still uses. The caller then syncs the datapath to
+    /// [`Compiler::compiled`] (a sync plans against the kernel's own state, so this is
+    /// also the way back after a failed pass).
+    pub fn rebuild(&mut self, cluster: Cluster) {
+        let changed_np: Vec<String> = keys_changed(
+            &self.cluster.network_policies,
+            &cluster.network_policies,
+        );
+        let changed_cp: Vec<String> = keys_changed(
+            &self.cluster.cluster_policies,
+            &cluster.cluster_policies,
+        );
+        for k in changed_np {
+            self.bump(format!("np:{k}"));
+        }
+        for k in changed_cp {
+            self.bump(format!("cp:{k}"));
+        }
+        self.cluster = cluster;
+        let hints = self.state.take_hints();
+        self.state = State::build(&self.cluster, &self.revisions, hints);
+    }
+
+    /// The next fresh ids this compiler would give out: `(identity, table, rule)`.
+    pub fn next_ids(&self) -> (IdentityId, TableId, RuleId) {
+        self.state.next_ids()
+    }
+
     /// Recompiles the whole cluster and returns the difference from the current state,
     /// reusing the ids of every identity, table and rule whose key is unchanged. Every
     /// change method already keeps the state exact; this drops what they leave behind
@@ -283,4 +401,15 @@ impl Compiler {
         self.state = next;
         delta
     }
+}
+
+/// Keys present in either map whose value differs (added, removed or changed).
+fn keys_changed<V: PartialEq>(old: &BTreeMap<String, V>, new: &BTreeMap<String, V>) -> Vec<String> {
+    let mut out: Vec<String> = new
+        .iter()
+        .filter(|(k, v)| old.get(*k) != Some(*v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    out.extend(old.keys().filter(|k| !new.contains_key(*k)).cloned());
+    out
 }

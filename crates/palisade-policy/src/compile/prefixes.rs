@@ -68,9 +68,14 @@ pub(crate) fn cluster_policy_prefixes(cp: &ClusterPolicy) -> Vec<IpNet> {
 
 /// The policy prefix set, with the prefix lengths present per family so that a most
 /// specific match costs one hash-free map probe per distinct length.
+///
+/// Each prefix counts the policy mentions that brought it, so that deleting the last
+/// policy mentioning a CIDR retires it at once (its network identity and address entry
+/// leave the maps with that change, not at the next full pass).
 #[derive(Debug, Clone)]
 pub(crate) struct PrefixSet {
-    prefixes: BTreeMap<IpNet, ()>,
+    /// Prefix → number of mentions (the default routes hold one permanent mention).
+    prefixes: BTreeMap<IpNet, usize>,
     /// Distinct prefix lengths present, IPv4, with their counts.
     lens_v4: BTreeMap<u8, usize>,
     /// Distinct prefix lengths present, IPv6, with their counts.
@@ -90,10 +95,12 @@ impl PrefixSet {
         s
     }
 
-    /// Adds a (normalized) prefix; returns whether it was new.
+    /// Adds one mention of a prefix; returns whether the prefix was new.
     pub(crate) fn insert(&mut self, p: IpNet) -> bool {
         let p = p.trunc();
-        if self.prefixes.insert(p, ()).is_some() {
+        let n = self.prefixes.entry(p).or_default();
+        *n += 1;
+        if *n > 1 {
             return false;
         }
         let lens = match p {
@@ -101,6 +108,31 @@ impl PrefixSet {
             IpNet::V6(_) => &mut self.lens_v6,
         };
         *lens.entry(p.prefix_len()).or_default() += 1;
+        true
+    }
+
+    /// Drops one mention of a prefix; returns whether that was its last one (the
+    /// prefix has left the set). Unknown prefixes are ignored.
+    pub(crate) fn release(&mut self, p: IpNet) -> bool {
+        let p = p.trunc();
+        let Some(n) = self.prefixes.get_mut(&p) else {
+            return false;
+        };
+        *n -= 1;
+        if *n > 0 {
+            return false;
+        }
+        self.prefixes.remove(&p);
+        let lens = match p {
+            IpNet::V4(_) => &mut self.lens_v4,
+            IpNet::V6(_) => &mut self.lens_v6,
+        };
+        if let Some(c) = lens.get_mut(&p.prefix_len()) {
+            *c -= 1;
+            if *c == 0 {
+                lens.remove(&p.prefix_len());
+            }
+        }
         true
     }
 

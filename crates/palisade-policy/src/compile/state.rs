@@ -57,6 +57,26 @@ pub(crate) struct IdHints {
     next_rule: RuleId,
 }
 
+impl IdHints {
+    /// Hints for a state taking over ids in use elsewhere (the kernel, after a restart):
+    /// every fresh id is at least the given floor, and each identity key listed keeps
+    /// its id.
+    pub(crate) fn above(
+        next_identity: IdentityId,
+        next_table: TableId,
+        next_rule: RuleId,
+        identities: FxMap<Arc<IdentityKey>, IdentityId>,
+    ) -> Self {
+        IdHints {
+            identities,
+            next_identity,
+            next_table,
+            next_rule,
+            ..IdHints::default()
+        }
+    }
+}
+
 /// Ops of one change, bucketed so that [`Txn::into_delta`] emits them in safe order.
 #[derive(Debug, Default)]
 pub(crate) struct Txn {
@@ -218,6 +238,16 @@ impl State {
             named_port_tables: FxMap::default(),
             endpoints: FxMap::default(),
         }
+    }
+
+    /// Every live identity key with its id.
+    pub(crate) fn identity_keys(&self) -> impl Iterator<Item = (&Arc<IdentityKey>, IdentityId)> {
+        self.identity_ids.iter().map(|(k, id)| (k, *id))
+    }
+
+    /// The next fresh ids (identity, table, rule).
+    pub(crate) fn next_ids(&self) -> (IdentityId, TableId, RuleId) {
+        (self.next_identity, self.next_table, self.next_rule)
     }
 
     /// Moves this state's ids out as hints for the next [`State::build`]. The state must

@@ -132,7 +132,7 @@ fn probe_ports(c: &Cluster) -> Vec<u16> {
 
 /// Compares the compiled form with the oracle on every probe flow; returns the first
 /// mismatch.
-fn compare_with_oracle(c: &Cluster, compiled: &Compiled) -> Result<(), String> {
+pub(super) fn compare_with_oracle(c: &Cluster, compiled: &Compiled) -> Result<(), String> {
     compiled.check()?;
     let addrs = probe_addresses(c);
     let ports = probe_ports(c);
@@ -962,7 +962,7 @@ fn arb_pod(i: usize) -> impl Strategy<Value = Pod> {
         })
 }
 
-fn arb_cluster() -> impl Strategy<Value = Cluster> {
+pub(super) fn arb_cluster() -> impl Strategy<Value = Cluster> {
     let nss = proptest::collection::vec((any::<bool>(), arb_labels()), 3);
     let pods = (0..6usize).map(arb_pod).collect::<Vec<_>>();
     let nodes = proptest::collection::vec((any::<bool>(), prop::sample::select(&VALUES[..])), 2);
@@ -1020,7 +1020,7 @@ fn arb_cluster() -> impl Strategy<Value = Cluster> {
 /// Applies one op to `state`, checking that it is safe: nothing is pointed at before it
 /// exists, tables in use change only for peers no address maps to, and the snapshot
 /// satisfies its invariants afterwards.
-fn apply_checked(state: &mut Compiled, op: &Op) -> Result<(), String> {
+pub(super) fn apply_checked(state: &mut Compiled, op: &Op) -> Result<(), String> {
     let mapped = |s: &Compiled, id| s.addresses.values().any(|v| *v == id);
     match op {
         Op::PutTable(id, _) if state.tables.contains_key(id) => {

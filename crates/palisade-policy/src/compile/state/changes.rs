@@ -127,9 +127,8 @@ impl State {
     /// (absent: removed), its revision already bumped to `revision`. Cost: the pods of
     /// its namespace, plus one pass over the identities for each matcher it introduces.
     ///
-    /// New prefixes are introduced (network identity, re-keyed addresses under them).
-    /// Prefixes the old version alone used stay in the set: an extra prefix only splits
-    /// identities more finely, never changes a verdict ([`State::build`] drops them).
+    /// New prefixes are introduced (network identity, re-keyed addresses under them);
+    /// prefixes only the old version mentioned are retired in the same delta.
     pub(crate) fn network_policy_changed(
         &mut self,
         cluster: &Cluster,
@@ -176,6 +175,8 @@ impl State {
                 }
             }
         }
+        let gone = self.release_prefixes(old.map(network_policy_prefixes));
+        self.retire_prefixes(cluster, gone, txn);
     }
 
     /// Cluster policy `key` changed from `old` to `cluster.cluster_policies[key]`
@@ -224,6 +225,42 @@ impl State {
                     self.release_rule(r.rule, txn);
                 }
             }
+        }
+        let gone = self.release_prefixes(old.map(cluster_policy_prefixes));
+        self.retire_prefixes(cluster, gone, txn);
+    }
+
+    /// Drops the mentions of an old policy version's prefixes (after the new version
+    /// added its own, so shared prefixes never leave); returns those that left the set.
+    fn release_prefixes(&mut self, prefixes: Option<Vec<IpNet>>) -> Vec<IpNet> {
+        let mut out: Vec<IpNet> = prefixes
+            .into_iter()
+            .flatten()
+            .filter(|p| self.prefixes.release(*p))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Prefixes `gone` left the set: their network identities and address entries go,
+    /// and every pod or node address under one is re-keyed to its next most specific
+    /// prefix. The address entries are replaced before the identities' table entries
+    /// are removed (the delta's order), so no lookup ever misses.
+    fn retire_prefixes(&mut self, cluster: &Cluster, gone: Vec<IpNet>, txn: &mut Txn) {
+        let mut rekey = BTreeSet::new();
+        for q in gone {
+            let Some(id) = self.network_ids.remove(&q) else {
+                continue;
+            };
+            let owned = q == host_net(q.addr()) && self.host_ids.contains_key(&q.addr());
+            if !owned {
+                txn.push(Op::RemoveAddress(q));
+            }
+            self.release_identity(id, txn);
+            rekey.extend(self.hosts.range(q.network()..=q.broadcast()).copied());
+        }
+        for ip in rekey {
+            self.set_host(ip, cluster, txn);
         }
     }
 
