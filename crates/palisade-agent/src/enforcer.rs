@@ -167,6 +167,10 @@ impl Enforcer for BpfEnforcer {
             .context("applying a change to the datapath")
     }
 
+    fn in_use(&mut self) -> palisade_policy::compile::InUse {
+        self.datapath.in_use()
+    }
+
     fn endpoint_state(&mut self, ifindex: u32) -> anyhow::Result<KernelEndpoint> {
         let d = self
             .datapath

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use palisade_policy::compile::{changes_between, Compiler};
+use palisade_policy::compile::{changes_between, merge, Compiler, InUse};
 use palisade_policy::compiled::{Compiled, Delta};
 
 use crate::registry::{unix_now, Interface, Registry, DEFAULT_REGISTRATION_TTL};
@@ -44,6 +44,9 @@ pub trait Enforcer: Send {
     /// Applies one ordered delta. Either the whole delta is applied or nothing
     /// already enforced changes.
     fn apply(&mut self, delta: &Delta) -> anyhow::Result<()>;
+    /// The ids the kernel holds (possibly from a previous run), so a new compiler
+    /// never gives one of them another meaning.
+    fn in_use(&mut self) -> InUse;
     /// The kernel's state for one endpoint, decoded back into policy terms.
     fn endpoint_state(&mut self, ifindex: u32) -> anyhow::Result<KernelEndpoint>;
     /// Which programs the kernel runs on interface `ifindex`, read from the kernel.
@@ -199,8 +202,11 @@ pub struct Reconciler {
     registry: Registry,
     snapshot: Snapshot,
     /// The incremental compiler holding the compiled state in the kernel; `None` until
-    /// the first pass and after a failed one (the next pass rebuilds and resyncs).
+    /// the first pass, which adopts the ids the kernel holds.
     compiler: Option<Compiler>,
+    /// Set by a failed pass: the compiler may be ahead of the kernel, so the next pass
+    /// rebuilds (keeping every id's meaning) and syncs against the kernel's own state.
+    needs_full: bool,
     /// Pod → the pass number whose desired state is in the kernel for it.
     in_force: BTreeMap<String, u64>,
     /// Monotonic count of successful passes.
@@ -229,6 +235,7 @@ impl Reconciler {
             registry,
             snapshot: Snapshot::default(),
             compiler: None,
+            needs_full: false,
             in_force: BTreeMap::new(),
             passes: 0,
             generation: 0,
@@ -253,9 +260,10 @@ impl Reconciler {
             Err(e) => {
                 self.last_error = Some(format!("{e:#}"));
                 // The compiler may be ahead of the kernel now: the next pass rebuilds
-                // from scratch and resyncs (the datapath rejected the update whole, so
-                // what is enforced is still the previous state).
-                self.compiler = None;
+                // and syncs against what the kernel really holds (the datapath rejected
+                // the update whole, or reloaded its mirror after a write error). The
+                // compiler is kept so that every id keeps its meaning.
+                self.needs_full = true;
             }
         }
         let (endpoints, stages) = result?;
@@ -297,18 +305,28 @@ impl Reconciler {
             }
         }
         let t = Instant::now();
-        // Incremental unless asked for a full pass or there is no compiler yet: each
-        // changed object becomes a Delta that touches only what it affects.
-        let mut deltas = Vec::new();
+        // Incremental unless asked for a full pass (or after a failed one): each
+        // changed object becomes a Delta that touches only what it affects, and the
+        // pass's deltas are merged into one update (one capacity check, one safe order).
+        // A full pass keeps the number of everything unchanged; the first pass of a run
+        // takes over the kernel's numbers (see `Compiler::adopting`).
+        let mut delta = Delta::default();
         let rebuild = match self.compiler.as_mut() {
-            Some(compiler) if !full => {
-                for change in changes_between(compiler.cluster(), &snapshot.cluster) {
-                    deltas.push(compiler.apply(change));
-                }
+            Some(compiler) if !full && !self.needs_full => {
+                let deltas: Vec<Delta> = changes_between(compiler.cluster(), &snapshot.cluster)
+                    .into_iter()
+                    .map(|change| compiler.apply(change))
+                    .collect();
+                delta = merge(deltas);
                 false
             }
-            _ => {
-                self.compiler = Some(Compiler::new(snapshot.cluster.clone()));
+            Some(compiler) => {
+                compiler.rebuild(snapshot.cluster.clone());
+                true
+            }
+            None => {
+                let in_use = self.enforcer.in_use();
+                self.compiler = Some(Compiler::adopting(snapshot.cluster.clone(), &in_use));
                 true
             }
         };
@@ -326,11 +344,10 @@ impl Reconciler {
         let t = Instant::now();
         if rebuild {
             self.enforcer.sync(compiled)?;
-        } else {
-            for delta in &deltas {
-                self.enforcer.apply(delta)?;
-            }
+        } else if !delta.ops.is_empty() {
+            self.enforcer.apply(&delta)?;
         }
+        self.needs_full = false;
         stages.sync = t.elapsed().as_secs_f64();
         // Generation = the number of this pass: "the desired state as read by pass N is
         // in the kernel for this pod". Monotonic across the agent's lifetime.
@@ -459,7 +476,8 @@ impl Reconciler {
         // Whether the source changed since is not checked (a stat of every manifest):
         // the generation reported is the one really in the kernel, and the next pass
         // (at most `server::SOURCE_POLL` away) applies anything newer, as for any change.
-        if self.passes == 0 {
+        // After a failed pass the compiled state may be ahead of the kernel.
+        if self.passes == 0 || self.needs_full {
             return Ok(None);
         }
         let Some(entry) = self.compiled().endpoints.get(&iface.pod) else {

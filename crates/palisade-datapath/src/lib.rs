@@ -91,6 +91,7 @@ mod inspect;
 mod loader;
 pub mod maps;
 pub mod packet;
+mod staging;
 mod state;
 
 pub use bench::{bench_datapath, BenchOptions, BenchPoint, BenchReport};

@@ -769,10 +769,100 @@ impl Datapath {
         self.plan_and_write(|p| p.sync(compiled))
     }
 
+    /// The ids the kernel holds (from the mirror, which adoption reads back from the
+    /// maps), for a compiler taking over: see `palisade_policy::compile::Compiler::adopting`.
+    pub fn in_use(&self) -> palisade_policy::compile::InUse {
+        let mut u = palisade_policy::compile::InUse::default();
+        for (k, v) in &self.state.policy {
+            u.max_table = u.max_table.max(k.0);
+            u.max_identity = u.max_identity.max(k.1);
+            u.max_rule = u.max_rule.max(v.rule_id);
+        }
+        for part in self.state.parts.values() {
+            for r in &part.rule_id[..usize::from(part.n).min(part.rule_id.len())] {
+                u.max_rule = u.max_rule.max(*r);
+            }
+        }
+        for v in self.state.endpoints.values() {
+            u.max_table = u.max_table.max(v.ingress_table).max(v.egress_table);
+        }
+        for (k, id) in &self.state.addrs {
+            u.max_identity = u.max_identity.max(*id);
+            u.addresses.insert(crate::maps::addr_net(k), *id);
+        }
+        u
+    }
+
+    /// [`Datapath::apply`], calling `after_write` after every single map write, for
+    /// tests that check the kernel between writes (the write-by-write differential
+    /// test). Capacity is checked up front as in `apply`.
+    #[doc(hidden)]
+    pub fn apply_stepwise(
+        &mut self,
+        delta: &Delta,
+        after_write: &mut dyn FnMut(&mut Datapath),
+    ) -> Result<usize> {
+        self.plan_and_write_with(
+            |p| {
+                for op in &delta.ops {
+                    p.op(op)?;
+                }
+                Ok(())
+            },
+            Some(after_write),
+        )
+    }
+
+    /// Copies the kernel's endpoint entry at `from` to `to` (removes `to` when `from`
+    /// has none), bypassing the mirror: lets a test run any endpoint's state through
+    /// `test_run`, whose skb always comes from ifindex 1. Returns whether `from` had
+    /// an entry.
+    #[doc(hidden)]
+    pub fn copy_endpoint_raw(&mut self, from: u32, to: u32) -> Result<bool> {
+        match self.endpoints.get(&from, 0) {
+            Ok(v) => {
+                self.endpoints
+                    .insert(to, v, 0)
+                    .map_err(map_err("palisade_endpoints"))?;
+                Ok(true)
+            }
+            Err(MapError::KeyNotFound) => {
+                match self.endpoints.remove(&to) {
+                    Ok(()) | Err(MapError::KeyNotFound) => {}
+                    Err(MapError::SyscallError(e))
+                        if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(map_err("palisade_endpoints")(e)),
+                }
+                Ok(false)
+            }
+            Err(e) => Err(map_err("palisade_endpoints")(e)),
+        }
+    }
+
+    /// [`Datapath::sync`], calling `after_write` after every single map write.
+    #[doc(hidden)]
+    pub fn sync_stepwise(
+        &mut self,
+        compiled: &Compiled,
+        after_write: &mut dyn FnMut(&mut Datapath),
+    ) -> Result<usize> {
+        self.plan_and_write_with(|p| p.sync(compiled), Some(after_write))
+    }
+
     fn plan_and_write(
         &mut self,
         f: impl FnOnce(&mut Planner<'_>) -> Result<(), EncodeError>,
     ) -> Result<()> {
+        self.plan_and_write_with(f, None).map(|_| ())
+    }
+
+    /// Plans on a copy of the mirror, checks capacity, writes; returns the number of
+    /// writes.
+    fn plan_and_write_with(
+        &mut self,
+        f: impl FnOnce(&mut Planner<'_>) -> Result<(), EncodeError>,
+        mut after_write: Option<&mut dyn FnMut(&mut Datapath)>,
+    ) -> Result<usize> {
         let mut sim = self.state.clone();
         let mut planner = Planner::new(&mut sim, self.caps);
         if self.parts_suspect {
@@ -780,6 +870,12 @@ impl Datapath {
         }
         f(&mut planner)?;
         planner.flush_parts();
+        // Every packet sees the state before or after the update, never a mix:
+        // see `staging`.
+        let planned = std::mem::take(&mut planner.plan);
+        let (plan, extra) = crate::staging::stage(&self.state, planner.s, planned);
+        planner.peaks.policy += extra.policy;
+        planner.peaks.policy_parts += extra.parts;
         if let Some((map, needed, capacity)) = planner.overflow() {
             return Err(Error::Capacity {
                 map,
@@ -787,8 +883,15 @@ impl Datapath {
                 capacity,
             });
         }
-        let plan = std::mem::take(&mut planner.plan);
-        if let Err(e) = self.write(&plan) {
+        let written = match after_write.as_mut() {
+            None => self.write(&plan),
+            Some(f) => plan.chunks(1).try_for_each(|w| {
+                self.write(w)?;
+                f(self);
+                Ok(())
+            }),
+        };
+        if let Err(e) = written {
             // Keep the mirror truthful, whatever got written.
             let _ = self.reload_mirror();
             self.parts_suspect = true;
@@ -796,7 +899,7 @@ impl Datapath {
         }
         self.state = sim;
         self.parts_suspect = false;
-        Ok(())
+        Ok(plan.len())
     }
 
     /// Writes `plan` in order, then, if it touched anything a verdict depends

@@ -18,19 +18,19 @@ use palisade_policy::verdict::{evaluate_side, Peer};
 
 use crate::common::{Rng, TestDp};
 
-const NAMESPACES: [&str; 3] = ["a", "b", "c"];
-const APPS: [&str; 3] = ["web", "db", "dns"];
+pub(crate) const NAMESPACES: [&str; 3] = ["a", "b", "c"];
+pub(crate) const APPS: [&str; 3] = ["web", "db", "dns"];
 /// Outside addresses: the metadata address, a public one, one v6.
-const OUTSIDE: [&str; 4] = [
+pub(crate) const OUTSIDE: [&str; 4] = [
     "169.254.169.254",
     "93.184.216.34",
     "10.9.0.1",
     "2001:db8::7",
 ];
 /// Ports that sit on rule edges.
-const PORTS: [u16; 8] = [53, 80, 443, 5432, 8000, 8080, 8100, 8101];
+pub(crate) const PORTS: [u16; 8] = [53, 80, 443, 5432, 8000, 8080, 8100, 8101];
 
-fn labels(pairs: &[(&str, &str)]) -> Labels {
+pub(crate) fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -99,7 +99,7 @@ fn ip_block(rng: &mut Rng) -> IpBlock {
     }
 }
 
-fn random_cluster(rng: &mut Rng) -> Cluster {
+pub(crate) fn random_cluster(rng: &mut Rng) -> Cluster {
     let mut c = Cluster::default();
     for ns in NAMESPACES {
         let team = *rng.pick(&["x", "y"]);

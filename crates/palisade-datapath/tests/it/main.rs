@@ -9,3 +9,4 @@ mod common;
 mod differential;
 mod netns;
 mod prog;
+mod transitions;

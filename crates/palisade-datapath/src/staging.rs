@@ -1,0 +1,239 @@
+//! Orders one update's map writes so that every packet, after any single write, gets
+//! the verdict of the state before the update or of the state after it.
+//!
+//! A packet's verdict depends on two pointers written independently: its endpoint's
+//! table (one write per endpoint) and its peer address's identity (one write per
+//! address). When an update switches both (a namespace relabel moves its pods'
+//! identities while a cluster policy's subjects change; several objects changed in one
+//! pass; a full pass after a failed one), a packet could meet the old table with the
+//! new identity, or the new table with the old one: a verdict of neither state.
+//!
+//! So every address whose identity changes goes through a **bridge identity**, one per
+//! (old identity, new identity) pair: a fresh id whose entries equal the old identity's
+//! in tables only the old state has, and the new identity's in every table the new
+//! state has. The writes are then staged:
+//!
+//! 1. new policy entries, partitions and bridge entries (nothing points at them yet);
+//! 2. each changed address → its bridge (old tables still give the old verdict);
+//! 3. endpoints switch tables (the bridge gives the new tables' verdicts);
+//! 4. addresses → their final identities (equal to the bridge in every new table);
+//! 5. removals: stale entries, partitions, bridges.
+//!
+//! Bridges are only needed when some endpoint switches tables while an address that is
+//! not its own changes identity; the common updates (one pod, one policy) skip them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use palisade_policy::compiled::{IdentityId, TableId};
+
+use crate::maps::{addr_key, addr_net, AddrKey};
+use crate::state::{State, Write};
+
+/// First identity id used for bridges. Compiled ids grow from 1 and never reach it.
+pub const BRIDGE_IDENTITY_BASE: IdentityId = 0xF000_0000;
+
+/// The identity an address key resolves to in `addrs`: its own entry, or that of the
+/// longest shorter prefix containing it.
+fn effective(addrs: &BTreeMap<AddrKey, IdentityId>, k: &AddrKey) -> Option<IdentityId> {
+    if let Some(id) = addrs.get(k) {
+        return Some(*id);
+    }
+    let net = addr_net(k);
+    (0..net.prefix_len()).rev().find_map(|len| {
+        let p = ipnet::IpNet::new(net.addr(), len).expect("shorter prefix").trunc();
+        addrs.get(&addr_key(&p)).copied()
+    })
+}
+
+/// The host addresses of an endpoint value, as address keys.
+fn own_addrs(v: &crate::abi::EndpointValue) -> Vec<AddrKey> {
+    let mut out = Vec::new();
+    for a in &v.ipv4[..usize::from(v.n_ipv4).min(v.ipv4.len())] {
+        out.push(addr_key(&ipnet::IpNet::from(std::net::IpAddr::from(*a))));
+    }
+    for a in &v.ipv6[..usize::from(v.n_ipv6).min(v.ipv6.len())] {
+        out.push(addr_key(&ipnet::IpNet::from(std::net::IpAddr::from(*a))));
+    }
+    out
+}
+
+/// Extra entry counts a staged plan holds at its peak, for the capacity check.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Extra {
+    pub policy: usize,
+    pub parts: usize,
+}
+
+/// Stages `plan` (computed from `before` to `after`) as the module doc says. Only the
+/// keys the plan touches are looked at, and each is written with its final value (or
+/// removed), whatever sequence of writes the plan had for it.
+pub(crate) fn stage(before: &State, after: &State, plan: Vec<Write>) -> (Vec<Write>, Extra) {
+    let mut policy = BTreeSet::new();
+    let mut parts = BTreeSet::new();
+    let mut addr_keys = BTreeSet::new();
+    let mut eps = BTreeSet::new();
+    let mut zero = Vec::new();
+    for w in plan {
+        match w {
+            Write::PutPolicy(k, _) | Write::DelPolicy(k) => {
+                policy.insert(k);
+            }
+            Write::PutPart(k, _) | Write::DelPart(k) => {
+                parts.insert(k);
+            }
+            Write::PutAddr(k, _) | Write::DelAddr(k) => {
+                addr_keys.insert(k);
+            }
+            Write::PutEndpoint(i, _) | Write::DelEndpoint(i) => {
+                eps.insert(i);
+            }
+            Write::ZeroSlot(_) => zero.push(w),
+        }
+    }
+    let mut puts = Vec::new();
+    let mut dels = Vec::new();
+    for k in &policy {
+        match (before.policy.get(k), after.policy.get(k)) {
+            (b, Some(v)) if b != Some(v) => puts.push(Write::PutPolicy(*k, *v)),
+            (Some(_), None) => dels.push(Write::DelPolicy(*k)),
+            _ => {}
+        }
+    }
+    puts.extend(zero);
+    let mut part_puts = Vec::new();
+    let mut part_dels = Vec::new();
+    for k in &parts {
+        match (before.parts.get(k), after.parts.get(k)) {
+            (b, Some(v)) if b != Some(v) => part_puts.push(Write::PutPart(*k, *v)),
+            (Some(_), None) => part_dels.push(Write::DelPart(*k)),
+            _ => {}
+        }
+    }
+    let mut addrs = Vec::new();
+    for k in &addr_keys {
+        match (before.addrs.get(k), after.addrs.get(k)) {
+            (b, Some(v)) if b != Some(v) => addrs.push(Write::PutAddr(*k, *v)),
+            (Some(_), None) => addrs.push(Write::DelAddr(*k)),
+            _ => {}
+        }
+    }
+    let mut endpoints = Vec::new();
+    for i in &eps {
+        match (before.endpoints.get(i), after.endpoints.get(i)) {
+            (b, Some(v)) if b != Some(v) => endpoints.push(Write::PutEndpoint(*i, *v)),
+            (Some(_), None) => endpoints.push(Write::DelEndpoint(*i)),
+            _ => {}
+        }
+    }
+    // Identity changes, per address key: (old, new) as lookups resolve them.
+    let mut moves: BTreeMap<AddrKey, (IdentityId, IdentityId)> = BTreeMap::new();
+    for k in &addr_keys {
+        if let (Some(o), Some(n)) = (effective(&before.addrs, k), effective(&after.addrs, k)) {
+            if o != n {
+                moves.insert(*k, (o, n));
+            }
+        }
+    }
+    // Endpoints switching tables, with their own addresses (their own traffic never
+    // crosses their interface, so their own identity moving cannot mix with them).
+    let mut switching: Vec<BTreeSet<AddrKey>> = Vec::new();
+    for i in &eps {
+        let Some(old) = before.endpoints.get(i) else {
+            continue;
+        };
+        let new = after.endpoints.get(i);
+        if new.is_some_and(|v| {
+            v.ingress_table == old.ingress_table && v.egress_table == old.egress_table
+        }) {
+            continue;
+        }
+        let mut own: BTreeSet<AddrKey> = own_addrs(old).into_iter().collect();
+        own.extend(new.map(own_addrs).into_iter().flatten());
+        switching.push(own);
+    }
+    let needed = moves
+        .keys()
+        .any(|k| switching.iter().any(|own| !own.contains(k)));
+    let mut extra = Extra::default();
+    let mut bridge_puts = Vec::new();
+    let mut bridge_parts = Vec::new();
+    let mut bridge_dels = Vec::new();
+    let mut to_bridge = Vec::new();
+    if needed {
+        let mut pairs: BTreeMap<(IdentityId, IdentityId), IdentityId> = BTreeMap::new();
+        let used: BTreeSet<IdentityId> = before
+            .policy
+            .keys()
+            .chain(after.policy.keys())
+            .map(|k| k.1)
+            .filter(|p| *p >= BRIDGE_IDENTITY_BASE)
+            .collect();
+        let mut next = BRIDGE_IDENTITY_BASE;
+        let after_tables: BTreeSet<TableId> = after.policy.keys().map(|k| k.0).collect();
+        let before_tables: BTreeSet<TableId> = before.policy.keys().map(|k| k.0).collect();
+        for (k, pair) in &moves {
+            let b = *pairs.entry(*pair).or_insert_with(|| {
+                while used.contains(&next) {
+                    next += 1;
+                }
+                let b = next;
+                next += 1;
+                let (o, n) = *pair;
+                let mut copy = Copy {
+                    puts: &mut bridge_puts,
+                    parts: &mut bridge_parts,
+                    dels: &mut bridge_dels,
+                };
+                // New tables (and tables both states share): the new identity's entries.
+                for t in &after_tables {
+                    copy.peer(after, *t, n, b);
+                }
+                // Tables only the old state has: the old identity's entries.
+                for t in before_tables.difference(&after_tables) {
+                    copy.peer(before, *t, o, b);
+                }
+                b
+            });
+            to_bridge.push(Write::PutAddr(*k, b));
+        }
+        extra.policy = bridge_puts.len();
+        extra.parts = bridge_parts.len();
+    }
+    let mut out = puts;
+    out.extend(bridge_puts);
+    out.extend(part_puts);
+    out.extend(bridge_parts);
+    out.extend(to_bridge);
+    out.extend(endpoints);
+    out.extend(addrs);
+    out.extend(dels);
+    out.extend(bridge_dels);
+    out.extend(part_dels);
+    (out, extra)
+}
+
+/// Where the writes of a bridge's entries go.
+struct Copy<'a> {
+    puts: &'a mut Vec<Write>,
+    parts: &'a mut Vec<Write>,
+    dels: &'a mut Vec<Write>,
+}
+
+impl Copy<'_> {
+    /// Plans the copy of `(table, from, *)` entries and partitions of `s` to peer `to`,
+    /// and their removal (after nothing maps to `to` any more).
+    fn peer(&mut self, s: &State, table: TableId, from: IdentityId, to: IdentityId) {
+        let range = (table, from, 0, 0, 0)..=(table, from, u8::MAX, u16::MAX, u8::MAX);
+        for (k, v) in s.policy.range(range) {
+            let nk = (k.0, to, k.2, k.3, k.4);
+            self.puts.push(Write::PutPolicy(nk, *v));
+            self.dels.push(Write::DelPolicy(nk));
+        }
+        let range = (table, from, 0)..=(table, from, u8::MAX);
+        for (k, v) in s.parts.range(range) {
+            let nk = (k.0, to, k.2);
+            self.parts.push(Write::PutPart(nk, *v));
+            self.dels.push(Write::DelPart(nk));
+        }
+    }
+}
