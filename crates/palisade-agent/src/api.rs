@@ -25,7 +25,13 @@ pub enum Request {
     /// From the CNI plugin on CHECK: is this pod's policy in force?
     Check(PodEndpoint),
     /// Reload the desired state now and answer once it is in force.
-    Sync,
+    Sync {
+        /// Rebuild the compiled state and resynchronise the whole datapath (what the
+        /// agent does every 30 s and after a failed pass), instead of applying only
+        /// what changed.
+        #[serde(default)]
+        full: bool,
+    },
     /// Agent status: endpoints and the generation in force, errors, counters.
     Status,
     /// One endpoint in detail.

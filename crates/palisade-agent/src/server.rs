@@ -330,8 +330,8 @@ fn handle_command(
                 Err(e) => Reply::error(format!("pod {key}: {e:#}")),
             });
         }
-        Request::Sync => {
-            let r = run_pass(reconciler, metrics, true);
+        Request::Sync { full } => {
+            let r = run_pass_with(reconciler, metrics, true, full);
             let errors = reconciler.snapshot().errors.clone();
             let _ = reply.send(match r {
                 Ok(generation) => Reply {

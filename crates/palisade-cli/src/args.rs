@@ -341,6 +341,9 @@ pub enum LabCommand {
     },
     /// Remove every namespace, pin and process the lab made.
     Down,
+    /// Force a full pass of the agent (rebuild and resync the whole datapath, as it does
+    /// every 30 s); returns once in force.
+    Resync,
     /// Start the lab's agent again (after a crash, kill or upgrade); returns once it
     /// answers. Enforcement never depended on it.
     StartAgent,

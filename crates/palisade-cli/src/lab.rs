@@ -119,6 +119,11 @@ pub fn run(name: &str, what: LabCommand) -> anyhow::Result<i32> {
             println!("lab {name} is down");
             Ok(0)
         }
+        LabCommand::Resync => {
+            let (g, _) = sync_with(name, true)?;
+            println!("in force after a full pass (generation {g})");
+            Ok(0)
+        }
         LabCommand::StartAgent => {
             let mut lab = open(name)?;
             if lab.state().agent.as_ref().is_some_and(|a| a.is_alive()) {
@@ -338,11 +343,17 @@ pub(crate) fn open(name: &str) -> anyhow::Result<Lab> {
 }
 
 pub(crate) fn sync(name: &str) -> anyhow::Result<(u64, serde_json::Value)> {
+    sync_with(name, false)
+}
+
+/// Asks the lab's agent for a pass (`full`: a full rebuild and datapath resync) and
+/// waits until it is in force.
+pub(crate) fn sync_with(name: &str, full: bool) -> anyhow::Result<(u64, serde_json::Value)> {
     let socket = socket(name);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let reply = rt.block_on(palisade_agent::api::call(&socket, &Request::Sync))?;
+    let reply = rt.block_on(palisade_agent::api::call(&socket, &Request::Sync { full }))?;
     if let Some(errs) = reply.data.get("errors").and_then(|e| e.as_array()) {
         for e in errs {
             eprintln!(

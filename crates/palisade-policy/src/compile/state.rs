@@ -169,6 +169,10 @@ pub(crate) struct State {
     ns_labels: FxMap<String, Arc<Labels>>,
     node_matchers: Vec<MatcherId>,
     block_matchers: FxMap<IpNet, Vec<MatcherId>>,
+    /// Prefix lengths of `block_matchers`' CIDRs per family (`false` IPv4): matchers
+    /// outlive the prefixes of deleted policies, so the prefix set's lengths are not
+    /// enough to find them.
+    block_lens: BTreeSet<(bool, u8)>,
     identity_ids: FxMap<Arc<IdentityKey>, IdentityId>,
     identities: FxMap<IdentityId, IdentityState>,
     named_port_identities: FxMap<String, BTreeSet<IdentityId>>,
@@ -221,6 +225,7 @@ impl State {
             ns_labels: FxMap::default(),
             node_matchers: Vec::new(),
             block_matchers: FxMap::default(),
+            block_lens: BTreeSet::new(),
             identity_ids: FxMap::default(),
             identities: FxMap::default(),
             named_port_identities: FxMap::default(),
@@ -389,7 +394,11 @@ impl State {
                 .insert(pods, id),
             Matcher::Pods { .. } => self.ns_selector_matchers.push(id),
             Matcher::Nodes(_) => self.node_matchers.push(id),
-            Matcher::Block(b) => self.block_matchers.entry(b.cidr).or_default().push(id),
+            Matcher::Block(b) => {
+                self.block_lens
+                    .insert((b.cidr.addr().is_ipv6(), b.cidr.prefix_len()));
+                self.block_matchers.entry(b.cidr).or_default().push(id)
+            }
             Matcher::Nothing => {}
         }
         self.matcher_ids.insert(m.clone(), id);
@@ -563,7 +572,12 @@ impl State {
                 }
             }
         }
-        for len in self.prefixes.lens_within(&key.prefix) {
+        let v6 = key.prefix.addr().is_ipv6();
+        let lens = self
+            .block_lens
+            .range((v6, 0)..=(v6, key.prefix.prefix_len()))
+            .map(|(_, l)| *l);
+        for len in lens {
             if let Some(ms) = self.block_matchers.get(&truncate(key.prefix, len)) {
                 for &m in ms {
                     if self.matchers[m as usize].matcher.matches(key) {
