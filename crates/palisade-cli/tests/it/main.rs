@@ -5,5 +5,6 @@
 mod bounds;
 mod cli;
 mod lab;
+mod lab_transitions;
 mod registration;
 mod support;
