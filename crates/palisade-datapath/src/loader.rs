@@ -793,14 +793,14 @@ impl Datapath {
         u
     }
 
-    /// [`Datapath::apply`], calling `after_write` after every single map write, for
-    /// tests that check the kernel between writes (the write-by-write differential
-    /// test). Capacity is checked up front as in `apply`.
+    /// [`Datapath::apply`], calling `after_write` after every single map write (with
+    /// the write, described), for tests that check the kernel between writes (the
+    /// write-by-write differential test). Capacity is checked up front as in `apply`.
     #[doc(hidden)]
     pub fn apply_stepwise(
         &mut self,
         delta: &Delta,
-        after_write: &mut dyn FnMut(&mut Datapath),
+        after_write: &mut dyn FnMut(&mut Datapath, &str),
     ) -> Result<usize> {
         self.plan_and_write_with(
             |p| {
@@ -844,7 +844,7 @@ impl Datapath {
     pub fn sync_stepwise(
         &mut self,
         compiled: &Compiled,
-        after_write: &mut dyn FnMut(&mut Datapath),
+        after_write: &mut dyn FnMut(&mut Datapath, &str),
     ) -> Result<usize> {
         self.plan_and_write_with(|p| p.sync(compiled), Some(after_write))
     }
@@ -861,7 +861,7 @@ impl Datapath {
     fn plan_and_write_with(
         &mut self,
         f: impl FnOnce(&mut Planner<'_>) -> Result<(), EncodeError>,
-        mut after_write: Option<&mut dyn FnMut(&mut Datapath)>,
+        mut after_write: Option<&mut dyn FnMut(&mut Datapath, &str)>,
     ) -> Result<usize> {
         let mut sim = self.state.clone();
         let mut planner = Planner::new(&mut sim, self.caps);
@@ -887,7 +887,7 @@ impl Datapath {
             None => self.write(&plan),
             Some(f) => plan.chunks(1).try_for_each(|w| {
                 self.write(w)?;
-                f(self);
+                f(self, &format!("{:?}", w[0]));
                 Ok(())
             }),
         };

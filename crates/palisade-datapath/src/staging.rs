@@ -26,11 +26,15 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use palisade_policy::compiled::{IdentityId, TableId};
 
+use crate::abi::EndpointValue;
 use crate::maps::{addr_key, addr_net, AddrKey};
 use crate::state::{State, Write};
 
 /// First identity id used for bridges. Compiled ids grow from 1 and never reach it.
 pub const BRIDGE_IDENTITY_BASE: IdentityId = 0xF000_0000;
+
+/// First table id used for transitional copies of tables (see [`stage`]).
+pub const BRIDGE_TABLE_BASE: TableId = 0xF000_0000;
 
 /// The identity an address key resolves to in `addrs`: its own entry, or that of the
 /// longest shorter prefix containing it.
@@ -40,7 +44,9 @@ fn effective(addrs: &BTreeMap<AddrKey, IdentityId>, k: &AddrKey) -> Option<Ident
     }
     let net = addr_net(k);
     (0..net.prefix_len()).rev().find_map(|len| {
-        let p = ipnet::IpNet::new(net.addr(), len).expect("shorter prefix").trunc();
+        let p = ipnet::IpNet::new(net.addr(), len)
+            .expect("shorter prefix")
+            .trunc();
         addrs.get(&addr_key(&p)).copied()
     })
 }
@@ -159,7 +165,68 @@ pub(crate) fn stage(before: &State, after: &State, plan: Vec<Write>) -> (Vec<Wri
     let mut bridge_parts = Vec::new();
     let mut bridge_dels = Vec::new();
     let mut to_bridge = Vec::new();
+    // Endpoints joining a table whose own users also leave it go through a copy of it
+    // (see below): their transitional entry, then their final one.
+    let mut transitional: BTreeMap<u32, EndpointValue> = BTreeMap::new();
     if needed {
+        let after_tables: BTreeSet<TableId> = after.policy.keys().map(|k| k.0).collect();
+        let before_tables: BTreeSet<TableId> = before.policy.keys().map(|k| k.0).collect();
+        // Per table: endpoint directions leaving it and joining it in this update.
+        let mut leavers: BTreeMap<TableId, usize> = BTreeMap::new();
+        let mut joiners: BTreeMap<TableId, usize> = BTreeMap::new();
+        for i in &eps {
+            let (b, a) = (before.endpoints.get(i), after.endpoints.get(i));
+            let tables =
+                |v: Option<&EndpointValue>| [v.map(|v| v.ingress_table), v.map(|v| v.egress_table)];
+            for (bt, at) in tables(b).into_iter().zip(tables(a)) {
+                if bt != at {
+                    if let Some(t) = bt {
+                        *leavers.entry(t).or_default() += 1;
+                    }
+                    if let Some(t) = at {
+                        *joiners.entry(t).or_default() += 1;
+                    }
+                }
+            }
+        }
+        // Which state a table's bridge entries come from. Every endpoint on a table of
+        // the old state sees the old verdict through a bridge, every endpoint that has
+        // switched sees the new one: a table both states share gives the old identity's
+        // entries to those staying and leaving, the new identity's to those joining. A
+        // shared table with both leavers and joiners cannot do both: its joiners go
+        // through a copy of it (fresh id, the new state's entries) until the addresses
+        // are final, then switch to it.
+        let shared = |t: &TableId| before_tables.contains(t) && after_tables.contains(t);
+        let joined = |t: &TableId| joiners.get(t).copied().unwrap_or(0) > 0;
+        let left = |t: &TableId| leavers.get(t).copied().unwrap_or(0) > 0;
+        let conflicts: BTreeSet<TableId> = before_tables
+            .iter()
+            .filter(|t| shared(t) && joined(t) && left(t))
+            .copied()
+            .collect();
+        let used_tables: BTreeSet<TableId> = before_tables
+            .iter()
+            .chain(&after_tables)
+            .copied()
+            .filter(|t| *t >= BRIDGE_TABLE_BASE)
+            .collect();
+        let mut next_table = BRIDGE_TABLE_BASE;
+        let mut copies: BTreeMap<TableId, TableId> = BTreeMap::new();
+        for t in &conflicts {
+            while used_tables.contains(&next_table) {
+                next_table += 1;
+            }
+            copies.insert(*t, next_table);
+            next_table += 1;
+        }
+        let mut copy = Copy {
+            puts: &mut bridge_puts,
+            parts: &mut bridge_parts,
+            dels: &mut bridge_dels,
+        };
+        for (t, c) in &copies {
+            copy.table(after, *t, *c);
+        }
         let mut pairs: BTreeMap<(IdentityId, IdentityId), IdentityId> = BTreeMap::new();
         let used: BTreeSet<IdentityId> = before
             .policy
@@ -169,8 +236,6 @@ pub(crate) fn stage(before: &State, after: &State, plan: Vec<Write>) -> (Vec<Wri
             .filter(|p| *p >= BRIDGE_IDENTITY_BASE)
             .collect();
         let mut next = BRIDGE_IDENTITY_BASE;
-        let after_tables: BTreeSet<TableId> = after.policy.keys().map(|k| k.0).collect();
-        let before_tables: BTreeSet<TableId> = before.policy.keys().map(|k| k.0).collect();
         for (k, pair) in &moves {
             let b = *pairs.entry(*pair).or_insert_with(|| {
                 while used.contains(&next) {
@@ -179,22 +244,51 @@ pub(crate) fn stage(before: &State, after: &State, plan: Vec<Write>) -> (Vec<Wri
                 let b = next;
                 next += 1;
                 let (o, n) = *pair;
-                let mut copy = Copy {
-                    puts: &mut bridge_puts,
-                    parts: &mut bridge_parts,
-                    dels: &mut bridge_dels,
-                };
-                // New tables (and tables both states share): the new identity's entries.
-                for t in &after_tables {
-                    copy.peer(after, *t, n, b);
+                for t in before_tables.union(&after_tables) {
+                    let old_side =
+                        before_tables.contains(t) && !(shared(t) && joined(t) && !left(t));
+                    if old_side {
+                        copy.peer(before, *t, o, *t, b);
+                    } else {
+                        copy.peer(after, *t, n, *t, b);
+                    }
                 }
-                // Tables only the old state has: the old identity's entries.
-                for t in before_tables.difference(&after_tables) {
-                    copy.peer(before, *t, o, b);
+                for (t, c) in &copies {
+                    copy.peer(after, *t, n, *c, b);
                 }
                 b
             });
             to_bridge.push(Write::PutAddr(*k, b));
+        }
+        for i in &eps {
+            let (Some(b), Some(a)) = (before.endpoints.get(i), after.endpoints.get(i)) else {
+                if let Some(a) = after.endpoints.get(i) {
+                    let mut v = *a;
+                    for slot in [&mut v.ingress_table, &mut v.egress_table] {
+                        if let Some(c) = copies.get(slot) {
+                            *slot = *c;
+                        }
+                    }
+                    if v != *a {
+                        transitional.insert(*i, v);
+                    }
+                }
+                continue;
+            };
+            let mut v = *a;
+            if a.ingress_table != b.ingress_table {
+                if let Some(c) = copies.get(&a.ingress_table) {
+                    v.ingress_table = *c;
+                }
+            }
+            if a.egress_table != b.egress_table {
+                if let Some(c) = copies.get(&a.egress_table) {
+                    v.egress_table = *c;
+                }
+            }
+            if v != *a {
+                transitional.insert(*i, v);
+            }
         }
         extra.policy = bridge_puts.len();
         extra.parts = bridge_parts.len();
@@ -204,8 +298,20 @@ pub(crate) fn stage(before: &State, after: &State, plan: Vec<Write>) -> (Vec<Wri
     out.extend(part_puts);
     out.extend(bridge_parts);
     out.extend(to_bridge);
-    out.extend(endpoints);
+    let finals: Vec<Write> = transitional
+        .keys()
+        .map(|i| Write::PutEndpoint(*i, after.endpoints[i]))
+        .collect();
+    for w in endpoints {
+        match w {
+            Write::PutEndpoint(i, _) if transitional.contains_key(&i) => {
+                out.push(Write::PutEndpoint(i, transitional[&i]));
+            }
+            w => out.push(w),
+        }
+    }
     out.extend(addrs);
+    out.extend(finals);
     out.extend(dels);
     out.extend(bridge_dels);
     out.extend(part_dels);
@@ -220,18 +326,41 @@ struct Copy<'a> {
 }
 
 impl Copy<'_> {
-    /// Plans the copy of `(table, from, *)` entries and partitions of `s` to peer `to`,
-    /// and their removal (after nothing maps to `to` any more).
-    fn peer(&mut self, s: &State, table: TableId, from: IdentityId, to: IdentityId) {
+    /// Plans the copy of `(table, from, *)` entries and partitions of `s` to
+    /// `(to_table, to, *)`, and their removal (after nothing maps to `to` any more).
+    fn peer(
+        &mut self,
+        s: &State,
+        table: TableId,
+        from: IdentityId,
+        to_table: TableId,
+        to: IdentityId,
+    ) {
         let range = (table, from, 0, 0, 0)..=(table, from, u8::MAX, u16::MAX, u8::MAX);
         for (k, v) in s.policy.range(range) {
-            let nk = (k.0, to, k.2, k.3, k.4);
+            let nk = (to_table, to, k.2, k.3, k.4);
             self.puts.push(Write::PutPolicy(nk, *v));
             self.dels.push(Write::DelPolicy(nk));
         }
         let range = (table, from, 0)..=(table, from, u8::MAX);
         for (k, v) in s.parts.range(range) {
-            let nk = (k.0, to, k.2);
+            let nk = (to_table, to, k.2);
+            self.parts.push(Write::PutPart(nk, *v));
+            self.dels.push(Write::DelPart(nk));
+        }
+    }
+
+    /// Plans a copy of a whole table of `s` under another id, and its removal.
+    fn table(&mut self, s: &State, table: TableId, to_table: TableId) {
+        let range = (table, 0, 0, 0, 0)..=(table, IdentityId::MAX, u8::MAX, u16::MAX, u8::MAX);
+        for (k, v) in s.policy.range(range) {
+            let nk = (to_table, k.1, k.2, k.3, k.4);
+            self.puts.push(Write::PutPolicy(nk, *v));
+            self.dels.push(Write::DelPolicy(nk));
+        }
+        let range = (table, 0, 0)..=(table, IdentityId::MAX, u8::MAX);
+        for (k, v) in s.parts.range(range) {
+            let nk = (to_table, k.1, k.2);
             self.parts.push(Write::PutPart(nk, *v));
             self.dels.push(Write::DelPart(nk));
         }

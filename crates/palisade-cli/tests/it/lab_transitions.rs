@@ -197,7 +197,10 @@ fn fifty_forced_full_passes_after_random_edits_let_no_denied_datagram_through() 
     stop.store(true, Ordering::SeqCst);
     tx.join().unwrap();
     rx.join().unwrap();
-    let (sent, leaked) = (sent.load(Ordering::SeqCst), from_flooder.load(Ordering::SeqCst));
+    let (sent, leaked) = (
+        sent.load(Ordering::SeqCst),
+        from_flooder.load(Ordering::SeqCst),
+    );
     println!(
         "full passes: {sent} denied datagrams sent during 50 forced full passes, {leaked} arrived; \
          {} allowed datagrams arrived",

@@ -42,7 +42,12 @@ fn mutate(c: &Cluster, rng: &mut Rng, next_pod: &mut u8) -> Cluster {
     match rng.below(8) {
         0 => {
             // Relabel a pod.
-            if let Some(k) = c.pods.keys().nth(rng.below(c.pods.len() as u64) as usize).cloned() {
+            if let Some(k) = c
+                .pods
+                .keys()
+                .nth(rng.below(c.pods.len() as u64) as usize)
+                .cloned()
+            {
                 let p = c.pods.get_mut(&k).unwrap();
                 p.labels = labels(&[("app", *rng.pick(&APPS))]);
             }
@@ -50,7 +55,12 @@ fn mutate(c: &Cluster, rng: &mut Rng, next_pod: &mut u8) -> Cluster {
         1 => {
             // Remove a pod, or add one with a fresh address.
             if rng.chance(50) && c.pods.len() > 2 {
-                let k = c.pods.keys().nth(rng.below(c.pods.len() as u64) as usize).cloned().unwrap();
+                let k = c
+                    .pods
+                    .keys()
+                    .nth(rng.below(c.pods.len() as u64) as usize)
+                    .cloned()
+                    .unwrap();
                 c.pods.remove(&k);
             } else {
                 let mut pod = other.pods.values().next().unwrap().clone();
@@ -195,7 +205,7 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    fn check(&mut self, dp: &mut Datapath) {
+    fn check(&mut self, dp: &mut Datapath, write: &str, last: bool) {
         self.writes += 1;
         if self.failure.is_some() {
             return;
@@ -203,7 +213,8 @@ impl Checker<'_> {
         let mut current: Option<&str> = None;
         for p in self.probes {
             if current != Some(p.pod.as_str()) {
-                dp.copy_endpoint_raw(self.ifindex[&p.pod], 1).expect("copy endpoint");
+                dp.copy_endpoint_raw(self.ifindex[&p.pod], 1)
+                    .expect("copy endpoint");
                 current = Some(p.pod.as_str());
             }
             let hook = match p.dir {
@@ -218,12 +229,13 @@ impl Checker<'_> {
             };
             let (a, b) = (reference(self.old, p), reference(self.new, p));
             // A pod missing on one side may be dropped (no endpoint entry yet / any more).
-            let ok = a.unwrap_or(false) == got || b.unwrap_or(false) == got;
+            // Once the last write landed, only the new answer is right.
+            let ok = b.unwrap_or(false) == got || (!last && a.unwrap_or(false) == got);
             self.checked += 1;
             if !ok {
                 self.failure = Some(format!(
-                    "after write {}: pod {} {:?} peer {} proto {} port {}: kernel {} but before {:?}, after {:?}",
-                    self.writes, p.pod, p.dir, p.peer, p.proto, p.port,
+                    "after write {} ({write}{}): pod {} {:?} peer {} proto {} port {}: kernel {} but before {:?}, after {:?}",
+                    self.writes, if last { ", the last" } else { "" }, p.pod, p.dir, p.peer, p.proto, p.port,
                     if got { "allowed" } else { "dropped" }, a, b
                 ));
                 return;
@@ -258,7 +270,7 @@ impl Run {
         dp: &mut Datapath,
         old: &Cluster,
         new: &Cluster,
-        write: impl FnOnce(&mut Datapath, &mut dyn FnMut(&mut Datapath)) -> usize,
+        write: impl FnOnce(&mut Datapath, &mut dyn FnMut(&mut Datapath, &str)) -> usize,
     ) {
         self.bind_all(dp, new);
         let probes = probes(old, new, &mut self.rng, 6);
@@ -272,10 +284,25 @@ impl Run {
             failure: None,
         };
         // The state before the first write must already be the old one.
-        checker.check(dp);
-        checker.writes = 0;
-        let n = write(dp, &mut |dp| checker.check(dp));
+        let (new_saved, writes_saved) = (checker.new, 0);
+        checker.new = old;
+        checker.check(dp, "none yet", false);
+        checker.new = new_saved;
+        checker.writes = writes_saved;
+        let mut log = Vec::new();
+        let n = write(dp, &mut |dp, w| {
+            log.push(w.to_string());
+            checker.check(dp, w, false)
+        });
         assert_eq!(n, checker.writes, "every write was checked");
+        // After the last write: exactly the new state.
+        checker.check(dp, "after the pass", true);
+        checker.writes -= 1;
+        if checker.failure.is_some() {
+            for (i, w) in log.iter().enumerate() {
+                eprintln!("write {}: {w}", i + 1);
+            }
+        }
         if let Some(f) = checker.failure {
             panic!(
                 "seed {} {what}: {f}\nbefore: {}\nafter: {}",
@@ -350,7 +377,8 @@ fn every_single_map_write_leaves_the_old_or_the_new_verdict() {
         let adopted = Compiler::adopting(cluster.clone(), &dp.in_use());
         let before = run.writes;
         run.pass("restart", dp, &cluster, &cluster, |dp, f| {
-            dp.sync_stepwise(adopted.compiled(), f).expect("restart sync")
+            dp.sync_stepwise(adopted.compiled(), f)
+                .expect("restart sync")
         });
         restart_writes += run.writes - before;
         let mut compiler = adopted;
@@ -363,7 +391,8 @@ fn every_single_map_write_leaves_the_old_or_the_new_verdict() {
         let next = mutate(&next, &mut run.rng, &mut next_pod);
         compiler.rebuild(next.clone());
         run.pass("full pass after a failure", dp, &cluster, &next, |dp, f| {
-            dp.sync_stepwise(compiler.compiled(), f).expect("sync after failure")
+            dp.sync_stepwise(compiler.compiled(), f)
+                .expect("sync after failure")
         });
     }
     println!(

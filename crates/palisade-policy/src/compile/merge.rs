@@ -24,8 +24,12 @@ pub fn merge(deltas: impl IntoIterator<Item = Delta>) -> Delta {
     let mut put_identities = BTreeSet::new();
     let mut put_tables = BTreeSet::new();
     let mut added_peers = BTreeSet::new();
-    let (mut dead_rules, mut dead_identities, mut dead_tables, mut dead_peers) =
-        (BTreeSet::new(), BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+    let (mut dead_rules, mut dead_identities, mut dead_tables, mut dead_peers) = (
+        BTreeSet::new(),
+        BTreeSet::new(),
+        BTreeSet::new(),
+        BTreeSet::new(),
+    );
     for op in &ops {
         match op {
             Op::PutRule(id, _) => {
@@ -83,7 +87,11 @@ pub fn merge(deltas: impl IntoIterator<Item = Delta>) -> Delta {
                 }
                 // A table built while an identity of this pass was alive holds its
                 // entries; that identity never reaches the kernel.
-                if table.entries.iter().any(|e| dead_identities.contains(&e.peer)) {
+                if table
+                    .entries
+                    .iter()
+                    .any(|e| dead_identities.contains(&e.peer))
+                {
                     let mut t = table.clone();
                     t.entries.retain(|e| !dead_identities.contains(&e.peer));
                     txn.push(Op::PutTable(*id, t));

@@ -365,14 +365,10 @@ impl Compiler {
     /// [`Compiler::compiled`] (a sync plans against the kernel's own state, so this is
     /// also the way back after a failed pass).
     pub fn rebuild(&mut self, cluster: Cluster) {
-        let changed_np: Vec<String> = keys_changed(
-            &self.cluster.network_policies,
-            &cluster.network_policies,
-        );
-        let changed_cp: Vec<String> = keys_changed(
-            &self.cluster.cluster_policies,
-            &cluster.cluster_policies,
-        );
+        let changed_np: Vec<String> =
+            keys_changed(&self.cluster.network_policies, &cluster.network_policies);
+        let changed_cp: Vec<String> =
+            keys_changed(&self.cluster.cluster_policies, &cluster.cluster_policies);
         for k in changed_np {
             self.bump(format!("np:{k}"));
         }

@@ -81,7 +81,10 @@ fn deleting_the_last_policy_naming_a_cidr_retires_its_prefixes_at_once() {
     let delta = comp.remove_network_policy("a/blocks");
     let after: Vec<_> = comp.compiled().addresses.keys().copied().collect();
     assert_eq!(after, before, "prefixes left behind by {delta:?}");
-    assert_eq!(comp.compiled().identities.len(), compile(&c).identities.len());
+    assert_eq!(
+        comp.compiled().identities.len(),
+        compile(&c).identities.len()
+    );
 }
 
 proptest! {
