@@ -33,6 +33,14 @@ impl BpfEnforcer {
         }
     }
 
+    /// Sets whether established flows are re-judged when what decided them changes
+    /// (written on every start, so a value pinned by an earlier run never lingers).
+    pub fn set_revoke_established(&mut self, on: bool) -> anyhow::Result<()> {
+        self.datapath
+            .set_revoke_established(on)
+            .context("setting connection revocation")
+    }
+
     /// Sets the kernel's logging knobs from this agent's flags: every knob the agent
     /// owns is written, so values pinned by an earlier run (or a benchmark) never
     /// survive a restart. Budgets are per node and per pod; the kernel's buckets are
@@ -43,7 +51,12 @@ impl BpfEnforcer {
         sample_allow: u32,
         limits: EventLimits,
     ) -> anyhow::Result<()> {
-        let before = self.datapath.config().unwrap_or_default();
+        // A config that cannot be read is an error: writing defaults over it would
+        // silently reset every flag an operator set.
+        let before = self
+            .datapath
+            .config()
+            .context("reading the datapath's pinned configuration")?;
         // Start from what is pinned only to keep fields this agent does not know.
         let mut c = before;
         c.log_mode = match mode {
@@ -263,6 +276,8 @@ impl Enforcer for BpfEnforcer {
                 "pod_events_per_sec_per_cpu": c.pod_events_per_sec,
                 "flags": c.flags,
             })),
+            "revoke_established": config.map(|c| c.flags & abi::CFG_F_NO_REVOKE == 0),
+            "policy_epoch": self.datapath.policy_epoch().ok(),
             "pin_root": self.datapath.pin_root().display().to_string(),
             "adopted_pins": self.datapath.adopted(),
             "endpoints_in_kernel": self.datapath.endpoint_entries().len(),

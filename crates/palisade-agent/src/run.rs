@@ -46,6 +46,9 @@ pub struct AgentConfig {
     /// How long a CNI registration whose pod never appears in the desired state is
     /// kept (see [`crate::registry::DEFAULT_REGISTRATION_TTL`]).
     pub registration_ttl: std::time::Duration,
+    /// Re-judge established flows when what decided them changes (see
+    /// `docs/semantics.md`, "Established flows"); applied on every start.
+    pub revoke_established: bool,
 }
 
 /// Runs the agent until the process is killed. Enforcement does not depend on this
@@ -59,6 +62,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let events = datapath.events().context("taking the event reader")?;
     let mut enforcer = BpfEnforcer::new(datapath);
     enforcer.set_log_mode(config.log_mode, config.sample_allow, config.events)?;
+    enforcer.set_revoke_established(config.revoke_established)?;
     let registry = Registry::open(config.state_dir.join("endpoints.json"))?;
     let source = DirectorySource::new(&config.manifests);
     let reconciler = Reconciler::new(Box::new(source), Box::new(enforcer), registry)

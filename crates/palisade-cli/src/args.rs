@@ -270,6 +270,11 @@ pub struct AgentArgs {
     /// before the agent forgets it (checked at every pass, at least every 30 s).
     #[arg(long, default_value_t = palisade_agent::registry::DEFAULT_REGISTRATION_TTL.as_secs())]
     pub registration_ttl_secs: u64,
+    /// Re-judge established connections whenever a policy, a pod's or namespace's
+    /// labels or an address's identity changes, and cut those now denied (see
+    /// docs/semantics.md, "Established flows"). Applied on every start.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub revoke_established: bool,
 }
 
 /// `palisade ebpf` subcommands.

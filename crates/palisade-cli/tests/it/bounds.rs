@@ -437,7 +437,9 @@ fn issue_8_pinned_event_settings_follow_the_current_flags_on_restart() {
         let agent = Agent::start(&s, agent_flags, None);
         let st = status_ok(&s.socket());
         agent.stop();
-        st["data"]["datapath"]["events"].clone()
+        let mut e = st["data"]["datapath"]["events"].clone();
+        e["revoke_established"] = st["data"]["datapath"]["revoke_established"].clone();
+        e
     };
     let first = events(&[
         "--events-per-sec",
@@ -448,18 +450,22 @@ fn issue_8_pinned_event_settings_follow_the_current_flags_on_restart() {
         "7000",
         "--log-mode",
         "all",
+        "--revoke-established",
+        "false",
     ]);
     let cpus = first["cpus"].as_u64().unwrap();
     let share = |v: u64| v.div_ceil(cpus);
     assert_eq!(first["events_per_sec_per_cpu"], share(50000), "{first}");
     assert_eq!(first["pod_events_per_sec_per_cpu"], share(7000), "{first}");
     assert_eq!(first["log_mode"], 2, "{first}");
+    assert_eq!(first["revoke_established"], false, "{first}");
     // Same pins, default flags: the defaults apply, not what the first run pinned.
     let second = events(&[]);
     assert_eq!(second["events_per_sec_per_cpu"], share(1000), "{second}");
     assert_eq!(second["events_burst_per_cpu"], share(2000), "{second}");
     assert_eq!(second["pod_events_per_sec_per_cpu"], share(100), "{second}");
     assert_eq!(second["log_mode"], 1, "{second}");
+    assert_eq!(second["revoke_established"], true, "{second}");
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
