@@ -100,6 +100,6 @@ pub use inspect::{
     HookAttachment, TableDump,
 };
 pub use loader::{
-    ifindex_of, object_bytes, unpin_all_at, Datapath, Error, Hook, MapSizes, DEFAULT_PIN_ROOT,
-    MAP_NAMES,
+    ifindex_of, object_bytes, unpin_all_at, AfterWrite, Datapath, Error, Hook, MapSizes,
+    DEFAULT_PIN_ROOT, MAP_NAMES,
 };

@@ -226,6 +226,9 @@ pub struct Datapath {
     pub(crate) parts_suspect: bool,
 }
 
+/// A test's look at the kernel after one write of a plan (the write, described).
+pub type AfterWrite<'a> = &'a mut dyn FnMut(&mut Datapath, &str);
+
 fn pin_dir(root: &Path, sub: &str) -> Result<PathBuf> {
     let p = root.join(sub);
     std::fs::create_dir_all(&p).map_err(|source| Error::Pin {
@@ -797,11 +800,7 @@ impl Datapath {
     /// the write, described), for tests that check the kernel between writes (the
     /// write-by-write differential test). Capacity is checked up front as in `apply`.
     #[doc(hidden)]
-    pub fn apply_stepwise(
-        &mut self,
-        delta: &Delta,
-        after_write: &mut dyn FnMut(&mut Datapath, &str),
-    ) -> Result<usize> {
+    pub fn apply_stepwise(&mut self, delta: &Delta, after_write: AfterWrite<'_>) -> Result<usize> {
         self.plan_and_write_with(
             |p| {
                 for op in &delta.ops {
@@ -844,7 +843,7 @@ impl Datapath {
     pub fn sync_stepwise(
         &mut self,
         compiled: &Compiled,
-        after_write: &mut dyn FnMut(&mut Datapath, &str),
+        after_write: AfterWrite<'_>,
     ) -> Result<usize> {
         self.plan_and_write_with(|p| p.sync(compiled), Some(after_write))
     }
@@ -861,7 +860,7 @@ impl Datapath {
     fn plan_and_write_with(
         &mut self,
         f: impl FnOnce(&mut Planner<'_>) -> Result<(), EncodeError>,
-        mut after_write: Option<&mut dyn FnMut(&mut Datapath, &str)>,
+        mut after_write: Option<AfterWrite<'_>>,
     ) -> Result<usize> {
         let mut sim = self.state.clone();
         let mut planner = Planner::new(&mut sim, self.caps);
