@@ -1,0 +1,423 @@
+//! etcd + kube-apiserver as child processes on 127.0.0.1, with TLS between every
+//! pair, RBAC, admission and service-account tokens: the smallest real control plane
+//! that Palisade's components can authenticate to as themselves.
+
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::pki::{service_account_key, Ca, KeyAndCert};
+use crate::process::Supervised;
+use crate::{Binaries, Error};
+
+/// How long etcd + kube-apiserver get to report `/readyz` ok, in seconds. A cold
+/// start takes 5-15 s here; the machine is shared, so allow a wide margin.
+const START_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Pause between two readiness probes, in milliseconds.
+const POLL: Duration = Duration::from_millis(250);
+
+/// The Service CIDR: the API server allocates ClusterIPs from it. The first address
+/// is the `kubernetes` Service, so the serving certificate names it.
+const SERVICE_CIDR: &str = "10.96.0.0/16";
+const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
+
+/// The issuer (and audience) of service-account tokens, as on a kubeadm cluster.
+const SA_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// How long a minted ServiceAccount token is valid (`kubectl create token --duration`).
+const TOKEN_DURATION: &str = "24h";
+
+/// A kubeconfig file for one identity.
+#[derive(Debug, Clone)]
+pub struct Kubeconfig {
+    path: PathBuf,
+    user: String,
+}
+
+impl Kubeconfig {
+    /// The file (inside the control plane's directory; valid while it runs).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The Kubernetes user name it authenticates as.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+}
+
+/// A running control plane. Dropping it stops the API server, then etcd (by PID),
+/// then removes its directory.
+#[derive(Debug)]
+pub struct ControlPlane {
+    // Field order is drop order: the API server stops before its etcd, and the
+    // directory goes last.
+    apiserver: Supervised,
+    etcd: Supervised,
+    binaries: Binaries,
+    ca: Ca,
+    server: String,
+    admin: Kubeconfig,
+    identities: AtomicUsize,
+    dir: tempfile::TempDir,
+}
+
+impl ControlPlane {
+    /// Starts etcd and kube-apiserver from [`Binaries::locate`] and waits until
+    /// `/readyz` is ok.
+    pub fn start() -> Result<Self, Error> {
+        Self::start_with(Binaries::locate()?)
+    }
+
+    /// Starts with the given binaries.
+    pub fn start_with(binaries: Binaries) -> Result<Self, Error> {
+        let dir = tempfile::Builder::new()
+            .prefix("palisade-kube-lab-")
+            .tempdir()
+            .map_err(|e| Error::io(std::env::temp_dir(), e))?;
+        let root = dir.path().to_path_buf();
+        let pki = root.join("pki");
+        std::fs::create_dir(&pki).map_err(|e| Error::io(&pki, e))?;
+
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let ca = Ca::new("palisade-kube-lab-ca")?;
+        write(&pki.join("ca.crt"), ca.cert_pem())?;
+        write_pair(
+            &pki,
+            "etcd",
+            &ca.serving("etcd", &[loopback], &["localhost"])?,
+        )?;
+        write_pair(
+            &pki,
+            "apiserver-etcd-client",
+            &ca.client("kube-apiserver-etcd-client", None)?,
+        )?;
+        write_pair(
+            &pki,
+            "apiserver",
+            &ca.serving(
+                "kube-apiserver",
+                &[loopback, IpAddr::V4(KUBERNETES_SERVICE_IP)],
+                &[
+                    "localhost",
+                    "kubernetes",
+                    "kubernetes.default",
+                    "kubernetes.default.svc",
+                    "kubernetes.default.svc.cluster.local",
+                ],
+            )?,
+        )?;
+        let (sa_key, sa_pub) = service_account_key()?;
+        write_secret(&pki.join("sa.key"), &sa_key)?;
+        write(&pki.join("sa.pub"), &sa_pub)?;
+
+        let etcd_client = free_port()?;
+        let etcd_peer = free_port()?;
+        let secure = free_port()?;
+        let p = |f: &str| pki.join(f).display().to_string();
+
+        let mut etcd_cmd = Command::new(binaries.path("etcd"));
+        etcd_cmd.args([
+            "--name=palisade-kube-lab".to_string(),
+            format!("--data-dir={}", root.join("etcd").display()),
+            format!("--listen-client-urls=https://127.0.0.1:{etcd_client}"),
+            format!("--advertise-client-urls=https://127.0.0.1:{etcd_client}"),
+            // One member: the peer URL is required but carries no traffic.
+            format!("--listen-peer-urls=http://127.0.0.1:{etcd_peer}"),
+            format!("--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}"),
+            format!("--initial-cluster=palisade-kube-lab=http://127.0.0.1:{etcd_peer}"),
+            format!("--cert-file={}", p("etcd.crt")),
+            format!("--key-file={}", p("etcd.key")),
+            format!("--trusted-ca-file={}", p("ca.crt")),
+            "--client-cert-auth=true".to_string(),
+            // Throwaway data in a temporary directory: durability buys nothing and
+            // fsync on a shared disk costs seconds per start.
+            "--unsafe-no-fsync=true".to_string(),
+        ]);
+        let etcd = Supervised::spawn("etcd", etcd_cmd, &root.join("etcd.log"))?;
+
+        let mut api_cmd = Command::new(binaries.path("kube-apiserver"));
+        api_cmd.args([
+            format!("--etcd-servers=https://127.0.0.1:{etcd_client}"),
+            format!("--etcd-cafile={}", p("ca.crt")),
+            format!("--etcd-certfile={}", p("apiserver-etcd-client.crt")),
+            format!("--etcd-keyfile={}", p("apiserver-etcd-client.key")),
+            "--bind-address=127.0.0.1".to_string(),
+            format!("--secure-port={secure}"),
+            "--advertise-address=127.0.0.1".to_string(),
+            // The Endpoints of the `kubernetes` Service may not hold a loopback
+            // address, so the reconciler would only log errors; the lab, whose API
+            // server sits in its own namespace, will turn it back on.
+            "--endpoint-reconciler-type=none".to_string(),
+            format!("--tls-cert-file={}", p("apiserver.crt")),
+            format!("--tls-private-key-file={}", p("apiserver.key")),
+            format!("--client-ca-file={}", p("ca.crt")),
+            format!("--service-account-issuer={SA_ISSUER}"),
+            format!("--service-account-key-file={}", p("sa.pub")),
+            format!("--service-account-signing-key-file={}", p("sa.key")),
+            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+            "--authorization-mode=Node,RBAC".to_string(),
+            // The default plugins (NamespaceLifecycle, ServiceAccount, ...) stay on;
+            // NodeRestriction is what a real cluster adds for node identities.
+            "--enable-admission-plugins=NodeRestriction".to_string(),
+            "--profiling=false".to_string(),
+        ]);
+        let apiserver = Supervised::spawn("kube-apiserver", api_cmd, &root.join("apiserver.log"))?;
+
+        let server = format!("https://127.0.0.1:{secure}");
+        let admin_cert = ca.client("palisade-kube-lab-admin", Some("system:masters"))?;
+        let mut cp = Self {
+            apiserver,
+            etcd,
+            admin: Kubeconfig {
+                path: PathBuf::new(),
+                user: String::new(),
+            },
+            binaries,
+            ca,
+            server,
+            identities: AtomicUsize::new(0),
+            dir,
+        };
+        cp.admin = cp.write_cert_kubeconfig("palisade-kube-lab-admin", &admin_cert)?;
+        cp.wait_ready()?;
+        Ok(cp)
+    }
+
+    /// Polls `kubectl get --raw /readyz` as admin until it says `ok`, failing early
+    /// (with its log) if either process exits.
+    fn wait_ready(&mut self) -> Result<(), Error> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            self.etcd.check_running()?;
+            self.apiserver.check_running()?;
+            let out = self.kubectl_output(&self.admin, &["get", "--raw", "/readyz"], None)?;
+            if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok" {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    what: format!("{} /readyz", self.server),
+                    seconds: START_TIMEOUT.as_secs(),
+                    detail: format!(
+                        "; last answer: {}{}\napiserver log tail:\n{}",
+                        String::from_utf8_lossy(&out.stdout).trim(),
+                        String::from_utf8_lossy(&out.stderr).trim(),
+                        self.apiserver.log_tail()
+                    ),
+                });
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// The API server's URL (`https://127.0.0.1:PORT`).
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// The CA certificate that signed the API server's serving certificate.
+    pub fn ca_cert_path(&self) -> PathBuf {
+        self.dir.path().join("pki/ca.crt")
+    }
+
+    /// The directory this control plane owns (certificates, etcd data, logs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The binaries it runs (kubectl among them).
+    pub fn binaries(&self) -> &Binaries {
+        &self.binaries
+    }
+
+    /// Process ids of (etcd, kube-apiserver).
+    pub fn pids(&self) -> (u32, u32) {
+        (self.etcd.pid(), self.apiserver.pid())
+    }
+
+    /// The admin kubeconfig (group `system:masters`): for test set-up only, never
+    /// for a Palisade component.
+    pub fn admin(&self) -> &Kubeconfig {
+        &self.admin
+    }
+
+    /// A kubeconfig with a client certificate for `user` in `group`.
+    pub fn client_cert_kubeconfig(
+        &self,
+        user: &str,
+        group: Option<&str>,
+    ) -> Result<Kubeconfig, Error> {
+        let pair = self.ca.client(user, group)?;
+        self.write_cert_kubeconfig(user, &pair)
+    }
+
+    /// Creates ServiceAccount `namespace/name` (if missing) and returns a kubeconfig
+    /// with a token minted for it by the TokenRequest API, i.e. the identity
+    /// `system:serviceaccount:NAMESPACE:NAME` that a pod of it would have.
+    pub fn service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Kubeconfig, Error> {
+        let sa = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": { "name": name, "namespace": namespace },
+        });
+        self.kubectl(&self.admin, &["apply", "-f", "-"], Some(&sa.to_string()))?;
+        let token = self.kubectl(
+            &self.admin,
+            &[
+                "create",
+                "token",
+                name,
+                "-n",
+                namespace,
+                &format!("--duration={TOKEN_DURATION}"),
+            ],
+            None,
+        )?;
+        let user = format!("system:serviceaccount:{namespace}:{name}");
+        self.write_kubeconfig(&user, serde_json::json!({ "token": token.trim() }))
+    }
+
+    /// Runs kubectl with `kubeconfig` (and `stdin`, if any); its stdout on success.
+    pub fn kubectl(
+        &self,
+        kubeconfig: &Kubeconfig,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Result<String, Error> {
+        let out = self.kubectl_output(kubeconfig, args, stdin)?;
+        if !out.status.success() {
+            return Err(Error::Command {
+                command: format!("kubectl {} (as {})", args.join(" "), kubeconfig.user),
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs kubectl with `kubeconfig`, whatever its exit status (`auth can-i`
+    /// answers "no" with status 1).
+    pub fn kubectl_output(
+        &self,
+        kubeconfig: &Kubeconfig,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Result<Output, Error> {
+        let program = self.binaries.path("kubectl");
+        let mut cmd = Command::new(&program);
+        cmd.arg(format!("--kubeconfig={}", kubeconfig.path.display()))
+            .arg("--request-timeout=20s")
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let spawn_err = |source| Error::Spawn {
+            program: program.display().to_string(),
+            source,
+        };
+        let mut child = cmd.spawn().map_err(spawn_err)?;
+        if let Some(input) = stdin {
+            use std::io::Write;
+            let mut pipe = child.stdin.take().expect("stdin is piped");
+            pipe.write_all(input.as_bytes()).map_err(spawn_err)?;
+        }
+        child.wait_with_output().map_err(spawn_err)
+    }
+
+    fn write_cert_kubeconfig(&self, user: &str, pair: &KeyAndCert) -> Result<Kubeconfig, Error> {
+        let base = self.identity_file(user);
+        let (cert, key) = (base.with_extension("crt"), base.with_extension("key"));
+        write(&cert, &pair.cert_pem)?;
+        write_secret(&key, &pair.key_pem)?;
+        self.write_kubeconfig(
+            user,
+            serde_json::json!({
+                "client-certificate": cert.display().to_string(),
+                "client-key": key.display().to_string(),
+            }),
+        )
+    }
+
+    /// Writes a kubeconfig for `user` with the given `users[].user` credentials.
+    /// JSON is valid kubeconfig (YAML), and serde_json escapes every field.
+    fn write_kubeconfig(
+        &self,
+        user: &str,
+        credentials: serde_json::Value,
+    ) -> Result<Kubeconfig, Error> {
+        let path = self.identity_file(user).with_extension("kubeconfig");
+        let config = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{ "name": "palisade-kube-lab", "cluster": {
+                "server": self.server,
+                "certificate-authority": self.ca_cert_path().display().to_string(),
+            }}],
+            "users": [{ "name": user, "user": credentials }],
+            "contexts": [{ "name": "default", "context": {
+                "cluster": "palisade-kube-lab", "user": user,
+            }}],
+            "current-context": "default",
+        });
+        write_secret(&path, &config.to_string())?;
+        Ok(Kubeconfig {
+            path,
+            user: user.to_string(),
+        })
+    }
+
+    /// A fresh file stem for `user` (user names hold `:`; numbered to stay unique).
+    fn identity_file(&self, user: &str) -> PathBuf {
+        let n = self.identities.fetch_add(1, Ordering::Relaxed);
+        let safe: String = user
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        self.dir.path().join("pki").join(format!("{n:03}-{safe}"))
+    }
+}
+
+/// A TCP port free on 127.0.0.1 right now. Another process may take it before the
+/// component binds it; the component then exits and [`ControlPlane::start`] fails
+/// with its log, rather than talking to a stranger.
+fn free_port() -> Result<u16, Error> {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| Error::io("127.0.0.1:0", e))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| Error::io("127.0.0.1:0", e))
+}
+
+fn write(path: &Path, text: &str) -> Result<(), Error> {
+    std::fs::write(path, text).map_err(|e| Error::io(path, e))
+}
+
+/// Writes a file only its owner can read (keys, tokens).
+fn write_secret(path: &Path, text: &str) -> Result<(), Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    f.write_all(text.as_bytes()).map_err(|e| Error::io(path, e))
+}
+
+fn write_pair(dir: &Path, stem: &str, pair: &KeyAndCert) -> Result<(), Error> {
+    write(&dir.join(format!("{stem}.crt")), &pair.cert_pem)?;
+    write_secret(&dir.join(format!("{stem}.key")), &pair.key_pem)
+}
