@@ -285,6 +285,12 @@ impl ControlPlane {
         self.write_kubeconfig(&user, serde_json::json!({ "token": token.trim() }))
     }
 
+    /// A kubeconfig presenting bearer `token`, expected to authenticate as `user`
+    /// (for a token obtained elsewhere, or a bogus one to test refusal).
+    pub fn token_kubeconfig(&self, user: &str, token: &str) -> Result<Kubeconfig, Error> {
+        self.write_kubeconfig(user, serde_json::json!({ "token": token }))
+    }
+
     /// Runs kubectl with `kubeconfig` (and `stdin`, if any); its stdout on success.
     pub fn kubectl(
         &self,

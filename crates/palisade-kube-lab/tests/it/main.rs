@@ -143,15 +143,17 @@ fn control_plane_is_ready_on_loopback_only_and_drop_stops_exactly_its_processes(
         }
     }
 
-    // Anonymous requests are authenticated as system:anonymous and refused by RBAC.
-    let anon = cp
-        .kubectl_output(
-            cp.admin(),
-            &["get", "--raw", "/api/v1/namespaces", "--token=not-a-token"],
-            None,
-        )
+    // A token the API server did not issue is refused outright (401), not treated as
+    // anonymous.
+    let bogus = cp
+        .token_kubeconfig("nobody", "not-a-token")
+        .expect("kubeconfig");
+    let out = cp
+        .kubectl_output(&bogus, &["get", "--raw", "/api/v1/namespaces"], None)
         .expect("kubectl runs");
-    assert!(!anon.status.success(), "a bogus token listed namespaces");
+    assert!(!out.status.success(), "a bogus token listed namespaces");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Unauthorized"), "{stderr}");
 
     let dir = cp.dir().to_path_buf();
     drop(cp);

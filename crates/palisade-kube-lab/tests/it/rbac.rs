@@ -97,9 +97,10 @@ fn client_certificates_authenticate_by_cn_and_o_and_the_node_authorizer_applies(
         .expect("groups");
     assert!(groups.iter().any(|g| g == "system:nodes"), "{groups:?}");
 
-    // The Node authorizer lets a node read pods and not change RBAC.
-    assert!(can_i(&cp, &node, &["list", "pods", "--all-namespaces"]));
+    // The Node authorizer lets a node read its own Node object and nothing of RBAC.
+    assert!(can_i(&cp, &node, &["get", "nodes/lab-node-1"]));
     assert!(!can_i(&cp, &node, &["create", "clusterrolebindings"]));
+    assert!(!can_i(&cp, &node, &["delete", "namespaces"]));
 
     // A user with no group and no binding gets nothing.
     let nobody = cp
