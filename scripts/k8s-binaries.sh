@@ -7,7 +7,7 @@
 # `--where` prints the directory if it is built and fails otherwise, never building
 # (palisade-kube-lab uses it to find the binaries).
 # Environment: PALISADE_K8S_CACHE (default /var/cache/palisade/k8s).
-# Go builds are CPU heavy on a shared machine: they run under nice with GOFLAGS=-p=1
+# Go builds are CPU heavy on a shared machine: they run under nice -n 19 with -p=2
 # unless PALISADE_GO_JOBS says otherwise.
 set -euo pipefail
 
@@ -75,13 +75,14 @@ main() {
       *) pkg="k8s.io/kubernetes/cmd/$b" ;;
     esac
     b_start=$(date +%s)
-    CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -mod=readonly -p=${PALISADE_GO_JOBS:-1}" \
+    CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -mod=readonly -p=${PALISADE_GO_JOBS:-2}" \
       nice -n 19 go build -trimpath -ldflags "$ldflags" -o "$tmp/bin/$b" "$pkg"
     echo "k8s-binaries: built $b in $(( $(date +%s) - b_start ))s" >&2
   done
   "$tmp/bin/kubectl" version --client >&2
   "$tmp/bin/etcd" --version >&2
 
+  chmod 755 "$tmp"
   printf '%s\n' "kubernetes $k8s_version" "etcd $etcd_version" "pins $pins" > "$tmp/complete"
   rm -rf "$out"
   mv "$tmp" "$out"
