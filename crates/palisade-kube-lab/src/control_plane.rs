@@ -335,12 +335,23 @@ impl ControlPlane {
             source,
         };
         let mut child = cmd.spawn().map_err(spawn_err)?;
-        if let Some(input) = stdin {
-            use std::io::Write;
+        // Feed stdin from another thread while this one drains stdout and stderr, so
+        // a large manifest and a large reply cannot block each other on full pipes.
+        let writer = stdin.map(|input| {
             let mut pipe = child.stdin.take().expect("stdin is piped");
-            pipe.write_all(input.as_bytes()).map_err(spawn_err)?;
+            let input = input.to_string();
+            std::thread::spawn(move || {
+                use std::io::Write;
+                pipe.write_all(input.as_bytes())
+            })
+        });
+        let out = child.wait_with_output().map_err(spawn_err)?;
+        if let Some(w) = writer {
+            // kubectl may exit before reading everything (a usage error): its status
+            // and stderr then say why, which matters more than the broken pipe.
+            let _ = w.join();
         }
-        child.wait_with_output().map_err(spawn_err)
+        Ok(out)
     }
 
     fn write_cert_kubeconfig(&self, user: &str, pair: &KeyAndCert) -> Result<Kubeconfig, Error> {

@@ -1,7 +1,9 @@
 //! A child process this crate started and alone stops: by its PID, on drop (which
 //! also runs while a test unwinds from a panic). Output goes to a log file that
 //! errors quote. The child also gets `PR_SET_PDEATHSIG` = SIGKILL, so a test process
-//! killed outright (no unwinding) does not leave an API server behind.
+//! killed outright (no unwinding) does not leave an API server behind. That signal
+//! fires when the *thread* that started the child exits (prctl(2)), so start a
+//! control plane from a thread that lives as long as it (a test's thread does).
 
 use std::fs::File;
 use std::os::unix::process::CommandExt;

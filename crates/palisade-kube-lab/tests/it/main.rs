@@ -16,6 +16,12 @@ const RBAC_DEADLINE: Duration = Duration::from_secs(30);
 /// Starts a control plane, or `None` when a developer lacks the binaries (`go` too
 /// when `needs_go`); panics as root or in CI.
 pub fn start(needs_go: bool) -> Option<ControlPlane> {
+    can_run(needs_go).then(|| ControlPlane::start().expect("control plane starts"))
+}
+
+/// Whether the binaries (and `go` when `needs_go`) are here: false (with `SKIPPED`)
+/// only for a developer; panics as root or in CI.
+pub fn can_run(needs_go: bool) -> bool {
     let mut missing = Vec::new();
     if let Err(e) = Binaries::locate() {
         missing.push(e.to_string());
@@ -34,10 +40,10 @@ pub fn start(needs_go: bool) -> Option<ControlPlane> {
         &missing,
         Context::current(),
     ) {
-        Decision::Run => Some(ControlPlane::start().expect("control plane starts")),
+        Decision::Run => true,
         Decision::Skip(msg) => {
             eprintln!("{msg}");
-            None
+            false
         }
         Decision::Fail(msg) => panic!("{msg}"),
     }
@@ -194,5 +200,27 @@ fn network_policy_api_crds_from_the_module_cache_are_established_and_served() {
             .kubectl(cp.admin(), &["get", plural, "-A", "-o", "name"], None)
             .expect("list custom resources");
         assert_eq!(list.trim(), "", "fresh cluster holds no {plural}");
+    }
+}
+
+#[test]
+fn a_test_that_panics_still_stops_and_reaps_its_control_plane() {
+    if !can_run(false) {
+        return;
+    }
+    let payload = std::thread::spawn(|| {
+        let cp = ControlPlane::start().expect("control plane starts");
+        std::panic::panic_any(cp.pids());
+    })
+    .join()
+    .expect_err("the thread panics");
+    let (etcd, apiserver) = *payload.downcast::<(u32, u32)>().expect("pids");
+    // Reaped, not merely killed: PR_SET_PDEATHSIG alone would leave zombies, which
+    // still have a /proc entry. Only the drop during unwinding waits for them.
+    for pid in [etcd, apiserver] {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} left behind by a panicking test"
+        );
     }
 }
