@@ -1,15 +1,22 @@
-//! The agent's main loop: one task owns the [`Reconciler`]; connections on the unix socket
-//! send it commands; a ticker notices source changes and heals drift.
+//! The agent's main loop: one dedicated thread owns the [`Reconciler`] and runs its
+//! passes; connections on the unix socket (async tasks) send it commands; its own timer
+//! notices source changes and heals drift.
+//!
+//! A pass can take long (a big manifest set, a slow kernel), so it never runs on the
+//! async runtime: while one runs, the socket keeps accepting, `flows` streams keep
+//! flowing, and `status` and `metrics` are answered from what the thread published
+//! after its last pass (marked as such) instead of waiting for it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::io::BufReader;
 use tokio::net::UnixStream;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, oneshot};
 
 use crate::api::{PodEndpoint, Reply, Request};
 use crate::decisions::{matches_filter, DecisionRecord, History};
@@ -28,6 +35,10 @@ pub const RESYNC_EVERY: Duration = Duration::from_secs(30);
 /// How long a CNI registration may wait for its Pod object to appear in the desired
 /// state before it is refused (the plugin then fails the sandbox: fail closed).
 pub const REGISTER_WAIT: Duration = Duration::from_secs(30);
+
+/// How long `status` and `metrics` wait for the reconciler thread before they are
+/// answered from its last published state (it is in a pass, or queued behind one).
+pub const FRESH_WAIT: Duration = Duration::from_millis(200);
 
 /// A request with its reply channel.
 pub struct Command {
@@ -88,6 +99,32 @@ impl Views {
     }
 }
 
+/// What the reconciler thread publishes for the requests that must not wait for it.
+#[derive(Default)]
+struct Published {
+    /// The `status` payload after the last pass (or the last fresh `status`).
+    status: serde_json::Value,
+    /// When `status` was computed.
+    at: Option<Instant>,
+}
+
+/// What the reconciler thread shares with connection tasks.
+#[derive(Clone)]
+struct Board {
+    /// True while the thread runs a pass.
+    busy: Arc<AtomicBool>,
+    published: Arc<RwLock<Published>>,
+    metrics: Arc<Mutex<Metrics>>,
+}
+
+/// The reconciler thread as seen from connection tasks. When the last one is dropped,
+/// the thread ends.
+#[derive(Clone)]
+struct Handle {
+    commands: std_mpsc::Sender<Command>,
+    board: Board,
+}
+
 struct Pending {
     pod: String,
     deadline: Instant,
@@ -97,61 +134,114 @@ struct Pending {
 /// Runs the main loop until the process is stopped. Stopping the agent leaves every
 /// program and map in place: enforcement continues without it.
 pub async fn serve(
-    mut reconciler: Reconciler,
+    reconciler: Reconciler,
     socket: PathBuf,
     shared: Shared,
     metrics: Arc<Mutex<Metrics>>,
 ) -> anyhow::Result<()> {
-    let (tx, mut rx) = mpsc::channel::<Command>(256);
+    // Unbounded, but each open connection sends one command at most, and connections
+    // are bounded by `ApiLimits::max_connections`.
+    let (tx, rx) = std_mpsc::channel::<Command>();
     let listener = crate::listener::bind_private(&socket)?;
     tracing::info!(socket = %socket.display(), "agent API listening");
+    let board = Board {
+        busy: Arc::new(AtomicBool::new(true)),
+        published: Arc::new(RwLock::new(Published::default())),
+        metrics,
+    };
+    let handle = Handle {
+        commands: tx,
+        board: board.clone(),
+    };
+    let owner = {
+        let views = shared.views.clone();
+        std::thread::Builder::new()
+            .name("reconciler".into())
+            .spawn(move || reconcile_loop(reconciler, rx, views, board))
+            .context("starting the reconciler thread")?
+    };
 
     let accept_shared = shared.clone();
-    tokio::spawn(crate::listener::accept_loop(
+    let mut accept = tokio::spawn(crate::listener::accept_loop(
         listener,
         shared.api,
         shared.connections.clone(),
         move |stream, slot| {
-            let tx = tx.clone();
+            let handle = handle.clone();
             let shared = accept_shared.clone();
             async move {
-                if let Err(e) = handle_connection(stream, tx, shared, slot).await {
+                if let Err(e) = handle_connection(stream, handle, shared, slot).await {
                     tracing::debug!(error = %format!("{e:#}"), "API connection ended with an error");
                 }
             }
         },
     ));
+    // The reconciler thread runs until the process stops; if it ever ends (a panic),
+    // the agent must not keep answering as if it were reconciling.
+    let owner = tokio::task::spawn_blocking(move || owner.join());
+    tokio::select! {
+        r = owner => {
+            accept.abort();
+            match r {
+                Ok(Ok(())) => anyhow::bail!("the reconciler thread stopped"),
+                _ => anyhow::bail!("the reconciler thread panicked"),
+            }
+        }
+        r = &mut accept => {
+            r.context("the API accept loop stopped")?;
+            anyhow::bail!("the API accept loop stopped")
+        }
+    }
+}
 
-    let views = shared.views.clone();
-    let publish = move |r: &Reconciler| {
+/// The reconciler thread: adopts and syncs, then serves commands and its timer until
+/// every command sender is gone.
+fn reconcile_loop(
+    mut reconciler: Reconciler,
+    rx: std_mpsc::Receiver<Command>,
+    views: Arc<RwLock<Arc<Views>>>,
+    handle: Board,
+) {
+    let metrics = handle.metrics.clone();
+    let publish = |r: &mut Reconciler| {
         *views.write().expect("views lock") = Arc::new(Views::from(r));
+        let status = status_of(r);
+        *handle.published.write().expect("published lock") = Published {
+            status,
+            at: Some(Instant::now()),
+        };
     };
     // Adopt what is pinned and bring it up to date before answering anyone.
-    let _ = run_pass(&mut reconciler, &metrics, true);
-    publish(&reconciler);
+    let _ = run_pass(&mut reconciler, &metrics, &handle.busy, true);
+    publish(&mut reconciler);
+    handle.busy.store(false, Ordering::SeqCst);
     let mut pending: Vec<Pending> = Vec::new();
-    let mut ticker = tokio::time::interval(SOURCE_POLL);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_tick = Instant::now() + SOURCE_POLL;
     let mut last_full = Instant::now();
     loop {
-        tokio::select! {
-            Some(cmd) = rx.recv() => {
+        let wait = next_tick.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(cmd) => {
                 let before = reconciler.passes();
-                handle_command(&mut reconciler, cmd, &mut pending, &metrics);
+                handle_command(&mut reconciler, cmd, &mut pending, &metrics, &handle);
                 if reconciler.passes() != before {
-                    publish(&reconciler);
+                    publish(&mut reconciler);
                 }
             }
-            _ = ticker.tick() => {
-                let full = last_full.elapsed() >= RESYNC_EVERY;
-                if full || reconciler.source_changed() {
-                    let _ = run_pass_with(&mut reconciler, &metrics, true, full);
-                    publish(&reconciler);
-                    if full {
-                        last_full = Instant::now();
-                    }
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        // Commands arriving back to back must not starve the timer.
+        if Instant::now() >= next_tick {
+            let full = last_full.elapsed() >= RESYNC_EVERY;
+            if full || reconciler.source_changed() {
+                let _ = run_pass_with(&mut reconciler, &metrics, &handle.busy, true, full);
+                publish(&mut reconciler);
+                if full {
+                    last_full = Instant::now();
                 }
             }
+            next_tick = Instant::now() + SOURCE_POLL;
         }
         settle_pending(&mut reconciler, &mut pending);
     }
@@ -160,9 +250,10 @@ pub async fn serve(
 fn run_pass(
     reconciler: &mut Reconciler,
     metrics: &Arc<Mutex<Metrics>>,
+    busy: &AtomicBool,
     reload: bool,
 ) -> Result<u64, String> {
-    run_pass_with(reconciler, metrics, reload, false)
+    run_pass_with(reconciler, metrics, busy, reload, false)
 }
 
 /// One pass; `full` rebuilds the compiled state and resyncs the whole datapath (done
@@ -170,10 +261,13 @@ fn run_pass(
 fn run_pass_with(
     reconciler: &mut Reconciler,
     metrics: &Arc<Mutex<Metrics>>,
+    busy: &AtomicBool,
     reload: bool,
     full: bool,
 ) -> Result<u64, String> {
+    busy.store(true, Ordering::SeqCst);
     let result = reconciler.reconcile(reload, full);
+    busy.store(false, Ordering::SeqCst);
     let mut m = metrics.lock().expect("metrics lock");
     match result {
         Ok(report) => {
@@ -228,7 +322,9 @@ fn handle_command(
     cmd: Command,
     pending: &mut Vec<Pending>,
     metrics: &Arc<Mutex<Metrics>>,
+    handle: &Board,
 ) {
+    let busy = &*handle.busy;
     let Command { request, reply } = cmd;
     match request {
         Request::Register(PodEndpoint {
@@ -285,7 +381,7 @@ fn handle_command(
             // Re-read the source only if it changed (a stat per file), so a pod whose
             // manifest was just written is seen without waiting for the ticker.
             let reload = reconciler.source_changed();
-            let _ = run_pass(reconciler, metrics, reload);
+            let _ = run_pass(reconciler, metrics, busy, reload);
             if reconciler.in_force(&key).is_some() {
                 metrics
                     .lock()
@@ -307,7 +403,7 @@ fn handle_command(
         }) => {
             let key = format!("{namespace}/{pod}");
             let r = reconciler.unregister(&key, &container_id, &host_ifname);
-            let _ = run_pass(reconciler, metrics, false);
+            let _ = run_pass(reconciler, metrics, busy, false);
             let _ = reply.send(match r {
                 Ok(()) => Reply::data(serde_json::Value::Null),
                 Err(e) => Reply::error(format!("pod {key}: {e:#}")),
@@ -331,7 +427,7 @@ fn handle_command(
             });
         }
         Request::Sync { full } => {
-            let r = run_pass_with(reconciler, metrics, true, full);
+            let r = run_pass_with(reconciler, metrics, busy, true, full);
             let errors = reconciler.snapshot().errors.clone();
             let _ = reply.send(match r {
                 Ok(generation) => Reply {
@@ -347,37 +443,12 @@ fn handle_command(
             });
         }
         Request::Status => {
-            let registered: Vec<Interface> = reconciler
-                .registry()
-                .interfaces()
-                .values()
-                .cloned()
-                .collect();
-            let endpoints: BTreeMap<_, _> = registered
-                .into_iter()
-                .map(|i| {
-                    let enforced = reconciler.enforced(&i);
-                    (
-                        i.pod.clone(),
-                        serde_json::json!({
-                            "interface": i.host_ifname, "ifindex": i.ifindex, "ips": i.ips,
-                            "generation_in_force": reconciler.in_force(&i.pod),
-                            "enforced": enforced,
-                        }),
-                    )
-                })
-                .collect();
-            let datapath = reconciler.enforcer_mut().status();
-            let _ = reply.send(Reply::data(serde_json::json!({
-                "passes": reconciler.passes(),
-                "generation": reconciler.generation(),
-                "last_pass_stages": reconciler.last_stages(),
-                "last_error": reconciler.last_error(),
-                "errors": reconciler.snapshot().errors,
-                "warnings": reconciler.snapshot().warnings,
-                "endpoints": endpoints,
-                "datapath": datapath,
-            })));
+            let status = status_of(reconciler);
+            *handle.published.write().expect("published lock") = Published {
+                status: status.clone(),
+                at: Some(Instant::now()),
+            };
+            let _ = reply.send(Reply::data(status));
         }
         Request::Endpoint { pod } => {
             let _ = reply.send(match crate::inspect::endpoint_view(reconciler, &pod) {
@@ -418,9 +489,106 @@ fn handle_command(
     }
 }
 
+/// Hands `request` to the reconciler thread and waits for its reply. `status` and
+/// `metrics` wait at most [`FRESH_WAIT`] (none while a pass runs), then are answered
+/// from the last published state, so a long pass never stalls them.
+async fn ask(handle: &Handle, request: Request) -> anyhow::Result<Reply> {
+    let quick = matches!(request, Request::Status | Request::Metrics);
+    if quick && handle.board.busy.load(Ordering::SeqCst) {
+        return Ok(published_reply(handle, &request));
+    }
+    let stale = quick.then(|| request.clone());
+    let (reply_tx, reply_rx) = oneshot::channel();
+    handle
+        .commands
+        .send(Command {
+            request,
+            reply: reply_tx,
+        })
+        .ok()
+        .context("the agent is shutting down")?;
+    let dropped = || Reply::error("the agent dropped the request");
+    Ok(match stale {
+        Some(request) => match tokio::time::timeout(FRESH_WAIT, reply_rx).await {
+            Ok(r) => r.unwrap_or_else(|_| dropped()),
+            Err(_) => published_reply(handle, &request),
+        },
+        None => reply_rx.await.unwrap_or_else(|_| dropped()),
+    })
+}
+
+/// `status` or `metrics` from what the reconciler thread last published, saying so.
+fn published_reply(handle: &Handle, request: &Request) -> Reply {
+    let busy = handle.board.busy.load(Ordering::SeqCst);
+    let why = if busy {
+        "a reconcile pass is running"
+    } else {
+        "the reconciler is busy"
+    };
+    match request {
+        Request::Metrics => {
+            let mut m = handle.board.metrics.lock().expect("metrics lock");
+            let text = format!(
+                "# datapath counters as of the last read: {why}\n{}",
+                m.encode(&[])
+            );
+            Reply::data(serde_json::Value::String(text))
+        }
+        _ => {
+            let p = handle.board.published.read().expect("published lock");
+            let mut status = p.status.clone();
+            if let Some(o) = status.as_object_mut() {
+                o.insert(
+                    "published".into(),
+                    serde_json::json!({
+                        "reason": why,
+                        "age_ms": p.at.map(|t| t.elapsed().as_millis() as u64),
+                    }),
+                );
+            }
+            Reply::data(status)
+        }
+    }
+}
+
+/// The `status` payload; reads attachments from the kernel.
+fn status_of(reconciler: &mut Reconciler) -> serde_json::Value {
+    let registered: Vec<Interface> = reconciler
+        .registry()
+        .interfaces()
+        .values()
+        .cloned()
+        .collect();
+    let endpoints: BTreeMap<_, _> = registered
+        .into_iter()
+        .map(|i| {
+            let enforced = reconciler.enforced(&i);
+            (
+                i.pod.clone(),
+                serde_json::json!({
+                    "interface": i.host_ifname, "ifindex": i.ifindex, "ips": i.ips,
+                    "generation_in_force": reconciler.in_force(&i.pod),
+                    "enforced": enforced,
+                }),
+            )
+        })
+        .collect();
+    let datapath = reconciler.enforcer_mut().status();
+    serde_json::json!({
+        "passes": reconciler.passes(),
+        "generation": reconciler.generation(),
+        "last_pass_stages": reconciler.last_stages(),
+        "last_error": reconciler.last_error(),
+        "errors": reconciler.snapshot().errors,
+        "warnings": reconciler.snapshot().warnings,
+        "endpoints": endpoints,
+        "datapath": datapath,
+    })
+}
+
 async fn handle_connection(
     stream: UnixStream,
-    tx: mpsc::Sender<Command>,
+    handle: Handle,
     shared: Shared,
     slot: crate::listener::Slot,
 ) -> anyhow::Result<()> {
@@ -504,18 +672,204 @@ async fn handle_connection(
             }
         }
     }
-    let (reply_tx, reply_rx) = oneshot::channel();
-    tx.send(Command {
-        request,
-        reply: reply_tx,
-    })
-    .await
-    .context("the agent is shutting down")?;
-    let reply = reply_rx
-        .await
-        .unwrap_or_else(|_| Reply::error("the agent dropped the request"));
+    let reply = ask(&handle, request).await?;
     let mut out = serde_json::to_vec(&reply)?;
     out.push(b'\n');
     write_bounded(&mut w, &out, &limits).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconcile::{CounterSample, Enforcer, KernelAttachment, KernelEndpoint};
+    use crate::source::{Snapshot, Source};
+    use palisade_policy::compile::InUse;
+    use palisade_policy::compiled::{Compiled, Delta};
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixStream as StdStream;
+    use std::path::Path;
+
+    struct EmptySource;
+
+    impl Source for EmptySource {
+        fn load(&mut self) -> anyhow::Result<Snapshot> {
+            Ok(Snapshot::default())
+        }
+        fn changed(&mut self) -> bool {
+            false
+        }
+    }
+
+    /// An enforcer whose kernel writes, once armed, block until the test lets them go:
+    /// a pass that takes exactly as long as the test wants.
+    struct GatedEnforcer {
+        armed: Arc<AtomicBool>,
+        entered: std_mpsc::Sender<()>,
+        release: std_mpsc::Receiver<()>,
+    }
+
+    impl GatedEnforcer {
+        fn write(&mut self) -> anyhow::Result<()> {
+            if self.armed.swap(false, Ordering::SeqCst) {
+                self.entered.send(()).ok();
+                self.release
+                    .recv_timeout(Duration::from_secs(60))
+                    .context("the test never released the pass")?;
+            }
+            Ok(())
+        }
+    }
+
+    impl Enforcer for GatedEnforcer {
+        fn attach(&mut self, _: &str, _: &str) -> anyhow::Result<u32> {
+            anyhow::bail!("no interfaces in this test")
+        }
+        fn detach(&mut self, _: &str) -> anyhow::Result<()> {
+            Ok(())
+        }
+        fn release_if_gone(&mut self, _: &str, _: u32) -> anyhow::Result<bool> {
+            Ok(true)
+        }
+        fn sync(&mut self, _: &Compiled) -> anyhow::Result<()> {
+            self.write()
+        }
+        fn apply(&mut self, _: &Delta) -> anyhow::Result<()> {
+            self.write()
+        }
+        fn in_use(&mut self) -> InUse {
+            InUse::default()
+        }
+        fn endpoint_state(&mut self, _: u32) -> anyhow::Result<KernelEndpoint> {
+            anyhow::bail!("no endpoints in this test")
+        }
+        fn attachment(&mut self, _: u32) -> anyhow::Result<KernelAttachment> {
+            anyhow::bail!("no endpoints in this test")
+        }
+        fn counters(&mut self) -> anyhow::Result<Vec<CounterSample>> {
+            Ok(Vec::new())
+        }
+        fn status(&mut self) -> serde_json::Value {
+            serde_json::json!({"fake": true})
+        }
+    }
+
+    fn request(socket: &Path, line: &str) -> anyhow::Result<serde_json::Value> {
+        let mut s = StdStream::connect(socket)?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        s.write_all(line.as_bytes())?;
+        s.write_all(b"\n")?;
+        s.shutdown(std::net::Shutdown::Write)?;
+        let mut reply = String::new();
+        BufReader::new(s).read_line(&mut reply)?;
+        Ok(serde_json::from_str(&reply)?)
+    }
+
+    /// The bound within which `status` and `metrics` must be answered during a pass.
+    const ANSWER_BOUND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn status_and_metrics_are_answered_while_a_pass_is_stuck() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let armed = Arc::new(AtomicBool::new(false));
+        let (entered_tx, entered) = std_mpsc::channel();
+        let (release, release_rx) = std_mpsc::channel();
+        let enforcer = GatedEnforcer {
+            armed: armed.clone(),
+            entered: entered_tx,
+            release: release_rx,
+        };
+        let registry = crate::registry::Registry::open(dir.path().join("endpoints.json")).unwrap();
+        let reconciler = Reconciler::new(Box::new(EmptySource), Box::new(enforcer), registry);
+        let shared = Shared {
+            decisions: broadcast::channel(16).0,
+            history: Arc::new(Mutex::new(History::new(16))),
+            views: Arc::new(RwLock::new(Arc::new(Views::default()))),
+            api: crate::listener::ApiLimits::default(),
+            connections: crate::listener::Connections::default(),
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let server = rt.spawn(serve(
+            reconciler,
+            socket.clone(),
+            shared,
+            Arc::new(Mutex::new(Metrics::new())),
+        ));
+
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let first = loop {
+            match request(&socket, r#"{"op":"status"}"#) {
+                Ok(r) => break r,
+                Err(_) if Instant::now() < deadline => std::thread::yield_now(),
+                Err(e) => panic!("the agent never answered status: {e:#}"),
+            }
+        };
+        assert_eq!(first["ok"], true, "{first}");
+        assert!(
+            first["data"].get("published").is_none(),
+            "an idle agent answers fresh: {first}"
+        );
+
+        // A full pass that blocks in the kernel writes until released.
+        armed.store(true, Ordering::SeqCst);
+        let sync_socket = socket.clone();
+        let (synced_tx, synced) = std_mpsc::channel();
+        let syncer = std::thread::spawn(move || {
+            let r = request(&sync_socket, r#"{"op":"sync","full":true}"#);
+            synced_tx.send(r.map_err(|e| format!("{e:#}"))).ok();
+        });
+        entered
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the sync pass never reached the enforcer");
+
+        for round in 0..5 {
+            for op in ["status", "metrics"] {
+                let started = Instant::now();
+                let r = request(&socket, &format!(r#"{{"op":"{op}"}}"#)).unwrap();
+                let took = started.elapsed();
+                assert!(
+                    took < ANSWER_BOUND,
+                    "{op} (round {round}) took {took:?} while a pass ran"
+                );
+                assert_eq!(r["ok"], true, "{op}: {r}");
+                match op {
+                    "status" => {
+                        assert_eq!(
+                            r["data"]["published"]["reason"], "a reconcile pass is running",
+                            "{r}"
+                        );
+                        assert_eq!(r["data"]["datapath"]["fake"], true, "{r}");
+                    }
+                    _ => {
+                        let text = r["data"].as_str().unwrap();
+                        assert!(
+                            text.starts_with("# datapath counters as of the last read"),
+                            "{text}"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(
+            synced.try_recv().is_err(),
+            "the sync was answered before its pass ended"
+        );
+
+        release.send(()).unwrap();
+        let r = synced
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the sync never returned after its pass was released")
+            .unwrap();
+        assert_eq!(r["ok"], true, "{r}");
+        syncer.join().unwrap();
+        let after = request(&socket, r#"{"op":"status"}"#).unwrap();
+        assert!(after["data"].get("published").is_none(), "{after}");
+        assert_eq!(after["data"]["passes"], 2, "{after}");
+        server.abort();
+    }
 }
