@@ -491,9 +491,19 @@ fn handle_command(
 
 /// Hands `request` to the reconciler thread and waits for its reply. `status` and
 /// `metrics` wait at most [`FRESH_WAIT`] (none while a pass runs), then are answered
-/// from the last published state, so a long pass never stalls them.
+/// from the last published state, so a long pass never stalls them (except the
+/// agent's first pass, which every request waits for).
 async fn ask(handle: &Handle, request: Request) -> anyhow::Result<Reply> {
-    let quick = matches!(request, Request::Status | Request::Metrics);
+    // Before the first pass has published anything, everyone waits for it: an answer
+    // means the agent has adopted and synced the kernel.
+    let started = handle
+        .board
+        .published
+        .read()
+        .expect("published lock")
+        .at
+        .is_some();
+    let quick = started && matches!(request, Request::Status | Request::Metrics);
     if quick && handle.board.busy.load(Ordering::SeqCst) {
         return Ok(published_reply(handle, &request));
     }
