@@ -49,12 +49,13 @@ impl Kubeconfig {
     }
 }
 
-/// A running control plane. Dropping it stops the API server, then etcd (by PID),
-/// then removes its directory.
+/// A running control plane. Dropping it stops the controllers (if started), the API
+/// server, then etcd (by PID), then removes its directory.
 #[derive(Debug)]
 pub struct ControlPlane {
-    // Field order is drop order: the API server stops before its etcd, and the
-    // directory goes last.
+    // Field order is drop order: controllers stop before the API server, the API
+    // server before its etcd, and the directory goes last.
+    controllers: Vec<Supervised>,
     apiserver: Supervised,
     etcd: Supervised,
     binaries: Binaries,
@@ -170,6 +171,7 @@ impl ControlPlane {
         let server = format!("https://127.0.0.1:{secure}");
         let admin_cert = ca.client("palisade-kube-lab-admin", Some("system:masters"))?;
         let mut cp = Self {
+            controllers: Vec::new(),
             apiserver,
             etcd,
             admin: Kubeconfig {
@@ -212,6 +214,93 @@ impl ControlPlane {
             }
             std::thread::sleep(POLL);
         }
+    }
+
+    /// Starts kube-controller-manager and kube-scheduler, each with its own client
+    /// certificate (`system:kube-controller-manager`, `system:kube-scheduler`: the
+    /// users RBAC's bootstrap roles are bound to), and waits until the controller
+    /// manager has created the `default` ServiceAccount, without which admission
+    /// refuses every pod. Neither serves HTTPS (`--secure-port=0`), so neither
+    /// listens anywhere. Controllers use per-controller ServiceAccount credentials.
+    pub fn start_controllers(&mut self) -> Result<(), Error> {
+        if !self.controllers.is_empty() {
+            return Ok(());
+        }
+        let root = self.dir.path().to_path_buf();
+        let p = |f: &str| root.join("pki").join(f).display().to_string();
+
+        let kcm = self.client_cert_kubeconfig("system:kube-controller-manager", None)?;
+        let mut cmd = Command::new(self.binaries.path("kube-controller-manager"));
+        cmd.args([
+            format!("--kubeconfig={}", kcm.path.display()),
+            "--secure-port=0".to_string(),
+            "--leader-elect=false".to_string(),
+            "--use-service-account-credentials=true".to_string(),
+            format!("--service-account-private-key-file={}", p("sa.key")),
+            format!("--root-ca-file={}", p("ca.crt")),
+            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+            "--profiling=false".to_string(),
+        ]);
+        self.controllers.push(Supervised::spawn(
+            "kube-controller-manager",
+            cmd,
+            &root.join("controller-manager.log"),
+        )?);
+
+        let sched = self.client_cert_kubeconfig("system:kube-scheduler", None)?;
+        let mut cmd = Command::new(self.binaries.path("kube-scheduler"));
+        cmd.args([
+            format!("--kubeconfig={}", sched.path.display()),
+            "--secure-port=0".to_string(),
+            "--leader-elect=false".to_string(),
+            "--profiling=false".to_string(),
+        ]);
+        self.controllers.push(Supervised::spawn(
+            "kube-scheduler",
+            cmd,
+            &root.join("scheduler.log"),
+        )?);
+
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            for c in &mut self.controllers {
+                c.check_running()?;
+            }
+            let out = self.kubectl_output(
+                &self.admin,
+                &[
+                    "get",
+                    "serviceaccount",
+                    "default",
+                    "-n",
+                    "default",
+                    "-o",
+                    "name",
+                ],
+                None,
+            )?;
+            if out.status.success() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    what: "the controller manager to create default/default ServiceAccount"
+                        .to_string(),
+                    seconds: START_TIMEOUT.as_secs(),
+                    detail: format!(
+                        "\ncontroller-manager log tail:\n{}",
+                        self.controllers[0].log_tail()
+                    ),
+                });
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Process ids of the controllers started by [`ControlPlane::start_controllers`]
+    /// (controller manager, scheduler), empty before.
+    pub fn controller_pids(&self) -> Vec<u32> {
+        self.controllers.iter().map(Supervised::pid).collect()
     }
 
     /// The API server's URL (`https://127.0.0.1:PORT`).
