@@ -40,6 +40,11 @@ main() {
   # cache now so tests need no network. v0.3.0 is also in go.mod (ClusterNetworkPolicy);
   # v0.1.1 is the newest release that ships AdminNetworkPolicy/BaselineAdminNetworkPolicy.
   crd_releases=(sigs.k8s.io/network-policy-api@v0.3.0 sigs.k8s.io/network-policy-api@v0.1.1)
+  # Go's upstream install puts it in /usr/local/go/bin, which a non-login shell's PATH
+  # may lack.
+  if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then
+    export PATH="/usr/local/go/bin:$PATH"
+  fi
   command -v go >/dev/null || { echo "k8s-binaries: go is not installed (need Go >= 1.26)" >&2; exit 1; }
   (cd / && go mod download "${crd_releases[@]}")
 

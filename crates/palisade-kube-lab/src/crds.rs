@@ -60,7 +60,7 @@ pub fn module_dir(release: &str) -> Result<PathBuf, Error> {
     let spec = format!("{MODULE}@{release}");
     // Outside any module, so that no go.mod around the caller changes the answer.
     let cwd = std::env::temp_dir();
-    let out = Command::new("go")
+    let out = Command::new(go_program())
         .args(["mod", "download", "-json", &spec])
         .current_dir(&cwd)
         .env("GO111MODULE", "on")
@@ -85,6 +85,20 @@ pub fn module_dir(release: &str) -> Result<PathBuf, Error> {
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         ))),
+    }
+}
+
+/// `go` from PATH, else Go's upstream install location (a non-login shell's PATH may
+/// lack it), as scripts/k8s-binaries.sh does.
+pub fn go_program() -> PathBuf {
+    let upstream = PathBuf::from("/usr/local/go/bin/go");
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("go").is_file()))
+        .unwrap_or(false);
+    if !on_path && upstream.is_file() {
+        upstream
+    } else {
+        PathBuf::from("go")
     }
 }
 

@@ -28,7 +28,7 @@ pub fn can_run(needs_go: bool) -> bool {
         missing.push(e.to_string());
     }
     if needs_go
-        && std::process::Command::new("go")
+        && std::process::Command::new(crds::go_program())
             .arg("version")
             .output()
             .is_err()
