@@ -182,18 +182,8 @@ pub struct PassReport {
     pub stages: Stages,
 }
 
-/// Seconds spent in each stage of a pass.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
-pub struct Stages {
-    /// Reading the source (0 when the snapshot was reused).
-    pub load: f64,
-    /// Compiling.
-    pub compile: f64,
-    /// Attaching programs to interfaces.
-    pub attach: f64,
-    /// Writing maps.
-    pub sync: f64,
-}
+/// Seconds spent in each stage of a pass (part of the API: `status`, `sync`).
+pub use palisade_api::Stages;
 
 /// Owns the desired state, the compiled state and the record of what is in force.
 pub struct Reconciler {

@@ -18,7 +18,9 @@ use tokio::io::BufReader;
 use tokio::net::UnixStream;
 use tokio::sync::{broadcast, oneshot};
 
-use crate::api::{PodEndpoint, Reply, Request};
+use crate::api::{
+    EndpointStatus, PodEndpoint, Published as PublishedNote, Reply, Request, StatusData, SyncData,
+};
 use crate::decisions::{matches_filter, DecisionRecord, History};
 use crate::listener::write_bounded;
 use crate::metrics::Metrics;
@@ -103,7 +105,7 @@ impl Views {
 #[derive(Default)]
 struct Published {
     /// The `status` payload after the last pass (or the last fresh `status`).
-    status: serde_json::Value,
+    status: Option<StatusData>,
     /// When `status` was computed.
     at: Option<Instant>,
 }
@@ -207,7 +209,7 @@ fn reconcile_loop(
         *views.write().expect("views lock") = Arc::new(Views::from(r));
         let status = status_of(r);
         *handle.published.write().expect("published lock") = Published {
-            status,
+            status: Some(status),
             at: Some(Instant::now()),
         };
     };
@@ -292,11 +294,7 @@ fn settle_pending(reconciler: &mut Reconciler, pending: &mut Vec<Pending>) {
     let mut still = Vec::new();
     for p in pending.drain(..) {
         if let Some(generation) = reconciler.in_force(&p.pod) {
-            let _ = p.reply.send(Reply {
-                generation: Some(generation),
-                in_force: Some(true),
-                ..Reply::data(serde_json::Value::Null)
-            });
+            let _ = p.reply.send(Reply::in_force(generation));
         } else if now >= p.deadline {
             let why = match reconciler.last_error() {
                 Some(e) => format!("pod {}: policy not in force: {e}", p.pod),
@@ -418,11 +416,7 @@ fn handle_command(
         }) => {
             let key = format!("{namespace}/{pod}");
             let _ = reply.send(match reconciler.check(&key, &container_id, &host_ifname) {
-                Ok(generation) => Reply {
-                    generation: Some(generation),
-                    in_force: Some(true),
-                    ..Reply::data(serde_json::Value::Null)
-                },
+                Ok(generation) => Reply::in_force(generation),
                 Err(e) => Reply::error(format!("pod {key}: {e:#}")),
             });
         }
@@ -433,11 +427,11 @@ fn handle_command(
                 Ok(generation) => Reply {
                     generation: Some(generation),
                     in_force: Some(true),
-                    ..Reply::data(serde_json::json!({
-                        "errors": errors,
-                        "warnings": reconciler.snapshot().warnings,
-                        "stages": reconciler.last_stages(),
-                    }))
+                    ..Reply::data(SyncData {
+                        errors,
+                        warnings: reconciler.snapshot().warnings.clone(),
+                        stages: reconciler.last_stages(),
+                    })
                 },
                 Err(e) => Reply::error(e),
             });
@@ -445,7 +439,7 @@ fn handle_command(
         Request::Status => {
             let status = status_of(reconciler);
             *handle.published.write().expect("published lock") = Published {
-                status: status.clone(),
+                status: Some(status.clone()),
                 at: Some(Instant::now()),
             };
             let _ = reply.send(Reply::data(status));
@@ -480,7 +474,7 @@ fn handle_command(
             for e in unread {
                 text.insert_str(0, &format!("# datapath counters not read: {e}\n"));
             }
-            let _ = reply.send(Reply::data(serde_json::Value::String(text)));
+            let _ = reply.send(Reply::data(text));
         }
         Request::Flows { .. } => {
             // Served by the connection task from the shared stream.
@@ -542,58 +536,55 @@ fn published_reply(handle: &Handle, request: &Request) -> Reply {
                 "# datapath counters as of the last read: {why}\n{}",
                 m.encode(&[])
             );
-            Reply::data(serde_json::Value::String(text))
+            Reply::data(text)
         }
         _ => {
             let p = handle.board.published.read().expect("published lock");
-            let mut status = p.status.clone();
-            if let Some(o) = status.as_object_mut() {
-                o.insert(
-                    "published".into(),
-                    serde_json::json!({
-                        "reason": why,
-                        "age_ms": p.at.map(|t| t.elapsed().as_millis() as u64),
-                    }),
-                );
-            }
+            let Some(mut status) = p.status.clone() else {
+                return Reply::error("the agent has not finished its first pass");
+            };
+            status.published = Some(PublishedNote {
+                reason: why.into(),
+                age_ms: p.at.map(|t| t.elapsed().as_millis() as u64),
+            });
             Reply::data(status)
         }
     }
 }
 
 /// The `status` payload; reads attachments from the kernel.
-fn status_of(reconciler: &mut Reconciler) -> serde_json::Value {
+fn status_of(reconciler: &mut Reconciler) -> StatusData {
     let registered: Vec<Interface> = reconciler
         .registry()
         .interfaces()
         .values()
         .cloned()
         .collect();
-    let endpoints: BTreeMap<_, _> = registered
+    let endpoints = registered
         .into_iter()
         .map(|i| {
-            let enforced = reconciler.enforced(&i);
-            (
-                i.pod.clone(),
-                serde_json::json!({
-                    "interface": i.host_ifname, "ifindex": i.ifindex, "ips": i.ips,
-                    "generation_in_force": reconciler.in_force(&i.pod),
-                    "enforced": enforced,
-                }),
-            )
+            let status = EndpointStatus {
+                enforced: reconciler.enforced(&i),
+                generation_in_force: reconciler.in_force(&i.pod),
+                interface: i.host_ifname,
+                ifindex: i.ifindex,
+                ips: i.ips,
+            };
+            (i.pod, status)
         })
         .collect();
     let datapath = reconciler.enforcer_mut().status();
-    serde_json::json!({
-        "passes": reconciler.passes(),
-        "generation": reconciler.generation(),
-        "last_pass_stages": reconciler.last_stages(),
-        "last_error": reconciler.last_error(),
-        "errors": reconciler.snapshot().errors,
-        "warnings": reconciler.snapshot().warnings,
-        "endpoints": endpoints,
-        "datapath": datapath,
-    })
+    StatusData {
+        passes: reconciler.passes(),
+        generation: reconciler.generation(),
+        last_pass_stages: reconciler.last_stages(),
+        last_error: reconciler.last_error().map(String::from),
+        errors: reconciler.snapshot().errors.clone(),
+        warnings: reconciler.snapshot().warnings.clone(),
+        endpoints,
+        datapath,
+        published: None,
+    }
 }
 
 async fn handle_connection(
@@ -632,6 +623,7 @@ async fn handle_connection(
         verdict,
     } = request
     {
+        let verdict = verdict.map(|v| v.as_str());
         let _follower = if follow {
             match shared.connections.follow(limits.max_followers) {
                 Some(f) => Some(f),
@@ -655,7 +647,7 @@ async fn handle_connection(
             .lock()
             .expect("history lock")
             .iter()
-            .filter(|r| matches_filter(r, pod.as_deref(), verdict.as_deref()))
+            .filter(|r| matches_filter(r, pod.as_deref(), verdict))
             .cloned()
             .collect();
         for r in recent {
@@ -668,7 +660,7 @@ async fn handle_connection(
         }
         loop {
             match live.recv().await {
-                Ok(r) if matches_filter(&r, pod.as_deref(), verdict.as_deref()) => {
+                Ok(r) if matches_filter(&r, pod.as_deref(), verdict) => {
                     let mut out = serde_json::to_vec(&r)?;
                     out.push(b'\n');
                     write_bounded(&mut w, &out, &limits).await?;

@@ -71,11 +71,14 @@ pub struct Report {
     pub cni_add_stages: BTreeMap<String, f64>,
 }
 
-fn add_stages(sum: &mut BTreeMap<String, f64>, v: &serde_json::Value, n: usize) {
-    if let Some(o) = v.as_object() {
-        for (k, x) in o {
-            *sum.entry(k.clone()).or_default() += x.as_f64().unwrap_or(0.0) / n as f64;
-        }
+fn add_stages(sum: &mut BTreeMap<String, f64>, s: &palisade_agent::api::Stages, n: usize) {
+    for (k, x) in [
+        ("load", s.load),
+        ("compile", s.compile),
+        ("attach", s.attach),
+        ("sync", s.sync),
+    ] {
+        *sum.entry(k.to_string()).or_default() += x / n as f64;
     }
 }
 
@@ -199,9 +202,9 @@ fn measure(
         adds.push(start.elapsed());
         let status = crate::inspect::call(
             &lab::state_dir(name).join("agent.sock"),
-            &palisade_agent::api::Request::Status,
+            &palisade_agent::api::Status,
         )?;
-        add_stages(&mut add_stages_sum, &status["last_pass_stages"], trials);
+        add_stages(&mut add_stages_sum, &status.data.last_pass_stages, trials);
     }
     Ok(Report {
         policies: policies + 1,

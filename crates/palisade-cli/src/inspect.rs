@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use palisade_agent::api::{self, Request};
+use palisade_agent::api::{self, client, Call};
 use palisade_agent::reconcile::{KernelAttachment, TableRow};
 
 /// The default agent socket on a node.
@@ -27,59 +27,47 @@ pub fn resolve_socket(explicit: Option<PathBuf>) -> PathBuf {
     node
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
-}
+/// How long a CLI request may take: generous, since `sync` waits for a pass over the
+/// whole manifest set; a hung agent still ends the command.
+pub const CLI_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// Sends one request and returns the reply's data.
-pub fn call(socket: &Path, req: &Request) -> anyhow::Result<serde_json::Value> {
-    let reply = runtime()?.block_on(api::call(socket, req))?;
-    Ok(reply.data)
+/// Sends one request and returns its typed reply; a reply that does not decode is an
+/// error naming the field.
+pub fn call<C: Call>(socket: &Path, req: &C) -> anyhow::Result<C::Reply> {
+    client::call(socket, req, CLI_TIMEOUT)
+        .map_err(|e| anyhow::Error::new(e).context(format!("agent at {}", socket.display())))
 }
 
 /// `palisade endpoint list`.
 pub fn endpoint_list(socket: &Path) -> anyhow::Result<String> {
-    let status = call(socket, &Request::Status)?;
+    let status = call(socket, &api::Status)?.data;
     let mut out = String::new();
     let _ = writeln!(
         out,
         "{:<40} {:<16} {:>8} {:<32} {:>10}",
         "POD", "INTERFACE", "IFINDEX", "ADDRESSES", "IN FORCE"
     );
-    if let Some(eps) = status.get("endpoints").and_then(|e| e.as_object()) {
-        for (pod, e) in eps {
-            let ips: Vec<String> = e["ips"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|i| i.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "{:<40} {:<16} {:>8} {:<32} {:>10}",
-                pod,
-                e["interface"].as_str().unwrap_or(""),
-                e["ifindex"],
-                ips.join(","),
-                match (e["generation_in_force"].as_u64(), e["enforced"].as_bool()) {
-                    // Written, but the kernel does not run our programs there now.
-                    (Some(_), Some(false)) => "DETACHED".to_string(),
-                    (Some(g), _) => format!("gen {g}"),
-                    (None, _) => "NO".into(),
-                }
-            );
-        }
+    for (pod, e) in &status.endpoints {
+        let ips: Vec<String> = e.ips.iter().map(|i| i.to_string()).collect();
+        let _ = writeln!(
+            out,
+            "{:<40} {:<16} {:>8} {:<32} {:>10}",
+            pod,
+            e.interface,
+            e.ifindex,
+            ips.join(","),
+            match (e.generation_in_force, e.enforced) {
+                // Written, but the kernel does not run our programs there now.
+                (Some(_), Some(false)) => "DETACHED".to_string(),
+                (Some(g), _) => format!("gen {g}"),
+                (None, _) => "NO".into(),
+            }
+        );
     }
-    if let Some(errs) = status.get("errors").and_then(|e| e.as_array()) {
-        for e in errs {
-            let _ = writeln!(out, "rejected: {}", e.as_str().unwrap_or_default());
-        }
+    for e in &status.errors {
+        let _ = writeln!(out, "rejected: {e}");
     }
-    if let Some(e) = status.get("last_error").and_then(|e| e.as_str()) {
+    if let Some(e) = &status.last_error {
         let _ = writeln!(out, "last reconcile failed: {e}");
     }
     Ok(out)
@@ -141,10 +129,11 @@ fn render_rows(out: &mut String, v: &serde_json::Value, rows: &[TableRow]) {
 pub fn endpoint_get(socket: &Path, pod: &str, json: bool) -> anyhow::Result<String> {
     let v = call(
         socket,
-        &Request::Endpoint {
+        &api::Endpoint {
             pod: pod.to_string(),
         },
-    )?;
+    )?
+    .data;
     if json {
         return Ok(serde_json::to_string_pretty(&v)? + "\n");
     }
@@ -265,10 +254,11 @@ fn diff(v: &serde_json::Value) -> anyhow::Result<Diff> {
 pub fn endpoint_diff(socket: &Path, pod: &str) -> anyhow::Result<(String, bool)> {
     let v = call(
         socket,
-        &Request::Endpoint {
+        &api::Endpoint {
             pod: pod.to_string(),
         },
-    )?;
+    )?
+    .data;
     let d = diff(&v)?;
     let mut out = String::new();
     if d.is_empty() {
@@ -302,15 +292,22 @@ pub fn flows(
     pod: Option<String>,
     verdict: Option<String>,
 ) -> anyhow::Result<()> {
-    let req = Request::Flows {
+    let verdict = verdict
+        .map(|v| {
+            serde_json::from_value::<api::Verdict>(serde_json::Value::String(v.clone()))
+                .map_err(|_| anyhow::anyhow!("--verdict {v:?}: must be allow or deny"))
+        })
+        .transpose()?;
+    let req = api::Request::Flows {
         follow,
         pod,
         verdict,
     };
-    runtime()?.block_on(api::stream_flows(socket, &req, |line| {
+    client::stream(socket, &req, |line| {
         println!("{line}");
         true
-    }))
+    })
+    .map_err(|e| anyhow::Error::new(e).context(format!("agent at {}", socket.display())))
 }
 
 #[cfg(test)]

@@ -12,7 +12,6 @@ use std::process::{Command as Proc, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use palisade_agent::api::Request;
 use palisade_lab::probe::{Family as ProbeFamily, ProbeOptions};
 use palisade_lab::process::ProcessRecord;
 use palisade_lab::server::ServerCommand;
@@ -274,7 +273,7 @@ fn wait_for_agent(name: &str, pid: i32) -> anyhow::Result<()> {
     let deadline = Instant::now() + AGENT_START_TIMEOUT;
     let mut backoff = Duration::from_millis(5);
     loop {
-        if crate::inspect::call(&socket(name), &Request::Status).is_ok() {
+        if crate::inspect::call(&socket(name), &palisade_agent::api::Status).is_ok() {
             return Ok(());
         }
         if !Path::new(&format!("/proc/{pid}")).exists() || Instant::now() > deadline {
@@ -342,33 +341,22 @@ pub(crate) fn open(name: &str) -> anyhow::Result<Lab> {
     Ok(lab)
 }
 
-pub(crate) fn sync(name: &str) -> anyhow::Result<(u64, serde_json::Value)> {
+pub(crate) fn sync(name: &str) -> anyhow::Result<(u64, palisade_agent::api::Stages)> {
     sync_with(name, false)
 }
 
 /// Asks the lab's agent for a pass (`full`: a full rebuild and datapath resync) and
 /// waits until it is in force.
-pub(crate) fn sync_with(name: &str, full: bool) -> anyhow::Result<(u64, serde_json::Value)> {
+pub(crate) fn sync_with(
+    name: &str,
+    full: bool,
+) -> anyhow::Result<(u64, palisade_agent::api::Stages)> {
     let socket = socket(name);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let reply = rt.block_on(palisade_agent::api::call(&socket, &Request::Sync { full }))?;
-    if let Some(errs) = reply.data.get("errors").and_then(|e| e.as_array()) {
-        for e in errs {
-            eprintln!(
-                "warning: rejected by the agent: {}",
-                e.as_str().unwrap_or_default()
-            );
-        }
+    let reply = crate::inspect::call(&socket, &palisade_agent::api::Sync { full })?;
+    for e in &reply.data.errors {
+        eprintln!("warning: rejected by the agent: {e}");
     }
-    let generation = reply
-        .generation
-        .context("the agent did not report a generation")?;
-    Ok((
-        generation,
-        reply.data.get("stages").cloned().unwrap_or_default(),
-    ))
+    Ok((reply.generation, reply.data.stages))
 }
 
 /// `lab apply`: write objects, create new pods, and wait until in force.

@@ -254,9 +254,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Metrics { socket } => {
             let v = inspect::call(
                 &inspect::resolve_socket(socket.socket),
-                &palisade_agent::api::Request::Metrics,
+                &palisade_agent::api::Metrics,
             )?;
-            print!("{}", v.as_str().unwrap_or_default());
+            print!("{}", v.data);
             Ok(0)
         }
         Command::Lab { what, name } => lab::run(&name, what),

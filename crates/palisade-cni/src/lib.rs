@@ -1,4 +1,4 @@
-//! # palisade-cni: the chained CNI plugin and the agent registration protocol
+//! # palisade-cni: the chained CNI plugin
 //!
 //! Palisade promises that a pod never runs unprotected: its policy is in force in the
 //! kernel *before* its containers start. The kubelet (or the lab) creates the pod's
@@ -15,9 +15,9 @@
 //!
 //! This crate is both the plugin binary (`src/main.rs`, thin) and a library:
 //!
-//! - [`protocol`]: the request/response types the agent serves (the agent depends on
-//!   this crate for them), one JSON object per line over a unix stream socket;
-//! - [`client`]: the blocking client the plugin uses;
+//! The requests it sends, their replies and the blocking client are the agent's API
+//! crate, `palisade-api` (shared with the agent, the CLI and the lab; no tokio).
+//!
 //! - [`spec`]: the subset of the CNI 1.0.0 spec we need: network config, results,
 //!   the error object, the environment. The lab reuses it to drive ptp/bridge;
 //! - [`plugin`]: the plugin logic, a pure function of environment + stdin, so it is
@@ -26,7 +26,5 @@
 //! Start reading at [`plugin::run`].
 #![deny(missing_docs)]
 
-pub mod client;
 pub mod plugin;
-pub mod protocol;
 pub mod spec;

@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::client;
-use crate::protocol::{PodEndpoint, Request, Response, DEFAULT_AGENT_SOCKET};
 use crate::spec::{
     code, CniError, CniResult, Command, Env, FailPolicy, NetConf, CNI_VERSION, SUPPORTED_VERSIONS,
+};
+use palisade_api::{
+    client, Call, Check, ClientError, InForce, PodEndpoint, Register, Unregister,
+    DEFAULT_AGENT_SOCKET,
 };
 
 /// How long `ADD` waits for the agent unless `timeoutMs` says otherwise, in
@@ -103,8 +105,7 @@ pub fn run(env: &Env, stdin: &[u8], log: &mut dyn Write) -> Result<String, CniEr
         Command::Add => {
             let prev = require_prev(&conf)?;
             let endpoint = endpoint(env, Some(&parse_prev(prev)?), true)?;
-            let req = Request::Register(endpoint);
-            confirm(&socket, &req, timeout, policy, log)?;
+            confirm(&socket, &Register(endpoint), timeout, policy, log)?;
             Ok(serde_json::to_string(prev).expect("a JSON value serializes"))
         }
         Command::Check => {
@@ -117,7 +118,7 @@ pub fn run(env: &Env, stdin: &[u8], log: &mut dyn Write) -> Result<String, CniEr
                     "",
                 ));
             }
-            confirm(&socket, &Request::Check(endpoint), timeout, policy, log)?;
+            confirm(&socket, &Check(endpoint), timeout, policy, log)?;
             Ok(String::new())
         }
         Command::Version | Command::Del => unreachable!("handled above"),
@@ -190,14 +191,10 @@ fn del(env: &Env, stdin: &[u8], log: &mut dyn Write) -> String {
             return String::new();
         }
     };
-    match client::call(&socket, &Request::Unregister(endpoint), timeout) {
-        Ok(r) if r.ok => {}
-        Ok(r) => {
-            let _ = writeln!(
-                log,
-                "palisade-cni: agent refused unregister: {}",
-                r.error.unwrap_or_default()
-            );
+    match client::call(&socket, &Unregister(endpoint), timeout) {
+        Ok(_) => {}
+        Err(ClientError::Refused(why)) => {
+            let _ = writeln!(log, "palisade-cni: agent refused unregister: {why}");
         }
         Err(e) => {
             let _ = writeln!(log, "palisade-cni: unregister not delivered: {}", chain(&e));
@@ -315,23 +312,28 @@ fn endpoint(env: &Env, prev: Option<&CniResult>, strict: bool) -> Result<PodEndp
 }
 
 /// Asks the agent and applies the fail policy to anything but a confirmation.
-fn confirm(
+fn confirm<C: Call<Reply = InForce>>(
     socket: &std::path::Path,
-    req: &Request,
+    req: &C,
     timeout: Duration,
     policy: FailPolicy,
     log: &mut dyn Write,
 ) -> Result<(), CniError> {
-    let who = {
-        let e = req.endpoint();
-        format!("{}/{}", e.namespace, e.pod)
+    let who = match req.request().endpoint() {
+        Some(e) => format!("{}/{}", e.namespace, e.pod),
+        None => "?".into(),
+    };
+    let refused = |details: String| {
+        CniError::new(
+            code::AGENT_REFUSED,
+            format!("agent did not put policy in force for {who}"),
+            details,
+        )
     };
     let failure = match client::call(socket, req, timeout) {
-        Ok(Response {
-            ok: true,
+        Ok(InForce {
             in_force: true,
             generation,
-            ..
         }) => {
             let _ = writeln!(
                 log,
@@ -339,12 +341,8 @@ fn confirm(
             );
             return Ok(());
         }
-        Ok(r) => CniError::new(
-            code::AGENT_REFUSED,
-            format!("agent did not put policy in force for {who}"),
-            r.error
-                .unwrap_or_else(|| format!("ok={} in_force={}", r.ok, r.in_force)),
-        ),
+        Ok(r) => refused(format!("ok=true in_force={}", r.in_force)),
+        Err(ClientError::Refused(why)) => refused(why),
         Err(e) => CniError::new(
             code::TRY_AGAIN_LATER,
             format!("node agent unavailable for {who}"),

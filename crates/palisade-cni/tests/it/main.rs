@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use palisade_cni::protocol::{Request, Response};
+use palisade_api::{Reply, Request};
 use serde_json::{json, Value};
 
 /// How the fake agent behaves on each connection.
@@ -33,8 +33,8 @@ fn fake_agent(dir: &Path, mode: Fake, n: usize) -> (PathBuf, mpsc::Receiver<Requ
             let req: Request = serde_json::from_str(&line).unwrap();
             tx.send(req).unwrap();
             let resp = match mode {
-                Fake::Confirm => Response::in_force(42),
-                Fake::Refuse => Response::failed("compile error"),
+                Fake::Confirm => Reply::in_force(42),
+                Fake::Refuse => Reply::error("compile error"),
                 Fake::Silent => {
                     thread::sleep(Duration::from_secs(3));
                     continue;

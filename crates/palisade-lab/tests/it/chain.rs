@@ -6,7 +6,7 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use palisade_cni::protocol::{Request, Response};
+use palisade_api::{Reply, Request};
 use palisade_lab::{palisade_cni_plugin, Lab, LabConfig, LabError};
 
 use crate::{can_run, unique_name};
@@ -31,7 +31,7 @@ fn palisade_cni_dir() -> PathBuf {
 }
 
 /// A fake agent that answers every request with `answer` and records requests.
-fn fake_agent(path: &Path, answer: Response) -> Arc<Mutex<Vec<Request>>> {
+fn fake_agent(path: &Path, answer: Reply) -> Arc<Mutex<Vec<Request>>> {
     let listener = UnixListener::bind(path).unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
@@ -68,7 +68,7 @@ fn chained_palisade_cni_registers_each_pod_with_its_host_veth_and_unregisters_on
     }
     let name = unique_name();
     let sock = std::env::temp_dir().join(format!("{name}.sock"));
-    let seen = fake_agent(&sock, Response::in_force(3));
+    let seen = fake_agent(&sock, Reply::in_force(3));
     let pods = crate::lab::pods();
     let lab = Lab::up(config(&name, &sock), &pods[..2]).expect("lab up");
     let state = lab.state().clone();
@@ -112,7 +112,7 @@ fn a_pod_the_agent_does_not_confirm_is_not_created() {
     }
     let name = unique_name();
     let sock = std::env::temp_dir().join(format!("{name}.sock"));
-    let _seen = fake_agent(&sock, Response::failed("policy does not compile"));
+    let _seen = fake_agent(&sock, Reply::error("policy does not compile"));
     let pods = crate::lab::pods();
     let mut lab = Lab::create(config(&name, &sock)).expect("lab");
     let err = lab.add_pod(&pods[0]).unwrap_err();

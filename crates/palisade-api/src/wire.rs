@@ -1,0 +1,432 @@
+//! Requests and replies as they travel on the socket.
+
+use std::net::IpAddr;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Where the agent listens unless told otherwise (`agentSocket`, `--socket`).
+pub const DEFAULT_AGENT_SOCKET: &str = "/run/palisade/agent.sock";
+
+/// Everything the agent needs to enforce policy on one pod sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodEndpoint {
+    /// The pod's Kubernetes namespace (`K8S_POD_NAMESPACE`).
+    pub namespace: String,
+    /// The pod's name (`K8S_POD_NAME`).
+    pub pod: String,
+    /// `CNI_CONTAINERID`: the sandbox id; unique per sandbox, reused on `DEL`.
+    pub container_id: String,
+    /// `CNI_NETNS`: path of the pod's network namespace.
+    pub netns: String,
+    /// Name of the host-side veth in the node's namespace, where the agent attaches
+    /// its programs. Empty on `DEL` when no `prevResult` was given.
+    pub host_ifname: String,
+    /// The pod's addresses, without prefix length, at most one per family in practice.
+    pub ips: Vec<IpAddr>,
+}
+
+/// A verdict as records and filters name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// The packet passed.
+    Allow,
+    /// The packet was dropped.
+    Deny,
+}
+
+impl Verdict {
+    /// The wire name (`allow`, `deny`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+        }
+    }
+}
+
+/// Every request the agent understands, as it is decoded on the agent's side. Clients
+/// send one of the [`Call`] types, which turn into this.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// From the CNI plugin on ADD: enforce on this interface, answer once in force.
+    Register(PodEndpoint),
+    /// From the CNI plugin on DEL. Idempotent on the agent's side.
+    Unregister(PodEndpoint),
+    /// From the CNI plugin on CHECK: is this pod's policy in force?
+    Check(PodEndpoint),
+    /// Reload the desired state now and answer once it is in force.
+    Sync {
+        /// Rebuild the compiled state and resynchronise the whole datapath (what the
+        /// agent does every 30 s and after a failed pass), instead of applying only
+        /// what changed.
+        #[serde(default)]
+        full: bool,
+    },
+    /// Agent status: endpoints and the generation in force, errors, counters.
+    Status,
+    /// One endpoint in detail.
+    Endpoint {
+        /// `namespace/name`.
+        pod: String,
+    },
+    /// Decision records: recent ones, then live ones if `follow`.
+    Flows {
+        /// Keep streaming.
+        #[serde(default)]
+        follow: bool,
+        /// Only this pod (`namespace/name`).
+        #[serde(default)]
+        pod: Option<String>,
+        /// Only this verdict.
+        #[serde(default)]
+        verdict: Option<Verdict>,
+    },
+    /// Prometheus text exposition.
+    Metrics,
+}
+
+impl Request {
+    /// The endpoint a CNI request is about.
+    pub fn endpoint(&self) -> Option<&PodEndpoint> {
+        match self {
+            Request::Register(e) | Request::Unregister(e) | Request::Check(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// A request with its own reply type.
+pub trait Call {
+    /// What a successful reply decodes into (the whole reply line, `ok` and `error`
+    /// having been checked).
+    type Reply: DeserializeOwned;
+    /// The request as it goes on the wire.
+    fn request(&self) -> Request;
+}
+
+/// `register` (CNI ADD).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Register(pub PodEndpoint);
+/// `unregister` (CNI DEL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unregister(pub PodEndpoint);
+/// `check` (CNI CHECK).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check(pub PodEndpoint);
+/// `sync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Sync {
+    /// See [`Request::Sync`].
+    pub full: bool,
+}
+/// `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Status;
+/// `metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Metrics;
+/// `endpoint`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Endpoint {
+    /// `namespace/name`.
+    pub pod: String,
+}
+
+/// What `endpoint` answers. The view (desired rows, kernel rows, attachment, rule and
+/// identity descriptions) is not typed here yet: its row types live in the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndpointReply {
+    /// The endpoint view.
+    pub data: serde_json::Value,
+}
+
+/// A pod's policy in force, as `register` and `check` answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InForce {
+    /// The agent's policy generation the answer reflects.
+    pub generation: u64,
+    /// Whether the endpoint's policy is attached and current in the kernel.
+    pub in_force: bool,
+}
+
+/// A reply that carries nothing but success (`unregister`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Done {}
+
+/// Seconds spent in each stage of a pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stages {
+    /// Reading the source (0 when the snapshot was reused).
+    pub load: f64,
+    /// Compiling.
+    pub compile: f64,
+    /// Attaching programs to interfaces.
+    pub attach: f64,
+    /// Writing maps.
+    pub sync: f64,
+}
+
+/// What `sync` answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncReply {
+    /// The generation now in force.
+    pub generation: u64,
+    /// Always true on success: the desired state is in force.
+    pub in_force: bool,
+    /// Objects rejected, warnings and timings.
+    pub data: SyncData,
+}
+
+/// The payload of [`SyncReply`].
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct SyncData {
+    /// Objects rejected (each names the file, object and field); the rest is enforced.
+    pub errors: Vec<String>,
+    /// Warnings worth an operator's attention.
+    pub warnings: Vec<String>,
+    /// Where the pass's time went.
+    pub stages: Stages,
+}
+
+/// What `metrics` answers: the Prometheus text exposition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricsReply {
+    /// The exposition text.
+    pub data: String,
+}
+
+/// What `status` answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReply {
+    /// The status.
+    pub data: StatusData,
+}
+
+/// The agent's status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusData {
+    /// Passes run since start.
+    pub passes: u64,
+    /// The generation of the last successful pass.
+    pub generation: u64,
+    /// Where the last pass's time went.
+    pub last_pass_stages: Stages,
+    /// Why the last pass failed, if it did.
+    pub last_error: Option<String>,
+    /// Objects rejected.
+    pub errors: Vec<String>,
+    /// Warnings.
+    pub warnings: Vec<String>,
+    /// Registered endpoints by pod (`namespace/name`).
+    pub endpoints: std::collections::BTreeMap<String, EndpointStatus>,
+    /// The datapath's own description (pin root, program ids, fill levels); free-form
+    /// because it is for people, not for programs.
+    pub datapath: serde_json::Value,
+    /// Present when the answer is what the agent published after its last pass rather
+    /// than a fresh reading (a pass was running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<Published>,
+}
+
+/// One registered endpoint in [`StatusData`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointStatus {
+    /// Host-side interface.
+    pub interface: String,
+    /// Its index.
+    pub ifindex: u32,
+    /// The pod's addresses.
+    pub ips: Vec<IpAddr>,
+    /// The generation in force for this pod, if any.
+    pub generation_in_force: Option<u64>,
+    /// Whether the kernel runs our programs on the interface (`None`: could not tell).
+    pub enforced: Option<bool>,
+}
+
+/// Why and how old a published answer is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    /// Why the answer is not fresh.
+    pub reason: String,
+    /// Its age in milliseconds.
+    pub age_ms: Option<u64>,
+}
+
+impl Call for Register {
+    type Reply = InForce;
+    fn request(&self) -> Request {
+        Request::Register(self.0.clone())
+    }
+}
+impl Call for Unregister {
+    type Reply = Done;
+    fn request(&self) -> Request {
+        Request::Unregister(self.0.clone())
+    }
+}
+impl Call for Check {
+    type Reply = InForce;
+    fn request(&self) -> Request {
+        Request::Check(self.0.clone())
+    }
+}
+impl Call for Sync {
+    type Reply = SyncReply;
+    fn request(&self) -> Request {
+        Request::Sync { full: self.full }
+    }
+}
+impl Call for Status {
+    type Reply = StatusReply;
+    fn request(&self) -> Request {
+        Request::Status
+    }
+}
+impl Call for Endpoint {
+    type Reply = EndpointReply;
+    fn request(&self) -> Request {
+        Request::Endpoint {
+            pod: self.pod.clone(),
+        }
+    }
+}
+impl Call for Metrics {
+    type Reply = MetricsReply;
+    fn request(&self) -> Request {
+        Request::Metrics
+    }
+}
+
+/// The envelope every reply line has: `{"ok":true, ...}` or `{"ok":false,"error":"..."}`.
+/// The agent builds replies with it; clients check it before decoding the typed reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    /// Whether the request succeeded.
+    pub ok: bool,
+    /// The error, when not ok.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// For register, check and sync: the generation now in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    /// For register, check and sync: whether the desired state is in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_force: Option<bool>,
+    /// Request-specific payload (one of the typed `data` fields above).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub data: serde_json::Value,
+}
+
+impl Reply {
+    /// A success carrying `data` (anything that serializes; the typed replies above).
+    pub fn data(data: impl Serialize) -> Self {
+        Self {
+            ok: true,
+            error: None,
+            generation: None,
+            in_force: None,
+            data: serde_json::to_value(data).expect("replies always serialize"),
+        }
+    }
+
+    /// A pod or the desired state in force at `generation`.
+    pub fn in_force(generation: u64) -> Self {
+        Self {
+            generation: Some(generation),
+            in_force: Some(true),
+            ..Self::data(serde_json::Value::Null)
+        }
+    }
+
+    /// A failure.
+    pub fn error(msg: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            error: Some(msg.into()),
+            generation: None,
+            in_force: None,
+            data: serde_json::Value::Null,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint() -> PodEndpoint {
+        PodEndpoint {
+            namespace: "x".into(),
+            pod: "a".into(),
+            container_id: "c1".into(),
+            netns: "/run/netns/p".into(),
+            host_ifname: "veth1".into(),
+            ips: vec!["10.0.0.1".parse().unwrap(), "fd00::1".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn register_request_serializes_with_op_tag_and_flat_fields() {
+        let req = Register(endpoint()).request();
+        let v: serde_json::Value = serde_json::to_value(&req).unwrap();
+        assert_eq!(v["op"], "register");
+        assert_eq!(v["host_ifname"], "veth1");
+        assert_eq!(v["ips"][1], "fd00::1");
+        let back: Request = serde_json::from_value(v).unwrap();
+        assert_eq!(back, req);
+    }
+
+    #[test]
+    fn every_op_keeps_its_wire_name() {
+        let cases = [
+            (
+                Sync { full: true }.request(),
+                r#"{"op":"sync","full":true}"#,
+            ),
+            (Status.request(), r#"{"op":"status"}"#),
+            (Metrics.request(), r#"{"op":"metrics"}"#),
+            (
+                Request::Flows {
+                    follow: false,
+                    pod: None,
+                    verdict: Some(Verdict::Deny),
+                },
+                r#"{"op":"flows","follow":false,"pod":null,"verdict":"deny"}"#,
+            ),
+        ];
+        for (req, line) in cases {
+            assert_eq!(serde_json::to_string(&req).unwrap(), line);
+            assert_eq!(serde_json::from_str::<Request>(line).unwrap(), req);
+        }
+        // Old clients leave optional fields out.
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"sync"}"#).unwrap(),
+            Request::Sync { full: false }
+        );
+    }
+
+    #[test]
+    fn a_verdict_filter_the_agent_does_not_know_is_refused() {
+        let e = serde_json::from_str::<Request>(r#"{"op":"flows","verdict":"allowed"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("allowed"), "{e}");
+    }
+
+    #[test]
+    fn an_in_force_reply_decodes_from_the_envelope() {
+        let line = serde_json::to_string(&Reply::in_force(7)).unwrap();
+        assert_eq!(line, r#"{"ok":true,"generation":7,"in_force":true}"#);
+        let r: InForce = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            r,
+            InForce {
+                generation: 7,
+                in_force: true
+            }
+        );
+    }
+}
