@@ -5,7 +5,8 @@ use std::collections::BTreeSet;
 
 use palisade_policy::compiled::{Compiled, RuleTable, TableAction, TableId};
 
-use crate::reconcile::{Reconciler, TableRow};
+use crate::api::{DesiredTables, EndpointView, KernelRead};
+use crate::reconcile::{Action, Reconciler, TableRow};
 
 /// Rows of a compiled table, in the same shape the enforcer decodes from the kernel.
 pub fn rows(compiled: &Compiled, table: TableId) -> Vec<TableRow> {
@@ -27,8 +28,8 @@ pub fn table_rows(t: &RuleTable) -> Vec<TableRow> {
             port_lo: e.port_lo,
             port_hi: e.port_hi,
             action: match e.verdict.action {
-                TableAction::Allow => "allow".into(),
-                TableAction::Deny => "deny".into(),
+                TableAction::Allow => Action::Allow,
+                TableAction::Deny => Action::Deny,
             },
             rule: e.verdict.rule,
         })
@@ -37,8 +38,8 @@ pub fn table_rows(t: &RuleTable) -> Vec<TableRow> {
     rows
 }
 
-/// The JSON behind `palisade endpoint get NS/POD`.
-pub fn endpoint_view(reconciler: &mut Reconciler, pod: &str) -> anyhow::Result<serde_json::Value> {
+/// The view behind `palisade endpoint get NS/POD`.
+pub fn endpoint_view(reconciler: &mut Reconciler, pod: &str) -> anyhow::Result<EndpointView> {
     let iface =
         reconciler.registry().get(pod).cloned().ok_or_else(|| {
             anyhow::anyhow!("not an endpoint of this agent (no CNI registration)")
@@ -54,13 +55,13 @@ pub fn endpoint_view(reconciler: &mut Reconciler, pod: &str) -> anyhow::Result<s
         .chain(&desired_out)
         .map(|r| r.rule)
         .collect();
-    let rules: serde_json::Map<String, serde_json::Value> = rule_ids
+    let rules = rule_ids
         .iter()
         .filter_map(|id| {
             compiled
                 .rules
                 .get(id)
-                .map(|o| (id.to_string(), palisade_policy::verdict::describe(o).into()))
+                .map(|o| (id.to_string(), palisade_policy::verdict::describe(o)))
         })
         .collect();
     let peers: BTreeSet<u32> = desired_in
@@ -68,7 +69,7 @@ pub fn endpoint_view(reconciler: &mut Reconciler, pod: &str) -> anyhow::Result<s
         .chain(&desired_out)
         .map(|r| r.peer)
         .collect();
-    let identities: serde_json::Map<String, serde_json::Value> = peers
+    let identities = peers
         .iter()
         .filter_map(|id| {
             compiled
@@ -79,27 +80,31 @@ pub fn endpoint_view(reconciler: &mut Reconciler, pod: &str) -> anyhow::Result<s
         .collect();
     let kernel = reconciler.enforcer_mut().endpoint_state(iface.ifindex);
     let attachment = reconciler.enforcer_mut().attachment(iface.ifindex);
-    Ok(serde_json::json!({
-        "pod": pod,
-        "interface": iface.host_ifname,
-        "ifindex": iface.ifindex,
-        "ips": iface.ips,
-        "generation_in_force": reconciler.in_force(pod),
-        "desired": {
-            "ingress_table": entry.map(|e| e.0),
-            "egress_table": entry.map(|e| e.1),
-            "ingress": desired_in,
-            "egress": desired_out,
+    Ok(EndpointView {
+        pod: pod.to_string(),
+        generation_in_force: reconciler.in_force(pod),
+        interface: iface.host_ifname,
+        ifindex: iface.ifindex,
+        ips: iface.ips,
+        desired: DesiredTables {
+            ingress_table: entry.map(|e| e.0),
+            egress_table: entry.map(|e| e.1),
+            ingress: desired_in,
+            egress: desired_out,
         },
-        "kernel": match kernel {
-            Ok(k) => serde_json::to_value(k)?,
-            Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
+        kernel: read(kernel),
+        attachment: read(attachment),
+        rules,
+        identities,
+    })
+}
+
+/// A kernel read, or why it failed (the view says so instead of leaving it out).
+fn read<T>(r: anyhow::Result<T>) -> KernelRead<T> {
+    match r {
+        Ok(v) => KernelRead::Read(v),
+        Err(e) => KernelRead::Failed {
+            error: format!("{e:#}"),
         },
-        "attachment": match attachment {
-            Ok(a) => serde_json::to_value(a)?,
-            Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
-        },
-        "rules": rules,
-        "identities": identities,
-    }))
+    }
 }

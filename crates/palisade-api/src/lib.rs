@@ -15,7 +15,9 @@
 #![deny(missing_docs)]
 
 pub mod client;
+pub mod endpoint;
 pub mod wire;
 
 pub use client::{call, ClientError, MAX_REPLY_BYTES};
+pub use endpoint::*;
 pub use wire::*;

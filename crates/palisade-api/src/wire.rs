@@ -135,12 +135,11 @@ pub struct Endpoint {
     pub pod: String,
 }
 
-/// What `endpoint` answers. The view (desired rows, kernel rows, attachment, rule and
-/// identity descriptions) is not typed here yet: its row types live in the agent.
+/// What `endpoint` answers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EndpointReply {
     /// The endpoint view.
-    pub data: serde_json::Value,
+    pub data: crate::endpoint::EndpointView,
 }
 
 /// A pod's policy in force, as `register` and `check` answer.

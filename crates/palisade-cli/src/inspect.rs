@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use palisade_agent::api::{self, client, Call};
-use palisade_agent::reconcile::{KernelAttachment, TableRow};
+use palisade_agent::api::{EndpointView, KernelRead, TableRow};
 
 /// The default agent socket on a node.
 pub const NODE_SOCKET: &str = "/run/palisade/agent.sock";
@@ -73,13 +73,6 @@ pub fn endpoint_list(socket: &Path) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// Table rows from the agent's reply. A missing or malformed list is an error, never
-/// an empty table: two empty tables would "match".
-fn rows(v: &serde_json::Value, what: &str) -> anyhow::Result<Vec<TableRow>> {
-    serde_json::from_value(v.clone())
-        .map_err(|e| anyhow::anyhow!("the agent's reply has no readable {what} rows: {e}"))
-}
-
 fn proto_name(p: u8) -> &'static str {
     match p {
         6 => "TCP",
@@ -89,12 +82,12 @@ fn proto_name(p: u8) -> &'static str {
     }
 }
 
-fn render_rows(out: &mut String, v: &serde_json::Value, rows: &[TableRow]) {
+fn render_rows(out: &mut String, v: &EndpointView, rows: &[TableRow]) {
     for r in rows {
         let peer = if r.peer == 0 {
             "any other peer".to_string()
         } else {
-            match v["identities"].get(r.peer.to_string()) {
+            match v.identities.get(&r.peer.to_string()) {
                 Some(i) => format!("identity {} {}", r.peer, i),
                 None => format!("identity {}", r.peer),
             }
@@ -108,9 +101,10 @@ fn render_rows(out: &mut String, v: &serde_json::Value, rows: &[TableRow]) {
         } else {
             format!("/{}-{}", r.port_lo, r.port_hi)
         };
-        let why = v["rules"]
-            .get(r.rule.to_string())
-            .and_then(|s| s.as_str())
+        let why = v
+            .rules
+            .get(&r.rule.to_string())
+            .map(String::as_str)
             .unwrap_or("");
         let _ = writeln!(
             out,
@@ -138,36 +132,26 @@ pub fn endpoint_get(socket: &Path, pod: &str, json: bool) -> anyhow::Result<Stri
         return Ok(serde_json::to_string_pretty(&v)? + "\n");
     }
     let mut out = String::new();
-    let _ = writeln!(out, "pod:        {}", v["pod"].as_str().unwrap_or(pod));
-    let _ = writeln!(
-        out,
-        "interface:  {} (ifindex {})",
-        v["interface"].as_str().unwrap_or(""),
-        v["ifindex"]
-    );
-    let _ = writeln!(out, "addresses:  {}", v["ips"]);
+    let _ = writeln!(out, "pod:        {}", v.pod);
+    let _ = writeln!(out, "interface:  {} (ifindex {})", v.interface, v.ifindex);
+    let ips: Vec<String> = v.ips.iter().map(|i| i.to_string()).collect();
+    let _ = writeln!(out, "addresses:  {}", ips.join(", "));
     let _ = writeln!(
         out,
         "in force:   {}",
-        v["generation_in_force"]
-            .as_u64()
+        v.generation_in_force
             .map(|g| format!("generation {g}"))
             .unwrap_or_else(|| "NO".into())
     );
     let _ = writeln!(out, "policies deciding for this pod:");
-    if let Some(rules) = v["rules"].as_object() {
-        for (id, why) in rules {
-            let _ = writeln!(out, "  rule {id}: {}", why.as_str().unwrap_or(""));
-        }
+    for (id, why) in &v.rules {
+        let _ = writeln!(out, "  rule {id}: {why}");
     }
-    for dir in ["ingress", "egress"] {
-        let _ = writeln!(
-            out,
-            "{dir} (table {}):",
-            v["desired"][format!("{dir}_table")]
-        );
-        render_rows(&mut out, &v, &rows(&v["desired"][dir], "desired")?);
-    }
+    let table = |t: Option<u32>| t.map_or_else(|| "none".to_string(), |t| t.to_string());
+    let _ = writeln!(out, "ingress (table {}):", table(v.desired.ingress_table));
+    render_rows(&mut out, &v, &v.desired.ingress);
+    let _ = writeln!(out, "egress (table {}):", table(v.desired.egress_table));
+    render_rows(&mut out, &v, &v.desired.egress);
     let kernel = match diff(&v) {
         Ok(d) if d.is_empty() => "matches the desired state".to_string(),
         Ok(d) => format!(
@@ -186,6 +170,7 @@ pub fn endpoint_get(socket: &Path, pod: &str, json: bool) -> anyhow::Result<Stri
 }
 
 /// What `endpoint diff` found.
+#[derive(Debug)]
 struct Diff {
     /// Ways the interface is not enforced by our programs (detached, a program ahead
     /// of ours, no endpoint entry, interface gone): the tables below enforce nothing
@@ -209,39 +194,39 @@ impl Diff {
 /// Compares the desired state with the kernel's: first whether our programs run on the
 /// interface at all, then the table rows. Fails when the agent could not read the
 /// kernel state (and that is not explained by a missing endpoint entry).
-fn diff(v: &serde_json::Value) -> anyhow::Result<Diff> {
-    if let Some(err) = v["attachment"].get("error") {
-        anyhow::bail!(
-            "the agent could not query the programs on the interface: {}",
-            err.as_str().unwrap_or_default()
-        );
-    }
-    let attachment: KernelAttachment = serde_json::from_value(v["attachment"].clone())
-        .map_err(|e| anyhow::anyhow!("the agent's reply has no attachment state: {e}"))?;
-    let attachment = attachment.problems(v["interface"].as_str().unwrap_or_default());
-    if let Some(err) = v["kernel"].get("error") {
-        if !attachment.is_empty() {
+fn diff(v: &EndpointView) -> anyhow::Result<Diff> {
+    let attachment = match &v.attachment {
+        KernelRead::Read(a) => a.problems(&v.interface),
+        KernelRead::Failed { error } => {
+            anyhow::bail!("the agent could not query the programs on the interface: {error}")
+        }
+    };
+    let kernel = match &v.kernel {
+        KernelRead::Read(k) => k,
+        KernelRead::Failed { .. } if !attachment.is_empty() => {
             return Ok(Diff {
                 attachment,
                 rows: Vec::new(),
-            });
+            })
         }
-        anyhow::bail!(
-            "the agent could not read the kernel state: {}",
-            err.as_str().unwrap_or_default()
-        );
-    }
+        KernelRead::Failed { error } => {
+            anyhow::bail!("the agent could not read the kernel state: {error}")
+        }
+    };
     let mut out = Vec::new();
-    for dir in ["ingress", "egress"] {
-        let want: BTreeSet<TableRow> = rows(&v["desired"][dir], "desired")?.into_iter().collect();
-        let have: BTreeSet<TableRow> = rows(&v["kernel"][dir], "kernel")?.into_iter().collect();
+    for (dir, want, have) in [
+        ("ingress", &v.desired.ingress, &kernel.ingress),
+        ("egress", &v.desired.egress, &kernel.egress),
+    ] {
+        let want: BTreeSet<&TableRow> = want.iter().collect();
+        let have: BTreeSet<&TableRow> = have.iter().collect();
         out.extend(
             have.difference(&want)
-                .map(|r| (dir.to_string(), '+', r.clone())),
+                .map(|r| (dir.to_string(), '+', (*r).clone())),
         );
         out.extend(
             want.difference(&have)
-                .map(|r| (dir.to_string(), '-', r.clone())),
+                .map(|r| (dir.to_string(), '-', (*r).clone())),
         );
     }
     Ok(Diff {
@@ -316,25 +301,34 @@ mod tests {
 
     fn reply(kernel_rows: serde_json::Value, programs: &[u32]) -> serde_json::Value {
         let row = serde_json::json!({"peer":0,"proto":6,"port_lo":0,"port_hi":65535,"action":"deny","rule":1});
-        serde_json::json!({
-            "interface": "veth1",
-            "desired": {"ingress": [row], "egress": []},
-            "kernel": {"ingress": kernel_rows, "egress": []},
+        serde_json::json!({"ok": true, "data": {
+            "pod": "x/a", "interface": "veth1", "ifindex": 7, "ips": ["10.0.0.1"],
+            "generation_in_force": 3,
+            "desired": {"ingress_table": 1, "egress_table": 2, "ingress": [row], "egress": []},
+            "kernel": {"ingress_table": 1, "egress_table": 2, "ips": ["10.0.0.1"],
+                       "ingress": kernel_rows, "egress": []},
             "attachment": {"interface": "veth1", "endpoint_entry": true, "hooks": [
                 {"hook": "from_pod", "programs": programs, "ours": 5},
                 {"hook": "to_pod", "programs": [6], "ours": 6}
             ]},
-        })
+            "rules": {"1": "default deny"}, "identities": {},
+        }})
+    }
+
+    fn view(v: &serde_json::Value) -> Result<EndpointView, client::ClientError> {
+        client::decode::<api::Endpoint>(&v.to_string()).map(|r| r.data)
     }
 
     #[test]
     fn diff_matches_only_when_our_programs_run_and_the_rows_agree() {
         let row = serde_json::json!([{"peer":0,"proto":6,"port_lo":0,"port_hi":65535,"action":"deny","rule":1}]);
-        assert!(diff(&reply(row.clone(), &[5])).unwrap().is_empty());
-        let detached = diff(&reply(row.clone(), &[])).unwrap();
+        assert!(diff(&view(&reply(row.clone(), &[5])).unwrap())
+            .unwrap()
+            .is_empty());
+        let detached = diff(&view(&reply(row.clone(), &[])).unwrap()).unwrap();
         assert_eq!(detached.attachment.len(), 1, "{:?}", detached.attachment);
         assert!(detached.rows.is_empty(), "the maps alone still agree");
-        let missing = diff(&reply(serde_json::json!([]), &[5])).unwrap();
+        let missing = diff(&view(&reply(serde_json::json!([]), &[5])).unwrap()).unwrap();
         assert_eq!(missing.rows.len(), 1);
         assert_eq!(missing.rows[0].1, '-');
     }
@@ -342,13 +336,33 @@ mod tests {
     #[test]
     fn a_reply_without_readable_rows_or_attachment_is_an_error_not_a_match() {
         let row = serde_json::json!([{"peer":0,"proto":6,"port_lo":0,"port_hi":65535,"action":"deny","rule":1}]);
-        let mut v = reply(row, &[5]);
-        v["kernel"]["ingress"] = serde_json::json!("garbage");
-        assert!(diff(&v).is_err());
-        v["kernel"]["ingress"] = serde_json::Value::Null;
-        assert!(diff(&v).is_err());
+        let mut v = reply(row.clone(), &[5]);
+        v["data"]["kernel"]["ingress"] = serde_json::json!("garbage");
+        assert!(view(&v).is_err());
+        v["data"]["kernel"]["ingress"] = serde_json::Value::Null;
+        assert!(view(&v).is_err());
+        let mut v = reply(row.clone(), &[5]);
+        v["data"]["desired"]["ingress"][0]["action"] = serde_json::json!("allowed");
+        assert!(
+            view(&v).is_err(),
+            "an action that is neither allow nor deny"
+        );
         let mut v = reply(serde_json::json!([]), &[5]);
-        v.as_object_mut().unwrap().remove("attachment");
-        assert!(diff(&v).is_err());
+        v["data"].as_object_mut().unwrap().remove("attachment");
+        match view(&v) {
+            Err(client::ClientError::Malformed { message, .. }) => {
+                assert!(message.contains("attachment"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_kernel_read_error_is_said_not_taken_for_empty_tables() {
+        let row = serde_json::json!([{"peer":0,"proto":6,"port_lo":0,"port_hi":65535,"action":"deny","rule":1}]);
+        let mut v = reply(row, &[5]);
+        v["data"]["kernel"] = serde_json::json!({"error": "EPERM"});
+        let e = diff(&view(&v).unwrap()).unwrap_err().to_string();
+        assert!(e.contains("EPERM"), "{e}");
     }
 }
