@@ -167,7 +167,7 @@ mod tests {
         DecisionRecord {
             time: "2026-12-01T00:00:00.000Z".into(),
             pod: "default/a".into(),
-            direction: "ingress".into(),
+            direction: crate::decisions::Direction::Ingress,
             src: "10.0.0.2".into(),
             dst: "default/a".into(),
             src_ip: "10.0.0.2".into(),
@@ -175,8 +175,8 @@ mod tests {
             src_port: i as u16,
             dst_port: 80,
             protocol: "TCP".into(),
-            verdict: "deny".into(),
-            reason: "policy-deny".into(),
+            verdict: crate::decisions::Verdict::Deny,
+            reason: crate::decisions::Reason::PolicyDeny,
             policy: None,
             explanation: "x".repeat(i % 50),
         }

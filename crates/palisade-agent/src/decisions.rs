@@ -32,39 +32,8 @@ impl std::str::FromStr for LogMode {
     }
 }
 
-/// One decision, as logged and streamed by `palisade flows`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DecisionRecord {
-    /// RFC 3339 time, UTC, milliseconds.
-    pub time: String,
-    /// The enforcing endpoint, `namespace/name`.
-    pub pod: String,
-    /// `ingress` (towards `pod`) or `egress` (from `pod`).
-    pub direction: String,
-    /// Source: `namespace/name` of a pod, or an address.
-    pub src: String,
-    /// Destination: `namespace/name` of a pod, or an address.
-    pub dst: String,
-    /// Source address.
-    pub src_ip: String,
-    /// Destination address.
-    pub dst_ip: String,
-    /// Source port (0 for portless protocols).
-    pub src_port: u16,
-    /// Destination port (0 for portless protocols).
-    pub dst_port: u16,
-    /// `TCP`, `UDP`, `SCTP`, `ICMP`, `ICMPv6` or the protocol number.
-    pub protocol: String,
-    /// `allow` or `deny`.
-    pub verdict: String,
-    /// The datapath's reason (`policy`, `spoofed-source`, `malformed`, ...).
-    pub reason: String,
-    /// The policy that decided (`Kind namespace/name`), when one did.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy: Option<String>,
-    /// The decision in plain words.
-    pub explanation: String,
-}
+/// One decision, as logged and streamed by `palisade flows` (part of the API).
+pub use palisade_api::{DecisionRecord, Direction, Reason, Verdict};
 
 /// A bounded history of recent records, for `palisade flows` without `--follow`.
 #[derive(Debug)]
@@ -97,7 +66,7 @@ impl History {
 }
 
 /// Whether a record passes `palisade flows` filters.
-pub fn matches_filter(r: &DecisionRecord, pod: Option<&str>, verdict: Option<&str>) -> bool {
+pub fn matches_filter(r: &DecisionRecord, pod: Option<&str>, verdict: Option<Verdict>) -> bool {
     pod.is_none_or(|p| r.pod == p || r.src == p || r.dst == p)
         && verdict.is_none_or(|v| r.verdict == v)
 }

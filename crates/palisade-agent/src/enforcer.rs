@@ -9,7 +9,7 @@ use palisade_policy::compiled::{Compiled, Delta, RuleOrigin};
 use tokio::io::unix::AsyncFd;
 
 use crate::decision_log::DecisionLog;
-use crate::decisions::{rfc3339_now, DecisionRecord, LogMode};
+use crate::decisions::{rfc3339_now, DecisionRecord, LogMode, Reason, Verdict};
 use crate::inspect::table_rows;
 use crate::metrics::EventStats;
 use crate::reconcile::{CounterSample, Enforcer, KernelAttachment, KernelEndpoint, KernelHook};
@@ -310,7 +310,8 @@ pub fn record(ev: &DecisionEvent, views: &Views) -> DecisionRecord {
     // Only a policy verdict names a policy: the other reasons (spoof, malformed,
     // fragments, no endpoint...) decide before any rule is looked up, and their
     // events carry rule id 0, which is not theirs.
-    let by_policy = matches!(ev.reason, "policy-allow" | "policy-deny");
+    let reason = Reason::from_name(ev.reason);
+    let by_policy = reason.by_policy();
     let origin = if by_policy {
         views.rules.get(&ev.rule_id)
     } else {
@@ -351,7 +352,11 @@ pub fn record(ev: &DecisionEvent, views: &Views) -> DecisionRecord {
             .get(&ev.ifindex)
             .cloned()
             .unwrap_or_else(|| format!("ifindex {}", ev.ifindex)),
-        direction: ev.direction.to_string(),
+        direction: if ev.direction == "ingress" {
+            crate::decisions::Direction::Ingress
+        } else {
+            crate::decisions::Direction::Egress
+        },
         src: name(ev.src),
         dst: name(ev.dst),
         src_ip: ev.src.map(|i| i.to_string()).unwrap_or_default(),
@@ -359,8 +364,12 @@ pub fn record(ev: &DecisionEvent, views: &Views) -> DecisionRecord {
         src_port: ev.sport,
         dst_port: ev.dport,
         protocol: protocol_name(ev.proto),
-        verdict: if ev.allowed { "allow" } else { "deny" }.into(),
-        reason: ev.reason.to_string(),
+        verdict: if ev.allowed {
+            Verdict::Allow
+        } else {
+            Verdict::Deny
+        },
+        reason,
         policy,
         explanation,
     }
@@ -432,6 +441,20 @@ mod tests {
         }
     }
 
+    /// The API's reason enum knows every name the datapath gives a reason code, so no
+    /// record says `unknown` for a reason this build has.
+    #[test]
+    fn every_datapath_reason_has_its_own_api_reason() {
+        let mut seen = std::collections::BTreeSet::new();
+        for code in 0..abi::REASON_NR as u32 {
+            let name = reason_name(code);
+            let r = Reason::from_name(name);
+            assert_ne!(r, Reason::Unknown, "datapath reason {code} ({name})");
+            assert_eq!(r.as_str(), name);
+            assert!(seen.insert(r), "two codes map to {r:?}");
+        }
+    }
+
     /// Issue 8: only policy verdicts name a policy; the datapath's other drops carry
     /// rule id 0, and rule 0 belongs to some policy.
     #[test]
@@ -458,7 +481,7 @@ mod tests {
         ] {
             let r = record(&event(reason, 0), &views);
             assert_eq!(r.policy, None, "{reason} named a policy: {r:?}");
-            assert_eq!(r.reason, reason);
+            assert_eq!(r.reason.as_str(), reason);
             assert!(r.explanation.starts_with("denied: "), "{reason}: {r:?}");
             assert!(
                 !r.explanation.contains("deny-all"),

@@ -623,7 +623,6 @@ async fn handle_connection(
         verdict,
     } = request
     {
-        let verdict = verdict.map(|v| v.as_str());
         let _follower = if follow {
             match shared.connections.follow(limits.max_followers) {
                 Some(f) => Some(f),
@@ -667,8 +666,9 @@ async fn handle_connection(
                 }
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    let note = serde_json::json!({"lagged": n, "note": "the reader fell behind; records were skipped"});
-                    write_bounded(&mut w, format!("{note}\n").as_bytes(), &limits).await?;
+                    let mut out = serde_json::to_vec(&crate::api::FlowItem::lagged(n))?;
+                    out.push(b'\n');
+                    write_bounded(&mut w, &out, &limits).await?;
                 }
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
             }

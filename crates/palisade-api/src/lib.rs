@@ -16,8 +16,10 @@
 
 pub mod client;
 pub mod endpoint;
+pub mod flows;
 pub mod wire;
 
 pub use client::{call, ClientError, MAX_REPLY_BYTES};
 pub use endpoint::*;
+pub use flows::*;
 pub use wire::*;

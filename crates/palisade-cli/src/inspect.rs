@@ -288,11 +288,26 @@ pub fn flows(
         pod,
         verdict,
     };
+    // Each line must be a record (or the agent's lag note): anything else is an error,
+    // not a silently printed or skipped line.
+    let mut bad = None;
     client::stream(socket, &req, |line| {
-        println!("{line}");
-        true
+        match serde_json::from_str::<api::FlowItem>(line) {
+            Ok(_) => {
+                println!("{line}");
+                true
+            }
+            Err(e) => {
+                bad = Some(format!("{e}: {line:.200}"));
+                false
+            }
+        }
     })
-    .map_err(|e| anyhow::Error::new(e).context(format!("agent at {}", socket.display())))
+    .map_err(|e| anyhow::Error::new(e).context(format!("agent at {}", socket.display())))?;
+    match bad {
+        Some(why) => anyhow::bail!("the agent sent a flows line that is not a record: {why}"),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
