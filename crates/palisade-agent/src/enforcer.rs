@@ -352,6 +352,7 @@ pub fn record(ev: &DecisionEvent, views: &Views) -> DecisionRecord {
             .get(&ev.ifindex)
             .cloned()
             .unwrap_or_else(|| format!("ifindex {}", ev.ifindex)),
+        // The datapath names exactly two: "ingress" (to_pod) and "egress" (from_pod).
         direction: if ev.direction == "ingress" {
             crate::decisions::Direction::Ingress
         } else {
@@ -469,6 +470,21 @@ mod tests {
         );
         let r = record(&event("policy-deny", 0), &views);
         assert_eq!(r.policy.as_deref(), Some("default/deny-all"));
+        assert_eq!(r.direction, crate::decisions::Direction::Ingress);
+        assert_eq!(r.verdict, Verdict::Deny);
+        assert_eq!(r.reason, Reason::PolicyDeny);
+        let out = record(
+            &DecisionEvent {
+                direction: "egress",
+                allowed: true,
+                ..event("policy-allow", 0)
+            },
+            &views,
+        );
+        assert_eq!(
+            (out.direction, out.verdict),
+            (crate::decisions::Direction::Egress, Verdict::Allow)
+        );
         for reason in [
             "spoof",
             "malformed",

@@ -2,6 +2,7 @@
 //! create real network namespaces, run the real agent and send real packets (root
 //! needed; every test removes what it made, also when it fails).
 
+mod api_replies;
 mod bounds;
 mod cli;
 mod lab;
