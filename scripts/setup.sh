@@ -32,5 +32,5 @@ fi
 # The upstream Kubernetes control plane (kube-apiserver, kube-controller-manager,
 # kube-scheduler, kube-proxy, kubectl, etcd) that palisade-kube-lab's tests run, built
 # from the Go module proxy into /var/cache/palisade/k8s (outside the clone). Cold:
-# about 16 minutes of a shared 2-core machine (under nice); warm: well under a second.
+# about 15.5 minutes of a shared 2-core machine (under nice); warm: well under a second.
 bash "$(dirname "${BASH_SOURCE[0]}")/k8s-binaries.sh" >/dev/null
