@@ -263,26 +263,37 @@ impl Enforcer for BpfEnforcer {
         })
     }
 
-    fn status(&mut self) -> serde_json::Value {
-        let config = self.datapath.config().ok();
+    fn status(&mut self) -> crate::api::DatapathStatus {
+        let mut unread = Vec::new();
+        let config = self
+            .datapath
+            .config()
+            .map_err(|e| unread.push(format!("event settings: {e:#}")))
+            .ok();
+        let policy_epoch = self
+            .datapath
+            .policy_epoch()
+            .map_err(|e| unread.push(format!("policy epoch: {e:#}")))
+            .ok();
         let ncpus = self.datapath.ncpus();
-        serde_json::json!({
-            "events": config.map(|c| serde_json::json!({
-                "log_mode": c.log_mode,
-                "sample_allow": c.sample_allow,
-                "cpus": ncpus,
-                "events_per_sec_per_cpu": c.events_per_sec,
-                "events_burst_per_cpu": c.events_burst,
-                "pod_events_per_sec_per_cpu": c.pod_events_per_sec,
-                "flags": c.flags,
-            })),
-            "revoke_established": config.map(|c| c.flags & abi::CFG_F_NO_REVOKE == 0),
-            "policy_epoch": self.datapath.policy_epoch().ok(),
-            "pin_root": self.datapath.pin_root().display().to_string(),
-            "adopted_pins": self.datapath.adopted(),
-            "endpoints_in_kernel": self.datapath.endpoint_entries().len(),
-            "policy_entries": self.datapath.policy_entry_count(),
-        })
+        crate::api::DatapathStatus {
+            events: config.map(|c| crate::api::EventSettings {
+                log_mode: c.log_mode,
+                sample_allow: c.sample_allow,
+                cpus: ncpus,
+                events_per_sec_per_cpu: c.events_per_sec,
+                events_burst_per_cpu: c.events_burst,
+                pod_events_per_sec_per_cpu: c.pod_events_per_sec,
+                flags: c.flags,
+            }),
+            revoke_established: config.map(|c| c.flags & abi::CFG_F_NO_REVOKE == 0),
+            policy_epoch: policy_epoch.map(u64::from),
+            pin_root: self.datapath.pin_root().display().to_string(),
+            adopted_pins: self.datapath.adopted(),
+            endpoints_in_kernel: self.datapath.endpoint_entries().len(),
+            policy_entries: self.datapath.policy_entry_count(),
+            unread,
+        }
     }
 }
 

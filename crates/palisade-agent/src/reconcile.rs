@@ -57,8 +57,9 @@ pub trait Enforcer: Send {
     fn event_stats(&mut self) -> anyhow::Result<crate::metrics::EventStats> {
         Ok(Default::default())
     }
-    /// A short description for `status` (pin root, program ids, map fill levels).
-    fn status(&mut self) -> serde_json::Value;
+    /// The datapath part of `status` (pin root, event settings, map fill levels); a
+    /// kernel read that fails is named in `unread`, not left out.
+    fn status(&mut self) -> crate::api::DatapathStatus;
 }
 
 // The endpoint's kernel state is part of the API (`palisade endpoint get/diff`).

@@ -751,8 +751,11 @@ mod tests {
         fn counters(&mut self) -> anyhow::Result<Vec<CounterSample>> {
             Ok(Vec::new())
         }
-        fn status(&mut self) -> serde_json::Value {
-            serde_json::json!({"fake": true})
+        fn status(&mut self) -> crate::api::DatapathStatus {
+            crate::api::DatapathStatus {
+                pin_root: "/fake".into(),
+                ..Default::default()
+            }
         }
     }
 
@@ -845,7 +848,7 @@ mod tests {
                             r["data"]["published"]["reason"], "a reconcile pass is running",
                             "{r}"
                         );
-                        assert_eq!(r["data"]["datapath"]["fake"], true, "{r}");
+                        assert_eq!(r["data"]["datapath"]["pin_root"], "/fake", "{r}");
                     }
                     _ => {
                         let text = r["data"].as_str().unwrap();

@@ -223,7 +223,7 @@ mod tests {
 
     #[test]
     fn a_status_reply_missing_a_field_is_an_error_naming_it() {
-        let line = r#"{"ok":true,"data":{"passes":1,"generation":2,"last_pass_stages":{"load":0,"compile":0,"attach":0,"sync":0},"last_error":null,"errors":[],"warnings":[],"endpoints":{"x/a":{"interface":"v","ifindex":"seven","ips":[],"generation_in_force":null,"enforced":null}},"datapath":{}}}"#;
+        let line = r#"{"ok":true,"data":{"passes":1,"generation":2,"last_pass_stages":{"load":0,"compile":0,"attach":0,"sync":0},"last_error":null,"errors":[],"warnings":[],"endpoints":{"x/a":{"interface":"v","ifindex":"seven","ips":[],"generation_in_force":null,"enforced":null}},"datapath":{"events":null,"revoke_established":null,"policy_epoch":null,"pin_root":"/x","adopted_pins":false,"endpoints_in_kernel":0,"policy_entries":0}}}"#;
         match decode::<Status>(line) {
             Err(ClientError::Malformed { path, .. }) => {
                 assert_eq!(path, "data.endpoints.x/a.ifindex")

@@ -221,13 +221,55 @@ pub struct StatusData {
     pub warnings: Vec<String>,
     /// Registered endpoints by pod (`namespace/name`).
     pub endpoints: std::collections::BTreeMap<String, EndpointStatus>,
-    /// The datapath's own description (pin root, program ids, fill levels); free-form
-    /// because it is for people, not for programs.
-    pub datapath: serde_json::Value,
+    /// The datapath's state (pin root, event settings, fill levels).
+    pub datapath: DatapathStatus,
     /// Present when the answer is what the agent published after its last pass rather
     /// than a fresh reading (a pass was running).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published: Option<Published>,
+}
+
+/// The datapath part of [`StatusData`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DatapathStatus {
+    /// The event settings in force in the kernel (`None`: not read, see `unread`).
+    pub events: Option<EventSettings>,
+    /// Whether established flows are re-judged when their verdict's inputs change
+    /// (`None`: not read).
+    pub revoke_established: Option<bool>,
+    /// The policy epoch the loader bumps after every batch of writes (`None`: not read).
+    pub policy_epoch: Option<u64>,
+    /// The bpffs directory holding the pins.
+    pub pin_root: String,
+    /// Whether this run adopted pins of an earlier one.
+    pub adopted_pins: bool,
+    /// Endpoint entries in the kernel.
+    pub endpoints_in_kernel: usize,
+    /// Policy entries in the kernel.
+    pub policy_entries: usize,
+    /// What could not be read from the kernel, and why (so a `None` above is explained,
+    /// never silent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unread: Vec<String>,
+}
+
+/// Decision-event settings as the kernel holds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct EventSettings {
+    /// 0 off, 1 denies, 2 all.
+    pub log_mode: u32,
+    /// With log mode all: 1 in N allowed new flows.
+    pub sample_allow: u32,
+    /// CPUs the per-CPU budgets are split over.
+    pub cpus: usize,
+    /// Node budget per CPU.
+    pub events_per_sec_per_cpu: u32,
+    /// Node burst per CPU.
+    pub events_burst_per_cpu: u32,
+    /// Per-pod budget per CPU.
+    pub pod_events_per_sec_per_cpu: u32,
+    /// Raw config flags.
+    pub flags: u32,
 }
 
 /// One registered endpoint in [`StatusData`].

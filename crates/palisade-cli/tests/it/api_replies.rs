@@ -43,7 +43,7 @@ fn cli(args: &[&str], name: &str, reply: &str) -> (Output, String) {
 
 fn status_reply(ifindex: &str) -> String {
     format!(
-        r#"{{"ok":true,"data":{{"passes":2,"generation":3,"last_pass_stages":{{"load":0.0,"compile":0.0,"attach":0.0,"sync":0.0}},"last_error":null,"errors":[],"warnings":[],"endpoints":{{"x/a":{{"interface":"veth1","ifindex":{ifindex},"ips":["10.0.0.1"],"generation_in_force":3,"enforced":true}}}},"datapath":{{}}}}}}"#
+        r#"{{"ok":true,"data":{{"passes":2,"generation":3,"last_pass_stages":{{"load":0.0,"compile":0.0,"attach":0.0,"sync":0.0}},"last_error":null,"errors":[],"warnings":[],"endpoints":{{"x/a":{{"interface":"veth1","ifindex":{ifindex},"ips":["10.0.0.1"],"generation_in_force":3,"enforced":true}}}},"datapath":{{"events":null,"revoke_established":null,"policy_epoch":null,"pin_root":"/x","adopted_pins":false,"endpoints_in_kernel":1,"policy_entries":0}}}}}}"#
     ) + "\n"
 }
 
