@@ -688,9 +688,6 @@ mod tests {
     use crate::source::{Snapshot, Source};
     use palisade_policy::compile::InUse;
     use palisade_policy::compiled::{Compiled, Delta};
-    use std::io::{BufRead, BufReader, Write};
-    use std::os::unix::net::UnixStream as StdStream;
-    use std::path::Path;
 
     struct EmptySource;
 
@@ -759,17 +756,6 @@ mod tests {
         }
     }
 
-    fn request(socket: &Path, line: &str) -> anyhow::Result<serde_json::Value> {
-        let mut s = StdStream::connect(socket)?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        s.write_all(line.as_bytes())?;
-        s.write_all(b"\n")?;
-        s.shutdown(std::net::Shutdown::Write)?;
-        let mut reply = String::new();
-        BufReader::new(s).read_line(&mut reply)?;
-        Ok(serde_json::from_str(&reply)?)
-    }
-
     /// The bound within which `status` and `metrics` must be answered during a pass.
     const ANSWER_BOUND: Duration = Duration::from_secs(1);
 
@@ -806,59 +792,63 @@ mod tests {
             Arc::new(Mutex::new(Metrics::new())),
         ));
 
+        // Replies are decoded with the API's own client types: the agent's replies and
+        // what clients expect are checked against each other here.
+        let status = || crate::api::call(&socket, &crate::api::Status, Duration::from_secs(30));
         let deadline = Instant::now() + Duration::from_secs(30);
         let first = loop {
-            match request(&socket, r#"{"op":"status"}"#) {
-                Ok(r) => break r,
-                Err(_) if Instant::now() < deadline => std::thread::yield_now(),
+            match status() {
+                Ok(r) => break r.data,
+                Err(e) if e.retryable() && Instant::now() < deadline => std::thread::yield_now(),
                 Err(e) => panic!("the agent never answered status: {e:#}"),
             }
         };
-        assert_eq!(first["ok"], true, "{first}");
-        assert!(
-            first["data"].get("published").is_none(),
-            "an idle agent answers fresh: {first}"
-        );
+        assert_eq!(first.published, None, "an idle agent answers fresh");
+        assert_eq!(first.passes, 1);
 
         // A full pass that blocks in the kernel writes until released.
         armed.store(true, Ordering::SeqCst);
         let sync_socket = socket.clone();
         let (synced_tx, synced) = std_mpsc::channel();
         let syncer = std::thread::spawn(move || {
-            let r = request(&sync_socket, r#"{"op":"sync","full":true}"#);
-            synced_tx.send(r.map_err(|e| format!("{e:#}"))).ok();
+            let r = crate::api::call(
+                &sync_socket,
+                &crate::api::Sync { full: true },
+                Duration::from_secs(60),
+            );
+            synced_tx.send(r).ok();
         });
         entered
             .recv_timeout(Duration::from_secs(30))
             .expect("the sync pass never reached the enforcer");
 
         for round in 0..5 {
-            for op in ["status", "metrics"] {
-                let started = Instant::now();
-                let r = request(&socket, &format!(r#"{{"op":"{op}"}}"#)).unwrap();
-                let took = started.elapsed();
-                assert!(
-                    took < ANSWER_BOUND,
-                    "{op} (round {round}) took {took:?} while a pass ran"
-                );
-                assert_eq!(r["ok"], true, "{op}: {r}");
-                match op {
-                    "status" => {
-                        assert_eq!(
-                            r["data"]["published"]["reason"], "a reconcile pass is running",
-                            "{r}"
-                        );
-                        assert_eq!(r["data"]["datapath"]["pin_root"], "/fake", "{r}");
-                    }
-                    _ => {
-                        let text = r["data"].as_str().unwrap();
-                        assert!(
-                            text.starts_with("# datapath counters as of the last read"),
-                            "{text}"
-                        );
-                    }
-                }
-            }
+            let started = Instant::now();
+            let r = status().unwrap().data;
+            let took = started.elapsed();
+            assert!(
+                took < ANSWER_BOUND,
+                "status (round {round}) took {took:?} while a pass ran"
+            );
+            let published = r
+                .published
+                .expect("a status during a pass says it is published");
+            assert_eq!(published.reason, "a reconcile pass is running");
+            assert_eq!(r.datapath.pin_root, "/fake");
+
+            let started = Instant::now();
+            let m = crate::api::call(&socket, &crate::api::Metrics, Duration::from_secs(30))
+                .unwrap()
+                .data;
+            let took = started.elapsed();
+            assert!(
+                took < ANSWER_BOUND,
+                "metrics (round {round}) took {took:?} while a pass ran"
+            );
+            assert!(
+                m.starts_with("# datapath counters as of the last read"),
+                "{m}"
+            );
         }
         assert!(
             synced.try_recv().is_err(),
@@ -870,11 +860,12 @@ mod tests {
             .recv_timeout(Duration::from_secs(30))
             .expect("the sync never returned after its pass was released")
             .unwrap();
-        assert_eq!(r["ok"], true, "{r}");
+        assert!(r.in_force);
+        assert_eq!(r.generation, 2);
         syncer.join().unwrap();
-        let after = request(&socket, r#"{"op":"status"}"#).unwrap();
-        assert!(after["data"].get("published").is_none(), "{after}");
-        assert_eq!(after["data"]["passes"], 2, "{after}");
+        let after = status().unwrap().data;
+        assert_eq!(after.published, None);
+        assert_eq!(after.passes, 2);
         server.abort();
     }
 }
