@@ -16,6 +16,9 @@ use crate::{Binaries, Error};
 /// start takes 5-15 s here; the machine is shared, so allow a wide margin.
 const START_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// How many times a start is tried when a picked port was taken meanwhile.
+const START_ATTEMPTS: u32 = 3;
+
 /// Pause between two readiness probes, in milliseconds.
 const POLL: Duration = Duration::from_millis(250);
 
@@ -73,8 +76,25 @@ impl ControlPlane {
         Self::start_with(Binaries::locate()?)
     }
 
-    /// Starts with the given binaries.
+    /// Starts with the given binaries. Ports are picked free just before use, so
+    /// another process can take one first: when etcd or kube-apiserver exits saying
+    /// its address is in use, the whole start is retried on fresh ports (at most
+    /// three times, `START_ATTEMPTS`).
     pub fn start_with(binaries: Binaries) -> Result<Self, Error> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(binaries.clone()) {
+                Err(Error::Exited { tail, .. })
+                    if attempt < START_ATTEMPTS && tail.contains("address already in use") =>
+                {
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn start_once(binaries: Binaries) -> Result<Self, Error> {
         let dir = tempfile::Builder::new()
             .prefix("palisade-kube-lab-")
             .tempdir()

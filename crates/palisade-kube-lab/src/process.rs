@@ -20,7 +20,7 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How many log lines an error quotes.
 const TAIL_LINES: usize = 30;
 
-/// A running child process, stopped (SIGTERM, then SIGKILL after [`STOP_GRACE`]) and
+/// A running child process, stopped (SIGTERM, then SIGKILL 10 s later) and
 /// reaped when dropped.
 #[derive(Debug)]
 pub struct Supervised {
