@@ -18,11 +18,53 @@ use crate::registry::Registry;
 use crate::server::{serve, Shared, Views};
 use crate::source::DirectorySource;
 
+/// Where the agent reads the desired state from.
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    /// A directory of manifests (the lab, tests, or a GitOps checkout).
+    Directory(PathBuf),
+    /// A Kubernetes API server: the kubeconfig at `kubeconfig` (and `context`), or, when
+    /// none is given, the in-cluster service account or `KUBECONFIG` / `~/.kube/config`.
+    Kubernetes {
+        /// Kubeconfig file.
+        kubeconfig: Option<PathBuf>,
+        /// Context in it.
+        context: Option<String>,
+    },
+}
+
+/// A client for the API server named by a [`SourceConfig::Kubernetes`].
+pub async fn kube_client(
+    kubeconfig: Option<&std::path::Path>,
+    context: Option<&str>,
+) -> anyhow::Result<kube::Client> {
+    let options = kube::config::KubeConfigOptions {
+        context: context.map(str::to_string),
+        ..Default::default()
+    };
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &options)
+                .await
+                .with_context(|| format!("using the kubeconfig {}", path.display()))?
+        }
+        None if context.is_some() => kube::Config::from_kubeconfig(&options)
+            .await
+            .context("using the default kubeconfig")?,
+        None => kube::Config::infer().await.context(
+            "finding the API server (in-cluster service account, KUBECONFIG or ~/.kube/config)",
+        )?,
+    };
+    kube::Client::try_from(config).context("building the Kubernetes client")
+}
+
 /// Everything `palisade agent` is configured with.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// Directory of manifests (the desired state).
-    pub manifests: PathBuf,
+    /// Where the desired state comes from.
+    pub source: SourceConfig,
     /// Where the agent keeps its registry of interfaces.
     pub state_dir: PathBuf,
     /// The API socket.
@@ -64,8 +106,18 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     enforcer.set_log_mode(config.log_mode, config.sample_allow, config.events)?;
     enforcer.set_revoke_established(config.revoke_established)?;
     let registry = Registry::open(config.state_dir.join("endpoints.json"))?;
-    let source = DirectorySource::new(&config.manifests);
-    let reconciler = Reconciler::new(Box::new(source), Box::new(enforcer), registry)
+    let source: Box<dyn crate::source::Source> = match &config.source {
+        SourceConfig::Directory(dir) => Box::new(DirectorySource::new(dir)),
+        SourceConfig::Kubernetes {
+            kubeconfig,
+            context,
+        } => {
+            let client = kube_client(kubeconfig.as_deref(), context.as_deref()).await?;
+            tracing::info!("following the Kubernetes API server");
+            Box::new(crate::kube_source::KubeSource::start(client))
+        }
+    };
+    let reconciler = Reconciler::new(source, Box::new(enforcer), registry)
         .with_generation_file(config.state_dir.join("generation"))
         .with_registration_ttl(config.registration_ttl);
 

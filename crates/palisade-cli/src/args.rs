@@ -204,9 +204,20 @@ pub enum Command {
 /// `palisade agent` options.
 #[derive(Debug, Args)]
 pub struct AgentArgs {
-    /// Directory of manifests to enforce (watched for changes).
+    /// Where the desired state comes from: a directory of manifests (--manifests) or
+    /// the Kubernetes API server (--kubeconfig/--context, or in-cluster).
+    #[arg(long, value_enum, default_value_t = SourceKind::Directory)]
+    pub source: SourceKind,
+    /// Directory of manifests to enforce (watched for changes), with --source directory.
+    #[arg(long, required_if_eq("source", "directory"))]
+    pub manifests: Option<PathBuf>,
+    /// Kubeconfig of the API server to follow, with --source kubernetes (default: the
+    /// in-cluster service account, else KUBECONFIG or ~/.kube/config).
     #[arg(long)]
-    pub manifests: PathBuf,
+    pub kubeconfig: Option<PathBuf>,
+    /// Context of the kubeconfig, with --source kubernetes.
+    #[arg(long)]
+    pub context: Option<String>,
     /// The API socket.
     #[arg(long, default_value = "/run/palisade/agent.sock")]
     pub socket: PathBuf,
@@ -275,6 +286,15 @@ pub struct AgentArgs {
     /// docs/semantics.md, "Established flows"). Applied on every start.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub revoke_established: bool,
+}
+
+/// Where `palisade agent` reads the desired state from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SourceKind {
+    /// A directory of manifests.
+    Directory,
+    /// The Kubernetes API server.
+    Kubernetes,
 }
 
 /// `palisade ebpf` subcommands.

@@ -350,7 +350,21 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<i32> {
         sizes.conntrack = n;
     }
     let config = palisade_agent::run::AgentConfig {
-        manifests: a.manifests,
+        source: match a.source {
+            args::SourceKind::Directory => palisade_agent::run::SourceConfig::Directory(
+                a.manifests
+                    .context("--source directory needs --manifests DIR")?,
+            ),
+            args::SourceKind::Kubernetes => {
+                if a.manifests.is_some() {
+                    anyhow::bail!("--manifests is for --source directory; --source kubernetes reads the API server");
+                }
+                palisade_agent::run::SourceConfig::Kubernetes {
+                    kubeconfig: a.kubeconfig,
+                    context: a.context,
+                }
+            }
+        },
         state_dir: a.state_dir,
         socket: a.socket,
         pin_root: a.pin_root,

@@ -1,0 +1,617 @@
+//! The desired state from a Kubernetes API server (`palisade agent --source kubernetes`).
+//!
+//! One kube-runtime watcher per kind (Namespaces, Pods, Nodes, Services, EndpointSlices,
+//! NetworkPolicies, and the network-policy-api kinds) keeps a store of the objects the
+//! API server holds; watch restarts, `410 Gone`, relists and bookmarks are kube-runtime's,
+//! with its default backoff. Each object is read through the same decoder and validator
+//! as a manifest file ([`palisade_policy::manifest::load`]), so an object the API server
+//! accepted but Palisade cannot enforce exactly is rejected alone, with the field named,
+//! and its last good version stays in force.
+//!
+//! Fail closed, never open:
+//!
+//! - [`Source::load`] refuses to answer until every kind has been listed once: a
+//!   snapshot with the pods but not yet the policies would enforce "no policy" (allow
+//!   everything). A kind whose API is not served (a CRD not installed) counts as listed
+//!   and empty, and is watched on so that it is picked up once it appears.
+//! - A relist replaces a kind's objects only once it is complete, and a relist that
+//!   finds nothing changed changes nothing (the reconciler diffs object by object).
+//! - When the API server goes away the stores keep their last state: the agent keeps
+//!   enforcing it (no flush, no transient allow) while the watchers reconnect with
+//!   backoff; [`KubeSource::health`] says which watches are down and since when.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::Client;
+use palisade_policy::manifest;
+use palisade_policy::model::Cluster;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::source::{Snapshot, Source};
+
+/// The kinds watched, in the order their objects are merged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum WatchedKind {
+    /// core/v1 Namespace.
+    Namespace,
+    /// core/v1 Node.
+    Node,
+    /// core/v1 Pod.
+    Pod,
+    /// core/v1 Service.
+    Service,
+    /// discovery.k8s.io/v1 EndpointSlice.
+    EndpointSlice,
+    /// networking.k8s.io/v1 NetworkPolicy.
+    NetworkPolicy,
+    /// policy.networking.k8s.io/v1alpha2 ClusterNetworkPolicy.
+    ClusterNetworkPolicy,
+    /// policy.networking.k8s.io/v1alpha1 AdminNetworkPolicy.
+    AdminNetworkPolicy,
+    /// policy.networking.k8s.io/v1alpha1 BaselineAdminNetworkPolicy.
+    BaselineAdminNetworkPolicy,
+}
+
+impl WatchedKind {
+    /// Every kind, in merge order.
+    pub const ALL: [WatchedKind; 9] = [
+        WatchedKind::Namespace,
+        WatchedKind::Node,
+        WatchedKind::Pod,
+        WatchedKind::Service,
+        WatchedKind::EndpointSlice,
+        WatchedKind::NetworkPolicy,
+        WatchedKind::ClusterNetworkPolicy,
+        WatchedKind::AdminNetworkPolicy,
+        WatchedKind::BaselineAdminNetworkPolicy,
+    ];
+
+    /// Whether the kind is a CRD that may not be installed.
+    fn optional(self) -> bool {
+        matches!(
+            self,
+            WatchedKind::ClusterNetworkPolicy
+                | WatchedKind::AdminNetworkPolicy
+                | WatchedKind::BaselineAdminNetworkPolicy
+        )
+    }
+
+    fn crd(self) -> Option<(&'static str, &'static str, &'static str)> {
+        match self {
+            WatchedKind::ClusterNetworkPolicy => {
+                Some(("v1alpha2", "ClusterNetworkPolicy", "clusternetworkpolicies"))
+            }
+            WatchedKind::AdminNetworkPolicy => {
+                Some(("v1alpha1", "AdminNetworkPolicy", "adminnetworkpolicies"))
+            }
+            WatchedKind::BaselineAdminNetworkPolicy => Some((
+                "v1alpha1",
+                "BaselineAdminNetworkPolicy",
+                "baselineadminnetworkpolicies",
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// One watch's state, for `palisade status` and metrics.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WatchHealth {
+    /// The first complete list arrived (or the kind is not served).
+    pub synced: bool,
+    /// The kind's API is not served (CRD not installed); watched until it appears.
+    pub not_served: bool,
+    /// The watch is currently failing (API server unreachable, forbidden...).
+    pub failing: bool,
+    /// The last watch error, if any.
+    pub last_error: Option<String>,
+    /// When the watch started failing (RFC 3339).
+    pub failing_since: Option<String>,
+    /// Watch events received.
+    pub events: u64,
+    /// Watch errors (each followed by a backoff and a retry).
+    pub errors: u64,
+    /// Objects held.
+    pub objects: usize,
+}
+
+/// One object's decoded state.
+#[derive(Debug, Clone, Default)]
+struct ObjectState {
+    /// The last version that decoded cleanly (in force).
+    good: Option<Cluster>,
+    /// Errors of the current version (empty when it is the good one).
+    errors: Vec<String>,
+    /// Warnings of the current version.
+    warnings: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct Store {
+    objects: BTreeMap<WatchedKind, BTreeMap<String, ObjectState>>,
+    health: BTreeMap<WatchedKind, WatchHealth>,
+}
+
+/// See the module doc.
+pub struct KubeSource {
+    store: Arc<Mutex<Store>>,
+    dirty: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for KubeSource {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl KubeSource {
+    /// Starts one watcher per kind on the current tokio runtime.
+    pub fn start(client: Client) -> Self {
+        let store = Arc::new(Mutex::new(Store::default()));
+        let dirty = Arc::new(AtomicBool::new(true));
+        let mut tasks = Vec::new();
+        let ctx = |kind| Watch {
+            kind,
+            store: store.clone(),
+            dirty: dirty.clone(),
+        };
+        tasks.push(ctx(WatchedKind::Namespace).spawn(Api::<Namespace>::all(client.clone())));
+        tasks.push(ctx(WatchedKind::Node).spawn(Api::<Node>::all(client.clone())));
+        tasks.push(ctx(WatchedKind::Pod).spawn(Api::<Pod>::all(client.clone())));
+        tasks.push(ctx(WatchedKind::Service).spawn(Api::<Service>::all(client.clone())));
+        tasks
+            .push(ctx(WatchedKind::EndpointSlice).spawn(Api::<EndpointSlice>::all(client.clone())));
+        tasks
+            .push(ctx(WatchedKind::NetworkPolicy).spawn(Api::<NetworkPolicy>::all(client.clone())));
+        for kind in WatchedKind::ALL {
+            if let Some((version, k, plural)) = kind.crd() {
+                let gvk = GroupVersionKind::gvk("policy.networking.k8s.io", version, k);
+                let ar = ApiResource::from_gvk_with_plural(&gvk, plural);
+                let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
+                tasks.push(ctx(kind).spawn(api));
+            }
+        }
+        KubeSource {
+            store,
+            dirty,
+            tasks,
+        }
+    }
+
+    /// Every watch's state.
+    pub fn health(&self) -> BTreeMap<WatchedKind, WatchHealth> {
+        self.store.lock().expect("store lock").health.clone()
+    }
+
+    /// Whether every kind has been listed once.
+    pub fn synced(&self) -> bool {
+        let s = self.store.lock().expect("store lock");
+        WatchedKind::ALL
+            .iter()
+            .all(|k| s.health.get(k).is_some_and(|h| h.synced))
+    }
+}
+
+impl Source for KubeSource {
+    fn load(&mut self) -> anyhow::Result<Snapshot> {
+        self.dirty.store(false, Ordering::SeqCst);
+        let s = self.store.lock().expect("store lock");
+        let waiting: Vec<String> = WatchedKind::ALL
+            .iter()
+            .filter(|k| !s.health.get(k).is_some_and(|h| h.synced))
+            .map(|k| {
+                let why = s
+                    .health
+                    .get(k)
+                    .and_then(|h| h.last_error.clone())
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default();
+                format!("{k:?}{why}")
+            })
+            .collect();
+        if !waiting.is_empty() {
+            // Not an answer from a partial picture: the pass fails and the kernel keeps
+            // what it enforces.
+            anyhow::bail!(
+                "the API server's objects are not all listed yet; waiting for {}",
+                waiting.join(", ")
+            );
+        }
+        let mut snap = Snapshot::default();
+        for (kind, objects) in &s.objects {
+            for (key, o) in objects {
+                if let Some(good) = &o.good {
+                    merge(&mut snap.cluster, good);
+                }
+                for e in &o.errors {
+                    snap.errors.push(format!("{kind:?} {key}: {e}"));
+                }
+                snap.warnings.extend(o.warnings.iter().cloned());
+            }
+        }
+        for (kind, h) in &s.health {
+            if h.failing {
+                snap.warnings.push(format!(
+                    "watch of {kind:?} failing since {}: {} (enforcing the last state read)",
+                    h.failing_since.as_deref().unwrap_or("?"),
+                    h.last_error.as_deref().unwrap_or("?")
+                ));
+            }
+        }
+        Ok(snap)
+    }
+
+    fn changed(&mut self) -> bool {
+        self.dirty.load(Ordering::SeqCst)
+    }
+}
+
+/// Adds `part`'s objects to `into`.
+fn merge(into: &mut Cluster, part: &Cluster) {
+    into.namespaces
+        .extend(part.namespaces.iter().map(|(k, v)| (k.clone(), v.clone())));
+    into.nodes
+        .extend(part.nodes.iter().map(|(k, v)| (k.clone(), v.clone())));
+    into.pods
+        .extend(part.pods.iter().map(|(k, v)| (k.clone(), v.clone())));
+    into.services
+        .extend(part.services.iter().map(|(k, v)| (k.clone(), v.clone())));
+    into.endpoint_slices.extend(
+        part.endpoint_slices
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    into.network_policies.extend(
+        part.network_policies
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    into.cluster_policies.extend(
+        part.cluster_policies
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+}
+
+/// What the decoder needs of an object from the API: its fields, without the
+/// server-side bookkeeping that no policy depends on (managed fields, the status of
+/// everything but the addresses).
+fn trimmed(kind: WatchedKind, mut v: serde_json::Value) -> serde_json::Value {
+    if let Some(meta) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        meta.remove("managedFields");
+    }
+    let keep_status: &[&str] = match kind {
+        WatchedKind::Pod => &["podIP", "podIPs", "hostIP", "hostIPs"],
+        WatchedKind::Node => &["addresses"],
+        _ => &[],
+    };
+    if let Some(obj) = v.as_object_mut() {
+        match obj.get_mut("status").and_then(|s| s.as_object_mut()) {
+            Some(status) if !keep_status.is_empty() => {
+                status.retain(|k, _| keep_status.contains(&k.as_str()));
+            }
+            _ => {
+                obj.remove("status");
+            }
+        }
+    }
+    v
+}
+
+fn object_key(v: &serde_json::Value) -> String {
+    let meta = &v["metadata"];
+    match (meta["namespace"].as_str(), meta["name"].as_str()) {
+        (Some(ns), Some(n)) => format!("{ns}/{n}"),
+        (None, Some(n)) => n.to_string(),
+        _ => "<unnamed>".to_string(),
+    }
+}
+
+/// Decodes one object as the manifest reader would, keeping its last good version
+/// when the new one is rejected.
+fn decode(
+    kind: WatchedKind,
+    v: serde_json::Value,
+    previous: Option<ObjectState>,
+) -> (String, ObjectState) {
+    let v = trimmed(kind, v);
+    let key = object_key(&v);
+    let label = format!("api:{kind:?}/{key}");
+    let text = serde_json::to_string_pretty(&v).unwrap_or_default();
+    let loaded = manifest::load(&[(label, text)]);
+    let warnings = loaded.warnings.iter().map(|w| w.to_string()).collect();
+    if loaded.errors.is_empty() {
+        return (
+            key,
+            ObjectState {
+                good: Some(loaded.cluster),
+                errors: Vec::new(),
+                warnings,
+            },
+        );
+    }
+    let errors = loaded.errors.iter().map(|e| e.to_string()).collect();
+    (
+        key,
+        ObjectState {
+            good: previous.and_then(|p| p.good),
+            errors,
+            warnings,
+        },
+    )
+}
+
+struct Watch {
+    kind: WatchedKind,
+    store: Arc<Mutex<Store>>,
+    dirty: Arc<AtomicBool>,
+}
+
+impl Watch {
+    fn spawn<K>(self, api: Api<K>) -> tokio::task::JoinHandle<()>
+    where
+        K: kube::Resource + Clone + DeserializeOwned + Serialize + Debug + Send + Sync + 'static,
+    {
+        tokio::spawn(async move {
+            let config = watcher::Config::default();
+            let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+            // Objects of a relist in progress: they replace the kind's objects only
+            // once the list is complete.
+            let mut relist: Option<BTreeMap<String, ObjectState>> = None;
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(ev) => self.on_event(ev, &mut relist),
+                    Err(e) => self.on_error(&e),
+                }
+            }
+        })
+    }
+
+    fn on_event<K: Serialize>(
+        &self,
+        ev: Event<K>,
+        relist: &mut Option<BTreeMap<String, ObjectState>>,
+    ) {
+        let mut s = self.store.lock().expect("store lock");
+        let h = s.health.entry(self.kind).or_default();
+        h.events += 1;
+        h.failing = false;
+        h.failing_since = None;
+        h.not_served = false;
+        let value = |o: &K| serde_json::to_value(o).unwrap_or_default();
+        match ev {
+            Event::Init => *relist = Some(BTreeMap::new()),
+            Event::InitApply(o) => {
+                let v = value(&o);
+                let key = object_key(&trimmed(self.kind, v.clone()));
+                let prev = s.objects.get(&self.kind).and_then(|m| m.get(&key)).cloned();
+                let (key, st) = decode(self.kind, v, prev);
+                relist.get_or_insert_with(BTreeMap::new).insert(key, st);
+            }
+            Event::InitDone => {
+                let objects = relist.take().unwrap_or_default();
+                let n = objects.len();
+                s.objects.insert(self.kind, objects);
+                let h = s.health.entry(self.kind).or_default();
+                h.synced = true;
+                h.objects = n;
+                self.dirty.store(true, Ordering::SeqCst);
+            }
+            Event::Apply(o) => {
+                let v = value(&o);
+                let key = object_key(&trimmed(self.kind, v.clone()));
+                let objects = s.objects.entry(self.kind).or_default();
+                let prev = objects.remove(&key);
+                let (key, st) = decode(self.kind, v, prev);
+                objects.insert(key, st);
+                let n = objects.len();
+                s.health.entry(self.kind).or_default().objects = n;
+                self.dirty.store(true, Ordering::SeqCst);
+            }
+            Event::Delete(o) => {
+                let key = object_key(&value(&o));
+                let objects = s.objects.entry(self.kind).or_default();
+                objects.remove(&key);
+                let n = objects.len();
+                s.health.entry(self.kind).or_default().objects = n;
+                self.dirty.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn on_error(&self, e: &watcher::Error) {
+        let not_found = matches!(
+            e,
+            watcher::Error::InitialListFailed(kube::Error::Api(r))
+                | watcher::Error::WatchStartFailed(kube::Error::Api(r))
+                if r.code == 404
+        );
+        let mut s = self.store.lock().expect("store lock");
+        let h = s.health.entry(self.kind).or_default();
+        h.errors += 1;
+        h.last_error = Some(e.to_string());
+        if not_found && self.kind.optional() {
+            // A CRD that is not installed: nothing of that kind can exist. Listed and
+            // empty until it appears (the watcher keeps retrying).
+            h.not_served = true;
+            if !h.synced {
+                h.synced = true;
+                self.dirty.store(true, Ordering::SeqCst);
+            }
+            return;
+        }
+        if !h.failing {
+            h.failing = true;
+            h.failing_since = Some(crate::decisions::rfc3339_now());
+            tracing::warn!(kind = ?self.kind, error = %e, "watch failing; enforcing the last state read, retrying with backoff");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watch(kind: WatchedKind, store: &Arc<Mutex<Store>>, dirty: &Arc<AtomicBool>) -> Watch {
+        Watch {
+            kind,
+            store: store.clone(),
+            dirty: dirty.clone(),
+        }
+    }
+
+    fn source(store: &Arc<Mutex<Store>>, dirty: &Arc<AtomicBool>) -> KubeSource {
+        KubeSource {
+            store: store.clone(),
+            dirty: dirty.clone(),
+            tasks: Vec::new(),
+        }
+    }
+
+    fn np(name: &str, port: serde_json::Value) -> NetworkPolicy {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": name, "namespace": "default", "resourceVersion": "7",
+                         "managedFields": [{"manager": "kubectl"}]},
+            "spec": {"podSelector": {}, "ingress": [{"ports": [{"port": port}]}]}
+        }))
+        .unwrap()
+    }
+
+    fn pod(name: &str, ip: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
+            "spec": {"containers": [{"name": "c", "image": "x"}], "nodeName": "n1"},
+            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                       "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .unwrap()
+    }
+
+    /// Lists every kind once, empty, except what `f` does.
+    fn list_all_empty(store: &Arc<Mutex<Store>>, dirty: &Arc<AtomicBool>, except: &[WatchedKind]) {
+        for kind in WatchedKind::ALL {
+            if except.contains(&kind) {
+                continue;
+            }
+            let w = watch(kind, store, dirty);
+            let mut relist = None;
+            w.on_event::<Pod>(Event::Init, &mut relist);
+            w.on_event::<Pod>(Event::InitDone, &mut relist);
+        }
+    }
+
+    #[test]
+    fn no_answer_until_every_kind_is_listed() {
+        let (store, dirty) = (Arc::default(), Arc::new(AtomicBool::new(false)));
+        let mut src = source(&store, &dirty);
+        list_all_empty(&store, &dirty, &[WatchedKind::NetworkPolicy]);
+        let err = src.load().unwrap_err().to_string();
+        assert!(err.contains("NetworkPolicy"), "{err}");
+        let w = watch(WatchedKind::NetworkPolicy, &store, &dirty);
+        let mut relist = None;
+        w.on_event::<NetworkPolicy>(Event::Init, &mut relist);
+        w.on_event(Event::InitApply(np("a", 80.into())), &mut relist);
+        // Mid-list: still no answer.
+        assert!(src.load().is_err());
+        w.on_event::<NetworkPolicy>(Event::InitDone, &mut relist);
+        let snap = src.load().unwrap();
+        assert!(snap.cluster.network_policies.contains_key("default/a"));
+        assert!(snap.errors.is_empty(), "{:?}", snap.errors);
+    }
+
+    #[test]
+    fn a_crd_that_is_not_served_counts_as_listed_and_empty() {
+        let (store, dirty) = (Arc::default(), Arc::new(AtomicBool::new(false)));
+        let mut src = source(&store, &dirty);
+        list_all_empty(&store, &dirty, &[WatchedKind::AdminNetworkPolicy]);
+        let status: kube::core::Status =
+            serde_json::from_value(serde_json::json!({"code": 404, "message": "not found"}))
+                .unwrap();
+        let w = watch(WatchedKind::AdminNetworkPolicy, &store, &dirty);
+        w.on_error(&watcher::Error::InitialListFailed(kube::Error::Api(
+            Box::new(status.clone()),
+        )));
+        assert!(src.load().is_ok());
+        assert!(src.health()[&WatchedKind::AdminNetworkPolicy].not_served);
+        // A core kind failing the same way is not "empty": it is failing.
+        let w = watch(WatchedKind::Pod, &store, &dirty);
+        w.on_error(&watcher::Error::InitialListFailed(kube::Error::Api(
+            Box::new(status),
+        )));
+        assert!(src.health()[&WatchedKind::Pod].failing);
+    }
+
+    #[test]
+    fn a_rejected_update_keeps_the_last_good_version_and_names_the_field() {
+        let (store, dirty) = (Arc::default(), Arc::new(AtomicBool::new(false)));
+        let mut src = source(&store, &dirty);
+        list_all_empty(&store, &dirty, &[]);
+        let w = watch(WatchedKind::NetworkPolicy, &store, &dirty);
+        let mut relist = None;
+        w.on_event(Event::Apply(np("a", 80.into())), &mut relist);
+        w.on_event(Event::Apply(np("b", 443.into())), &mut relist);
+        // A port name Kubernetes would not accept either: rejected alone.
+        w.on_event(Event::Apply(np("a", "Not_A_Port!".into())), &mut relist);
+        let snap = src.load().unwrap();
+        let a = &snap.cluster.network_policies["default/a"];
+        assert_eq!(
+            serde_json::to_value(a).unwrap()["ingress"][0]["ports"][0]["Range"]["port"],
+            80,
+            "last good version in force: {a:?}"
+        );
+        assert!(snap.cluster.network_policies.contains_key("default/b"));
+        assert_eq!(snap.errors.len(), 1, "{:?}", snap.errors);
+        assert!(
+            snap.errors[0].contains("spec.ingress[0].ports[0].port"),
+            "{:?}",
+            snap.errors
+        );
+    }
+
+    #[test]
+    fn a_relist_replaces_a_kind_only_once_complete_and_pod_status_is_kept_to_addresses() {
+        let (store, dirty) = (Arc::default(), Arc::new(AtomicBool::new(false)));
+        let mut src = source(&store, &dirty);
+        list_all_empty(&store, &dirty, &[WatchedKind::Pod]);
+        let w = watch(WatchedKind::Pod, &store, &dirty);
+        let mut relist = None;
+        w.on_event::<Pod>(Event::Init, &mut relist);
+        w.on_event(Event::InitApply(pod("x", "10.0.0.1")), &mut relist);
+        w.on_event(Event::InitApply(pod("y", "10.0.0.2")), &mut relist);
+        w.on_event::<Pod>(Event::InitDone, &mut relist);
+        let snap = src.load().unwrap();
+        assert_eq!(snap.cluster.pods.len(), 2);
+        assert!(snap.errors.is_empty(), "{:?}", snap.errors);
+        assert_eq!(
+            snap.cluster.pods["default/x"].ips,
+            vec!["10.0.0.1".parse::<std::net::IpAddr>().unwrap()]
+        );
+        // A relist (after 410 Gone) in progress: the old objects stay until it is done.
+        w.on_event::<Pod>(Event::Init, &mut relist);
+        w.on_event(Event::InitApply(pod("x", "10.0.0.1")), &mut relist);
+        assert_eq!(src.load().unwrap().cluster.pods.len(), 2);
+        w.on_event::<Pod>(Event::InitDone, &mut relist);
+        let pods = src.load().unwrap().cluster.pods;
+        assert_eq!(pods.keys().collect::<Vec<_>>(), vec!["default/x"]);
+        // Deleted.
+        w.on_event(Event::Delete(pod("x", "10.0.0.1")), &mut relist);
+        assert!(src.load().unwrap().cluster.pods.is_empty());
+    }
+}
