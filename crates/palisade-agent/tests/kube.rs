@@ -1,0 +1,147 @@
+//! `--source kubernetes` against the real upstream API server (etcd + kube-apiserver from
+//! scripts/k8s-binaries.sh, TLS, RBAC): the agent's source authenticates as its own
+//! service account, refuses to answer while it cannot list everything (fail closed:
+//! never an empty desired state that would allow all), and follows creates, updates
+//! and deletes once RBAC grants it read access. The network-policy-api CRDs are not
+//! installed here: those kinds count as listed and empty.
+
+use std::time::{Duration, Instant};
+
+use palisade_agent::kube_source::{KubeSource, WatchedKind};
+use palisade_agent::source::{Snapshot, Source};
+use palisade_kube_lab::{Binaries, ControlPlane};
+use palisade_testkit::{decide, Context, Decision};
+
+fn start() -> Option<ControlPlane> {
+    let missing: Vec<String> = Binaries::locate()
+        .err()
+        .map(|e| e.to_string())
+        .into_iter()
+        .collect();
+    match decide("kube source", &missing, Context::current()) {
+        Decision::Run => Some(ControlPlane::start().expect("control plane starts")),
+        Decision::Skip(msg) => {
+            eprintln!("{msg}");
+            None
+        }
+        Decision::Fail(msg) => panic!("{msg}"),
+    }
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `within`.
+async fn eventually<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const GRANT: &str = r#"{"apiVersion":"v1","kind":"List","items":[
+ {"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRole","metadata":{"name":"palisade-agent-read"},
+  "rules":[{"apiGroups":[""],"resources":["namespaces","pods","nodes","services"],"verbs":["get","list","watch"]},
+           {"apiGroups":["discovery.k8s.io"],"resources":["endpointslices"],"verbs":["get","list","watch"]},
+           {"apiGroups":["networking.k8s.io"],"resources":["networkpolicies"],"verbs":["get","list","watch"]},
+           {"apiGroups":["policy.networking.k8s.io"],"resources":["clusternetworkpolicies","adminnetworkpolicies","baselineadminnetworkpolicies"],"verbs":["get","list","watch"]}]},
+ {"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRoleBinding","metadata":{"name":"palisade-agent-read"},
+  "roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"palisade-agent-read"},
+  "subjects":[{"kind":"ServiceAccount","name":"palisade-agent","namespace":"kube-system"}]}]}"#;
+
+fn policy(port: u16) -> String {
+    format!(
+        r#"{{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy",
+ "metadata":{{"name":"web","namespace":"team-a"}},
+ "spec":{{"podSelector":{{"matchLabels":{{"app":"web"}}}},
+  "ingress":[{{"ports":[{{"protocol":"TCP","port":{port}}}]}}]}}}}"#
+    )
+}
+
+fn port_of(s: &Snapshot) -> Option<serde_json::Value> {
+    let np = s.cluster.network_policies.get("team-a/web")?;
+    Some(serde_json::to_value(np).unwrap()["ingress"][0]["ports"][0]["Range"]["port"].clone())
+}
+
+#[test]
+fn follows_the_api_server_as_its_own_identity_and_fails_closed_until_it_can_list() {
+    let Some(cp) = start() else { return };
+    let agent = cp
+        .service_account_kubeconfig("kube-system", "palisade-agent")
+        .expect("a token for the agent's service account");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = palisade_agent::run::kube_client(Some(agent.path()), None)
+            .await
+            .expect("client from the agent's kubeconfig");
+        let mut src = KubeSource::start(client);
+        // No grant yet: RBAC refuses the lists, and the source gives no answer at all.
+        eventually(
+            Duration::from_secs(30),
+            "the pod watch to fail on RBAC",
+            || {
+                src.health()
+                    .get(&WatchedKind::Pod)
+                    .filter(|h| h.failing)
+                    .cloned()
+            },
+        )
+        .await;
+        let err = src.load().unwrap_err().to_string();
+        assert!(err.contains("Pod"), "{err}");
+        assert!(err.contains("forbidden"), "the reason is said: {err}");
+
+        cp.kubectl(cp.admin(), &["apply", "-f", "-"], Some(GRANT))
+            .expect("grant");
+        cp.kubectl(cp.admin(), &["create", "namespace", "team-a"], None)
+            .expect("namespace");
+        cp.kubectl(cp.admin(), &["apply", "-f", "-"], Some(&policy(80)))
+            .expect("policy");
+        // Watches retry with backoff; once they list, everything is there at once.
+        let snap = eventually(
+            Duration::from_secs(120),
+            "the first complete snapshot",
+            || src.load().ok().filter(|s| port_of(s).is_some()),
+        )
+        .await;
+        assert!(snap.cluster.namespaces.contains_key("team-a"));
+        assert!(snap.errors.is_empty(), "{:?}", snap.errors);
+        let health = src.health();
+        for kind in [
+            WatchedKind::ClusterNetworkPolicy,
+            WatchedKind::AdminNetworkPolicy,
+            WatchedKind::BaselineAdminNetworkPolicy,
+        ] {
+            assert!(
+                health[&kind].not_served,
+                "{kind:?} is not installed: {health:?}"
+            );
+        }
+        assert_eq!(port_of(&snap), Some(80.into()));
+        // An update and a delete arrive as watch events.
+        cp.kubectl(cp.admin(), &["apply", "-f", "-"], Some(&policy(8080)))
+            .expect("policy update");
+        eventually(Duration::from_secs(30), "the update", || {
+            src.changed()
+                .then(|| src.load().ok())
+                .flatten()
+                .filter(|s| port_of(s) == Some(8080.into()))
+        })
+        .await;
+        cp.kubectl(
+            cp.admin(),
+            &["delete", "networkpolicy", "-n", "team-a", "web"],
+            None,
+        )
+        .expect("policy delete");
+        eventually(Duration::from_secs(30), "the delete", || {
+            src.load().ok().filter(|s| port_of(s).is_none())
+        })
+        .await;
+    });
+}
