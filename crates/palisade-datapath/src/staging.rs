@@ -96,41 +96,37 @@ pub(crate) fn stage(before: &State, after: &State, plan: Vec<Write>) -> (Vec<Wri
             Write::ZeroSlot(_) => zero.push(w),
         }
     }
-    let mut puts = Vec::new();
-    let mut dels = Vec::new();
-    for k in &policy {
-        match (before.policy.get(k), after.policy.get(k)) {
-            (b, Some(v)) if b != Some(v) => puts.push(Write::PutPolicy(*k, *v)),
-            (Some(_), None) => dels.push(Write::DelPolicy(*k)),
-            _ => {}
-        }
-    }
+    let (mut puts, dels) = finals(
+        &policy,
+        &before.policy,
+        &after.policy,
+        Write::PutPolicy,
+        Write::DelPolicy,
+    );
     puts.extend(zero);
-    let mut part_puts = Vec::new();
-    let mut part_dels = Vec::new();
-    for k in &parts {
-        match (before.parts.get(k), after.parts.get(k)) {
-            (b, Some(v)) if b != Some(v) => part_puts.push(Write::PutPart(*k, *v)),
-            (Some(_), None) => part_dels.push(Write::DelPart(*k)),
-            _ => {}
-        }
-    }
-    let mut addrs = Vec::new();
-    for k in &addr_keys {
-        match (before.addrs.get(k), after.addrs.get(k)) {
-            (b, Some(v)) if b != Some(v) => addrs.push(Write::PutAddr(*k, *v)),
-            (Some(_), None) => addrs.push(Write::DelAddr(*k)),
-            _ => {}
-        }
-    }
-    let mut endpoints = Vec::new();
-    for i in &eps {
-        match (before.endpoints.get(i), after.endpoints.get(i)) {
-            (b, Some(v)) if b != Some(v) => endpoints.push(Write::PutEndpoint(*i, *v)),
-            (Some(_), None) => endpoints.push(Write::DelEndpoint(*i)),
-            _ => {}
-        }
-    }
+    let (part_puts, part_dels) = finals(
+        &parts,
+        &before.parts,
+        &after.parts,
+        Write::PutPart,
+        Write::DelPart,
+    );
+    let (mut addrs, addr_dels) = finals(
+        &addr_keys,
+        &before.addrs,
+        &after.addrs,
+        Write::PutAddr,
+        Write::DelAddr,
+    );
+    addrs.extend(addr_dels);
+    let (mut endpoints, ep_dels) = finals(
+        &eps,
+        &before.endpoints,
+        &after.endpoints,
+        Write::PutEndpoint,
+        Write::DelEndpoint,
+    );
+    endpoints.extend(ep_dels);
     // Identity changes, per address key: (old, new) as lookups resolve them.
     let mut moves: BTreeMap<AddrKey, (IdentityId, IdentityId)> = BTreeMap::new();
     for k in &addr_keys {
@@ -219,7 +215,7 @@ pub(crate) fn stage(before: &State, after: &State, plan: Vec<Write>) -> (Vec<Wri
             copies.insert(*t, next_table);
             next_table += 1;
         }
-        let mut copy = Copy {
+        let mut copy = BridgeCopy {
             puts: &mut bridge_puts,
             parts: &mut bridge_parts,
             dels: &mut bridge_dels,
@@ -318,14 +314,34 @@ pub(crate) fn stage(before: &State, after: &State, plan: Vec<Write>) -> (Vec<Wri
     (out, extra)
 }
 
+/// The writes that take each of `keys` from its value in `before` to its value in
+/// `after`: puts (new or changed) and removals (gone), in key order.
+fn finals<K: Ord + Copy, V: PartialEq + Copy>(
+    keys: &BTreeSet<K>,
+    before: &BTreeMap<K, V>,
+    after: &BTreeMap<K, V>,
+    put: impl Fn(K, V) -> Write,
+    del: impl Fn(K) -> Write,
+) -> (Vec<Write>, Vec<Write>) {
+    let (mut puts, mut dels) = (Vec::new(), Vec::new());
+    for k in keys {
+        match (before.get(k), after.get(k)) {
+            (b, Some(v)) if b != Some(v) => puts.push(put(*k, *v)),
+            (Some(_), None) => dels.push(del(*k)),
+            _ => {}
+        }
+    }
+    (puts, dels)
+}
+
 /// Where the writes of a bridge's entries go.
-struct Copy<'a> {
+struct BridgeCopy<'a> {
     puts: &'a mut Vec<Write>,
     parts: &'a mut Vec<Write>,
     dels: &'a mut Vec<Write>,
 }
 
-impl Copy<'_> {
+impl BridgeCopy<'_> {
     /// Plans the copy of `(table, from, *)` entries and partitions of `s` to
     /// `(to_table, to, *)`, and their removal (after nothing maps to `to` any more).
     fn peer(

@@ -253,6 +253,36 @@ pub(crate) fn random_cluster(rng: &mut Rng) -> Cluster {
     c
 }
 
+/// A first packet of a random protocol to a port on a rule edge (ICMP echo for the rest):
+/// the header, the protocol number and the destination port the evaluator sees.
+pub(crate) fn random_l4(rng: &mut Rng, v6: bool) -> (L4, u8, u16) {
+    let port = *rng.pick(&PORTS);
+    let sport = 30000 + rng.below(30000) as u16;
+    match rng.below(4) {
+        0 => (
+            L4::Tcp {
+                sport,
+                dport: port,
+                flags: 0x02,
+            },
+            6u8,
+            port,
+        ),
+        1 => (L4::Udp { sport, dport: port }, 17, port),
+        2 => (L4::Sctp { sport, dport: port }, 132, port),
+        _ => (
+            L4::Icmp {
+                ty: if v6 { 128 } else { 8 },
+                code: 0,
+                id: sport,
+                inner: vec![],
+            },
+            if v6 { 58 } else { 1 },
+            0,
+        ),
+    }
+}
+
 #[test]
 fn kernel_verdicts_on_compiled_random_clusters_equal_the_reference_evaluator() {
     let seed = Rng::seed();
@@ -295,32 +325,7 @@ fn kernel_verdicts_on_compiled_random_clusters_equal_the_reference_evaluator() {
                 if peer == own {
                     continue;
                 }
-                let port = *rng.pick(&PORTS);
-                let sport = 30000 + rng.below(30000) as u16;
-                let v6 = peer.is_ipv6();
-                let (l4, proto, dport) = match rng.below(4) {
-                    0 => (
-                        L4::Tcp {
-                            sport,
-                            dport: port,
-                            flags: 0x02,
-                        },
-                        6u8,
-                        port,
-                    ),
-                    1 => (L4::Udp { sport, dport: port }, 17, port),
-                    2 => (L4::Sctp { sport, dport: port }, 132, port),
-                    _ => (
-                        L4::Icmp {
-                            ty: if v6 { 128 } else { 8 },
-                            code: 0,
-                            id: sport,
-                            inner: vec![],
-                        },
-                        if v6 { 58 } else { 1 },
-                        0,
-                    ),
-                };
+                let (l4, proto, dport) = random_l4(&mut rng, peer.is_ipv6());
                 let (dir, hook, src, dst) = if egress {
                     (Direction::Egress, Hook::FromPod, own, peer)
                 } else {

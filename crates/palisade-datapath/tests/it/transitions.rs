@@ -14,13 +14,13 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use palisade_datapath::abi::{Config, CFG_F_NO_CT_CREATE, LOG_OFF, TC_ACT_SHOT, TC_ACT_UNSPEC};
-use palisade_datapath::packet::{Packet, L4};
+use palisade_datapath::packet::Packet;
 use palisade_datapath::{Datapath, Hook, MapSizes};
 use palisade_policy::compile::{changes_between, merge, Compiler};
 use palisade_policy::model::*;
 use palisade_policy::verdict::{evaluate_side, Peer};
 
-use crate::cluster_differential::{labels, random_cluster, APPS, OUTSIDE, PORTS};
+use crate::cluster_differential::{labels, random_cluster, random_l4, APPS, OUTSIDE};
 use crate::common::{Rng, TestDp};
 
 /// Fake ifindexes of bound pods start here; the probe copies one to ifindex 1.
@@ -140,32 +140,7 @@ fn probes(a: &Cluster, b: &Cluster, rng: &mut Rng, per_pod: usize) -> Vec<Probe>
             if own == peer {
                 continue;
             }
-            let port = *rng.pick(&PORTS);
-            let sport = 30000 + rng.below(30000) as u16;
-            let v6 = peer.is_ipv6();
-            let (l4, proto, port) = match rng.below(4) {
-                0 => (
-                    L4::Tcp {
-                        sport,
-                        dport: port,
-                        flags: 0x02,
-                    },
-                    6u8,
-                    port,
-                ),
-                1 => (L4::Udp { sport, dport: port }, 17, port),
-                2 => (L4::Sctp { sport, dport: port }, 132, port),
-                _ => (
-                    L4::Icmp {
-                        ty: if v6 { 128 } else { 8 },
-                        code: 0,
-                        id: sport,
-                        inner: vec![],
-                    },
-                    if v6 { 58 } else { 1 },
-                    0,
-                ),
-            };
+            let (l4, proto, port) = random_l4(rng, peer.is_ipv6());
             let dir = if rng.chance(50) {
                 Direction::Egress
             } else {
