@@ -19,7 +19,8 @@ use tokio::net::UnixStream;
 use tokio::sync::{broadcast, oneshot};
 
 use crate::api::{
-    EndpointStatus, PodEndpoint, Published as PublishedNote, Reply, Request, StatusData, SyncData,
+    self, EndpointStatus, PodEndpoint, Published as PublishedNote, Reply, Request, StatusData,
+    SyncData,
 };
 use crate::decisions::{matches_filter, DecisionRecord, History};
 use crate::listener::write_bounded;
@@ -363,12 +364,10 @@ fn handle_command(
                         .lock()
                         .expect("metrics lock")
                         .record_register(started.elapsed().as_secs_f64());
-                    let data = serde_json::json!({ "fast_path": true });
-                    let _ = reply.send(Reply {
-                        generation: Some(generation),
-                        in_force: Some(true),
-                        ..Reply::data(data)
-                    });
+                    let _ = reply.send(Reply::of::<api::Register>(&api::InForce {
+                        data: Some(api::Registration { fast_path: true }),
+                        ..api::InForce::at(generation)
+                    }));
                     return;
                 }
                 Ok(None) => {}
@@ -403,7 +402,7 @@ fn handle_command(
             let r = reconciler.unregister(&key, &container_id, &host_ifname);
             let _ = run_pass(reconciler, metrics, busy, false);
             let _ = reply.send(match r {
-                Ok(()) => Reply::data(serde_json::Value::Null),
+                Ok(()) => Reply::of::<api::Unregister>(&api::Done {}),
                 Err(e) => Reply::error(format!("pod {key}: {e:#}")),
             });
         }
@@ -424,15 +423,15 @@ fn handle_command(
             let r = run_pass_with(reconciler, metrics, busy, true, full);
             let errors = reconciler.snapshot().errors.clone();
             let _ = reply.send(match r {
-                Ok(generation) => Reply {
-                    generation: Some(generation),
-                    in_force: Some(true),
-                    ..Reply::data(SyncData {
+                Ok(generation) => Reply::of::<api::Sync>(&api::SyncReply {
+                    generation,
+                    in_force: true,
+                    data: SyncData {
                         errors,
                         warnings: reconciler.snapshot().warnings.clone(),
                         stages: reconciler.last_stages(),
-                    })
-                },
+                    },
+                }),
                 Err(e) => Reply::error(e),
             });
         }
@@ -442,11 +441,11 @@ fn handle_command(
                 status: Some(status.clone()),
                 at: Some(Instant::now()),
             };
-            let _ = reply.send(Reply::data(status));
+            let _ = reply.send(Reply::of::<api::Status>(&api::StatusReply { data: status }));
         }
         Request::Endpoint { pod } => {
             let _ = reply.send(match crate::inspect::endpoint_view(reconciler, &pod) {
-                Ok(v) => Reply::data(v),
+                Ok(data) => Reply::of::<api::Endpoint>(&api::EndpointReply { data }),
                 Err(e) => Reply::error(format!("pod {pod}: {e:#}")),
             });
         }
@@ -474,7 +473,7 @@ fn handle_command(
             for e in unread {
                 text.insert_str(0, &format!("# datapath counters not read: {e}\n"));
             }
-            let _ = reply.send(Reply::data(text));
+            let _ = reply.send(Reply::of::<api::Metrics>(&api::MetricsReply { data: text }));
         }
         Request::Flows { .. } => {
             // Served by the connection task from the shared stream.
@@ -536,7 +535,7 @@ fn published_reply(handle: &Handle, request: &Request) -> Reply {
                 "# datapath counters as of the last read: {why}\n{}",
                 m.encode(&[])
             );
-            Reply::data(text)
+            Reply::of::<api::Metrics>(&api::MetricsReply { data: text })
         }
         _ => {
             let p = handle.board.published.read().expect("published lock");
@@ -547,7 +546,7 @@ fn published_reply(handle: &Handle, request: &Request) -> Reply {
                 reason: why.into(),
                 age_ms: p.at.map(|t| t.elapsed().as_millis() as u64),
             });
-            Reply::data(status)
+            Reply::of::<api::Status>(&api::StatusReply { data: status })
         }
     }
 }

@@ -102,7 +102,7 @@ impl Request {
 pub trait Call {
     /// What a successful reply decodes into (the whole reply line, `ok` and `error`
     /// having been checked).
-    type Reply: DeserializeOwned;
+    type Reply: DeserializeOwned + Serialize;
     /// The request as it goes on the wire.
     fn request(&self) -> Request;
 }
@@ -149,6 +149,28 @@ pub struct InForce {
     pub generation: u64,
     /// Whether the endpoint's policy is attached and current in the kernel.
     pub in_force: bool,
+    /// How a registration was put in force, when the agent says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Registration>,
+}
+
+impl InForce {
+    /// In force at `generation`.
+    pub fn at(generation: u64) -> Self {
+        InForce {
+            generation,
+            in_force: true,
+            data: None,
+        }
+    }
+}
+
+/// How a registration was put in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    /// The pod was compiled already: only its interface was attached and its
+    /// endpoint entry written, without a pass.
+    pub fast_path: bool,
 }
 
 /// A reply that carries nothing but success (`unregister`).
@@ -362,24 +384,19 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// A success carrying `data` (anything that serializes; the typed replies above).
-    pub fn data(data: impl Serialize) -> Self {
-        Self {
-            ok: true,
-            error: None,
-            generation: None,
-            in_force: None,
-            data: serde_json::to_value(data).expect("replies always serialize"),
+    /// The success reply to a request of type `C`, built from the very type clients
+    /// decode it into, so the agent cannot answer a request with another's payload.
+    pub fn of<C: Call>(reply: &C::Reply) -> Self {
+        let mut v = serde_json::to_value(reply).expect("replies always serialize");
+        if let Some(o) = v.as_object_mut() {
+            o.insert("ok".into(), serde_json::Value::Bool(true));
         }
+        serde_json::from_value(v).expect("every typed reply fits the envelope")
     }
 
-    /// A pod or the desired state in force at `generation`.
+    /// A pod or the desired state in force at `generation` (`register`, `check`).
     pub fn in_force(generation: u64) -> Self {
-        Self {
-            generation: Some(generation),
-            in_force: Some(true),
-            ..Self::data(serde_json::Value::Null)
-        }
+        Self::of::<Register>(&InForce::at(generation))
     }
 
     /// A failure.
@@ -462,12 +479,40 @@ mod tests {
         let line = serde_json::to_string(&Reply::in_force(7)).unwrap();
         assert_eq!(line, r#"{"ok":true,"generation":7,"in_force":true}"#);
         let r: InForce = serde_json::from_str(&line).unwrap();
+        assert_eq!(r, InForce::at(7));
+    }
+
+    #[test]
+    fn every_typed_reply_fits_the_envelope_and_decodes_back() {
+        let sync = SyncReply {
+            generation: 4,
+            in_force: true,
+            data: SyncData {
+                errors: vec!["a.yaml: x".into()],
+                ..Default::default()
+            },
+        };
+        let line = serde_json::to_string(&Reply::of::<Sync>(&sync)).unwrap();
         assert_eq!(
-            r,
-            InForce {
-                generation: 7,
-                in_force: true
-            }
+            crate::client::decode::<Sync>(&line).unwrap(),
+            sync,
+            "{line}"
+        );
+        let metrics = MetricsReply {
+            data: "# x\n".into(),
+        };
+        let line = serde_json::to_string(&Reply::of::<Metrics>(&metrics)).unwrap();
+        assert_eq!(crate::client::decode::<Metrics>(&line).unwrap(), metrics);
+        let line = serde_json::to_string(&Reply::of::<Unregister>(&Done {})).unwrap();
+        assert_eq!(line, r#"{"ok":true}"#);
+        let fast = InForce {
+            data: Some(Registration { fast_path: true }),
+            ..InForce::at(9)
+        };
+        let line = serde_json::to_string(&Reply::of::<Register>(&fast)).unwrap();
+        assert_eq!(
+            line,
+            r#"{"ok":true,"generation":9,"in_force":true,"data":{"fast_path":true}}"#
         );
     }
 }

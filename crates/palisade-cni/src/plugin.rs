@@ -334,6 +334,7 @@ fn confirm<C: Call<Reply = InForce>>(
         Ok(InForce {
             in_force: true,
             generation,
+            ..
         }) => {
             let _ = writeln!(
                 log,
