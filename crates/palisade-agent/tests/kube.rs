@@ -145,3 +145,70 @@ fn follows_the_api_server_as_its_own_identity_and_fails_closed_until_it_can_list
         .await;
     });
 }
+
+#[test]
+fn the_last_state_stays_while_the_api_server_is_away_and_converges_when_it_returns() {
+    let Some(mut cp) = start() else { return };
+    cp.kubectl(cp.admin(), &["apply", "-f", "-"], Some(GRANT))
+        .expect("grant");
+    cp.kubectl(cp.admin(), &["create", "namespace", "team-a"], None)
+        .expect("namespace");
+    cp.kubectl(cp.admin(), &["apply", "-f", "-"], Some(&policy(80)))
+        .expect("policy");
+    let agent = cp
+        .service_account_kubeconfig("kube-system", "palisade-agent")
+        .expect("a token for the agent's service account");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = palisade_agent::run::kube_client(Some(agent.path()), None)
+            .await
+            .expect("client");
+        let mut src = KubeSource::start(client);
+        eventually(Duration::from_secs(120), "the first snapshot", || {
+            src.load().ok().filter(|s| port_of(s) == Some(80.into()))
+        })
+        .await;
+
+        cp.stop_apiserver();
+        eventually(
+            Duration::from_secs(60),
+            "a watch to notice the API server is gone",
+            || src.health().values().any(|h| h.failing).then_some(()),
+        )
+        .await;
+        // Away: the last state is still the answer (nothing flushed, nothing widened),
+        // and the answer says the watches fail.
+        let away = src.load().expect("the last state, not an error");
+        assert_eq!(port_of(&away), Some(80.into()));
+        assert!(away.cluster.namespaces.contains_key("team-a"));
+        assert!(
+            away.warnings.iter().any(|w| w.contains("failing since")),
+            "{:?}",
+            away.warnings
+        );
+
+        cp.start_apiserver().expect("the API server comes back");
+        cp.kubectl(cp.admin(), &["apply", "-f", "-"], Some(&policy(8080)))
+            .expect("policy after the restart");
+        cp.kubectl(cp.admin(), &["create", "namespace", "team-b"], None)
+            .expect("namespace after the restart");
+        eventually(
+            Duration::from_secs(120),
+            "convergence after the restart",
+            || {
+                let healthy = !src.health().values().any(|h| h.failing);
+                src.load().ok().filter(|s| {
+                    healthy
+                        && port_of(s) == Some(8080.into())
+                        && s.cluster.namespaces.contains_key("team-b")
+                        && !s.warnings.iter().any(|w| w.contains("failing since"))
+                })
+            },
+        )
+        .await;
+    });
+}

@@ -60,6 +60,10 @@ pub struct ControlPlane {
     // server before its etcd, and the directory goes last.
     controllers: Vec<Supervised>,
     apiserver: Supervised,
+    /// The API server's arguments, to start it again after [`ControlPlane::stop_apiserver`].
+    api_args: Vec<String>,
+    /// How many times the API server was started (names its logs).
+    api_starts: usize,
     etcd: Supervised,
     binaries: Binaries,
     ca: Ca,
@@ -160,8 +164,7 @@ impl ControlPlane {
         ]);
         let etcd = Supervised::spawn("etcd", etcd_cmd, &root.join("etcd.log"))?;
 
-        let mut api_cmd = Command::new(binaries.path("kube-apiserver"));
-        api_cmd.args([
+        let api_args = vec![
             format!("--etcd-servers=https://127.0.0.1:{etcd_client}"),
             format!("--etcd-cafile={}", p("ca.crt")),
             format!("--etcd-certfile={}", p("apiserver-etcd-client.crt")),
@@ -185,7 +188,9 @@ impl ControlPlane {
             // NodeRestriction is what a real cluster adds for node identities.
             "--enable-admission-plugins=NodeRestriction".to_string(),
             "--profiling=false".to_string(),
-        ]);
+        ];
+        let mut api_cmd = Command::new(binaries.path("kube-apiserver"));
+        api_cmd.args(&api_args);
         let apiserver = Supervised::spawn("kube-apiserver", api_cmd, &root.join("apiserver.log"))?;
 
         let server = format!("https://127.0.0.1:{secure}");
@@ -193,6 +198,8 @@ impl ControlPlane {
         let mut cp = Self {
             controllers: Vec::new(),
             apiserver,
+            api_args,
+            api_starts: 1,
             etcd,
             admin: Kubeconfig {
                 path: PathBuf::new(),
@@ -207,6 +214,28 @@ impl ControlPlane {
         cp.admin = cp.write_cert_kubeconfig("palisade-kube-lab-admin", &admin_cert)?;
         cp.wait_ready()?;
         Ok(cp)
+    }
+
+    /// Stops the API server (by PID, SIGTERM then SIGKILL) and leaves etcd running:
+    /// what Palisade's components see when the API server goes away. Idempotent.
+    pub fn stop_apiserver(&mut self) {
+        self.apiserver.stop();
+    }
+
+    /// Starts the API server again, on the same address and with the same data (after
+    /// [`ControlPlane::stop_apiserver`]; stops it first if it is running), and waits
+    /// until `/readyz` is ok.
+    pub fn start_apiserver(&mut self) -> Result<(), Error> {
+        self.apiserver.stop();
+        self.api_starts += 1;
+        let log = self
+            .dir
+            .path()
+            .join(format!("apiserver.{}.log", self.api_starts));
+        let mut cmd = Command::new(self.binaries.path("kube-apiserver"));
+        cmd.args(&self.api_args);
+        self.apiserver = Supervised::spawn("kube-apiserver", cmd, &log)?;
+        self.wait_ready()
     }
 
     /// Polls `kubectl get --raw /readyz` as admin until it says `ok`, failing early
