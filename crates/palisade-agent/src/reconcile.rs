@@ -103,6 +103,8 @@ pub struct Reconciler {
     /// The incremental compiler holding the compiled state in the kernel; `None` until
     /// the first pass, which adopts the ids the kernel holds.
     compiler: Option<Compiler>,
+    /// The node whose pods get endpoints (`None`: every pod of the desired state).
+    local_node: Option<String>,
     /// Set by a failed pass: the compiler may be ahead of the kernel, so the next pass
     /// rebuilds (keeping every id's meaning) and syncs against the kernel's own state.
     needs_full: bool,
@@ -135,6 +137,7 @@ impl Reconciler {
             snapshot: Snapshot::default(),
             compiler: None,
             needs_full: false,
+            local_node: None,
             in_force: BTreeMap::new(),
             passes: 0,
             generation: 0,
@@ -225,7 +228,11 @@ impl Reconciler {
             }
             None => {
                 let in_use = self.enforcer.in_use();
-                self.compiler = Some(Compiler::adopting(snapshot.cluster.clone(), &in_use));
+                self.compiler = Some(Compiler::adopting_on(
+                    snapshot.cluster.clone(),
+                    &in_use,
+                    self.local_node.clone(),
+                ));
                 true
             }
         };
@@ -328,6 +335,14 @@ impl Reconciler {
     /// Whether the source reports a change since the last load.
     pub fn source_changed(&mut self) -> bool {
         self.source.changed()
+    }
+
+    /// Programs only the pods of `node` (their `spec.nodeName`); every other pod is kept
+    /// as a peer only. Without it every pod of the desired state gets tables, which is
+    /// right for the lab and a directory of one node's manifests.
+    pub fn with_local_node(mut self, node: Option<String>) -> Self {
+        self.local_node = node;
+        self
     }
 
     /// Persists the generation at `path` and continues from the value stored there.

@@ -91,6 +91,9 @@ pub struct AgentConfig {
     /// Re-judge established flows when what decided them changes (see
     /// `docs/semantics.md`, "Established flows"); applied on every start.
     pub revoke_established: bool,
+    /// This node's name: only its pods (by `spec.nodeName`) get tables; the others are
+    /// peers only. `None`: every pod.
+    pub node_name: Option<String>,
 }
 
 /// Runs the agent until the process is killed. Enforcement does not depend on this
@@ -119,7 +122,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     };
     let reconciler = Reconciler::new(source, Box::new(enforcer), registry)
         .with_generation_file(config.state_dir.join("generation"))
-        .with_registration_ttl(config.registration_ttl);
+        .with_registration_ttl(config.registration_ttl)
+        .with_local_node(config.node_name.clone());
 
     raise_fd_limit(config.api.max_connections);
     let (tx, _) = broadcast::channel(4096);

@@ -286,6 +286,11 @@ pub struct AgentArgs {
     /// docs/semantics.md, "Established flows"). Applied on every start.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub revoke_established: bool,
+    /// This node's name (a DaemonSet passes `spec.nodeName`): only pods scheduled here
+    /// get tables, every other pod is kept only as a peer. Without it every pod of the
+    /// desired state gets tables (the lab, a directory of one node's manifests).
+    #[arg(long)]
+    pub node_name: Option<String>,
 }
 
 /// Where `palisade agent` reads the desired state from.

@@ -389,6 +389,7 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<i32> {
         sizes,
         registration_ttl: std::time::Duration::from_secs(a.registration_ttl_secs),
         revoke_established: a.revoke_established,
+        node_name: a.node_name,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

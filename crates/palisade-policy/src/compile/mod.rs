@@ -149,6 +149,12 @@ impl Compiler {
     ///
     /// Costs two whole compiles.
     pub fn adopting(cluster: Cluster, in_use: &InUse) -> Self {
+        Self::adopting_on(cluster, in_use, None)
+    }
+
+    /// [`Compiler::adopting`], with endpoints scoped to `node` as in
+    /// [`Compiler::for_node`].
+    pub fn adopting_on(cluster: Cluster, in_use: &InUse, node: Option<String>) -> Self {
         let floor = (
             in_use.max_identity.saturating_add(1),
             in_use.max_table.saturating_add(1),
@@ -157,7 +163,7 @@ impl Compiler {
         let first = State::build(
             &cluster,
             &Revisions::new(),
-            IdHints::above(floor.0, floor.1, floor.2, FxMap::default()),
+            IdHints::above(floor.0, floor.1, floor.2, FxMap::default()).on_node(node.clone()),
         );
         let sets = |addresses: &BTreeMap<IpNet, IdentityId>| {
             let mut out: BTreeMap<IdentityId, BTreeSet<IpNet>> = BTreeMap::new();
@@ -183,8 +189,23 @@ impl Compiler {
         let state = State::build(
             &cluster,
             &Revisions::new(),
-            IdHints::above(floor.0, floor.1, floor.2, keep),
+            IdHints::above(floor.0, floor.1, floor.2, keep).on_node(node),
         );
+        Compiler {
+            cluster,
+            revisions: Revisions::new(),
+            next_revision: 1,
+            state,
+        }
+    }
+
+    /// A compiler for a node agent: only pods whose `node_name` is `node` get endpoints
+    /// (tables); every other pod is kept only as a peer (its addresses, identity and
+    /// named ports), which is all the node's own tables need of it. The scope holds
+    /// across [`Compiler::rebuild`] and [`Compiler::resync`].
+    pub fn for_node(cluster: Cluster, node: impl Into<String>) -> Self {
+        let hints = IdHints::default().on_node(Some(node.into()));
+        let state = State::build(&cluster, &Revisions::new(), hints);
         Compiler {
             cluster,
             revisions: Revisions::new(),

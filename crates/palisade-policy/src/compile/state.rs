@@ -55,9 +55,18 @@ pub(crate) struct IdHints {
     next_identity: IdentityId,
     next_table: TableId,
     next_rule: RuleId,
+    /// Not an id: the node the state's endpoints are scoped to, handed on to the next
+    /// state with the ids (see [`super::Compiler::for_node`]).
+    local_node: Option<String>,
 }
 
 impl IdHints {
+    /// These hints, with endpoints scoped to `node`.
+    pub(crate) fn on_node(mut self, node: Option<String>) -> Self {
+        self.local_node = node;
+        self
+    }
+
     /// Hints for a state taking over ids in use elsewhere (the kernel, after a restart):
     /// every fresh id is at least the given floor, and each identity key listed keeps
     /// its id.
@@ -147,6 +156,8 @@ struct TableState {
 pub(crate) struct State {
     /// The snapshot, updated by [`State::commit`].
     pub compiled: Compiled,
+    /// Only pods on this node get endpoints (all pods when `None`).
+    local_node: Option<String>,
     hints: IdHints,
     next_identity: IdentityId,
     next_table: TableId,
@@ -202,13 +213,19 @@ fn subject_matches(subject: &Subject, ns_labels: &Labels, pod: &Pod) -> bool {
     }
 }
 
-fn is_endpoint(pod: &Pod) -> bool {
-    !pod.host_network && !pod.ips.is_empty()
+/// Whether `pod` gets an endpoint (tables) here: it has an address of its own and, when
+/// the compiler is scoped to one node, runs on it. Every other pod is only a peer (its
+/// addresses still map to its identity).
+fn is_endpoint(pod: &Pod, node: Option<&str>) -> bool {
+    !pod.host_network
+        && !pod.ips.is_empty()
+        && node.is_none_or(|n| pod.node_name.as_deref() == Some(n))
 }
 
 impl State {
     fn empty(hints: IdHints) -> Self {
         State {
+            local_node: hints.local_node.clone(),
             compiled: Compiled::default(),
             next_identity: hints.next_identity.max(IDENTITY_ANY + 1),
             next_table: hints.next_table,
@@ -259,6 +276,7 @@ impl State {
     /// not be changed afterwards (only its snapshot read).
     pub(crate) fn take_hints(&mut self) -> IdHints {
         IdHints {
+            local_node: self.local_node.clone(),
             identities: std::mem::take(&mut self.identity_ids),
             tables: std::mem::take(&mut self.table_ids),
             rules: std::mem::take(&mut self.rule_ids),
@@ -309,7 +327,7 @@ impl State {
         // Pods of one Deployment share their table keys: compute them once.
         let mut memo: FxMap<(&str, &Labels, NamedPorts), [TableKey; 2]> = FxMap::default();
         for (key, pod) in &cluster.pods {
-            if !is_endpoint(pod) {
+            if !is_endpoint(pod, st.local_node.as_deref()) {
                 continue;
             }
             let ports = named_ports(pod);

@@ -72,7 +72,7 @@ fn compiled_side(
 
 /// Every interesting address of a cluster: pod and node addresses, ipBlock edges and a
 /// few outsiders.
-fn probe_addresses(c: &Cluster) -> Vec<IpAddr> {
+pub(super) fn probe_addresses(c: &Cluster) -> Vec<IpAddr> {
     let mut out: Vec<IpAddr> = [
         "10.0.0.200",
         "10.0.0.2",
@@ -103,7 +103,7 @@ fn probe_addresses(c: &Cluster) -> Vec<IpAddr> {
 
 const PROBE_PROTOS: [u8; 4] = [6, 17, 132, 1];
 
-fn probe_ports(c: &Cluster) -> Vec<u16> {
+pub(super) fn probe_ports(c: &Cluster) -> Vec<u16> {
     let mut out = vec![0, 1, 52, 53, 54, 79, 80, 81, 443, 8080, 9090, 65535];
     let mut add_range = |lo: u16, hi: u16| {
         out.extend([lo, hi, lo.saturating_sub(1), hi.saturating_add(1)]);

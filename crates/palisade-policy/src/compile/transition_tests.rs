@@ -168,3 +168,84 @@ proptest! {
         prop_assert_eq!(compare_with_oracle(&to, other.compiled()), Ok(()));
     }
 }
+
+/// Puts every other pod on node `n1`, the rest on `n2`.
+fn spread(mut c: Cluster) -> Cluster {
+    for (i, p) in c.pods.values_mut().enumerate() {
+        p.node_name = Some(if i % 2 == 0 { "n1" } else { "n2" }.into());
+    }
+    c
+}
+
+/// Every verdict of every endpoint of `scoped`, looked up as the datapath does, equals
+/// the same endpoint's in `full`.
+fn same_verdicts(c: &Cluster, scoped: &Compiled, full: &Compiled) -> Result<(), TestCaseError> {
+    let (addrs, ports) = (
+        super::tests::probe_addresses(c),
+        super::tests::probe_ports(c),
+    );
+    for (pod, e) in &scoped.endpoints {
+        let f = &full.endpoints[pod];
+        for ip in &addrs {
+            let (ps, pf) = (scoped.lookup_identity(*ip), full.lookup_identity(*ip));
+            for proto in [6u8, 17, 132, 0] {
+                for port in &ports {
+                    for (ts, tf) in [(e.ingress, f.ingress), (e.egress, f.egress)] {
+                        let (a, b) = (
+                            scoped.lookup(ts, ps, proto, *port),
+                            full.lookup(tf, pf, proto, *port),
+                        );
+                        prop_assert_eq!(
+                            a.action,
+                            b.action,
+                            "{} peer {} proto {} port {}",
+                            pod,
+                            ip,
+                            proto,
+                            port
+                        );
+                        prop_assert_eq!(scoped.rules.get(&a.rule), full.rules.get(&b.rule));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64),
+        ..ProptestConfig::default()
+    })]
+
+    /// A node-scoped compiler gives endpoints exactly to its node's pods, with the same
+    /// verdicts as a whole-cluster compile, and stays so through incremental changes
+    /// and rebuilds.
+    #[test]
+    fn a_node_scoped_compiler_keeps_only_its_pods_as_endpoints_with_the_same_verdicts(
+        from in arb_cluster(),
+        to in arb_cluster(),
+    ) {
+        let (from, to) = (spread(from), spread(to));
+        let local = |c: &Cluster| -> BTreeSet<String> {
+            compile(c).endpoints.keys().filter(|k| c.pods[*k].node_name.as_deref() == Some("n1")).cloned().collect()
+        };
+        let mut comp = Compiler::for_node(from.clone(), "n1");
+        prop_assert_eq!(comp.compiled().endpoints.keys().cloned().collect::<BTreeSet<_>>(), local(&from));
+        same_verdicts(&from, comp.compiled(), &compile(&from))?;
+        let mut state = comp.compiled().clone();
+        let deltas: Vec<_> = changes_between(&from, &to).into_iter().map(|ch| comp.apply(ch)).collect();
+        for op in &merge(deltas).ops {
+            if let Err(e) = apply_checked(&mut state, op) {
+                return Err(TestCaseError::fail(format!("scoped merged: {e}")));
+            }
+        }
+        prop_assert_eq!(&state, comp.compiled());
+        prop_assert_eq!(comp.compiled().endpoints.keys().cloned().collect::<BTreeSet<_>>(), local(&to));
+        same_verdicts(&to, comp.compiled(), &compile(&to))?;
+        let before = comp.compiled().clone();
+        comp.rebuild(to.clone());
+        prop_assert_eq!(&before, comp.compiled());
+    }
+}

@@ -104,7 +104,12 @@ impl State {
     /// Points pod `key`'s endpoint at the tables its current policies call for (or
     /// removes it if the pod is gone or no longer an endpoint).
     fn refresh_endpoint(&mut self, cluster: &Cluster, key: &str, txn: &mut Txn) {
-        match cluster.pods.get(key).filter(|n| is_endpoint(n)) {
+        let node = self.local_node.clone();
+        match cluster
+            .pods
+            .get(key)
+            .filter(|n| is_endpoint(n, node.as_deref()))
+        {
             Some(pod) => {
                 let ns_labels = cluster.namespace_labels(&pod.namespace);
                 let keys = [
@@ -203,10 +208,11 @@ impl State {
         self.match_new_matchers(first_new_matcher);
         self.introduce_prefixes(cluster, added, txn);
         let mut ns_labels: FxMap<&str, Labels> = FxMap::default();
+        let node = self.local_node.clone();
         let pods: Vec<String> = cluster
             .pods
             .iter()
-            .filter(|(_, p)| is_endpoint(p))
+            .filter(|(_, p)| is_endpoint(p, node.as_deref()))
             .filter(|(_, p)| {
                 let l = ns_labels
                     .entry(p.namespace.as_str())
