@@ -781,11 +781,6 @@ impl Datapath {
             u.max_identity = u.max_identity.max(k.1);
             u.max_rule = u.max_rule.max(v.rule_id);
         }
-        for part in self.state.parts.values() {
-            for r in &part.rule_id[..usize::from(part.n).min(part.rule_id.len())] {
-                u.max_rule = u.max_rule.max(*r);
-            }
-        }
         for v in self.state.endpoints.values() {
             u.max_table = u.max_table.max(v.ingress_table).max(v.egress_table);
         }

@@ -241,12 +241,14 @@ pub(crate) fn stage(before: &State, after: &State, plan: Vec<Write>) -> (Vec<Wri
                 next += 1;
                 let (o, n) = *pair;
                 for t in before_tables.union(&after_tables) {
-                    let old_side =
-                        before_tables.contains(t) && !(shared(t) && joined(t) && !left(t));
-                    if old_side {
-                        copy.peer(before, *t, o, *t, b);
-                    } else {
+                    // New tables, and shared ones that endpoints only join: the new
+                    // identity's entries; every other table of the old state: the old's.
+                    let new_side =
+                        !before_tables.contains(t) || (shared(t) && joined(t) && !left(t));
+                    if new_side {
                         copy.peer(after, *t, n, *t, b);
+                    } else {
+                        copy.peer(before, *t, o, *t, b);
                     }
                 }
                 for (t, c) in &copies {
@@ -256,31 +258,25 @@ pub(crate) fn stage(before: &State, after: &State, plan: Vec<Write>) -> (Vec<Wri
             });
             to_bridge.push(Write::PutAddr(*k, b));
         }
+        // An endpoint joining a copied table (a new endpoint joins both of its tables)
+        // points at the copy until the addresses are final.
         for i in &eps {
-            let (Some(b), Some(a)) = (before.endpoints.get(i), after.endpoints.get(i)) else {
-                if let Some(a) = after.endpoints.get(i) {
-                    let mut v = *a;
-                    for slot in [&mut v.ingress_table, &mut v.egress_table] {
-                        if let Some(c) = copies.get(slot) {
-                            *slot = *c;
-                        }
-                    }
-                    if v != *a {
-                        transitional.insert(*i, v);
-                    }
-                }
+            let Some(a) = after.endpoints.get(i) else {
                 continue;
             };
+            let b = before.endpoints.get(i);
             let mut v = *a;
-            if a.ingress_table != b.ingress_table {
-                if let Some(c) = copies.get(&a.ingress_table) {
-                    v.ingress_table = *c;
-                }
+            if b.map(|b| b.ingress_table) != Some(a.ingress_table) {
+                v.ingress_table = copies
+                    .get(&a.ingress_table)
+                    .copied()
+                    .unwrap_or(a.ingress_table);
             }
-            if a.egress_table != b.egress_table {
-                if let Some(c) = copies.get(&a.egress_table) {
-                    v.egress_table = *c;
-                }
+            if b.map(|b| b.egress_table) != Some(a.egress_table) {
+                v.egress_table = copies
+                    .get(&a.egress_table)
+                    .copied()
+                    .unwrap_or(a.egress_table);
             }
             if v != *a {
                 transitional.insert(*i, v);

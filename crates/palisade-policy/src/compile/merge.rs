@@ -69,61 +69,41 @@ pub fn merge(deltas: impl IntoIterator<Item = Delta>) -> Delta {
     let mut addresses: BTreeMap<IpNet, Op> = BTreeMap::new();
     let mut txn = Txn::default();
     for op in ops {
-        match &op {
-            Op::PutRule(id, _) | Op::RemoveRule(id) => {
-                if dead_rules.contains(id) {
-                    continue;
-                }
-                txn.push(op);
-            }
-            Op::PutIdentity(id, _) | Op::RemoveIdentity(id) => {
-                if !dead_identities.contains(id) {
-                    txn.push(op);
-                }
-            }
-            Op::PutTable(id, table) => {
-                if dead_tables.contains(id) {
-                    continue;
-                }
-                // A table built while an identity of this pass was alive holds its
-                // entries; that identity never reaches the kernel.
-                if table
-                    .entries
-                    .iter()
-                    .any(|e| dead_identities.contains(&e.peer))
-                {
-                    let mut t = table.clone();
-                    t.entries.retain(|e| !dead_identities.contains(&e.peer));
-                    txn.push(Op::PutTable(*id, t));
-                } else {
-                    txn.push(op);
-                }
-            }
-            Op::RemoveTable(id) => {
-                if !dead_tables.contains(id) {
-                    txn.push(op);
-                }
-            }
-            Op::AddPeerEntries(t, es) => {
-                let peer = es.first().map(|e| e.peer);
-                if !peer.is_some_and(|p| gone_peer(t, &p)) {
-                    txn.push(op);
-                }
-            }
-            Op::RemovePeerEntries(t, p) => {
-                if !gone_peer(t, p) {
-                    txn.push(op);
-                }
-            }
+        let keep = match &op {
+            Op::PutRule(id, _) | Op::RemoveRule(id) => !dead_rules.contains(id),
+            Op::PutIdentity(id, _) | Op::RemoveIdentity(id) => !dead_identities.contains(id),
+            Op::PutTable(id, _) | Op::RemoveTable(id) => !dead_tables.contains(id),
+            Op::AddPeerEntries(t, es) => !es.first().is_some_and(|e| gone_peer(t, &e.peer)),
+            Op::RemovePeerEntries(t, p) => !gone_peer(t, p),
             Op::PutEndpoint(e) => {
                 endpoints.insert(e.pod.clone(), op);
+                continue;
             }
             Op::RemoveEndpoint(pod) => {
                 endpoints.insert(pod.clone(), op);
+                continue;
             }
             Op::PutAddress(net, _) | Op::RemoveAddress(net) => {
                 addresses.insert(*net, op);
+                continue;
             }
+        };
+        if !keep {
+            continue;
+        }
+        match op {
+            // A table built while an identity of this pass was alive holds its entries;
+            // that identity never reaches the kernel.
+            Op::PutTable(id, mut table)
+                if table
+                    .entries
+                    .iter()
+                    .any(|e| dead_identities.contains(&e.peer)) =>
+            {
+                table.entries.retain(|e| !dead_identities.contains(&e.peer));
+                txn.push(Op::PutTable(id, table));
+            }
+            op => txn.push(op),
         }
     }
     for op in endpoints.into_values().chain(addresses.into_values()) {

@@ -125,7 +125,12 @@ pub struct Compiler {
 impl Compiler {
     /// Compiles `cluster` and keeps it for incremental changes.
     pub fn new(cluster: Cluster) -> Self {
-        let state = State::build(&cluster, &Revisions::new(), IdHints::default());
+        Self::built(cluster, IdHints::default())
+    }
+
+    /// A first compile of `cluster` (no revisions yet) with `hints`.
+    fn built(cluster: Cluster, hints: IdHints) -> Self {
+        let state = State::build(&cluster, &Revisions::new(), hints);
         Compiler {
             cluster,
             revisions: Revisions::new(),
@@ -186,17 +191,10 @@ impl Compiler {
                 keep.insert(key.clone(), old);
             }
         }
-        let state = State::build(
-            &cluster,
-            &Revisions::new(),
-            IdHints::above(floor.0, floor.1, floor.2, keep).on_node(node),
-        );
-        Compiler {
+        Self::built(
             cluster,
-            revisions: Revisions::new(),
-            next_revision: 1,
-            state,
-        }
+            IdHints::above(floor.0, floor.1, floor.2, keep).on_node(node),
+        )
     }
 
     /// A compiler for a node agent: only pods whose `node_name` is `node` get endpoints
@@ -204,14 +202,7 @@ impl Compiler {
     /// named ports), which is all the node's own tables need of it. The scope holds
     /// across [`Compiler::rebuild`] and [`Compiler::resync`].
     pub fn for_node(cluster: Cluster, node: impl Into<String>) -> Self {
-        let hints = IdHints::default().on_node(Some(node.into()));
-        let state = State::build(&cluster, &Revisions::new(), hints);
-        Compiler {
-            cluster,
-            revisions: Revisions::new(),
-            next_revision: 1,
-            state,
-        }
+        Self::built(cluster, IdHints::default().on_node(Some(node.into())))
     }
 
     /// The current compiled form.
