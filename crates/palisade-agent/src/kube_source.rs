@@ -235,7 +235,7 @@ impl Source for KubeSource {
         for (kind, objects) in &s.objects {
             for (key, o) in objects {
                 if let Some(good) = &o.good {
-                    merge(&mut snap.cluster, good);
+                    snap.cluster.extend(good.clone());
                 }
                 for e in &o.errors {
                     snap.errors.push(format!("{kind:?} {key}: {e}"));
@@ -258,33 +258,6 @@ impl Source for KubeSource {
     fn changed(&mut self) -> bool {
         self.dirty.load(Ordering::SeqCst)
     }
-}
-
-/// Adds `part`'s objects to `into`.
-fn merge(into: &mut Cluster, part: &Cluster) {
-    into.namespaces
-        .extend(part.namespaces.iter().map(|(k, v)| (k.clone(), v.clone())));
-    into.nodes
-        .extend(part.nodes.iter().map(|(k, v)| (k.clone(), v.clone())));
-    into.pods
-        .extend(part.pods.iter().map(|(k, v)| (k.clone(), v.clone())));
-    into.services
-        .extend(part.services.iter().map(|(k, v)| (k.clone(), v.clone())));
-    into.endpoint_slices.extend(
-        part.endpoint_slices
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone())),
-    );
-    into.network_policies.extend(
-        part.network_policies
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone())),
-    );
-    into.cluster_policies.extend(
-        part.cluster_policies
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone())),
-    );
 }
 
 /// What the decoder needs of an object from the API: its fields, without the
@@ -397,7 +370,7 @@ impl Watch {
             Event::Init => *relist = Some(BTreeMap::new()),
             Event::InitApply(o) => {
                 let v = value(&o);
-                let key = object_key(&trimmed(self.kind, v.clone()));
+                let key = object_key(&v);
                 let prev = s.objects.get(&self.kind).and_then(|m| m.get(&key)).cloned();
                 let (key, st) = decode(self.kind, v, prev);
                 relist.get_or_insert_with(BTreeMap::new).insert(key, st);
@@ -413,7 +386,7 @@ impl Watch {
             }
             Event::Apply(o) => {
                 let v = value(&o);
-                let key = object_key(&trimmed(self.kind, v.clone()));
+                let key = object_key(&v);
                 let objects = s.objects.entry(self.kind).or_default();
                 let prev = objects.remove(&key);
                 let (key, st) = decode(self.kind, v, prev);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use palisade_agent::kube_source::{KubeSource, WatchedKind};
 use palisade_agent::source::{Snapshot, Source};
-use palisade_kube_lab::{Binaries, ControlPlane};
+use palisade_kube_lab::{Binaries, ControlPlane, Kubeconfig};
 use palisade_testkit::{decide, Context, Decision};
 
 fn start() -> Option<ControlPlane> {
@@ -64,9 +64,8 @@ fn port_of(s: &Snapshot) -> Option<serde_json::Value> {
     Some(serde_json::to_value(np).unwrap()["ingress"][0]["ports"][0]["Range"]["port"].clone())
 }
 
-#[test]
-fn follows_the_api_server_as_its_own_identity_and_fails_closed_until_it_can_list() {
-    let Some(cp) = start() else { return };
+/// The agent's service-account kubeconfig, and a runtime for its watchers.
+fn agent_identity(cp: &ControlPlane) -> (Kubeconfig, tokio::runtime::Runtime) {
     let agent = cp
         .service_account_kubeconfig("kube-system", "palisade-agent")
         .expect("a token for the agent's service account");
@@ -75,11 +74,23 @@ fn follows_the_api_server_as_its_own_identity_and_fails_closed_until_it_can_list
         .enable_all()
         .build()
         .unwrap();
+    (agent, rt)
+}
+
+/// The Kubernetes source, authenticated as `agent`.
+async fn source_as(agent: &Kubeconfig) -> KubeSource {
+    let client = palisade_agent::run::kube_client(Some(agent.path()), None)
+        .await
+        .expect("client from the agent's kubeconfig");
+    KubeSource::start(client)
+}
+
+#[test]
+fn follows_the_api_server_as_its_own_identity_and_fails_closed_until_it_can_list() {
+    let Some(cp) = start() else { return };
+    let (agent, rt) = agent_identity(&cp);
     rt.block_on(async {
-        let client = palisade_agent::run::kube_client(Some(agent.path()), None)
-            .await
-            .expect("client from the agent's kubeconfig");
-        let mut src = KubeSource::start(client);
+        let mut src = source_as(&agent).await;
         // No grant yet: RBAC refuses the lists, and the source gives no answer at all.
         eventually(
             Duration::from_secs(30),
@@ -155,19 +166,9 @@ fn the_last_state_stays_while_the_api_server_is_away_and_converges_when_it_retur
         .expect("namespace");
     cp.kubectl(cp.admin(), &["apply", "-f", "-"], Some(&policy(80)))
         .expect("policy");
-    let agent = cp
-        .service_account_kubeconfig("kube-system", "palisade-agent")
-        .expect("a token for the agent's service account");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let (agent, rt) = agent_identity(&cp);
     rt.block_on(async {
-        let client = palisade_agent::run::kube_client(Some(agent.path()), None)
-            .await
-            .expect("client");
-        let mut src = KubeSource::start(client);
+        let mut src = source_as(&agent).await;
         eventually(Duration::from_secs(120), "the first snapshot", || {
             src.load().ok().filter(|s| port_of(s) == Some(80.into()))
         })
