@@ -272,27 +272,10 @@ mod tests {
             .iter()
             .flat_map(|f| ["", "-restore"].map(|s| format!("\"{f}tables{s}\"")))
             .collect();
-        let mut found = Vec::new();
-        let mut files = 0;
-        let mut dirs = vec![repo.join("crates")];
-        while let Some(dir) = dirs.pop() {
-            for entry in std::fs::read_dir(&dir).expect("read_dir") {
-                let path = entry.expect("entry").path();
-                if path.is_dir() {
-                    dirs.push(path);
-                } else if path.extension().is_some_and(|e| e == "rs") {
-                    files += 1;
-                    let text = std::fs::read_to_string(&path).expect("source");
-                    for (n, line) in text.lines().enumerate() {
-                        // `package: "iptables"` names the Debian package, not a program.
-                        let call = bare.iter().any(|b| line.contains(b.as_str()));
-                        if call && !line.contains("package:") {
-                            found.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
-                        }
-                    }
-                }
-            }
-        }
+        // `package: "iptables"` names the Debian package, not a program.
+        let (files, found) = palisade_testkit::rust_lines_matching(&repo.join("crates"), |line| {
+            bare.iter().any(|b| line.contains(b.as_str())) && !line.contains("package:")
+        });
         assert!(
             files > 50,
             "walked only {files} Rust files under {}",

@@ -188,6 +188,30 @@ fn is_executable(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
+/// For tests that check the source tree itself: walks every `.rs` file under `root`
+/// and returns how many it read and `path:line: text` for each line `matches` accepts.
+pub fn rust_lines_matching(root: &Path, matches: impl Fn(&str) -> bool) -> (usize, Vec<String>) {
+    let (mut files, mut found) = (0, Vec::new());
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files += 1;
+                let text = std::fs::read_to_string(&path).expect("source");
+                for (n, line) in text.lines().enumerate() {
+                    if matches(line) {
+                        found.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+                    }
+                }
+            }
+        }
+    }
+    (files, found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,24 +289,8 @@ mod tests {
         let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         // Built at run time so that this file does not match itself.
         let needle = format!("println!(\"{}", "skipped");
-        let (mut files, mut found) = (0, Vec::new());
-        let mut dirs = vec![crates];
-        while let Some(dir) = dirs.pop() {
-            for entry in std::fs::read_dir(&dir).expect("read_dir") {
-                let path = entry.expect("entry").path();
-                if path.is_dir() {
-                    dirs.push(path);
-                } else if path.extension().is_some_and(|e| e == "rs") {
-                    files += 1;
-                    let text = std::fs::read_to_string(&path).expect("source");
-                    for (n, line) in text.lines().enumerate() {
-                        if line.to_lowercase().contains(&needle) {
-                            found.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
-                        }
-                    }
-                }
-            }
-        }
+        let (files, found) =
+            rust_lines_matching(&crates, |line| line.to_lowercase().contains(&needle));
         assert!(files > 50, "walked only {files} Rust files");
         assert!(
             found.is_empty(),
