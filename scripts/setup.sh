@@ -34,3 +34,7 @@ fi
 # from the Go module proxy into /var/cache/palisade/k8s (outside the clone). Cold:
 # about 15.5 minutes of a shared 2-core machine (under nice); warm: well under a second.
 bash "$(dirname "${BASH_SOURCE[0]}")/k8s-binaries.sh" >/dev/null
+
+# Helm's CLI (the chart tests render deploy/helm/palisade with it), built from the Go
+# module proxy at the version deploy/helm-build/go.mod pins, into /var/cache/palisade/helm.
+bash "$(dirname "${BASH_SOURCE[0]}")/helm-binary.sh" >/dev/null

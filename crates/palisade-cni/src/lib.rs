@@ -23,8 +23,13 @@
 //! - [`plugin`]: the plugin logic, a pure function of environment + stdin, so it is
 //!   unit-testable without a namespace.
 //!
+//! - [`chain`]: chaining the plugin into the node's CNI configuration and out again;
+//! - [`admin`]: `palisade-cni install|uninstall`, the DaemonSet's install steps.
+//!
 //! Start reading at [`plugin::run`].
 #![deny(missing_docs)]
 
+pub mod admin;
+pub mod chain;
 pub mod plugin;
 pub mod spec;

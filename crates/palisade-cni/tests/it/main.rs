@@ -1,6 +1,8 @@
 //! Runs the real `palisade-cni` binary against a fake agent on a unix socket.
 //! The fake is the agent's counterpart and lives only here.
 
+mod chain;
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
