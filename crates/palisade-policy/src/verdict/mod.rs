@@ -247,6 +247,36 @@ fn side(
     decided(true, RuleOrigin::Default { direction: dir }, consulted)
 }
 
+/// The policies whose subject is a pod, by their keys in [`Cluster`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selecting {
+    /// NetworkPolicies, by `namespace/name`.
+    pub network_policies: Vec<String>,
+    /// Cluster policies of every kind and tier, by `Kind/name`.
+    pub cluster_policies: Vec<String>,
+}
+
+/// The policies whose subject is `pod`, with the evaluator's own rules (a NetworkPolicy
+/// selects pods of its namespace by labels; a cluster policy never selects a
+/// host-network pod). The controller uses this to know which policies must be in force
+/// on a pod's node.
+pub fn selecting(cluster: &Cluster, pod: &Pod) -> Selecting {
+    Selecting {
+        network_policies: cluster
+            .network_policies
+            .iter()
+            .filter(|(_, np)| np.namespace == pod.namespace && np.pod_selector.matches(&pod.labels))
+            .map(|(k, _)| k.clone())
+            .collect(),
+        cluster_policies: cluster
+            .cluster_policies
+            .iter()
+            .filter(|(_, p)| subject_selects(cluster, &p.subject, pod))
+            .map(|(k, _)| k.clone())
+            .collect(),
+    }
+}
+
 /// Cluster policies of `tier` selecting `pod`, in evaluation order: priority ascending,
 /// then name, then kind (upstream leaves equal priorities undefined).
 fn tier_policies<'c>(cluster: &'c Cluster, pod: &Pod, tier: Tier) -> Vec<&'c ClusterPolicy> {

@@ -1534,3 +1534,69 @@ fn every_table_world_decides_pods_by_name_and_by_address_alike() {
     }
     assert!(checked > 10_000, "only {checked} flows checked");
 }
+
+/// `selecting` names a NetworkPolicy only for pods of its namespace that its selector
+/// matches, and a cluster policy for pods its subject matches, never a host-network pod.
+#[test]
+fn selecting_names_the_policies_whose_subject_is_the_pod() {
+    let text = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: a, labels: {team: x}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: b}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: a, labels: {app: web}}
+spec: {containers: [{name: c, image: i}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: a, labels: {app: db}}
+spec: {containers: [{name: c, image: i}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: b, labels: {app: web}}
+spec: {containers: [{name: c, image: i}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: host, namespace: a, labels: {app: web}}
+spec: {hostNetwork: true, containers: [{name: c, image: i}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: a}
+spec: {podSelector: {matchLabels: {app: web}}, policyTypes: [Ingress]}
+---
+apiVersion: policy.networking.k8s.io/v1alpha1
+kind: AdminNetworkPolicy
+metadata: {name: team-x}
+spec:
+  priority: 10
+  subject: {namespaces: {matchLabels: {team: x}}}
+  ingress: [{action: Deny, from: [{namespaces: {}}]}]
+"#;
+    let loaded = crate::manifest::load(&[("t.yaml".to_string(), text.to_string())]);
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    let c = &loaded.cluster;
+    let of = |key: &str| selecting(c, &c.pods[key]);
+    let anp = "AdminNetworkPolicy/team-x".to_string();
+    assert_eq!(of("a/web").network_policies, vec!["a/web".to_string()]);
+    assert_eq!(of("a/web").cluster_policies, vec![anp.clone()]);
+    assert_eq!(of("a/db").network_policies, Vec::<String>::new());
+    assert_eq!(of("a/db").cluster_policies, vec![anp]);
+    assert_eq!(
+        of("b/web"),
+        Selecting::default(),
+        "other namespace, unlabelled"
+    );
+    assert!(
+        of("a/host").cluster_policies.is_empty(),
+        "host-network pods are no subject"
+    );
+}
