@@ -23,7 +23,7 @@ pub const POD_IFNAME: &str = "eth0";
 pub const LAB_CNI_VERSION: &str = "1.0.0";
 
 /// Sysctls set in the node namespace (never in the root one), with why:
-const NODE_SYSCTLS: &[(&str, &str)] = &[
+pub const NODE_SYSCTLS: &[(&str, &str)] = &[
     // Route between pods; ptp sets these too, but the lab does not rely on it.
     ("net/ipv4/ip_forward", "1"),
     ("net/ipv6/conf/all/forwarding", "1"),
@@ -34,7 +34,7 @@ const NODE_SYSCTLS: &[(&str, &str)] = &[
 ];
 
 /// Sysctls set in each pod namespace, with why:
-const POD_SYSCTLS: &[(&str, &str)] = &[
+pub const POD_SYSCTLS: &[(&str, &str)] = &[
     // Addresses usable immediately (no DAD wait).
     ("net/ipv6/conf/default/accept_dad", "0"),
     ("net/ipv6/conf/all/accept_dad", "0"),

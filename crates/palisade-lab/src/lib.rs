@@ -68,6 +68,7 @@ pub mod lab;
 pub mod netns;
 pub mod probe;
 pub mod process;
+pub mod sender;
 pub mod server;
 pub mod state;
 

@@ -4,6 +4,11 @@
 //! - UDP: on any datagram, reply `<namespace>/<name>\n` to the sender.
 //! - SCTP: skipped (this kernel has no SCTP; see [`crate::probe`]).
 //!
+//! The same program is also the pod's **sender** (`--send URL`, see [`crate::sender`]):
+//! it sends [`crate::sender`]'s marked datagrams or connections to a target, and a
+//! server logs every marked arrival on stderr (its log file) as one
+//! [`crate::sender::Arrival`] line, so a test can tell which pod reached it and when.
+//!
 //! Sockets bind `[::]:<port>` without `IPV6_V6ONLY`, so one socket serves IPv4 (as
 //! mapped addresses) and IPv6; if IPv6 is unavailable, `0.0.0.0:<port>`.
 //!
@@ -132,6 +137,7 @@ fn parse_port(s: &str) -> Result<ContainerPort, ServerError> {
 pub fn main_with_args(args: impl IntoIterator<Item = String>) -> Result<(), ServerError> {
     let mut identity = None;
     let mut ports = Vec::new();
+    let mut sends = Vec::new();
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         let mut value = || {
@@ -141,10 +147,19 @@ pub fn main_with_args(args: impl IntoIterator<Item = String>) -> Result<(), Serv
         match a.as_str() {
             "--identity" => identity = Some(value()?),
             "--port" => ports.push(parse_port(&value()?)?),
+            "--send" => sends.extend(
+                crate::sender::parse_targets(&value()?)
+                    .map_err(|e| ServerError::Usage(e.to_string()))?,
+            ),
             other => return Err(ServerError::Usage(format!("unknown argument {other:?}"))),
         }
     }
     let identity = identity.ok_or_else(|| ServerError::Usage("--identity is required".into()))?;
+    if !sends.is_empty() {
+        // A sender only sends (the lab starts it before the servers, as its own process).
+        crate::sender::send_all(&identity, &sends);
+        return Ok(());
+    }
     serve(&identity, &ports)
 }
 
@@ -157,12 +172,14 @@ pub fn serve(identity: &str, ports: &[ContainerPort]) -> Result<(), ServerError>
             Protocol::Tcp => {
                 let l = bind_dual(p.port, "TCP", TcpListener::bind)?;
                 let reply = reply.clone();
-                workers.push(std::thread::spawn(move || tcp_loop(l, reply)));
+                let port = p.port;
+                workers.push(std::thread::spawn(move || tcp_loop(l, port, reply)));
             }
             Protocol::Udp => {
                 let s = bind_dual(p.port, "UDP", UdpSocket::bind)?;
                 let reply = reply.clone();
-                workers.push(std::thread::spawn(move || udp_loop(s, reply)));
+                let port = p.port;
+                workers.push(std::thread::spawn(move || udp_loop(s, port, reply)));
             }
             Protocol::Sctp => eprintln!(
                 "palisade-lab-serve: {identity}: SCTP {} skipped: no SCTP in kernel",
@@ -197,20 +214,25 @@ fn bind_dual<T>(
         })
 }
 
-fn tcp_loop(l: TcpListener, reply: Vec<u8>) {
+fn tcp_loop(l: TcpListener, port: u16, reply: Vec<u8>) {
     for conn in l.incoming() {
         let Ok(mut c) = conn else { continue };
         let _ = c.set_write_timeout(Some(WRITE_TIMEOUT));
         let _ = c.write_all(&reply);
         let _ = c.shutdown(std::net::Shutdown::Write);
+        // A sender writes its mark right after connecting; a prober writes nothing
+        // and closes after reading the reply, so this read ends at once for it. It
+        // runs on its own thread so a silent client cannot stall the accept loop.
+        std::thread::spawn(move || crate::sender::record_tcp_arrival(c, port));
     }
 }
 
-fn udp_loop(s: UdpSocket, reply: Vec<u8>) {
+fn udp_loop(s: UdpSocket, port: u16, reply: Vec<u8>) {
     let mut buf = [0u8; 2048];
     loop {
-        if let Ok((_, from)) = s.recv_from(&mut buf) {
+        if let Ok((n, from)) = s.recv_from(&mut buf) {
             let _ = s.send_to(&reply, from);
+            crate::sender::record_udp_arrival(&buf[..n], from, port);
         }
     }
 }
