@@ -12,7 +12,9 @@ use crate::decision_log::DecisionLog;
 use crate::decisions::{rfc3339_now, DecisionRecord, LogMode, Reason, Verdict};
 use crate::inspect::table_rows;
 use crate::metrics::EventStats;
-use crate::reconcile::{CounterSample, Enforcer, KernelAttachment, KernelEndpoint, KernelHook};
+use crate::reconcile::{
+    CounterSample, Enforcer, EnforcerError, KernelAttachment, KernelEndpoint, KernelHook,
+};
 use crate::server::{Shared, Views};
 
 /// [`Enforcer`] over the real datapath.
@@ -124,7 +126,7 @@ impl EventLimits {
 }
 
 impl Enforcer for BpfEnforcer {
-    fn attach(&mut self, pod: &str, host_ifname: &str) -> anyhow::Result<u32> {
+    fn attach(&mut self, pod: &str, host_ifname: &str) -> Result<u32, EnforcerError> {
         if self.attached.get(pod).is_some_and(|i| i == host_ifname) {
             // Unless its links were removed since (drift): then attach again.
             if let Some(ifindex) = self
@@ -135,27 +137,37 @@ impl Enforcer for BpfEnforcer {
                 return Ok(ifindex);
             }
         }
-        let ifindex = self
-            .datapath
-            .attach(pod, host_ifname)
-            .with_context(|| format!("attaching to {host_ifname} for pod {pod}"))?;
+        let ifindex =
+            self.datapath
+                .attach(pod, host_ifname)
+                .map_err(|source| EnforcerError::Attach {
+                    pod: pod.into(),
+                    ifname: host_ifname.into(),
+                    source: Box::new(source),
+                })?;
         self.attached
             .insert(pod.to_string(), host_ifname.to_string());
         Ok(ifindex)
     }
 
-    fn detach(&mut self, pod: &str) -> anyhow::Result<()> {
+    fn detach(&mut self, pod: &str) -> Result<(), EnforcerError> {
         self.attached.remove(pod);
         self.datapath
             .detach(pod)
-            .with_context(|| format!("detaching pod {pod}"))
+            .map_err(|source| EnforcerError::Detach {
+                pod: pod.into(),
+                source: Box::new(source),
+            })
     }
 
-    fn release_if_gone(&mut self, pod: &str, ifindex: u32) -> anyhow::Result<bool> {
+    fn release_if_gone(&mut self, pod: &str, ifindex: u32) -> Result<bool, EnforcerError> {
         if !self
             .datapath
             .release_if_severed(ifindex)
-            .with_context(|| format!("checking the links of ifindex {ifindex}"))?
+            .map_err(|source| EnforcerError::Links {
+                ifindex,
+                source: Box::new(source),
+            })?
         {
             return Ok(false);
         }
@@ -163,21 +175,24 @@ impl Enforcer for BpfEnforcer {
         if self.datapath.binding(pod) == Some(ifindex) {
             self.datapath
                 .detach(pod)
-                .with_context(|| format!("detaching pod {pod}"))?;
+                .map_err(|source| EnforcerError::Detach {
+                    pod: pod.into(),
+                    source: Box::new(source),
+                })?;
         }
         Ok(true)
     }
 
-    fn sync(&mut self, compiled: &Compiled) -> anyhow::Result<()> {
+    fn sync(&mut self, compiled: &Compiled) -> Result<(), EnforcerError> {
         self.datapath
             .sync(compiled)
-            .context("programming the datapath")
+            .map_err(|e| EnforcerError::Write(Box::new(e)))
     }
 
-    fn apply(&mut self, delta: &Delta) -> anyhow::Result<()> {
+    fn apply(&mut self, delta: &Delta) -> Result<(), EnforcerError> {
         self.datapath
             .apply(delta)
-            .context("applying a change to the datapath")
+            .map_err(|e| EnforcerError::Write(Box::new(e)))
     }
 
     fn in_use(&mut self) -> palisade_policy::compile::InUse {

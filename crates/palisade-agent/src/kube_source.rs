@@ -33,12 +33,12 @@ use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Client;
-use palisade_policy::manifest;
+use palisade_policy::manifest::{self, ManifestError};
 use palisade_policy::model::Cluster;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::source::{Snapshot, Source};
+use crate::source::{Snapshot, Source, SourceError};
 
 /// The kinds watched, in the order their objects are merged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -132,7 +132,7 @@ struct ObjectState {
     /// The last version that decoded cleanly (in force).
     good: Option<Cluster>,
     /// Errors of the current version (empty when it is the good one).
-    errors: Vec<String>,
+    errors: Vec<ManifestError>,
     /// Warnings of the current version.
     warnings: Vec<String>,
 }
@@ -207,7 +207,7 @@ impl KubeSource {
 }
 
 impl Source for KubeSource {
-    fn load(&mut self) -> anyhow::Result<Snapshot> {
+    fn load(&mut self) -> Result<Snapshot, SourceError> {
         self.dirty.store(false, Ordering::SeqCst);
         let s = self.store.lock().expect("store lock");
         let waiting: Vec<String> = WatchedKind::ALL
@@ -226,20 +226,15 @@ impl Source for KubeSource {
         if !waiting.is_empty() {
             // Not an answer from a partial picture: the pass fails and the kernel keeps
             // what it enforces.
-            anyhow::bail!(
-                "the API server's objects are not all listed yet; waiting for {}",
-                waiting.join(", ")
-            );
+            return Err(SourceError::NotListed { waiting });
         }
         let mut snap = Snapshot::default();
-        for (kind, objects) in &s.objects {
-            for (key, o) in objects {
+        for objects in s.objects.values() {
+            for o in objects.values() {
                 if let Some(good) = &o.good {
                     snap.cluster.extend(good.clone());
                 }
-                for e in &o.errors {
-                    snap.errors.push(format!("{kind:?} {key}: {e}"));
-                }
+                snap.errors.extend(o.errors.iter().cloned());
                 snap.warnings.extend(o.warnings.iter().cloned());
             }
         }
@@ -317,7 +312,7 @@ fn decode(
             },
         );
     }
-    let errors = loaded.errors.iter().map(|e| e.to_string()).collect();
+    let errors = loaded.errors;
     (
         key,
         ObjectState {
@@ -552,7 +547,7 @@ mod tests {
         assert!(snap.cluster.network_policies.contains_key("default/b"));
         assert_eq!(snap.errors.len(), 1, "{:?}", snap.errors);
         assert!(
-            snap.errors[0].contains("spec.ingress[0].ports[0].port"),
+            snap.errors[0].field() == Some("spec.ingress[0].ports[0].port"),
             "{:?}",
             snap.errors
         );

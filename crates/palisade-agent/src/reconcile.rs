@@ -16,17 +16,121 @@ use std::time::Instant;
 use palisade_policy::compile::{changes_between, merge, Compiler, InUse};
 use palisade_policy::compiled::{Compiled, Delta};
 
-use crate::registry::{unix_now, Interface, Registry, DEFAULT_REGISTRATION_TTL};
-use crate::source::{Snapshot, Source};
+use crate::registry::{unix_now, Interface, Registry, RegistryError, DEFAULT_REGISTRATION_TTL};
+use crate::source::{Snapshot, Source, SourceError};
+
+/// Why the kernel side refused or failed a write. Either way nothing already enforced
+/// changed (the datapath applies an update whole or not at all).
+#[derive(Debug, thiserror::Error)]
+pub enum EnforcerError {
+    /// Attaching programs to a pod's interface failed.
+    #[error("attaching to {ifname} for pod {pod}")]
+    Attach {
+        /// `namespace/name`.
+        pod: String,
+        /// Host-side interface.
+        ifname: String,
+        /// Cause.
+        #[source]
+        source: Box<palisade_datapath::Error>,
+    },
+    /// Detaching from a pod's interface failed.
+    #[error("detaching pod {pod}")]
+    Detach {
+        /// `namespace/name`.
+        pod: String,
+        /// Cause.
+        #[source]
+        source: Box<palisade_datapath::Error>,
+    },
+    /// Reading whether an interface's links are severed failed.
+    #[error("checking the links of ifindex {ifindex}")]
+    Links {
+        /// The interface.
+        ifindex: u32,
+        /// Cause.
+        #[source]
+        source: Box<palisade_datapath::Error>,
+    },
+    /// Writing the compiled state failed or was refused (over capacity, not encodable).
+    #[error("programming the datapath")]
+    Write(#[source] Box<palisade_datapath::Error>),
+    /// Another enforcer's failure (tests, future datapaths).
+    #[error("{message}")]
+    Other {
+        /// What failed.
+        message: String,
+        /// See [`EnforcerError::retryable`].
+        retryable: bool,
+    },
+}
+
+impl EnforcerError {
+    /// Whether trying again, with the same desired state, can succeed. A kernel call
+    /// that failed (busy, out of memory, bpffs) can; so can a full map (the node is
+    /// full now: the request itself is fine, and a retry succeeds once other pods or
+    /// policies leave). Compiled state that cannot be encoded, or an interface that
+    /// does not exist, cannot: the input has to change.
+    pub fn retryable(&self) -> bool {
+        use palisade_datapath::Error as D;
+        match self {
+            EnforcerError::Attach { source, .. }
+            | EnforcerError::Detach { source, .. }
+            | EnforcerError::Links { source, .. }
+            | EnforcerError::Write(source) => !matches!(
+                **source,
+                D::Encode(_) | D::Interface(..) | D::NotAttached(_)
+            ),
+            EnforcerError::Other { retryable, .. } => *retryable,
+        }
+    }
+}
+
+/// Why a pass failed; nothing already enforced changed.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    /// The source gave no snapshot.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The kernel side failed.
+    #[error(transparent)]
+    Enforcer(#[from] EnforcerError),
+    /// The interface registry could not be saved.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+impl PassError {
+    /// Whether the same pass, retried later, can succeed (see each part's `retryable`).
+    pub fn retryable(&self) -> bool {
+        match self {
+            PassError::Source(e) => e.retryable(),
+            PassError::Enforcer(e) => e.retryable(),
+            PassError::Registry(e) => e.retryable(),
+        }
+    }
+}
+
+/// An error with its causes, `a: b: c`, as logs and replies show it.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
 
 /// The kernel side, as the reconciler needs it. Implemented by the eBPF datapath
 /// (`crate::enforcer::BpfEnforcer`).
 pub trait Enforcer: Send {
     /// Binds `pod` to its host-side interface and ensures programs are attached;
     /// returns the ifindex. Idempotent: re-attaching keeps enforcement continuous.
-    fn attach(&mut self, pod: &str, host_ifname: &str) -> anyhow::Result<u32>;
+    fn attach(&mut self, pod: &str, host_ifname: &str) -> Result<u32, EnforcerError>;
     /// Detaches programs from a pod's interface (which may already be gone).
-    fn detach(&mut self, pod: &str) -> anyhow::Result<()>;
+    fn detach(&mut self, pod: &str) -> Result<(), EnforcerError>;
     /// The index the interface called `host_ifname` has now, if it exists. A
     /// registration whose name now resolves to another index is dead: its interface
     /// is gone (names are unique in a namespace) and the name belongs to someone else.
@@ -37,13 +141,13 @@ pub trait Enforcer: Send {
     /// kernel severed its links (the interface was deleted), removes what is left of it
     /// and returns true; if its links are alive (the interface lives elsewhere, e.g. the
     /// agent runs in the wrong namespace), changes nothing and returns false.
-    fn release_if_gone(&mut self, pod: &str, ifindex: u32) -> anyhow::Result<bool>;
+    fn release_if_gone(&mut self, pod: &str, ifindex: u32) -> Result<bool, EnforcerError>;
     /// Makes the kernel match `compiled` for every attached pod. Either the whole
     /// update is applied or nothing already enforced changes.
-    fn sync(&mut self, compiled: &Compiled) -> anyhow::Result<()>;
+    fn sync(&mut self, compiled: &Compiled) -> Result<(), EnforcerError>;
     /// Applies one ordered delta. Either the whole delta is applied or nothing
     /// already enforced changes.
-    fn apply(&mut self, delta: &Delta) -> anyhow::Result<()>;
+    fn apply(&mut self, delta: &Delta) -> Result<(), EnforcerError>;
     /// The ids the kernel holds (possibly from a previous run), so a new compiler
     /// never gives one of them another meaning.
     fn in_use(&mut self) -> InUse;
@@ -86,7 +190,7 @@ pub struct PassReport {
     /// Endpoints programmed.
     pub endpoints: usize,
     /// Errors in the desired state (objects rejected).
-    pub errors: Vec<String>,
+    pub errors: Vec<palisade_policy::manifest::ManifestError>,
     /// Where the time went.
     pub stages: Stages,
 }
@@ -116,7 +220,8 @@ pub struct Reconciler {
     /// agent restarts (a CNI plugin or operator never sees it go backwards).
     generation: u64,
     generation_file: Option<std::path::PathBuf>,
-    last_error: Option<String>,
+    /// The last pass's error (with its causes) and whether retrying can help.
+    last_error: Option<(String, bool)>,
     last_stages: Stages,
     /// How long a registration whose pod never appears is kept.
     registration_ttl: std::time::Duration,
@@ -154,13 +259,13 @@ impl Reconciler {
     /// would put that cost on every pod start). `full` rebuilds the compiled state from
     /// scratch and resynchronises the whole datapath instead of applying the object-level
     /// changes as deltas. On error the kernel keeps what it had.
-    pub fn reconcile(&mut self, reload: bool, full: bool) -> anyhow::Result<PassReport> {
+    pub fn reconcile(&mut self, reload: bool, full: bool) -> Result<PassReport, PassError> {
         let start = Instant::now();
         let result = self.pass(reload || self.passes == 0, full);
         match &result {
             Ok(_) => self.last_error = None,
             Err(e) => {
-                self.last_error = Some(format!("{e:#}"));
+                self.last_error = Some((chain(e), e.retryable()));
                 // The compiler may be ahead of the kernel now: the next pass rebuilds
                 // and syncs against what the kernel really holds (the datapath rejected
                 // the update whole, or reloaded its mirror after a write error). The
@@ -187,7 +292,7 @@ impl Reconciler {
         })
     }
 
-    fn pass(&mut self, reload: bool, full: bool) -> anyhow::Result<(usize, Stages)> {
+    fn pass(&mut self, reload: bool, full: bool) -> Result<(usize, Stages), PassError> {
         let mut stages = Stages::default();
         let t = Instant::now();
         let mut snapshot = if reload {
@@ -273,7 +378,10 @@ impl Reconciler {
     ///
     /// Returns the pods whose interface is not here but whose links are alive: they are
     /// kept, and skipped by this pass's attach.
-    fn prune_registrations(&mut self, snapshot: &Snapshot) -> anyhow::Result<BTreeSet<String>> {
+    fn prune_registrations(
+        &mut self,
+        snapshot: &Snapshot,
+    ) -> Result<BTreeSet<String>, RegistryError> {
         let pods = &snapshot.cluster.pods;
         self.registry.mark_seen(|p| pods.contains_key(p))?;
         let dead: Vec<(String, String)> = self
@@ -363,7 +471,7 @@ impl Reconciler {
 
     /// Records a CNI registration (the caller then reconciles and checks
     /// [`Self::in_force`]). Refused when another registration owns the interface.
-    pub fn register(&mut self, iface: Interface) -> anyhow::Result<()> {
+    pub fn register(&mut self, iface: Interface) -> Result<(), RegistryError> {
         let iface = Interface {
             registered_at: unix_now(),
             seen: self.knows_pod(&iface.pod),
@@ -386,7 +494,7 @@ impl Reconciler {
     /// addresses, its tables are already in the kernel; attaching writes its endpoint
     /// entry and it is in force. Returns the
     /// generation, or `None` when a full pass is needed.
-    pub fn register_fast(&mut self, iface: &Interface) -> anyhow::Result<Option<u64>> {
+    pub fn register_fast(&mut self, iface: &Interface) -> Result<Option<u64>, EnforcerError> {
         // Whether the source changed since is not checked (a stat of every manifest):
         // the generation reported is the one really in the kernel, and the next pass
         // (at most `server::SOURCE_POLL` away) applies anything newer, as for any change.
@@ -413,7 +521,7 @@ impl Reconciler {
         pod: &str,
         container_id: &str,
         host_ifname: &str,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), RegistryError> {
         let iface = self.registry.remove(pod, container_id, host_ifname)?;
         self.in_force.remove(pod);
         // The veth is usually gone already with the sandbox; that is fine.
@@ -500,11 +608,51 @@ impl Reconciler {
 
     /// The last pass's error, if it failed.
     pub fn last_error(&self) -> Option<&str> {
-        self.last_error.as_deref()
+        self.last_error.as_ref().map(|(e, _)| e.as_str())
+    }
+
+    /// Whether the last pass failed with an error a retry can fix (`None`: it did not
+    /// fail).
+    pub fn last_error_retryable(&self) -> Option<bool> {
+        self.last_error.as_ref().map(|(_, r)| *r)
     }
 
     /// The enforcer, for inspection requests.
     pub fn enforcer_mut(&mut self) -> &mut dyn Enforcer {
         self.enforcer.as_mut()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_errors_a_retry_can_fix_are_retryable() {
+        let full = EnforcerError::Write(Box::new(palisade_datapath::Error::Capacity {
+            map: "policy",
+            needed: 10,
+            capacity: 5,
+        }));
+        assert!(full.retryable(), "a full node may have room later: {full}");
+        let gone = EnforcerError::Attach {
+            pod: "x/a".into(),
+            ifname: "veth1".into(),
+            source: Box::new(palisade_datapath::Error::Interface(
+                "veth1".into(),
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            )),
+        };
+        assert!(!gone.retryable(), "{gone}");
+        let listing = PassError::from(SourceError::NotListed {
+            waiting: vec!["Pod".into()],
+        });
+        assert!(listing.retryable());
+        let taken = PassError::from(RegistryError::BadPodName { pod: "x".into() });
+        assert!(!taken.retryable());
+        assert_eq!(
+            chain(&gone),
+            "attaching to veth1 for pod x/a: interface veth1: entity not found"
+        );
     }
 }

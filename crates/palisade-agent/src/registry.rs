@@ -55,8 +55,9 @@ fn seen_by_default() -> bool {
     true
 }
 
-/// Why a registration or an unregistration was refused. None is retryable as is: the
-/// request names something the agent will not accept until the other owner is gone.
+/// Why a registration or an unregistration was refused. Only [`RegistryError::Save`] is
+/// retryable as is: the others name something the agent will not accept until the
+/// request (or the other owner) changes.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     /// The pod is not `namespace/name` with both parts non-empty.
@@ -124,6 +125,14 @@ pub enum RegistryError {
     /// The change was made in memory but could not be saved.
     #[error("saving the interface registry")]
     Save(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl RegistryError {
+    /// Whether the same request can succeed later: only saving (a full or read-only
+    /// disk can recover); every other refusal names something the request must change.
+    pub fn retryable(&self) -> bool {
+        matches!(self, RegistryError::Save(_))
+    }
 }
 
 /// Seconds since the Unix epoch, now.

@@ -25,8 +25,8 @@ use crate::api::{
 use crate::decisions::{matches_filter, DecisionRecord, History};
 use crate::listener::write_bounded;
 use crate::metrics::Metrics;
-use crate::reconcile::Reconciler;
-use crate::registry::Interface;
+use crate::reconcile::{chain, PassError, Reconciler};
+use crate::registry::{Interface, RegistryError};
 
 /// How often the source is checked for changes. Lab and CLI changes do not wait for
 /// this: they send `sync`, which reconciles at once.
@@ -255,7 +255,7 @@ fn run_pass(
     metrics: &Arc<Mutex<Metrics>>,
     busy: &AtomicBool,
     reload: bool,
-) -> Result<u64, String> {
+) -> Result<u64, PassError> {
     run_pass_with(reconciler, metrics, busy, reload, false)
 }
 
@@ -267,7 +267,7 @@ fn run_pass_with(
     busy: &AtomicBool,
     reload: bool,
     full: bool,
-) -> Result<u64, String> {
+) -> Result<u64, PassError> {
     busy.store(true, Ordering::SeqCst);
     let result = reconciler.reconcile(reload, full);
     busy.store(false, Ordering::SeqCst);
@@ -283,9 +283,8 @@ fn run_pass_with(
         }
         Err(e) => {
             m.record_failed_pass();
-            let msg = format!("{e:#}");
-            tracing::error!(error = %msg, "reconcile failed; the kernel keeps its previous state");
-            Err(msg)
+            tracing::error!(error = %chain(&e), retryable = e.retryable(), "reconcile failed; the kernel keeps its previous state");
+            Err(e)
         }
     }
 }
@@ -297,6 +296,9 @@ fn settle_pending(reconciler: &mut Reconciler, pending: &mut Vec<Pending>) {
         if let Some(generation) = reconciler.in_force(&p.pod) {
             let _ = p.reply.send(Reply::in_force(generation));
         } else if now >= p.deadline {
+            // Retryable unless the pass failed on something only a change can fix: a
+            // Pod object not seen yet may still come, a busy kernel may recover.
+            let retryable = reconciler.last_error_retryable().unwrap_or(true);
             let why = match reconciler.last_error() {
                 Some(e) => format!("pod {}: policy not in force: {e}", p.pod),
                 None if !reconciler.knows_pod(&p.pod) => {
@@ -308,7 +310,7 @@ fn settle_pending(reconciler: &mut Reconciler, pending: &mut Vec<Pending>) {
                 }
                 None => format!("pod {}: policy not in force", p.pod),
             };
-            let _ = p.reply.send(Reply::error(why));
+            let _ = p.reply.send(Reply::failure(why, retryable));
         } else {
             still.push(p);
         }
@@ -338,8 +340,10 @@ fn handle_command(
             let ifindex = match palisade_datapath::ifindex_of(&host_ifname) {
                 Ok(i) => i,
                 Err(e) => {
+                    // The interface does not exist: the same request cannot succeed.
                     let _ = reply.send(Reply::error(format!(
-                        "pod {key}: interface {host_ifname}: {e:#}"
+                        "pod {key}: interface {host_ifname}: {}",
+                        chain(&e)
                     )));
                     return;
                 }
@@ -354,7 +358,10 @@ fn handle_command(
                 seen: false,
             };
             if let Err(e) = reconciler.register(iface.clone()) {
-                let _ = reply.send(Reply::error(format!("pod {key}: {e:#}")));
+                let _ = reply.send(Reply::failure(
+                    format!("pod {key}: {}", chain(&e)),
+                    e.retryable(),
+                ));
                 return;
             }
             let started = Instant::now();
@@ -372,7 +379,7 @@ fn handle_command(
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!(pod = %key, error = %format!("{e:#}"), "fast registration failed; doing a full pass")
+                    tracing::warn!(pod = %key, error = %chain(&e), "fast registration failed; doing a full pass")
                 }
             }
             // Re-read the source only if it changed (a stat per file), so a pod whose
@@ -400,10 +407,16 @@ fn handle_command(
         }) => {
             let key = format!("{namespace}/{pod}");
             let r = reconciler.unregister(&key, &container_id, &host_ifname);
-            let _ = run_pass(reconciler, metrics, busy, false);
+            if r.is_ok() {
+                let _ = run_pass(reconciler, metrics, busy, false);
+            }
             let _ = reply.send(match r {
-                Ok(()) => Reply::of::<api::Unregister>(&api::Done {}),
-                Err(e) => Reply::error(format!("pod {key}: {e:#}")),
+                // Idempotent: nothing registered by this sandbox (a pod this agent never
+                // saw, or a DEL repeated) is nothing to undo.
+                Ok(()) | Err(RegistryError::Unknown { .. }) => {
+                    Reply::of::<api::Unregister>(&api::Done {})
+                }
+                Err(e) => Reply::failure(format!("pod {key}: {}", chain(&e)), e.retryable()),
             });
         }
         Request::Check(PodEndpoint {
@@ -421,7 +434,12 @@ fn handle_command(
         }
         Request::Sync { full } => {
             let r = run_pass_with(reconciler, metrics, busy, true, full);
-            let errors = reconciler.snapshot().errors.clone();
+            let errors = reconciler
+                .snapshot()
+                .errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect();
             let _ = reply.send(match r {
                 Ok(generation) => Reply::of::<api::Sync>(&api::SyncReply {
                     generation,
@@ -432,7 +450,7 @@ fn handle_command(
                         stages: reconciler.last_stages(),
                     },
                 }),
-                Err(e) => Reply::error(e),
+                Err(e) => Reply::failure(chain(&e), e.retryable()),
             });
         }
         Request::Status => {
@@ -578,7 +596,12 @@ fn status_of(reconciler: &mut Reconciler) -> StatusData {
         generation: reconciler.generation(),
         last_pass_stages: reconciler.last_stages(),
         last_error: reconciler.last_error().map(String::from),
-        errors: reconciler.snapshot().errors.clone(),
+        errors: reconciler
+            .snapshot()
+            .errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect(),
         warnings: reconciler.snapshot().warnings.clone(),
         endpoints,
         datapath,
@@ -683,15 +706,16 @@ async fn handle_connection(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reconcile::EnforcerError;
     use crate::reconcile::{CounterSample, Enforcer, KernelAttachment, KernelEndpoint};
-    use crate::source::{Snapshot, Source};
+    use crate::source::{Snapshot, Source, SourceError};
     use palisade_policy::compile::InUse;
     use palisade_policy::compiled::{Compiled, Delta};
 
     struct EmptySource;
 
     impl Source for EmptySource {
-        fn load(&mut self) -> anyhow::Result<Snapshot> {
+        fn load(&mut self) -> Result<Snapshot, SourceError> {
             Ok(Snapshot::default())
         }
         fn changed(&mut self) -> bool {
@@ -708,31 +732,37 @@ mod tests {
     }
 
     impl GatedEnforcer {
-        fn write(&mut self) -> anyhow::Result<()> {
+        fn write(&mut self) -> Result<(), EnforcerError> {
             if self.armed.swap(false, Ordering::SeqCst) {
                 self.entered.send(()).ok();
                 self.release
                     .recv_timeout(Duration::from_secs(60))
-                    .context("the test never released the pass")?;
+                    .map_err(|_| EnforcerError::Other {
+                        message: "the test never released the pass".into(),
+                        retryable: false,
+                    })?;
             }
             Ok(())
         }
     }
 
     impl Enforcer for GatedEnforcer {
-        fn attach(&mut self, _: &str, _: &str) -> anyhow::Result<u32> {
-            anyhow::bail!("no interfaces in this test")
+        fn attach(&mut self, _: &str, _: &str) -> Result<u32, EnforcerError> {
+            Err(EnforcerError::Other {
+                message: "no interfaces in this test".into(),
+                retryable: false,
+            })
         }
-        fn detach(&mut self, _: &str) -> anyhow::Result<()> {
+        fn detach(&mut self, _: &str) -> Result<(), EnforcerError> {
             Ok(())
         }
-        fn release_if_gone(&mut self, _: &str, _: u32) -> anyhow::Result<bool> {
+        fn release_if_gone(&mut self, _: &str, _: u32) -> Result<bool, EnforcerError> {
             Ok(true)
         }
-        fn sync(&mut self, _: &Compiled) -> anyhow::Result<()> {
+        fn sync(&mut self, _: &Compiled) -> Result<(), EnforcerError> {
             self.write()
         }
-        fn apply(&mut self, _: &Delta) -> anyhow::Result<()> {
+        fn apply(&mut self, _: &Delta) -> Result<(), EnforcerError> {
             self.write()
         }
         fn in_use(&mut self) -> InUse {
@@ -865,6 +895,69 @@ mod tests {
         let after = status().unwrap().data;
         assert_eq!(after.published, None);
         assert_eq!(after.passes, 2);
+        server.abort();
+    }
+
+    /// CNI DEL of a pod the agent never registered (never seen in its watch, or a DEL
+    /// repeated): nothing to undo, and the reply says done so the plugin succeeds.
+    #[test]
+    fn a_del_for_a_pod_never_seen_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let (entered, _) = std_mpsc::channel();
+        let (_release, release) = std_mpsc::channel();
+        let enforcer = GatedEnforcer {
+            armed: Arc::new(AtomicBool::new(false)),
+            entered,
+            release,
+        };
+        let registry = crate::registry::Registry::open(dir.path().join("endpoints.json")).unwrap();
+        let reconciler = Reconciler::new(Box::new(EmptySource), Box::new(enforcer), registry);
+        let shared = Shared {
+            decisions: broadcast::channel(16).0,
+            history: Arc::new(Mutex::new(History::new(16))),
+            views: Arc::new(RwLock::new(Arc::new(Views::default()))),
+            api: crate::listener::ApiLimits::default(),
+            connections: crate::listener::Connections::default(),
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let server = rt.spawn(serve(
+            reconciler,
+            socket.clone(),
+            shared,
+            Arc::new(Mutex::new(Metrics::new())),
+        ));
+        let endpoint = |container: &str| crate::api::PodEndpoint {
+            namespace: "team-a".into(),
+            pod: "never-seen".into(),
+            container_id: container.into(),
+            netns: String::new(),
+            host_ifname: String::new(),
+            ips: vec![],
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let del = |c: &str| {
+            crate::api::call(
+                &socket,
+                &crate::api::Unregister(endpoint(c)),
+                Duration::from_secs(30),
+            )
+        };
+        loop {
+            match del("c1") {
+                Ok(_) => break,
+                Err(e) if e.retryable() && Instant::now() < deadline => std::thread::yield_now(),
+                Err(e) => panic!("DEL of a never-seen pod failed: {e}"),
+            }
+        }
+        // Still refused: a DEL that cannot say which sandbox it is.
+        let e = del("").unwrap_err();
+        assert!(!e.retryable(), "{e}");
+        assert!(e.to_string().contains("container id is empty"), "{e}");
         server.abort();
     }
 }

@@ -8,8 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use anyhow::Context;
-use palisade_policy::manifest;
+use palisade_policy::manifest::{self, ManifestError};
 use palisade_policy::model::Cluster;
 
 /// One consistent view of the desired state.
@@ -17,16 +16,62 @@ use palisade_policy::model::Cluster;
 pub struct Snapshot {
     /// The cluster the reconciler enforces.
     pub cluster: Cluster,
-    /// Problems found; each names the file, object and field.
-    pub errors: Vec<String>,
+    /// Objects rejected; each error names the file (or API object), object and field.
+    /// Never retryable: only a new version of the object fixes it.
+    pub errors: Vec<ManifestError>,
     /// Warnings worth an operator's attention.
     pub warnings: Vec<String>,
+}
+
+/// Why a source gave no snapshot at all. A rejected object is not one of these: it is
+/// reported in [`Snapshot::errors`] and the rest is enforced.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// A directory or file of the manifest set could not be read.
+    #[error("reading {}", path.display())]
+    Read {
+        /// The path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not every kind has been listed from the API server yet: answering now would
+    /// enforce a partial picture (fail closed).
+    #[error("the API server's objects are not all listed yet; waiting for {}", waiting.join(", "))]
+    NotListed {
+        /// Each kind not listed, with the reason when known.
+        waiting: Vec<String>,
+    },
+    /// A pod the CNI plugin named could not be read from the API server.
+    #[error("reading pod {pod} from the API server")]
+    Fetch {
+        /// `namespace/name`.
+        pod: String,
+        /// Cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+        /// Whether the cause is transient (API unreachable, throttled, 5xx).
+        transient: bool,
+    },
+}
+
+impl SourceError {
+    /// Whether trying again later, with nothing else changed, can succeed: a file
+    /// unreadable now, an API server not listed yet or unreachable. Not a forbidden or
+    /// missing object, which needs someone to act first.
+    pub fn retryable(&self) -> bool {
+        match self {
+            SourceError::Read { .. } | SourceError::NotListed { .. } => true,
+            SourceError::Fetch { transient, .. } => *transient,
+        }
+    }
 }
 
 /// A source of desired state.
 pub trait Source: Send {
     /// Reads the whole desired state now.
-    fn load(&mut self) -> anyhow::Result<Snapshot>;
+    fn load(&mut self) -> Result<Snapshot, SourceError>;
 
     /// A cheap check of whether [`Source::load`] may now return something new.
     fn changed(&mut self) -> bool;
@@ -41,7 +86,7 @@ struct FileState {
     /// The objects of the last version that loaded without errors, if any.
     good: Option<Cluster>,
     /// Errors and warnings of the current version.
-    errors: Vec<String>,
+    errors: Vec<ManifestError>,
     warnings: Vec<String>,
 }
 
@@ -81,7 +126,7 @@ impl DirectorySource {
         &self.dir
     }
 
-    fn stamps(&self) -> anyhow::Result<Vec<(PathBuf, Stamp)>> {
+    fn stamps(&self) -> Result<Vec<(PathBuf, Stamp)>, SourceError> {
         let mut out = Vec::new();
         let mut stack = vec![self.dir.clone()];
         while let Some(d) = stack.pop() {
@@ -90,12 +135,13 @@ impl DirectorySource {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && d == self.dir => {
                     return Ok(out)
                 }
-                Err(e) => {
-                    return Err(e).with_context(|| format!("reading directory {}", d.display()))
-                }
+                Err(source) => return Err(SourceError::Read { path: d, source }),
             };
             for entry in entries {
-                let entry = entry?;
+                let entry = entry.map_err(|source| SourceError::Read {
+                    path: d.clone(),
+                    source,
+                })?;
                 let path = entry.path();
                 let Ok(md) = entry.metadata() else { continue };
                 if md.is_dir() {
@@ -129,16 +175,21 @@ fn parse(
     path: &Path,
     previous: Option<FileState>,
     stamp: Stamp,
-) -> anyhow::Result<Option<FileState>> {
+) -> Result<Option<FileState>, SourceError> {
     let name = path.display().to_string();
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         // Removed between listing and reading: treat as removed.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("reading {name}")),
+        Err(source) => {
+            return Err(SourceError::Read {
+                path: path.to_owned(),
+                source,
+            })
+        }
     };
     let loaded = manifest::load(&[(name.clone(), text)]);
-    let errors: Vec<String> = loaded.errors.iter().map(|e| e.to_string()).collect();
+    let errors = loaded.errors.clone();
     let mut warnings: Vec<String> = loaded.warnings.iter().map(|w| w.to_string()).collect();
     let good = if errors.is_empty() {
         Some(loaded.cluster)
@@ -174,7 +225,7 @@ fn parse(
 }
 
 impl Source for DirectorySource {
-    fn load(&mut self) -> anyhow::Result<Snapshot> {
+    fn load(&mut self) -> Result<Snapshot, SourceError> {
         let stamps = self.stamps()?;
         let mut files = BTreeMap::new();
         for (path, stamp) in &stamps {
@@ -233,7 +284,7 @@ mod tests {
             "the last good version must stay"
         );
         assert!(
-            s.errors.iter().any(|e| e.contains("endPort")),
+            s.errors.iter().any(|e| e.to_string().contains("endPort")),
             "{:?}",
             s.errors
         );
@@ -265,9 +316,9 @@ mod tests {
             "the last good version, with its rule, stays in force"
         );
         assert!(
-            s.errors
-                .iter()
-                .any(|e| e.contains("spec.ingres: unknown field; did you mean ingress?")),
+            s.errors.iter().any(|e| e
+                .to_string()
+                .contains("spec.ingres: unknown field; did you mean ingress?")),
             "{:?}",
             s.errors
         );

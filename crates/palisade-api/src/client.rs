@@ -15,8 +15,8 @@ use crate::wire::Call;
 /// tables, is far below it).
 pub const MAX_REPLY_BYTES: usize = 64 << 20;
 
-/// Why a call to the agent failed. `Unreachable` and `Timeout` are retryable; every
-/// variant means "the agent did not confirm".
+/// Why a call to the agent failed. `Unreachable`, `Timeout` and `Busy` are retryable;
+/// every variant means "the agent did not confirm".
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Nobody listens on the socket (agent down or not yet started).
@@ -53,9 +53,13 @@ pub enum ClientError {
         /// What was read (shown cut to 200 characters).
         line: String,
     },
-    /// The agent answered `ok: false`.
+    /// The agent answered `ok: false`: the request must change to succeed.
     #[error("{0}")]
     Refused(String),
+    /// The agent answered `ok: false, retryable: true`: not now, but the same request
+    /// may succeed later (the agent is still listing its source, the node is full...).
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl ClientError {
@@ -63,7 +67,7 @@ impl ClientError {
     pub fn retryable(&self) -> bool {
         matches!(
             self,
-            ClientError::Unreachable { .. } | ClientError::Timeout { .. }
+            ClientError::Unreachable { .. } | ClientError::Timeout { .. } | ClientError::Busy(_)
         )
     }
 }
@@ -89,12 +93,15 @@ pub fn decode<C: Call>(line: &str) -> Result<C::Reply, ClientError> {
     match v.get("ok").and_then(|o| o.as_bool()) {
         Some(true) => {}
         Some(false) => {
-            return Err(ClientError::Refused(
-                v.get("error")
-                    .and_then(|e| e.as_str())
-                    .unwrap_or("the agent refused the request")
-                    .to_owned(),
-            ))
+            let why = v
+                .get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("the agent refused the request")
+                .to_owned();
+            return Err(match v.get("retryable").and_then(|r| r.as_bool()) {
+                Some(true) => ClientError::Busy(why),
+                _ => ClientError::Refused(why),
+            });
         }
         None => return Err(malformed("ok".into(), "missing or not a boolean".into())),
     }
@@ -238,6 +245,15 @@ mod tests {
             Err(ClientError::Refused(m)) => assert_eq!(m, "boom"),
             other => panic!("{other:?}"),
         }
+        // A refusal the agent marks retryable is one the caller may retry, unchanged.
+        let busy = serde_json::to_string(&crate::wire::Reply::failure("listing", true)).unwrap();
+        match decode::<Sync>(&busy) {
+            Err(e @ ClientError::Busy(_)) => assert!(e.retryable(), "{e}"),
+            other => panic!("{busy}: {other:?}"),
+        }
+        assert!(!decode::<Sync>(r#"{"ok":false,"error":"boom"}"#)
+            .unwrap_err()
+            .retryable());
         assert!(matches!(
             decode::<Metrics>(r#"{"data":"x"}"#),
             Err(ClientError::Malformed { .. })

@@ -372,6 +372,12 @@ pub struct Reply {
     /// The error, when not ok.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// When not ok: whether asking again later, unchanged, can succeed (the agent is
+    /// still listing the API server, a kernel write failed, the node's maps are full),
+    /// as opposed to a request that must change. The CNI plugin answers "try again
+    /// later" (code 11) for these. Absent means false (agents before this field).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retryable: bool,
     /// For register, check and sync: the generation now in force.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
@@ -399,11 +405,17 @@ impl Reply {
         Self::of::<Register>(&InForce::at(generation))
     }
 
-    /// A failure.
+    /// A failure that only a changed request can fix.
     pub fn error(msg: impl Into<String>) -> Self {
+        Self::failure(msg, false)
+    }
+
+    /// A failure; `retryable` says whether the same request may succeed later.
+    pub fn failure(msg: impl Into<String>, retryable: bool) -> Self {
         Self {
             ok: false,
             error: Some(msg.into()),
+            retryable,
             generation: None,
             in_force: None,
             data: serde_json::Value::Null,
