@@ -16,6 +16,7 @@ use palisade_lab::netns::NetNs;
 use palisade_testkit::{decide, Context, Decision};
 
 mod failures;
+mod network;
 mod pods;
 mod restart;
 
