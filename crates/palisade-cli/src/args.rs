@@ -334,14 +334,28 @@ pub enum EndpointCommand {
 /// `palisade lab` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
-    /// Create pods (network namespaces via CNI), start servers and the agent.
+    /// Create pods (network namespaces via CNI), start servers and the agent; with
+    /// --kubernetes, a multi-node cluster with a real control plane instead.
     Up {
-        #[command(flatten)]
-        manifests: Manifests,
+        /// Manifest files or directories (YAML, multi-document, or JSON); `-` for stdin.
+        /// Required without --kubernetes; with it, applied once the cluster is up.
+        #[arg(short = 'f', long = "filename", num_args = 1.., required_unless_present = "kubernetes")]
+        files: Vec<PathBuf>,
         /// Directory with the palisade-cni binary (default: beside this binary).
         #[arg(long)]
         cni_bin: Option<PathBuf>,
+        /// A cluster: etcd, kube-apiserver, kube-controller-manager, kube-scheduler in
+        /// a network namespace of their own, and per node namespace the agent,
+        /// kube-proxy and the lab kubelet, joined by a routed cluster network.
+        #[arg(long)]
+        kubernetes: bool,
+        /// Nodes of the --kubernetes cluster.
+        #[arg(long, default_value_t = 2, requires = "kubernetes",
+            value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=250))]
+        nodes: usize,
     },
+    /// Print a kubeconfig for the --kubernetes lab's user (kubectl --kubeconfig FILE ...).
+    Kubeconfig,
     /// Create or replace objects; returns once in force.
     Apply {
         #[command(flatten)]
@@ -388,6 +402,19 @@ pub enum LabCommand {
         /// The example directory.
         #[arg(long, default_value = "examples/aws-walkthrough")]
         dir: PathBuf,
+    },
+    /// (internal) The loopback forwarder to a --kubernetes lab's API server.
+    #[command(hide = true)]
+    Forward {
+        /// The inherited listening socket.
+        #[arg(long)]
+        fd: i32,
+        /// The API server's network namespace (a path).
+        #[arg(long)]
+        netns: PathBuf,
+        /// The API server's address there.
+        #[arg(long)]
+        to: std::net::SocketAddr,
     },
     /// (internal) A pod's server, run inside its network namespace.
     #[command(hide = true)]

@@ -38,6 +38,11 @@ pub fn default_state_dir() -> PathBuf {
 
 /// The bpffs root a lab's agent pins under.
 pub fn pin_root(name: &str) -> PathBuf {
+    pin_root_of(name)
+}
+
+/// The bpffs root of one agent of a lab (`name`, or `name-nI` for a node).
+pub fn pin_root_of(name: &str) -> PathBuf {
     Path::new(palisade_lab::state::BPFFS_ROOT).join(format!("palisade-lab-{name}"))
 }
 
@@ -63,13 +68,45 @@ fn manifests_dir(name: &str) -> PathBuf {
 /// Dispatches a lab subcommand.
 pub fn run(name: &str, what: LabCommand) -> anyhow::Result<i32> {
     match what {
-        LabCommand::Up { manifests, cni_bin } => {
-            let lab = up(name, &manifests.files, cni_bin)?;
+        LabCommand::Up {
+            files,
+            cni_bin,
+            kubernetes: true,
+            nodes,
+        } => {
+            let lab = crate::kube_lab::up(name, nodes, cni_bin)?;
+            println!("lab {name} is up: {}", crate::kube_lab::describe(&lab));
+            if !files.is_empty() {
+                let g = crate::kube_lab::apply(name, &files)?;
+                println!("in force (generation {g})");
+            }
+            Ok(0)
+        }
+        LabCommand::Kubeconfig => {
+            print!("{}", crate::kube_lab::kubeconfig(name)?);
+            Ok(0)
+        }
+        LabCommand::Forward { fd, netns, to } => {
+            crate::kube_lab::forward(fd, &netns, to)?;
+            Ok(0)
+        }
+        LabCommand::Up { files, cni_bin, .. } => {
+            let lab = up(name, &files, cni_bin)?;
             println!(
                 "lab {name} is up: {} pods; agent socket {}",
                 lab.pods.len(),
                 socket(name).display()
             );
+            Ok(0)
+        }
+        LabCommand::Apply { manifests } if crate::kube_lab::is_kube(name) => {
+            let g = crate::kube_lab::apply(name, &manifests.files)?;
+            println!("in force (generation {g})");
+            Ok(0)
+        }
+        LabCommand::Delete { manifests } if crate::kube_lab::is_kube(name) => {
+            let g = crate::kube_lab::delete(name, &manifests.files)?;
+            println!("in force (generation {g})");
             Ok(0)
         }
         LabCommand::Apply { manifests } => {
@@ -483,6 +520,9 @@ fn disagreements(measured: &Matrix, simulated: &Matrix) -> String {
 
 /// `lab down`: everything the lab made, by PID and by name. Returns what could not be removed.
 pub fn down(name: &str) -> anyhow::Result<Vec<String>> {
+    if crate::kube_lab::is_kube(name) {
+        return crate::kube_lab::down(name);
+    }
     let dir = state_dir(name);
     if !palisade_lab::state::LabState::file(&dir).exists() {
         // Nothing recorded; still remove our pins if a crashed `up` left them.

@@ -6,6 +6,7 @@ mod ebpf;
 mod explain;
 mod inputs;
 mod inspect;
+mod kube_lab;
 mod lab;
 mod simulate;
 mod validate;

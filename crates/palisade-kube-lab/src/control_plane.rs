@@ -2,13 +2,17 @@
 //! pair, RBAC, admission and service-account tokens: the smallest real control plane
 //! that Palisade's components can authenticate to as themselves.
 
-use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::pki::{service_account_key, Ca, KeyAndCert};
+use crate::components::{
+    apiserver_args, controller_manager_args, etcd_args, kubeconfig_json, scheduler_args, write,
+    write_pki, write_secret, ApiAddress,
+};
+use crate::pki::{Ca, KeyAndCert};
 use crate::process::Supervised;
 use crate::{Binaries, Error};
 
@@ -21,14 +25,6 @@ const START_ATTEMPTS: u32 = 3;
 
 /// Pause between two readiness probes, in milliseconds.
 const POLL: Duration = Duration::from_millis(250);
-
-/// The Service CIDR: the API server allocates ClusterIPs from it. The first address
-/// is the `kubernetes` Service, so the serving certificate names it.
-const SERVICE_CIDR: &str = "10.96.0.0/16";
-const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
-
-/// The issuer (and audience) of service-account tokens, as on a kubeadm cluster.
-const SA_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
 /// How long a minted ServiceAccount token is valid (`kubectl create token --duration`).
 const TOKEN_DURATION: &str = "24h";
@@ -107,88 +103,27 @@ impl ControlPlane {
         let pki = root.join("pki");
         std::fs::create_dir(&pki).map_err(|e| Error::io(&pki, e))?;
 
-        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let ca = Ca::new("palisade-kube-lab-ca")?;
-        write(&pki.join("ca.crt"), ca.cert_pem())?;
-        write_pair(
-            &pki,
-            "etcd",
-            &ca.serving("etcd", &[loopback], &["localhost"])?,
-        )?;
-        write_pair(
-            &pki,
-            "apiserver-etcd-client",
-            &ca.client("kube-apiserver-etcd-client", None)?,
-        )?;
-        write_pair(
-            &pki,
-            "apiserver",
-            &ca.serving(
-                "kube-apiserver",
-                &[loopback, IpAddr::V4(KUBERNETES_SERVICE_IP)],
-                &[
-                    "localhost",
-                    "kubernetes",
-                    "kubernetes.default",
-                    "kubernetes.default.svc",
-                    "kubernetes.default.svc.cluster.local",
-                ],
-            )?,
-        )?;
-        let (sa_key, sa_pub) = service_account_key()?;
-        write_secret(&pki.join("sa.key"), &sa_key)?;
-        write(&pki.join("sa.pub"), &sa_pub)?;
+        write_pki(&pki, &ca, &[])?;
 
         let etcd_client = free_port()?;
         let etcd_peer = free_port()?;
         let secure = free_port()?;
-        let p = |f: &str| pki.join(f).display().to_string();
-
         let mut etcd_cmd = Command::new(binaries.path("etcd"));
-        etcd_cmd.args([
-            "--name=palisade-kube-lab".to_string(),
-            format!("--data-dir={}", root.join("etcd").display()),
-            format!("--listen-client-urls=https://127.0.0.1:{etcd_client}"),
-            format!("--advertise-client-urls=https://127.0.0.1:{etcd_client}"),
-            // One member: the peer URL is required but carries no traffic.
-            format!("--listen-peer-urls=http://127.0.0.1:{etcd_peer}"),
-            format!("--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}"),
-            format!("--initial-cluster=palisade-kube-lab=http://127.0.0.1:{etcd_peer}"),
-            format!("--cert-file={}", p("etcd.crt")),
-            format!("--key-file={}", p("etcd.key")),
-            format!("--trusted-ca-file={}", p("ca.crt")),
-            "--client-cert-auth=true".to_string(),
-            // Throwaway data in a temporary directory: durability buys nothing and
-            // fsync on a shared disk costs seconds per start.
-            "--unsafe-no-fsync=true".to_string(),
-        ]);
+        etcd_cmd.args(etcd_args(&root.join("etcd"), &pki, etcd_client, etcd_peer));
         let etcd = Supervised::spawn("etcd", etcd_cmd, &root.join("etcd.log"))?;
 
-        let api_args = vec![
-            format!("--etcd-servers=https://127.0.0.1:{etcd_client}"),
-            format!("--etcd-cafile={}", p("ca.crt")),
-            format!("--etcd-certfile={}", p("apiserver-etcd-client.crt")),
-            format!("--etcd-keyfile={}", p("apiserver-etcd-client.key")),
-            "--bind-address=127.0.0.1".to_string(),
-            format!("--secure-port={secure}"),
-            "--advertise-address=127.0.0.1".to_string(),
-            // The Endpoints of the `kubernetes` Service may not hold a loopback
-            // address, so the reconciler would only log errors; the lab, whose API
-            // server sits in its own namespace, will turn it back on.
-            "--endpoint-reconciler-type=none".to_string(),
-            format!("--tls-cert-file={}", p("apiserver.crt")),
-            format!("--tls-private-key-file={}", p("apiserver.key")),
-            format!("--client-ca-file={}", p("ca.crt")),
-            format!("--service-account-issuer={SA_ISSUER}"),
-            format!("--service-account-key-file={}", p("sa.pub")),
-            format!("--service-account-signing-key-file={}", p("sa.key")),
-            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
-            "--authorization-mode=Node,RBAC".to_string(),
-            // The default plugins (NamespaceLifecycle, ServiceAccount, ...) stay on;
-            // NodeRestriction is what a real cluster adds for node identities.
-            "--enable-admission-plugins=NodeRestriction".to_string(),
-            "--profiling=false".to_string(),
-        ];
+        let loopback = Ipv4Addr::LOCALHOST.into();
+        let api_args = apiserver_args(
+            &pki,
+            etcd_client,
+            &ApiAddress {
+                bind: loopback,
+                port: secure,
+                advertise: loopback,
+                reconcile_endpoints: false,
+            },
+        );
         let mut api_cmd = Command::new(binaries.path("kube-apiserver"));
         api_cmd.args(&api_args);
         let apiserver = Supervised::spawn("kube-apiserver", api_cmd, &root.join("apiserver.log"))?;
@@ -276,20 +211,10 @@ impl ControlPlane {
             return Ok(());
         }
         let root = self.dir.path().to_path_buf();
-        let p = |f: &str| root.join("pki").join(f).display().to_string();
 
         let kcm = self.client_cert_kubeconfig("system:kube-controller-manager", None)?;
         let mut cmd = Command::new(self.binaries.path("kube-controller-manager"));
-        cmd.args([
-            format!("--kubeconfig={}", kcm.path.display()),
-            "--secure-port=0".to_string(),
-            "--leader-elect=false".to_string(),
-            "--use-service-account-credentials=true".to_string(),
-            format!("--service-account-private-key-file={}", p("sa.key")),
-            format!("--root-ca-file={}", p("ca.crt")),
-            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
-            "--profiling=false".to_string(),
-        ]);
+        cmd.args(controller_manager_args(&kcm.path, &root.join("pki")));
         self.controllers.push(Supervised::spawn(
             "kube-controller-manager",
             cmd,
@@ -298,12 +223,7 @@ impl ControlPlane {
 
         let sched = self.client_cert_kubeconfig("system:kube-scheduler", None)?;
         let mut cmd = Command::new(self.binaries.path("kube-scheduler"));
-        cmd.args([
-            format!("--kubeconfig={}", sched.path.display()),
-            "--secure-port=0".to_string(),
-            "--leader-elect=false".to_string(),
-            "--profiling=false".to_string(),
-        ]);
+        cmd.args(scheduler_args(&sched.path));
         self.controllers.push(Supervised::spawn(
             "kube-scheduler",
             cmd,
@@ -455,41 +375,7 @@ impl ControlPlane {
         args: &[&str],
         stdin: Option<&str>,
     ) -> Result<Output, Error> {
-        let program = self.binaries.path("kubectl");
-        let mut cmd = Command::new(&program);
-        cmd.arg(format!("--kubeconfig={}", kubeconfig.path.display()))
-            .arg("--request-timeout=20s")
-            .args(args)
-            .env_remove("KUBECONFIG")
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let spawn_err = |source| Error::Spawn {
-            program: program.display().to_string(),
-            source,
-        };
-        let mut child = cmd.spawn().map_err(spawn_err)?;
-        // Feed stdin from another thread while this one drains stdout and stderr, so
-        // a large manifest and a large reply cannot block each other on full pipes.
-        let writer = stdin.map(|input| {
-            let mut pipe = child.stdin.take().expect("stdin is piped");
-            let input = input.to_string();
-            std::thread::spawn(move || {
-                use std::io::Write;
-                pipe.write_all(input.as_bytes())
-            })
-        });
-        let out = child.wait_with_output().map_err(spawn_err)?;
-        if let Some(w) = writer {
-            // kubectl may exit before reading everything (a usage error): its status
-            // and stderr then say why, which matters more than the broken pipe.
-            let _ = w.join();
-        }
-        Ok(out)
+        crate::kubectl::output(&self.binaries, &kubeconfig.path, None, args, stdin)
     }
 
     fn write_cert_kubeconfig(&self, user: &str, pair: &KeyAndCert) -> Result<Kubeconfig, Error> {
@@ -514,20 +400,8 @@ impl ControlPlane {
         credentials: serde_json::Value,
     ) -> Result<Kubeconfig, Error> {
         let path = self.identity_file(user).with_extension("kubeconfig");
-        let config = serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{ "name": "palisade-kube-lab", "cluster": {
-                "server": self.server,
-                "certificate-authority": self.ca_cert_path().display().to_string(),
-            }}],
-            "users": [{ "name": user, "user": credentials }],
-            "contexts": [{ "name": "default", "context": {
-                "cluster": "palisade-kube-lab", "user": user,
-            }}],
-            "current-context": "default",
-        });
-        write_secret(&path, &config.to_string())?;
+        let config = kubeconfig_json(&self.server, &self.ca_cert_path(), user, credentials);
+        write_secret(&path, &config)?;
         Ok(Kubeconfig {
             path,
             user: user.to_string(),
@@ -553,26 +427,4 @@ fn free_port() -> Result<u16, Error> {
     l.local_addr()
         .map(|a| a.port())
         .map_err(|e| Error::io("127.0.0.1:0", e))
-}
-
-fn write(path: &Path, text: &str) -> Result<(), Error> {
-    std::fs::write(path, text).map_err(|e| Error::io(path, e))
-}
-
-/// Writes a file only its owner can read (keys, tokens).
-fn write_secret(path: &Path, text: &str) -> Result<(), Error> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
-    f.write_all(text.as_bytes()).map_err(|e| Error::io(path, e))
-}
-
-fn write_pair(dir: &Path, stem: &str, pair: &KeyAndCert) -> Result<(), Error> {
-    write(&dir.join(format!("{stem}.crt")), &pair.cert_pem)?;
-    write_secret(&dir.join(format!("{stem}.key")), &pair.key_pem)
 }

@@ -16,18 +16,31 @@
 //! for setting up tests only.
 //!
 //! [`crds`] installs the network-policy-api CRDs from the Go module cache.
+//!
+//! For the multi-node lab (`palisade lab up --kubernetes`) the same components run
+//! *persistently* ([`persistent::PersistentControlPlane`]: detached, recorded by PID,
+//! inside the API server's own network namespace of the [`topology`]), reached from
+//! the root namespace through a loopback [`forward`]er.
 
 #![deny(missing_docs)]
 
 mod binaries;
+mod components;
 mod control_plane;
 pub mod crds;
+mod detached;
 mod error;
+pub mod forward;
+mod kubectl;
+pub mod persistent;
 mod pki;
 mod process;
+pub mod topology;
 
 pub use binaries::{Binaries, BINARIES_ENV};
+pub use components::{KUBERNETES_SERVICE_IP, SERVICE_CIDR};
 pub use control_plane::{ControlPlane, Kubeconfig};
+pub use detached::spawn_detached;
 pub use error::Error;
 pub use pki::{Ca, KeyAndCert};
 pub use process::Supervised;

@@ -25,6 +25,7 @@ pub struct KeyAndCert {
 pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
     cert_pem: String,
+    key_pem: String,
 }
 
 impl std::fmt::Debug for Ca {
@@ -44,6 +45,28 @@ impl Ca {
     /// A new self-signed CA named `cn`.
     pub fn new(cn: &str) -> Result<Self, Error> {
         let key = KeyPair::generate().map_err(pki("CA key"))?;
+        let params = Self::params(cn);
+        let cert = params.self_signed(&key).map_err(pki("CA certificate"))?;
+        Ok(Self {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// The CA `cn` from its saved certificate and key (see [`Ca::key_pem`]): the
+    /// issuer is rebuilt from the same subject and key, so what it signs chains to
+    /// the saved certificate (a lab signs node identities after `lab up`).
+    pub fn from_pem(cn: &str, cert_pem: &str, key_pem: &str) -> Result<Self, Error> {
+        let key = KeyPair::from_pem(key_pem).map_err(pki("CA key"))?;
+        Ok(Self {
+            cert_pem: cert_pem.to_string(),
+            key_pem: key_pem.to_string(),
+            issuer: Issuer::new(Self::params(cn), key),
+        })
+    }
+
+    fn params(cn: &str) -> CertificateParams {
         let mut params = CertificateParams::default();
         params.distinguished_name.push(DnType::CommonName, cn);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -52,11 +75,12 @@ impl Ca {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        let cert = params.self_signed(&key).map_err(pki("CA certificate"))?;
-        Ok(Self {
-            cert_pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        })
+        params
+    }
+
+    /// The CA's private key (PKCS#8 PEM), to save beside its certificate.
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
     }
 
     /// The CA certificate (PEM), to trust.

@@ -1,0 +1,882 @@
+//! `palisade lab up --kubernetes`: the lab as a multi-node cluster on one machine.
+//!
+//! Everything runs in network namespaces of the lab ([`Topology`]): the real control
+//! plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) in
+//! `<lab>-api`, and in each node namespace `<lab>-nI` the Palisade agent
+//! (`--source kubernetes --node-name nI`, as a DaemonSet pod would run, with its own
+//! ServiceAccount token and least-privilege ClusterRole), upstream kube-proxy (client
+//! certificate `system:kube-proxy`) and, when built, the lab kubelet (client
+//! certificate `system:node:nI`). Every process is detached and recorded by PID in
+//! `<state>/kube-lab.json`, so the cluster outlives `lab up` and `lab down` stops
+//! exactly those processes. The root namespace only gets a loopback listener: the
+//! forwarder `palisade lab kubeconfig` points at.
+
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use palisade_kube_lab::persistent::{PersistentControlPlane, API_PORT};
+use palisade_kube_lab::topology::{NodeNet, Topology};
+use palisade_kube_lab::{spawn_detached, Binaries, KUBERNETES_SERVICE_IP};
+use palisade_lab::netns::NetNs;
+use palisade_lab::process::ProcessRecord;
+use serde::{Deserialize, Serialize};
+
+use crate::lab::{pin_root_of, state_dir};
+
+/// The record of a Kubernetes lab, inside its state directory.
+const STATE_FILE: &str = "kube-lab.json";
+/// How long `lab up` waits for each agent's first pass over the cluster's objects.
+const AGENT_START_TIMEOUT: Duration = Duration::from_secs(90);
+/// The agent's ServiceAccount, as its DaemonSet would run it.
+const AGENT_SA: (&str, &str) = ("kube-system", "palisade-agent");
+/// How long `palisade-cni` waits for the agent to confirm a pod's policy.
+const CNI_TIMEOUT_MS: u64 = 10_000;
+
+/// What the agent may do, and nothing more: read the kinds its Kubernetes source
+/// watches (crates/palisade-agent/src/kube_source.rs), and get a Pod the watch has
+/// not delivered yet when CNI ADD names it.
+const AGENT_RBAC: &str = r#"{"apiVersion":"v1","kind":"List","items":[
+ {"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRole","metadata":{"name":"palisade-agent"},
+  "rules":[{"apiGroups":[""],"resources":["namespaces","pods","nodes","services"],"verbs":["get","list","watch"]},
+           {"apiGroups":["discovery.k8s.io"],"resources":["endpointslices"],"verbs":["get","list","watch"]},
+           {"apiGroups":["networking.k8s.io"],"resources":["networkpolicies"],"verbs":["get","list","watch"]},
+           {"apiGroups":["policy.networking.k8s.io"],"resources":["clusternetworkpolicies","adminnetworkpolicies","baselineadminnetworkpolicies"],"verbs":["get","list","watch"]}]},
+ {"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRoleBinding","metadata":{"name":"palisade-agent"},
+  "roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"palisade-agent"},
+  "subjects":[{"kind":"ServiceAccount","name":"palisade-agent","namespace":"kube-system"}]}]}"#;
+
+/// One node's processes and files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeRuntime {
+    /// The node's network.
+    pub net: NodeNet,
+    /// Its directory (agent state, logs, kubeconfigs, kubelet state).
+    pub dir: PathBuf,
+    /// The agent's API socket.
+    pub socket: PathBuf,
+    /// The agent's bpffs pin root.
+    pub pin_root: PathBuf,
+    /// kube-proxy.
+    pub kube_proxy: Option<ProcessRecord>,
+    /// The Palisade agent.
+    pub agent: Option<ProcessRecord>,
+    /// The lab kubelet (absent when its binary is not built).
+    pub kubelet: Option<ProcessRecord>,
+    /// The kubelet's command line, for `--teardown` on `lab down`.
+    pub kubelet_args: Vec<String>,
+}
+
+/// A Kubernetes lab, as recorded in `<state>/kube-lab.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KubeLab {
+    /// The lab's name.
+    pub name: String,
+    /// The network namespaces.
+    pub topology: Topology,
+    /// The control plane's directory (its own record is inside).
+    pub control_plane_dir: PathBuf,
+    /// The root-namespace forwarder to the API server, and its port on 127.0.0.1.
+    pub forwarder: Option<(ProcessRecord, u16)>,
+    /// The nodes.
+    pub nodes: Vec<NodeRuntime>,
+}
+
+impl KubeLab {
+    fn file(name: &str) -> PathBuf {
+        state_dir(name).join(STATE_FILE)
+    }
+
+    /// Loads lab `name`'s record, if it is a Kubernetes lab.
+    pub fn load(name: &str) -> anyhow::Result<Option<KubeLab>> {
+        let path = Self::file(name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(
+                serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("{}", path.display())),
+        }
+    }
+
+    fn save(&self) -> anyhow::Result<()> {
+        let path = Self::file(&self.name);
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
+    /// The control plane.
+    pub fn control_plane(&self) -> anyhow::Result<PersistentControlPlane> {
+        PersistentControlPlane::load(&self.control_plane_dir)
+            .with_context(|| format!("the control plane of lab {}", self.name))
+    }
+
+    /// The kubeconfig for the lab's user (admin), through the loopback forwarder.
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        state_dir(&self.name).join("kubeconfig")
+    }
+}
+
+/// `lab up --kubernetes --nodes N`.
+pub fn up(name: &str, nodes: usize, cni_bin: Option<PathBuf>) -> anyhow::Result<KubeLab> {
+    let dir = state_dir(name);
+    if dir.join("state.json").exists() || KubeLab::file(name).exists() {
+        bail!("lab {name} is already up\n\nhint: palisade lab down --name {name}");
+    }
+    let binaries = Binaries::locate()?;
+    let cni = crate::lab::cni_dir(cni_bin)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
+    let topology = Topology::create(name, nodes)?;
+    let mut lab = KubeLab {
+        name: name.to_string(),
+        control_plane_dir: dir.join("control-plane"),
+        nodes: topology
+            .nodes
+            .iter()
+            .map(|n| NodeRuntime {
+                dir: dir.join("nodes").join(&n.name),
+                socket: dir.join("nodes").join(&n.name).join("agent.sock"),
+                pin_root: pin_root_of(&format!("{name}-{}", n.name)),
+                net: n.clone(),
+                kube_proxy: None,
+                agent: None,
+                kubelet: None,
+                kubelet_args: Vec::new(),
+            })
+            .collect(),
+        topology,
+        forwarder: None,
+    };
+    lab.save()?;
+    // From here on a failure takes down whatever was recorded.
+    match start(&mut lab, &binaries, &cni) {
+        Ok(()) => Ok(lab),
+        Err(e) => {
+            for l in down(name)? {
+                eprintln!("warning: {l}");
+            }
+            Err(e)
+        }
+    }
+}
+
+fn start(lab: &mut KubeLab, binaries: &Binaries, cni: &Path) -> anyhow::Result<()> {
+    let api_v4 = lab.topology.api_ips[0];
+    let cp = PersistentControlPlane::start(
+        &lab.control_plane_dir,
+        &lab.topology.api_netns_path(),
+        api_v4,
+        binaries,
+    )?;
+    start_forwarder(lab, SocketAddr::new(api_v4, API_PORT))?;
+    let port = lab.forwarder.as_ref().map(|f| f.1).expect("just started");
+    let user = cp.client_cert_kubeconfig(
+        "lab-user",
+        "palisade-lab-admin",
+        Some("system:masters"),
+        &format!("https://127.0.0.1:{port}"),
+    )?;
+    std::fs::copy(&user, lab.kubeconfig_path())?;
+    cp.kubectl(&["apply", "-f", "-"], Some(AGENT_RBAC))
+        .context("the agent's ClusterRole")?;
+    // A DaemonSet pod reaches the API server at the `kubernetes` Service, through
+    // kube-proxy's rules in its node's namespace.
+    let in_cluster = format!("https://{KUBERNETES_SERVICE_IP}:443");
+    let kubelet = kubelet_program();
+    for i in 0..lab.nodes.len() {
+        let node = lab.nodes[i].clone();
+        std::fs::create_dir_all(&node.dir)?;
+        let proxy = cp.start_kube_proxy(&node.net, &node.dir.join("kube-proxy.log"))?;
+        lab.nodes[i].kube_proxy = Some(proxy);
+        lab.save()?;
+        let token = cp.service_account_kubeconfig(
+            &format!("agent-{}", node.net.name),
+            AGENT_SA.0,
+            AGENT_SA.1,
+            &in_cluster,
+        )?;
+        let agent = start_agent(&node, &token)?;
+        lab.nodes[i].agent = Some(agent);
+        lab.save()?;
+        if let Some(program) = &kubelet {
+            let kubeconfig = cp.client_cert_kubeconfig(
+                &format!("kubelet-{}", node.net.name),
+                &format!("system:node:{}", node.net.name),
+                Some("system:nodes"),
+                &format!("https://127.0.0.1:{port}"),
+            )?;
+            let args = kubelet_args(&node, &kubeconfig, cni)?;
+            let mut cmd = Command::new(program);
+            cmd.args(&args);
+            let rec = spawn_detached(
+                &format!("kubelet {}", node.net.name),
+                cmd,
+                &node.dir.join("kubelet.log"),
+                None,
+            )?;
+            lab.nodes[i].kubelet = Some(rec);
+            lab.nodes[i].kubelet_args = args;
+            lab.save()?;
+        }
+    }
+    for node in &lab.nodes {
+        wait_for_agent(node)?;
+    }
+    if kubelet.is_some() {
+        wait_nodes_ready(lab)?;
+    }
+    Ok(())
+}
+
+/// The lab kubelet: `$PALISADE_LAB_KUBELET`, else `palisade-lab-kubelet` beside this
+/// binary (or one directory up, as cargo lays out test binaries).
+fn kubelet_program() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("PALISADE_LAB_KUBELET").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [
+        dir.join("palisade-lab-kubelet"),
+        dir.parent()?.join("palisade-lab-kubelet"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+}
+
+/// The kubelet's command line (the contract in its crate's documentation).
+fn kubelet_args(node: &NodeRuntime, kubeconfig: &Path, cni: &Path) -> anyhow::Result<Vec<String>> {
+    let chain = node.dir.join("chain.json");
+    std::fs::write(
+        &chain,
+        serde_json::to_vec_pretty(&[palisade_lab::lab::palisade_cni_plugin(
+            &node.socket,
+            CNI_TIMEOUT_MS,
+        )])?,
+    )?;
+    let server = palisade_lab::server::ServerCommand::sibling()
+        .context("palisade-lab-serve not found beside this binary (cargo build -p palisade-lab)")?;
+    let mut args = vec![
+        "--kubeconfig".to_string(),
+        kubeconfig.display().to_string(),
+        "--node-name".to_string(),
+        node.net.name.clone(),
+        "--netns".to_string(),
+        node.net.netns.clone(),
+    ];
+    for ip in &node.net.ips {
+        args.extend(["--node-ip".to_string(), ip.to_string()]);
+    }
+    for cidr in &node.net.pod_cidrs {
+        args.extend(["--pod-cidr".to_string(), cidr.clone()]);
+    }
+    for dir in [Path::new("/usr/lib/cni"), cni] {
+        args.extend(["--cni-bin-dir".to_string(), dir.display().to_string()]);
+    }
+    args.extend([
+        "--chain".to_string(),
+        chain.display().to_string(),
+        "--server".to_string(),
+        server.program.display().to_string(),
+        "--state-dir".to_string(),
+        node.dir.join("kubelet").display().to_string(),
+    ]);
+    Ok(args)
+}
+
+/// The agent of `node`, inside its namespace, following the API server as its
+/// ServiceAccount (`kubeconfig`).
+fn start_agent(node: &NodeRuntime, kubeconfig: &Path) -> anyhow::Result<ProcessRecord> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["agent", "--source", "kubernetes", "--kubeconfig"])
+        .arg(kubeconfig)
+        .args(["--node-name", &node.net.name, "--socket"])
+        .arg(&node.socket)
+        .arg("--state-dir")
+        .arg(node.dir.join("agent"))
+        .arg("--pin-root")
+        .arg(&node.pin_root)
+        .arg("--decision-log")
+        .arg(node.dir.join("decisions.jsonl"))
+        .args(["--log-mode", "all"])
+        .args(
+            std::env::var("PALISADE_LAB_AGENT_ARGS")
+                .unwrap_or_default()
+                .split_whitespace(),
+        );
+    let netns = NetNs::open(&node.net.netns).path();
+    Ok(spawn_detached(
+        &format!("agent {}", node.net.name),
+        cmd,
+        &node.dir.join("agent.log"),
+        Some(&netns),
+    )?)
+}
+
+/// Waits until `node`'s agent answers and has run a pass, i.e. its Kubernetes
+/// source has listed every kind (it gives no answer before).
+fn wait_for_agent(node: &NodeRuntime) -> anyhow::Result<()> {
+    let deadline = Instant::now() + AGENT_START_TIMEOUT;
+    loop {
+        if let Ok(s) = crate::inspect::call(&node.socket, &palisade_agent::api::Status) {
+            if s.data.generation > 0 {
+                return Ok(());
+            }
+        }
+        let alive = node.agent.as_ref().is_some_and(ProcessRecord::is_alive);
+        if !alive || Instant::now() > deadline {
+            let log = std::fs::read_to_string(node.dir.join("agent.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!(
+                "the agent of node {} did not {} its first pass; its log:\n{}",
+                node.net.name,
+                if alive { "finish" } else { "survive until" },
+                tail.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until every node is registered and Ready.
+fn wait_nodes_ready(lab: &KubeLab) -> anyhow::Result<()> {
+    let cp = lab.control_plane()?;
+    let deadline = Instant::now() + AGENT_START_TIMEOUT;
+    loop {
+        let out = cp.kubectl(&["get", "nodes", "-o", "json"], None)?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        let ready = v["items"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter(|n| {
+                        n["status"]["conditions"].as_array().is_some_and(|c| {
+                            c.iter()
+                                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                        })
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        if ready >= lab.nodes.len() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{ready} of {} nodes Ready after {}s (kubelet logs in {})",
+                lab.nodes.len(),
+                AGENT_START_TIMEOUT.as_secs(),
+                state_dir(&lab.name).join("nodes").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Starts `palisade lab forward` in the root namespace on a listener bound here
+/// (127.0.0.1, a free port: bound before the child starts, so no race for it).
+fn start_forwarder(lab: &mut KubeLab, upstream: SocketAddr) -> anyhow::Result<()> {
+    let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
+    let port = listener.local_addr()?.port();
+    let fd = listener.as_raw_fd();
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args([
+        "lab",
+        "--name",
+        &lab.name,
+        "forward",
+        "--fd",
+        &fd.to_string(),
+        "--netns",
+    ])
+    .arg(lab.topology.api_netns_path())
+    .args(["--to", &upstream.to_string()]);
+    // SAFETY: fcntl(2) is async-signal-safe; it clears close-on-exec on the
+    // listener's fd in the child only, so the forwarder inherits the socket.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let log = state_dir(&lab.name).join("forwarder.log");
+    let rec = spawn_detached("forwarder", cmd, &log, None)?;
+    drop(listener);
+    lab.forwarder = Some((rec, port));
+    lab.save()
+}
+
+/// `palisade lab forward` (internal): serves the inherited listener `fd`.
+pub fn forward(fd: i32, netns: &Path, to: SocketAddr) -> anyhow::Result<()> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `fd` is the listening socket `lab up` passed to this process, owned by
+    // nothing else here.
+    let listener = unsafe { TcpListener::from_raw_fd(fd) };
+    palisade_kube_lab::forward::serve(listener, netns, to)?;
+    Ok(())
+}
+
+/// `lab down` of a Kubernetes lab: kubelets (and their pods), agents, kube-proxies,
+/// the control plane, the forwarder, by PID; then the namespaces and pins. Returns
+/// what could not be removed.
+pub fn down(name: &str) -> anyhow::Result<Vec<String>> {
+    let Some(lab) = KubeLab::load(name)? else {
+        return Ok(Vec::new());
+    };
+    let mut left = Vec::new();
+    let kubelet = kubelet_program();
+    for node in &lab.nodes {
+        if let Some(k) = &node.kubelet {
+            k.stop();
+            if let Some(program) = &kubelet {
+                let out = Command::new(program)
+                    .args(&node.kubelet_args)
+                    .arg("--teardown")
+                    .output();
+                match out {
+                    Ok(o) if o.status.success() => {}
+                    Ok(o) => left.push(format!(
+                        "kubelet {} --teardown: {}",
+                        node.net.name,
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    )),
+                    Err(e) => left.push(format!("kubelet {} --teardown: {e}", node.net.name)),
+                }
+            }
+        }
+    }
+    for node in &lab.nodes {
+        for p in [&node.agent, &node.kube_proxy].into_iter().flatten() {
+            p.stop();
+        }
+    }
+    if let Ok(cp) = PersistentControlPlane::load(&lab.control_plane_dir) {
+        cp.stop();
+    }
+    if let Some((f, _)) = &lab.forwarder {
+        f.stop();
+    }
+    left.extend(lab.topology.delete());
+    for node in &lab.nodes {
+        if node.pin_root.exists() {
+            if let Err(e) = palisade_datapath::unpin_all_at(&node.pin_root) {
+                left.push(format!("pins at {}: {e}", node.pin_root.display()));
+            }
+        }
+    }
+    let dir = state_dir(name);
+    if let Err(e) = std::fs::remove_dir_all(&dir) {
+        left.push(format!("{}: {e}", dir.display()));
+    }
+    Ok(left)
+}
+
+/// `lab kubeconfig`: the lab user's kubeconfig, through the loopback forwarder.
+pub fn kubeconfig(name: &str) -> anyhow::Result<String> {
+    let lab = KubeLab::load(name)?.with_context(|| {
+        format!("lab {name} is not a Kubernetes lab (palisade lab up --kubernetes)")
+    })?;
+    Ok(std::fs::read_to_string(lab.kubeconfig_path())?)
+}
+
+/// The addresses a node advertises, for messages.
+pub fn describe(lab: &KubeLab) -> String {
+    let api: Vec<String> = lab.topology.api_ips.iter().map(IpAddr::to_string).collect();
+    format!(
+        "{} nodes ({}); API server at {} in netns {}; kubeconfig: palisade lab kubeconfig --name {}",
+        lab.nodes.len(),
+        lab.nodes
+            .iter()
+            .map(|n| n.net.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        api.join(", "),
+        lab.topology.api_netns,
+        lab.name
+    )
+}
+
+/// Whether lab `name` is a Kubernetes lab.
+pub fn is_kube(name: &str) -> bool {
+    KubeLab::file(name).exists()
+}
+
+fn open(name: &str) -> anyhow::Result<KubeLab> {
+    KubeLab::load(name)?.with_context(|| {
+        format!("lab {name} is not up\n\nhint: palisade lab up --kubernetes --name {name}")
+    })
+}
+
+/// The annotation the lab kubelet reads static pod addresses from (the API server
+/// drops `status` on create, so a manifest's `status.podIPs` travel in it).
+pub const IPS_ANNOTATION: &str = "lab.palisade.io/ips";
+
+/// Kinds without a namespace, among those the lab applies.
+const CLUSTER_SCOPED: &[&str] = &[
+    "Namespace",
+    "Node",
+    "ClusterNetworkPolicy",
+    "AdminNetworkPolicy",
+    "BaselineAdminNetworkPolicy",
+];
+
+/// A manifest object as the API server should get it: `status` removed, and a
+/// Pod's `status.podIPs`/`status.podIP` moved into [`IPS_ANNOTATION`]. `None` for a
+/// Node: the cluster's nodes are the lab's own (registered by its kubelets); a
+/// manifest's Node would be a node no kubelet runs.
+fn for_api(mut obj: serde_json::Value, nodes: &[String]) -> Option<serde_json::Value> {
+    let kind = obj["kind"].as_str().unwrap_or_default().to_string();
+    if kind == "Node" {
+        return None;
+    }
+    let status = obj.as_object_mut().and_then(|o| o.remove("status"));
+    if kind == "Pod" {
+        let mut ips: Vec<String> = status
+            .as_ref()
+            .and_then(|s| s["podIPs"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|i| i["ip"].as_str().map(str::to_string))
+            .collect();
+        if ips.is_empty() {
+            ips.extend(
+                status
+                    .as_ref()
+                    .and_then(|s| s["podIP"].as_str())
+                    .map(str::to_string),
+            );
+        }
+        if !ips.is_empty() {
+            obj["metadata"]["annotations"][IPS_ANNOTATION] = ips.join(",").into();
+        }
+        // A manifest written for another cluster names nodes this one lacks; the
+        // scheduler places such a pod instead (said, not silent).
+        if let Some(n) = obj["spec"]["nodeName"].as_str() {
+            if !nodes.iter().any(|m| m == n) {
+                eprintln!(
+                    "note: pod {}/{}: node {n} is not in the lab; the scheduler places it",
+                    obj["metadata"]["namespace"].as_str().unwrap_or("default"),
+                    obj["metadata"]["name"].as_str().unwrap_or_default()
+                );
+                obj["spec"].as_object_mut().map(|s| s.remove("nodeName"));
+            }
+        }
+    }
+    Some(obj)
+}
+
+/// The namespaces `objs` live in, and the Namespace objects among them.
+fn namespaces_of(objs: &[serde_json::Value]) -> std::collections::BTreeSet<String> {
+    objs.iter()
+        .filter(|o| !CLUSTER_SCOPED.contains(&o["kind"].as_str().unwrap_or_default()))
+        .map(|o| {
+            o["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default")
+                .to_string()
+        })
+        .collect()
+}
+
+/// `lab apply` against the cluster: the objects through the API server (server-side
+/// apply as the lab user), Namespaces created as needed; returns once every pod is
+/// Ready and every node's agent has run a pass after the write (see
+/// [`wait_in_force`]). Returns the highest generation in force.
+pub fn apply(name: &str, files: &[PathBuf]) -> anyhow::Result<u64> {
+    let lab = open(name)?;
+    let cp = lab.control_plane()?;
+    let (objs, _) = crate::lab::objects(files)?;
+    let nodes: Vec<String> = lab.nodes.iter().map(|n| n.net.name.clone()).collect();
+    let objs: Vec<serde_json::Value> = objs
+        .into_iter()
+        .filter_map(|o| for_api(o, &nodes))
+        .collect();
+    // Namespaces first (declared ones with their labels, then any other needed),
+    // so the namespaced objects of the same apply find theirs.
+    let mut items: Vec<serde_json::Value> = objs
+        .iter()
+        .filter(|o| o["kind"] == "Namespace")
+        .cloned()
+        .collect();
+    for ns in namespaces_of(&objs) {
+        if !items.iter().any(|o| o["metadata"]["name"] == ns.as_str()) {
+            items.push(serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+                                          "metadata": {"name": ns}}));
+        }
+    }
+    items.extend(objs.iter().filter(|o| o["kind"] != "Namespace").cloned());
+    let before = generations(&lab);
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+    kubectl_user(
+        &lab,
+        &cp,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=palisade-lab",
+            "-f",
+            "-",
+        ],
+        Some(&list.to_string()),
+    )?;
+    wait_pods_ready(&lab, &cp)?;
+    wait_in_force(&lab, &before)
+}
+
+/// `lab delete` against the cluster: deletes the named objects (pods included, which
+/// their kubelet tears down) and waits as [`apply`] does.
+pub fn delete(name: &str, files: &[PathBuf]) -> anyhow::Result<u64> {
+    let lab = open(name)?;
+    let cp = lab.control_plane()?;
+    let (objs, _) = crate::lab::objects(files)?;
+    let nodes: Vec<String> = lab.nodes.iter().map(|n| n.net.name.clone()).collect();
+    let items: Vec<serde_json::Value> = objs
+        .into_iter()
+        .filter_map(|o| for_api(o, &nodes))
+        .collect();
+    let before = generations(&lab);
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+    kubectl_user(
+        &lab,
+        &cp,
+        &[
+            "delete",
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=120s",
+            "-f",
+            "-",
+        ],
+        Some(&list.to_string()),
+    )?;
+    wait_in_force(&lab, &before)
+}
+
+/// kubectl as the lab user, through the forwarder (what `lab kubeconfig` gives).
+fn kubectl_user(
+    lab: &KubeLab,
+    cp: &PersistentControlPlane,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> anyhow::Result<String> {
+    let out = crate::kube_lab::run_kubectl(&cp.binaries, &lab.kubeconfig_path(), args, stdin)?;
+    Ok(out)
+}
+
+/// Runs `kubectl --kubeconfig KUBECONFIG ARGS` in this (the root) namespace.
+fn run_kubectl(
+    bin_dir: &Path,
+    kubeconfig: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(bin_dir.join("kubectl"))
+        .arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .arg("--request-timeout=30s")
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting kubectl")?;
+    let input = stdin.unwrap_or_default().to_string();
+    let mut pipe = child.stdin.take().expect("piped");
+    let writer = std::thread::spawn(move || pipe.write_all(input.as_bytes()));
+    let out = child.wait_with_output()?;
+    let _ = writer.join();
+    if !out.status.success() {
+        bail!(
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Each node's agent generation now (0 if it does not answer).
+fn generations(lab: &KubeLab) -> Vec<u64> {
+    lab.nodes
+        .iter()
+        .map(|n| {
+            crate::inspect::call(&n.socket, &palisade_agent::api::Status)
+                .map(|s| s.data.generation)
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+/// How long `lab apply`/`lab delete` wait for pods and agents.
+const IN_FORCE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Waits until every node's agent has finished a pass that started after the write
+/// and reports no rejected object from it. Until the agent reports the
+/// resourceVersion each watched kind was observed at, this is the closest honest
+/// observation: a pass after the API server acknowledged the write. The watch event
+/// usually arrives within milliseconds, but a pass triggered by another event just
+/// before it could still precede it.
+fn wait_in_force(lab: &KubeLab, before: &[u64]) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + IN_FORCE_TIMEOUT;
+    let mut highest = 0;
+    for (node, &gen0) in lab.nodes.iter().zip(before) {
+        loop {
+            let s = crate::inspect::call(&node.socket, &palisade_agent::api::Sync { full: false })?;
+            for e in &s.data.errors {
+                eprintln!(
+                    "warning: node {}: rejected by the agent: {e}",
+                    node.net.name
+                );
+            }
+            if s.generation > gen0 {
+                highest = highest.max(s.generation);
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the agent of node {} stayed at generation {gen0} for {}s",
+                    node.net.name,
+                    IN_FORCE_TIMEOUT.as_secs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(highest)
+}
+
+/// Waits until every pod of the cluster outside kube-system is Ready (there is
+/// nothing to wait for without kubelets). Pods with static addresses outside their
+/// node's pod CIDR get a host route on the router, as a secondary address on a VPC.
+fn wait_pods_ready(lab: &KubeLab, cp: &PersistentControlPlane) -> anyhow::Result<()> {
+    if lab.nodes.iter().all(|n| n.kubelet.is_none()) {
+        eprintln!(
+            "warning: no lab kubelet runs in lab {}: pods stay Pending",
+            lab.name
+        );
+        return Ok(());
+    }
+    let deadline = Instant::now() + IN_FORCE_TIMEOUT;
+    loop {
+        let pods = cluster_pods(cp)?;
+        let waiting: Vec<&ClusterPod> = pods.iter().filter(|p| !p.ready).collect();
+        if waiting.is_empty() {
+            route_static_ips(lab, &pods)?;
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let names: Vec<&str> = waiting.iter().map(|p| p.key.as_str()).collect();
+            bail!(
+                "pods not Ready after {}s: {}",
+                IN_FORCE_TIMEOUT.as_secs(),
+                names.join(", ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A pod as the API server reports it.
+#[derive(Debug, Clone)]
+pub struct ClusterPod {
+    /// `namespace/name`.
+    pub key: String,
+    /// Its node.
+    pub node: Option<String>,
+    /// `status.podIPs`.
+    pub ips: Vec<IpAddr>,
+    /// Whether its Ready condition is True.
+    pub ready: bool,
+    /// `spec.hostNetwork`.
+    pub host_network: bool,
+}
+
+/// Every pod outside kube-system.
+pub fn cluster_pods(cp: &PersistentControlPlane) -> anyhow::Result<Vec<ClusterPod>> {
+    let out = cp.kubectl(&["get", "pods", "-A", "-o", "json"], None)?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("kubectl get pods")?;
+    let mut pods = Vec::new();
+    for p in v["items"].as_array().into_iter().flatten() {
+        let ns = p["metadata"]["namespace"].as_str().unwrap_or_default();
+        if ns == "kube-system" && p["metadata"]["annotations"][IPS_ANNOTATION].is_null() {
+            continue;
+        }
+        let ips = p["status"]["podIPs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["ip"].as_str()?.parse().ok())
+            .collect();
+        let ready = p["status"]["conditions"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        });
+        pods.push(ClusterPod {
+            key: format!(
+                "{ns}/{}",
+                p["metadata"]["name"].as_str().unwrap_or_default()
+            ),
+            node: p["spec"]["nodeName"].as_str().map(str::to_string),
+            ips,
+            ready,
+            host_network: p["spec"]["hostNetwork"].as_bool().unwrap_or(false),
+        });
+    }
+    Ok(pods)
+}
+
+/// Host routes on the router for pod addresses outside their node's pod CIDRs.
+fn route_static_ips(lab: &KubeLab, pods: &[ClusterPod]) -> anyhow::Result<()> {
+    for p in pods.iter().filter(|p| !p.host_network) {
+        let Some(node) = lab
+            .nodes
+            .iter()
+            .find(|n| Some(&n.net.name) == p.node.as_ref())
+        else {
+            continue;
+        };
+        for ip in &p.ips {
+            let inside = node
+                .net
+                .pod_cidrs
+                .iter()
+                .any(|c| c.parse::<ipnet::IpNet>().is_ok_and(|net| net.contains(ip)));
+            if inside {
+                continue;
+            }
+            let via = node
+                .net
+                .ips
+                .iter()
+                .find(|a| a.is_ipv4() == ip.is_ipv4())
+                .context("node address of the pod's family")?;
+            let prefix = if ip.is_ipv4() { 32 } else { 128 };
+            let out = Command::new("ip")
+                .args(["-n", &lab.topology.router, "route", "replace"])
+                .arg(format!("{ip}/{prefix}"))
+                .args(["via", &via.to_string()])
+                .output()?;
+            if !out.status.success() {
+                bail!(
+                    "routing {ip} of pod {} to node {}: {}",
+                    p.key,
+                    node.net.name,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
+    }
+    Ok(())
+}
