@@ -220,7 +220,7 @@ fn kubernetes_lab_runs_the_real_control_plane_in_its_own_netns_and_down_removes_
         .unwrap();
     let nat = String::from_utf8_lossy(&nat.stdout);
     assert!(
-        !nat.contains(&format!("{}", "KUBE-SERVICES")),
+        !nat.contains("KUBE-SERVICES"),
         "root netns untouched: {nat}"
     );
     let addrs = Command::new("ip").args(["-o", "addr"]).output().unwrap();
