@@ -458,6 +458,41 @@ pub enum BenchCommand {
         #[arg(long)]
         plot: Option<PathBuf>,
     },
+    /// Control-plane fan-out: bytes the real kube-apiserver sends each node's agent per
+    /// pod event (count-only agents: the agent's Kubernetes source, no datapath),
+    /// against a model of AWS's PolicyEndpoints.
+    #[command(
+        after_help = "Example:\n  palisade bench fanout --namespaces 10 --apps 10 --pods-per-app 100 --agents 20"
+    )]
+    Fanout {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// Namespaces.
+        #[arg(long, default_value_t = 10)]
+        namespaces: usize,
+        /// Applications per namespace (one NetworkPolicy each).
+        #[arg(long, default_value_t = 10)]
+        apps: usize,
+        /// Pods per application.
+        #[arg(long, default_value_t = 100)]
+        pods_per_app: usize,
+        /// Node objects (pods are spread over them).
+        #[arg(long, default_value_t = 20)]
+        nodes: usize,
+        /// Count-only agents, each on its own connection.
+        #[arg(long, default_value_t = 20)]
+        agents: usize,
+        /// Label updates of existing pods.
+        #[arg(long, default_value_t = 200)]
+        updates: usize,
+        /// Pods created, given an address and deleted.
+        #[arg(long, default_value_t = 100)]
+        lifecycles: usize,
+        /// The AWS model's endpointChunkSize (1000 in its Helm chart).
+        #[arg(long, default_value_t = 1000)]
+        chunk: usize,
+    },
     /// Policy change -> in force and CNI ADD -> in force on a real lab (p50, p99).
     Enforcement {
         /// Output format.

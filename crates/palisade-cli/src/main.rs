@@ -325,6 +325,36 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
                 Ok(0)
             }
+            BenchCommand::Fanout {
+                output,
+                namespaces,
+                apps,
+                pods_per_app,
+                nodes,
+                agents,
+                updates,
+                lifecycles,
+                chunk,
+            } => {
+                let opts = palisade_kube_bench::fanout::Options {
+                    shape: palisade_kube_bench::aws_model::Shape {
+                        namespaces,
+                        apps_per_namespace: apps,
+                        pods_per_app,
+                        nodes,
+                    },
+                    agents,
+                    updates,
+                    lifecycles,
+                    chunk,
+                };
+                let r = palisade_kube_bench::fanout::run(&opts, &|m| eprintln!("fanout: {m}"))?;
+                match output {
+                    Output::Json => println!("{}", serde_json::to_string(&r)?),
+                    Output::Table => print!("{}", r.table()),
+                }
+                Ok(0)
+            }
             BenchCommand::Enforcement {
                 output,
                 policies,
