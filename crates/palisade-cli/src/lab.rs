@@ -361,7 +361,8 @@ pub fn up(
 }
 
 fn add_pods(lab: &mut Lab, cluster: &Cluster) -> anyhow::Result<()> {
-    for pod in cluster.pods.values().filter(|p| !p.host_network) {
+    // Host-network pods too: they serve in the node namespace at their node's address.
+    for pod in cluster.pods.values() {
         if lab.state().pod(&pod.key()).is_none() {
             lab.add_pod(pod)
                 .with_context(|| format!("adding pod {}", pod.key()))?;

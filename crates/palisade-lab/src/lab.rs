@@ -189,12 +189,17 @@ impl Lab {
         Ok(lab)
     }
 
-    /// Creates a lab and adds `pods` (host-network pods are skipped).
+    /// Creates a lab and adds `pods` (host-network pods in the node namespace, see
+    /// [`Lab::add_pod`]).
     pub fn up(config: LabConfig, pods: &[Pod]) -> Result<Lab, LabError> {
         let mut lab = Lab::create(config)?;
         // Reserve every static address up front so gateways avoid all of them.
-        let all: BTreeSet<IpAddr> = pods.iter().flat_map(|p| p.ips.iter().copied()).collect();
-        for pod in pods.iter().filter(|p| !p.host_network) {
+        let all: BTreeSet<IpAddr> = pods
+            .iter()
+            .filter(|p| !p.host_network)
+            .flat_map(|p| p.ips.iter().copied())
+            .collect();
+        for pod in pods {
             lab.add_pod_avoiding(pod, &all)?;
         }
         Ok(lab)
@@ -245,7 +250,10 @@ impl Lab {
         NetNs::open(&self.state.node_netns)
     }
 
-    /// Adds one pod: namespace, CNI `ADD` through the chain, server.
+    /// Adds one pod: namespace, CNI `ADD` through the chain, server. A host-network
+    /// pod gets no namespace and no CNI: its server runs in the node namespace, at
+    /// its addresses (its node's, see [`palisade_policy::model::Cluster`]'s loader),
+    /// which are put on the node namespace's loopback so they are local there.
     pub fn add_pod(&mut self, pod: &Pod) -> Result<&PodRecord, LabError> {
         self.add_pod_avoiding(pod, &BTreeSet::new())
     }
@@ -258,6 +266,9 @@ impl Lab {
         let key = pod.key();
         if self.state.pod(&key).is_some() {
             return Err(LabError::DuplicatePod(key));
+        }
+        if pod.host_network {
+            return self.add_host_network_pod(pod);
         }
         // Skip indices whose namespace exists (another pod removed, or leftovers).
         let (ns_name, index) = loop {
@@ -364,6 +375,53 @@ impl Lab {
         Ok(self.state.pods.last().expect("just pushed"))
     }
 
+    fn add_host_network_pod(&mut self, pod: &Pod) -> Result<&PodRecord, LabError> {
+        let key = pod.key();
+        let node = self.node();
+        for ip in &pod.ips {
+            add_local_address(&node, *ip)?;
+        }
+        let record = PodRecord {
+            key: key.clone(),
+            netns: self.state.node_netns.clone(),
+            ifname: String::new(),
+            host_ifname: String::new(),
+            ips: pod.ips.clone(),
+            ports: pod.ports.clone(),
+            attachment: Attachment {
+                container_id: String::new(),
+                netns: node.path(),
+                ifname: String::new(),
+                args: Vec::new(),
+            },
+            // No plugin ran, so `DEL` (in teardown too) runs none.
+            network: NetworkList {
+                cni_version: LAB_CNI_VERSION.into(),
+                name: NETWORK_NAME.into(),
+                plugins: Vec::new(),
+            },
+            cni_result: Value::Null,
+            server: None,
+        };
+        self.state.pods.push(record);
+        self.state.save()?;
+        if let Some(cmd) = &self.server {
+            let log = self
+                .state
+                .state_dir
+                .join(format!("host-{}.log", key.replace('/', "-")));
+            let proc = server::spawn(cmd, &node, &key, &pod.ports, &log).map_err(|source| {
+                LabError::Server {
+                    pod: key.clone(),
+                    source,
+                }
+            })?;
+            self.state.pods.last_mut().expect("just pushed").server = Some(proc);
+            self.state.save()?;
+        }
+        Ok(self.state.pods.last().expect("just pushed"))
+    }
+
     /// Removes one pod: CNI `DEL`, stops its server, deletes its namespace.
     pub fn remove_pod(&mut self, key: &str) -> Result<(), LabError> {
         let idx = self
@@ -380,7 +438,10 @@ impl Lab {
         if let Some(s) = &pod.server {
             s.stop();
         }
-        NetNs::delete(&pod.netns)?;
+        // A host-network pod lives in the node namespace, which stays.
+        if pod.netns != self.state.node_netns {
+            NetNs::delete(&pod.netns)?;
+        }
         self.state.save()?;
         del.map_err(|source| LabError::Cni {
             pod: key.into(),
@@ -444,5 +505,29 @@ impl Drop for Lab {
                 eprintln!("palisade-lab: teardown: {p}");
             }
         }
+    }
+}
+
+/// Puts `ip` (as a /32 or /128) on the loopback of `ns` unless it is there already,
+/// so servers bound to the wildcard answer at it and probes can use it as source.
+fn add_local_address(ns: &NetNs, ip: IpAddr) -> Result<(), LabError> {
+    let prefix = if ip.is_ipv4() { 32 } else { 128 };
+    let out = std::process::Command::new("ip")
+        .args(["-n", ns.name(), "addr", "replace"])
+        .arg(format!("{ip}/{prefix}"))
+        .args(["dev", "lo"])
+        .output()
+        .map_err(|source| NetNsError::Io {
+            name: ns.name().to_owned(),
+            source,
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(LabError::NetNs(NetNsError::Ip {
+            op: "addr replace",
+            name: ns.name().to_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        }))
     }
 }

@@ -160,7 +160,7 @@ pub fn probe_all(
     // Both directions of a pair run in one job, one after the other: a raw SCTP
     // socket probing b from a would otherwise swallow b's INIT to a (it matches the
     // socket's connected peer), so a's kernel would send no ICMP answer to b.
-    let mut jobs: Vec<Vec<(&Endpoint, &Endpoint, SocketAddr)>> = Vec::new();
+    let mut jobs: Vec<Vec<(&Endpoint, &Endpoint, IpAddr, SocketAddr)>> = Vec::new();
     for (i, a) in endpoints.iter().enumerate() {
         for b in &endpoints[i + 1..] {
             if a.key == b.key {
@@ -168,8 +168,9 @@ pub fn probe_all(
             }
             let job: Vec<_> = [(a, b), (b, a)]
                 .into_iter()
-                .filter(|(from, _)| addr(from).is_some())
-                .filter_map(|(from, to)| Some((from, to, SocketAddr::new(addr(to)?, port))))
+                .filter_map(|(from, to)| {
+                    Some((from, to, addr(from)?, SocketAddr::new(addr(to)?, port)))
+                })
                 .collect();
             if !job.is_empty() {
                 jobs.push(job);
@@ -184,9 +185,13 @@ pub fn probe_all(
                 let Some(job) = queue.lock().expect("no panics holding it").next() else {
                     break;
                 };
-                for (from, to, dst) in job {
-                    let (verdict, reason) =
-                        in_netns(&from.netns, || probe_one(dst, protocol, opts.timeout));
+                for (from, to, src, dst) in job {
+                    // From the source's own address: in a pod namespace it is what the
+                    // kernel would pick anyway; a host-network pod shares the node
+                    // namespace, where the kernel would pick a gateway address.
+                    let (verdict, reason) = in_netns(&from.netns, || {
+                        probe_from(Some(src), dst, protocol, opts.timeout)
+                    });
                     results
                         .lock()
                         .expect("no panics holding it")
@@ -236,6 +241,17 @@ pub const ATTEMPTS: u32 = 3;
 
 /// One probe from the calling thread's namespace.
 pub fn probe_one(dst: SocketAddr, protocol: Protocol, timeout: Duration) -> (Verdict, String) {
+    probe_from(None, dst, protocol, timeout)
+}
+
+/// One probe from the calling thread's namespace, from source address `src` when
+/// given (the kernel's choice otherwise).
+pub fn probe_from(
+    src: Option<IpAddr>,
+    dst: SocketAddr,
+    protocol: Protocol,
+    timeout: Duration,
+) -> (Verdict, String) {
     let start = Instant::now();
     let deadline = start + timeout;
     let mut attempt = 0;
@@ -251,9 +267,9 @@ pub fn probe_one(dst: SocketAddr, protocol: Protocol, timeout: Duration) -> (Ver
             (timeout / ATTEMPTS).min(left)
         };
         let r = match protocol {
-            Protocol::Tcp => probe_tcp(dst, slot, deadline),
-            Protocol::Udp => probe_udp(dst, slot),
-            Protocol::Sctp => probe_sctp(dst, next_sctp_port(), slot),
+            Protocol::Tcp => probe_tcp(src, dst, slot, deadline),
+            Protocol::Udp => probe_udp(src, dst, slot),
+            Protocol::Sctp => probe_sctp(src, dst, next_sctp_port(), slot),
         };
         match r {
             Err(e) if is_timeout(&e) && attempt < ATTEMPTS => continue,
@@ -317,8 +333,13 @@ fn is_timeout(e: &std::io::Error) -> bool {
 }
 
 /// Connects within `slot`, then reads the reply until `deadline`.
-fn probe_tcp(dst: SocketAddr, slot: Duration, deadline: Instant) -> std::io::Result<Outcome> {
-    let mut s = match TcpStream::connect_timeout(&dst, slot) {
+fn probe_tcp(
+    src: Option<IpAddr>,
+    dst: SocketAddr,
+    slot: Duration,
+    deadline: Instant,
+) -> std::io::Result<Outcome> {
+    let mut s = match connect_from(src, dst, slot) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(Outcome::Refused),
         Err(e) => return Err(e),
@@ -339,13 +360,32 @@ fn probe_tcp(dst: SocketAddr, slot: Duration, deadline: Instant) -> std::io::Res
     }
 }
 
-fn probe_udp(dst: SocketAddr, timeout: Duration) -> std::io::Result<Outcome> {
-    let bind: SocketAddr = if dst.is_ipv4() {
-        "0.0.0.0:0".parse()
+/// `TcpStream::connect_timeout`, bound first to `src` (port chosen by the kernel).
+fn connect_from(
+    src: Option<IpAddr>,
+    dst: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    let Some(src) = src else {
+        return TcpStream::connect_timeout(&dst, timeout);
+    };
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(dst),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    s.bind(&SocketAddr::new(src, 0).into())?;
+    s.connect_timeout(&dst.into(), timeout)?;
+    Ok(s.into())
+}
+
+fn probe_udp(src: Option<IpAddr>, dst: SocketAddr, timeout: Duration) -> std::io::Result<Outcome> {
+    let any: IpAddr = if dst.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
     } else {
-        "[::]:0".parse()
-    }
-    .expect("valid");
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    let bind = SocketAddr::new(src.unwrap_or(any), 0);
     let s = UdpSocket::bind(bind)?;
     s.connect(dst)?;
     s.set_read_timeout(Some(timeout))?;
@@ -387,7 +427,12 @@ fn next_sctp_port() -> u16 {
 }
 
 /// Sends one INIT from `src_port` and waits for the peer's answer.
-fn probe_sctp(dst: SocketAddr, src_port: u16, timeout: Duration) -> std::io::Result<Outcome> {
+fn probe_sctp(
+    src: Option<IpAddr>,
+    dst: SocketAddr,
+    src_port: u16,
+    timeout: Duration,
+) -> std::io::Result<Outcome> {
     let (domain, level, recverr) = match dst {
         SocketAddr::V4(_) => (libc::AF_INET, libc::SOL_IP, libc::IP_RECVERR),
         SocketAddr::V6(_) => (libc::AF_INET6, libc::SOL_IPV6, libc::IPV6_RECVERR),
@@ -399,6 +444,10 @@ fn probe_sctp(dst: SocketAddr, src_port: u16, timeout: Duration) -> std::io::Res
     }
     // SAFETY: fd is a fresh, valid descriptor we own.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if let Some(src) = src {
+        // A raw socket's bound address is the source of what it sends.
+        socket2::SockRef::from(&fd).bind(&SocketAddr::new(src, 0).into())?;
+    }
     let one: libc::c_int = 1;
     let tv = libc::timeval {
         tv_sec: timeout.as_secs() as _,

@@ -439,6 +439,27 @@ impl Cluster {
         }
     }
 
+    /// Gives every host-network pod that has no address its node's: the first address
+    /// of each family in the `status.addresses` of the Node named by its
+    /// `spec.nodeName` (a manifest of a real cluster already says so in
+    /// `status.podIPs`; hand-written ones often do not). Pods whose node is unknown keep
+    /// no address. See docs/semantics.md, "Host-network pods".
+    pub fn resolve_host_network_addresses(&mut self) {
+        for pod in self.pods.values_mut() {
+            if !pod.host_network || !pod.ips.is_empty() {
+                continue;
+            }
+            let Some(node) = pod.node_name.as_ref().and_then(|n| self.nodes.get(n)) else {
+                continue;
+            };
+            for ip in &node.addresses {
+                if !pod.ips.iter().any(|p| p.is_ipv4() == ip.is_ipv4()) {
+                    pod.ips.push(*ip);
+                }
+            }
+        }
+    }
+
     /// Adds every object of `other`, replacing objects with the same key (the later
     /// source wins, as with duplicates inside one manifest set).
     pub fn extend(&mut self, other: Cluster) {

@@ -273,3 +273,74 @@ fn a_drop_in_the_node_namespace_reads_as_deny_for_every_protocol_and_family() {
     }
     assert!(lab.down().is_empty());
 }
+
+#[test]
+fn a_host_network_pod_serves_at_its_node_address_and_probes_leave_from_it() {
+    if !can_run() {
+        return;
+    }
+    let name = unique_name();
+    // The node address as the manifests' loader gives it (the Node's InternalIP).
+    let mut host = pod(
+        "kube-system",
+        "h",
+        &["10.250.9.1"],
+        &[(8080, Protocol::Tcp)],
+    );
+    host.host_network = true;
+    let pods = vec![
+        pod("x", "a", &["10.244.0.10"], &[(8080, Protocol::Tcp)]),
+        host,
+    ];
+    let lab = Lab::up(config(&name), &pods).expect("lab up");
+    let rec = lab.state().pod("kube-system/h").expect("recorded");
+    assert_eq!(
+        rec.netns,
+        lab.state().node_netns,
+        "runs in the node namespace"
+    );
+    let report = lab.probe(8080, Protocol::Tcp, generous());
+    assert_all_allow(&report, 2);
+    for r in &report.results {
+        let want = format!("{:?}", r.to.as_str());
+        assert!(
+            r.reason.contains(&want),
+            "{} -> {}: {}",
+            r.from,
+            r.to,
+            r.reason
+        );
+    }
+
+    // Probes from the host-network pod leave from the node address, not the
+    // gateway address the kernel would choose in the node namespace.
+    let a = lab.state().pod("x/a").unwrap();
+    let a_ns = palisade_lab::netns::NetNs::open(&a.netns);
+    let listener = a_ns
+        .run_in(|| std::net::TcpListener::bind("0.0.0.0:9090").unwrap())
+        .unwrap();
+    let endpoints: Vec<_> = lab
+        .endpoints()
+        .into_iter()
+        .filter(|e| e.key == "kube-system/h" || e.key == "x/a")
+        .collect();
+    let accept = std::thread::spawn(move || listener.accept().map(|(_, from)| from.ip()));
+    let probe = palisade_lab::probe::probe_all(&endpoints, 9090, Protocol::Tcp, generous());
+    let from = accept.join().unwrap().unwrap();
+    assert!(
+        probe.results.iter().any(|r| r.from == "kube-system/h"),
+        "{probe:?}"
+    );
+    assert_eq!(from.to_string(), "10.250.9.1");
+
+    // Removing it stops its server and leaves the node namespace.
+    let server = rec.server.clone().unwrap();
+    let node = lab.state().node_netns.clone();
+    let mut lab = lab;
+    lab.remove_pod("kube-system/h").unwrap();
+    assert!(!server.is_alive());
+    assert!(netns_exists(&node));
+    let problems = lab.down();
+    assert!(problems.is_empty(), "{problems:?}");
+    assert!(!netns_exists(&node));
+}

@@ -179,6 +179,7 @@ pub fn load(inputs: &[(String, String)]) -> Loaded {
             }
         }
     }
+    loader.out.cluster.resolve_host_network_addresses();
     loader.out
 }
 

@@ -537,6 +537,31 @@ fn pods_keep_container_ports_host_network_and_node() {
 }
 
 #[test]
+fn host_network_pods_without_addresses_get_their_nodes_and_others_keep_theirs() {
+    let l = load_one(
+        "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\nstatus:\n  addresses: [{type: Hostname, address: n1}, {type: InternalIP, address: 10.0.1.1}, {type: InternalIP, address: 'fd00::1'}, {type: ExternalIP, address: 192.0.2.1}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: h, namespace: x}\nspec: {nodeName: n1, hostNetwork: true, containers: [{name: c}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: given, namespace: x}\nspec: {nodeName: n1, hostNetwork: true, containers: [{name: c}]}\nstatus: {podIP: 10.0.1.9}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: lost, namespace: x}\nspec: {nodeName: n9, hostNetwork: true, containers: [{name: c}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: plain, namespace: x}\nspec: {nodeName: n1, containers: [{name: c}]}\n",
+    );
+    let ips = |k: &str| -> Vec<String> {
+        l.cluster.pods[k]
+            .ips
+            .iter()
+            .map(|i| i.to_string())
+            .collect()
+    };
+    assert_eq!(
+        ips("x/h"),
+        ["10.0.1.1", "fd00::1"],
+        "first address of each family"
+    );
+    assert_eq!(ips("x/given"), ["10.0.1.9"], "status.podIPs win");
+    assert!(ips("x/lost").is_empty(), "unknown node: no address");
+    assert!(
+        ips("x/plain").is_empty(),
+        "not host-network: no address until scheduled"
+    );
+}
+
+#[test]
 fn services_nodes_and_endpoint_slices_load() {
     let l = load_one(
         "apiVersion: v1
