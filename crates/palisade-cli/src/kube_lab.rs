@@ -66,7 +66,7 @@ pub struct NodeRuntime {
     pub agent: Option<ProcessRecord>,
     /// The lab kubelet (absent when its binary is not built).
     pub kubelet: Option<ProcessRecord>,
-    /// The kubelet's command line, for `--teardown` on `lab down`.
+    /// The kubelet's command line.
     pub kubelet_args: Vec<String>,
 }
 
@@ -259,8 +259,6 @@ fn kubelet_args(node: &NodeRuntime, kubeconfig: &Path, cni: &Path) -> anyhow::Re
             CNI_TIMEOUT_MS,
         )])?,
     )?;
-    let server = palisade_lab::server::ServerCommand::sibling()
-        .context("palisade-lab-serve not found beside this binary (cargo build -p palisade-lab)")?;
     let mut args = vec![
         "--kubeconfig".to_string(),
         kubeconfig.display().to_string(),
@@ -269,7 +267,9 @@ fn kubelet_args(node: &NodeRuntime, kubeconfig: &Path, cni: &Path) -> anyhow::Re
         "--netns".to_string(),
         node.net.netns.clone(),
     ];
-    for ip in &node.net.ips {
+    // The IPv4 address only: the kubelet's status patch of a dual-stack Node fails
+    // (two InternalIP entries under the strategic-merge key `type`).
+    for ip in node.net.ips.iter().filter(|ip| ip.is_ipv4()) {
         args.extend(["--node-ip".to_string(), ip.to_string()]);
     }
     for cidr in &node.net.pod_cidrs {
@@ -281,8 +281,13 @@ fn kubelet_args(node: &NodeRuntime, kubeconfig: &Path, cni: &Path) -> anyhow::Re
     args.extend([
         "--chain".to_string(),
         chain.display().to_string(),
+        // Pod servers are this binary's `lab serve`, as in the file-based lab.
         "--server".to_string(),
-        server.program.display().to_string(),
+        std::env::current_exe()?.display().to_string(),
+        "--server-arg".to_string(),
+        "lab".to_string(),
+        "--server-arg".to_string(),
+        "serve".to_string(),
         "--state-dir".to_string(),
         node.dir.join("kubelet").display().to_string(),
     ]);
@@ -365,6 +370,15 @@ fn wait_nodes_ready(lab: &KubeLab) -> anyhow::Result<()> {
                     .count()
             })
             .unwrap_or(0);
+        for node in &lab.nodes {
+            if !node.kubelet.as_ref().is_some_and(ProcessRecord::is_alive) {
+                let log = std::fs::read_to_string(node.dir.join("kubelet.log")).unwrap_or_default();
+                bail!(
+                    "the kubelet of node {} exited; its log:\n{log}",
+                    node.net.name
+                );
+            }
+        }
         if ready >= lab.nodes.len() {
             return Ok(());
         }
@@ -439,8 +453,9 @@ pub fn down(name: &str) -> anyhow::Result<Vec<String>> {
             k.stop();
             if let Some(program) = &kubelet {
                 let out = Command::new(program)
-                    .args(&node.kubelet_args)
                     .arg("--teardown")
+                    .arg("--state-dir")
+                    .arg(node.dir.join("kubelet"))
                     .output();
                 match out {
                     Ok(o) if o.status.success() => {}
@@ -879,4 +894,109 @@ fn route_static_ips(lab: &KubeLab, pods: &[ClusterPod]) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Every pod the lab's kubelets run, as probe endpoints: its namespace (the node's
+/// for a host-network pod) and addresses, from the kubelet's records.
+fn endpoints(lab: &KubeLab) -> anyhow::Result<Vec<palisade_lab::probe::Endpoint>> {
+    let mut out = Vec::new();
+    for node in &lab.nodes {
+        let dir = node.dir.join("kubelet");
+        if !dir.join("pods").exists() {
+            continue;
+        }
+        let state = palisade_kubelet::records::StateDir::open(&dir)?;
+        for rec in state.load_all()? {
+            let rec = rec?;
+            if rec.ips.is_empty() {
+                continue;
+            }
+            out.push(palisade_lab::probe::Endpoint {
+                key: rec.key(),
+                netns: rec.netns.clone().unwrap_or_else(|| node.net.netns.clone()),
+                ips: rec.ips.clone(),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
+}
+
+/// `lab probe` against the cluster: every ordered pair of the pods the kubelets run
+/// (across nodes too), probed for real from the source pod's namespace.
+pub fn probe(
+    name: &str,
+    protocol: palisade_policy::model::Protocol,
+    port: u16,
+    opts: palisade_lab::probe::ProbeOptions,
+) -> anyhow::Result<crate::simulate::Matrix> {
+    let lab = open(name)?;
+    let report = palisade_lab::probe::probe_all(&endpoints(&lab)?, port, protocol, opts);
+    serde_json::from_value(serde_json::to_value(&report)?).context("decoding the probe report")
+}
+
+/// The kinds the simulator is fed from the API server (the agent's watched kinds;
+/// the network-policy-api ones only when their CRDs are served).
+const SIMULATED_KINDS: &str = "namespaces,nodes,pods,services,endpointslices.discovery.k8s.io,networkpolicies.networking.k8s.io";
+const CRD_KINDS: &[&str] = &[
+    "clusternetworkpolicies.policy.networking.k8s.io",
+    "adminnetworkpolicies.policy.networking.k8s.io",
+    "baselineadminnetworkpolicies.policy.networking.k8s.io",
+];
+
+/// What the decoder needs of an object read back from the API server, as the
+/// agent's Kubernetes source trims it: no managed fields, and of the status only the
+/// addresses (a Pod's podIPs/hostIPs, a Node's addresses).
+fn trimmed(mut v: serde_json::Value) -> serde_json::Value {
+    let keep: &[&str] = match v["kind"].as_str() {
+        Some("Pod") => &["podIP", "podIPs", "hostIP", "hostIPs"],
+        Some("Node") => &["addresses"],
+        _ => &[],
+    };
+    if let Some(meta) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        meta.remove("managedFields");
+    }
+    if let Some(obj) = v.as_object_mut() {
+        match obj.get_mut("status").and_then(|s| s.as_object_mut()) {
+            Some(status) if !keep.is_empty() => status.retain(|k, _| keep.contains(&k.as_str())),
+            _ => {
+                obj.remove("status");
+            }
+        }
+    }
+    v
+}
+
+/// The cluster as the API server holds it, decoded as the agents decode it; only
+/// the pods the kubelets run (those the probe sees).
+pub fn cluster_from_api(name: &str) -> anyhow::Result<palisade_policy::model::Cluster> {
+    let lab = open(name)?;
+    let cp = lab.control_plane()?;
+    let mut kinds = vec![SIMULATED_KINDS.to_string()];
+    let served = cp.kubectl(&["api-resources", "-o", "name"], None)?;
+    kinds.extend(
+        CRD_KINDS
+            .iter()
+            .filter(|k| served.lines().any(|l| l.trim() == **k))
+            .map(|k| k.to_string()),
+    );
+    let out = cp.kubectl(&["get", &kinds.join(","), "-A", "-o", "json"], None)?;
+    let list: serde_json::Value = serde_json::from_str(&out).context("kubectl get")?;
+    let items: Vec<serde_json::Value> = list["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(trimmed)
+        .collect();
+    let text = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string();
+    let loaded = palisade_policy::manifest::load(&[("api-server".to_string(), text)]);
+    for e in &loaded.errors {
+        eprintln!("warning: the API server holds an object the agents reject: {e}");
+    }
+    let mut cluster = loaded.cluster;
+    let running: std::collections::BTreeSet<String> =
+        endpoints(&lab)?.into_iter().map(|e| e.key).collect();
+    cluster.pods.retain(|k, _| running.contains(k));
+    Ok(cluster)
 }

@@ -456,12 +456,15 @@ pub fn probe(
     family: Option<Family>,
     timeout_ms: u64,
 ) -> anyhow::Result<Matrix> {
-    let lab = open(name)?;
     let opts = ProbeOptions {
         family: probe_family(family),
         timeout: Duration::from_millis(timeout_ms),
         ..ProbeOptions::default()
     };
+    if crate::kube_lab::is_kube(name) {
+        return crate::kube_lab::probe(name, protocol, port, opts);
+    }
+    let lab = open(name)?;
     let report = lab.probe(port, protocol, opts);
     serde_json::from_value(serde_json::to_value(&report)?).context("decoding the probe report")
 }
@@ -472,18 +475,24 @@ fn simulate_lab(
     port: u16,
     family: Option<Family>,
 ) -> anyhow::Result<Matrix> {
-    let mut cluster = desired(name)?;
-    // Pods are where the lab put them (the CNI chain may have assigned addresses).
-    let lab = open(name)?;
-    for rec in &lab.state().pods {
-        if let Some(p) = cluster.pods.get_mut(&rec.key) {
-            p.ips = rec.ips.clone();
-        }
-    }
-    cluster.pods.retain(|k, _| lab.state().pod(k).is_some());
     let fam = match family {
         Some(Family::V6) => palisade_policy::verdict::IpFamily::V6,
         _ => palisade_policy::verdict::IpFamily::V4,
+    };
+    let cluster = if crate::kube_lab::is_kube(name) {
+        // The objects read back from the API server, pods as the kubelets run them.
+        crate::kube_lab::cluster_from_api(name)?
+    } else {
+        let mut cluster = desired(name)?;
+        // Pods are where the lab put them (the CNI chain may have assigned addresses).
+        let lab = open(name)?;
+        for rec in &lab.state().pods {
+            if let Some(p) = cluster.pods.get_mut(&rec.key) {
+                p.ips = rec.ips.clone();
+            }
+        }
+        cluster.pods.retain(|k, _| lab.state().pod(k).is_some());
+        cluster
     };
     simulate::simulate(&cluster, protocol, port, Some(fam), None, None)
 }
