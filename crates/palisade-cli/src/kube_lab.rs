@@ -644,7 +644,7 @@ pub fn apply(name: &str, files: &[PathBuf]) -> anyhow::Result<u64> {
         ],
         Some(&list.to_string()),
     )?;
-    wait_pods_ready(&lab, &cp)?;
+    wait_pods_ready(&lab, &cp, &objs)?;
     wait_in_force(&lab, &before)
 }
 
@@ -737,33 +737,41 @@ fn generations(lab: &KubeLab) -> Vec<u64> {
 /// How long `lab apply`/`lab delete` wait for pods and agents.
 const IN_FORCE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Waits until every node's agent has finished a pass that started after the write
-/// and reports no rejected object from it. Until the agent reports the
+/// Waits until every node's agent has run a pass, asked for after the API server
+/// acknowledged the write, from a source whose every watch is healthy (the pass's
+/// warnings name no failing watch: after an outage a watch catches up on what it
+/// missed before it counts as healthy again). Until the agent reports the
 /// resourceVersion each watched kind was observed at, this is the closest honest
-/// observation: a pass after the API server acknowledged the write. The watch event
-/// usually arrives within milliseconds, but a pass triggered by another event just
-/// before it could still precede it.
+/// observation; it is weaker: an event still in flight (milliseconds on this
+/// machine) when the pass reads the source is not in it.
 fn wait_in_force(lab: &KubeLab, before: &[u64]) -> anyhow::Result<u64> {
     let deadline = Instant::now() + IN_FORCE_TIMEOUT;
     let mut highest = 0;
     for (node, &gen0) in lab.nodes.iter().zip(before) {
         loop {
             let s = crate::inspect::call(&node.socket, &palisade_agent::api::Sync { full: false })?;
-            for e in &s.data.errors {
-                eprintln!(
-                    "warning: node {}: rejected by the agent: {e}",
-                    node.net.name
-                );
-            }
-            if s.generation > gen0 {
+            let failing: Vec<&String> = s
+                .data
+                .warnings
+                .iter()
+                .filter(|w| w.starts_with("watch of "))
+                .collect();
+            if s.generation > gen0 && failing.is_empty() {
+                for e in &s.data.errors {
+                    eprintln!(
+                        "warning: node {}: rejected by the agent: {e}",
+                        node.net.name
+                    );
+                }
                 highest = highest.max(s.generation);
                 break;
             }
             if Instant::now() > deadline {
                 bail!(
-                    "the agent of node {} stayed at generation {gen0} for {}s",
+                    "the agent of node {} is not in force after {}s (generation {} from {gen0}; {failing:?})",
                     node.net.name,
-                    IN_FORCE_TIMEOUT.as_secs()
+                    IN_FORCE_TIMEOUT.as_secs(),
+                    s.generation
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -772,10 +780,15 @@ fn wait_in_force(lab: &KubeLab, before: &[u64]) -> anyhow::Result<u64> {
     Ok(highest)
 }
 
-/// Waits until every pod of the cluster outside kube-system is Ready (there is
-/// nothing to wait for without kubelets). Pods with static addresses outside their
-/// node's pod CIDR get a host route on the router, as a secondary address on a VPC.
-fn wait_pods_ready(lab: &KubeLab, cp: &PersistentControlPlane) -> anyhow::Result<()> {
+/// Waits until the pods this apply names, and the replicas of the workloads it
+/// names (`kubectl rollout status`), are Ready (there is nothing to wait for without
+/// kubelets). Pods with static addresses outside their node's pod CIDR get a host
+/// route on the router, as a secondary address on a VPC.
+fn wait_pods_ready(
+    lab: &KubeLab,
+    cp: &PersistentControlPlane,
+    applied: &[serde_json::Value],
+) -> anyhow::Result<()> {
     if lab.nodes.iter().all(|n| n.kubelet.is_none()) {
         eprintln!(
             "warning: no lab kubelet runs in lab {}: pods stay Pending",
@@ -783,20 +796,52 @@ fn wait_pods_ready(lab: &KubeLab, cp: &PersistentControlPlane) -> anyhow::Result
         );
         return Ok(());
     }
+    let key = |o: &serde_json::Value| {
+        format!(
+            "{}/{}",
+            o["metadata"]["namespace"].as_str().unwrap_or("default"),
+            o["metadata"]["name"].as_str().unwrap_or_default()
+        )
+    };
+    let named: std::collections::BTreeSet<String> = applied
+        .iter()
+        .filter(|o| o["kind"] == "Pod")
+        .map(key)
+        .collect();
+    let timeout = format!("--timeout={}s", IN_FORCE_TIMEOUT.as_secs());
+    for o in applied {
+        let kind = o["kind"].as_str().unwrap_or_default();
+        if matches!(
+            kind,
+            "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet"
+        ) {
+            let ns = o["metadata"]["namespace"].as_str().unwrap_or("default");
+            let what = format!(
+                "{}/{}",
+                kind.to_lowercase(),
+                o["metadata"]["name"].as_str().unwrap_or_default()
+            );
+            cp.kubectl(&["rollout", "status", "-n", ns, &what, &timeout], None)
+                .with_context(|| format!("waiting for {what} in {ns}"))?;
+        }
+    }
     let deadline = Instant::now() + IN_FORCE_TIMEOUT;
     loop {
         let pods = cluster_pods(cp)?;
-        let waiting: Vec<&ClusterPod> = pods.iter().filter(|p| !p.ready).collect();
+        let waiting: Vec<&str> = named
+            .iter()
+            .filter(|k| !pods.iter().any(|p| &p.key == *k && p.ready))
+            .map(String::as_str)
+            .collect();
         if waiting.is_empty() {
             route_static_ips(lab, &pods)?;
             return Ok(());
         }
         if Instant::now() > deadline {
-            let names: Vec<&str> = waiting.iter().map(|p| p.key.as_str()).collect();
             bail!(
                 "pods not Ready after {}s: {}",
                 IN_FORCE_TIMEOUT.as_secs(),
-                names.join(", ")
+                waiting.join(", ")
             );
         }
         std::thread::sleep(Duration::from_millis(100));

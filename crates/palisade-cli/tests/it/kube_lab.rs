@@ -43,7 +43,9 @@ pub struct KubeLabGuard {
 
 impl KubeLabGuard {
     pub fn up(nodes: usize) -> KubeLabGuard {
-        let name = format!("k{}", std::process::id() % 100_000);
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let name = format!("k{}x{n}", std::process::id() % 100_000);
         let guard = KubeLabGuard { name };
         let cni = cni_dir().display().to_string();
         let nodes = nodes.to_string();
@@ -283,4 +285,404 @@ fn kubernetes_lab_runs_the_real_control_plane_in_its_own_netns_and_down_removes_
         assert!(!p.exists(), "{} removed", p.display());
     }
     assert!(!lab.dir().exists(), "state removed");
+}
+
+impl KubeLabGuard {
+    /// `lab apply -f FILE` (returns once in force and every pod is Ready).
+    pub fn apply(&self, file: &Path) {
+        let f = file.display().to_string();
+        run(&mut self.cmd(&["apply", "-f", &f]));
+    }
+
+    /// `lab probe --compare --output json` is not a thing; the table's last line says
+    /// whether every pair agrees, the JSON gives the verdicts.
+    pub fn probe_compare(&self, protocol: &str, port: u16) -> (serde_json::Value, String) {
+        let port = port.to_string();
+        let json = run(&mut self.cmd(&[
+            "probe",
+            "--output",
+            "json",
+            "--protocol",
+            protocol,
+            "--port",
+            &port,
+        ]));
+        let table = run(&mut self.cmd(&[
+            "probe",
+            "--compare",
+            "--protocol",
+            protocol,
+            "--port",
+            &port,
+        ]));
+        (
+            serde_json::from_slice(&json.stdout).expect("probe JSON"),
+            String::from_utf8_lossy(&table.stdout).into_owned(),
+        )
+    }
+
+    /// The log of pod `ns/name`'s servers (arrival lines), from its kubelet's records.
+    pub fn pod_log(&self, key: &str) -> PathBuf {
+        for node in self.state()["nodes"].as_array().unwrap() {
+            let dir = PathBuf::from(node["dir"].as_str().unwrap()).join("kubelet");
+            let Ok(state) = palisade_kubelet::records::StateDir::open(&dir) else {
+                continue;
+            };
+            for rec in state.load_all().unwrap().into_iter().flatten() {
+                if rec.key() == key {
+                    return state.pod_log(&rec);
+                }
+            }
+        }
+        panic!("no kubelet runs pod {key}");
+    }
+}
+
+/// Polls `f` until it returns `Some`, or panics naming `what` after `within`.
+fn eventually<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `namespace/name` -> node of every pod.
+fn pod_nodes(bins: &Binaries, kc: &Path) -> std::collections::BTreeMap<String, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(&kubectl(bins, kc, &["get", "pods", "-A", "-o", "json"])).unwrap();
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                format!(
+                    "{}/{}",
+                    p["metadata"]["namespace"].as_str().unwrap(),
+                    p["metadata"]["name"].as_str().unwrap()
+                ),
+                p["spec"]["nodeName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn aws_walkthrough_through_the_api_server_on_two_nodes_agrees_with_the_simulator_on_every_pair() {
+    let Some(bins) = kube_privileged() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let lab = KubeLabGuard::up(2);
+    let kc = lab.kubeconfig(tmp.path());
+    let dir = crate::support::repo().join("examples/aws-walkthrough");
+    let mut steps: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    steps.sort();
+    lab.apply(&steps[0]);
+    // The scheduler spread the pods: some pairs cross nodes.
+    let nodes = pod_nodes(&bins, &kc);
+    let used: std::collections::BTreeSet<&String> = nodes.values().collect();
+    assert_eq!(used.len(), 2, "pods on both nodes: {nodes:?}");
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, step) in steps.iter().enumerate() {
+        if i > 0 {
+            lab.apply(step);
+        }
+        for (proto, port) in [("TCP", 80), ("UDP", 53)] {
+            let (measured, table) = lab.probe_compare(proto, port);
+            assert!(
+                table.contains("measured and simulated verdicts agree on all 20 pairs"),
+                "{}: {proto}/{port}:\n{table}",
+                step.display()
+            );
+            let verdicts = crate::support::verdicts(&measured);
+            let cross = verdicts
+                .iter()
+                .filter(|(f, t, _)| nodes.get(f) != nodes.get(t))
+                .count();
+            assert!(cross > 0, "cross-node pairs probed");
+            seen.insert(verdicts);
+        }
+    }
+    // The steps changed what was measured (not the same matrix every time), and the
+    // first step (no policy) allowed everything while a later one denied something.
+    assert!(seen.len() >= 4, "{} distinct matrices", seen.len());
+    eprintln!(
+        "walkthrough on 2 nodes: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// A namespace with a denied `target` and an allowed `ok` receiver (UDP 7000, static
+/// addresses), and an egress policy: pods `role=sender` may send to `ok` only; a
+/// `control` pod outside the policy sends to `target`, proving it receives.
+fn receivers_and_egress_policy(ns: &str, target_ip: &str, ok_ip: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata: {{name: {ns}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: target, namespace: {ns}, labels: {{app: target}}}}
+spec:
+  containers: [{{name: c, image: lab, ports: [{{containerPort: 7000, protocol: UDP}}]}}]
+status: {{podIP: {target_ip}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: ok, namespace: {ns}, labels: {{app: ok}}}}
+spec:
+  containers: [{{name: c, image: lab, ports: [{{containerPort: 7000, protocol: UDP}}]}}]
+status: {{podIP: {ok_ip}}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: control
+  namespace: {ns}
+  labels: {{app: control}}
+  annotations: {{lab.palisade.io/send: "udp://{target_ip}:7000?every=20ms"}}
+spec:
+  containers: [{{name: c, image: lab}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: senders-to-ok-only, namespace: {ns}}}
+spec:
+  podSelector: {{matchLabels: {{role: sender}}}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{{podSelector: {{matchLabels: {{app: ok}}}}}}]
+"#
+    )
+}
+
+/// The sender annotation: UDP datagrams every 5 ms to both receivers.
+fn send_to(target_ip: &str, ok_ip: &str) -> String {
+    format!("udp://{target_ip}:7000?every=5ms,udp://{ok_ip}:7000?every=5ms")
+}
+
+/// Distinct sender identities (with a prefix) that reached a receiver, and how many
+/// datagrams they sent.
+fn arrivals_from(log: &Path, prefix: &str) -> (std::collections::BTreeSet<String>, usize) {
+    let a: Vec<_> = palisade_lab::sender::arrivals(log)
+        .into_iter()
+        .filter(|a| a.identity.starts_with(prefix))
+        .collect();
+    (a.iter().map(|a| a.identity.clone()).collect(), a.len())
+}
+
+fn ready_replicas(bins: &Binaries, kc: &Path, ns: &str, app: &str) -> usize {
+    let v: serde_json::Value = serde_json::from_str(&kubectl(
+        bins,
+        kc,
+        &[
+            "get",
+            "pods",
+            "-n",
+            ns,
+            "-l",
+            &format!("app={app}"),
+            "-o",
+            "json",
+        ],
+    ))
+    .unwrap();
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            p["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+        })
+        .count()
+}
+
+#[test]
+fn deployment_scaled_1_to_10_under_an_egress_policy_sends_nothing_to_the_denied_peer() {
+    let Some(bins) = kube_privileged() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let lab = KubeLabGuard::up(2);
+    let kc = lab.kubeconfig(tmp.path());
+    let (target, ok) = ("10.244.0.50", "10.244.0.51");
+    let base = crate::lab::write(
+        tmp.path(),
+        "base.yaml",
+        &receivers_and_egress_policy("scale", target, ok),
+    );
+    lab.apply(&base);
+    // Each replica's sender starts the instant its CNI ADD returns (the kubelet's
+    // `lab.palisade.io/send`), not after any wait of the lab.
+    let deployment = format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: sender, namespace: scale}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: sender}}}}
+  template:
+    metadata:
+      labels: {{app: sender, role: sender}}
+      annotations: {{lab.palisade.io/send: "{}"}}
+    spec:
+      containers: [{{name: c, image: lab}}]
+"#,
+        send_to(target, ok)
+    );
+    let deployment = crate::lab::write(tmp.path(), "deployment.yaml", &deployment);
+    lab.apply(&deployment);
+    kubectl(
+        &bins,
+        &kc,
+        &["scale", "-n", "scale", "deployment/sender", "--replicas=10"],
+    );
+    eventually(Duration::from_secs(180), "10 Ready replicas", || {
+        (ready_replicas(&bins, &kc, "scale", "sender") == 10).then_some(())
+    });
+    let ok_log = lab.pod_log("scale/ok");
+    // Every replica's sender runs and its allowed datagrams arrive...
+    let senders = eventually(
+        Duration::from_secs(60),
+        "arrivals at ok from all 10 replicas",
+        || {
+            let (ids, _) = arrivals_from(&ok_log, "scale/sender-");
+            (ids.len() == 10).then_some(ids)
+        },
+    );
+    // ...and across nodes: the replicas run on both.
+    let nodes = pod_nodes(&bins, &kc);
+    let sender_nodes: std::collections::BTreeSet<&String> =
+        senders.iter().filter_map(|s| nodes.get(s)).collect();
+    assert_eq!(sender_nodes.len(), 2, "replicas on both nodes: {nodes:?}");
+    // The denied peer receives (from the control pod)...
+    let target_log = lab.pod_log("scale/target");
+    eventually(
+        Duration::from_secs(30),
+        "the control pod's datagrams at target",
+        || (arrivals_from(&target_log, "scale/control").1 > 0).then_some(()),
+    );
+    // ...but not one datagram of any replica reached it, from its first.
+    let (ids, n) = arrivals_from(&target_log, "scale/sender-");
+    assert_eq!(n, 0, "datagrams from {ids:?} reached the denied peer");
+    eprintln!(
+        "scale 1 -> 10 under an egress policy: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn api_server_killed_for_60s_denied_stays_denied_and_policies_after_the_restart_are_enforced() {
+    let Some(bins) = kube_privileged() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let lab = KubeLabGuard::up(2);
+    let kc = lab.kubeconfig(tmp.path());
+    let (target, ok) = ("10.244.0.60", "10.244.0.61");
+    let base = crate::lab::write(
+        tmp.path(),
+        "base.yaml",
+        &receivers_and_egress_policy("outage", target, ok),
+    );
+    lab.apply(&base);
+    let victim = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: victim
+  namespace: outage
+  labels: {{app: victim, role: sender}}
+  annotations: {{lab.palisade.io/send: "{}"}}
+spec:
+  containers: [{{name: c, image: lab}}]
+"#,
+        send_to(target, ok)
+    );
+    lab.apply(&crate::lab::write(tmp.path(), "victim.yaml", &victim));
+    let (ok_log, target_log) = (lab.pod_log("outage/ok"), lab.pod_log("outage/target"));
+    eventually(
+        Duration::from_secs(30),
+        "the victim's datagrams at ok",
+        || (arrivals_from(&ok_log, "outage/victim").1 > 0).then_some(()),
+    );
+
+    // SIGKILL the API server by its recorded PID (the record's start time guards
+    // against a recycled PID), and keep it down for 60 s.
+    let cp_dir = PathBuf::from(lab.state()["control_plane_dir"].as_str().unwrap());
+    let mut cp = palisade_kube_lab::persistent::PersistentControlPlane::load(&cp_dir).unwrap();
+    assert!(cp.apiserver.is_alive());
+    // SAFETY: kill(2) of the recorded, alive API server process.
+    assert_eq!(unsafe { libc::kill(cp.apiserver.pid, libc::SIGKILL) }, 0);
+    eventually(Duration::from_secs(10), "the API server to die", || {
+        (!cp.apiserver.is_alive()).then_some(())
+    });
+    let down_since = Instant::now();
+    let before = arrivals_from(&ok_log, "outage/victim").1;
+    while down_since.elapsed() < Duration::from_secs(60) {
+        let (_, denied) = arrivals_from(&target_log, "outage/victim");
+        assert_eq!(
+            denied, 0,
+            "a datagram passed to the denied peer while the API server was away"
+        );
+        assert!(!cp.apiserver.is_alive());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // The datapath kept working for what is allowed all along.
+    assert!(
+        arrivals_from(&ok_log, "outage/victim").1 > before,
+        "allowed traffic flowed during the outage"
+    );
+    cp.restart_apiserver().expect("the API server restarts");
+    assert_eq!(
+        kubectl(&bins, &kc, &["get", "--raw", "/readyz"]).trim(),
+        "ok"
+    );
+
+    // A policy applied after the restart is enforced: ok now admits nothing.
+    let close = r#"apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: ok-admits-nothing, namespace: outage}
+spec:
+  podSelector: {matchLabels: {app: ok}}
+  policyTypes: [Ingress]
+"#;
+    lab.apply(&crate::lab::write(tmp.path(), "close.yaml", close));
+    let (measured, table) = lab.probe_compare("UDP", 7000);
+    assert!(
+        table.contains("measured and simulated verdicts agree on all"),
+        "{table}"
+    );
+    assert_eq!(
+        crate::support::verdict(&measured, "outage/victim", "outage/ok"),
+        "deny"
+    );
+    assert_eq!(
+        crate::support::verdict(&measured, "outage/victim", "outage/target"),
+        "deny"
+    );
+    assert_eq!(arrivals_from(&target_log, "outage/victim").1, 0);
+    eprintln!(
+        "API server outage test: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }
