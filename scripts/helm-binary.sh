@@ -22,7 +22,8 @@ main() {
     echo "helm-binary: $mod/go.mod must require helm.sh/helm/v3" >&2
     exit 1
   fi
-  pins=$(cat "$mod/go.mod" "$mod/go.sum" "$mod/tools.go" | sha256sum | cut -c1-12)
+  # The key covers this script too: its ldflags are part of what is built.
+  pins=$(cat "$mod/go.mod" "$mod/go.sum" "$mod/tools.go" "${BASH_SOURCE[0]}" | sha256sum | cut -c1-12)
   out="$cache_root/$version-$pins"
 
   if [ "${1:-}" = "--where" ]; then
@@ -52,6 +53,14 @@ main() {
   # zip has no git metadata).
   ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$version"
   ldflags+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  # The Kubernetes version `helm template` assumes (.Capabilities.KubeVersion) and lint
+  # checks against, derived from client-go as Helm's Makefile does (v0.N -> 1.N).
+  local client_go k8s_minor
+  client_go=$(go list -m -f '{{.Version}}' k8s.io/client-go)
+  k8s_minor=$(echo "$client_go" | cut -d. -f2)
+  for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+    ldflags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$k8s_minor"
+  done
   mkdir -p "$tmp/bin"
   CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -mod=readonly -p=${PALISADE_GO_JOBS:-2}" \
     nice -n 19 go build -trimpath -ldflags "$ldflags" -o "$tmp/bin/helm" helm.sh/helm/v3/cmd/helm

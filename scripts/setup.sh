@@ -7,7 +7,8 @@
 set -euo pipefail
 
 need_pkgs=(clang-19 llvm-19 libbpf-dev libclang-19-dev bpftool iproute2 iptables
-           containernetworking-plugins iperf3 ethtool linux-libc-dev pkg-config)
+           containernetworking-plugins iperf3 ethtool linux-libc-dev pkg-config
+           umoci skopeo)
 missing=()
 for p in "${need_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -185,6 +185,10 @@ pub enum Command {
     Metrics {
         #[command(flatten)]
         socket: AgentSocket,
+        /// Serve them over HTTP at this address (`GET /metrics`) instead of printing
+        /// them once: every scrape asks the agent (the chart's `metrics` container).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
     },
     /// The lab: a one-node cluster on this machine, pods as network namespaces.
     Lab {

@@ -8,6 +8,7 @@ mod inputs;
 mod inspect;
 mod kube_lab;
 mod lab;
+mod metrics_http;
 mod simulate;
 mod validate;
 
@@ -252,7 +253,17 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             )?;
             Ok(0)
         }
-        Command::Metrics { socket } => {
+        Command::Metrics {
+            socket,
+            listen: Some(addr),
+        } => {
+            metrics_http::serve(addr, &inspect::resolve_socket(socket.socket))?;
+            Ok(0)
+        }
+        Command::Metrics {
+            socket,
+            listen: None,
+        } => {
             let v = inspect::call(
                 &inspect::resolve_socket(socket.socket),
                 &palisade_agent::api::Metrics,

@@ -141,3 +141,78 @@ fn a_verdict_filter_other_than_allow_or_deny_is_refused_before_asking() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// One HTTP/1.1 request to `addr`; the whole reply.
+fn http_get(addr: &str, request_line: &str) -> String {
+    use std::io::Read as _;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "{request_line}\r\nHost: x\r\nUser-Agent: test\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    reply
+}
+
+#[test]
+fn metrics_listen_serves_the_agents_metrics_over_http_asking_it_at_each_scrape() {
+    let dir =
+        std::env::temp_dir().join(format!("palisade-cli-metrics-http-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("agent.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    // A fake agent answering two scrapes with different counters.
+    let agent = thread::spawn(move || {
+        for n in 1..=2 {
+            let (stream, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(&stream).read_line(&mut line).unwrap();
+            assert!(line.contains(r#""op":"metrics""#), "{line}");
+            let body = format!(
+                "# TYPE palisade_reconcile_passes counter\\npalisade_reconcile_passes_total {n}\\n"
+            );
+            let mut s = &stream;
+            writeln!(s, "{{\"ok\":true,\"data\":\"{body}\"}}").unwrap();
+        }
+    });
+    let mut child = palisade()
+        .args(["metrics", "--listen", "127.0.0.1:0", "--socket"])
+        .arg(&socket)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let addr = first
+        .split_whitespace()
+        .nth(6)
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .to_owned();
+
+    for n in 1..=2 {
+        let reply = http_get(&addr, "GET /metrics HTTP/1.1");
+        assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+        assert!(
+            reply.contains("Content-Type: text/plain; version=0.0.4"),
+            "{reply}"
+        );
+        assert!(
+            reply.ends_with(&format!("palisade_reconcile_passes_total {n}\n")),
+            "{reply}"
+        );
+    }
+    agent.join().unwrap();
+    assert!(http_get(&addr, "GET /secrets HTTP/1.1").starts_with("HTTP/1.1 404"));
+    assert!(http_get(&addr, "POST /metrics HTTP/1.1").starts_with("HTTP/1.1 405"));
+    // The agent away: a scrape fails visibly (503 naming the socket), not an empty page.
+    std::fs::remove_file(&socket).unwrap();
+    let reply = http_get(&addr, "GET /metrics HTTP/1.1");
+    assert!(
+        reply.starts_with("HTTP/1.1 503") && reply.contains("agent.sock"),
+        "{reply}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
