@@ -135,6 +135,8 @@ struct ObjectState {
     errors: Vec<ManifestError>,
     /// Warnings of the current version.
     warnings: Vec<String>,
+    /// Policies only: the API version of `good`, and the current version's problems.
+    version: crate::publish::Versions,
 }
 
 #[derive(Debug, Default)]
@@ -236,6 +238,7 @@ impl Source for KubeSource {
                 }
                 snap.errors.extend(o.errors.iter().cloned());
                 snap.warnings.extend(o.warnings.iter().cloned());
+                o.version.add_to(&mut snap);
             }
         }
         for (kind, h) in &s.health {
@@ -298,6 +301,7 @@ fn decode(
 ) -> (String, ObjectState) {
     let v = trimmed(kind, v);
     let key = object_key(&v);
+    let previous_version = previous.as_ref().map(|p| p.version.clone());
     let label = format!("api:{kind:?}/{key}");
     let text = serde_json::to_string_pretty(&v).unwrap_or_default();
     let loaded = manifest::load(&[(label, text)]);
@@ -309,6 +313,7 @@ fn decode(
                 good: Some(loaded.cluster),
                 errors: Vec::new(),
                 warnings,
+                version: crate::publish::Versions::accepted(kind, &v),
             },
         );
     }
@@ -319,6 +324,7 @@ fn decode(
             good: previous.and_then(|p| p.good),
             errors,
             warnings,
+            version: crate::publish::Versions::rejected(kind, &v, previous_version, &loaded.errors),
         },
     )
 }

@@ -20,6 +20,7 @@ pub mod inspect;
 pub mod kube_source;
 pub mod listener;
 pub mod metrics;
+pub mod publish;
 pub mod ratelog;
 pub mod reconcile;
 pub mod registry;

@@ -230,6 +230,8 @@ pub struct Reconciler {
     /// them with the interface; each pass then releases their pins. In memory only: a
     /// restart releases severed pins when it adopts them.
     retired: BTreeMap<u32, String>,
+    /// Publishes the node's `NodePolicyStatus` after every pass (`--publish-status`).
+    publisher: Option<crate::publish::Publisher>,
 }
 
 impl Reconciler {
@@ -251,6 +253,7 @@ impl Reconciler {
             last_stages: Stages::default(),
             registration_ttl: DEFAULT_REGISTRATION_TTL,
             retired: BTreeMap::new(),
+            publisher: None,
         }
     }
 
@@ -260,6 +263,14 @@ impl Reconciler {
     /// scratch and resynchronises the whole datapath instead of applying the object-level
     /// changes as deltas. On error the kernel keeps what it had.
     pub fn reconcile(&mut self, reload: bool, full: bool) -> Result<PassReport, PassError> {
+        let report = self.reconcile_pass(reload, full);
+        if let Some(p) = &self.publisher {
+            p.offer(crate::publish::report(p.node(), self));
+        }
+        report
+    }
+
+    fn reconcile_pass(&mut self, reload: bool, full: bool) -> Result<PassReport, PassError> {
         let start = Instant::now();
         let result = self.pass(reload || self.passes == 0, full);
         match &result {
@@ -431,6 +442,12 @@ impl Reconciler {
             }
         }
         Ok(unreachable)
+    }
+
+    /// Publishes what this node enforces after every pass.
+    pub fn with_publisher(mut self, publisher: Option<crate::publish::Publisher>) -> Self {
+        self.publisher = publisher;
+        self
     }
 
     /// Sets how long a registration whose pod never appears in the desired state is

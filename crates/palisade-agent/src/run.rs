@@ -94,6 +94,9 @@ pub struct AgentConfig {
     /// This node's name: only its pods (by `spec.nodeName`) get tables; the others are
     /// peers only. `None`: every pod.
     pub node_name: Option<String>,
+    /// With the Kubernetes source: publish this node's `NodePolicyStatus` (needs
+    /// `node_name`).
+    pub publish_status: bool,
 }
 
 /// Runs the agent until the process is killed. Enforcement does not depend on this
@@ -109,6 +112,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     enforcer.set_log_mode(config.log_mode, config.sample_allow, config.events)?;
     enforcer.set_revoke_established(config.revoke_established)?;
     let registry = Registry::open(config.state_dir.join("endpoints.json"))?;
+    let mut publisher = None;
     let source: Box<dyn crate::source::Source> = match &config.source {
         SourceConfig::Directory(dir) => Box::new(DirectorySource::new(dir)),
         SourceConfig::Kubernetes {
@@ -117,13 +121,15 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         } => {
             let client = kube_client(kubeconfig.as_deref(), context.as_deref()).await?;
             tracing::info!("following the Kubernetes API server");
+            publisher = crate::publish::for_config(&config, &client)?;
             Box::new(crate::kube_source::KubeSource::start(client))
         }
     };
     let reconciler = Reconciler::new(source, Box::new(enforcer), registry)
         .with_generation_file(config.state_dir.join("generation"))
         .with_registration_ttl(config.registration_ttl)
-        .with_local_node(config.node_name.clone());
+        .with_local_node(config.node_name.clone())
+        .with_publisher(publisher);
 
     raise_fd_limit(config.api.max_connections);
     let (tx, _) = broadcast::channel(4096);

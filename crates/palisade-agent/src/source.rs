@@ -21,6 +21,12 @@ pub struct Snapshot {
     pub errors: Vec<ManifestError>,
     /// Warnings worth an operator's attention.
     pub warnings: Vec<String>,
+    /// The API version (uid, resourceVersion) of each policy in `cluster`, when the
+    /// source knows it (the Kubernetes source): what the node publishes as in force.
+    pub versions: Vec<palisade_crds::PolicyInForce>,
+    /// Each problem of each rejected policy object, with its resourceVersion (the
+    /// Kubernetes source).
+    pub rejected: Vec<palisade_crds::ObjectError>,
 }
 
 /// Why a source gave no snapshot at all. A rejected object is not one of these: it is

@@ -295,6 +295,11 @@ pub struct AgentArgs {
     /// desired state gets tables (the lab, a directory of one node's manifests).
     #[arg(long)]
     pub node_name: Option<String>,
+    /// With `--source kubernetes`: publish what this node enforces in its
+    /// NodePolicyStatus object (palisade.io/v1alpha1, named after `--node-name`), which
+    /// `palisade controller` aggregates. Default: on when `--node-name` is given.
+    #[arg(long, action = clap::ArgAction::Set)]
+    pub publish_status: Option<bool>,
 }
 
 /// Where `palisade agent` reads the desired state from.

@@ -393,6 +393,9 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<i32> {
     }
     let config = palisade_agent::run::AgentConfig {
         source: match a.source {
+            args::SourceKind::Directory if a.publish_status == Some(true) => {
+                anyhow::bail!("--publish-status is for --source kubernetes (it writes a NodePolicyStatus object)")
+            }
             args::SourceKind::Directory => palisade_agent::run::SourceConfig::Directory(
                 a.manifests
                     .context("--source directory needs --manifests DIR")?,
@@ -431,6 +434,8 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<i32> {
         sizes,
         registration_ttl: std::time::Duration::from_secs(a.registration_ttl_secs),
         revoke_established: a.revoke_established,
+        publish_status: matches!(a.source, args::SourceKind::Kubernetes)
+            && a.publish_status.unwrap_or(a.node_name.is_some()),
         node_name: a.node_name,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -41,6 +41,17 @@ pub struct PolicyRef {
     pub name: String,
 }
 
+impl PolicyRef {
+    /// The key of this policy in [`NodePolicyStatusSpec::policies`]:
+    /// `Kind/namespace/name`, or `Kind/name` for cluster-scoped kinds.
+    pub fn key(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{}/{ns}/{}", self.kind, self.name),
+            None => format!("{}/{}", self.kind, self.name),
+        }
+    }
+}
+
 impl std::fmt::Display for PolicyRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.namespace {
@@ -62,6 +73,16 @@ pub struct PolicyInForce {
     pub uid: String,
     /// `metadata.resourceVersion` of the version in force. A newer version that was
     /// rejected leaves the last good one here.
+    pub resource_version: String,
+}
+
+/// The API version of a policy that a node has in force.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyVersion {
+    /// `metadata.uid`.
+    pub uid: String,
+    /// `metadata.resourceVersion`.
     pub resource_version: String,
 }
 
@@ -120,16 +141,19 @@ pub struct NodePolicyStatusSpec {
     pub node_name: String,
     /// The agent's generation in force: the number of its last successful pass.
     pub generation: u64,
-    /// Every policy of that pass, in `PolicyRef` order.
+    /// Every policy of that pass, by [`PolicyRef::key`]. A map rather than a list so
+    /// that a JSON merge patch carries only the entries that changed (`null` removes
+    /// one).
     #[serde(default)]
-    pub policies: Vec<PolicyInForce>,
+    pub policies: std::collections::BTreeMap<String, PolicyVersion>,
     /// Objects rejected (their last good version, if any, is in `policies`).
     #[serde(default)]
     pub errors: Vec<ObjectError>,
     /// Counts.
     #[serde(default)]
     pub counts: NodeCounts,
-    /// When the last successful pass ended (RFC 3339).
+    /// When the pass that last changed what this object says ended (RFC 3339). Passes
+    /// that change nothing are not written (they would cost a write each).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_pass_time: Option<String>,
     /// The last pass's error, when it failed (the kernel keeps what `policies` says).
