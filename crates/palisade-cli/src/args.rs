@@ -140,6 +140,25 @@ pub enum Command {
     },
     /// Run the node agent: keep the kernel in step with the manifests in a directory.
     Agent(AgentArgs),
+    /// Run the controller: aggregate the nodes' reports into "in force" status per
+    /// policy and pod (leader-elected through a Lease; run two replicas for failover).
+    Controller(ControllerArgs),
+    /// Is each policy in force, where, since when, and if not, why (from the API server).
+    #[command(
+        after_help = "Examples:\n  palisade status --kubeconfig ~/.kube/config -n team-a\n  palisade status --kubeconfig ~/.kube/config -n team-a web"
+    )]
+    Status {
+        /// Only this policy: a NetworkPolicy name (in -n), or Kind/name.
+        policy: Option<String>,
+        /// NetworkPolicies of this namespace only (default: every namespace).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        #[command(flatten)]
+        cluster: ClusterAccess,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove every program, map and link Palisade pinned (enforcement stops).
     Uninstall {
         /// bpffs root of the pins.
@@ -517,4 +536,35 @@ pub enum BenchCommand {
         #[arg(long)]
         cni_bin: Option<PathBuf>,
     },
+}
+
+/// How to reach the API server.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClusterAccess {
+    /// Kubeconfig file (default: in-cluster service account, KUBECONFIG or
+    /// ~/.kube/config).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Context in the kubeconfig.
+    #[arg(long)]
+    pub context: Option<String>,
+}
+
+/// `palisade controller`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControllerArgs {
+    #[command(flatten)]
+    pub cluster: ClusterAccess,
+    /// Namespace of the leader-election Lease (a Deployment passes its own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "palisade-system")]
+    pub namespace: String,
+    /// This replica's identity in the Lease (a Deployment passes the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Seconds a Lease not renewed stays held.
+    #[arg(long, default_value_t = palisade_controller::lease::DEFAULT_DURATION.as_secs())]
+    pub lease_duration_secs: u64,
+    /// Seconds between renewals (and between looks by the other replicas).
+    #[arg(long, default_value_t = palisade_controller::lease::DEFAULT_RENEW.as_secs())]
+    pub renew_secs: u64,
 }

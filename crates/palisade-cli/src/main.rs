@@ -187,6 +187,33 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(validate::report(&loaded, strict))
         }
         Command::Agent(a) => run_agent(a),
+        Command::Controller(a) => run_controller(a),
+        Command::Status {
+            policy,
+            namespace,
+            cluster,
+            json,
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let report = rt.block_on(async {
+                let client = palisade_agent::run::kube_client(
+                    cluster.kubeconfig.as_deref(),
+                    cluster.context.as_deref(),
+                )
+                .await?;
+                palisade_controller::report::fetch(&client, namespace.as_deref(), policy.as_deref())
+                    .await
+                    .context("reading the in-force status from the API server")
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", palisade_controller::report::render(&report));
+            }
+            Ok(0)
+        }
         Command::Uninstall { pin_root } => {
             if !pin_root.exists() {
                 println!("nothing pinned at {}", pin_root.display());
@@ -381,6 +408,37 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             }
         },
     }
+}
+
+fn run_controller(a: args::ControllerArgs) -> anyhow::Result<i32> {
+    let identity = match a.identity {
+        Some(i) => i,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| format!("{}-{}", h.trim(), std::process::id()))
+            .context("no --identity (POD_NAME) and no hostname to make one")?,
+    };
+    let config = palisade_controller::run::ControllerConfig {
+        lease: palisade_controller::lease::LeaseConfig {
+            namespace: a.namespace,
+            name: palisade_controller::lease::LEASE_NAME.to_string(),
+            identity,
+            duration: std::time::Duration::from_secs(a.lease_duration_secs),
+            renew_every: std::time::Duration::from_secs(a.renew_secs),
+        },
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let client = palisade_agent::run::kube_client(
+            a.cluster.kubeconfig.as_deref(),
+            a.cluster.context.as_deref(),
+        )
+        .await?;
+        palisade_controller::run::run(client, config).await
+    })?;
+    Ok(0)
 }
 
 fn run_agent(a: AgentArgs) -> anyhow::Result<i32> {
