@@ -313,7 +313,7 @@ fn decode(
                 good: Some(loaded.cluster),
                 errors: Vec::new(),
                 warnings,
-                version: crate::publish::Versions::accepted(kind, &v),
+                version: crate::publish::Versions::accepted(kind, &v, previous_version.as_ref()),
             },
         );
     }

@@ -55,22 +55,39 @@ fn policy_ref(kind: WatchedKind, v: &Value) -> Option<PolicyRef> {
     policy.then(|| PolicyRef {
         kind: format!("{kind:?}"),
         namespace: v["metadata"]["namespace"].as_str().map(str::to_string),
-        name: v["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+        name: v["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
     })
 }
 
 fn meta(v: &Value, field: &str) -> String {
-    v["metadata"][field].as_str().unwrap_or_default().to_string()
+    v["metadata"][field]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 impl Versions {
-    /// `v` (an object of `kind` as the API returned it) decoded cleanly.
-    pub(crate) fn accepted(kind: WatchedKind, v: &Value) -> Self {
+    /// `v` (an object of `kind` as the API returned it) decoded cleanly. A status
+    /// write changes an object's resourceVersion but not its generation: the version
+    /// keeps the resourceVersion its generation was first seen at, so a status write
+    /// is not a new version (nor a new report to publish).
+    pub(crate) fn accepted(kind: WatchedKind, v: &Value, previous: Option<&Versions>) -> Self {
+        let uid = meta(v, "uid");
+        let generation = v["metadata"]["generation"].as_i64().unwrap_or(0);
+        let resource_version = previous
+            .and_then(|p| p.in_force.as_ref())
+            .filter(|p| generation > 0 && p.uid == uid && p.generation == generation)
+            .map(|p| p.resource_version.clone())
+            .unwrap_or_else(|| meta(v, "resourceVersion"));
         Versions {
             in_force: policy_ref(kind, v).map(|policy| PolicyInForce {
                 policy,
-                uid: meta(v, "uid"),
-                resource_version: meta(v, "resourceVersion"),
+                uid,
+                resource_version,
+                generation,
             }),
             errors: Vec::new(),
         }
@@ -86,7 +103,13 @@ impl Versions {
         let Some(object) = policy_ref(kind, v) else {
             return Versions::default();
         };
-        let resource_version = meta(v, "resourceVersion");
+        let generation = v["metadata"]["generation"].as_i64().unwrap_or(0);
+        let resource_version = previous
+            .as_ref()
+            .and_then(|p| p.errors.first())
+            .filter(|e| generation > 0 && e.generation == generation)
+            .map(|e| e.resource_version.clone())
+            .unwrap_or_else(|| meta(v, "resourceVersion"));
         Versions {
             in_force: previous.and_then(|p| p.in_force),
             errors: errors
@@ -94,6 +117,7 @@ impl Versions {
                 .map(|e| ObjectError {
                     object: object.clone(),
                     resource_version: resource_version.clone(),
+                    generation,
                     file: e.file().to_string(),
                     field: e.field().unwrap_or_default().to_string(),
                     message: e.message().to_string(),
@@ -122,6 +146,7 @@ pub fn report(node: &str, reconciler: &Reconciler) -> NodePolicyStatusSpec {
                 palisade_crds::PolicyVersion {
                     uid: v.uid.clone(),
                     resource_version: v.resource_version.clone(),
+                    generation: v.generation,
                 },
             )
         })
@@ -138,7 +163,9 @@ pub fn report(node: &str, reconciler: &Reconciler) -> NodePolicyStatusSpec {
         },
         policies,
         errors,
-        last_pass_time: Some(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()),
+        last_pass_time: Some(
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        ),
         last_error: reconciler.last_error().map(str::to_string),
     }
 }
@@ -291,8 +318,12 @@ async fn write(
                 "metadata": { "name": node },
                 "spec": spec,
             });
-            api.patch(node, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object))
-                .await?;
+            api.patch(
+                node,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(object),
+            )
+            .await?;
         }
     }
     Ok(())
@@ -350,13 +381,29 @@ mod tests {
             last_pass_time: Some("2026-01-01T00:00:09Z".into()),
             ..a.clone()
         };
-        assert!(same(&a, &NodePolicyStatusSpec { generation: 4, ..b.clone() }));
+        assert!(same(
+            &a,
+            &NodePolicyStatusSpec {
+                generation: 4,
+                ..b.clone()
+            }
+        ));
         let mut c = b.clone();
         c.policies.insert(
             "NetworkPolicy/a/web".into(),
-            palisade_crds::PolicyVersion { uid: "u".into(), resource_version: "1".into() },
+            palisade_crds::PolicyVersion {
+                uid: "u".into(),
+                resource_version: "1".into(),
+                generation: 1,
+            },
         );
         assert!(!same(&a, &c));
-        assert!(!same(&a, &NodePolicyStatusSpec { last_error: Some("x".into()), ..b }));
+        assert!(!same(
+            &a,
+            &NodePolicyStatusSpec {
+                last_error: Some("x".into()),
+                ..b
+            }
+        ));
     }
 }

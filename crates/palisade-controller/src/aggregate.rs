@@ -28,8 +28,23 @@ pub struct Current {
     pub policy: PolicyRef,
     /// `metadata.uid`.
     pub uid: String,
-    /// `metadata.resourceVersion`.
+    /// `metadata.resourceVersion` at which this generation was first seen.
     pub resource_version: String,
+    /// `metadata.generation` (0: none).
+    pub generation: i64,
+}
+
+impl Current {
+    /// Whether a node's version (or error) is about this version: the same generation
+    /// when the API sets one (status writes change the resourceVersion, not the
+    /// generation), else the same resourceVersion.
+    pub fn is(&self, resource_version: &str, generation: i64) -> bool {
+        if self.generation > 0 && generation > 0 {
+            generation == self.generation
+        } else {
+            resource_version == self.resource_version
+        }
+    }
 }
 
 /// The key of a policy in [`Cluster`]'s maps (`network_policies`: `namespace/name`,
@@ -66,7 +81,7 @@ pub fn selected_nodes(cluster: &Cluster) -> BTreeMap<String, BTreeSet<String>> {
 /// Whether `node`'s report has `current` in force (rule 3).
 pub fn in_force_on(node: Option<&NodePolicyStatusSpec>, current: &Current) -> bool {
     node.and_then(|n| n.policies.get(&current.policy.key()))
-        .is_some_and(|v| v.uid == current.uid && v.resource_version == current.resource_version)
+        .is_some_and(|v| v.uid == current.uid && current.is(&v.resource_version, v.generation))
 }
 
 /// The aggregate of one policy. `since` is left empty: the caller keeps it across passes.
@@ -92,7 +107,7 @@ pub fn policy(
         let messages: Vec<String> = report
             .errors
             .iter()
-            .filter(|e| e.object.key() == key && e.resource_version == current.resource_version)
+            .filter(|e| e.object.key() == key && current.is(&e.resource_version, e.generation))
             .map(|e| match e.field.as_str() {
                 "" => e.message.clone(),
                 f => format!("{f}: {}", e.message),
@@ -132,6 +147,7 @@ pub fn policy(
     PolicyAggregate {
         uid: current.uid.clone(),
         resource_version: current.resource_version.clone(),
+        generation: current.generation,
         nodes_selected: selected.len() as u32,
         nodes_in_force: in_force.len() as u32,
         in_force: format!("{}/{}", in_force.len(), selected.len()),

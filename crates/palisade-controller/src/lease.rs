@@ -47,7 +47,11 @@ pub type Leadership = watch::Receiver<bool>;
 /// Starts the election on the current tokio runtime.
 pub fn start(client: Client, config: LeaseConfig) -> Leadership {
     let (tx, rx) = watch::channel(false);
-    tokio::spawn(elect(Api::namespaced(client, &config.namespace), config, tx));
+    tokio::spawn(elect(
+        Api::namespaced(client, &config.namespace),
+        config,
+        tx,
+    ));
     rx
 }
 
@@ -129,7 +133,9 @@ async fn try_lead(
         .map(|s| Duration::from_secs(s.max(0) as u64))
         .unwrap_or(config.duration);
     let expired = spec.holder_identity.as_deref().is_none_or(str::is_empty)
-        || observed.as_ref().is_some_and(|(_, seen)| seen.elapsed() >= held_for);
+        || observed
+            .as_ref()
+            .is_some_and(|(_, seen)| seen.elapsed() >= held_for);
     if !mine && !expired {
         return Ok(false);
     }
@@ -148,7 +154,10 @@ async fn try_lead(
     });
     // The resourceVersion read above is in `lease.metadata`: a replace by someone else
     // meanwhile makes this one fail with 409.
-    match api.replace(&config.name, &PostParams::default(), &lease).await {
+    match api
+        .replace(&config.name, &PostParams::default(), &lease)
+        .await
+    {
         Ok(_) => Ok(true),
         Err(e) if conflict(&e) => Ok(false),
         Err(e) => Err(e),

@@ -111,7 +111,11 @@ pub async fn fetch(
     for (version, kind, plural) in [
         ("v1alpha2", "ClusterNetworkPolicy", "clusternetworkpolicies"),
         ("v1alpha1", "AdminNetworkPolicy", "adminnetworkpolicies"),
-        ("v1alpha1", "BaselineAdminNetworkPolicy", "baselineadminnetworkpolicies"),
+        (
+            "v1alpha1",
+            "BaselineAdminNetworkPolicy",
+            "baselineadminnetworkpolicies",
+        ),
     ] {
         let gvk = GroupVersionKind::gvk("policy.networking.k8s.io", version, kind);
         let ar = ApiResource::from_gvk_with_plural(&gvk, plural);
@@ -139,7 +143,10 @@ pub async fn fetch(
                         in_force: in_force_of(&message),
                         reason: c["reason"].as_str().unwrap_or_default().to_string(),
                         resource_version: resource_version_of(&message).unwrap_or(rv),
-                        since: c["lastTransitionTime"].as_str().unwrap_or_default().to_string(),
+                        since: c["lastTransitionTime"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
                         message,
                     }
                 }
@@ -166,7 +173,10 @@ pub async fn fetch(
     }
     if let Some(p) = policy {
         if report.policies.is_empty() {
-            anyhow::bail!("no policy named {p:?} (NetworkPolicy in {}, or an admin policy)", namespace.unwrap_or("any namespace"));
+            anyhow::bail!(
+                "no policy named {p:?} (NetworkPolicy in {}, or an admin policy)",
+                namespace.unwrap_or("any namespace")
+            );
         }
     }
     Ok(report)
@@ -185,7 +195,10 @@ fn unknown(policy: String, rv: String) -> PolicyLine {
 
 /// `K/M` from "in force on K of M nodes ...".
 fn in_force_of(message: &str) -> String {
-    let mut words = message.strip_prefix("in force on ").unwrap_or("").split(' ');
+    let mut words = message
+        .strip_prefix("in force on ")
+        .unwrap_or("")
+        .split(' ');
     match (words.next(), words.next(), words.next()) {
         (Some(k), Some("of"), Some(m)) => format!("{k}/{m}"),
         _ => "-".into(),
@@ -210,12 +223,22 @@ pub fn render(r: &Report) -> String {
                 p.in_force.clone(),
                 p.reason.clone(),
                 p.resource_version.clone(),
-                if p.since.is_empty() { "-".into() } else { p.since.clone() },
+                if p.since.is_empty() {
+                    "-".into()
+                } else {
+                    p.since.clone()
+                },
             ]
         })
         .collect();
     let header = ["POLICY", "IN-FORCE", "REASON", "RESOURCE-VERSION", "SINCE"];
-    let width = |i: usize| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0);
+    let width = |i: usize| {
+        rows.iter()
+            .map(|r| r[i].len())
+            .chain([header[i].len()])
+            .max()
+            .unwrap_or(0)
+    };
     let widths: Vec<usize> = (0..5).map(width).collect();
     let line = |cells: [&str; 6], out: &mut String| {
         for (i, w) in widths.iter().enumerate() {
@@ -228,11 +251,18 @@ pub fn render(r: &Report) -> String {
         &mut out,
     );
     for (row, p) in rows.iter().zip(&r.policies) {
-        let why = if p.reason == "InForce" { "" } else { p.message.as_str() };
+        let why = if p.reason == "InForce" {
+            ""
+        } else {
+            p.message.as_str()
+        };
         line([&row[0], &row[1], &row[2], &row[3], &row[4], why], &mut out);
     }
     if !r.nodes.is_empty() {
-        let _ = writeln!(out, "\nNODE  GENERATION  POLICIES  ERRORS  LAST-CHANGE  LAST-ERROR");
+        let _ = writeln!(
+            out,
+            "\nNODE  GENERATION  POLICIES  ERRORS  LAST-CHANGE  LAST-ERROR"
+        );
         for n in &r.nodes {
             let _ = writeln!(
                 out,
@@ -241,7 +271,11 @@ pub fn render(r: &Report) -> String {
                 n.generation,
                 n.policies,
                 n.errors,
-                if n.last_pass.is_empty() { "-" } else { &n.last_pass },
+                if n.last_pass.is_empty() {
+                    "-"
+                } else {
+                    &n.last_pass
+                },
                 n.last_error
             );
         }

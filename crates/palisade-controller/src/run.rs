@@ -82,19 +82,24 @@ pub fn current_versions(snap: &Snapshot) -> BTreeMap<String, Current> {
                 policy: v.policy.clone(),
                 uid: v.uid.clone(),
                 resource_version: v.resource_version.clone(),
+                generation: v.generation,
             },
         );
     }
     // A rejected version is newer than the good one kept in force.
     for e in &snap.rejected {
         let key = e.object.key();
-        let uid = out.get(&key).map(|c: &Current| c.uid.clone()).unwrap_or_default();
+        let uid = out
+            .get(&key)
+            .map(|c: &Current| c.uid.clone())
+            .unwrap_or_default();
         out.insert(
             key,
             Current {
                 policy: e.object.clone(),
                 uid,
                 resource_version: e.resource_version.clone(),
+                generation: e.generation,
             },
         );
     }
@@ -174,7 +179,9 @@ async fn pass(
             Some((reason, since)) if *reason == agg.reason => since.clone(),
             _ => now(),
         };
-        memory.since.insert(key.clone(), (agg.reason.clone(), since.clone()));
+        memory
+            .since
+            .insert(key.clone(), (agg.reason.clone(), since.clone()));
         agg.since = since;
         let body = serde_json::to_value(&agg).unwrap_or_default();
         if memory.written.get(key) != Some(&body) {
@@ -192,7 +199,9 @@ async fn pass(
         {
             match writer.rejected_event(cur, &agg).await {
                 Ok(()) => {
-                    memory.evented.insert(key.clone(), cur.resource_version.clone());
+                    memory
+                        .evented
+                        .insert(key.clone(), cur.resource_version.clone());
                 }
                 Err(e) => {
                     tracing::warn!(policy = %cur.policy, error = %format!("{e:#}"), "could not publish an Event")

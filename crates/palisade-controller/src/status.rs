@@ -17,7 +17,9 @@ use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::Client;
-use palisade_crds::{NetworkPolicyStatus, PolicyAggregate, PolicyRef, IN_FORCE_CONDITION, READINESS_GATE};
+use palisade_crds::{
+    NetworkPolicyStatus, PolicyAggregate, PolicyRef, IN_FORCE_CONDITION, READINESS_GATE,
+};
 use serde_json::json;
 
 use crate::aggregate::{Current, PodReadiness};
@@ -74,7 +76,11 @@ impl Writer {
 
     /// Writes a policy's aggregate where its kind keeps status.
     pub async fn policy(&self, p: &Current, agg: &PolicyAggregate) -> anyhow::Result<()> {
-        let PolicyRef { kind, namespace, name } = &p.policy;
+        let PolicyRef {
+            kind,
+            namespace,
+            name,
+        } = &p.policy;
         if kind == "NetworkPolicy" {
             let ns = namespace.as_deref().unwrap_or("default");
             let api = Api::<NetworkPolicyStatus>::namespaced(self.client.clone(), ns);
@@ -93,15 +99,23 @@ impl Writer {
                 },
                 "spec": agg,
             });
-            api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object))
-                .await?;
+            api.patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(object),
+            )
+            .await?;
             return Ok(());
         }
         let Some((ar, forced)) = cluster_resource(kind) else {
             anyhow::bail!("{kind} {name}: not a policy kind the controller knows");
         };
         let api = Api::<DynamicObject>::all_with(self.client.clone(), &ar);
-        let status = if agg.reason == "InForce" { "True" } else { "False" };
+        let status = if agg.reason == "InForce" {
+            "True"
+        } else {
+            "False"
+        };
         let object = json!({
             "apiVersion": ar.api_version,
             "kind": kind,
@@ -116,7 +130,8 @@ impl Writer {
         });
         let mut params = PatchParams::apply(FIELD_MANAGER);
         params.force = forced;
-        api.patch_status(name, &params, &Patch::Apply(object)).await?;
+        api.patch_status(name, &params, &Patch::Apply(object))
+            .await?;
         Ok(())
     }
 
@@ -158,7 +173,8 @@ impl Writer {
             field_manager: Some(FIELD_MANAGER.to_string()),
             ..Default::default()
         };
-        api.patch_status(name, &params, &Patch::Strategic(patch)).await?;
+        api.patch_status(name, &params, &Patch::Strategic(patch))
+            .await?;
         Ok(())
     }
 }

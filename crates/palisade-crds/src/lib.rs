@@ -71,9 +71,14 @@ pub struct PolicyInForce {
     /// `metadata.uid` of the version in force (a policy deleted and recreated under the
     /// same name is another policy).
     pub uid: String,
-    /// `metadata.resourceVersion` of the version in force. A newer version that was
-    /// rejected leaves the last good one here.
+    /// `metadata.resourceVersion` at which the version in force (this generation) was
+    /// first seen. A newer version that was rejected leaves the last good one here.
     pub resource_version: String,
+    /// `metadata.generation` of the version in force (0 when the API sets none). Status
+    /// writes change the resourceVersion of the admin policies but not their
+    /// generation, so this is what "the same version" is decided by.
+    #[serde(default)]
+    pub generation: i64,
 }
 
 /// The API version of a policy that a node has in force.
@@ -82,8 +87,11 @@ pub struct PolicyInForce {
 pub struct PolicyVersion {
     /// `metadata.uid`.
     pub uid: String,
-    /// `metadata.resourceVersion`.
+    /// `metadata.resourceVersion` at which this generation was first seen.
     pub resource_version: String,
+    /// `metadata.generation` (see [`PolicyInForce::generation`]).
+    #[serde(default)]
+    pub generation: i64,
 }
 
 /// One problem with one object, as the node's decoder reported it.
@@ -93,9 +101,12 @@ pub struct ObjectError {
     /// The object (for a policy, the same fields as [`PolicyRef`]).
     #[serde(flatten)]
     pub object: PolicyRef,
-    /// `metadata.resourceVersion` of the version rejected.
+    /// `metadata.resourceVersion` at which the version rejected was first seen.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub resource_version: String,
+    /// `metadata.generation` of the version rejected.
+    #[serde(default)]
+    pub generation: i64,
     /// Where the decoder read it (`api:NetworkPolicy/ns/name` for the API source).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub file: String,
@@ -178,8 +189,12 @@ pub struct NodeError {
 pub struct PolicyAggregate {
     /// `metadata.uid` of the policy now.
     pub uid: String,
-    /// `metadata.resourceVersion` of the policy now: what "in force" is measured against.
+    /// `metadata.resourceVersion` at which the policy's current generation was first
+    /// seen: what "in force" is measured against.
     pub resource_version: String,
+    /// `metadata.generation` of the policy now.
+    #[serde(default)]
+    pub generation: i64,
     /// Nodes that have pods the policy selects (M).
     pub nodes_selected: u32,
     /// Of those, nodes that enforce this resourceVersion (K).

@@ -35,9 +35,14 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
 
 fn np(name: &str, rv: &str) -> Current {
     Current {
-        policy: PolicyRef { kind: "NetworkPolicy".into(), namespace: Some("a".into()), name: name.into() },
+        policy: PolicyRef {
+            kind: "NetworkPolicy".into(),
+            namespace: Some("a".into()),
+            name: name.into(),
+        },
         uid: format!("uid-{name}"),
         resource_version: rv.into(),
+        generation: 0,
     }
 }
 
@@ -45,10 +50,24 @@ fn report(node: &str, in_force: &[&Current]) -> (String, NodePolicyStatusSpec) {
     let policies = in_force
         .iter()
         .map(|c| {
-            (c.policy.key(), PolicyVersion { uid: c.uid.clone(), resource_version: c.resource_version.clone() })
+            (
+                c.policy.key(),
+                PolicyVersion {
+                    uid: c.uid.clone(),
+                    resource_version: c.resource_version.clone(),
+                    generation: c.generation,
+                },
+            )
         })
         .collect();
-    (node.to_string(), NodePolicyStatusSpec { node_name: node.into(), policies, ..Default::default() })
+    (
+        node.to_string(),
+        NodePolicyStatusSpec {
+            node_name: node.into(),
+            policies,
+            ..Default::default()
+        },
+    )
 }
 
 #[test]
@@ -62,21 +81,44 @@ fn a_policy_counts_only_nodes_with_selected_pods_and_the_current_version() {
         BTreeSet::from(["n1".to_string(), "n2".to_string()]),
         "n3 has no web pod"
     );
-    let nodes = BTreeMap::from([report("n1", &[&web]), report("n2", &[&old_web]), report("n3", &[&web])]);
+    let nodes = BTreeMap::from([
+        report("n1", &[&web]),
+        report("n2", &[&old_web]),
+        report("n3", &[&web]),
+    ]);
     let agg = policy(&web, selected.get("NetworkPolicy/a/web"), &nodes);
     assert_eq!((agg.nodes_in_force, agg.nodes_selected), (1, 2));
     assert_eq!(agg.in_force, "1/2");
-    assert_eq!(agg.pending_nodes, vec!["n2".to_string()], "an older version in force is pending");
+    assert_eq!(
+        agg.pending_nodes,
+        vec!["n2".to_string()],
+        "an older version in force is pending"
+    );
     assert_eq!(agg.reason, "Pending");
-    assert!(agg.message.starts_with("in force on 1 of 2 nodes that have selected pods, as of resourceVersion 20"), "{}", agg.message);
+    assert!(
+        agg.message.starts_with(
+            "in force on 1 of 2 nodes that have selected pods, as of resourceVersion 20"
+        ),
+        "{}",
+        agg.message
+    );
 
     let nodes = BTreeMap::from([report("n1", &[&web]), report("n2", &[&web])]);
     let agg = policy(&web, selected.get("NetworkPolicy/a/web"), &nodes);
-    assert_eq!((agg.nodes_in_force, agg.nodes_selected, agg.reason.as_str()), (2, 2, "InForce"));
+    assert_eq!(
+        (agg.nodes_in_force, agg.nodes_selected, agg.reason.as_str()),
+        (2, 2, "InForce")
+    );
 
-    let recreated = Current { uid: "another".into(), ..web.clone() };
+    let recreated = Current {
+        uid: "another".into(),
+        ..web.clone()
+    };
     let agg = policy(&recreated, selected.get("NetworkPolicy/a/web"), &nodes);
-    assert_eq!(agg.nodes_in_force, 0, "a policy recreated under the same name is another policy");
+    assert_eq!(
+        agg.nodes_in_force, 0,
+        "a policy recreated under the same name is another policy"
+    );
 }
 
 #[test]
@@ -89,6 +131,7 @@ fn a_version_rejected_by_a_node_is_invalid_and_an_event_is_due_when_no_node_has_
     r1.errors.push(ObjectError {
         object: web.policy.clone(),
         resource_version: "21".into(),
+        generation: 0,
         file: "api:NetworkPolicy/a/web".into(),
         field: "spec.ingress[0].from[0].ipBlock.cidr".into(),
         message: "invalid CIDR".into(),
@@ -98,14 +141,26 @@ fn a_version_rejected_by_a_node_is_invalid_and_an_event_is_due_when_no_node_has_
     assert_eq!(agg.reason, "Invalid");
     assert_eq!(agg.errors.len(), 1);
     assert_eq!(agg.errors[0].node, "n1");
-    assert!(agg.errors[0].message.contains("spec.ingress[0].from[0].ipBlock.cidr: invalid CIDR"));
+    assert!(agg.errors[0]
+        .message
+        .contains("spec.ingress[0].from[0].ipBlock.cidr: invalid CIDR"));
     assert!(rejected_everywhere(&web, &agg, &nodes));
     let (n, r) = report("n3", &[&web]);
     let mut nodes = nodes;
     nodes.insert(n, r);
-    assert!(!rejected_everywhere(&web, &agg, &nodes), "in force somewhere: no Event");
-    let stale_error = policy(&np("web", "22"), selected.get("NetworkPolicy/a/web"), &nodes);
-    assert!(stale_error.errors.is_empty(), "an error about an older version does not count");
+    assert!(
+        !rejected_everywhere(&web, &agg, &nodes),
+        "in force somewhere: no Event"
+    );
+    let stale_error = policy(
+        &np("web", "22"),
+        selected.get("NetworkPolicy/a/web"),
+        &nodes,
+    );
+    assert!(
+        stale_error.errors.is_empty(),
+        "an error about an older version does not count"
+    );
 }
 
 #[test]
@@ -113,7 +168,10 @@ fn a_pod_is_ready_once_every_policy_selecting_it_is_in_force_on_its_node() {
     let c = cluster();
     let web = np("web", "5");
     let all = np("all", "6");
-    let current = BTreeMap::from([(web.policy.key(), web.clone()), (all.policy.key(), all.clone())]);
+    let current = BTreeMap::from([
+        (web.policy.key(), web.clone()),
+        (all.policy.key(), all.clone()),
+    ]);
     let nodes = BTreeMap::from([report("n1", &[&web])]);
     let r = pod(&c, "a/web-1", &current, &nodes).unwrap();
     assert!(!r.ready);
@@ -121,6 +179,39 @@ fn a_pod_is_ready_once_every_policy_selecting_it_is_in_force_on_its_node() {
     let nodes = BTreeMap::from([report("n1", &[&web, &all])]);
     assert!(pod(&c, "a/web-1", &current, &nodes).unwrap().ready);
     let r = pod(&c, "a/web-2", &current, &nodes).unwrap();
-    assert!(!r.ready && r.message.contains("has not published"), "its node n2 has no report");
+    assert!(
+        !r.ready && r.message.contains("has not published"),
+        "its node n2 has no report"
+    );
     assert_eq!(pod(&c, "a/nope", &current, &nodes), None);
+}
+
+#[test]
+fn a_status_write_is_not_a_new_version_when_the_api_sets_a_generation() {
+    let c = cluster();
+    let selected = selected_nodes(&c);
+    let seen_by_node = Current {
+        generation: 3,
+        ..np("web", "40")
+    };
+    // The controller first saw generation 3 at another resourceVersion (a status write
+    // happened in between): still the same version.
+    let now = Current {
+        generation: 3,
+        ..np("web", "44")
+    };
+    let nodes = BTreeMap::from([
+        report("n1", &[&seen_by_node]),
+        report("n2", &[&seen_by_node]),
+    ]);
+    let agg = policy(&now, selected.get("NetworkPolicy/a/web"), &nodes);
+    assert_eq!(agg.reason, "InForce", "{agg:?}");
+    let newer = Current {
+        generation: 4,
+        ..np("web", "44")
+    };
+    assert_eq!(
+        policy(&newer, selected.get("NetworkPolicy/a/web"), &nodes).reason,
+        "Pending"
+    );
 }
