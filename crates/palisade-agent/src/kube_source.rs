@@ -317,6 +317,7 @@ fn decode(
             },
         );
     }
+    let version = crate::publish::Versions::rejected(kind, &v, previous_version, &loaded.errors);
     let errors = loaded.errors;
     (
         key,
@@ -324,7 +325,7 @@ fn decode(
             good: previous.and_then(|p| p.good),
             errors,
             warnings,
-            version: crate::publish::Versions::rejected(kind, &v, previous_version, &loaded.errors),
+            version,
         },
     )
 }
