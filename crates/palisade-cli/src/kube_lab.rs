@@ -4,7 +4,7 @@
 //! plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) in
 //! `<lab>-api`, and in each node namespace `<lab>-nI` the Palisade agent
 //! (`--source kubernetes --node-name nI`, as a DaemonSet pod would run, with its own
-//! ServiceAccount token and least-privilege ClusterRole), upstream kube-proxy (client
+//! token for the chart's ServiceAccount and RBAC), upstream kube-proxy (client
 //! certificate `system:kube-proxy`) and, when built, the lab kubelet (client
 //! certificate `system:node:nI`). Every process is detached and recorded by PID in
 //! `<state>/kube-lab.json`, so the cluster outlives `lab up` and `lab down` stops
@@ -31,23 +31,37 @@ use crate::lab::{pin_root_of, state_dir};
 const STATE_FILE: &str = "kube-lab.json";
 /// How long `lab up` waits for each agent's first pass over the cluster's objects.
 const AGENT_START_TIMEOUT: Duration = Duration::from_secs(90);
-/// The agent's ServiceAccount, as its DaemonSet would run it.
-const AGENT_SA: (&str, &str) = ("kube-system", "palisade-agent");
+/// The agent's ServiceAccount, as the chart's DaemonSet runs it.
+const AGENT_SA: (&str, &str) = ("palisade-system", "palisade-agent");
 /// How long `palisade-cni` waits for the agent to confirm a pod's policy.
 const CNI_TIMEOUT_MS: u64 = 10_000;
 
-/// What the agent may do, and nothing more: read the kinds its Kubernetes source
-/// watches (crates/palisade-agent/src/kube_source.rs), and get a Pod the watch has
-/// not delivered yet when CNI ADD names it.
-const AGENT_RBAC: &str = r#"{"apiVersion":"v1","kind":"List","items":[
- {"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRole","metadata":{"name":"palisade-agent"},
-  "rules":[{"apiGroups":[""],"resources":["namespaces","pods","nodes","services"],"verbs":["get","list","watch"]},
-           {"apiGroups":["discovery.k8s.io"],"resources":["endpointslices"],"verbs":["get","list","watch"]},
-           {"apiGroups":["networking.k8s.io"],"resources":["networkpolicies"],"verbs":["get","list","watch"]},
-           {"apiGroups":["policy.networking.k8s.io"],"resources":["clusternetworkpolicies","adminnetworkpolicies","baselineadminnetworkpolicies"],"verbs":["get","list","watch"]}]},
- {"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRoleBinding","metadata":{"name":"palisade-agent"},
-  "roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"palisade-agent"},
-  "subjects":[{"kind":"ServiceAccount","name":"palisade-agent","namespace":"kube-system"}]}]}"#;
+/// The chart rendered (`deploy/manifests/palisade.yaml`, equal to `helm template` of
+/// `deploy/helm/palisade`: a palisade-deploy test checks it), so the lab's agents run
+/// with exactly the identity and RBAC the chart installs.
+const CHART: &str = include_str!("../../../deploy/manifests/palisade.yaml");
+
+/// The chart's objects the lab applies: its CRDs, Namespace, ServiceAccounts and the
+/// agent's ClusterRole and binding. Not the DaemonSet and Deployment (the lab runs
+/// those processes itself) nor the admission policy (it wants tokens bound to a pod on
+/// a node, and the lab's agent tokens are not).
+fn chart_agent_objects() -> String {
+    const SOURCES: &[&str] = &[
+        "crds/",
+        "templates/namespace.yaml",
+        "templates/serviceaccounts.yaml",
+        "templates/rbac-agent.yaml",
+    ];
+    CHART
+        .split("\n---\n")
+        .filter(|doc| {
+            SOURCES
+                .iter()
+                .any(|s| doc.contains(&format!("# Source: palisade/{s}")))
+        })
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
 
 /// One node's processes and files.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -182,8 +196,8 @@ fn start(lab: &mut KubeLab, binaries: &Binaries, cni: &Path) -> anyhow::Result<(
         &format!("https://127.0.0.1:{port}"),
     )?;
     std::fs::copy(&user, lab.kubeconfig_path())?;
-    cp.kubectl(&["apply", "-f", "-"], Some(AGENT_RBAC))
-        .context("the agent's ClusterRole")?;
+    cp.kubectl(&["apply", "-f", "-"], Some(&chart_agent_objects()))
+        .context("the chart's CRDs, ServiceAccounts and agent RBAC")?;
     // A DaemonSet pod reaches the API server at the `kubernetes` Service, through
     // kube-proxy's rules in its node's namespace.
     let in_cluster = format!("https://{KUBERNETES_SERVICE_IP}:443");

@@ -232,12 +232,13 @@ fn kubernetes_lab_runs_the_real_control_plane_in_its_own_netns_and_down_removes_
         "{addrs}"
     );
 
-    // The agent's identity is its ServiceAccount with least privilege.
-    let agent = "--as=system:serviceaccount:kube-system:palisade-agent";
+    // The agent's identity is the chart's ServiceAccount with the chart's RBAC.
+    let agent = "--as=system:serviceaccount:palisade-system:palisade-agent";
     for (verb, resource, allowed) in [
         ("watch", "pods", true),
         ("list", "networkpolicies.networking.k8s.io", true),
         ("list", "endpointslices.discovery.k8s.io", true),
+        ("create", "nodepolicystatuses.palisade.io", true),
         ("create", "networkpolicies.networking.k8s.io", false),
         ("list", "secrets", false),
         ("update", "pods", false),
