@@ -44,8 +44,10 @@ pub async fn client(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client
 struct Retry {
     next: Instant,
     wait: Duration,
-    /// The pod's resourceVersion when it failed: a changed pod is tried at once.
-    version: Option<String>,
+    /// What the kubelet reads of the pod ([`fingerprint`]) when it failed: a pod
+    /// whose spec or annotations changed is tried at once. Not the resourceVersion:
+    /// the kubelet's own failure report (or any status writer) changes that.
+    version: u64,
 }
 
 struct Kubelet {
@@ -234,7 +236,7 @@ impl Kubelet {
                 }
                 match self.retry.get(&uid) {
                     None => true,
-                    Some(r) => r.next <= now || r.version != p.metadata.resource_version,
+                    Some(r) => r.next <= now || r.version != fingerprint(p),
                 }
             })
             .cloned()
@@ -314,7 +316,7 @@ impl Kubelet {
             Retry {
                 next: Instant::now() + wait,
                 wait,
-                version: p.metadata.resource_version.clone(),
+                version: fingerprint(p),
             },
         );
     }
@@ -393,6 +395,16 @@ impl Kubelet {
             Err(e) => tracing::warn!(pod = %name, "deleting: {e}"),
         }
     }
+}
+
+/// A hash of what [`podspec::plan`] reads: annotations and spec.
+fn fingerprint(p: &Pod) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(&(&p.metadata.annotations, &p.spec))
+        .unwrap_or_default()
+        .hash(&mut h);
+    h.finish()
 }
 
 /// Whether an adopted pod still has its namespace and server.

@@ -49,7 +49,8 @@ pub enum RecordError {
 pub struct Timeline {
     /// CNI `ADD` returned (or, for host-network pods, the pod was taken on).
     pub network_ready_ms: Option<u128>,
-    /// The sender process was started.
+    /// The sender had sent its first packet to every target (it was started the
+    /// instant CNI `ADD` returned, and the kubelet waited for this before anything else).
     pub sender_started_ms: Option<u128>,
     /// Every server printed its ready line.
     pub servers_ready_ms: Option<u128>,

@@ -293,8 +293,9 @@ impl Node {
         };
         let log = self.state.log(log_stem);
         if !plan.sends.is_empty() {
-            let p = palisade_lab::sender::spawn(&self.server(), ns, &key, &plan.sends, &log)
-                .map_err(|e| fail("starting the sender", &e))?;
+            let p =
+                palisade_lab::sender::spawn(&self.server(), ns, &key, &plan.sends, &rec.ips, &log)
+                    .map_err(|e| fail("starting the sender", &e))?;
             rec.sender = Some(p);
             rec.timeline.sender_started_ms = Some(now_ms());
         }

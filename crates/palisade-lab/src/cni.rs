@@ -256,7 +256,12 @@ impl CniRuntime {
         let mut child = cmd.spawn().map_err(spawn_err)?;
         let stdin_bytes = serde_json::to_vec(&conf).expect("JSON serializes");
         if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(&stdin_bytes).map_err(spawn_err)?;
+            // A plugin may fail before reading its configuration; what it printed
+            // then says why, better than the broken pipe.
+            match stdin.write_all(&stdin_bytes) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(spawn_err(e)),
+                _ => {}
+            }
         }
         let out = child.wait_with_output().map_err(spawn_err)?;
         let stdout = String::from_utf8_lossy(&out.stdout);

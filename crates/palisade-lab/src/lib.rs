@@ -9,7 +9,10 @@
 //!   like a container runtime would from inside the node namespace, optionally followed
 //!   by chained plugins (`palisade-cni`, which registers the pod with the agent);
 //! - each pod runs a small **server** process on its declared ports answering with the
-//!   pod's `namespace/name`;
+//!   pod's `namespace/name`; a `hostNetwork` pod has no namespace of its own and runs
+//!   its server in the node namespace, at its node's addresses (put on its loopback);
+//! - a pod may also run a **sender** ([`sender`]) that marks what it sends with its
+//!   identity, and servers log every marked arrival;
 //! - the **prober** tries every pair of pods for real and reports in the same JSON
 //!   format as `palisade simulate`, so measured and predicted verdicts diff directly;
 //! - **state** on disk records everything created, so `palisade lab up` can return

@@ -361,7 +361,7 @@ fn probe_tcp(
 }
 
 /// `TcpStream::connect_timeout`, bound first to `src` (port chosen by the kernel).
-fn connect_from(
+pub(crate) fn connect_from(
     src: Option<IpAddr>,
     dst: SocketAddr,
     timeout: Duration,

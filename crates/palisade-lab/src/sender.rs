@@ -157,15 +157,36 @@ fn parse_duration(v: &str) -> Option<Duration> {
 }
 
 /// Sends to every target, one thread each, until every target's `for` has passed.
-pub fn send_all(identity: &str, targets: &[SendTarget]) {
+/// Each leaves from the address of `sources` of its target's family, if any (a
+/// host-network pod's sender runs in the node namespace, where the kernel would pick
+/// a gateway address), otherwise from the kernel's choice.
+///
+/// Once every target's first send was attempted it prints [`crate::server::READY_LINE`]
+/// on stdout: [`spawn`] waits for it, so the lab kubelet's first packet of a pod is
+/// sent before the pod's servers start and before it reports the pod Ready.
+pub fn send_all(identity: &str, targets: &[SendTarget], sources: &[IpAddr]) {
+    let (first_tx, first_rx) = std::sync::mpsc::channel::<()>();
     let threads: Vec<_> = targets
         .iter()
         .cloned()
         .map(|t| {
             let identity = identity.to_owned();
-            std::thread::spawn(move || send_loop(&identity, &t))
+            let src = sources
+                .iter()
+                .copied()
+                .find(|s| s.is_ipv4() == t.addr.is_ipv4());
+            let first = first_tx.clone();
+            std::thread::spawn(move || send_loop(&identity, &t, src, first))
         })
         .collect();
+    drop(first_tx);
+    // Ends when every thread has reported its first attempt (or given up).
+    while first_rx.recv().is_ok() {}
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", crate::server::READY_LINE);
+        let _ = out.flush();
+    }
     for t in threads {
         let _ = t.join();
     }
@@ -173,7 +194,13 @@ pub fn send_all(identity: &str, targets: &[SendTarget]) {
 
 /// Sends to one target every `every` for `duration`; reports on stderr when it
 /// starts, its first error of each kind is not repeated, and a summary at the end.
-fn send_loop(identity: &str, t: &SendTarget) {
+fn send_loop(
+    identity: &str,
+    t: &SendTarget,
+    src: Option<IpAddr>,
+    first: std::sync::mpsc::Sender<()>,
+) {
+    let mut first = Some(first);
     let start = Instant::now();
     eprintln!(
         "sender {identity}: sending to {t} from unix_ms={}",
@@ -181,10 +208,11 @@ fn send_loop(identity: &str, t: &SendTarget) {
     );
     let udp = match t.proto {
         SendProto::Udp => {
-            let bind: SocketAddr = match t.addr {
-                SocketAddr::V4(_) => "0.0.0.0:0".parse().expect("valid"),
-                SocketAddr::V6(_) => "[::]:0".parse().expect("valid"),
+            let any: IpAddr = match t.addr {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
             };
+            let bind = SocketAddr::new(src.unwrap_or(any), 0);
             match UdpSocket::bind(bind) {
                 Ok(s) => Some(s),
                 Err(e) => {
@@ -202,8 +230,8 @@ fn send_loop(identity: &str, t: &SendTarget) {
         let mark = format!("{MARK} {identity} {seq}\n");
         let ok = match &udp {
             Some(s) => s.send_to(mark.as_bytes(), t.addr).map(|_| ()),
-            None => TcpStream::connect_timeout(&t.addr, TCP_CONNECT_TIMEOUT)
-                .and_then(|mut c| c.write_all(mark.as_bytes())),
+            None => crate::probe::connect_from(src, t.addr, TCP_CONNECT_TIMEOUT)
+                .and_then(|c| tcp_mark(c, mark.as_bytes())),
         };
         match ok {
             Ok(()) => sent += 1,
@@ -214,12 +242,31 @@ fn send_loop(identity: &str, t: &SendTarget) {
                 failed += 1;
             }
         }
+        if let Some(f) = first.take() {
+            eprintln!(
+                "sender {identity}: first send to {} done at unix_ms={}",
+                t.addr,
+                unix_ms()
+            );
+            let _ = f.send(());
+        }
         seq += 1;
         if let Some(rest) = t.every.checked_sub(tick.elapsed()) {
             std::thread::sleep(rest);
         }
     }
     eprintln!("sender {identity}: {t}: done, {sent} sent, {failed} failed");
+}
+
+/// Writes the mark, then reads the server's reply to its end before closing: a socket
+/// closed with unread data sends RST, and the server could lose the mark with it.
+fn tcp_mark(mut c: TcpStream, mark: &[u8]) -> std::io::Result<()> {
+    c.write_all(mark)?;
+    c.shutdown(std::net::Shutdown::Write)?;
+    c.set_read_timeout(Some(TCP_CONNECT_TIMEOUT))?;
+    let mut sink = Vec::new();
+    let _ = c.read_to_end(&mut sink);
+    Ok(())
 }
 
 /// One marked arrival at a server.
@@ -309,8 +356,7 @@ pub(crate) fn record_udp_arrival(bytes: &[u8], from: SocketAddr, port: u16) {
 
 /// Called by the TCP server for every accepted connection, after its reply: reads
 /// what the client sent (a sender's mark; nothing from a prober) for a short while.
-pub(crate) fn record_tcp_arrival(mut c: TcpStream, port: u16) {
-    let Ok(from) = c.peer_addr() else { return };
+pub(crate) fn record_tcp_arrival(mut c: TcpStream, from: SocketAddr, port: u16) {
     let _ = c.set_read_timeout(Some(Duration::from_millis(500)));
     let mut buf = [0u8; 512];
     let mut n = 0;
@@ -336,15 +382,18 @@ fn unix_ms() -> u128 {
 }
 
 /// Starts a sender for pod `identity` inside `netns`, detached (own session, stdin
-/// and stdout closed, stderr appended to `log`), and returns at once: it does not
-/// wait for anything, so its first packet leaves as early as the process can send.
+/// closed, stderr appended to `log`), and returns once it printed its ready line, i.e.
+/// once its first packet to every target has been sent (or attempted: a TCP connect
+/// gives up after [`TCP_CONNECT_TIMEOUT`]).
 pub fn spawn(
     cmd: &ServerCommand,
     netns: &NetNs,
     identity: &str,
     targets: &[SendTarget],
+    sources: &[IpAddr],
     log: &Path,
 ) -> Result<ProcessRecord, ServerError> {
+    use std::io::{BufRead, BufReader};
     use std::os::unix::process::CommandExt;
     let spawn_err = |source| ServerError::Spawn {
         program: cmd.program.display().to_string(),
@@ -360,8 +409,11 @@ pub fn spawn(
     for t in targets {
         c.arg("--send").arg(t.to_string());
     }
+    for ip in sources {
+        c.arg("--source").arg(ip.to_string());
+    }
     c.stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(log_file);
     netns.enter_on_exec(&mut c)?;
     // SAFETY: setsid(2) is async-signal-safe; the sender outlives its starter.
@@ -371,15 +423,37 @@ pub fn spawn(
             Ok(())
         });
     }
-    let child = c.spawn().map_err(spawn_err)?;
-    let pid = child.id() as i32;
-    // The child is reaped by whoever stops it (ProcessRecord::stop); a sender whose
-    // time is up stays a zombie until then, which `is_alive` reports as gone.
-    std::mem::forget(child);
-    ProcessRecord::of(format!("sender {identity}"), pid).ok_or_else(|| ServerError::NotReady {
-        identity: identity.to_owned(),
-        log: std::fs::read_to_string(log).unwrap_or_default(),
-    })
+    let mut child = c.spawn().map_err(spawn_err)?;
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let ready = rx
+        .recv_timeout(crate::server::READY_TIMEOUT)
+        .map(|l| l.trim() == crate::server::READY_LINE)
+        .unwrap_or(false);
+    let record = ProcessRecord::of(format!("sender {identity}"), child.id() as i32);
+    match record {
+        Some(r) if ready => {
+            // Reaped by whoever stops it (ProcessRecord::stop); a sender whose time
+            // is up stays a zombie until then, which `is_alive` reports as gone.
+            std::mem::forget(child);
+            Ok(r)
+        }
+        other => {
+            if let Some(r) = other {
+                r.stop();
+            }
+            let _ = child.wait();
+            Err(ServerError::NotReady {
+                identity: identity.to_owned(),
+                log: std::fs::read_to_string(log).unwrap_or_default(),
+            })
+        }
+    }
 }
 
 #[cfg(test)]
@@ -440,7 +514,7 @@ mod tests {
             .unwrap();
         let port = server.local_addr().unwrap().port();
         let t = parse_targets(&format!("udp://127.0.0.1:{port}?every=1ms&for=100ms")).unwrap();
-        let sender = std::thread::spawn(move || send_all("ns/a", &t));
+        let sender = std::thread::spawn(move || send_all("ns/a", &t, &[]));
         let mut buf = [0u8; 64];
         let (n, from) = server.recv_from(&mut buf).unwrap();
         assert_eq!(parse_mark(&buf[..n]), Some(("ns/a".into(), 0)));

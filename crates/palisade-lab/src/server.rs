@@ -70,7 +70,7 @@ impl ServerCommand {
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// Bad command-line arguments.
-    #[error("usage: --identity NS/NAME [--port PORT/PROTO]...: {0}")]
+    #[error("usage: --identity NS/NAME [--port PORT/PROTO]... | --identity NS/NAME --send TARGETS... [--source IP]...: {0}")]
     Usage(String),
     /// Binding a port failed.
     #[error("binding {port}/{proto}")]
@@ -138,6 +138,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = String>) -> Result<(), Serv
     let mut identity = None;
     let mut ports = Vec::new();
     let mut sends = Vec::new();
+    let mut sources = Vec::new();
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         let mut value = || {
@@ -147,6 +148,11 @@ pub fn main_with_args(args: impl IntoIterator<Item = String>) -> Result<(), Serv
         match a.as_str() {
             "--identity" => identity = Some(value()?),
             "--port" => ports.push(parse_port(&value()?)?),
+            "--source" => sources.push(
+                value()?
+                    .parse()
+                    .map_err(|_| ServerError::Usage("--source needs an IP address".into()))?,
+            ),
             "--send" => sends.extend(
                 crate::sender::parse_targets(&value()?)
                     .map_err(|e| ServerError::Usage(e.to_string()))?,
@@ -157,7 +163,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = String>) -> Result<(), Serv
     let identity = identity.ok_or_else(|| ServerError::Usage("--identity is required".into()))?;
     if !sends.is_empty() {
         // A sender only sends (the lab starts it before the servers, as its own process).
-        crate::sender::send_all(&identity, &sends);
+        crate::sender::send_all(&identity, &sends, &sources);
         return Ok(());
     }
     serve(&identity, &ports)
@@ -215,15 +221,19 @@ fn bind_dual<T>(
 }
 
 fn tcp_loop(l: TcpListener, port: u16, reply: Vec<u8>) {
-    for conn in l.incoming() {
-        let Ok(mut c) = conn else { continue };
+    loop {
+        // The peer's address from accept(2): once a quick client has closed, the
+        // socket may already be closed at the TCP level and getpeername(2) fail.
+        let Ok((mut c, from)) = l.accept() else {
+            continue;
+        };
         let _ = c.set_write_timeout(Some(WRITE_TIMEOUT));
         let _ = c.write_all(&reply);
         let _ = c.shutdown(std::net::Shutdown::Write);
         // A sender writes its mark right after connecting; a prober writes nothing
         // and closes after reading the reply, so this read ends at once for it. It
         // runs on its own thread so a silent client cannot stall the accept loop.
-        std::thread::spawn(move || crate::sender::record_tcp_arrival(c, port));
+        std::thread::spawn(move || crate::sender::record_tcp_arrival(c, from, port));
     }
 }
 

@@ -70,6 +70,18 @@ fn a_failed_cni_add_leaves_nothing_is_reported_and_retried_and_a_bad_pod_fails_a
     // exited no attempt is under way and what is left is what an attempt leaves.
     let mut node = node;
     node.stop_kubelet();
+    // Retried with backoff (0.5 s doubling), not in a loop driven by the kubelet's
+    // own status reports: a few attempts in these seconds, not dozens.
+    let attempts = node
+        .log()
+        .lines()
+        .filter(|l| l.contains("making") && l.contains("plk-fail/p"))
+        .count();
+    assert!(
+        (1..=8).contains(&attempts),
+        "{attempts} attempts:\n{}",
+        node.log()
+    );
     let leftovers: Vec<String> = std::fs::read_dir("/run/netns")
         .unwrap()
         .flatten()

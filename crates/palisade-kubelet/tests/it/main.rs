@@ -225,6 +225,14 @@ impl Drop for TestNode {
             let _ = c.kill();
             let _ = c.wait();
         }
+        if std::thread::panicking() {
+            // The pods' logs (arrivals, senders) go with the state directory: keep a copy.
+            let _ = Command::new("cp")
+                .arg("-r")
+                .arg(self.state_dir.join("logs"))
+                .arg(self.dir.join("pod-logs"))
+                .status();
+        }
         for p in palisade_kubelet::teardown(&self.state_dir) {
             eprintln!("teardown: {p}");
         }

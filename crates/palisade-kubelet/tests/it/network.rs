@@ -50,6 +50,7 @@ fn a_senders_packets_arrive_before_its_pod_is_ready_and_static_and_host_network_
         t.servers_ready_ms.unwrap(),
         t.ready_reported_ms.expect("reported"),
     );
+    // Sender first (its first packets sent), then servers, then Ready.
     assert!(
         net <= started && started <= servers && servers <= reported,
         "{t:?}"
@@ -74,22 +75,27 @@ fn a_senders_packets_arrive_before_its_pod_is_ready_and_static_and_host_network_
             "marks come from the sender's pod address: {a:?}"
         );
     }
-    let first = udp.iter().map(|a| a.unix_ms).min().unwrap();
-    assert!(
-        first < reported,
-        "the first datagram ({first}) arrived before the pod was reported Ready ({reported})"
-    );
+    // The first mark (seq 0), sent before the servers started and before Ready (the
+    // timeline above), arrived: nothing waited for anything before the first packet.
     assert_eq!(
         udp.iter().map(|a| a.seq).min(),
         Some(0),
         "the very first mark arrived"
     );
+    assert_eq!(
+        tcp.iter().map(|a| a.seq).min(),
+        Some(0),
+        "the first connection arrived"
+    );
+    let first = udp.iter().map(|a| a.unix_ms).min().unwrap();
+    assert!(first >= net, "arrivals ({first}) follow CNI ADD ({net})");
 
     // A host-network pod: no namespace of its own, the node's address, served there.
     let host = on_node(
         serde_json::json!({
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "host", "namespace": ns},
+            "metadata": {"name": "host", "namespace": ns, "annotations": {
+                "lab.palisade.io/send": "udp://10.244.2.50:7000?every=20ms&for=30s"}},
             "spec": {"hostNetwork": true, "containers": [{"name": "c", "image": "palisade.invalid/lab",
                 "ports": [{"containerPort": 8081}]}]}
         }),
@@ -106,6 +112,18 @@ fn a_senders_packets_arrive_before_its_pod_is_ready_and_static_and_host_network_
         node.tcp_from_node(node.ip, 8081).as_deref(),
         Ok("plk-net/host")
     );
+    // Its sender runs in the node namespace and sends from the node's address (the
+    // kernel alone would pick the ptp gateway address there).
+    let from_host = wait_for(
+        "marks from plk-net/host at the receiver",
+        || std::fs::read_to_string(&log).unwrap_or_default(),
+        || {
+            arrivals(&log)
+                .into_iter()
+                .find(|a| a.identity == "plk-net/host")
+        },
+    );
+    assert_eq!(from_host.from, node.ip, "{from_host:?}");
     cp.kubectl(
         cp.admin(),
         &["delete", "pod", "host", "-n", ns, "--wait=false"],

@@ -88,6 +88,21 @@ fn a_node_registers_stays_ready_and_runs_scheduled_pods_and_deployments_until_de
         .map(|p| p["status"]["podIP"].as_str().unwrap().parse().unwrap())
         .collect();
     assert_eq!(ips.len(), 3, "distinct addresses: {ips:?}");
+    // Not a timed assertion: the figures, for the record (`--nocapture`).
+    for p in &replicas {
+        let r = node.record(p["metadata"]["uid"].as_str().unwrap()).unwrap();
+        let t = &r.timeline;
+        let since = |x: Option<u128>| {
+            x.zip(t.network_ready_ms)
+                .map(|(x, n)| x as i128 - n as i128)
+        };
+        eprintln!(
+            "timeline {}: CNI ADD done -> servers ready {:?} ms, -> Ready reported {:?} ms",
+            r.key(),
+            since(t.servers_ready_ms),
+            since(t.ready_reported_ms)
+        );
+    }
     for ip in &ips {
         assert!(node.cidr.contains(ip), "{ip} in {}", node.cidr);
         assert!(node
