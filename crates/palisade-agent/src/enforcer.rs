@@ -348,6 +348,15 @@ pub fn record(ev: &DecisionEvent, views: &Views) -> DecisionRecord {
             namespace, name, ..
         } => Some(format!("NetworkPolicy {namespace}/{name}")),
         RuleOrigin::Cluster { kind, name, .. } => Some(format!("{} {name}", kind.as_str())),
+        RuleOrigin::Calico {
+            kind,
+            namespace,
+            name,
+            ..
+        } => Some(match namespace {
+            Some(ns) => format!("{} {ns}/{name}", kind.as_str()),
+            None => format!("{} {name}", kind.as_str()),
+        }),
         RuleOrigin::Isolated { policies, .. } => Some(policies.join(",")),
         RuleOrigin::Default { .. } => None,
     });

@@ -17,11 +17,13 @@ pub fn report(loaded: &Loaded, strict: bool) -> i32 {
     let c = &loaded.cluster;
     let warnings = loaded.warnings.len() + lint.len();
     println!(
-        "{} error(s), {} warning(s); loaded {} NetworkPolicies, {} cluster policies, {} pods, {} namespaces",
+        "{} error(s), {} warning(s); loaded {} NetworkPolicies, {} cluster policies, {} Calico policies, {} Calico network sets, {} pods, {} namespaces",
         loaded.errors.len(),
         warnings,
         c.network_policies.len(),
         c.cluster_policies.len(),
+        c.calico_policies.len(),
+        c.network_sets.len(),
         c.pods.len(),
         c.namespaces.len()
     );

@@ -39,7 +39,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Action, ClusterPolicyKind, Direction, Tier};
+use crate::model::{Action, CalicoAction, CalicoKind, ClusterPolicyKind, Direction, Tier};
 
 /// A peer identity: an equivalence class of addresses.
 pub type IdentityId = u32;
@@ -150,7 +150,25 @@ pub enum RuleOrigin {
         /// Its action.
         action: Action,
     },
-    /// NetworkPolicies isolate the pod in this direction and none of their rules matched.
+    /// A Calico policy rule of the default tier decided it (`Allow` or `Deny`; a
+    /// `Pass` hands over to the next tier, which then decides).
+    Calico {
+        /// NetworkPolicy or GlobalNetworkPolicy.
+        kind: CalicoKind,
+        /// Namespace of a NetworkPolicy.
+        namespace: Option<String>,
+        /// Policy name.
+        name: String,
+        /// Direction.
+        direction: Direction,
+        /// Index in `spec.ingress` / `spec.egress`.
+        index: usize,
+        /// Its action.
+        action: CalicoAction,
+    },
+    /// Policies of the default tier (NetworkPolicies, and Calico policies when one
+    /// applies) select the pod in this direction and none of their rules decided:
+    /// Kubernetes isolation, Calico's end-of-tier deny.
     Isolated {
         /// Direction.
         direction: Direction,

@@ -20,6 +20,7 @@
 //! Start reading at [`model`], then [`verdict`].
 #![deny(missing_docs)]
 
+pub mod calico_selector;
 pub mod compile;
 pub mod compiled;
 pub mod manifest;

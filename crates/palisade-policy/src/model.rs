@@ -14,6 +14,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::selector::{LabelSelector, Labels};
 
+mod calico;
+pub use calico::{
+    CalicoAction, CalicoEntity, CalicoKind, CalicoPolicy, CalicoPort, CalicoRule, NetworkSet,
+    Order, ServiceRef, K8S_NETWORK_POLICY_ORDER,
+};
+
 /// Direction from the selected pod's point of view: `Ingress` is always "towards the pod".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Direction {
@@ -427,6 +433,12 @@ pub struct Cluster {
     pub network_policies: BTreeMap<String, NetworkPolicy>,
     /// By `Kind/name` (kinds are distinct API objects and may share names).
     pub cluster_policies: BTreeMap<String, ClusterPolicy>,
+    /// Calico policies by [`CalicoPolicy::key`].
+    #[serde(default)]
+    pub calico_policies: BTreeMap<String, CalicoPolicy>,
+    /// Calico network sets by [`NetworkSet::key`].
+    #[serde(default)]
+    pub network_sets: BTreeMap<String, NetworkSet>,
 }
 
 impl Cluster {
@@ -470,6 +482,8 @@ impl Cluster {
         self.endpoint_slices.extend(other.endpoint_slices);
         self.network_policies.extend(other.network_policies);
         self.cluster_policies.extend(other.cluster_policies);
+        self.calico_policies.extend(other.calico_policies);
+        self.network_sets.extend(other.network_sets);
     }
 
     /// The pod (not host-network) owning `ip`, if any.

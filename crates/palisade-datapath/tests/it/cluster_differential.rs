@@ -1,5 +1,5 @@
 //! End-to-end differential test: random *clusters* (pods, namespaces, NetworkPolicies,
-//! Admin and Baseline cluster policies) go through the real compiler into the real
+//! Admin and Baseline cluster policies, Calico policies and a network set) go through the real compiler into the real
 //! maps; every packet's kernel verdict, and the rule the kernel names for it, must
 //! equal the reference evaluator's (`palisade_policy::verdict::evaluate_side`).
 //! The evaluator never sees the compiled form, so this checks compiler, encoder and
@@ -250,7 +250,102 @@ pub(crate) fn random_cluster(rng: &mut Rng) -> Cluster {
         c.cluster_policies
             .insert(format!("ClusterNetworkPolicy/cp{i}"), cp);
     }
+    add_calico(rng, &mut c);
     c
+}
+
+/// Random Calico policies of the default tier (ordered around the NetworkPolicies'
+/// 1000, every action, nets, selectors, notSelector, ports and notPorts) and a network
+/// set holding the metadata address.
+fn add_calico(rng: &mut Rng, c: &mut Cluster) {
+    use palisade_policy::calico_selector::CalicoSelector;
+    let sel = |rng: &mut Rng| {
+        let text = *rng.pick(&[
+            "all()",
+            "app == 'web'",
+            "app != 'db'",
+            "app in {'web', 'dns'}",
+            "pcns.team == 'x'",
+            "kind == 'imds'",
+        ]);
+        CalicoSelector::parse(text).expect("valid")
+    };
+    c.network_sets.insert(
+        "GlobalNetworkSet/imds".into(),
+        NetworkSet {
+            namespace: None,
+            name: "imds".into(),
+            labels: labels(&[("kind", "imds")]),
+            nets: vec!["169.254.169.254/32".parse().unwrap()],
+        },
+    );
+    for i in 0..rng.below(3) {
+        let namespace = rng.chance(50).then(|| rng.pick(&NAMESPACES).to_string());
+        let rules = |rng: &mut Rng| -> Option<Vec<CalicoRule>> {
+            if rng.chance(30) {
+                return None;
+            }
+            Some(
+                (0..rng.below(3))
+                    .map(|_| {
+                        let action = *rng.pick(&[
+                            CalicoAction::Allow,
+                            CalicoAction::Deny,
+                            CalicoAction::Pass,
+                            CalicoAction::Log,
+                        ]);
+                        let mut peer = CalicoEntity::default();
+                        match rng.below(4) {
+                            0 => peer.nets = vec!["10.1.0.0/29".parse().unwrap()],
+                            1 => peer.selector = Some(sel(rng)),
+                            2 => peer.not_selector = Some(sel(rng)),
+                            _ => {}
+                        }
+                        let protocol = rng.chance(50).then_some(Protocol::Tcp);
+                        let (ports, not_ports) = match (protocol, rng.below(3)) {
+                            (Some(_), 0) => (vec![CalicoPort::Range(8000, 8100)], Vec::new()),
+                            (Some(_), 1) => (Vec::new(), vec![CalicoPort::Named("http".into())]),
+                            _ => (Vec::new(), Vec::new()),
+                        };
+                        CalicoRule {
+                            action,
+                            protocol,
+                            not_protocol: None,
+                            peer,
+                            ports,
+                            not_ports,
+                        }
+                    })
+                    .collect(),
+            )
+        };
+        let ingress = rules(rng);
+        let egress = rules(rng);
+        let p = CalicoPolicy {
+            kind: if namespace.is_some() {
+                CalicoKind::NetworkPolicy
+            } else {
+                CalicoKind::GlobalNetworkPolicy
+            },
+            namespace,
+            name: format!("calico{i}"),
+            order: *rng.pick(&[
+                None,
+                Some(Order(10.0)),
+                Some(Order(1000.0)),
+                Some(Order(2000.0)),
+            ]),
+            selector: sel(rng),
+            namespace_selector: None,
+            ingress: if ingress.is_none() && egress.is_none() {
+                Some(Vec::new())
+            } else {
+                ingress
+            },
+            egress,
+        };
+        c.calico_policies.insert(p.key(), p);
+    }
 }
 
 /// A first packet of a random protocol to a port on a rule edge (ICMP echo for the rest):

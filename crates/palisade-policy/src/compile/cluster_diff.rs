@@ -8,8 +8,8 @@ use super::Change;
 use crate::model::Cluster;
 
 /// Changes that turn `old` into `new`, upserts before removals so that, for example, a
-/// policy moved between files is never briefly absent. Services and EndpointSlices are
-/// not compiled and produce no change.
+/// policy moved between files is never briefly absent. Services and EndpointSlices
+/// are included: Calico `services` rules depend on them.
 pub fn changes_between(old: &Cluster, new: &Cluster) -> Vec<Change> {
     let mut out = Vec::new();
     upserts(&old.namespaces, &new.namespaces, &mut out, |v| {
@@ -32,6 +32,42 @@ pub fn changes_between(old: &Cluster, new: &Cluster) -> Vec<Change> {
         &new.cluster_policies,
         &mut out,
         |v| Change::UpsertClusterPolicy(v.clone()),
+    );
+    upserts(&old.services, &new.services, &mut out, |v| {
+        Change::UpsertService(v.clone())
+    });
+    upserts(&old.endpoint_slices, &new.endpoint_slices, &mut out, |v| {
+        Change::UpsertEndpointSlice(v.clone())
+    });
+    upserts(&old.network_sets, &new.network_sets, &mut out, |v| {
+        Change::UpsertNetworkSet(v.clone())
+    });
+    upserts(&old.calico_policies, &new.calico_policies, &mut out, |v| {
+        Change::UpsertCalicoPolicy(v.clone())
+    });
+    removals(
+        &old.calico_policies,
+        &new.calico_policies,
+        &mut out,
+        Change::RemoveCalicoPolicy,
+    );
+    removals(
+        &old.network_sets,
+        &new.network_sets,
+        &mut out,
+        Change::RemoveNetworkSet,
+    );
+    removals(
+        &old.endpoint_slices,
+        &new.endpoint_slices,
+        &mut out,
+        Change::RemoveEndpointSlice,
+    );
+    removals(
+        &old.services,
+        &new.services,
+        &mut out,
+        Change::RemoveService,
     );
     removals(
         &old.cluster_policies,

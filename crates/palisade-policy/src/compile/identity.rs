@@ -3,9 +3,11 @@
 
 use ipnet::IpNet;
 
+use crate::calico_selector::CalicoSelector;
 use crate::compiled::IdentityInfo;
 use crate::model::{ClusterPeer, IpBlock, NamespaceMatch, NetworkPolicyPeer, Pod, Protocol};
 use crate::selector::{LabelSelector, Labels};
+use crate::verdict::calico::{in_scope_namespaced, pod_labels};
 
 /// A fast, non-cryptographic hasher (the rustc "Fx" hash) for the compiler's many
 /// small string- and id-keyed maps. Its inputs are cluster objects admitted by the API
@@ -182,6 +184,93 @@ pub(crate) enum Matcher {
     Block(IpBlock),
     /// Matches no address (domain names, unresolved offline).
     Nothing,
+    /// The identities a Calico rule's peer criteria *mention*: where its verdict may
+    /// differ from [`CalicoPeer::default`]. Every other identity takes the default.
+    CalicoInterest(std::sync::Arc<CalicoPeer>),
+    /// The mentioned identities the criteria actually match.
+    CalicoTruth(std::sync::Arc<CalicoPeer>),
+}
+
+/// A Calico rule selector with its scope resolved: pods in scope are matched on their
+/// Calico labels, network sets in scope whose labels match are resolved to their nets
+/// (which are policy prefixes, so containment of an identity's prefix decides).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct CalicoScope {
+    /// The selector.
+    pub sel: CalicoSelector,
+    /// The rule's namespace selector.
+    pub ns_sel: Option<CalicoSelector>,
+    /// The policy's namespace (a namespaced policy).
+    pub policy_ns: Option<String>,
+    /// Nets of the matching network sets in scope.
+    pub set_nets: Vec<IpNet>,
+}
+
+impl CalicoScope {
+    fn selects(&self, key: &IdentityKey) -> bool {
+        if let Some(p) = &key.pod {
+            if in_scope_namespaced(
+                self.policy_ns.as_deref(),
+                self.ns_sel.as_ref(),
+                &p.ns_labels,
+                &p.namespace,
+            ) && self
+                .sel
+                .matches(&pod_labels(&p.labels, &p.ns_labels, &p.namespace), false)
+            {
+                return true;
+            }
+        }
+        self.set_nets.iter().any(|n| n.contains(&key.prefix))
+    }
+}
+
+/// A Calico rule's peer criteria, resolved against the cluster (network sets, Service
+/// addresses); every net here is a policy prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct CalicoPeer {
+    /// `nets`.
+    pub nets: Vec<IpNet>,
+    /// `notNets`.
+    pub not_nets: Vec<IpNet>,
+    /// `selector` (or `all()` with only a `namespaceSelector`).
+    pub positive: Option<CalicoScope>,
+    /// `notSelector`.
+    pub negative: Option<CalicoScope>,
+    /// `services`: the Service's addresses as host prefixes.
+    pub service: Option<Vec<IpNet>>,
+}
+
+impl CalicoPeer {
+    /// The verdict for an identity no criterion mentions: true iff there is no
+    /// positive criterion (only negations, which all hold).
+    pub(crate) fn default(&self) -> bool {
+        self.nets.is_empty() && self.positive.is_none() && self.service.is_none()
+    }
+
+    fn interest(&self, key: &IdentityKey) -> bool {
+        let p = &key.prefix;
+        self.nets.iter().any(|n| n.contains(p))
+            || self.not_nets.iter().any(|n| n.contains(p))
+            || self.positive.as_ref().is_some_and(|s| s.selects(key))
+            || self.negative.as_ref().is_some_and(|s| s.selects(key))
+            || self
+                .service
+                .as_ref()
+                .is_some_and(|hs| hs.iter().any(|h| h.contains(p)))
+    }
+
+    fn truth(&self, key: &IdentityKey) -> bool {
+        let p = &key.prefix;
+        (self.nets.is_empty() || self.nets.iter().any(|n| n.contains(p)))
+            && !self.not_nets.iter().any(|n| n.contains(p))
+            && self.positive.as_ref().is_none_or(|s| s.selects(key))
+            && !self.negative.as_ref().is_some_and(|s| s.selects(key))
+            && self
+                .service
+                .as_ref()
+                .is_none_or(|hs| hs.iter().any(|h| h.contains(p)))
+    }
 }
 
 impl Matcher {
@@ -244,6 +333,8 @@ impl Matcher {
                 b.cidr.contains(&key.prefix) && !b.except.iter().any(|e| e.contains(&key.prefix))
             }
             Matcher::Nothing => false,
+            Matcher::CalicoInterest(c) => c.interest(key),
+            Matcher::CalicoTruth(c) => c.interest(key) && c.truth(key),
         }
     }
 }

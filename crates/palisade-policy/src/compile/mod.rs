@@ -26,6 +26,8 @@ mod state;
 mod tables;
 
 #[cfg(test)]
+mod calico_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod transition_tests;
@@ -36,7 +38,10 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 use crate::compiled::{Compiled, Delta, IdentityId, RuleId, TableId};
-use crate::model::{Cluster, ClusterPolicy, Namespace, NetworkPolicy, Node, Pod};
+use crate::model::{
+    CalicoPolicy, Cluster, ClusterPolicy, EndpointSlice, Namespace, NetworkPolicy, NetworkSet,
+    Node, Pod, Service,
+};
 
 use identity::FxMap;
 use state::{diff, IdHints, Revisions, State, Txn};
@@ -90,6 +95,22 @@ pub enum Change {
     UpsertClusterPolicy(ClusterPolicy),
     /// Delete a cluster policy by `Kind/name`.
     RemoveClusterPolicy(String),
+    /// Create or replace a Calico policy (keyed by [`CalicoPolicy::key`]).
+    UpsertCalicoPolicy(CalicoPolicy),
+    /// Delete a Calico policy by its key.
+    RemoveCalicoPolicy(String),
+    /// Create or replace a Calico (Global)NetworkSet (keyed by [`NetworkSet::key`]).
+    UpsertNetworkSet(NetworkSet),
+    /// Delete a network set by its key.
+    RemoveNetworkSet(String),
+    /// Create or replace a Service (`namespace/name`); it matters to Calico `services`.
+    UpsertService(Service),
+    /// Delete a Service by `namespace/name`.
+    RemoveService(String),
+    /// Create or replace an EndpointSlice (`namespace/name`).
+    UpsertEndpointSlice(EndpointSlice),
+    /// Delete an EndpointSlice by `namespace/name`.
+    RemoveEndpointSlice(String),
 }
 
 /// The incremental compiler: owns a [`Cluster`] and its [`Compiled`] form and turns each
@@ -109,7 +130,10 @@ pub enum Change {
 ///   identity once;
 /// - cluster policy changes re-key the pods the old or new subject selects (one pass
 ///   over the pods to find them);
-/// - a policy that introduces a CIDR also re-keys the pod and node addresses under it.
+/// - a policy that introduces a CIDR also re-keys the pod and node addresses under it;
+/// - Calico policies, network sets, namespaces while a Calico policy exists, and the
+///   Services and EndpointSlices a Calico rule names take the slow path: a full
+///   recompile that emits only the difference (as [`Compiler::resync`]).
 ///
 /// [`Compiler::resync`] recompiles everything and emits only the difference.
 #[derive(Debug)]
@@ -228,6 +252,118 @@ impl Compiler {
             Change::RemoveNetworkPolicy(k) => self.remove_network_policy(&k),
             Change::UpsertClusterPolicy(p) => self.upsert_cluster_policy(p),
             Change::RemoveClusterPolicy(k) => self.remove_cluster_policy(&k),
+            Change::UpsertCalicoPolicy(p) => {
+                let key = p.key();
+                if self.cluster.calico_policies.get(&key) == Some(&p) {
+                    return Delta::default();
+                }
+                self.cluster.calico_policies.insert(key.clone(), p);
+                self.bump(format!("calico:{key}"));
+                self.resync()
+            }
+            Change::RemoveCalicoPolicy(k) => {
+                if self.cluster.calico_policies.remove(&k).is_none() {
+                    return Delta::default();
+                }
+                self.bump(format!("calico:{k}"));
+                self.resync()
+            }
+            Change::UpsertNetworkSet(n) => {
+                let key = n.key();
+                if self.cluster.network_sets.get(&key) == Some(&n) {
+                    return Delta::default();
+                }
+                self.cluster.network_sets.insert(key, n);
+                self.calico_inputs_changed()
+            }
+            Change::RemoveNetworkSet(k) => match self.cluster.network_sets.remove(&k) {
+                Some(_) => self.calico_inputs_changed(),
+                None => Delta::default(),
+            },
+            Change::UpsertService(svc) => {
+                let key = format!("{}/{}", svc.namespace, svc.name);
+                if self.cluster.services.get(&key) == Some(&svc) {
+                    return Delta::default();
+                }
+                self.cluster.services.insert(key.clone(), svc);
+                self.service_changed(&key)
+            }
+            Change::RemoveService(k) => match self.cluster.services.remove(&k) {
+                Some(_) => self.service_changed(&k),
+                None => Delta::default(),
+            },
+            Change::UpsertEndpointSlice(es) => {
+                let key = format!("{}/{}", es.namespace, es.name);
+                if self.cluster.endpoint_slices.get(&key) == Some(&es) {
+                    return Delta::default();
+                }
+                let svc = |e: &EndpointSlice| {
+                    e.service_name
+                        .as_ref()
+                        .map(|n| format!("{}/{n}", e.namespace))
+                };
+                let new_svc = svc(&es);
+                let old = self.cluster.endpoint_slices.insert(key, es);
+                let old_svc = old.as_ref().and_then(svc);
+                let hit = [old_svc, new_svc]
+                    .into_iter()
+                    .flatten()
+                    .any(|s| self.references_service(&s));
+                if hit {
+                    self.calico_inputs_changed()
+                } else {
+                    Delta::default()
+                }
+            }
+            Change::RemoveEndpointSlice(k) => match self.cluster.endpoint_slices.remove(&k) {
+                Some(old) => {
+                    let hit = old.service_name.as_ref().is_some_and(|n| {
+                        self.references_service(&format!("{}/{n}", old.namespace))
+                    });
+                    if hit {
+                        self.calico_inputs_changed()
+                    } else {
+                        Delta::default()
+                    }
+                }
+                None => Delta::default(),
+            },
+        }
+    }
+
+    /// The slow path for everything Calico programs resolve at build time (network
+    /// sets, Service addresses, namespace labels scoping rule selectors): every Calico
+    /// policy gets a new revision (so no table in use is rewritten) and the cluster is
+    /// recompiled, emitting only the difference. Costs as much as [`compile`]; nothing
+    /// happens when there is no Calico policy.
+    fn calico_inputs_changed(&mut self) -> Delta {
+        if self.cluster.calico_policies.is_empty() {
+            return Delta::default();
+        }
+        let keys: Vec<String> = self.cluster.calico_policies.keys().cloned().collect();
+        for k in keys {
+            self.bump(format!("calico:{k}"));
+        }
+        self.resync()
+    }
+
+    /// Whether a Calico rule names the Service `namespace/name`.
+    fn references_service(&self, key: &str) -> bool {
+        self.cluster.calico_policies.values().any(|p| {
+            p.ingress
+                .iter()
+                .chain(&p.egress)
+                .flatten()
+                .filter_map(|r| r.peer.service.as_ref())
+                .any(|s| format!("{}/{}", s.namespace, s.name) == key)
+        })
+    }
+
+    fn service_changed(&mut self, key: &str) -> Delta {
+        if self.references_service(key) {
+            self.calico_inputs_changed()
+        } else {
+            Delta::default()
         }
     }
 
@@ -263,6 +399,9 @@ impl Compiler {
         }
         let name = ns.name.clone();
         self.cluster.namespaces.insert(name.clone(), ns);
+        if !self.cluster.calico_policies.is_empty() {
+            return self.calico_inputs_changed();
+        }
         self.namespace_changed(&name)
     }
 
@@ -270,6 +409,9 @@ impl Compiler {
     pub fn remove_namespace(&mut self, name: &str) -> Delta {
         if self.cluster.namespaces.remove(name).is_none() {
             return Delta::default();
+        }
+        if !self.cluster.calico_policies.is_empty() {
+            return self.calico_inputs_changed();
         }
         self.namespace_changed(name)
     }
@@ -386,6 +528,18 @@ impl Compiler {
         }
         for k in changed_cp {
             self.bump(format!("cp:{k}"));
+        }
+        let inputs_changed = self.cluster.network_sets != cluster.network_sets
+            || self.cluster.services != cluster.services
+            || self.cluster.endpoint_slices != cluster.endpoint_slices
+            || self.cluster.namespaces != cluster.namespaces;
+        let changed_calico: Vec<String> = if inputs_changed {
+            cluster.calico_policies.keys().cloned().collect()
+        } else {
+            keys_changed(&self.cluster.calico_policies, &cluster.calico_policies)
+        };
+        for k in changed_calico {
+            self.bump(format!("calico:{k}"));
         }
         self.cluster = cluster;
         let hints = self.state.take_hints();

@@ -24,11 +24,16 @@ use crate::compiled::{
     TableId, IDENTITY_ANY,
 };
 use crate::model::{
-    Action, Cluster, ClusterPolicy, Direction, NamespaceMatch, NetworkPolicy, Pod, Subject, Tier,
+    Action, CalicoAction, CalicoPolicy, CalicoPort, CalicoRule, Cluster, ClusterPolicy, Direction,
+    NamespaceMatch, NetworkPolicy, Order, Pod, PortMatch, Subject, Tier, K8S_NETWORK_POLICY_ORDER,
 };
 use crate::selector::Labels;
+use crate::verdict::calico as calico_sem;
 
-use super::identity::{named_ports, FxMap, IdentityKey, LabelIndex, Matcher, NamedPorts, PodClass};
+use super::identity::{
+    named_ports, CalicoPeer, CalicoScope, FxMap, IdentityKey, LabelIndex, Matcher, NamedPorts,
+    PodClass,
+};
 use super::prefixes::{
     cluster_policy_prefixes, host_net, network_policy_prefixes, truncate, PrefixSet,
 };
@@ -198,6 +203,10 @@ pub(crate) struct State {
     np_by_namespace: FxMap<String, LabelIndex<String>>,
     cluster_programs: FxMap<String, PolicyProg>,
     cluster_order: Vec<String>,
+    /// Calico programs by [`CalicoPolicy::key`].
+    calico_programs: FxMap<String, PolicyProg>,
+    /// Calico matchers: checked against every new identity (no index).
+    calico_matchers: Vec<MatcherId>,
     table_ids: FxMap<Arc<TableKey>, TableId>,
     tables: FxMap<TableId, TableState>,
     named_port_tables: FxMap<String, BTreeSet<TableId>>,
@@ -255,6 +264,8 @@ impl State {
             np_by_namespace: FxMap::default(),
             cluster_programs: FxMap::default(),
             cluster_order: Vec::new(),
+            calico_programs: FxMap::default(),
+            calico_matchers: Vec::new(),
             table_ids: FxMap::default(),
             tables: FxMap::default(),
             named_port_tables: FxMap::default(),
@@ -300,6 +311,22 @@ impl State {
             st.add_cluster_policy(key, cp, rev, &mut txn);
         }
         st.sort_cluster_order();
+        for (key, cp) in &cluster.calico_policies {
+            let rev = revisions
+                .get(&format!("calico:{key}"))
+                .copied()
+                .unwrap_or(0);
+            st.add_calico_policy(key, cp, cluster, rev, &mut txn);
+        }
+        // Every network set net is a prefix, so that an identity's prefix decides its
+        // membership (see `identity::CalicoScope`).
+        if !cluster.calico_policies.is_empty() {
+            for set in cluster.network_sets.values() {
+                for n in &set.nets {
+                    st.prefixes.insert(n.trunc());
+                }
+            }
+        }
         let prefixes: Vec<IpNet> = st.prefixes.iter().copied().collect();
         for p in prefixes {
             let id = st.acquire_identity(IdentityKey::network(p), &mut txn);
@@ -418,6 +445,7 @@ impl State {
                 self.block_matchers.entry(b.cidr).or_default().push(id)
             }
             Matcher::Nothing => {}
+            Matcher::CalicoInterest(_) | Matcher::CalicoTruth(_) => self.calico_matchers.push(id),
         }
         self.matcher_ids.insert(m.clone(), id);
         self.matchers.push(MatcherState {
@@ -442,6 +470,7 @@ impl State {
         let mut prog = PolicyProg {
             scope: Scope::Namespace {
                 pods: np.pod_selector.clone(),
+                display: format!("{}/{}", np.namespace, np.name),
             },
             rules: [Vec::new(), Vec::new()],
             active: [false; 2],
@@ -479,6 +508,8 @@ impl State {
                     action: Action::Accept,
                     peers,
                     ports: r.ports.clone(),
+                    not_ports: Vec::new(),
+                    not_class: None,
                 });
             }
         }
@@ -531,6 +562,8 @@ impl State {
                     action: r.action,
                     peers: Peers::Any(ms),
                     ports: r.ports.clone(),
+                    not_ports: Vec::new(),
+                    not_class: None,
                 });
             }
         }
@@ -539,6 +572,147 @@ impl State {
         }
         self.cluster_programs.insert(key.to_string(), prog);
         self.cluster_order.push(key.to_string());
+    }
+
+    /// A Calico policy's program: `Log` rules are left out (Palisade does not log),
+    /// every other rule keeps its index for attribution.
+    fn add_calico_policy(
+        &mut self,
+        key: &str,
+        cp: &CalicoPolicy,
+        cluster: &Cluster,
+        revision: u64,
+        txn: &mut Txn,
+    ) {
+        let ns = cp.namespace.clone().unwrap_or_default();
+        let mut prog = PolicyProg {
+            scope: Scope::Calico {
+                policy: Box::new(cp.clone()),
+                sort: calico_sem::sort_key(cp.order, &cp.name, &ns),
+                display: calico_sem::display_name(cp),
+            },
+            rules: [Vec::new(), Vec::new()],
+            active: [false; 2],
+            uses_named: [false; 2],
+            revision,
+            matchers: Vec::new(),
+        };
+        for dir in [Direction::Ingress, Direction::Egress] {
+            let d = dir_index(dir);
+            let Some(rules) = cp.rules(dir) else { continue };
+            prog.active[d] = true;
+            for (index, r) in rules.iter().enumerate() {
+                let action = match r.action {
+                    CalicoAction::Log => continue,
+                    CalicoAction::Allow => Action::Accept,
+                    CalicoAction::Deny => Action::Deny,
+                    CalicoAction::Pass => Action::Pass,
+                };
+                let rule = self.intern_rule(
+                    RuleOrigin::Calico {
+                        kind: cp.kind,
+                        namespace: cp.namespace.clone(),
+                        name: cp.name.clone(),
+                        direction: dir,
+                        index,
+                        action: r.action,
+                    },
+                    txn,
+                );
+                let peers = if r.peer.is_empty() {
+                    Peers::All
+                } else {
+                    let peer = Arc::new(self.calico_peer(cp, r, dir, cluster));
+                    let default = peer.default();
+                    let interest = self.register_matcher(Matcher::CalicoInterest(peer.clone()));
+                    let truth = self.register_matcher(Matcher::CalicoTruth(peer));
+                    prog.matchers.extend([interest, truth]);
+                    Peers::Calico {
+                        interest,
+                        truth,
+                        default,
+                    }
+                };
+                let (ports, not_ports) = calico_ports(r);
+                prog.uses_named[d] |= uses_named(&ports) || uses_named(&Some(not_ports.clone()));
+                prog.rules[d].push(RuleProg {
+                    rule,
+                    action,
+                    peers,
+                    ports,
+                    not_ports,
+                    not_class: r.not_protocol.map(|p| p.number()),
+                });
+            }
+        }
+        self.calico_programs.insert(key.to_string(), prog);
+    }
+
+    /// A rule's peer criteria resolved against `cluster`, with every net they use
+    /// added to the prefix set.
+    fn calico_peer(
+        &mut self,
+        cp: &CalicoPolicy,
+        r: &CalicoRule,
+        dir: Direction,
+        cluster: &Cluster,
+    ) -> CalicoPeer {
+        let e = &r.peer;
+        let own = cp.namespace.as_deref();
+        let scope = |sel: &crate::calico_selector::CalicoSelector| {
+            let ns_sel = e.namespace_selector.as_ref();
+            let mut set_nets: Vec<IpNet> = cluster
+                .network_sets
+                .values()
+                .filter(|set| {
+                    let in_scope = match &set.namespace {
+                        Some(ns) => calico_sem::in_scope_namespaced(
+                            own,
+                            ns_sel,
+                            &cluster.namespace_labels(ns),
+                            ns,
+                        ),
+                        None => calico_sem::in_scope_global(own, ns_sel),
+                    };
+                    in_scope && sel.matches(&set.labels, set.namespace.is_none())
+                })
+                .flat_map(|set| set.nets.iter().map(IpNet::trunc))
+                .collect();
+            set_nets.sort();
+            set_nets.dedup();
+            CalicoScope {
+                sel: sel.clone(),
+                ns_sel: ns_sel.cloned(),
+                policy_ns: cp.namespace.clone(),
+                set_nets,
+            }
+        };
+        let all = crate::calico_selector::CalicoSelector::all();
+        let positive = e
+            .selector
+            .as_ref()
+            .or(e.namespace_selector.as_ref().map(|_| &all))
+            .map(scope);
+        let negative = e.not_selector.as_ref().map(scope);
+        let service = e.service.as_ref().map(|s| {
+            calico_sem::service_addresses(cluster, s, dir)
+                .into_iter()
+                .map(host_net)
+                .collect::<Vec<_>>()
+        });
+        let peer = CalicoPeer {
+            nets: e.nets.iter().map(IpNet::trunc).collect(),
+            not_nets: e.not_nets.iter().map(IpNet::trunc).collect(),
+            positive,
+            negative,
+            service,
+        };
+        let mut mentioned: Vec<IpNet> = peer.nets.iter().chain(&peer.not_nets).copied().collect();
+        mentioned.extend(peer.service.iter().flatten());
+        for n in mentioned {
+            self.prefixes.insert(n);
+        }
+        peer
     }
 
     fn sort_cluster_order(&mut self) {
@@ -551,7 +725,9 @@ impl State {
                     name,
                     ..
                 } => (*tier, *priority, name.clone(), k.clone()),
-                Scope::Namespace { .. } => unreachable!("cluster programs are cluster-scoped"),
+                Scope::Namespace { .. } | Scope::Calico { .. } => {
+                    unreachable!("cluster programs are cluster-scoped")
+                }
             });
     }
 
@@ -581,6 +757,11 @@ impl State {
                 if self.matchers[m as usize].matcher.matches(key) {
                     out.push(m);
                 }
+            }
+        }
+        for &m in &self.calico_matchers {
+            if self.matchers[m as usize].matcher.matches(key) {
+                out.push(m);
             }
         }
         if !key.nodes.is_empty() {
@@ -777,6 +958,7 @@ impl State {
             dir,
             admin: Vec::new(),
             network: Vec::new(),
+            calico: Vec::new(),
             baseline: Vec::new(),
             local_ports: None,
         };
@@ -812,6 +994,22 @@ impl State {
                 key.network.push((k.clone(), prog.revision));
             }
         }
+        let mut calico: Vec<(&(Order, String, String), &String, u64)> = Vec::new();
+        for (k, prog) in &self.calico_programs {
+            let Scope::Calico { policy, sort, .. } = &prog.scope else {
+                continue;
+            };
+            if prog.active[d] && calico_sem::selects(policy, &pod.labels, ns_labels, &pod.namespace)
+            {
+                named |= prog.uses_named[d];
+                calico.push((sort, k, prog.revision));
+            }
+        }
+        calico.sort();
+        key.calico = calico
+            .into_iter()
+            .map(|(_, k, rev)| (k.clone(), rev))
+            .collect();
         if dir == Direction::Ingress && named {
             let ports = named_ports(pod);
             if !ports.is_empty() {
@@ -833,8 +1031,8 @@ impl State {
             rules.extend(&self.cluster_programs[k].rules[d]);
         }
         let admin_end = rules.len();
-        for (k, _) in &key.network {
-            rules.extend(&self.np_programs[k].rules[d]);
+        for prog in self.default_tier(key) {
+            rules.extend(&prog.rules[d]);
         }
         let np_end = rules.len();
         for (k, _) in &key.baseline {
@@ -849,6 +1047,51 @@ impl State {
             default,
             local_ports: key.local_ports.as_deref().unwrap_or(&[]),
         }
+    }
+
+    /// The default tier's programs in evaluation order: the NetworkPolicies alone when
+    /// no Calico policy applies, else both merged by `(order, name, namespace)`.
+    fn default_tier<'a>(&'a self, key: &'a TableKey) -> Vec<&'a PolicyProg> {
+        let nps = key.network.iter().map(|(k, _)| &self.np_programs[k]);
+        if key.calico.is_empty() {
+            return nps.collect();
+        }
+        let mut members: Vec<((Order, String, String), &PolicyProg)> = key
+            .network
+            .iter()
+            .map(|(k, _)| {
+                let (ns, name) = k.split_once('/').unwrap_or(("", k));
+                let sort = calico_sem::sort_key(
+                    Some(Order(K8S_NETWORK_POLICY_ORDER)),
+                    &format!("knp.default.{name}"),
+                    ns,
+                );
+                (sort, &self.np_programs[k])
+            })
+            .collect();
+        for (k, _) in &key.calico {
+            let prog = &self.calico_programs[k];
+            if let Scope::Calico { sort, .. } = &prog.scope {
+                members.push((sort.clone(), prog));
+            }
+        }
+        members.sort_by(|a, b| a.0.cmp(&b.0));
+        members.into_iter().map(|(_, p)| p).collect()
+    }
+
+    /// How the end-of-tier deny names the policies that applied, as the evaluator does.
+    fn applied_names(&self, key: &TableKey) -> Vec<String> {
+        if key.calico.is_empty() {
+            return key.network.iter().map(|(k, _)| k.clone()).collect();
+        }
+        self.default_tier(key)
+            .into_iter()
+            .map(|prog| match &prog.scope {
+                Scope::Calico { display, .. } => display.clone(),
+                Scope::Namespace { display, .. } => format!("NetworkPolicy {display}"),
+                Scope::Cluster { name, .. } => name.clone(),
+            })
+            .collect()
     }
 
     /// Entries of identity `id` in table `t`, if its partition differs from the wildcard's.
@@ -872,10 +1115,10 @@ impl State {
         }
         let dir = key.dir;
         let default = self.intern_rule(RuleOrigin::Default { direction: dir }, txn);
-        let isolated = if key.network.is_empty() {
+        let isolated = if key.network.is_empty() && key.calico.is_empty() {
             None
         } else {
-            let policies = key.network.iter().map(|(k, _)| k.clone()).collect();
+            let policies = self.applied_names(&key);
             Some(self.intern_rule(
                 RuleOrigin::Isolated {
                     direction: dir,
@@ -945,15 +1188,8 @@ impl State {
         let any = partition(spec, &spec.any_flags(), &[]);
         let mut entries = Vec::new();
         push_entries(IDENTITY_ANY, &any, None, &mut entries);
-        let mut matchers: Vec<MatcherId> = spec
-            .rules
-            .iter()
-            .filter_map(|r| match &r.peers {
-                Peers::Any(ms) => Some(ms.iter().copied()),
-                Peers::All => None,
-            })
-            .flatten()
-            .collect();
+        let mut matchers: Vec<MatcherId> =
+            spec.rules.iter().flat_map(|r| r.peers.matchers()).collect();
         matchers.sort_unstable();
         matchers.dedup();
         let named = spec.egress_named_ports();
@@ -1050,4 +1286,32 @@ fn uses_named(ports: &Option<Vec<crate::model::PortMatch>>) -> bool {
         .iter()
         .flatten()
         .any(|p| matches!(p, crate::model::PortMatch::Named { .. }))
+}
+
+/// A Calico rule's ports in the compiler's form: `(ports, notPorts)`, each with the
+/// rule's protocol. No protocol and no ports: every protocol class; a protocol without
+/// ports: every port of it.
+fn calico_ports(r: &CalicoRule) -> (Option<Vec<PortMatch>>, Vec<PortMatch>) {
+    let conv = |list: &[CalicoPort], protocol| -> Vec<PortMatch> {
+        list.iter()
+            .map(|p| match p {
+                CalicoPort::Range(lo, hi) => PortMatch::Range {
+                    protocol,
+                    port: *lo,
+                    end_port: *hi,
+                },
+                CalicoPort::Named(name) => PortMatch::Named {
+                    protocol,
+                    name: name.clone(),
+                },
+            })
+            .collect()
+    };
+    match r.protocol {
+        None => (None, Vec::new()),
+        Some(p) if r.ports.is_empty() => {
+            (Some(vec![PortMatch::AllPorts(p)]), conv(&r.not_ports, p))
+        }
+        Some(p) => (Some(conv(&r.ports, p)), conv(&r.not_ports, p)),
+    }
 }

@@ -5,8 +5,12 @@
 //!
 //! 1. Admin cluster policies (priority, then name), rules in order, first match:
 //!    `Accept` allows, `Deny` denies, `Pass` skips to step 2.
-//! 2. If NetworkPolicies isolate the endpoint in this direction: the first matching rule
-//!    (policies by name, rules by index) allows; no match denies ([`RuleOrigin::Isolated`]).
+//! 2. The default tier, if a NetworkPolicy or Calico policy applies to the endpoint in
+//!    this direction: rules of the policies by order (NetworkPolicies are order 1000
+//!    under the name `knp.default.<name>`; see `crate::verdict::calico`), first match:
+//!    `Accept` (NetworkPolicy rules, Calico `Allow`) allows, `Deny` denies, `Pass` skips
+//!    to step 3 (Calico `Log` rules are not compiled); no match denies
+//!    ([`RuleOrigin::Isolated`]).
 //! 3. Baseline cluster policies, first match `Accept`/`Deny` (a `Pass` ends the tier).
 //! 4. Allowed by default ([`RuleOrigin::Default`]).
 //!
@@ -32,6 +36,38 @@ pub(crate) enum Peers {
     All,
     /// Peers matched by any of these matchers.
     Any(Vec<MatcherId>),
+    /// A Calico rule's peer criteria: an identity `interest` matches takes the verdict
+    /// of `truth`; every other identity (the wildcard included) takes `default`.
+    Calico {
+        /// [`super::identity::Matcher::CalicoInterest`].
+        interest: MatcherId,
+        /// [`super::identity::Matcher::CalicoTruth`].
+        truth: MatcherId,
+        /// [`super::identity::CalicoPeer::default`].
+        default: bool,
+    },
+}
+
+impl Peers {
+    /// The matchers a table with this rule must follow.
+    pub(crate) fn matchers(&self) -> Vec<MatcherId> {
+        match self {
+            Peers::All => Vec::new(),
+            Peers::Any(ms) => ms.clone(),
+            Peers::Calico {
+                interest, truth, ..
+            } => vec![*interest, *truth],
+        }
+    }
+
+    /// Whether the wildcard peer (an identity no matcher of the table mentions) matches.
+    fn matches_any(&self) -> bool {
+        match self {
+            Peers::All => true,
+            Peers::Any(_) => false,
+            Peers::Calico { default, .. } => *default,
+        }
+    }
 }
 
 /// One rule, ready to evaluate.
@@ -39,12 +75,16 @@ pub(crate) enum Peers {
 pub(crate) struct RuleProg {
     /// Attribution.
     pub rule: RuleId,
-    /// NetworkPolicy rules are [`Action::Accept`].
+    /// NetworkPolicy rules are [`Action::Accept`]; Calico `Allow` is `Accept`.
     pub action: Action,
     /// Peers.
     pub peers: Peers,
     /// `None`: every port and protocol class.
     pub ports: Option<Vec<PortMatch>>,
+    /// Ports that do not match (Calico `notPorts`), whatever `ports` says.
+    pub not_ports: Vec<PortMatch>,
+    /// A protocol class that does not match (Calico `notProtocol`).
+    pub not_class: Option<u8>,
 }
 
 /// Which endpoints a policy applies to.
@@ -54,6 +94,17 @@ pub(crate) enum Scope {
     Namespace {
         /// Pod selector (the namespace is the policy's own).
         pods: LabelSelector,
+        /// `namespace/name`.
+        display: String,
+    },
+    /// A Calico policy of the default tier.
+    Calico {
+        /// The policy, for [`crate::verdict::calico::selects`].
+        policy: Box<crate::model::CalicoPolicy>,
+        /// Sort key in the default tier.
+        sort: (crate::model::Order, String, String),
+        /// How explanations name it.
+        display: String,
     },
     /// A cluster policy.
     Cluster {
@@ -103,6 +154,10 @@ pub(crate) struct TableKey {
     pub admin: Vec<(String, u64)>,
     /// Isolating NetworkPolicies by `namespace/name`, with revisions.
     pub network: Vec<(String, u64)>,
+    /// Calico policies applying to the endpoint in this direction, in evaluation
+    /// order, by [`crate::model::CalicoPolicy::key`], with revisions. When this is not
+    /// empty, the default tier is these and `network` merged by order.
+    pub calico: Vec<(String, u64)>,
     /// Baseline cluster policies in evaluation order.
     pub baseline: Vec<(String, u64)>,
     /// The endpoint's named ports, when an ingress rule uses a named port.
@@ -113,13 +168,14 @@ pub(crate) struct TableKey {
 pub(crate) struct Spec<'a> {
     /// Direction.
     pub dir: Direction,
-    /// Admin rules, then NetworkPolicy rules, then Baseline rules.
+    /// Admin rules, then default-tier rules (NetworkPolicy and Calico, in order), then
+    /// Baseline rules.
     pub rules: Vec<&'a RuleProg>,
     /// End of the Admin rules in `rules`.
     pub admin_end: usize,
-    /// End of the NetworkPolicy rules in `rules`.
+    /// End of the default-tier rules in `rules`.
     pub np_end: usize,
-    /// The `Isolated` rule when NetworkPolicies isolate.
+    /// The `Isolated` rule when the default tier applies (end-of-tier deny).
     pub isolated: Option<RuleId>,
     /// The `Default` rule.
     pub default: RuleId,
@@ -138,8 +194,8 @@ impl Spec<'_> {
         let mut names: Vec<String> = self
             .rules
             .iter()
-            .filter(|r| matches!(r.peers, Peers::All))
-            .flat_map(|r| r.ports.iter().flatten())
+            .filter(|r| r.peers.matches_any())
+            .flat_map(|r| r.ports.iter().flatten().chain(&r.not_ports))
             .filter_map(|p| match p {
                 PortMatch::Named { name, .. } => Some(name.clone()),
                 _ => None,
@@ -152,10 +208,7 @@ impl Spec<'_> {
 
     /// The flags of the wildcard peer: only rules matching every peer.
     pub(crate) fn any_flags(&self) -> Vec<bool> {
-        self.rules
-            .iter()
-            .map(|r| matches!(r.peers, Peers::All))
-            .collect()
+        self.rules.iter().map(|r| r.peers.matches_any()).collect()
     }
 
     /// The flags of a peer matched by the sorted matcher list `matched`.
@@ -165,6 +218,17 @@ impl Spec<'_> {
             .map(|r| match &r.peers {
                 Peers::All => true,
                 Peers::Any(ms) => ms.iter().any(|m| matched.binary_search(m).is_ok()),
+                Peers::Calico {
+                    interest,
+                    truth,
+                    default,
+                } => {
+                    if matched.binary_search(interest).is_ok() {
+                        matched.binary_search(truth).is_ok()
+                    } else {
+                        *default
+                    }
+                }
             })
             .collect()
     }
@@ -196,6 +260,16 @@ fn port_range(pm: &PortMatch, class: u8, dest: &[(String, Protocol, u16)]) -> Op
 }
 
 fn port_ok(rule: &RuleProg, class: u8, port: u16, dest: &[(String, Protocol, u16)]) -> bool {
+    if rule.not_class == Some(class) {
+        return false;
+    }
+    if rule
+        .not_ports
+        .iter()
+        .any(|pm| port_range(pm, class, dest).is_some_and(|(lo, hi)| lo <= port && port <= hi))
+    {
+        return false;
+    }
     match &rule.ports {
         None => true,
         Some(_) if class == PROTO_OTHER => false,
@@ -228,13 +302,20 @@ fn decide(
             }
         }
     }
-    if let Some(iso) = spec.isolated {
-        for i in spec.admin_end..spec.np_end {
-            if hit(i) {
-                return verdict(TableAction::Allow, spec.rules[i].rule);
+    'default_tier: {
+        if let Some(iso) = spec.isolated {
+            for i in spec.admin_end..spec.np_end {
+                if hit(i) {
+                    let r = spec.rules[i];
+                    match r.action {
+                        Action::Accept => return verdict(TableAction::Allow, r.rule),
+                        Action::Deny => return verdict(TableAction::Deny, r.rule),
+                        Action::Pass => break 'default_tier,
+                    }
+                }
             }
+            return verdict(TableAction::Deny, iso);
         }
-        return verdict(TableAction::Deny, iso);
     }
     for i in spec.np_end..spec.rules.len() {
         if hit(i) {
@@ -272,7 +353,7 @@ pub(crate) fn partition(
             if !flags[i] {
                 continue;
             }
-            for pm in r.ports.iter().flatten() {
+            for pm in r.ports.iter().flatten().chain(&r.not_ports) {
                 if let Some((lo, hi)) = port_range(pm, class, dest) {
                     bounds.push(u32::from(lo));
                     bounds.push(u32::from(hi) + 1);

@@ -96,6 +96,7 @@ pub(super) fn probe_addresses(c: &Cluster) -> Vec<IpAddr> {
     for n in c.nodes.values() {
         out.extend(&n.addresses);
     }
+    out.extend(super::calico_tests::probe_addresses());
     out.sort();
     out.dedup();
     out
@@ -125,6 +126,7 @@ pub(super) fn probe_ports(c: &Cluster) -> Vec<u16> {
             visit(&r.ports);
         }
     }
+    out.extend(super::calico_tests::probe_ports(c));
     out.sort();
     out.dedup();
     out
@@ -973,8 +975,21 @@ pub(super) fn arb_cluster() -> impl Strategy<Value = Cluster> {
         nodes,
         proptest::collection::vec(arb_network_policy(), 0..=4),
         proptest::collection::vec(arb_cluster_policy(), 0..=4),
+        (
+            proptest::collection::vec(super::calico_tests::arb_calico_policy(), 0..=3),
+            super::calico_tests::arb_network_sets(),
+            prop::option::weighted(
+                0.5,
+                super::calico_tests::arb_service(
+                    ["10.0.0.1", "10.0.0.4", "fd00::2", "192.168.1.1"]
+                        .iter()
+                        .map(|a| a.parse().unwrap())
+                        .collect(),
+                ),
+            ),
+        ),
     )
-        .prop_map(|(nss, pods, keep, nodes, nps, cps)| {
+        .prop_map(|(nss, pods, keep, nodes, nps, cps, (calico, sets, svc))| {
             let mut c = Cluster::default();
             for (i, (declared, mut l)) in nss.into_iter().enumerate() {
                 if declared {
@@ -1013,6 +1028,7 @@ pub(super) fn arb_cluster() -> impl Strategy<Value = Cluster> {
                 c.cluster_policies
                     .insert(format!("{}/{}", p.kind.as_str(), p.name), p);
             }
+            super::calico_tests::add_to(&mut c, calico, sets, svc);
             c
         })
 }

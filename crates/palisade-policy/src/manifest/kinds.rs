@@ -13,7 +13,7 @@
 //! 3. Anything else (Deployment, ConfigMap, a known non-policy kind at another
 //!    version) cannot change a verdict and is skipped with a warning.
 
-use crate::model::ClusterPolicyKind;
+use crate::model::{CalicoKind, ClusterPolicyKind};
 
 /// The kinds this module understands, with their scope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,13 +25,24 @@ pub(crate) enum Kind {
     EndpointSlice,
     NetworkPolicy,
     Cluster(ClusterPolicyKind),
+    /// A Calico policy (either apiVersion).
+    Calico(CalicoKind),
+    /// A Calico NetworkSet (`global: false`) or GlobalNetworkSet.
+    NetworkSet {
+        global: bool,
+    },
 }
 
 impl Kind {
     pub(crate) fn namespaced(self) -> bool {
         matches!(
             self,
-            Kind::Pod | Kind::Service | Kind::EndpointSlice | Kind::NetworkPolicy
+            Kind::Pod
+                | Kind::Service
+                | Kind::EndpointSlice
+                | Kind::NetworkPolicy
+                | Kind::Calico(CalicoKind::NetworkPolicy)
+                | Kind::NetworkSet { global: false }
         )
     }
 
@@ -45,11 +56,17 @@ impl Kind {
             Kind::EndpointSlice => "EndpointSlice",
             Kind::NetworkPolicy => "NetworkPolicy",
             Kind::Cluster(k) => k.as_str(),
+            Kind::Calico(k) => k.as_str(),
+            Kind::NetworkSet { global: false } => "NetworkSet.projectcalico.org",
+            Kind::NetworkSet { global: true } => "GlobalNetworkSet.projectcalico.org",
         }
     }
 
     fn is_policy(self) -> bool {
-        matches!(self, Kind::NetworkPolicy | Kind::Cluster(_))
+        matches!(
+            self,
+            Kind::NetworkPolicy | Kind::Cluster(_) | Kind::Calico(_) | Kind::NetworkSet { .. }
+        )
     }
 }
 
@@ -95,9 +112,38 @@ pub(crate) fn supported(kind: &str) -> Option<(&'static str, Kind)> {
     })
 }
 
+/// The Calico API versions read: the aggregated API and the CRD form behind it.
+const CALICO_VERSIONS: [&str; 2] = ["projectcalico.org/v3", "crd.projectcalico.org/v1"];
+
+/// A Calico kind Palisade decodes, at either of [`CALICO_VERSIONS`].
+fn calico(kind: &str) -> Option<Kind> {
+    Some(match kind {
+        "NetworkPolicy" => Kind::Calico(CalicoKind::NetworkPolicy),
+        "GlobalNetworkPolicy" => Kind::Calico(CalicoKind::GlobalNetworkPolicy),
+        "NetworkSet" => Kind::NetworkSet { global: false },
+        "GlobalNetworkSet" => Kind::NetworkSet { global: true },
+        _ => return None,
+    })
+}
+
 /// Decides per the numbered rules above.
 pub(crate) fn dispatch(api_version: &str, kind: &str) -> Dispatch {
     let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    if matches!(group, "projectcalico.org" | "crd.projectcalico.org") {
+        if let Some(k) = calico(kind) {
+            if CALICO_VERSIONS.contains(&api_version) {
+                return Dispatch::Decode(k);
+            }
+            return Dispatch::Unenforced(format!(
+                "Calico {kind} is read as projectcalico.org/v3 or crd.projectcalico.org/v1, not {api_version}; refusing it rather than answering without it"
+            ));
+        }
+        if kind.starts_with("Staged") {
+            return Dispatch::Unenforced(format!(
+                "Calico {kind} ({api_version}) is a staged (audit-only) policy, which Palisade does not support; refusing it rather than answering as if it were enforced or absent"
+            ));
+        }
+    }
     if let Some((want, k)) = supported(kind) {
         if api_version == want {
             return Dispatch::Decode(k);
@@ -146,9 +192,11 @@ mod tests {
     #[test]
     fn policies_palisade_does_not_enforce_are_refused_and_other_kinds_skipped() {
         for (v, k) in [
-            ("projectcalico.org/v3", "GlobalNetworkPolicy"),
-            ("projectcalico.org/v3", "NetworkPolicy"),
-            ("crd.projectcalico.org/v1", "NetworkSet"),
+            ("projectcalico.org/v3", "StagedGlobalNetworkPolicy"),
+            ("crd.projectcalico.org/v1", "StagedNetworkPolicy"),
+            ("projectcalico.org/v3", "Tier"),
+            ("projectcalico.org/v3", "HostEndpoint"),
+            ("projectcalico.org/v1", "NetworkPolicy"),
             ("cilium.io/v2", "CiliumNetworkPolicy"),
             ("networking.k8s.io/v1beta1", "NetworkPolicy"),
             ("policy.networking.k8s.io/v1alpha1", "ClusterNetworkPolicy"),
@@ -178,5 +226,15 @@ mod tests {
             dispatch("networking.k8s.io/v1", "NetworkPolicy"),
             Dispatch::Decode(Kind::NetworkPolicy)
         );
+        for v in CALICO_VERSIONS {
+            assert_eq!(
+                dispatch(v, "NetworkPolicy"),
+                Dispatch::Decode(Kind::Calico(CalicoKind::NetworkPolicy))
+            );
+            assert_eq!(
+                dispatch(v, "GlobalNetworkSet"),
+                Dispatch::Decode(Kind::NetworkSet { global: true })
+            );
+        }
     }
 }

@@ -37,6 +37,7 @@
 //! order) wins, with a warning naming both places. [`lint`] then looks for objects that
 //! loaded but probably do not do what was meant.
 
+mod calico;
 mod cidr;
 mod cluster_policy;
 mod documents;
@@ -51,6 +52,8 @@ mod ports;
 mod selector;
 mod strict;
 
+#[cfg(test)]
+mod calico_tests;
 #[cfg(test)]
 mod tests;
 
@@ -129,6 +132,20 @@ impl Loaded {
                     &p.cluster_policies,
                     &mut cluster.cluster_policies,
                     &format!("{}/{key}", k.as_str()),
+                ),
+                Kind::Calico(k) => copy(
+                    &p.calico_policies,
+                    &mut cluster.calico_policies,
+                    &format!("{}/{key}", k.as_str()),
+                ),
+                Kind::NetworkSet { global } => copy(
+                    &p.network_sets,
+                    &mut cluster.network_sets,
+                    &if *global {
+                        format!("GlobalNetworkSet/{key}")
+                    } else {
+                        format!("NetworkSet/{key}")
+                    },
                 ),
             };
             if found {
@@ -407,6 +424,12 @@ impl Loader {
                     .map(Parsed::NetworkPolicy),
                 Kind::Cluster(k) => cluster_policy::cluster_policy(&v, s, k, &name, &mut p)
                     .map(Parsed::ClusterPolicy),
+                Kind::Calico(k) => calico::policy(&v, s, k, namespace.as_deref(), &name, &mut p)
+                    .map(Parsed::CalicoPolicy),
+                Kind::NetworkSet { .. } => {
+                    calico::network_set(&v, s, namespace.as_deref(), &name, &mut p)
+                        .map(Parsed::NetworkSet)
+                }
             };
         for (field, message) in p.warnings {
             self.out.warnings.push(Warning {
@@ -457,6 +480,8 @@ enum Parsed {
     EndpointSlice(crate::model::EndpointSlice),
     NetworkPolicy(crate::model::NetworkPolicy),
     ClusterPolicy(crate::model::ClusterPolicy),
+    CalicoPolicy(crate::model::CalicoPolicy),
+    NetworkSet(crate::model::NetworkSet),
 }
 
 impl Parsed {
@@ -474,6 +499,8 @@ impl Parsed {
                 .cluster_policies
                 .insert(format!("{}/{}", o.kind.as_str(), o.name), o)
                 .is_some(),
+            Parsed::CalicoPolicy(o) => c.calico_policies.insert(o.key(), o).is_some(),
+            Parsed::NetworkSet(o) => c.network_sets.insert(o.key(), o).is_some(),
         }
     }
 }

@@ -1380,15 +1380,12 @@ fn issue_8_json_errors_carry_line_and_column_too() {
 #[test]
 fn issue_8_policy_kinds_palisade_does_not_enforce_are_errors() {
     let l = load_one(
-        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: deny-metadata}\nspec:\n  egress: [{action: Deny, destination: {nets: [169.254.169.254/32]}}]\n---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: c, namespace: default}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: ok}\n",
+        "apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {name: deny-metadata}\nspec:\n  order: 100\n---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: c, namespace: default}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: ok}\n",
     );
     let objects: Vec<&str> = l.errors.iter().filter_map(|e| e.object()).collect();
     assert_eq!(
         objects,
-        vec![
-            "GlobalNetworkPolicy deny-metadata",
-            "CiliumNetworkPolicy default/c"
-        ]
+        vec!["Tier deny-metadata", "CiliumNetworkPolicy default/c"]
     );
     assert!(l.errors[0].message().contains("Calico"), "{}", l.errors[0]);
     assert_eq!(l.errors[0].position().map(|p| p.line), Some(2));

@@ -3,7 +3,7 @@
 use std::fmt;
 
 use crate::compiled::RuleOrigin;
-use crate::model::{Action, Direction, Tier};
+use crate::model::{Action, CalicoAction, Direction, Tier};
 
 use super::{ClusterOutcome, Step};
 
@@ -64,6 +64,31 @@ pub fn describe(origin: &RuleOrigin) -> String {
                 tier_word(*tier),
                 dir_word(*direction),
                 rule_ref(*index, rule_name)
+            )
+        }
+        RuleOrigin::Calico {
+            kind,
+            namespace,
+            name,
+            direction,
+            index,
+            action,
+        } => {
+            let verb = match action {
+                CalicoAction::Allow => "allowed by",
+                CalicoAction::Deny => "denied by",
+                CalicoAction::Pass => "passed to the next tier by",
+                CalicoAction::Log => "logged by",
+            };
+            let who = match namespace {
+                Some(ns) => format!("{ns}/{name}"),
+                None => name.clone(),
+            };
+            format!(
+                "{verb} {} {who} {} rule {index} ({})",
+                kind.as_str(),
+                dir_word(*direction),
+                action.as_str()
             )
         }
         RuleOrigin::Isolated {
@@ -142,6 +167,42 @@ pub(super) fn step(step: &Step, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 Some((policy, index)) => write!(f, "rule {policy} {d}[{index}] allowed"),
                 None => f.write_str("no rule allowed it"),
             }
+        }
+        Step::CalicoPolicy {
+            policy,
+            order,
+            direction,
+            matched,
+            logged,
+        } => {
+            let order = match order {
+                Some(o) => format!("order {}", o.0),
+                None => "no order".to_string(),
+            };
+            write!(f, "Default tier: {policy} ({order}) ")?;
+            match matched {
+                None => write!(f, "no {} rule decided", dir_word(*direction))?,
+                Some((index, action)) => {
+                    write!(
+                        f,
+                        "{} rule {index} {} matched",
+                        dir_word(*direction),
+                        action.as_str()
+                    )?;
+                    if *action == CalicoAction::Pass {
+                        f.write_str(": skipping the rest of the default tier")?;
+                    }
+                }
+            }
+            if !logged.is_empty() {
+                let l: Vec<String> = logged.iter().map(|i| i.to_string()).collect();
+                write!(
+                    f,
+                    "; Log rules {} matched (Palisade does not log them)",
+                    l.join(", ")
+                )?;
+            }
+            Ok(())
         }
         Step::Default { direction } => write!(
             f,

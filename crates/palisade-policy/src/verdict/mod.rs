@@ -32,8 +32,13 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::compiled::RuleOrigin;
-use crate::model::{Action, Cluster, ClusterPolicy, ClusterPolicyKind, Direction, Pod, Tier};
+use crate::model::{
+    Action, CalicoAction, Cluster, ClusterPolicy, ClusterPolicyKind, Direction, Pod, Tier,
+};
 
+pub mod calico;
+#[cfg(test)]
+mod calico_tests;
 mod describe;
 mod flow;
 mod matching;
@@ -119,6 +124,19 @@ pub enum Step {
         /// The first rule that allowed the connection: `(namespace/name, index)`.
         allowed_by: Option<(String, usize)>,
     },
+    /// A Calico policy of the default tier was consulted.
+    CalicoPolicy {
+        /// `Kind namespace/name` or `Kind name`.
+        policy: String,
+        /// `spec.order`, if set.
+        order: Option<crate::model::Order>,
+        /// Direction of the rules consulted.
+        direction: Direction,
+        /// The rule that decided (`Allow`, `Deny` or `Pass`): `(index, action)`.
+        matched: Option<(usize, CalicoAction)>,
+        /// `Log` rules that matched on the way (Palisade does not log).
+        logged: Vec<usize>,
+    },
     /// Nothing decided; the default applied.
     Default {
         /// Direction.
@@ -188,7 +206,7 @@ pub fn evaluate_side(
 }
 
 /// The traffic one side sees, with its destination (for named ports).
-struct Traffic<'a> {
+pub(crate) struct Traffic<'a> {
     dir: Direction,
     peer: &'a Endpoint<'a>,
     /// The destination pod: the subject for ingress, the peer (if a pod) for egress.
@@ -229,9 +247,21 @@ fn side(
         Some((Action::Pass, _)) | None => {}
     }
 
-    // 2. NetworkPolicy: isolation, then the union of allow rules.
-    if let Some((allowed, origin)) = network_policies(cluster, pod, &traffic, &mut consulted) {
-        return decided(allowed, origin, consulted);
+    // 2. The default tier: Calico policies and NetworkPolicies by order, first decision
+    // wins, end-of-tier deny; without Calico policies, NetworkPolicy isolation and the
+    // union of allow rules (the same verdict, with the established explanation).
+    match calico::default_tier(cluster, pod, &traffic, &mut consulted) {
+        Some(calico::TierResult::Decided(allowed, origin)) => {
+            return decided(allowed, origin, consulted)
+        }
+        Some(calico::TierResult::Passed) => {}
+        None => {
+            if let Some((allowed, origin)) =
+                network_policies(cluster, pod, &traffic, &mut consulted)
+            {
+                return decided(allowed, origin, consulted);
+            }
+        }
     }
 
     // 3. Baseline tier. `Pass` is not valid in Baseline (validation rejects it); were

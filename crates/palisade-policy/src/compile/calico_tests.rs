@@ -1,0 +1,323 @@
+//! Random Calico objects for the compiler's property tests (`tests.rs` mixes them into
+//! every random cluster), and unit tests of Calico constructs in the compiled form.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use proptest::prelude::*;
+
+use crate::calico_selector::CalicoSelector;
+use crate::model::{
+    CalicoAction, CalicoEntity, CalicoKind, CalicoPolicy, CalicoPort, CalicoRule, Cluster,
+    EndpointSlice, NetworkSet, Order, Protocol, Service, ServiceRef,
+};
+
+/// Selectors over the labels the random pods carry (`app`, `tier` in `a`/`b`), the
+/// Calico automatic labels, namespace labels and network-set labels.
+const SELECTORS: [&str; 12] = [
+    "all()",
+    "app == 'a'",
+    "app != 'b'",
+    "has(tier)",
+    "!has(app)",
+    "app in {'a', 'b'} && tier not in {'a'}",
+    "tier == 'b' || app == 'b'",
+    "projectcalico.org/namespace == 'ns1'",
+    "pcns.app == 'a'",
+    "kind == 'partner'",
+    "has(kind) || app == 'a'",
+    "!all()",
+];
+
+const NS_SELECTORS: [&str; 5] = [
+    "all()",
+    "projectcalico.org/name == 'ns0'",
+    "has(app)",
+    "global()",
+    "global() || projectcalico.org/name == 'ns2'",
+];
+
+const NETS: [&str; 7] = [
+    "10.0.0.0/30",
+    "10.0.0.0/8",
+    "192.168.1.0/24",
+    "169.254.169.254/32",
+    "10.0.0.3/32",
+    "fd00::/126",
+    "0.0.0.0/0",
+];
+
+/// The Service every random `services` rule names, in namespace `ns0`.
+pub(super) const SERVICE: (&str, &str) = ("ns0", "svc");
+/// Its cluster IP.
+pub(super) const CLUSTER_IP: &str = "10.96.0.1";
+
+fn sel(text: &str) -> CalicoSelector {
+    CalicoSelector::parse(text).expect("test selectors parse")
+}
+
+fn nets(list: &[&str]) -> Vec<IpNet> {
+    list.iter().map(|n| n.parse().unwrap()).collect()
+}
+
+fn arb_opt_sel(list: &'static [&'static str]) -> impl Strategy<Value = Option<CalicoSelector>> {
+    prop_oneof![
+        2 => Just(None),
+        1 => prop::sample::select(list).prop_map(|s| Some(sel(s))),
+    ]
+}
+
+fn arb_entity() -> impl Strategy<Value = CalicoEntity> {
+    let v4: Vec<&'static str> = NETS.iter().copied().filter(|n| !n.contains(':')).collect();
+    (
+        prop::sample::subsequence(v4.clone(), 0..=1),
+        prop::sample::subsequence(v4, 0..=1),
+        arb_opt_sel(&SELECTORS),
+        arb_opt_sel(&SELECTORS),
+        arb_opt_sel(&NS_SELECTORS),
+        prop::bool::weighted(0.15),
+    )
+        .prop_map(|(n, nn, s, ns, nss, service)| {
+            if service {
+                return CalicoEntity {
+                    service: Some(ServiceRef {
+                        namespace: SERVICE.0.into(),
+                        name: SERVICE.1.into(),
+                    }),
+                    ..CalicoEntity::default()
+                };
+            }
+            CalicoEntity {
+                nets: nets(&n),
+                not_nets: nets(&nn),
+                selector: s,
+                not_selector: ns,
+                namespace_selector: nss,
+                service: None,
+            }
+        })
+}
+
+fn arb_protocol() -> impl Strategy<Value = Protocol> {
+    prop_oneof![
+        3 => Just(Protocol::Tcp),
+        1 => Just(Protocol::Udp),
+        1 => Just(Protocol::Sctp)
+    ]
+}
+
+fn arb_calico_ports() -> impl Strategy<Value = Vec<CalicoPort>> {
+    let port = prop_oneof![
+        prop::sample::select(&[53u16, 80, 443, 8080][..]).prop_map(|p| CalicoPort::Range(p, p)),
+        Just(CalicoPort::Range(79, 90)),
+        Just(CalicoPort::Range(8000, 9000)),
+        prop::sample::select(&["http", "dns", "metrics"][..])
+            .prop_map(|n| CalicoPort::Named(n.into())),
+    ];
+    proptest::collection::vec(port, 0..=2)
+}
+
+fn arb_rule() -> impl Strategy<Value = CalicoRule> {
+    (
+        prop_oneof![
+            3 => Just(CalicoAction::Allow),
+            3 => Just(CalicoAction::Deny),
+            1 => Just(CalicoAction::Pass),
+            1 => Just(CalicoAction::Log),
+        ],
+        prop::option::weighted(0.5, arb_protocol()),
+        prop::option::weighted(0.15, arb_protocol()),
+        prop_oneof![2 => Just(CalicoEntity::default()), 3 => arb_entity()],
+        arb_calico_ports(),
+        arb_calico_ports(),
+    )
+        .prop_map(|(action, protocol, not_protocol, peer, ports, not_ports)| {
+            // Ports only with a protocol, as decoding requires.
+            let (ports, not_ports) = match protocol {
+                Some(_) => (ports, not_ports),
+                None => (Vec::new(), Vec::new()),
+            };
+            CalicoRule {
+                action,
+                protocol,
+                not_protocol,
+                peer,
+                ports,
+                not_ports,
+            }
+        })
+}
+
+fn arb_rules() -> impl Strategy<Value = Option<Vec<CalicoRule>>> {
+    prop_oneof![
+        1 => Just(None),
+        3 => proptest::collection::vec(arb_rule(), 0..=3).prop_map(Some),
+    ]
+}
+
+/// A Calico NetworkPolicy in one of the random namespaces, or a GlobalNetworkPolicy.
+pub(super) fn arb_calico_policy() -> impl Strategy<Value = CalicoPolicy> {
+    (
+        prop::option::weighted(0.6, prop::sample::select(&["ns0", "ns1", "ns2"][..])),
+        0..3usize,
+        prop::sample::select(&[None, Some(10.0), Some(1000.0), Some(1000.5), Some(2000.0)][..]),
+        prop::sample::select(&SELECTORS[..7]),
+        arb_opt_sel(&NS_SELECTORS[..3]),
+        arb_rules(),
+        arb_rules(),
+    )
+        .prop_map(|(ns, i, order, s, nss, ingress, egress)| {
+            let (kind, namespace_selector) = match ns {
+                Some(_) => (CalicoKind::NetworkPolicy, None),
+                None => (CalicoKind::GlobalNetworkPolicy, nss),
+            };
+            // A policy without either direction would select nothing: default Ingress.
+            let ingress = if ingress.is_none() && egress.is_none() {
+                Some(Vec::new())
+            } else {
+                ingress
+            };
+            CalicoPolicy {
+                kind,
+                namespace: ns.map(str::to_string),
+                // Names around `knp.default.np<i>` so that ties at order 1000 interleave
+                // with NetworkPolicies.
+                name: ["calico", "knp.default.np1", "zz"][i].to_string(),
+                order: order.map(Order),
+                selector: sel(s),
+                namespace_selector,
+                ingress,
+                egress,
+            }
+        })
+}
+
+/// Network sets: namespaced or global, labelled `kind: partner` or not.
+pub(super) fn arb_network_sets() -> impl Strategy<Value = Vec<NetworkSet>> {
+    let set = (
+        prop::option::weighted(0.5, prop::sample::select(&["ns0", "ns1"][..])),
+        any::<bool>(),
+        prop::sample::subsequence(&NETS[..6], 1..=2),
+        0..2usize,
+    )
+        .prop_map(|(ns, partner, n, i)| NetworkSet {
+            namespace: ns.map(str::to_string),
+            name: format!("set{i}"),
+            labels: if partner {
+                [("kind".to_string(), "partner".to_string())].into()
+            } else {
+                [("kind".to_string(), "other".to_string())].into()
+            },
+            nets: nets(&n),
+        });
+    proptest::collection::vec(set, 0..=2)
+}
+
+/// The Service `ns0/svc` and its EndpointSlice with some of `candidates` as addresses.
+pub(super) fn arb_service(
+    candidates: Vec<IpAddr>,
+) -> impl Strategy<Value = (Service, EndpointSlice)> {
+    prop::sample::subsequence(candidates.clone(), 0..=candidates.len().min(2)).prop_map(|addrs| {
+        (
+            Service {
+                namespace: SERVICE.0.into(),
+                name: SERVICE.1.into(),
+                selector: None,
+                cluster_ips: vec![CLUSTER_IP.parse().unwrap()],
+                ports: Vec::new(),
+            },
+            EndpointSlice {
+                namespace: SERVICE.0.into(),
+                name: "svc-1".into(),
+                service_name: Some(SERVICE.1.into()),
+                addresses: addrs,
+                ports: Vec::new(),
+            },
+        )
+    })
+}
+
+/// Adds the Calico part of a random cluster.
+pub(super) fn add_to(
+    c: &mut Cluster,
+    policies: Vec<CalicoPolicy>,
+    sets: Vec<NetworkSet>,
+    svc: Option<(Service, EndpointSlice)>,
+) {
+    for p in policies {
+        c.calico_policies.insert(p.key(), p);
+    }
+    for s in sets {
+        c.network_sets.insert(s.key(), s);
+    }
+    if let Some((svc, es)) = svc {
+        c.services
+            .insert(format!("{}/{}", svc.namespace, svc.name), svc);
+        c.endpoint_slices
+            .insert(format!("{}/{}", es.namespace, es.name), es);
+    }
+}
+
+/// Probe addresses the Calico parts add: the cluster IP, network-set edges.
+pub(super) fn probe_addresses() -> Vec<IpAddr> {
+    ["10.96.0.1", "192.168.1.200", "10.0.0.3", "fd00::3"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect()
+}
+
+/// Probe ports the Calico parts add.
+pub(super) fn probe_ports(c: &Cluster) -> Vec<u16> {
+    let mut out = Vec::new();
+    for p in c.calico_policies.values() {
+        for r in p.ingress.iter().chain(&p.egress).flatten() {
+            for port in r.ports.iter().chain(&r.not_ports) {
+                if let CalicoPort::Range(lo, hi) = port {
+                    out.extend([*lo, *hi, lo.saturating_sub(1), hi.saturating_add(1)]);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod unit {
+    use super::super::compile;
+    use super::super::tests::compare_with_oracle;
+    use crate::manifest;
+
+    /// Loads manifests; every object must load.
+    fn cluster(text: &str) -> crate::model::Cluster {
+        let l = manifest::load(&[("t.yaml".into(), text.to_string())]);
+        assert!(l.errors.is_empty(), "{:#?}", l.errors);
+        l.cluster
+    }
+
+    #[test]
+    fn seed_002_compiles_to_the_evaluators_verdicts() {
+        let c = cluster(&format!(
+            "{}\n---\n{}",
+            include_str!("../../../../examples/calico-imds-api/00-cluster.yaml"),
+            include_str!("../../../../examples/calico-imds-api/01-deny-k8s-api-and-imds.yaml")
+        ));
+        let compiled = compile(&c);
+        assert_eq!(compare_with_oracle(&c, &compiled), Ok(()));
+        // And the compiled form really denies the API server's endpoint for the
+        // selected pod (so the comparison is not vacuous).
+        let ep = &compiled.endpoints["default/manager"];
+        let ip: std::net::IpAddr = "172.18.0.2".parse().unwrap();
+        let v = compiled.lookup(ep.egress, compiled.lookup_identity(ip), 6, 6443);
+        assert_eq!(v.action, crate::compiled::TableAction::Deny);
+        let v = compiled.lookup(
+            ep.egress,
+            compiled.lookup_identity("10.96.0.1".parse().unwrap()),
+            6,
+            443,
+        );
+        assert_eq!(v.action, crate::compiled::TableAction::Deny);
+        let other = &compiled.endpoints["default/other"];
+        let v = compiled.lookup(other.egress, compiled.lookup_identity(ip), 6, 6443);
+        assert_eq!(v.action, crate::compiled::TableAction::Allow);
+    }
+}
