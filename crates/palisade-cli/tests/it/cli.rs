@@ -338,3 +338,51 @@ fn issue_8_lint_warnings_in_validate_name_their_file() {
         "{stdout}"
     );
 }
+
+/// Issue 11 (seeds/002): the Calico policy exactly as the article prints it, through
+/// `explain`, with the `kubernetes` Service and its EndpointSlice in the cluster.
+#[test]
+fn issue_11_explain_applies_the_seed_002_calico_policy_as_printed() {
+    let ex = repo().join("examples/calico-imds-api");
+    for (to, port, word, rule) in [
+        ("169.254.169.254", "80", "DENIED", "egress rule 0 (Deny)"),
+        ("10.96.0.1", "443", "DENIED", "egress rule 1 (Deny)"),
+        ("172.18.0.2", "6443", "DENIED", "egress rule 1 (Deny)"),
+        ("192.0.2.10", "443", "ALLOWED", "egress rule 2 (Allow)"),
+    ] {
+        let out = run(palisade()
+            .args([
+                "explain",
+                "--from",
+                "default/manager",
+                "--to",
+                to,
+                "--port",
+                port,
+                "-f",
+            ])
+            .arg(&ex));
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.contains(word), "{to}: {text}");
+        assert!(
+            text.contains("NetworkPolicy.projectcalico.org default/deny-k8s-api-and-imds")
+                && text.contains(rule),
+            "{to}: {text}"
+        );
+    }
+    // An unselected pod reaches the API server.
+    let out = run(palisade()
+        .args([
+            "explain",
+            "--from",
+            "default/other",
+            "--to",
+            "10.96.0.1",
+            "--port",
+            "443",
+            "-f",
+        ])
+        .arg(&ex));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("ALLOWED"), "{text}");
+}

@@ -1113,7 +1113,9 @@ fn every_example_loads_cleanly() {
         assert!(findings.is_empty(), "{d}: {findings:#?}");
         assert!(!l.cluster.pods.is_empty(), "{d}: has pods");
         assert!(
-            !l.cluster.network_policies.is_empty() || !l.cluster.cluster_policies.is_empty(),
+            !l.cluster.network_policies.is_empty()
+                || !l.cluster.cluster_policies.is_empty()
+                || !l.cluster.calico_policies.is_empty(),
             "{d}: has policies"
         );
         assert!(
