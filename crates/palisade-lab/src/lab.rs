@@ -410,12 +410,14 @@ impl Lab {
                 .state
                 .state_dir
                 .join(format!("host-{}.log", key.replace('/', "-")));
-            let proc = server::spawn(cmd, &node, &key, &pod.ports, &log).map_err(|source| {
-                LabError::Server {
+            // Bound to its own addresses: host-network pods of other nodes share this
+            // namespace and may declare the same ports.
+            let proc = server::spawn_on(cmd, &node, &key, &pod.ports, &pod.ips, &log).map_err(
+                |source| LabError::Server {
                     pod: key.clone(),
                     source,
-                }
-            })?;
+                },
+            )?;
             self.state.pods.last_mut().expect("just pushed").server = Some(proc);
             self.state.save()?;
         }

@@ -19,7 +19,7 @@
 //! binary that calls [`main_with_args`] from a hidden subcommand (`palisade lab serve`).
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -139,6 +139,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = String>) -> Result<(), Serv
     let mut ports = Vec::new();
     let mut sends = Vec::new();
     let mut sources = Vec::new();
+    let mut binds = Vec::new();
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         let mut value = || {
@@ -148,6 +149,11 @@ pub fn main_with_args(args: impl IntoIterator<Item = String>) -> Result<(), Serv
         match a.as_str() {
             "--identity" => identity = Some(value()?),
             "--port" => ports.push(parse_port(&value()?)?),
+            "--bind" => binds.push(
+                value()?
+                    .parse()
+                    .map_err(|_| ServerError::Usage("--bind needs an IP address".into()))?,
+            ),
             "--source" => sources.push(
                 value()?
                     .parse()
@@ -166,26 +172,62 @@ pub fn main_with_args(args: impl IntoIterator<Item = String>) -> Result<(), Serv
         crate::sender::send_all(&identity, &sends, &sources);
         return Ok(());
     }
-    serve(&identity, &ports)
+    serve_on(&identity, &ports, &binds)
 }
 
 /// Binds every port, prints [`READY_LINE`] on stdout, then serves forever.
 pub fn serve(identity: &str, ports: &[ContainerPort]) -> Result<(), ServerError> {
+    serve_on(identity, ports, &[])
+}
+
+/// [`serve`] on the given addresses only (`--bind`; the wildcard when empty). Host-network
+/// pods of the file lab share one node namespace: each binds its node's addresses, so
+/// pods of two nodes may declare the same port.
+pub fn serve_on(
+    identity: &str,
+    ports: &[ContainerPort],
+    binds: &[IpAddr],
+) -> Result<(), ServerError> {
     let reply = format!("{identity}\n").into_bytes();
     let mut workers = Vec::new();
+    let bind_err = |port, proto| {
+        move |source| ServerError::Bind {
+            port,
+            proto,
+            source,
+        }
+    };
     for p in ports {
         match p.protocol {
             Protocol::Tcp => {
-                let l = bind_dual(p.port, "TCP", TcpListener::bind)?;
-                let reply = reply.clone();
-                let port = p.port;
-                workers.push(std::thread::spawn(move || tcp_loop(l, port, reply)));
+                let ls = if binds.is_empty() {
+                    vec![bind_dual(p.port, "TCP", TcpListener::bind)?]
+                } else {
+                    binds
+                        .iter()
+                        .map(|ip| TcpListener::bind((*ip, p.port)).map_err(bind_err(p.port, "TCP")))
+                        .collect::<Result<_, _>>()?
+                };
+                for l in ls {
+                    let reply = reply.clone();
+                    let port = p.port;
+                    workers.push(std::thread::spawn(move || tcp_loop(l, port, reply)));
+                }
             }
             Protocol::Udp => {
-                let s = bind_dual(p.port, "UDP", UdpSocket::bind)?;
-                let reply = reply.clone();
-                let port = p.port;
-                workers.push(std::thread::spawn(move || udp_loop(s, port, reply)));
+                let ss = if binds.is_empty() {
+                    vec![bind_dual(p.port, "UDP", UdpSocket::bind)?]
+                } else {
+                    binds
+                        .iter()
+                        .map(|ip| UdpSocket::bind((*ip, p.port)).map_err(bind_err(p.port, "UDP")))
+                        .collect::<Result<_, _>>()?
+                };
+                for s in ss {
+                    let reply = reply.clone();
+                    let port = p.port;
+                    workers.push(std::thread::spawn(move || udp_loop(s, port, reply)));
+                }
             }
             Protocol::Sctp => eprintln!(
                 "palisade-lab-serve: {identity}: SCTP {} skipped: no SCTP in kernel",
@@ -256,6 +298,18 @@ pub fn spawn(
     ports: &[ContainerPort],
     log: &Path,
 ) -> Result<ProcessRecord, ServerError> {
+    spawn_on(cmd, netns, identity, ports, &[], log)
+}
+
+/// [`spawn`] bound to `binds` only (see [`serve_on`]).
+pub fn spawn_on(
+    cmd: &ServerCommand,
+    netns: &NetNs,
+    identity: &str,
+    ports: &[ContainerPort],
+    binds: &[IpAddr],
+    log: &Path,
+) -> Result<ProcessRecord, ServerError> {
     use std::os::unix::process::CommandExt;
     let spawn_err = |source| ServerError::Spawn {
         program: cmd.program.display().to_string(),
@@ -271,6 +325,9 @@ pub fn spawn(
     for p in ports {
         c.arg("--port")
             .arg(format!("{}/{}", p.port, protocol_name(p.protocol)));
+    }
+    for ip in binds {
+        c.arg("--bind").arg(ip.to_string());
     }
     c.stdin(Stdio::null())
         .stdout(Stdio::piped())

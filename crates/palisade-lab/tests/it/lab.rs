@@ -288,9 +288,18 @@ fn a_host_network_pod_serves_at_its_node_address_and_probes_leave_from_it() {
         &[(8080, Protocol::Tcp)],
     );
     host.host_network = true;
+    // Another node's host-network pod on the same port: the same node namespace here.
+    let mut host2 = pod(
+        "kube-system",
+        "h2",
+        &["10.250.9.2"],
+        &[(8080, Protocol::Tcp)],
+    );
+    host2.host_network = true;
     let pods = vec![
         pod("x", "a", &["10.244.0.10"], &[(8080, Protocol::Tcp)]),
         host,
+        host2,
     ];
     let lab = Lab::up(config(&name), &pods).expect("lab up");
     let rec = lab.state().pod("kube-system/h").expect("recorded");
@@ -300,7 +309,7 @@ fn a_host_network_pod_serves_at_its_node_address_and_probes_leave_from_it() {
         "runs in the node namespace"
     );
     let report = lab.probe(8080, Protocol::Tcp, generous());
-    assert_all_allow(&report, 2);
+    assert_all_allow(&report, 6);
     for r in &report.results {
         let want = format!("{:?}", r.to.as_str());
         assert!(
