@@ -61,6 +61,11 @@ struct Outcome {
 
 /// Runs the agent with bounding set `caps` (kernel names, e.g. `BPF`) and one pod.
 fn run_with(caps: &[&str]) -> Outcome {
+    start_node(caps).1
+}
+
+/// [`run_with`], keeping the node (its agent still running) for more checks.
+fn start_node(caps: &[&str]) -> (Node, Outcome) {
     let bin = debug_bin_dir();
     let name = format!(
         "pkgcap{}x{}",
@@ -129,12 +134,14 @@ fn run_with(caps: &[&str]) -> Outcome {
     let deadline = Instant::now() + AGENT_DEADLINE;
     while !socket.exists() {
         if node.agent.as_mut().unwrap().try_wait().unwrap().is_some() || Instant::now() > deadline {
-            return Outcome {
+            let log = log("");
+            let outcome = Outcome {
                 started: false,
                 added: false,
                 diff_ok: false,
-                log: log(""),
+                log,
             };
+            return (node, outcome);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -163,12 +170,16 @@ fn run_with(caps: &[&str]) -> Outcome {
             .arg(&socket),
         None,
     );
-    Outcome {
-        started: true,
-        added: add.0,
-        diff_ok: diff.0,
-        log: log(&format!("ADD: {}\ndiff: {}", add.1, diff.1)),
-    }
+    let log = log(&format!("ADD: {}\ndiff: {}", add.1, diff.1));
+    (
+        node,
+        Outcome {
+            started: true,
+            added: add.0,
+            diff_ok: diff.0,
+            log,
+        },
+    )
 }
 
 /// Runs `cmd` in the node namespace (nsenter); success and its output.
@@ -253,4 +264,91 @@ fn the_agent_enforces_with_the_charts_capabilities_and_needs_sys_admin_only_for_
         "the programs need PERFMON:\n{}",
         run.log
     );
+}
+
+/// The kernel id of the program pinned at `pin` (bpftool), if any.
+fn prog_id(pin: &std::path::Path) -> Option<u64> {
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show", "pinned"])
+        .arg(pin)
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["id"].as_u64()
+}
+
+fn prog_exists(id: u64) -> bool {
+    Command::new("bpftool")
+        .args(["prog", "show", "id", &id.to_string()])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn uninstall_after_the_agent_stops_removes_the_pins_and_the_kernel_frees_the_programs() {
+    if !palisade_testkit::require(&[
+        Need::Root,
+        Need::Bpffs,
+        palisade_testkit::IP,
+        Need::Program {
+            name: "bpftool",
+            package: "bpftool",
+        },
+    ]) {
+        return;
+    }
+    let caps = chart_capabilities();
+    let all: Vec<&str> = caps.iter().map(String::as_str).collect();
+    let (mut node, run) = start_node(&all);
+    assert!(run.started && run.added && run.diff_ok, "{}", run.log);
+    let progs: Vec<PathBuf> = std::fs::read_dir(node.pins.join("progs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let ids: Vec<u64> = progs.iter().filter_map(|p| prog_id(p)).collect();
+    assert!(
+        !ids.is_empty() && ids.len() == progs.len(),
+        "pinned programs {progs:?} ids {ids:?}"
+    );
+    // The agent stops (as the DaemonSet is deleted): enforcement stays, pinned.
+    let mut agent = node.agent.take().unwrap();
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    assert!(
+        ids.iter().all(|&id| prog_exists(id)),
+        "programs outlive the agent"
+    );
+
+    let conf = node.dir.path().join("net.d");
+    std::fs::create_dir(&conf).unwrap();
+    let list =
+        r#"{"cniVersion":"1.0.0","name":"k","plugins":[{"type":"ptp"},{"type":"palisade-cni"}]}"#;
+    std::fs::write(conf.join("10-k.conflist"), list).unwrap();
+    let out = Command::new(debug_bin_dir().join("palisade-cni"))
+        .args(["uninstall", "--conf-dir"])
+        .arg(&conf)
+        .arg("--pin-root")
+        .arg(&node.pins)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(conf.join("10-k.conflist")).unwrap(),
+        r#"{"cniVersion":"1.0.0","name":"k","plugins":[{"type":"ptp"}]}"#
+    );
+    assert!(!node.pins.exists());
+    // Unpinned and unlinked, the kernel frees the programs: nothing is left on the
+    // pod's interface (the kernel releases a program once nothing refers to it; poll).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ids.iter().any(|&id| prog_exists(id)) {
+        assert!(
+            Instant::now() < deadline,
+            "programs {ids:?} still loaded after uninstall"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
