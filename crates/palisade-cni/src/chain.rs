@@ -78,7 +78,8 @@ pub fn entry(options: &serde_json::Map<String, Value>) -> Value {
 }
 
 /// The configuration files of `dir` in the order libcni reads them (lexical by name,
-/// regular files only, no recursion).
+/// no recursion; like libcni, everything that is not a directory counts, symbolic
+/// links included, so the first file here is the runtime's first file).
 pub fn config_files(dir: &Path) -> Result<Vec<PathBuf>, ChainError> {
     let io = |source| ChainError::Io {
         path: dir.to_owned(),
@@ -90,7 +91,7 @@ pub fn config_files(dir: &Path) -> Result<Vec<PathBuf>, ChainError> {
         let e = e.map_err(io)?;
         let path = e.path();
         let ext = path.extension().and_then(|x| x.to_str()).unwrap_or("");
-        if CONF_EXTENSIONS.contains(&ext) && e.file_type().map_err(io)?.is_file() {
+        if CONF_EXTENSIONS.contains(&ext) && !e.file_type().map_err(io)?.is_dir() {
             files.push(path);
         }
     }
@@ -107,6 +108,14 @@ pub fn install(dir: &Path, entry: &Value) -> Result<Outcome, ChainError> {
     let Some(first) = files.first() else {
         return Err(ChainError::NoConfig(dir.to_owned()));
     };
+    if fs::symlink_metadata(first).is_ok_and(|m| m.file_type().is_symlink()) {
+        // Renaming a new file over it would replace the link, not edit what it points
+        // to; editing the target would change a file outside the directory. Say so.
+        return Err(invalid(
+            first,
+            "is a symbolic link (the runtime's first configuration file): palisade-cni edits only regular files; chain it by hand or replace the link with the file",
+        ));
+    }
     let text = read(first)?;
     let entry_text = serde_json::to_string(entry).expect("a JSON value serialises");
     if first.extension().and_then(|x| x.to_str()) == Some("conflist") {
@@ -193,6 +202,12 @@ pub fn uninstall(dir: &Path) -> Result<Outcome, ChainError> {
         let list = PluginList::parse(&path, &text)?;
         if list.ours().is_none() {
             continue;
+        }
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(invalid(
+                &path,
+                "is a symbolic link listing palisade-cni: palisade-cni edits only regular files (install never chains into a link); remove the entry by hand",
+            ));
         }
         if let Some(original) = CONF_EXTENSIONS
             .iter()

@@ -310,3 +310,26 @@ fn the_binary_installs_itself_and_the_chain_then_uninstalls_both() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2), "a usage error");
 }
+
+#[test]
+fn a_symlinked_first_file_is_refused_not_skipped_for_another_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let target = elsewhere.path().join("aws.conflist");
+    fs::write(&target, AWS_CONFLIST).unwrap();
+    std::os::unix::fs::symlink(&target, dir.path().join("10-aws.conflist")).unwrap();
+    let other = "{\"cniVersion\":\"1.0.0\",\"name\":\"x\",\"plugins\":[{\"type\":\"ptp\"}]}";
+    fs::write(dir.path().join("20-other.conflist"), other).unwrap();
+    let err = chain::install(dir.path(), &entry("closed"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("10-aws.conflist") && err.contains("symbolic link"),
+        "{err}"
+    );
+    assert_eq!(fs::read_to_string(&target).unwrap(), AWS_CONFLIST);
+    assert_eq!(
+        fs::read_to_string(dir.path().join("20-other.conflist")).unwrap(),
+        other
+    );
+}
