@@ -20,7 +20,7 @@
 //!   enforcing it (no flush, no transient allow) while the watchers reconnect with
 //!   backoff; [`KubeSource::health`] says which watches are down and since when.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,7 +38,7 @@ use palisade_policy::model::Cluster;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::source::{Snapshot, Source, SourceError};
+use crate::source::{Changed, Refresh, Snapshot, Source, SourceError};
 
 /// The kinds watched, in the order their objects are merged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -104,6 +104,43 @@ impl WatchedKind {
         }
     }
 }
+impl WatchedKind {
+    /// Removes the object `key` of this kind from `cluster` (where the manifest reader
+    /// puts it: cluster policies under `Kind/name`) and notes it in `changed`.
+    fn remove_from(self, cluster: &mut Cluster, key: &str, changed: &mut Changed) {
+        match self {
+            WatchedKind::Namespace => {
+                cluster.namespaces.remove(key);
+                changed.namespaces.insert(key.to_string());
+            }
+            WatchedKind::Node => {
+                cluster.nodes.remove(key);
+                changed.nodes.insert(key.to_string());
+            }
+            WatchedKind::Pod => {
+                cluster.pods.remove(key);
+                changed.pods.insert(key.to_string());
+            }
+            WatchedKind::Service => {
+                cluster.services.remove(key);
+            }
+            WatchedKind::EndpointSlice => {
+                cluster.endpoint_slices.remove(key);
+            }
+            WatchedKind::NetworkPolicy => {
+                cluster.network_policies.remove(key);
+                changed.network_policies.insert(key.to_string());
+            }
+            WatchedKind::ClusterNetworkPolicy
+            | WatchedKind::AdminNetworkPolicy
+            | WatchedKind::BaselineAdminNetworkPolicy => {
+                let key = format!("{self:?}/{key}");
+                cluster.cluster_policies.remove(&key);
+                changed.cluster_policies.insert(key);
+            }
+        }
+    }
+}
 
 /// One watch's state, for `palisade status` and metrics.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -122,12 +159,20 @@ pub struct WatchHealth {
     pub events: u64,
     /// Watch errors (each followed by a backoff and a retry).
     pub errors: u64,
+    /// Lists started (the first one, then one per watch restart that could not resume:
+    /// `410 Gone`, or the watch restarted).
+    pub relists: u64,
+    /// Lists completed.
+    pub lists_completed: u64,
+    /// The highest `metadata.resourceVersion` of an object of this kind seen in an
+    /// event (they are etcd revisions; compared as numbers).
+    pub resource_version: Option<u64>,
     /// Objects held.
     pub objects: usize,
 }
 
 /// One object's decoded state.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 struct ObjectState {
     /// The last version that decoded cleanly (in force).
     good: Option<Cluster>,
@@ -139,109 +184,72 @@ struct ObjectState {
     version: crate::publish::Versions,
 }
 
+impl ObjectState {
+    fn flagged(&self) -> bool {
+        !self.errors.is_empty() || !self.warnings.is_empty()
+    }
+}
+
+type ObjectId = (WatchedKind, String);
+
 #[derive(Debug, Default)]
 struct Store {
     objects: BTreeMap<WatchedKind, BTreeMap<String, ObjectState>>,
     health: BTreeMap<WatchedKind, WatchHealth>,
+    /// Objects whose state changed since the last [`Source::refresh`].
+    changed: BTreeSet<ObjectId>,
+    /// Objects with errors or warnings, so a refresh reports them without visiting
+    /// every object.
+    flagged: BTreeSet<ObjectId>,
 }
 
-/// See the module doc.
-pub struct KubeSource {
-    store: Arc<Mutex<Store>>,
-    dirty: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for KubeSource {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
-}
-
-impl KubeSource {
-    /// Starts one watcher per kind on the current tokio runtime.
-    pub fn start(client: Client) -> Self {
-        let store = Arc::new(Mutex::new(Store::default()));
-        let dirty = Arc::new(AtomicBool::new(true));
-        let mut tasks = Vec::new();
-        let ctx = |kind| Watch {
-            kind,
-            store: store.clone(),
-            dirty: dirty.clone(),
+impl Store {
+    /// Records `id`'s new state (`None`: deleted), noting a change only when the
+    /// state differs. Returns whether it did.
+    fn put(&mut self, id: ObjectId, new: Option<ObjectState>) -> bool {
+        let objects = self.objects.entry(id.0).or_default();
+        let old = match &new {
+            Some(st) => objects.insert(id.1.clone(), st.clone()),
+            None => objects.remove(&id.1),
         };
-        tasks.push(ctx(WatchedKind::Namespace).spawn(Api::<Namespace>::all(client.clone())));
-        tasks.push(ctx(WatchedKind::Node).spawn(Api::<Node>::all(client.clone())));
-        tasks.push(ctx(WatchedKind::Pod).spawn(Api::<Pod>::all(client.clone())));
-        tasks.push(ctx(WatchedKind::Service).spawn(Api::<Service>::all(client.clone())));
-        tasks
-            .push(ctx(WatchedKind::EndpointSlice).spawn(Api::<EndpointSlice>::all(client.clone())));
-        tasks
-            .push(ctx(WatchedKind::NetworkPolicy).spawn(Api::<NetworkPolicy>::all(client.clone())));
-        for kind in WatchedKind::ALL {
-            if let Some((version, k, plural)) = kind.crd() {
-                let gvk = GroupVersionKind::gvk("policy.networking.k8s.io", version, k);
-                let ar = ApiResource::from_gvk_with_plural(&gvk, plural);
-                let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
-                tasks.push(ctx(kind).spawn(api));
+        let n = objects.len();
+        self.health.entry(id.0).or_default().objects = n;
+        if new.as_ref().is_some_and(ObjectState::flagged) {
+            self.flagged.insert(id.clone());
+        } else {
+            self.flagged.remove(&id);
+        }
+        if old == new {
+            return false;
+        }
+        self.changed.insert(id);
+        true
+    }
+
+    /// Errors and warnings of every flagged object, then of every failing watch, and
+    /// the API versions of the policies (not of every object: pods have none).
+    fn notes(&self, snap: &mut Snapshot) {
+        snap.errors.clear();
+        snap.warnings.clear();
+        snap.versions.clear();
+        snap.rejected.clear();
+        for kind in [
+            WatchedKind::NetworkPolicy,
+            WatchedKind::ClusterNetworkPolicy,
+            WatchedKind::AdminNetworkPolicy,
+            WatchedKind::BaselineAdminNetworkPolicy,
+        ] {
+            for o in self.objects.get(&kind).into_iter().flat_map(|m| m.values()) {
+                o.version.add_to(snap);
             }
         }
-        KubeSource {
-            store,
-            dirty,
-            tasks,
-        }
-    }
-
-    /// Every watch's state.
-    pub fn health(&self) -> BTreeMap<WatchedKind, WatchHealth> {
-        self.store.lock().expect("store lock").health.clone()
-    }
-
-    /// Whether every kind has been listed once.
-    pub fn synced(&self) -> bool {
-        let s = self.store.lock().expect("store lock");
-        WatchedKind::ALL
-            .iter()
-            .all(|k| s.health.get(k).is_some_and(|h| h.synced))
-    }
-}
-
-impl Source for KubeSource {
-    fn load(&mut self) -> Result<Snapshot, SourceError> {
-        self.dirty.store(false, Ordering::SeqCst);
-        let s = self.store.lock().expect("store lock");
-        let waiting: Vec<String> = WatchedKind::ALL
-            .iter()
-            .filter(|k| !s.health.get(k).is_some_and(|h| h.synced))
-            .map(|k| {
-                let why = s
-                    .health
-                    .get(k)
-                    .and_then(|h| h.last_error.clone())
-                    .map(|e| format!(" ({e})"))
-                    .unwrap_or_default();
-                format!("{k:?}{why}")
-            })
-            .collect();
-        if !waiting.is_empty() {
-            // Not an answer from a partial picture: the pass fails and the kernel keeps
-            // what it enforces.
-            return Err(SourceError::NotListed { waiting });
-        }
-        let mut snap = Snapshot::default();
-        for objects in s.objects.values() {
-            for o in objects.values() {
-                if let Some(good) = &o.good {
-                    snap.cluster.extend(good.clone());
-                }
+        for (kind, key) in &self.flagged {
+            if let Some(o) = self.objects.get(kind).and_then(|m| m.get(key)) {
                 snap.errors.extend(o.errors.iter().cloned());
                 snap.warnings.extend(o.warnings.iter().cloned());
-                o.version.add_to(&mut snap);
             }
         }
-        for (kind, h) in &s.health {
+        for (kind, h) in &self.health {
             if h.failing {
                 snap.warnings.push(format!(
                     "watch of {kind:?} failing since {}: {} (enforcing the last state read)",
@@ -250,11 +258,193 @@ impl Source for KubeSource {
                 ));
             }
         }
+    }
+
+    /// `Err` naming the kinds not listed yet.
+    fn listed(&self) -> Result<(), SourceError> {
+        let waiting: Vec<String> = WatchedKind::ALL
+            .iter()
+            .filter(|k| !self.health.get(k).is_some_and(|h| h.synced))
+            .map(|k| {
+                let why = self
+                    .health
+                    .get(k)
+                    .and_then(|h| h.last_error.clone())
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default();
+                format!("{k:?}{why}")
+            })
+            .collect();
+        if waiting.is_empty() {
+            Ok(())
+        } else {
+            // Not an answer from a partial picture: the pass fails and the kernel keeps
+            // what it enforces.
+            Err(SourceError::NotListed { waiting })
+        }
+    }
+}
+
+/// What the watch tasks share with the source and with whoever holds a [`KubeWatches`].
+#[derive(Clone)]
+struct Shared {
+    store: Arc<Mutex<Store>>,
+    dirty: Arc<AtomicBool>,
+}
+
+/// A handle on the watches of a [`KubeSource`]: their health, and a way to restart
+/// them (each restart lists every kind again).
+#[derive(Clone)]
+pub struct KubeWatches {
+    shared: Shared,
+    client: Option<Client>,
+    tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl KubeWatches {
+    /// Every watch's state.
+    pub fn health(&self) -> BTreeMap<WatchedKind, WatchHealth> {
+        self.shared.store.lock().expect("store lock").health.clone()
+    }
+
+    /// Stops every watch and starts it again from a fresh list, as after `410 Gone`.
+    /// The stores keep their objects meanwhile; the new lists replace them kind by
+    /// kind once complete, and objects found unchanged change nothing.
+    pub fn restart(&self) {
+        let Some(client) = &self.client else { return };
+        let mut tasks = self.tasks.lock().expect("tasks lock");
+        for t in tasks.drain(..) {
+            t.abort();
+        }
+        *tasks = spawn_watches(client, &self.shared);
+    }
+}
+
+/// See the module doc.
+pub struct KubeSource {
+    watches: KubeWatches,
+    /// Whether [`Source::refresh`] has handed over a whole snapshot yet.
+    delivered: bool,
+}
+
+impl Drop for KubeSource {
+    fn drop(&mut self) {
+        for t in self.watches.tasks.lock().expect("tasks lock").iter() {
+            t.abort();
+        }
+    }
+}
+
+fn spawn_watches(client: &Client, shared: &Shared) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    let ctx = |kind| Watch {
+        kind,
+        store: shared.store.clone(),
+        dirty: shared.dirty.clone(),
+    };
+    tasks.push(ctx(WatchedKind::Namespace).spawn(Api::<Namespace>::all(client.clone())));
+    tasks.push(ctx(WatchedKind::Node).spawn(Api::<Node>::all(client.clone())));
+    tasks.push(ctx(WatchedKind::Pod).spawn(Api::<Pod>::all(client.clone())));
+    tasks.push(ctx(WatchedKind::Service).spawn(Api::<Service>::all(client.clone())));
+    tasks.push(ctx(WatchedKind::EndpointSlice).spawn(Api::<EndpointSlice>::all(client.clone())));
+    tasks.push(ctx(WatchedKind::NetworkPolicy).spawn(Api::<NetworkPolicy>::all(client.clone())));
+    for kind in WatchedKind::ALL {
+        if let Some((version, k, plural)) = kind.crd() {
+            let gvk = GroupVersionKind::gvk("policy.networking.k8s.io", version, k);
+            let ar = ApiResource::from_gvk_with_plural(&gvk, plural);
+            let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
+            tasks.push(ctx(kind).spawn(api));
+        }
+    }
+    tasks
+}
+
+impl KubeSource {
+    /// Starts one watcher per kind on the current tokio runtime.
+    pub fn start(client: Client) -> Self {
+        let shared = Shared {
+            store: Arc::default(),
+            dirty: Arc::new(AtomicBool::new(true)),
+        };
+        let tasks = spawn_watches(&client, &shared);
+        KubeSource {
+            watches: KubeWatches {
+                shared,
+                client: Some(client),
+                tasks: Arc::new(Mutex::new(tasks)),
+            },
+            delivered: false,
+        }
+    }
+
+    /// A handle on the watches, usable after the source moved into a reconciler.
+    pub fn watches(&self) -> KubeWatches {
+        self.watches.clone()
+    }
+
+    /// Every watch's state.
+    pub fn health(&self) -> BTreeMap<WatchedKind, WatchHealth> {
+        self.watches.health()
+    }
+
+    /// Whether every kind has been listed once.
+    pub fn synced(&self) -> bool {
+        self.store().listed().is_ok()
+    }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.watches.shared.store.lock().expect("store lock")
+    }
+}
+
+impl Source for KubeSource {
+    fn load(&mut self) -> Result<Snapshot, SourceError> {
+        self.watches.shared.dirty.store(false, Ordering::SeqCst);
+        let s = self.store();
+        s.listed()?;
+        let mut snap = Snapshot::default();
+        for objects in s.objects.values() {
+            for o in objects.values() {
+                if let Some(good) = &o.good {
+                    snap.cluster.extend(good.clone());
+                }
+            }
+        }
+        s.notes(&mut snap);
         Ok(snap)
     }
 
+    /// The first call hands over the whole snapshot; every later one changes only the
+    /// objects whose state changed since (a relist that found nothing new: none).
+    fn refresh(&mut self, snapshot: &mut Snapshot) -> Result<Refresh, SourceError> {
+        if !self.delivered {
+            *snapshot = self.load()?;
+            self.store().changed.clear();
+            self.delivered = true;
+            return Ok(Refresh::Whole);
+        }
+        self.watches.shared.dirty.store(false, Ordering::SeqCst);
+        let mut s = self.store();
+        s.listed()?;
+        let mut changed = Changed::default();
+        for (kind, key) in std::mem::take(&mut s.changed) {
+            kind.remove_from(&mut snapshot.cluster, &key, &mut changed);
+            let good = s
+                .objects
+                .get(&kind)
+                .and_then(|m| m.get(&key))
+                .and_then(|o| o.good.as_ref());
+            if let Some(good) = good {
+                changed.add_keys_of(good);
+                snapshot.cluster.extend(good.clone());
+            }
+        }
+        s.notes(snapshot);
+        Ok(Refresh::Keys(changed))
+    }
+
     fn changed(&mut self) -> bool {
-        self.dirty.load(Ordering::SeqCst)
+        self.watches.shared.dirty.load(Ordering::SeqCst)
     }
 }
 
@@ -292,42 +482,35 @@ fn object_key(v: &serde_json::Value) -> String {
     }
 }
 
+fn resource_version(v: &serde_json::Value) -> Option<u64> {
+    v["metadata"]["resourceVersion"].as_str()?.parse().ok()
+}
+
 /// Decodes one object as the manifest reader would, keeping its last good version
 /// when the new one is rejected.
-fn decode(
-    kind: WatchedKind,
-    v: serde_json::Value,
-    previous: Option<ObjectState>,
-) -> (String, ObjectState) {
+fn decode(kind: WatchedKind, v: serde_json::Value, previous: Option<&ObjectState>) -> ObjectState {
     let v = trimmed(kind, v);
     let key = object_key(&v);
-    let previous_version = previous.as_ref().map(|p| p.version.clone());
+    let previous_version = previous.map(|p| p.version.clone());
     let label = format!("api:{kind:?}/{key}");
     let text = serde_json::to_string_pretty(&v).unwrap_or_default();
     let loaded = manifest::load(&[(label, text)]);
     let warnings = loaded.warnings.iter().map(|w| w.to_string()).collect();
     if loaded.errors.is_empty() {
-        return (
-            key,
-            ObjectState {
-                good: Some(loaded.cluster),
-                errors: Vec::new(),
-                warnings,
-                version: crate::publish::Versions::accepted(kind, &v, previous_version.as_ref()),
-            },
-        );
+        return ObjectState {
+            good: Some(loaded.cluster),
+            errors: Vec::new(),
+            warnings,
+            version: crate::publish::Versions::accepted(kind, &v, previous_version.as_ref()),
+        };
     }
     let version = crate::publish::Versions::rejected(kind, &v, previous_version, &loaded.errors);
-    let errors = loaded.errors;
-    (
-        key,
-        ObjectState {
-            good: previous.and_then(|p| p.good),
-            errors,
-            warnings,
-            version,
-        },
-    )
+    ObjectState {
+        good: previous.and_then(|p| p.good.clone()),
+        errors: loaded.errors,
+        warnings,
+        version,
+    }
 }
 
 struct Watch {
@@ -368,42 +551,68 @@ impl Watch {
         h.failing_since = None;
         h.not_served = false;
         let value = |o: &K| serde_json::to_value(o).unwrap_or_default();
+        let observe = |s: &mut Store, v: &serde_json::Value| {
+            if let Some(rv) = resource_version(v) {
+                let h = s.health.entry(self.kind).or_default();
+                h.resource_version = Some(h.resource_version.map_or(rv, |old| old.max(rv)));
+            }
+        };
         match ev {
-            Event::Init => *relist = Some(BTreeMap::new()),
+            Event::Init => {
+                h.relists += 1;
+                *relist = Some(BTreeMap::new());
+            }
             Event::InitApply(o) => {
                 let v = value(&o);
+                observe(&mut s, &v);
                 let key = object_key(&v);
-                let prev = s.objects.get(&self.kind).and_then(|m| m.get(&key)).cloned();
-                let (key, st) = decode(self.kind, v, prev);
+                let prev = s.objects.get(&self.kind).and_then(|m| m.get(&key));
+                let st = decode(self.kind, v, prev);
                 relist.get_or_insert_with(BTreeMap::new).insert(key, st);
             }
             Event::InitDone => {
-                let objects = relist.take().unwrap_or_default();
-                let n = objects.len();
-                s.objects.insert(self.kind, objects);
+                s.health.entry(self.kind).or_default().lists_completed += 1;
+                // The complete list replaces the kind's objects; only those whose
+                // state differs are changes (a relist that found nothing new changes
+                // nothing, in the store or in the kernel).
+                let mut objects = relist.take().unwrap_or_default();
+                let old: Vec<String> = s
+                    .objects
+                    .get(&self.kind)
+                    .map(|m| m.keys().cloned().collect())
+                    .unwrap_or_default();
+                let mut any = false;
+                for key in old {
+                    if !objects.contains_key(&key) {
+                        any |= s.put((self.kind, key), None);
+                    }
+                }
+                for (key, st) in std::mem::take(&mut objects) {
+                    any |= s.put((self.kind, key), Some(st));
+                }
                 let h = s.health.entry(self.kind).or_default();
+                let first = !h.synced;
                 h.synced = true;
-                h.objects = n;
-                self.dirty.store(true, Ordering::SeqCst);
+                if any || first {
+                    self.dirty.store(true, Ordering::SeqCst);
+                }
             }
             Event::Apply(o) => {
                 let v = value(&o);
+                observe(&mut s, &v);
                 let key = object_key(&v);
-                let objects = s.objects.entry(self.kind).or_default();
-                let prev = objects.remove(&key);
-                let (key, st) = decode(self.kind, v, prev);
-                objects.insert(key, st);
-                let n = objects.len();
-                s.health.entry(self.kind).or_default().objects = n;
-                self.dirty.store(true, Ordering::SeqCst);
+                let prev = s.objects.get(&self.kind).and_then(|m| m.get(&key));
+                let st = decode(self.kind, v, prev);
+                if s.put((self.kind, key), Some(st)) {
+                    self.dirty.store(true, Ordering::SeqCst);
+                }
             }
             Event::Delete(o) => {
-                let key = object_key(&value(&o));
-                let objects = s.objects.entry(self.kind).or_default();
-                objects.remove(&key);
-                let n = objects.len();
-                s.health.entry(self.kind).or_default().objects = n;
-                self.dirty.store(true, Ordering::SeqCst);
+                let v = value(&o);
+                observe(&mut s, &v);
+                if s.put((self.kind, object_key(&v)), None) {
+                    self.dirty.store(true, Ordering::SeqCst);
+                }
             }
         }
     }
@@ -451,9 +660,15 @@ mod tests {
 
     fn source(store: &Arc<Mutex<Store>>, dirty: &Arc<AtomicBool>) -> KubeSource {
         KubeSource {
-            store: store.clone(),
-            dirty: dirty.clone(),
-            tasks: Vec::new(),
+            watches: KubeWatches {
+                shared: Shared {
+                    store: store.clone(),
+                    dirty: dirty.clone(),
+                },
+                client: None,
+                tasks: Arc::default(),
+            },
+            delivered: false,
         }
     }
 
@@ -588,5 +803,73 @@ mod tests {
         // Deleted.
         w.on_event(Event::Delete(pod("x", "10.0.0.1")), &mut relist);
         assert!(src.load().unwrap().cluster.pods.is_empty());
+    }
+
+    #[test]
+    fn a_relist_that_finds_nothing_new_changes_nothing_and_a_change_only_its_object() {
+        let (store, dirty) = (Arc::default(), Arc::new(AtomicBool::new(false)));
+        let mut src = source(&store, &dirty);
+        list_all_empty(
+            &store,
+            &dirty,
+            &[WatchedKind::Pod, WatchedKind::NetworkPolicy],
+        );
+        let pods = watch(WatchedKind::Pod, &store, &dirty);
+        let nps = watch(WatchedKind::NetworkPolicy, &store, &dirty);
+        let (mut rp, mut rn) = (None, None);
+        let list = |pod_ip: &str, with_policy: bool, rp: &mut _, rn: &mut _| {
+            pods.on_event::<Pod>(Event::Init, rp);
+            pods.on_event(Event::InitApply(pod("x", pod_ip)), rp);
+            pods.on_event(Event::InitApply(pod("y", "10.0.0.2")), rp);
+            pods.on_event::<Pod>(Event::InitDone, rp);
+            nps.on_event::<NetworkPolicy>(Event::Init, rn);
+            if with_policy {
+                nps.on_event(Event::InitApply(np("a", 80.into())), rn);
+            }
+            nps.on_event::<NetworkPolicy>(Event::InitDone, rn);
+        };
+        list("10.0.0.1", true, &mut rp, &mut rn);
+        let mut snap = Snapshot::default();
+        assert_eq!(src.refresh(&mut snap).unwrap(), Refresh::Whole);
+        assert_eq!(snap.cluster.pods.len(), 2);
+        assert!(!src.changed());
+
+        // The same objects listed again (a watch restart, 410 Gone): no change at all.
+        list("10.0.0.1", true, &mut rp, &mut rn);
+        assert!(
+            !src.changed(),
+            "a relist of the same objects is not a change"
+        );
+        assert_eq!(src.health()[&WatchedKind::Pod].relists, 2);
+        let before = snap.cluster.clone();
+        assert_eq!(
+            src.refresh(&mut snap).unwrap(),
+            Refresh::Keys(Changed::default())
+        );
+        assert_eq!(snap.cluster, before);
+
+        // A relist that finds x moved and the policy gone: exactly those two.
+        list("10.0.0.9", false, &mut rp, &mut rn);
+        assert!(src.changed());
+        let Refresh::Keys(keys) = src.refresh(&mut snap).unwrap() else {
+            panic!("a later refresh names its keys")
+        };
+        assert_eq!(keys.pods.iter().collect::<Vec<_>>(), ["default/x"]);
+        assert_eq!(
+            keys.network_policies.iter().collect::<Vec<_>>(),
+            ["default/a"]
+        );
+        assert!(keys.namespaces.is_empty() && keys.nodes.is_empty());
+        // The patched snapshot is what a whole load gives.
+        assert_eq!(snap.cluster, src.load().unwrap().cluster);
+        let changes = keys.changes(&before, &snap.cluster);
+        assert_eq!(changes.len(), 2, "{changes:?}");
+
+        // A status-only update of a pod (same addresses): not a change either.
+        let mut x = pod("x", "10.0.0.9");
+        x.metadata.resource_version = Some("99".into());
+        pods.on_event(Event::Apply(x), &mut rp);
+        assert!(!src.changed());
+        assert_eq!(src.health()[&WatchedKind::Pod].resource_version, Some(99));
     }
 }

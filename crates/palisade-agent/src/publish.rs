@@ -38,7 +38,7 @@ pub const FIELD_MANAGER: &str = "palisade-agent";
 
 /// What the Kubernetes source keeps per policy object: the API version of its version
 /// in force and the problems of its current version.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Versions {
     in_force: Option<PolicyInForce>,
     errors: Vec<ObjectError>,

@@ -17,7 +17,7 @@ use palisade_policy::compile::{changes_between, merge, Compiler, InUse};
 use palisade_policy::compiled::{Compiled, Delta};
 
 use crate::registry::{unix_now, Interface, Registry, RegistryError, DEFAULT_REGISTRATION_TTL};
-use crate::source::{Snapshot, Source, SourceError};
+use crate::source::{Changed, Refresh, Snapshot, Source, SourceError};
 
 /// Why the kernel side refused or failed a write. Either way nothing already enforced
 /// changed (the datapath applies an update whole or not at all).
@@ -306,17 +306,21 @@ impl Reconciler {
     fn pass(&mut self, reload: bool, full: bool) -> Result<(usize, Stages), PassError> {
         let mut stages = Stages::default();
         let t = Instant::now();
-        let mut snapshot = if reload {
-            self.source.load()?
+        // The snapshot is updated in place: a watch source changes only the objects
+        // that changed, so a pass costs what changed, not the size of the cluster.
+        let refresh = if reload {
+            self.source.refresh(&mut self.snapshot)?
         } else {
-            self.snapshot.clone()
+            Refresh::Keys(Changed::default())
         };
         stages.load = t.elapsed().as_secs_f64();
-        let unreachable = self.prune_registrations(&snapshot)?;
+        let unreachable = self.prune_registrations()?;
         // The CNI chain is the authority on a pod's addresses: a Pod object may not
         // carry status.podIPs yet when its sandbox is created.
+        let mut registered = BTreeSet::new();
         for iface in self.registry.interfaces().values() {
-            if let Some(pod) = snapshot.cluster.pods.get_mut(&iface.pod) {
+            registered.insert(iface.pod.clone());
+            if let Some(pod) = self.snapshot.cluster.pods.get_mut(&iface.pod) {
                 if !iface.ips.is_empty() {
                     pod.ips = iface.ips.clone();
                 }
@@ -329,9 +333,19 @@ impl Reconciler {
         // A full pass keeps the number of everything unchanged; the first pass of a run
         // takes over the kernel's numbers (see `Compiler::adopting`).
         let mut delta = Delta::default();
+        let cluster = &self.snapshot.cluster;
         let rebuild = match self.compiler.as_mut() {
             Some(compiler) if !full && !self.needs_full => {
-                let deltas: Vec<Delta> = changes_between(compiler.cluster(), &snapshot.cluster)
+                let changes = match refresh {
+                    Refresh::Whole => changes_between(compiler.cluster(), cluster),
+                    // What the source changed, and the registered pods (whose
+                    // addresses the CNI plugin may just have given).
+                    Refresh::Keys(mut keys) => {
+                        keys.pods.extend(registered);
+                        keys.changes(compiler.cluster(), cluster)
+                    }
+                };
+                let deltas: Vec<Delta> = changes
                     .into_iter()
                     .map(|change| compiler.apply(change))
                     .collect();
@@ -339,13 +353,13 @@ impl Reconciler {
                 false
             }
             Some(compiler) => {
-                compiler.rebuild(snapshot.cluster.clone());
+                compiler.rebuild(cluster.clone());
                 true
             }
             None => {
                 let in_use = self.enforcer.in_use();
                 self.compiler = Some(Compiler::adopting_on(
-                    snapshot.cluster.clone(),
+                    cluster.clone(),
                     &in_use,
                     self.local_node.clone(),
                 ));
@@ -378,9 +392,7 @@ impl Reconciler {
             .keys()
             .map(|pod| (pod.clone(), generation))
             .collect();
-        let n = ifindexes.len();
-        self.snapshot = snapshot;
-        Ok((n, stages))
+        Ok((ifindexes.len(), stages))
     }
 
     /// Drops registrations that cannot be enforced on: their pod never appeared within
@@ -389,11 +401,8 @@ impl Reconciler {
     ///
     /// Returns the pods whose interface is not here but whose links are alive: they are
     /// kept, and skipped by this pass's attach.
-    fn prune_registrations(
-        &mut self,
-        snapshot: &Snapshot,
-    ) -> Result<BTreeSet<String>, RegistryError> {
-        let pods = &snapshot.cluster.pods;
+    fn prune_registrations(&mut self) -> Result<BTreeSet<String>, RegistryError> {
+        let pods = &self.snapshot.cluster.pods;
         self.registry.mark_seen(|p| pods.contains_key(p))?;
         let dead: Vec<(String, String)> = self
             .registry

@@ -4,10 +4,11 @@
 //! source (a later crate built on kube-rs reflectors) can replace the directory source
 //! without touching the reconciler.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use palisade_policy::compile::Change;
 use palisade_policy::manifest::{self, ManifestError};
 use palisade_policy::model::Cluster;
 
@@ -74,10 +75,170 @@ impl SourceError {
     }
 }
 
+/// The objects a [`Source::refresh`] changed, by the model map they live in (Services
+/// and EndpointSlices are not compiled, so not listed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changed {
+    /// Namespace names.
+    pub namespaces: BTreeSet<String>,
+    /// Node names.
+    pub nodes: BTreeSet<String>,
+    /// Pods, `namespace/name`.
+    pub pods: BTreeSet<String>,
+    /// NetworkPolicies, `namespace/name`.
+    pub network_policies: BTreeSet<String>,
+    /// Cluster policies, `Kind/name`.
+    pub cluster_policies: BTreeSet<String>,
+}
+
+impl Changed {
+    /// Adds every compiled object of `c`.
+    pub fn add_keys_of(&mut self, c: &Cluster) {
+        self.namespaces.extend(c.namespaces.keys().cloned());
+        self.nodes.extend(c.nodes.keys().cloned());
+        self.pods.extend(c.pods.keys().cloned());
+        self.network_policies
+            .extend(c.network_policies.keys().cloned());
+        self.cluster_policies
+            .extend(c.cluster_policies.keys().cloned());
+    }
+
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.namespaces.is_empty()
+            && self.nodes.is_empty()
+            && self.pods.is_empty()
+            && self.network_policies.is_empty()
+            && self.cluster_policies.is_empty()
+    }
+
+    /// The compiler changes that turn `old` into `new` for these keys only, in the
+    /// order of [`palisade_policy::compile::changes_between`] (upserts before removals),
+    /// at a cost proportional to the keys, not to the cluster.
+    pub fn changes(&self, old: &Cluster, new: &Cluster) -> Vec<Change> {
+        fn upserts<V: PartialEq + Clone>(
+            keys: &BTreeSet<String>,
+            old: &BTreeMap<String, V>,
+            new: &BTreeMap<String, V>,
+            out: &mut Vec<Change>,
+            f: impl Fn(V) -> Change,
+        ) {
+            for k in keys {
+                if let Some(v) = new.get(k).filter(|v| old.get(k) != Some(*v)) {
+                    out.push(f(v.clone()));
+                }
+            }
+        }
+        fn removals<V>(
+            keys: &BTreeSet<String>,
+            old: &BTreeMap<String, V>,
+            new: &BTreeMap<String, V>,
+            out: &mut Vec<Change>,
+            f: impl Fn(String) -> Change,
+        ) {
+            for k in keys {
+                if old.contains_key(k) && !new.contains_key(k) {
+                    out.push(f(k.clone()));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        upserts(
+            &self.namespaces,
+            &old.namespaces,
+            &new.namespaces,
+            &mut out,
+            Change::UpsertNamespace,
+        );
+        upserts(
+            &self.nodes,
+            &old.nodes,
+            &new.nodes,
+            &mut out,
+            Change::UpsertNode,
+        );
+        upserts(
+            &self.pods,
+            &old.pods,
+            &new.pods,
+            &mut out,
+            Change::UpsertPod,
+        );
+        upserts(
+            &self.network_policies,
+            &old.network_policies,
+            &new.network_policies,
+            &mut out,
+            Change::UpsertNetworkPolicy,
+        );
+        upserts(
+            &self.cluster_policies,
+            &old.cluster_policies,
+            &new.cluster_policies,
+            &mut out,
+            Change::UpsertClusterPolicy,
+        );
+        removals(
+            &self.cluster_policies,
+            &old.cluster_policies,
+            &new.cluster_policies,
+            &mut out,
+            Change::RemoveClusterPolicy,
+        );
+        removals(
+            &self.network_policies,
+            &old.network_policies,
+            &new.network_policies,
+            &mut out,
+            Change::RemoveNetworkPolicy,
+        );
+        removals(
+            &self.pods,
+            &old.pods,
+            &new.pods,
+            &mut out,
+            Change::RemovePod,
+        );
+        removals(
+            &self.nodes,
+            &old.nodes,
+            &new.nodes,
+            &mut out,
+            Change::RemoveNode,
+        );
+        removals(
+            &self.namespaces,
+            &old.namespaces,
+            &new.namespaces,
+            &mut out,
+            Change::RemoveNamespace,
+        );
+        out
+    }
+}
+
+/// What a [`Source::refresh`] did to the snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refresh {
+    /// Replaced it: the reconciler diffs the whole snapshot.
+    Whole,
+    /// Changed only these objects (possibly none).
+    Keys(Changed),
+}
+
 /// A source of desired state.
 pub trait Source: Send {
     /// Reads the whole desired state now.
     fn load(&mut self) -> Result<Snapshot, SourceError>;
+
+    /// Brings `snapshot` (the reconciler's, as this source last left it plus the CNI
+    /// plugin's addresses) up to date and says which objects changed. Sources that
+    /// track their objects one by one (a watch) change only those; the default reads
+    /// everything again.
+    fn refresh(&mut self, snapshot: &mut Snapshot) -> Result<Refresh, SourceError> {
+        *snapshot = self.load()?;
+        Ok(Refresh::Whole)
+    }
 
     /// A cheap check of whether [`Source::load`] may now return something new.
     fn changed(&mut self) -> bool;

@@ -213,3 +213,203 @@ fn the_last_state_stays_while_the_api_server_is_away_and_converges_when_it_retur
         .await;
     });
 }
+
+/// Counts the writes that reach the kernel side.
+struct CountingEnforcer {
+    writes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+mod counting {
+    use super::CountingEnforcer;
+    use palisade_agent::api::DatapathStatus;
+    use palisade_agent::reconcile::{
+        CounterSample, Enforcer, EnforcerError, KernelAttachment, KernelEndpoint,
+    };
+    use palisade_policy::compile::InUse;
+    use palisade_policy::compiled::{Compiled, Delta};
+    use std::sync::atomic::Ordering;
+
+    fn none<T>() -> Result<T, EnforcerError> {
+        Err(EnforcerError::Other {
+            message: "no interfaces in this test".into(),
+            retryable: false,
+        })
+    }
+
+    impl Enforcer for CountingEnforcer {
+        fn attach(&mut self, _: &str, _: &str) -> Result<u32, EnforcerError> {
+            none()
+        }
+        fn detach(&mut self, _: &str) -> Result<(), EnforcerError> {
+            Ok(())
+        }
+        fn release_if_gone(&mut self, _: &str, _: u32) -> Result<bool, EnforcerError> {
+            Ok(true)
+        }
+        fn sync(&mut self, _: &Compiled) -> Result<(), EnforcerError> {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn apply(&mut self, delta: &Delta) -> Result<(), EnforcerError> {
+            if !delta.ops.is_empty() {
+                self.writes.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(())
+        }
+        fn in_use(&mut self) -> InUse {
+            InUse::default()
+        }
+        fn endpoint_state(&mut self, _: u32) -> anyhow::Result<KernelEndpoint> {
+            anyhow::bail!("no endpoints in this test")
+        }
+        fn attachment(&mut self, _: u32) -> anyhow::Result<KernelAttachment> {
+            anyhow::bail!("no endpoints in this test")
+        }
+        fn counters(&mut self) -> anyhow::Result<Vec<CounterSample>> {
+            Ok(Vec::new())
+        }
+        fn status(&mut self) -> DatapathStatus {
+            DatapathStatus::default()
+        }
+    }
+}
+
+/// Creates a pod in team-a (and the namespace's default service account, which no
+/// controller manager creates here and admission needs), and, when `ip` is given,
+/// writes its status.podIP as a kubelet would.
+fn pod(cp: &ControlPlane, manifest: &str, name: &str, ip: Option<&str>) {
+    let _ = cp.kubectl(
+        cp.admin(),
+        &["create", "serviceaccount", "default", "-n", "team-a"],
+        None,
+    );
+    cp.kubectl(cp.admin(), &["apply", "-f", "-"], Some(manifest))
+        .expect("pod");
+    if let Some(ip) = ip {
+        let status = format!(r#"{{"status":{{"podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}]}}}}"#);
+        cp.kubectl(
+            cp.admin(),
+            &[
+                "patch",
+                "pod",
+                name,
+                "-n",
+                "team-a",
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &status,
+            ],
+            None,
+        )
+        .expect("pod status");
+    }
+}
+
+const POD: &str = r#"{"apiVersion":"v1","kind":"Pod",
+ "metadata":{"name":"web-1","namespace":"team-a","labels":{"app":"web"}},
+ "spec":{"nodeName":"node-a","containers":[{"name":"c","image":"lab","ports":[{"containerPort":80}]}]}}"#;
+
+/// Every watch restarted (each kind listed again, as after `410 Gone`): the objects are
+/// the same, so the source reports no change, the agent runs no pass (its generation in
+/// force stays) and even a pass forced now writes nothing to the kernel; a real change
+/// afterwards does write.
+#[test]
+fn a_relist_that_finds_nothing_new_writes_nothing_to_the_kernel() {
+    use palisade_agent::reconcile::Reconciler;
+    use std::sync::atomic::Ordering;
+    let Some(cp) = start() else { return };
+    cp.kubectl(cp.admin(), &["apply", "-f", "-"], Some(GRANT))
+        .expect("grant");
+    cp.kubectl(cp.admin(), &["create", "namespace", "team-a"], None)
+        .expect("namespace");
+    cp.kubectl(cp.admin(), &["apply", "-f", "-"], Some(&policy(80)))
+        .expect("policy");
+    pod(&cp, POD, "web-1", Some("10.20.0.5"));
+    let (agent, rt) = agent_identity(&cp);
+    rt.block_on(async {
+        let src = source_as(&agent).await;
+        let watches = src.watches();
+        let writes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let enforcer = CountingEnforcer {
+            writes: writes.clone(),
+        };
+        let mut reconciler = Reconciler::new(
+            Box::new(src),
+            Box::new(enforcer),
+            palisade_agent::registry::Registry::default(),
+        )
+        .with_local_node(Some("node-a".into()));
+        eventually(
+            Duration::from_secs(120),
+            "the first pass with the pod's policy",
+            || {
+                reconciler.reconcile(true, false).ok()?;
+                let ep = reconciler.compiled().endpoints.get("team-a/web-1")?;
+                let np = reconciler
+                    .snapshot()
+                    .cluster
+                    .network_policies
+                    .get("team-a/web")?;
+                (np.ingress.as_ref().map(Vec::len) == Some(1)).then_some(ep.ingress)
+            },
+        )
+        .await;
+        let generation = reconciler.generation();
+        let written = writes.load(Ordering::SeqCst);
+        assert!(written >= 1, "the first pass programs the kernel");
+        assert!(!reconciler.source_changed());
+
+        let completed = |h: &std::collections::BTreeMap<
+            WatchedKind,
+            palisade_agent::kube_source::WatchHealth,
+        >| {
+            h.iter()
+                .filter(|(_, w)| !w.not_served)
+                .map(|(k, w)| (*k, w.lists_completed))
+                .collect::<Vec<_>>()
+        };
+        let before = completed(&watches.health());
+        watches.restart();
+        eventually(
+            Duration::from_secs(60),
+            "every served kind listed again",
+            || {
+                let now = completed(&watches.health());
+                (now.len() == before.len()
+                    && now
+                        .iter()
+                        .zip(&before)
+                        .all(|(n, b)| n.0 == b.0 && n.1 > b.1))
+                .then_some(())
+            },
+        )
+        .await;
+        assert!(
+            !reconciler.source_changed(),
+            "a relist that found the same objects is not a change: no pass runs"
+        );
+        assert_eq!(reconciler.generation(), generation);
+        reconciler.reconcile(true, false).expect("a forced pass");
+        assert_eq!(
+            writes.load(Ordering::SeqCst),
+            written,
+            "nothing written to the kernel after a relist of unchanged objects"
+        );
+
+        // A real change is still seen, and written.
+        cp.kubectl(cp.admin(), &["apply", "-f", "-"], Some(&policy(8080)))
+            .expect("policy update");
+        eventually(
+            Duration::from_secs(30),
+            "the update reaches the kernel",
+            || {
+                if reconciler.source_changed() {
+                    reconciler.reconcile(true, false).ok()?;
+                }
+                (writes.load(Ordering::SeqCst) > written).then_some(())
+            },
+        )
+        .await;
+    });
+}
