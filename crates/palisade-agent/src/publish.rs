@@ -33,6 +33,12 @@ use crate::source::Snapshot;
 /// a rollout creating pods, costs one write).
 pub const MIN_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Most rejected-object entries one node's object carries (`counts.errors` has the
+/// total): a flood of bad objects must not push the object past etcd's 1.5 MiB limit.
+pub const MAX_ERRORS: usize = 100;
+/// Longest error message kept, in bytes (longer ones are cut, marked `...`).
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
 /// The field manager of the agent's writes.
 pub const FIELD_MANAGER: &str = "palisade-agent";
 
@@ -153,13 +159,25 @@ pub fn report(node: &str, reconciler: &Reconciler) -> NodePolicyStatusSpec {
         .collect();
     let mut errors = snap.rejected.clone();
     errors.sort();
+    let error_count = errors.len() as u32;
+    errors.truncate(MAX_ERRORS);
+    for e in &mut errors {
+        if e.message.len() > MAX_MESSAGE_BYTES {
+            let cut = (0..=MAX_MESSAGE_BYTES)
+                .rev()
+                .find(|i| e.message.is_char_boundary(*i))
+                .unwrap_or(0);
+            e.message.truncate(cut);
+            e.message.push_str("...");
+        }
+    }
     NodePolicyStatusSpec {
         node_name: node.to_string(),
         generation: reconciler.generation(),
         counts: NodeCounts {
             policies: policies.len() as u32,
             endpoints: reconciler.in_force_all().len() as u32,
-            errors: errors.len() as u32,
+            errors: error_count,
         },
         policies,
         errors,
@@ -270,6 +288,8 @@ async fn write_loop(
     // What the server holds, as far as this run knows (`None`: unknown).
     let mut written: Option<NodePolicyStatusSpec> = None;
     let mut retry = false;
+    // A write refused every second (RBAC, CRD not installed) is logged once a minute.
+    let mut failures = crate::ratelog::RateLog::new(Duration::from_secs(60));
     loop {
         if !retry && rx.changed().await.is_err() {
             return; // the agent is shutting down
@@ -284,7 +304,9 @@ async fn write_loop(
         match write(&api, &node, written.as_ref(), &spec).await {
             Ok(()) => written = Some(spec),
             Err(e) => {
-                tracing::warn!(node = %node, error = %format!("{e:#}"), "could not publish the node's NodePolicyStatus; retrying");
+                if let Some(unlogged) = failures.ready() {
+                    tracing::warn!(node = %node, error = %format!("{e:#}"), unlogged, "could not publish the node's NodePolicyStatus; retrying every second");
+                }
                 written = None;
                 retry = true;
             }

@@ -21,6 +21,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use palisade_crds::{NodeError, NodePolicyStatusSpec, PolicyAggregate, PolicyRef};
 use palisade_policy::model::Cluster;
 
+/// Most pending nodes named in a message (a condition message is at most 32 KiB; the
+/// full list is in `pendingNodes`).
+pub const MESSAGE_NODES: usize = 10;
+/// Most characters of the first error quoted in a message.
+pub const MESSAGE_ERROR_CHARS: usize = 1000;
+
 /// The current version of one policy (rule 1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Current {
@@ -134,15 +140,23 @@ pub fn policy(
         current.resource_version
     );
     if let Some(e) = errors.first() {
+        let first: String = e.message.chars().take(MESSAGE_ERROR_CHARS).collect();
         message.push_str(&format!(
-            "; rejected by {} node(s), e.g. {}: {}",
+            "; rejected by {} node(s), e.g. {}: {first}",
             errors.len(),
             e.node,
-            e.message
         ));
     }
     if !pending.is_empty() {
-        message.push_str(&format!("; not yet on {}", pending.join(", ")));
+        let named: Vec<&str> = pending
+            .iter()
+            .take(MESSAGE_NODES)
+            .map(String::as_str)
+            .collect();
+        message.push_str(&format!("; not yet on {}", named.join(", ")));
+        if pending.len() > MESSAGE_NODES {
+            message.push_str(&format!(" and {} more", pending.len() - MESSAGE_NODES));
+        }
     }
     PolicyAggregate {
         uid: current.uid.clone(),

@@ -215,3 +215,21 @@ fn a_status_write_is_not_a_new_version_when_the_api_sets_a_generation() {
         "Pending"
     );
 }
+
+#[test]
+fn a_message_names_at_most_ten_pending_nodes_and_counts_the_rest() {
+    let web = np("web", "1");
+    let selected: BTreeSet<String> = (0..25).map(|i| format!("node-{i:02}")).collect();
+    let agg = policy(&web, Some(&selected), &BTreeMap::new());
+    assert_eq!(
+        agg.pending_nodes.len(),
+        25,
+        "the full list stays in the object"
+    );
+    assert!(
+        agg.message.ends_with("node-09 and 15 more"),
+        "{}",
+        agg.message
+    );
+    assert!(!agg.message.contains("node-10"), "{}", agg.message);
+}
