@@ -320,9 +320,14 @@ impl KubeWatches {
     }
 }
 
+/// How long a direct read of a pod (CNI ADD before the watch delivered it) may take.
+pub const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// See the module doc.
 pub struct KubeSource {
     watches: KubeWatches,
+    /// The client for direct reads, and the runtime to run them on.
+    reads: Option<(Client, tokio::runtime::Handle)>,
     /// Whether [`Source::refresh`] has handed over a whole snapshot yet.
     delivered: bool,
 }
@@ -370,11 +375,19 @@ impl KubeSource {
         KubeSource {
             watches: KubeWatches {
                 shared,
-                client: Some(client),
+                client: Some(client.clone()),
                 tasks: Arc::new(Mutex::new(tasks)),
             },
+            reads: Some((client, tokio::runtime::Handle::current())),
             delivered: false,
         }
+    }
+
+    /// Direct reads (a pod named by CNI ADD) go through `client`: its own connection
+    /// pool, so a read never queues behind a watch connection that is stuck.
+    pub fn with_reads(mut self, client: Client) -> Self {
+        self.reads = Some((client, tokio::runtime::Handle::current()));
+        self
     }
 
     /// A handle on the watches, usable after the source moved into a reconciler.
@@ -445,6 +458,66 @@ impl Source for KubeSource {
 
     fn changed(&mut self) -> bool {
         self.watches.shared.dirty.load(Ordering::SeqCst)
+    }
+
+    /// `GET namespaces/NS/pods/NAME`, decoded like a watch event; the watch's version,
+    /// when it arrives, replaces it as usual. A pod the watch delivered already is not
+    /// read again.
+    fn fetch_pod(&mut self, pod: &str) -> Result<bool, SourceError> {
+        let Some((client, rt)) = &self.reads else {
+            return Ok(false);
+        };
+        let Some((ns, name)) = pod.split_once('/') else {
+            return Ok(false);
+        };
+        if self
+            .store()
+            .objects
+            .get(&WatchedKind::Pod)
+            .is_some_and(|m| m.contains_key(pod))
+        {
+            return Ok(true);
+        }
+        let api = Api::<Pod>::namespaced(client.clone(), ns);
+        let got =
+            rt.block_on(async { tokio::time::timeout(FETCH_TIMEOUT, api.get_opt(name)).await });
+        let fail =
+            |source: Box<dyn std::error::Error + Send + Sync>, transient| SourceError::Fetch {
+                pod: pod.to_string(),
+                source,
+                transient,
+            };
+        let object = match got {
+            Err(_) => {
+                return Err(fail(
+                    format!("no answer within {}s", FETCH_TIMEOUT.as_secs()).into(),
+                    true,
+                ))
+            }
+            Ok(Err(e)) => {
+                // Unreachable, throttled or a server error: a retry can help. A
+                // refusal (forbidden: RBAC must grant `get pods`) cannot.
+                let transient = match &e {
+                    kube::Error::Api(r) => r.code == 429 || r.code >= 500,
+                    _ => true,
+                };
+                return Err(fail(Box::new(e), transient));
+            }
+            Ok(Ok(None)) => return Ok(false),
+            Ok(Ok(Some(p))) => p,
+        };
+        let v = serde_json::to_value(&object).unwrap_or_default();
+        let st = decode(WatchedKind::Pod, v, None);
+        let mut s = self.store();
+        if !s
+            .objects
+            .get(&WatchedKind::Pod)
+            .is_some_and(|m| m.contains_key(pod))
+            && s.put((WatchedKind::Pod, pod.to_string()), Some(st))
+        {
+            self.watches.shared.dirty.store(true, Ordering::SeqCst);
+        }
+        Ok(true)
     }
 }
 
@@ -668,6 +741,7 @@ mod tests {
                 client: None,
                 tasks: Arc::default(),
             },
+            reads: None,
             delivered: false,
         }
     }

@@ -498,6 +498,18 @@ impl Reconciler {
     /// Records a CNI registration (the caller then reconciles and checks
     /// [`Self::in_force`]). Refused when another registration owns the interface.
     pub fn register(&mut self, iface: Interface) -> Result<(), RegistryError> {
+        if !self.knows_pod(&iface.pod) {
+            // CNI ADD may come before the watch delivers the Pod: read it now, so the
+            // next pass (the one this ADD waits for) enforces its policy.
+            match self.source.fetch_pod(&iface.pod) {
+                Ok(found) => {
+                    tracing::debug!(pod = %iface.pod, found, "pod read directly for its registration")
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %iface.pod, error = %chain(&e), retryable = e.retryable(), "could not read the pod directly; waiting for the watch")
+                }
+            }
+        }
         let iface = Interface {
             registered_at: unix_now(),
             seen: self.knows_pod(&iface.pod),

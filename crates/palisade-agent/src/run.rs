@@ -122,7 +122,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             let client = kube_client(kubeconfig.as_deref(), context.as_deref()).await?;
             tracing::info!("following the Kubernetes API server");
             publisher = crate::publish::for_config(&config, &client)?;
-            Box::new(crate::kube_source::KubeSource::start(client))
+            // Direct reads (CNI ADD of a pod not watched yet) get their own pool.
+            let reads = kube_client(kubeconfig.as_deref(), context.as_deref()).await?;
+            Box::new(crate::kube_source::KubeSource::start(client).with_reads(reads))
         }
     };
     let reconciler = Reconciler::new(source, Box::new(enforcer), registry)

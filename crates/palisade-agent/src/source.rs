@@ -240,6 +240,14 @@ pub trait Source: Send {
         Ok(Refresh::Whole)
     }
 
+    /// Reads the pod `namespace/name` (named by a CNI registration) now, when the
+    /// source has not delivered it yet, so that the next refresh includes it. Returns
+    /// whether the source has it now. The default (a directory) has nothing to ask.
+    /// Blocks; called from the reconciler's thread, never from an async task.
+    fn fetch_pod(&mut self, _pod: &str) -> Result<bool, SourceError> {
+        Ok(false)
+    }
+
     /// A cheap check of whether [`Source::load`] may now return something new.
     fn changed(&mut self) -> bool;
 }

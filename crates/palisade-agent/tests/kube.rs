@@ -237,8 +237,8 @@ mod counting {
     }
 
     impl Enforcer for CountingEnforcer {
-        fn attach(&mut self, _: &str, _: &str) -> Result<u32, EnforcerError> {
-            none()
+        fn attach(&mut self, _: &str, ifname: &str) -> Result<u32, EnforcerError> {
+            palisade_datapath::ifindex_of(ifname).or_else(|_| none())
         }
         fn detach(&mut self, _: &str) -> Result<(), EnforcerError> {
             Ok(())
@@ -412,4 +412,165 @@ fn a_relist_that_finds_nothing_new_writes_nothing_to_the_kernel() {
         )
         .await;
     });
+}
+
+/// A TCP forwarder to the API server that can be paused: while paused, no byte moves
+/// on any connection through it (a watch that has fallen behind, honestly: the agent's
+/// watch connections stay open and simply hear nothing).
+struct Pausable {
+    addr: std::net::SocketAddr,
+    paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Pausable {
+    async fn start(upstream: std::net::SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let paused = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let p = paused.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                for (mut r, mut w) in [
+                    (
+                        Box::new(cr) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                        Box::new(sw) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+                    ),
+                    (Box::new(sr), Box::new(cw)),
+                ] {
+                    let p = p.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 64 << 10];
+                        loop {
+                            let n = match r.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            // Held, not dropped: delivered once resumed.
+                            while p.load(Ordering::SeqCst) {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            if w.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Pausable { addr, paused }
+    }
+}
+
+/// CNI ADD for a pod created a moment ago while the agent's watch is behind (paused at
+/// a forwarder): the agent reads the Pod directly (GET, as its own identity), and the
+/// pass the ADD waits for programs the pod's policy with the registration's address
+/// (the Pod has no status.podIP yet, as before a real kubelet's CNI ADD returns).
+#[test]
+fn a_registration_for_a_pod_the_watch_has_not_delivered_gets_its_policy_in_force() {
+    use palisade_agent::reconcile::Reconciler;
+    use palisade_agent::registry::Interface;
+    use palisade_policy::compiled::TableAction;
+    use std::sync::atomic::Ordering;
+    let Some(cp) = start() else { return };
+    cp.kubectl(cp.admin(), &["apply", "-f", "-"], Some(GRANT))
+        .expect("grant");
+    cp.kubectl(cp.admin(), &["create", "namespace", "team-a"], None)
+        .expect("namespace");
+    cp.kubectl(cp.admin(), &["apply", "-f", "-"], Some(&policy(80)))
+        .expect("policy");
+    let (agent, rt) = agent_identity(&cp);
+    let upstream: std::net::SocketAddr = cp
+        .server()
+        .strip_prefix("https://")
+        .and_then(|a| a.parse().ok())
+        .expect("the API server's address");
+    let (proxy, src) = rt.block_on(async {
+        let proxy = Pausable::start(upstream).await;
+        let kc = kube::config::Kubeconfig::read_from(agent.path()).unwrap();
+        let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap();
+        config.cluster_url = format!("https://{}", proxy.addr).parse().unwrap();
+        let watched = kube::Client::try_from(config).unwrap();
+        let direct = palisade_agent::run::kube_client(Some(agent.path()), None)
+            .await
+            .unwrap();
+        (proxy, KubeSource::start(watched).with_reads(direct))
+    });
+    let writes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut reconciler = Reconciler::new(
+        Box::new(src),
+        Box::new(CountingEnforcer { writes }),
+        palisade_agent::registry::Registry::default(),
+    )
+    .with_local_node(Some("node-a".into()));
+    // Synchronous polling: the direct read blocks on the runtime, so the reconciler
+    // runs outside it (as on the agent's reconciler thread).
+    let poll = |what: &str, f: &mut dyn FnMut() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    poll("the first pass with the policy", &mut || {
+        reconciler.reconcile(true, false).is_ok()
+            && reconciler
+                .snapshot()
+                .cluster
+                .network_policies
+                .contains_key("team-a/web")
+    });
+
+    proxy.paused.store(true, Ordering::SeqCst);
+    pod(&cp, &POD.replace("web-1", "web-2"), "web-2", None);
+    // The watch is behind: a pass now does not know the pod.
+    reconciler
+        .reconcile(true, false)
+        .expect("a pass while paused");
+    assert!(
+        !reconciler.knows_pod("team-a/web-2"),
+        "the watch must be behind"
+    );
+
+    let ip: std::net::IpAddr = "10.20.0.7".parse().unwrap();
+    reconciler
+        .register(Interface {
+            pod: "team-a/web-2".into(),
+            host_ifname: "lo".into(),
+            ifindex: palisade_datapath::ifindex_of("lo").unwrap(),
+            ips: vec![ip],
+            container_id: "sandbox-1".into(),
+            registered_at: 0,
+            seen: false,
+        })
+        .expect("registration");
+    assert!(reconciler.source_changed(), "the direct read is a change");
+    reconciler.reconcile(true, false).expect("the ADD's pass");
+    assert!(
+        reconciler.in_force("team-a/web-2").is_some(),
+        "in force on the ADD's own pass"
+    );
+    let compiled = reconciler.compiled();
+    let ep = &compiled.endpoints["team-a/web-2"];
+    assert_eq!(ep.ips, vec![ip], "the registration's address");
+    let world = compiled.lookup_identity("198.51.100.1".parse().unwrap());
+    assert_eq!(
+        compiled.lookup(ep.ingress, world, 6, 80).action,
+        TableAction::Allow
+    );
+    assert_eq!(
+        compiled.lookup(ep.ingress, world, 6, 81).action,
+        TableAction::Deny,
+        "the policy selecting app=web is in force: only port 80 is open"
+    );
+    proxy.paused.store(false, Ordering::SeqCst);
+    drop(rt);
 }
