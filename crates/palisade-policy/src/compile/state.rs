@@ -588,7 +588,7 @@ impl State {
         let mut prog = PolicyProg {
             scope: Scope::Calico {
                 policy: Box::new(cp.clone()),
-                sort: calico_sem::sort_key(cp.order, &cp.name, &ns),
+                sort: calico_sem::sort_key(cp.order, &cp.name, &ns, true),
                 display: calico_sem::display_name(cp),
             },
             rules: [Vec::new(), Vec::new()],
@@ -994,7 +994,7 @@ impl State {
                 key.network.push((k.clone(), prog.revision));
             }
         }
-        let mut calico: Vec<(&(Order, String, String), &String, u64)> = Vec::new();
+        let mut calico: Vec<(&calico_sem::SortKey, &String, u64)> = Vec::new();
         for (k, prog) in &self.calico_programs {
             let Scope::Calico { policy, sort, .. } = &prog.scope else {
                 continue;
@@ -1056,7 +1056,7 @@ impl State {
         if key.calico.is_empty() {
             return nps.collect();
         }
-        let mut members: Vec<((Order, String, String), &PolicyProg)> = key
+        let mut members: Vec<(calico_sem::SortKey, &PolicyProg)> = key
             .network
             .iter()
             .map(|(k, _)| {
@@ -1065,6 +1065,7 @@ impl State {
                     Some(Order(K8S_NETWORK_POLICY_ORDER)),
                     &format!("knp.default.{name}"),
                     ns,
+                    false,
                 );
                 (sort, &self.np_programs[k])
             })

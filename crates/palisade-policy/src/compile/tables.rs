@@ -102,7 +102,7 @@ pub(crate) enum Scope {
         /// The policy, for [`crate::verdict::calico::selects`].
         policy: Box<crate::model::CalicoPolicy>,
         /// Sort key in the default tier.
-        sort: (crate::model::Order, String, String),
+        sort: crate::verdict::calico::SortKey,
         /// How explanations name it.
         display: String,
     },

@@ -10,7 +10,8 @@
 //! 2. Policies are evaluated by `order`, lowest first, a policy without `order` after
 //!    every policy with one (Tier reference: "No value indicates highest order");
 //!    Kubernetes NetworkPolicies have order 1000 and sort under Calico's name for them,
-//!    `knp.default.<name>`; ties are broken by name, then namespace (Palisade's choice).
+//!    `knp.default.<name>`; ties are broken by name, then namespace, then a
+//!    NetworkPolicy before a Calico policy (Palisade's choice).
 //! 3. Within a policy, rules in order: `Allow` and `Deny` are final, `Log` continues
 //!    with the next rule, `Pass` skips the rest of the tier (Rule reference).
 //! 4. If some policy applies and no rule decided, the traffic is denied at the end of
@@ -107,22 +108,24 @@ pub(crate) fn in_scope_global(policy_ns: Option<&str>, ns_sel: Option<&CalicoSel
     }
 }
 
-/// A policy's sort key (rule 2): `(order or +inf, name, namespace)`.
-pub(crate) fn sort_key(
-    order: Option<Order>,
-    name: &str,
-    namespace: &str,
-) -> (Order, String, String) {
+/// A policy's place in the default tier: `(order or +inf, name, namespace, 0 for a
+/// Kubernetes NetworkPolicy / 1 for a Calico policy)`, a total order (a Calico policy
+/// may be named like a NetworkPolicy's `knp.default.<name>`).
+pub(crate) type SortKey = (Order, String, String, u8);
+
+/// A policy's sort key (rule 2).
+pub(crate) fn sort_key(order: Option<Order>, name: &str, namespace: &str, calico: bool) -> SortKey {
     (
         order.unwrap_or(Order(f64::INFINITY)),
         name.to_string(),
         namespace.to_string(),
+        u8::from(calico),
     )
 }
 
 /// Compares two sort keys; an unset order (stored as +inf) sorts after every set one,
 /// including a set order of +inf, which decoding rejects anyway.
-fn cmp_keys(a: &(Order, String, String), b: &(Order, String, String)) -> Ordering {
+fn cmp_keys(a: &SortKey, b: &SortKey) -> Ordering {
     a.cmp(b)
 }
 
@@ -285,13 +288,13 @@ pub(super) fn default_tier(
     consulted: &mut Vec<Step>,
 ) -> Option<TierResult> {
     let ns_l = cluster.namespace_labels(&pod.namespace);
-    let mut members: Vec<((Order, String, String), Member<'_>)> = cluster
+    let mut members: Vec<(SortKey, Member<'_>)> = cluster
         .calico_policies
         .values()
         .filter(|p| p.rules(t.dir).is_some() && selects(p, &pod.labels, &ns_l, &pod.namespace))
         .map(|p| {
             let ns = p.namespace.clone().unwrap_or_default();
-            (sort_key(p.order, &p.name, &ns), Member::Calico(p))
+            (sort_key(p.order, &p.name, &ns, true), Member::Calico(p))
         })
         .collect();
     if members.is_empty() {
@@ -309,6 +312,7 @@ pub(super) fn default_tier(
                         Some(Order(K8S_NETWORK_POLICY_ORDER)),
                         &format!("knp.default.{}", np.name),
                         &np.namespace,
+                        false,
                     ),
                     Member::Kubernetes(np),
                 )
