@@ -198,6 +198,9 @@ fn start(lab: &mut KubeLab, binaries: &Binaries, cni: &Path) -> anyhow::Result<(
     std::fs::copy(&user, lab.kubeconfig_path())?;
     cp.kubectl(&["apply", "-f", "-"], Some(&chart_agent_objects()))
         .context("the chart's CRDs, ServiceAccounts and agent RBAC")?;
+    // The network-policy-api CRDs, as users install them (from the Go module cache).
+    palisade_kube_lab::crds::install_with(|args| cp.kubectl(args, None).map(drop))
+        .context("installing the network-policy-api CRDs")?;
     // A DaemonSet pod reaches the API server at the `kubernetes` Service, through
     // kube-proxy's rules in its node's namespace.
     let in_cluster = format!("https://{KUBERNETES_SERVICE_IP}:443");
@@ -565,6 +568,11 @@ const CLUSTER_SCOPED: &[&str] = &[
 fn for_api(mut obj: serde_json::Value, nodes: &[String]) -> Option<serde_json::Value> {
     let kind = obj["kind"].as_str().unwrap_or_default().to_string();
     if kind == "Node" {
+        eprintln!(
+            "note: Node {} is not applied: the lab's nodes are its kubelets' ({})",
+            obj["metadata"]["name"].as_str().unwrap_or_default(),
+            nodes.join(", ")
+        );
         return None;
     }
     let status = obj.as_object_mut().and_then(|o| o.remove("status"));

@@ -121,32 +121,32 @@ pub fn crd_file(crd: &Crd) -> Result<PathBuf, Error> {
 /// last-applied annotation can exceed the annotation size limit) and waits until
 /// each is Established. Returns their names.
 pub fn install(cp: &ControlPlane) -> Result<Vec<&'static str>, Error> {
+    install_with(|args| cp.kubectl(cp.admin(), args, None).map(drop))
+}
+
+/// [`install`] through any admin `kubectl` (the lab's control plane runs it inside
+/// the API server's namespace).
+pub fn install_with(
+    kubectl: impl Fn(&[&str]) -> Result<(), Error>,
+) -> Result<Vec<&'static str>, Error> {
     for crd in CRDS {
         let path = crd_file(crd)?;
         let path = path.display().to_string();
-        cp.kubectl(
-            cp.admin(),
-            &[
-                "apply",
-                "--server-side",
-                "--field-manager=palisade-kube-lab",
-                "-f",
-                &path,
-            ],
-            None,
-        )?;
+        kubectl(&[
+            "apply",
+            "--server-side",
+            "--field-manager=palisade-kube-lab",
+            "-f",
+            &path,
+        ])?;
     }
     for crd in CRDS {
-        cp.kubectl(
-            cp.admin(),
-            &[
-                "wait",
-                "--for=condition=Established",
-                &format!("--timeout={ESTABLISHED_TIMEOUT_S}s"),
-                &format!("crd/{}", crd.name),
-            ],
-            None,
-        )?;
+        kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            &format!("--timeout={ESTABLISHED_TIMEOUT_S}s"),
+            &format!("crd/{}", crd.name),
+        ])?;
     }
     Ok(CRDS.iter().map(|c| c.name).collect())
 }

@@ -417,9 +417,23 @@ fn aws_walkthrough_through_the_api_server_on_two_nodes_agrees_with_the_simulator
             seen.insert(verdicts);
         }
     }
-    // The steps changed what was measured (not the same matrix every time), and the
-    // first step (no policy) allowed everything while a later one denied something.
+    // The steps changed what was measured (not the same matrix every time).
     assert!(seen.len() >= 4, "{} distinct matrices", seen.len());
+    // lab delete of the last step: what was measured after the step before it.
+    let before_last = {
+        let f = steps[steps.len() - 1].display().to_string();
+        run(&mut lab.cmd(&["delete", "-f", &f]));
+        lab.probe_compare("TCP", 80)
+    };
+    assert!(
+        before_last.1.contains("agree on all 20 pairs"),
+        "{}",
+        before_last.1
+    );
+    assert!(
+        seen.contains(&crate::support::verdicts(&before_last.0)),
+        "after the delete, a matrix measured before"
+    );
     eprintln!(
         "walkthrough on 2 nodes: {:.1} s",
         started.elapsed().as_secs_f64()
