@@ -667,7 +667,9 @@ pub fn apply(name: &str, files: &[PathBuf]) -> anyhow::Result<u64> {
         Some(&list.to_string()),
     )?;
     wait_pods_ready(&lab, &cp, &objs)?;
-    wait_in_force(&lab, &before)
+    let g = wait_in_force(&lab, &before)?;
+    wait_policies_reported(&lab, &cp, &objs, false)?;
+    Ok(g)
 }
 
 /// `lab delete` against the cluster: deletes the named objects (pods included, which
@@ -1066,4 +1068,130 @@ pub fn cluster_from_api(name: &str) -> anyhow::Result<palisade_policy::model::Cl
         endpoints(&lab)?.into_iter().map(|e| e.key).collect();
     cluster.pods.retain(|k, _| running.contains(k));
     Ok(cluster)
+}
+
+/// The policy kinds whose version each agent reports in its NodePolicyStatus.
+const POLICY_KINDS: &[&str] = &[
+    "NetworkPolicy",
+    "ClusterNetworkPolicy",
+    "AdminNetworkPolicy",
+    "BaselineAdminNetworkPolicy",
+];
+
+/// Waits until every node's NodePolicyStatus (written by its agent after a pass,
+/// `palisade_crds`) reports each policy of `objs` in force at the uid and generation
+/// the API server now holds, or rejected at that version (said as a warning), or,
+/// with `deleted`, no longer reports it: the policies' own versions, observed.
+fn wait_policies_reported(
+    lab: &KubeLab,
+    cp: &PersistentControlPlane,
+    objs: &[serde_json::Value],
+    deleted: bool,
+) -> anyhow::Result<()> {
+    let mut wanted = Vec::new();
+    for o in objs
+        .iter()
+        .filter(|o| POLICY_KINDS.contains(&o["kind"].as_str().unwrap_or_default()))
+    {
+        let kind = o["kind"].as_str().unwrap_or_default();
+        let name = o["metadata"]["name"].as_str().unwrap_or_default();
+        let ns = (kind == "NetworkPolicy").then(|| {
+            o["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default")
+                .to_string()
+        });
+        let key = match &ns {
+            Some(ns) => format!("{kind}/{ns}/{name}"),
+            None => format!("{kind}/{name}"),
+        };
+        let version = if deleted {
+            None
+        } else {
+            let mut args = vec![
+                "get".to_string(),
+                format!("{}/{name}", kind.to_lowercase()),
+                "-o".into(),
+                "json".into(),
+            ];
+            if let Some(ns) = &ns {
+                args.extend(["-n".to_string(), ns.clone()]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let v: serde_json::Value = serde_json::from_str(&cp.kubectl(&args, None)?)?;
+            Some((
+                v["metadata"]["uid"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                v["metadata"]["generation"].as_i64().unwrap_or(0),
+            ))
+        };
+        wanted.push((key, version));
+    }
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let deadline = Instant::now() + IN_FORCE_TIMEOUT;
+    loop {
+        let v: serde_json::Value = serde_json::from_str(&cp.kubectl(
+            &["get", "nodepolicystatuses.palisade.io", "-o", "json"],
+            None,
+        )?)?;
+        let reports: std::collections::BTreeMap<String, &serde_json::Value> = v["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| Some((i["metadata"]["name"].as_str()?.to_string(), &i["spec"])))
+            .collect();
+        let mut pending = Vec::new();
+        for node in &lab.nodes {
+            let Some(spec) = reports.get(&node.net.name) else {
+                pending.push(format!("{}: no NodePolicyStatus yet", node.net.name));
+                continue;
+            };
+            for (key, version) in &wanted {
+                let held = &spec["policies"][key];
+                let ok = match version {
+                    None => held.is_null(),
+                    Some((uid, generation)) => {
+                        let in_force = held["uid"] == uid.as_str()
+                            && held["generation"].as_i64().unwrap_or(0) >= *generation;
+                        let rejected =
+                            spec["errors"].as_array().into_iter().flatten().any(|e| {
+                                format!(
+                                    "{}/{}",
+                                    e["object"]["kind"].as_str().unwrap_or_default(),
+                                    match e["object"]["namespace"].as_str() {
+                                        Some(ns) => format!(
+                                            "{ns}/{}",
+                                            e["object"]["name"].as_str().unwrap_or_default()
+                                        ),
+                                        None => e["object"]["name"]
+                                            .as_str()
+                                            .unwrap_or_default()
+                                            .to_string(),
+                                    }
+                                ) == *key
+                            });
+                        in_force || rejected
+                    }
+                };
+                if !ok {
+                    pending.push(format!("{}: {key}", node.net.name));
+                }
+            }
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "not reported in force after {}s: {}",
+                IN_FORCE_TIMEOUT.as_secs(),
+                pending.join(", ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
