@@ -460,6 +460,27 @@ impl Source for KubeSource {
         self.watches.shared.dirty.load(Ordering::SeqCst)
     }
 
+    fn watches(&self) -> Vec<palisade_api::WatchStatus> {
+        let s = self.store();
+        WatchedKind::ALL
+            .iter()
+            .map(|k| {
+                let h = s.health.get(k).cloned().unwrap_or_default();
+                palisade_api::WatchStatus {
+                    kind: format!("{k:?}"),
+                    healthy: h.synced && !h.failing,
+                    synced: h.synced,
+                    not_served: h.not_served,
+                    resource_version: h.resource_version,
+                    resource_version_in_force: None,
+                    errors: h.errors,
+                    relists: h.relists,
+                    last_error: h.last_error,
+                }
+            })
+            .collect()
+    }
+
     /// `GET namespaces/NS/pods/NAME`, decoded like a watch event; the watch's version,
     /// when it arrives, replaces it as usual. A pod the watch delivered already is not
     /// read again.

@@ -27,6 +27,12 @@ struct CauseLabels {
     cause: String,
 }
 
+/// Label naming a watched kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
 /// Label naming a pod.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PodLabels {
@@ -73,6 +79,11 @@ pub struct Metrics {
     last_transport: TransportStats,
     connections: Option<crate::listener::Connections>,
     read_errors: Counter,
+    watch_errors: Family<KindLabels, Counter>,
+    watch_relists: Family<KindLabels, Counter>,
+    watch_up: Family<KindLabels, Gauge>,
+    /// Last absolute value of each watch counter, by metric and kind.
+    last_watch: BTreeMap<(&'static str, String), u64>,
 }
 
 impl Default for Metrics {
@@ -210,6 +221,24 @@ impl Metrics {
             "Scrapes whose datapath counters could not be read (those series did not move)",
             read_errors.clone(),
         );
+        let watch_errors = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "kube_watch_errors",
+            "Kubernetes watch errors by kind (each followed by a backoff and a retry)",
+            watch_errors.clone(),
+        );
+        let watch_relists = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "kube_watch_relists",
+            "Kubernetes lists by kind (the first, then one per watch that could not resume)",
+            watch_relists.clone(),
+        );
+        let watch_up = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "kube_watch_up",
+            "1 when the kind is listed and its watch is not failing, else 0",
+            watch_up.clone(),
+        );
         Self {
             registry,
             passes,
@@ -232,6 +261,10 @@ impl Metrics {
             last_transport: TransportStats::default(),
             connections: None,
             read_errors,
+            watch_errors,
+            watch_relists,
+            watch_up,
+            last_watch: BTreeMap::new(),
         }
     }
 
@@ -296,6 +329,28 @@ impl Metrics {
     /// Counts datapath reads that failed during a scrape.
     pub fn record_read_errors(&mut self, n: usize) {
         self.read_errors.inc_by(n as u64);
+    }
+
+    /// Records the Kubernetes watches' counters (absolute since start) and health.
+    pub fn record_watches(&mut self, watches: &[palisade_api::WatchStatus]) {
+        for w in watches {
+            let labels = KindLabels {
+                kind: w.kind.clone(),
+            };
+            for (name, family, now) in [
+                ("errors", &self.watch_errors, w.errors),
+                ("relists", &self.watch_relists, w.relists),
+            ] {
+                let last = self.last_watch.entry((name, w.kind.clone())).or_insert(0);
+                family
+                    .get_or_create(&labels)
+                    .inc_by(now.saturating_sub(*last));
+                *last = now;
+            }
+            self.watch_up
+                .get_or_create(&labels)
+                .set(i64::from(w.healthy));
+        }
     }
 
     /// Folds in the API transport's counters.

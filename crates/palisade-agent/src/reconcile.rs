@@ -230,6 +230,9 @@ pub struct Reconciler {
     /// them with the interface; each pass then releases their pins. In memory only: a
     /// restart releases severed pins when it adopts them.
     retired: BTreeMap<u32, String>,
+    /// Per watched kind, the resourceVersion delivered before the last successful pass
+    /// began (everything up to it is in force at `generation`).
+    rv_in_force: BTreeMap<String, u64>,
     /// Publishes the node's `NodePolicyStatus` after every pass (`--publish-status`).
     publisher: Option<crate::publish::Publisher>,
 }
@@ -254,6 +257,7 @@ impl Reconciler {
             registration_ttl: DEFAULT_REGISTRATION_TTL,
             retired: BTreeMap::new(),
             publisher: None,
+            rv_in_force: BTreeMap::new(),
         }
     }
 
@@ -306,6 +310,13 @@ impl Reconciler {
     fn pass(&mut self, reload: bool, full: bool) -> Result<(usize, Stages), PassError> {
         let mut stages = Stages::default();
         let t = Instant::now();
+        // What the watches had delivered before this refresh: in force if it succeeds.
+        let observed: BTreeMap<String, u64> = self
+            .source
+            .watches()
+            .into_iter()
+            .filter_map(|w| Some((w.kind, w.resource_version?)))
+            .collect();
         // The snapshot is updated in place: a watch source changes only the objects
         // that changed, so a pass costs what changed, not the size of the cluster.
         let refresh = if reload {
@@ -392,6 +403,9 @@ impl Reconciler {
             .keys()
             .map(|pod| (pod.clone(), generation))
             .collect();
+        if reload {
+            self.rv_in_force = observed;
+        }
         Ok((ifindexes.len(), stages))
     }
 
@@ -488,6 +502,15 @@ impl Reconciler {
             .unwrap_or(0);
         self.generation_file = Some(path);
         self
+    }
+
+    /// The source's watches, with what the last successful pass put in force.
+    pub fn watches(&self) -> Vec<palisade_api::WatchStatus> {
+        let mut w = self.source.watches();
+        for s in &mut w {
+            s.resource_version_in_force = self.rv_in_force.get(&s.kind).copied();
+        }
+        w
     }
 
     /// The generation of the last successful pass.

@@ -484,7 +484,9 @@ fn handle_command(
                 .values()
                 .map(|i| (i.ifindex, i.pod.clone()))
                 .collect();
+            let watches = reconciler.watches();
             let mut m = metrics.lock().expect("metrics lock");
+            m.record_watches(&watches);
             m.record_events(&events, |ifindex| pods.get(&ifindex).cloned());
             m.record_read_errors(unread.len());
             let mut text = m.encode(&counters);
@@ -606,6 +608,7 @@ fn status_of(reconciler: &mut Reconciler) -> StatusData {
         endpoints,
         datapath,
         published: None,
+        watches: reconciler.watches(),
     }
 }
 

@@ -248,6 +248,12 @@ pub trait Source: Send {
         Ok(false)
     }
 
+    /// The state of each watch, for `status` and metrics (`resource_version_in_force`
+    /// left empty: the reconciler fills it). None for a directory.
+    fn watches(&self) -> Vec<palisade_api::WatchStatus> {
+        Vec::new()
+    }
+
     /// A cheap check of whether [`Source::load`] may now return something new.
     fn changed(&mut self) -> bool;
 }

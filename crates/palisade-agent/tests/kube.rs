@@ -397,9 +397,52 @@ fn a_relist_that_finds_nothing_new_writes_nothing_to_the_kernel() {
             "nothing written to the kernel after a relist of unchanged objects"
         );
 
-        // A real change is still seen, and written.
+        // Metrics say so: two lists of each served kind, every watch up.
+        let mut metrics = palisade_agent::metrics::Metrics::new();
+        metrics.record_watches(&reconciler.watches());
+        let text = metrics.encode(&[]);
+        assert!(
+            text.contains("palisade_kube_watch_relists_total{kind=\"Pod\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("palisade_kube_watch_up{kind=\"NetworkPolicy\"} 1"),
+            "{text}"
+        );
+
+        // A real change is still seen, and written; `status` says when it is in force:
+        // the kind's resource_version_in_force reaches the write's resourceVersion.
         cp.kubectl(cp.admin(), &["apply", "-f", "-"], Some(&policy(8080)))
             .expect("policy update");
+        let out = cp
+            .kubectl_output(
+                cp.admin(),
+                &[
+                    "get",
+                    "networkpolicy",
+                    "-n",
+                    "team-a",
+                    "web",
+                    "-o",
+                    "jsonpath={.metadata.resourceVersion}",
+                ],
+                None,
+            )
+            .expect("the policy's resourceVersion");
+        let written_at: u64 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("a number");
+        let in_force = |r: &Reconciler| {
+            r.watches()
+                .into_iter()
+                .find(|w| w.kind == "NetworkPolicy")
+                .and_then(|w| w.resource_version_in_force)
+        };
+        assert!(
+            in_force(&reconciler) < Some(written_at),
+            "not in force before a pass"
+        );
         eventually(
             Duration::from_secs(30),
             "the update reaches the kernel",
@@ -407,7 +450,9 @@ fn a_relist_that_finds_nothing_new_writes_nothing_to_the_kernel() {
                 if reconciler.source_changed() {
                     reconciler.reconcile(true, false).ok()?;
                 }
-                (writes.load(Ordering::SeqCst) > written).then_some(())
+                (writes.load(Ordering::SeqCst) > written
+                    && in_force(&reconciler) >= Some(written_at))
+                .then_some(())
             },
         )
         .await;

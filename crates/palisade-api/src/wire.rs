@@ -249,6 +249,37 @@ pub struct StatusData {
     /// than a fresh reading (a pass was running).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published: Option<Published>,
+    /// With `--source kubernetes`: one entry per watched kind. A client that wrote an
+    /// object of kind K at resourceVersion R knows this node enforces it (or has
+    /// rejected it, see `errors`) once K's `resource_version_in_force >= R`: the pass
+    /// of `generation` started after the watch had seen R. (Only K: a kind nobody
+    /// wrote to after R does not advance, as watch bookmarks are not surfaced.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub watches: Vec<WatchStatus>,
+}
+
+/// One watched kind of the Kubernetes source, in [`StatusData`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct WatchStatus {
+    /// The Kubernetes kind (`Pod`, `NetworkPolicy`, ...).
+    pub kind: String,
+    /// Listed at least once, and the watch is not failing now.
+    pub healthy: bool,
+    /// Listed at least once (or not served: a CRD not installed counts as empty).
+    pub synced: bool,
+    /// The kind's API is not served (CRD not installed); watched until it appears.
+    pub not_served: bool,
+    /// The highest object resourceVersion the watch has delivered.
+    pub resource_version: Option<u64>,
+    /// The highest resourceVersion delivered before the last successful pass began:
+    /// everything up to it is in force at `StatusData::generation`.
+    pub resource_version_in_force: Option<u64>,
+    /// Watch errors since start (each followed by a backoff and a retry).
+    pub errors: u64,
+    /// Lists since start (the first, then one per watch that could not resume).
+    pub relists: u64,
+    /// The last watch error, if any.
+    pub last_error: Option<String>,
 }
 
 /// The datapath part of [`StatusData`].
