@@ -290,7 +290,11 @@ impl Store {
 struct Shared {
     store: Arc<Mutex<Store>>,
     dirty: Arc<AtomicBool>,
+    wake: WakeSlot,
 }
+
+/// The reconciler's waker, once it has given one.
+type WakeSlot = Arc<Mutex<Option<crate::source::Waker>>>;
 
 /// A handle on the watches of a [`KubeSource`]: their health, and a way to restart
 /// them (each restart lists every kind again).
@@ -346,6 +350,7 @@ fn spawn_watches(client: &Client, shared: &Shared) -> Vec<tokio::task::JoinHandl
         kind,
         store: shared.store.clone(),
         dirty: shared.dirty.clone(),
+        wake: shared.wake.clone(),
     };
     tasks.push(ctx(WatchedKind::Namespace).spawn(Api::<Namespace>::all(client.clone())));
     tasks.push(ctx(WatchedKind::Node).spawn(Api::<Node>::all(client.clone())));
@@ -370,6 +375,7 @@ impl KubeSource {
         let shared = Shared {
             store: Arc::default(),
             dirty: Arc::new(AtomicBool::new(true)),
+            wake: WakeSlot::default(),
         };
         let tasks = spawn_watches(&client, &shared);
         KubeSource {
@@ -484,6 +490,10 @@ impl Source for KubeSource {
     /// `GET namespaces/NS/pods/NAME`, decoded like a watch event; the watch's version,
     /// when it arrives, replaces it as usual. A pod the watch delivered already is not
     /// read again.
+    fn set_waker(&mut self, wake: crate::source::Waker) {
+        *self.watches.shared.wake.lock().expect("wake lock") = Some(wake);
+    }
+
     fn fetch_pod(&mut self, pod: &str) -> Result<bool, SourceError> {
         let Some((client, rt)) = &self.reads else {
             return Ok(false);
@@ -611,9 +621,18 @@ struct Watch {
     kind: WatchedKind,
     store: Arc<Mutex<Store>>,
     dirty: Arc<AtomicBool>,
+    wake: WakeSlot,
 }
 
 impl Watch {
+    /// Something changed: flag it and wake the reconciler.
+    fn mark(&self) {
+        self.dirty.store(true, Ordering::SeqCst);
+        if let Some(wake) = self.wake.lock().expect("wake lock").as_ref() {
+            wake();
+        }
+    }
+
     fn spawn<K>(self, api: Api<K>) -> tokio::task::JoinHandle<()>
     where
         K: kube::Resource + Clone + DeserializeOwned + Serialize + Debug + Send + Sync + 'static,
@@ -688,7 +707,7 @@ impl Watch {
                 let first = !h.synced;
                 h.synced = true;
                 if any || first {
-                    self.dirty.store(true, Ordering::SeqCst);
+                    self.mark();
                 }
             }
             Event::Apply(o) => {
@@ -698,14 +717,14 @@ impl Watch {
                 let prev = s.objects.get(&self.kind).and_then(|m| m.get(&key));
                 let st = decode(self.kind, v, prev);
                 if s.put((self.kind, key), Some(st)) {
-                    self.dirty.store(true, Ordering::SeqCst);
+                    self.mark();
                 }
             }
             Event::Delete(o) => {
                 let v = value(&o);
                 observe(&mut s, &v);
                 if s.put((self.kind, object_key(&v)), None) {
-                    self.dirty.store(true, Ordering::SeqCst);
+                    self.mark();
                 }
             }
         }
@@ -728,7 +747,7 @@ impl Watch {
             h.not_served = true;
             if !h.synced {
                 h.synced = true;
-                self.dirty.store(true, Ordering::SeqCst);
+                self.mark();
             }
             return;
         }
@@ -749,6 +768,7 @@ mod tests {
             kind,
             store: store.clone(),
             dirty: dirty.clone(),
+            wake: WakeSlot::default(),
         }
     }
 
@@ -758,6 +778,7 @@ mod tests {
                 shared: Shared {
                     store: store.clone(),
                     dirty: dirty.clone(),
+                    wake: WakeSlot::default(),
                 },
                 client: None,
                 tasks: Arc::default(),

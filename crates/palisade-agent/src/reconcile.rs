@@ -480,6 +480,11 @@ impl Reconciler {
         self
     }
 
+    /// See [`crate::source::Source::set_waker`].
+    pub fn set_source_waker(&mut self, wake: crate::source::Waker) {
+        self.source.set_waker(wake);
+    }
+
     /// Whether the source reports a change since the last load.
     pub fn source_changed(&mut self) -> bool {
         self.source.changed()

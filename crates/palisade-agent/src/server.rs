@@ -124,8 +124,18 @@ struct Board {
 /// the thread ends.
 #[derive(Clone)]
 struct Handle {
-    commands: std_mpsc::Sender<Command>,
+    /// Shared by every clone; the source's waker holds only a weak reference, so the
+    /// thread still ends when the last handle goes.
+    commands: Arc<std_mpsc::Sender<Msg>>,
     board: Board,
+}
+
+/// What the reconciler thread receives.
+enum Msg {
+    /// A request from a connection.
+    Command(Command),
+    /// The source has a change (a watch event): look now, not at the next poll.
+    Wake,
 }
 
 struct Pending {
@@ -137,14 +147,21 @@ struct Pending {
 /// Runs the main loop until the process is stopped. Stopping the agent leaves every
 /// program and map in place: enforcement continues without it.
 pub async fn serve(
-    reconciler: Reconciler,
+    mut reconciler: Reconciler,
     socket: PathBuf,
     shared: Shared,
     metrics: Arc<Mutex<Metrics>>,
 ) -> anyhow::Result<()> {
     // Unbounded, but each open connection sends one command at most, and connections
     // are bounded by `ApiLimits::max_connections`.
-    let (tx, rx) = std_mpsc::channel::<Command>();
+    let (tx, rx) = std_mpsc::channel::<Msg>();
+    let tx = Arc::new(tx);
+    let weak = Arc::downgrade(&tx);
+    reconciler.set_source_waker(Arc::new(move || {
+        if let Some(tx) = weak.upgrade() {
+            let _ = tx.send(Msg::Wake);
+        }
+    }));
     let listener = crate::listener::bind_private(&socket)?;
     tracing::info!(socket = %socket.display(), "agent API listening");
     let board = Board {
@@ -201,7 +218,7 @@ pub async fn serve(
 /// every command sender is gone.
 fn reconcile_loop(
     mut reconciler: Reconciler,
-    rx: std_mpsc::Receiver<Command>,
+    rx: std_mpsc::Receiver<Msg>,
     views: Arc<RwLock<Arc<Views>>>,
     handle: Board,
 ) {
@@ -224,7 +241,8 @@ fn reconcile_loop(
     loop {
         let wait = next_tick.saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait) {
-            Ok(cmd) => {
+            Ok(Msg::Wake) => next_tick = Instant::now(),
+            Ok(Msg::Command(cmd)) => {
                 let before = reconciler.passes();
                 handle_command(&mut reconciler, cmd, &mut pending, &metrics, &handle);
                 if reconciler.passes() != before {
@@ -524,10 +542,10 @@ async fn ask(handle: &Handle, request: Request) -> anyhow::Result<Reply> {
     let (reply_tx, reply_rx) = oneshot::channel();
     handle
         .commands
-        .send(Command {
+        .send(Msg::Command(Command {
             request,
             reply: reply_tx,
-        })
+        }))
         .ok()
         .context("the agent is shutting down")?;
     let dropped = || Reply::error("the agent dropped the request");

@@ -227,6 +227,10 @@ pub enum Refresh {
 }
 
 /// A source of desired state.
+/// Wakes the reconciler's thread (see [`Source::set_waker`]).
+pub type Waker = std::sync::Arc<dyn Fn() + Send + Sync>;
+
+/// A source of desired state.
 pub trait Source: Send {
     /// Reads the whole desired state now.
     fn load(&mut self) -> Result<Snapshot, SourceError>;
@@ -239,6 +243,12 @@ pub trait Source: Send {
         *snapshot = self.load()?;
         Ok(Refresh::Whole)
     }
+
+    /// Gives the source a way to wake the reconciler. A source that learns of changes
+    /// by itself (a watch) calls it on each change, so the change is acted on at once
+    /// rather than at the next poll of [`Source::changed`] (a quarter second later).
+    /// The default (a directory, polled by file times) keeps it unused.
+    fn set_waker(&mut self, _wake: Waker) {}
 
     /// Reads the pod `namespace/name` (named by a CNI registration) now, when the
     /// source has not delivered it yet, so that the next refresh includes it. Returns

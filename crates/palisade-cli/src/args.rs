@@ -521,6 +521,28 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1000)]
         chunk: usize,
     },
+    /// A policy written to the API server -> in force on every node, on real packets,
+    /// in a Kubernetes lab of its own (p50, p99), under a background load.
+    KubeEnforcement {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// Nodes.
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        /// Background pods (one Deployment).
+        #[arg(long, default_value_t = 1000)]
+        pods: usize,
+        /// Background NetworkPolicies selecting them.
+        #[arg(long, default_value_t = 1000)]
+        policies: usize,
+        /// Trials.
+        #[arg(long, default_value_t = 100)]
+        trials: usize,
+        /// Directory with the palisade-cni binary (default: beside this binary).
+        #[arg(long)]
+        cni_bin: Option<PathBuf>,
+    },
     /// Policy change -> in force and CNI ADD -> in force on a real lab (p50, p99).
     Enforcement {
         /// Output format.

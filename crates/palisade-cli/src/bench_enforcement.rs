@@ -40,7 +40,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn of(mut v: Vec<Duration>) -> Latency {
+    pub(crate) fn of(mut v: Vec<Duration>) -> Latency {
         v.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let rank = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];

@@ -2,6 +2,7 @@
 
 mod args;
 mod bench_enforcement;
+mod bench_kube;
 mod ebpf;
 mod explain;
 mod inputs;
@@ -390,6 +391,21 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 match output {
                     Output::Json => println!("{}", serde_json::to_string(&r)?),
                     Output::Table => print!("{}", r.table()),
+                }
+                Ok(0)
+            }
+            BenchCommand::KubeEnforcement {
+                output,
+                nodes,
+                pods,
+                policies,
+                trials,
+                cni_bin,
+            } => {
+                let r = bench_kube::run(nodes, pods, policies, trials, cni_bin)?;
+                match output {
+                    Output::Json => println!("{}", serde_json::to_string(&r)?),
+                    Output::Table => print!("{}", bench_kube::render(&r)),
                 }
                 Ok(0)
             }
