@@ -107,11 +107,47 @@ struct Rule {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Peer {
-    namespaces: Option<meta::LabelSelector>,
-    pods: Option<NamespacedPod>,
+    namespaces: Option<PeerNamespaces>,
+    pods: Option<PeerPods>,
     nodes: Option<meta::LabelSelector>,
     networks: Option<Vec<String>>,
     domain_names: Option<Vec<String>>,
+}
+
+/// A rule peer's `namespaces`, in either of the two shapes upstream has used for
+/// v1alpha1 (told apart by their keys, see [`peer_namespaces`]):
+///
+/// - release v0.1.1 (the CRD palisade-kube-lab installs): `NamespacedPeer`, exactly one
+///   of `namespaceSelector`, `sameLabels`, `notSameLabels`;
+/// - later releases and v1alpha2: a plain `LabelSelector` (`matchLabels`,
+///   `matchExpressions`).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PeerNamespaces {
+    namespace_selector: Option<meta::LabelSelector>,
+    same_labels: Option<Vec<String>>,
+    not_same_labels: Option<Vec<String>>,
+    match_labels: Option<std::collections::BTreeMap<String, String>>,
+    match_expressions: Option<Vec<meta::LabelSelectorRequirement>>,
+}
+
+/// v0.1.1 `NamespacedPeer`: exactly one field.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NamespacedPeer {
+    namespace_selector: Option<meta::LabelSelector>,
+    same_labels: Option<Vec<String>>,
+    not_same_labels: Option<Vec<String>>,
+}
+
+/// A rule peer's `pods`: v0.1.1 `{namespaces: NamespacedPeer, podSelector}` or later
+/// `{namespaceSelector, podSelector}`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PeerPods {
+    namespaces: Option<NamespacedPeer>,
+    namespace_selector: Option<meta::LabelSelector>,
+    pod_selector: Option<meta::LabelSelector>,
 }
 
 #[derive(Deserialize)]
@@ -584,15 +620,11 @@ fn peer(
         return None;
     }
     if let Some(ns) = &peer.namespaces {
-        return Some(ClusterPeer::Namespaces(selector::selector(
-            ns,
-            &format!("{field}.namespaces"),
-            p,
-        )));
+        let ns = peer_namespaces(ns, &format!("{field}.namespaces"), flavor, p)?;
+        return Some(ClusterPeer::Namespaces(ns));
     }
     if let Some(pods) = &peer.pods {
-        let (namespaces, pods) = namespaced_pod(pods, &format!("{field}.pods"), flavor, p);
-        return Some(ClusterPeer::Pods { namespaces, pods });
+        return peer_pods(pods, &format!("{field}.pods"), flavor, p);
     }
     if let Some(nodes) = &peer.nodes {
         return Some(ClusterPeer::Nodes(selector::selector(
@@ -637,6 +669,135 @@ fn peer(
         return Some(ClusterPeer::DomainNames(names.clone()));
     }
     None
+}
+
+/// A rule peer's `namespaces` (`field`) in either shape. Keys decide the shape:
+/// `namespaceSelector`/`sameLabels`/`notSameLabels` are v0.1.1 (v1alpha1 only),
+/// `matchLabels`/`matchExpressions` a label selector; mixing the two is an error.
+/// An empty object is the empty label selector, all namespaces: the v0.1.1 schema
+/// refuses it (`minProperties: 1`), so only the later shape can produce it.
+fn peer_namespaces(
+    ns: &PeerNamespaces,
+    field: &str,
+    flavor: &Flavor,
+    p: &mut Problems,
+) -> Option<LabelSelector> {
+    let v011 =
+        ns.namespace_selector.is_some() || ns.same_labels.is_some() || ns.not_same_labels.is_some();
+    let plain = ns.match_labels.is_some() || ns.match_expressions.is_some();
+    if v011 && plain {
+        p.error(
+            field,
+            "mixes the v1alpha1 v0.1.1 fields (namespaceSelector, sameLabels, notSameLabels) with label selector fields (matchLabels, matchExpressions): use one shape",
+        );
+        return None;
+    }
+    if v011 {
+        let peer = NamespacedPeer {
+            namespace_selector: ns.namespace_selector.clone(),
+            same_labels: ns.same_labels.clone(),
+            not_same_labels: ns.not_same_labels.clone(),
+        };
+        return namespaced_peer(&peer, field, flavor, p);
+    }
+    let ls = meta::LabelSelector {
+        match_labels: ns.match_labels.clone(),
+        match_expressions: ns.match_expressions.clone(),
+    };
+    Some(selector::selector(&ls, field, p))
+}
+
+/// v0.1.1 `NamespacedPeer` at `field`. `sameLabels`/`notSameLabels` select namespaces
+/// relative to each subject pod's namespace; Palisade does not evaluate that, so the
+/// policy is refused rather than the peer dropped or widened.
+fn namespaced_peer(
+    np: &NamespacedPeer,
+    field: &str,
+    flavor: &Flavor,
+    p: &mut Problems,
+) -> Option<LabelSelector> {
+    let set: Vec<&str> = [
+        ("namespaceSelector", np.namespace_selector.is_some()),
+        ("sameLabels", np.same_labels.is_some()),
+        ("notSameLabels", np.not_same_labels.is_some()),
+    ]
+    .iter()
+    .filter(|(_, s)| *s)
+    .map(|(n, _)| *n)
+    .collect();
+    if flavor.v1alpha2 {
+        p.error(
+            format!("{field}.{}", set.first().copied().unwrap_or("namespaceSelector")),
+            "unknown field in v1alpha2 (v1alpha1 v0.1.1 spelling); use a label selector (matchLabels, matchExpressions)",
+        );
+        return None;
+    }
+    match set.as_slice() {
+        [] => {
+            p.error(
+                field,
+                "must specify exactly one of namespaceSelector, sameLabels, notSameLabels",
+            );
+            None
+        }
+        ["namespaceSelector"] => np
+            .namespace_selector
+            .as_ref()
+            .map(|s| selector::selector(s, &format!("{field}.namespaceSelector"), p)),
+        [one] => {
+            p.error(
+                format!("{field}.{one}"),
+                format!("{one} is not supported by Palisade (namespaces relative to the subject's namespace); the policy is not loaded"),
+            );
+            None
+        }
+        many => {
+            p.error(
+                field,
+                format!(
+                    "must specify exactly one of namespaceSelector, sameLabels, notSameLabels (found {})",
+                    many.join(", ")
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// A rule peer's `pods` (`field`) in either shape: v0.1.1 `namespaces` or later
+/// `namespaceSelector`, with the required `podSelector`.
+fn peer_pods(pp: &PeerPods, field: &str, flavor: &Flavor, p: &mut Problems) -> Option<ClusterPeer> {
+    match (&pp.namespaces, &pp.namespace_selector) {
+        (Some(_), Some(_)) => {
+            p.error(
+                field,
+                "sets both namespaces (v1alpha1 v0.1.1) and namespaceSelector: use one",
+            );
+            None
+        }
+        (Some(ns), None) => {
+            let namespaces = namespaced_peer(ns, &format!("{field}.namespaces"), flavor, p);
+            let pods = match &pp.pod_selector {
+                Some(s) => selector::selector(s, &format!("{field}.podSelector"), p),
+                None => {
+                    p.error(format!("{field}.podSelector"), "Required value");
+                    return None;
+                }
+            };
+            Some(ClusterPeer::Pods {
+                namespaces: namespaces?,
+                pods,
+            })
+        }
+        (None, _) => {
+            let np = NamespacedPod {
+                namespace_selector: pp.namespace_selector.clone(),
+                pod_selector: pp.pod_selector.clone(),
+            };
+            let (namespaces, pods) = namespaced_pod(&np, field, flavor, p);
+            Some(ClusterPeer::Pods { namespaces, pods })
+        }
+    }
 }
 
 fn check_count(n: usize, field: &str, p: &mut Problems) {

@@ -1556,3 +1556,212 @@ fn issue_8_a_rejected_object_can_keep_its_last_good_version_alone() {
         .keep_last_good(&mut broken.cluster.clone(), &before.cluster)
         .is_none());
 }
+
+/// An AdminNetworkPolicy written exactly as the v0.1.1 CRD (network-policy-api
+/// `config/crd/policy.networking.k8s.io_adminnetworkpolicies.yaml`) wants its peers:
+/// `namespaces: {namespaceSelector: ...}` and `pods: {namespaces: {namespaceSelector},
+/// podSelector}`; the subject keeps the LabelSelector / `namespaceSelector` shape.
+const ANP_V011: &str = "apiVersion: policy.networking.k8s.io/v1alpha1
+kind: AdminNetworkPolicy
+metadata:
+  name: v011
+spec:
+  priority: 10
+  subject:
+    pods:
+      namespaceSelector:
+        matchLabels:
+          team: a
+      podSelector:
+        matchLabels:
+          app: web
+  ingress:
+  - name: from-monitoring
+    action: Allow
+    from:
+    - namespaces:
+        namespaceSelector:
+          matchLabels:
+            kubernetes.io/metadata.name: monitoring
+    - pods:
+        namespaces:
+          namespaceSelector:
+            matchLabels:
+              team: b
+        podSelector:
+          matchLabels:
+            app: scraper
+    ports:
+    - portNumber:
+        protocol: TCP
+        port: 8080
+  egress:
+  - name: deny-db
+    action: Deny
+    to:
+    - pods:
+        namespaces:
+          namespaceSelector: {}
+        podSelector:
+          matchLabels:
+            app: db
+";
+
+#[test]
+fn v1alpha1_peers_in_the_v0_1_1_shape_decode_like_the_later_shape() {
+    let later = ANP_V011
+        .replace(
+            "    - namespaces:\n        namespaceSelector:\n          matchLabels:\n            kubernetes.io/metadata.name: monitoring\n",
+            "    - namespaces:\n        matchLabels:\n          kubernetes.io/metadata.name: monitoring\n",
+        )
+        .replace(
+            "        namespaces:\n          namespaceSelector:\n            matchLabels:\n              team: b\n",
+            "        namespaceSelector:\n          matchLabels:\n            team: b\n",
+        )
+        .replace(
+            "        namespaces:\n          namespaceSelector: {}\n",
+            "        namespaceSelector: {}\n",
+        );
+    assert_ne!(later, ANP_V011, "the rewrite must change the text");
+    assert!(!later.contains("namespaces:\n        namespaceSelector"));
+    let a = load_one(ANP_V011);
+    assert!(a.errors.is_empty(), "{:?}", a.errors);
+    let b = load_one(&later);
+    assert!(b.errors.is_empty(), "{:?}", b.errors);
+    let pa = &a.cluster.cluster_policies["AdminNetworkPolicy/v011"];
+    let pb = &b.cluster.cluster_policies["AdminNetworkPolicy/v011"];
+    assert_eq!(pa, pb, "both shapes mean the same policy");
+    assert_eq!(
+        pa.ingress[0].peers,
+        vec![
+            ClusterPeer::Namespaces(sel(&[("kubernetes.io/metadata.name", "monitoring")])),
+            ClusterPeer::Pods {
+                namespaces: sel(&[("team", "b")]),
+                pods: sel(&[("app", "scraper")]),
+            },
+        ]
+    );
+    assert_eq!(
+        pa.egress[0].peers,
+        vec![ClusterPeer::Pods {
+            namespaces: LabelSelector::everything(),
+            pods: sel(&[("app", "db")]),
+        }]
+    );
+}
+
+#[test]
+fn banp_peers_in_the_v0_1_1_shape_decode() {
+    let l = load_one(
+        "apiVersion: policy.networking.k8s.io/v1alpha1
+kind: BaselineAdminNetworkPolicy
+metadata:
+  name: default
+spec:
+  subject:
+    namespaces:
+      matchLabels:
+        team: a
+  ingress:
+  - action: Deny
+    from:
+    - namespaces:
+        namespaceSelector: {}
+  egress:
+  - action: Allow
+    to:
+    - pods:
+        namespaces:
+          namespaceSelector:
+            matchLabels:
+              team: a
+        podSelector: {}
+",
+    );
+    assert!(l.errors.is_empty(), "{:?}", l.errors);
+    let b = &l.cluster.cluster_policies["BaselineAdminNetworkPolicy/default"];
+    assert_eq!(
+        b.ingress[0].peers,
+        vec![ClusterPeer::Namespaces(LabelSelector::everything())]
+    );
+    assert_eq!(
+        b.egress[0].peers,
+        vec![ClusterPeer::Pods {
+            namespaces: sel(&[("team", "a")]),
+            pods: LabelSelector::everything(),
+        }]
+    );
+}
+
+#[test]
+fn v0_1_1_peer_shapes_that_palisade_cannot_honour_reject_that_policy_alone() {
+    let base = "priority: 1, subject: {namespaces: {}}";
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        (
+            "sameLabels is not supported",
+            anp_yaml("AdminNetworkPolicy", "a", &format!("{{{base}, ingress: [{{action: Allow, from: [{{namespaces: {{sameLabels: [tenant]}}}}]}}]}}")),
+            vec!["spec.ingress[0].from[0].namespaces.sameLabels"],
+        ),
+        (
+            "notSameLabels is not supported, in pods too",
+            anp_yaml("AdminNetworkPolicy", "a", &format!("{{{base}, egress: [{{action: Deny, to: [{{pods: {{namespaces: {{notSameLabels: [tenant]}}, podSelector: {{}}}}}}]}}]}}")),
+            vec!["spec.egress[0].to[0].pods.namespaces.notSameLabels"],
+        ),
+        (
+            "sameLabels in BANP",
+            anp_yaml("BaselineAdminNetworkPolicy", "default", "{subject: {namespaces: {}}, ingress: [{action: Deny, from: [{namespaces: {sameLabels: [tenant]}}]}]}"),
+            vec!["spec.ingress[0].from[0].namespaces.sameLabels"],
+        ),
+        (
+            "two NamespacedPeer fields",
+            anp_yaml("AdminNetworkPolicy", "a", &format!("{{{base}, ingress: [{{action: Allow, from: [{{namespaces: {{namespaceSelector: {{}}, sameLabels: [tenant]}}}}]}}]}}")),
+            vec!["spec.ingress[0].from[0].namespaces"],
+        ),
+        (
+            "the two shapes mixed",
+            anp_yaml("AdminNetworkPolicy", "a", &format!("{{{base}, ingress: [{{action: Allow, from: [{{namespaces: {{namespaceSelector: {{}}, matchLabels: {{a: b}}}}}}]}}]}}")),
+            vec!["spec.ingress[0].from[0].namespaces"],
+        ),
+        (
+            "pods with namespaces and namespaceSelector",
+            anp_yaml("AdminNetworkPolicy", "a", &format!("{{{base}, ingress: [{{action: Allow, from: [{{pods: {{namespaces: {{namespaceSelector: {{}}}}, namespaceSelector: {{}}, podSelector: {{}}}}}}]}}]}}")),
+            vec!["spec.ingress[0].from[0].pods"],
+        ),
+        (
+            "empty NamespacedPeer in pods",
+            anp_yaml("AdminNetworkPolicy", "a", &format!("{{{base}, ingress: [{{action: Allow, from: [{{pods: {{namespaces: {{}}, podSelector: {{}}}}}}]}}]}}")),
+            vec!["spec.ingress[0].from[0].pods.namespaces"],
+        ),
+        (
+            "v0.1.1 pods without podSelector",
+            anp_yaml("AdminNetworkPolicy", "a", &format!("{{{base}, ingress: [{{action: Allow, from: [{{pods: {{namespaces: {{namespaceSelector: {{}}}}}}}}]}}]}}")),
+            vec!["spec.ingress[0].from[0].pods.podSelector"],
+        ),
+        (
+            "unknown key in a peer's namespaces",
+            anp_yaml("AdminNetworkPolicy", "a", &format!("{{{base}, ingress: [{{action: Allow, from: [{{namespaces: {{namespaceSelecter: {{}}}}}}]}}]}}")),
+            vec!["spec.ingress[0].from[0].namespaces.namespaceSelecter"],
+        ),
+        (
+            "v0.1.1 shape in v1alpha2",
+            cnp_yaml("{tier: Admin, priority: 1, subject: {namespaces: {}}, ingress: [{action: Accept, from: [{namespaces: {namespaceSelector: {}}}]}]}"),
+            vec!["spec.ingress[0].from[0].namespaces.namespaceSelector"],
+        ),
+        (
+            "v0.1.1 pods shape in v1alpha2",
+            cnp_yaml("{tier: Admin, priority: 1, subject: {namespaces: {}}, ingress: [{action: Accept, from: [{pods: {namespaces: {namespaceSelector: {}}, podSelector: {}}}]}]}"),
+            vec!["spec.ingress[0].from[0].pods.namespaces.namespaceSelector"],
+        ),
+    ];
+    for (rule, yaml, want) in cases {
+        let good = anp_yaml("AdminNetworkPolicy", "good", "{priority: 2, subject: {namespaces: {}}, ingress: [{action: Deny, from: [{namespaces: {namespaceSelector: {}}}]}]}");
+        let l = load_one(&format!("{yaml}---\n{good}"));
+        assert_eq!(error_fields(&l), want, "{rule}: {:?}", l.errors);
+        let names: Vec<&String> = l.cluster.cluster_policies.keys().collect();
+        assert_eq!(
+            names,
+            vec!["AdminNetworkPolicy/good"],
+            "{rule}: only the bad policy is rejected"
+        );
+    }
+}
