@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use palisade_kube_lab::{crds, Binaries, ControlPlane, Kubeconfig};
 use palisade_testkit::{decide, Context, Decision};
 
+mod anp;
 mod controllers;
 mod rbac;
 
