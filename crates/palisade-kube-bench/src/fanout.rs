@@ -264,9 +264,17 @@ fn count_events(client: kube::Client) -> (Arc<Mutex<EventCounter>>, tokio::task:
         while let Some(ev) = s.next().await {
             match ev {
                 Ok(watcher::Event::InitDone) => live = true,
-                Ok(watcher::Event::Apply(p) | watcher::Event::Delete(p)) if live => {
+                // A marker written while this watcher was still listing arrives in
+                // its list: it marks the count so far (zero).
+                Ok(
+                    watcher::Event::Apply(p)
+                    | watcher::Event::Delete(p)
+                    | watcher::Event::InitApply(p),
+                ) => {
                     let mut c = c.lock().expect("counter");
-                    c.events += 1;
+                    if live {
+                        c.events += 1;
+                    }
                     let marker = p
                         .metadata
                         .labels
