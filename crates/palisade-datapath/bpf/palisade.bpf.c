@@ -17,8 +17,8 @@
  *  6. ICMP errors whose inner header is a tracked flow pass as RELATED;
  *  7. conntrack hit -> ESTABLISHED / REPLY; first re-judged (ct_revalidate)
  *     if the endpoint's table or the policy epoch changed since the flow was
- *     last judged, and cut if now denied (a revoked TCP or SCTP flow keeps a
- *     REVOKED entry that drops both ways); the RELATED check of 6 does the same;
+ *     last judged, and cut if now denied (a revoked flow keeps a REVOKED
+ *     entry that drops both ways); the RELATED check of 6 does the same;
  *  8. policy: identity of the peer (dst for from_pod, src for to_pod): host
  *     map, else LPM; then (table, peer, proto class, dport) through the port
  *     partition hash (the LPM only for overflow partitions), with the
@@ -85,10 +85,12 @@ static __always_inline int ct_creatable(const struct flow *f)
  *  1. revocation off (PALISADE_CFG_F_NO_REVOKE): never re-judged;
  *  2. same table and same epoch: nothing to do (no write);
  *  3. otherwise: identity + policy lookup. Missing identity or table: drop this
- *     packet (fail closed), keep the entry to try again. Denied: UDP and the
- *     others lose their entry; TCP and SCTP (connections with a handshake)
- *     become PALISADE_CT_REVOKED (both ways drop, so the other side cannot
- *     restart it as a mid-stream flow of its own direction).
+ *     packet (fail closed), keep the entry to try again. Denied: the entry
+ *     becomes PALISADE_CT_REVOKED, for every protocol (both ways drop, so the
+ *     other side cannot restart it as a flow of its own direction: a UDP
+ *     server's reply to a datagram that arrived just before the cut would
+ *     otherwise open an egress flow whose "replies" are the denied peer's
+ *     datagrams, and each of them would draw another reply).
  *     Allowed: the entry takes the new table, rule, identity and epoch (one
  *     write per entry per epoch) and a REVOKED entry is revived.
  * The epoch is read BEFORE the lookups, so a batch of writes landing while
@@ -128,10 +130,6 @@ static __always_inline __u32 ct_revalidate(const struct endpoint_value *ep,
 	if (pv.action != PALISADE_ACTION_ALLOW) {
 		if (ct->state != PALISADE_CT_REVOKED)
 			stat_inc(PALISADE_STAT_CT_REVOKED);
-		if (k->proto != IPPROTO_TCP && k->proto != IPPROTO_SCTP) {
-			bpf_map_delete_elem(&palisade_conntrack, k);
-			return PALISADE_REASON_POLICY_DENY;
-		}
 		if (ct->state != PALISADE_CT_REVOKED)
 			ct->last_seen_ns = now;
 		ct->state = PALISADE_CT_REVOKED;
