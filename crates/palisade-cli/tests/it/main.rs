@@ -5,6 +5,7 @@
 mod api_replies;
 mod bounds;
 mod cli;
+mod docs_commands;
 mod kube_lab;
 mod lab;
 mod lab_transitions;
