@@ -17,6 +17,10 @@
 //!    not depend on the number of policies. Incremental: one pod change touches only the
 //!    state it affects.
 //!
+//! 4. [`services`]: Service frontends (ClusterIPs, external and load-balancer IPs,
+//!    NodePorts) and their backends, which the datapath translates itself so that
+//!    traffic to a Service is judged by the backend it really goes to.
+//!
 //! Start reading at [`model`], then [`verdict`].
 #![deny(missing_docs)]
 
@@ -26,4 +30,5 @@ pub mod compiled;
 pub mod manifest;
 pub mod model;
 pub mod selector;
+pub mod services;
 pub mod verdict;

@@ -372,7 +372,18 @@ pub struct Node {
     pub addresses: Vec<IpAddr>,
 }
 
-/// A Service port.
+/// A Service's `targetPort`: the port on each backend, by number or by the name of a
+/// container port (resolved per endpoint, so two backends may use different numbers).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum TargetPort {
+    /// A port number.
+    Number(u16),
+    /// An IANA_SVC_NAME naming a container port of the backend pod.
+    Name(String),
+}
+
+/// A Service port, or an EndpointSlice port (which has no `targetPort` or `nodePort`:
+/// the slice's `port` already is the backends' resolved target port).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ServicePort {
     /// `name`.
@@ -381,9 +392,30 @@ pub struct ServicePort {
     pub port: u16,
     /// `protocol`.
     pub protocol: Protocol,
+    /// `targetPort` of a Service port (`None`: the same as `port`, as the API defaults).
+    #[serde(default)]
+    pub target_port: Option<TargetPort>,
+    /// `nodePort` of a NodePort or LoadBalancer Service port.
+    #[serde(default)]
+    pub node_port: Option<u16>,
 }
 
-/// A Service (kept for Service-named peers; see docs/semantics.md).
+/// `spec.type` of a Service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ServiceType {
+    /// `ClusterIP` (the default).
+    #[default]
+    ClusterIp,
+    /// `NodePort`: also reachable at every node address on each port's `nodePort`.
+    NodePort,
+    /// `LoadBalancer`: NodePort plus the load balancer's ingress addresses.
+    LoadBalancer,
+    /// `ExternalName`: a DNS alias, no frontend address and no backends.
+    ExternalName,
+}
+
+/// A Service: kept for Service-named peers and for Service translation (see
+/// docs/semantics.md §10).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Service {
     /// Namespace.
@@ -396,6 +428,25 @@ pub struct Service {
     pub cluster_ips: Vec<IpAddr>,
     /// Ports.
     pub ports: Vec<ServicePort>,
+    /// `spec.type`.
+    #[serde(default)]
+    pub service_type: ServiceType,
+    /// `spec.externalIPs`.
+    #[serde(default)]
+    pub external_ips: Vec<IpAddr>,
+    /// `status.loadBalancer.ingress[].ip` (hostname-only ingresses have no address).
+    #[serde(default)]
+    pub load_balancer_ips: Vec<IpAddr>,
+    /// `sessionAffinity: ClientIP`: its timeout in seconds (`None`: no affinity).
+    #[serde(default)]
+    pub affinity_timeout: Option<u32>,
+}
+
+impl Service {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
 }
 
 /// The ready addresses of one EndpointSlice.
@@ -409,6 +460,11 @@ pub struct EndpointSlice {
     pub service_name: Option<String>,
     /// Addresses of endpoints not marked `ready: false`.
     pub addresses: Vec<IpAddr>,
+    /// Addresses of endpoints marked `ready: false` but `serving: true` while
+    /// `terminating: true`: kube-proxy sends to them only when a Service has no ready
+    /// endpoint left (graceful termination).
+    #[serde(default)]
+    pub terminating: Vec<IpAddr>,
     /// Ports (`port`, `protocol`, `name`).
     pub ports: Vec<ServicePort>,
 }

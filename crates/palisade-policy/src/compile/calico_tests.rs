@@ -225,12 +225,17 @@ pub(super) fn arb_service(
                 selector: None,
                 cluster_ips: vec![CLUSTER_IP.parse().unwrap()],
                 ports: Vec::new(),
+                service_type: Default::default(),
+                external_ips: Vec::new(),
+                load_balancer_ips: Vec::new(),
+                affinity_timeout: None,
             },
             EndpointSlice {
                 namespace: SERVICE.0.into(),
                 name: "svc-1".into(),
                 service_name: Some(SERVICE.1.into()),
                 addresses: addrs,
+                terminating: Vec::new(),
                 ports: Vec::new(),
             },
         )

@@ -7,6 +7,7 @@
 use std::net::IpAddr;
 
 use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
 use super::error::Problems;
@@ -15,7 +16,8 @@ use super::ports;
 use super::selector::check_labels;
 use super::strict::decode;
 use crate::model::{
-    ContainerPort, EndpointSlice, Namespace, Node, Pod, Service, ServicePort, NAMESPACE_NAME_LABEL,
+    ContainerPort, EndpointSlice, Namespace, Node, Pod, Service, ServicePort, ServiceType,
+    TargetPort, NAMESPACE_NAME_LABEL,
 };
 
 /// The label EndpointSlices carry to name their Service.
@@ -195,20 +197,93 @@ pub(crate) fn service(
     for (i, sp) in spec.ports.iter().flatten().enumerate() {
         let f = format!("spec.ports[{i}]");
         let protocol = ports::protocol(sp.protocol.as_deref(), &format!("{f}.protocol"), p);
+        let target_port = match &sp.target_port {
+            None => None,
+            Some(IntOrString::Int(n)) => {
+                ports::number((*n).into(), &format!("{f}.targetPort"), p).map(TargetPort::Number)
+            }
+            Some(IntOrString::String(name)) => {
+                ports::check_name(name, &format!("{f}.targetPort"), p);
+                Some(TargetPort::Name(name.clone()))
+            }
+        };
+        let node_port = sp
+            .node_port
+            .and_then(|n| ports::number(n.into(), &format!("{f}.nodePort"), p));
         if let Some(port) = ports::number(sp.port.into(), &format!("{f}.port"), p) {
             ports.push(ServicePort {
                 name: sp.name.clone(),
                 port,
                 protocol,
+                target_port,
+                node_port,
             });
         }
     }
+    let service_type = match spec.type_.as_deref() {
+        None | Some("ClusterIP") => ServiceType::ClusterIp,
+        Some("NodePort") => ServiceType::NodePort,
+        Some("LoadBalancer") => ServiceType::LoadBalancer,
+        Some("ExternalName") => ServiceType::ExternalName,
+        Some(other) => {
+            p.error(
+                "spec.type",
+                format!("unsupported value {other:?}: supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\""),
+            );
+            ServiceType::ClusterIp
+        }
+    };
+    let mut external_ips = Vec::new();
+    for (i, s) in spec.external_ips.iter().flatten().enumerate() {
+        external_ips.extend(ip(s, &format!("spec.externalIPs[{i}]"), p));
+    }
+    let mut load_balancer_ips = Vec::new();
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|st| st.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref());
+    for (i, ing) in ingress.into_iter().flatten().enumerate() {
+        if let Some(s) = &ing.ip {
+            load_balancer_ips.extend(ip(s, &format!("status.loadBalancer.ingress[{i}].ip"), p));
+        }
+    }
+    let affinity_timeout = match spec.session_affinity.as_deref() {
+        None | Some("None") => None,
+        Some("ClientIP") => {
+            // The API's default timeout is 10800 s (3 hours).
+            let t = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .unwrap_or(10800);
+            if !(1..=86400).contains(&t) {
+                p.error(
+                    "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                    format!("invalid value {t}: must be greater than 0 and less than 86400"),
+                );
+            }
+            Some(t.clamp(1, 86400) as u32)
+        }
+        Some(other) => {
+            p.error(
+                "spec.sessionAffinity",
+                format!("unsupported value {other:?}: supported values: \"ClientIP\", \"None\""),
+            );
+            None
+        }
+    };
     Some(Service {
         namespace: namespace.into(),
         name: name.into(),
         selector,
         cluster_ips,
         ports,
+        service_type,
+        external_ips,
+        load_balancer_ips,
+        affinity_timeout,
     })
 }
 
@@ -241,14 +316,27 @@ pub(crate) fn endpoint_slice(
             "FQDN endpoints are not IP addresses and are ignored",
         );
     }
+    let mut terminating = Vec::new();
     for (i, e) in es.endpoints.iter().flatten().enumerate() {
-        if !is_ip || e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+        if !is_ip {
             continue;
         }
+        let c = e.conditions.as_ref();
+        // Absent conditions mean ready (and so serving), per the API.
+        let ready = c.and_then(|c| c.ready) != Some(false);
+        let serving_terminating =
+            c.and_then(|c| c.serving) == Some(true) && c.and_then(|c| c.terminating) == Some(true);
+        let into = if ready {
+            &mut addresses
+        } else if serving_terminating {
+            &mut terminating
+        } else {
+            continue;
+        };
         for (j, a) in e.addresses.iter().enumerate() {
             if let Some(ip) = ip(a, &format!("endpoints[{i}].addresses[{j}]"), p) {
-                if !addresses.contains(&ip) {
-                    addresses.push(ip);
+                if !into.contains(&ip) {
+                    into.push(ip);
                 }
             }
         }
@@ -264,6 +352,8 @@ pub(crate) fn endpoint_slice(
                     name: ep.name.clone(),
                     port,
                     protocol,
+                    target_port: None,
+                    node_port: None,
                 });
             }
         }
@@ -273,6 +363,7 @@ pub(crate) fn endpoint_slice(
         name: name.into(),
         service_name: labels.get(SERVICE_NAME_LABEL).cloned(),
         addresses,
+        terminating,
         ports,
     })
 }

@@ -42,11 +42,13 @@ mod calico_tests;
 mod describe;
 mod flow;
 mod matching;
+mod service;
 #[cfg(test)]
 mod tests;
 
 pub use describe::describe;
 pub use flow::{Flow, FlowError, IpFamily, Peer};
+pub use service::{evaluate_service, BackendDecision, ServiceDecision};
 
 use matching::{cluster_peer_matches, np_peer_matches, ports_match, subject_selects, Endpoint};
 
