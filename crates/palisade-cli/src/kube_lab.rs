@@ -6,7 +6,10 @@
 //! (`--source kubernetes --node-name nI`, as a DaemonSet pod would run, with its own
 //! token for the chart's ServiceAccount and RBAC), upstream kube-proxy (client
 //! certificate `system:kube-proxy`) and, when built, the lab kubelet (client
-//! certificate `system:node:nI`). Every process is detached and recorded by PID in
+//! certificate `system:node:nI`); in the first node's namespace also `palisade
+//! controller`, as the chart's Deployment runs it (its own token for the
+//! palisade-controller ServiceAccount, the chart's RBAC and leader-election Role), so
+//! `palisade status` and the pods' condition answer. Every process is detached and recorded by PID in
 //! `<state>/kube-lab.json`, so the cluster outlives `lab up` and `lab down` stops
 //! exactly those processes. The root namespace only gets a loopback listener: the
 //! forwarder `palisade lab kubeconfig` points at.
@@ -33,6 +36,10 @@ const STATE_FILE: &str = "kube-lab.json";
 const AGENT_START_TIMEOUT: Duration = Duration::from_secs(90);
 /// The agent's ServiceAccount, as the chart's DaemonSet runs it.
 const AGENT_SA: (&str, &str) = ("palisade-system", "palisade-agent");
+/// The controller's ServiceAccount, as the chart's Deployment runs it.
+const CONTROLLER_SA: (&str, &str) = ("palisade-system", "palisade-controller");
+/// The controller replica's identity in its leader-election Lease.
+const CONTROLLER_IDENTITY: &str = "palisade-controller-lab-0";
 /// How long `palisade-cni` waits for the agent to confirm a pod's policy.
 const CNI_TIMEOUT_MS: u64 = 10_000;
 
@@ -41,16 +48,18 @@ const CNI_TIMEOUT_MS: u64 = 10_000;
 /// with exactly the identity and RBAC the chart installs.
 const CHART: &str = include_str!("../../../deploy/manifests/palisade.yaml");
 
-/// The chart's objects the lab applies: its CRDs, Namespace, ServiceAccounts and the
-/// agent's ClusterRole and binding. Not the DaemonSet and Deployment (the lab runs
-/// those processes itself) nor the admission policy (it wants tokens bound to a pod on
-/// a node, and the lab's agent tokens are not).
-fn chart_agent_objects() -> String {
+/// The chart's objects the lab applies: its CRDs, Namespace, ServiceAccounts, the
+/// agent's and the controller's ClusterRoles and bindings and the controller's
+/// leader-election Role. Not the DaemonSet and Deployment (the lab runs those
+/// processes itself) nor the admission policy (it wants tokens bound to a pod on a
+/// node, and the lab's agent tokens are not).
+fn chart_objects() -> String {
     const SOURCES: &[&str] = &[
         "crds/",
         "templates/namespace.yaml",
         "templates/serviceaccounts.yaml",
         "templates/rbac-agent.yaml",
+        "templates/rbac-controller.yaml",
     ];
     CHART
         .split("\n---\n")
@@ -97,6 +106,10 @@ pub struct KubeLab {
     pub forwarder: Option<(ProcessRecord, u16)>,
     /// The nodes.
     pub nodes: Vec<NodeRuntime>,
+    /// `palisade controller` (one replica, in the first node's namespace; absent in
+    /// the record of a lab started before the lab ran one).
+    #[serde(default)]
+    pub controller: Option<ProcessRecord>,
 }
 
 impl KubeLab {
@@ -165,6 +178,7 @@ pub fn up(name: &str, nodes: usize, cni_bin: Option<PathBuf>) -> anyhow::Result<
             .collect(),
         topology,
         forwarder: None,
+        controller: None,
     };
     lab.save()?;
     // From here on a failure takes down whatever was recorded.
@@ -196,8 +210,8 @@ fn start(lab: &mut KubeLab, binaries: &Binaries, cni: &Path) -> anyhow::Result<(
         &format!("https://127.0.0.1:{port}"),
     )?;
     std::fs::copy(&user, lab.kubeconfig_path())?;
-    cp.kubectl(&["apply", "-f", "-"], Some(&chart_agent_objects()))
-        .context("the chart's CRDs, ServiceAccounts and agent RBAC")?;
+    cp.kubectl(&["apply", "-f", "-"], Some(&chart_objects()))
+        .context("the chart's CRDs, ServiceAccounts and RBAC")?;
     // The network-policy-api CRDs, as users install them (from the Go module cache).
     palisade_kube_lab::crds::install_with(|args| cp.kubectl(args, None).map(drop))
         .context("installing the network-policy-api CRDs")?;
@@ -241,9 +255,14 @@ fn start(lab: &mut KubeLab, binaries: &Binaries, cni: &Path) -> anyhow::Result<(
             lab.save()?;
         }
     }
+    let token =
+        cp.service_account_kubeconfig("controller", CONTROLLER_SA.0, CONTROLLER_SA.1, &in_cluster)?;
+    lab.controller = Some(start_controller(lab, &token)?);
+    lab.save()?;
     for node in &lab.nodes {
         wait_for_agent(node)?;
     }
+    wait_for_leader(lab, &cp)?;
     if kubelet.is_some() {
         wait_nodes_ready(lab)?;
     }
@@ -338,6 +357,69 @@ fn start_agent(node: &NodeRuntime, kubeconfig: &Path) -> anyhow::Result<ProcessR
         &node.dir.join("agent.log"),
         Some(&netns),
     )?)
+}
+
+/// `palisade controller` as the chart's Deployment runs it (`controller`, with the
+/// Deployment's namespace and pod name as the Lease namespace and identity), as its
+/// ServiceAccount (`kubeconfig`), in the first node's namespace: it reaches the API
+/// server at the `kubernetes` Service through that node's kube-proxy, as a pod does.
+fn start_controller(lab: &KubeLab, kubeconfig: &Path) -> anyhow::Result<ProcessRecord> {
+    let node = lab.nodes.first().context("a lab without nodes")?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["controller", "--kubeconfig"])
+        .arg(kubeconfig)
+        .args(["--namespace", CONTROLLER_SA.0])
+        .args(["--identity", CONTROLLER_IDENTITY])
+        .env_remove("POD_NAMESPACE")
+        .env_remove("POD_NAME");
+    let netns = NetNs::open(&node.net.netns).path();
+    Ok(spawn_detached(
+        "controller",
+        cmd,
+        &state_dir(&lab.name).join("controller.log"),
+        Some(&netns),
+    )?)
+}
+
+/// Waits until the controller holds its Lease (it writes status only while leading).
+fn wait_for_leader(lab: &KubeLab, cp: &PersistentControlPlane) -> anyhow::Result<()> {
+    let deadline = Instant::now() + AGENT_START_TIMEOUT;
+    loop {
+        let holder = cp
+            .kubectl(
+                &[
+                    "get",
+                    "lease",
+                    "-n",
+                    CONTROLLER_SA.0,
+                    palisade_controller::lease::LEASE_NAME,
+                    "-o",
+                    "jsonpath={.spec.holderIdentity}",
+                ],
+                None,
+            )
+            .unwrap_or_default();
+        if holder.trim() == CONTROLLER_IDENTITY {
+            return Ok(());
+        }
+        let alive = lab.controller.as_ref().is_some_and(ProcessRecord::is_alive);
+        if !alive || Instant::now() > deadline {
+            let log = std::fs::read_to_string(state_dir(&lab.name).join("controller.log"))
+                .unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!(
+                "the controller did not {} its Lease; its log:\n{}",
+                if alive {
+                    "take"
+                } else {
+                    "survive until it took"
+                },
+                tail.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Waits until `node`'s agent answers and has run a pass, i.e. its Kubernetes
@@ -485,6 +567,9 @@ pub fn down(name: &str) -> anyhow::Result<Vec<String>> {
                 }
             }
         }
+    }
+    if let Some(c) = &lab.controller {
+        c.stop();
     }
     for node in &lab.nodes {
         for p in [&node.agent, &node.kube_proxy].into_iter().flatten() {

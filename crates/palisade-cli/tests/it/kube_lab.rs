@@ -109,6 +109,7 @@ fn recorded_processes(lab: &KubeLabGuard) -> Vec<ProcessRecord> {
         cp["etcd"].clone(),
         cp["apiserver"].clone(),
         s["forwarder"][0].clone(),
+        s["controller"].clone(),
     ];
     procs.extend(cp["controllers"].as_array().unwrap().iter().cloned());
     for n in s["nodes"].as_array().unwrap() {
@@ -143,6 +144,7 @@ fn kubernetes_lab_runs_the_real_control_plane_in_its_own_netns_and_down_removes_
         "kube-controller-manager",
         "kube-scheduler",
         "forwarder",
+        "controller",
         "agent n1",
         "agent n2",
         "kube-proxy n1",
@@ -699,5 +701,194 @@ spec:
     eprintln!(
         "API server outage test: {:.1} s",
         started.elapsed().as_secs_f64()
+    );
+}
+
+/// Pods on both nodes, and two policies: `web` selects pods on both nodes, `db`
+/// pods on n1 only. web-1 declares the readiness gate.
+const STATUS_OBJECTS: &str = r#"apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: status, labels: {app: web}}
+spec:
+  nodeName: n1
+  readinessGates: [{conditionType: palisade.io/policy-enforced}]
+  containers: [{name: c, image: lab, ports: [{containerPort: 80}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-2, namespace: status, labels: {app: web}}
+spec:
+  nodeName: n2
+  containers: [{name: c, image: lab, ports: [{containerPort: 80}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-1, namespace: status, labels: {app: db}}
+spec:
+  nodeName: n1
+  containers: [{name: c, image: lab, ports: [{containerPort: 5432}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: status}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress: [{ports: [{port: 80}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db, namespace: status}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: web}}}]}]
+"#;
+
+#[test]
+fn lab_controller_runs_as_the_charts_service_account_and_status_says_in_force_on_every_node_with_selected_pods(
+) {
+    let Some(bins) = kube_privileged() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let lab = KubeLabGuard::up(2);
+    let kc = lab.kubeconfig(tmp.path());
+    // The controller is a recorded process of the lab, and the Lease's holder.
+    let rec: ProcessRecord =
+        serde_json::from_value(lab.state()["controller"].clone()).expect("controller recorded");
+    assert!(rec.is_alive(), "the controller runs after lab up returned");
+    let holder = kubectl(
+        &bins,
+        &kc,
+        &[
+            "get",
+            "lease",
+            "-n",
+            "palisade-system",
+            "palisade-controller",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+    );
+    assert_eq!(holder.trim(), "palisade-controller-lab-0");
+    // Its identity is the chart's ServiceAccount with the chart's RBAC: it may do what
+    // it needs, not more.
+    let controller = "--as=system:serviceaccount:palisade-system:palisade-controller";
+    for (verb, resource, allowed) in [
+        ("watch", "nodepolicystatuses.palisade.io", true),
+        ("patch", "networkpolicystatuses.palisade.io", true),
+        ("patch", "pods --subresource=status", true),
+        ("create", "nodepolicystatuses.palisade.io", false),
+        ("list", "secrets", false),
+        ("update", "pods", false),
+    ] {
+        let out = Command::new(bins.path("kubectl"))
+            .arg(format!("--kubeconfig={}", kc.display()))
+            .args(["auth", "can-i", verb])
+            .args(resource.split(' '))
+            .arg(controller)
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim() == "yes",
+            allowed,
+            "controller may {verb} {resource}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    lab.apply(&crate::lab::write(
+        tmp.path(),
+        "status.yaml",
+        STATUS_OBJECTS,
+    ));
+    let rv = |name: &str| {
+        kubectl(
+            &bins,
+            &kc,
+            &[
+                "get",
+                "networkpolicy",
+                "-n",
+                "status",
+                name,
+                "-o",
+                "jsonpath={.metadata.resourceVersion}",
+            ],
+        )
+        .trim()
+        .to_string()
+    };
+    let (web_rv, db_rv) = (rv("web"), rv("db"));
+    let kcs = kc.display().to_string();
+    // `palisade status` (as the lab user, through the forwarder): web on both nodes,
+    // db on the one node with a db pod, each as of its current resourceVersion.
+    let report = eventually(Duration::from_secs(60), "status: both in force", || {
+        let out = palisade()
+            .args(["status", "--kubeconfig", &kcs, "-n", "status", "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "palisade status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let line = |p: &str| {
+            v["policies"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|l| l["policy"] == p)
+                .cloned()
+                .unwrap_or_default()
+        };
+        let (web, db) = (
+            line("NetworkPolicy status/web"),
+            line("NetworkPolicy status/db"),
+        );
+        let done = web["reason"] == "InForce"
+            && web["resource_version"] == web_rv.as_str()
+            && db["reason"] == "InForce"
+            && db["resource_version"] == db_rv.as_str();
+        done.then_some((web, db, v.clone()))
+    });
+    let (web, db, all) = report;
+    assert_eq!(web["in_force"], "2/2", "web pods on n1 and n2: {all}");
+    assert_eq!(db["in_force"], "1/1", "a db pod on n1 only: {all}");
+    // Every node reports.
+    let nodes: Vec<&str> = all["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes, ["n1", "n2"], "{all}");
+    // The table says the same.
+    let table = run(palisade().args(["status", "--kubeconfig", &kcs, "-n", "status"]));
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("NetworkPolicy status/web") && l.contains("2/2")),
+        "{table}"
+    );
+    // The pod that asked for it has its condition.
+    eventually(
+        Duration::from_secs(30),
+        "web-1's palisade.io/policy-enforced condition",
+        || {
+            let p: serde_json::Value = serde_json::from_str(&kubectl(
+                &bins,
+                &kc,
+                &["get", "pod", "-n", "status", "web-1", "-o", "json"],
+            ))
+            .unwrap();
+            p["status"]["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["type"] == "palisade.io/policy-enforced" && c["status"] == "True")
+                .then_some(())
+        },
     );
 }
