@@ -419,6 +419,26 @@ pub enum LabCommand {
     /// Start the lab's agent again (after a crash, kill or upgrade); returns once it
     /// answers. Enforcement never depended on it.
     StartAgent,
+    /// (--kubernetes lab) Replace every node's agent under traffic, node after node,
+    /// round after round, as a rollout of a new chart revision does: each restart must
+    /// replace the programs on every pod interface, long-lived allowed TCP connections
+    /// (same node, across nodes) must survive, and denied 1 ms probers get nothing
+    /// through. Exit code 1 if any of it fails.
+    #[command(
+        after_help = "Example:\n  palisade lab up --kubernetes --nodes 2 && palisade lab upgrade --rounds 20"
+    )]
+    Upgrade {
+        /// Rounds (each restarts every node's agent once).
+        #[arg(long, default_value_t = 20,
+            value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000))]
+        rounds: usize,
+        /// The `palisade` binary the new agents run (the new release; default: this one).
+        #[arg(long)]
+        agent: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// The AWS NetworkPolicy walkthrough, step by step, on real packets.
     Walkthrough {
         /// Directory with the palisade-cni binary (default: beside this binary).

@@ -129,7 +129,7 @@ impl KubeLab {
         }
     }
 
-    fn save(&self) -> anyhow::Result<()> {
+    pub(crate) fn save(&self) -> anyhow::Result<()> {
         let path = Self::file(&self.name);
         let tmp = path.with_extension("json.tmp");
         std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
@@ -231,7 +231,7 @@ fn start(lab: &mut KubeLab, binaries: &Binaries, cni: &Path) -> anyhow::Result<(
             AGENT_SA.1,
             &in_cluster,
         )?;
-        let agent = start_agent(&node, &token)?;
+        let agent = start_agent(&node, &token, &std::env::current_exe()?)?;
         lab.nodes[i].agent = Some(agent);
         lab.save()?;
         if let Some(program) = &kubelet {
@@ -330,10 +330,14 @@ fn kubelet_args(node: &NodeRuntime, kubeconfig: &Path, cni: &Path) -> anyhow::Re
     Ok(args)
 }
 
-/// The agent of `node`, inside its namespace, following the API server as its
-/// ServiceAccount (`kubeconfig`).
-fn start_agent(node: &NodeRuntime, kubeconfig: &Path) -> anyhow::Result<ProcessRecord> {
-    let mut cmd = Command::new(std::env::current_exe()?);
+/// The agent of `node` (the `palisade` binary `program`), inside its namespace,
+/// following the API server as its ServiceAccount (`kubeconfig`).
+fn start_agent(
+    node: &NodeRuntime,
+    kubeconfig: &Path,
+    program: &Path,
+) -> anyhow::Result<ProcessRecord> {
+    let mut cmd = Command::new(program);
     cmd.args(["agent", "--source", "kubernetes", "--kubeconfig"])
         .arg(kubeconfig)
         .args(["--node-name", &node.net.name, "--socket"])
@@ -420,6 +424,42 @@ fn wait_for_leader(lab: &KubeLab, cp: &PersistentControlPlane) -> anyhow::Result
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Replaces node `i`'s agent as a DaemonSet rollout replaces its pod: SIGTERM to the
+/// running agent (SIGKILL after the grace period), then the agent `program` (default:
+/// this binary) with a fresh token of the chart's ServiceAccount, on the same state
+/// directory, socket and pin root; returns once the new agent has run its first pass.
+/// What it adopts and replaces is the agent's own start-up (`docs/install.md`, Upgrade).
+pub(crate) fn restart_agent(
+    lab: &mut KubeLab,
+    i: usize,
+    program: Option<&Path>,
+) -> anyhow::Result<()> {
+    let cp = lab.control_plane()?;
+    let node = lab.nodes.get(i).context("no such node")?.clone();
+    if let Some(old) = &node.agent {
+        old.stop();
+    }
+    let in_cluster = format!("https://{KUBERNETES_SERVICE_IP}:443");
+    // A new pod, a new token (and a file of its own).
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    let token = cp.service_account_kubeconfig(
+        &format!("agent-{}-{started}", node.net.name),
+        AGENT_SA.0,
+        AGENT_SA.1,
+        &in_cluster,
+    )?;
+    let program = match program {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_exe()?,
+    };
+    lab.nodes[i].agent = Some(start_agent(&node, &token, &program)?);
+    lab.save()?;
+    wait_for_agent(&lab.nodes[i])
 }
 
 /// Waits until `node`'s agent answers and has run a pass, i.e. its Kubernetes
@@ -627,7 +667,7 @@ pub fn is_kube(name: &str) -> bool {
     KubeLab::file(name).exists()
 }
 
-fn open(name: &str) -> anyhow::Result<KubeLab> {
+pub(crate) fn open(name: &str) -> anyhow::Result<KubeLab> {
     KubeLab::load(name)?.with_context(|| {
         format!("lab {name} is not up\n\nhint: palisade lab up --kubernetes --name {name}")
     })
@@ -1052,7 +1092,7 @@ fn route_static_ips(lab: &KubeLab, pods: &[ClusterPod]) -> anyhow::Result<()> {
 
 /// Every pod the lab's kubelets run, as probe endpoints: its namespace (the node's
 /// for a host-network pod) and addresses, from the kubelet's records.
-fn endpoints(lab: &KubeLab) -> anyhow::Result<Vec<palisade_lab::probe::Endpoint>> {
+pub(crate) fn endpoints(lab: &KubeLab) -> anyhow::Result<Vec<palisade_lab::probe::Endpoint>> {
     let mut out = Vec::new();
     for node in &lab.nodes {
         let dir = node.dir.join("kubelet");

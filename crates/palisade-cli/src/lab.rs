@@ -160,6 +160,21 @@ pub fn run(name: &str, what: LabCommand) -> anyhow::Result<i32> {
             println!("in force after a full pass (generation {g})");
             Ok(0)
         }
+        LabCommand::Upgrade {
+            rounds,
+            agent,
+            output,
+        } => {
+            if !crate::kube_lab::is_kube(name) {
+                bail!("lab {name} is not a --kubernetes lab\n\nhint: palisade lab up --kubernetes --name {name}");
+            }
+            let report = crate::kube_upgrade::run(name, rounds, agent.as_deref())?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Output::Table => print!("{}", crate::kube_upgrade::render(&report)),
+            }
+            Ok(if report.failures.is_empty() { 0 } else { 1 })
+        }
         LabCommand::StartAgent => {
             let mut lab = open(name)?;
             if lab.state().agent.as_ref().is_some_and(|a| a.is_alive()) {

@@ -892,3 +892,67 @@ fn lab_controller_runs_as_the_charts_service_account_and_status_says_in_force_on
         },
     );
 }
+
+#[test]
+fn agents_replaced_under_traffic_for_3_rounds_keep_every_connection_and_let_no_denied_datagram_through(
+) {
+    let Some(_bins) = kube_privileged() else {
+        return;
+    };
+    let started = Instant::now();
+    let lab = KubeLabGuard::up(2);
+    let out = lab
+        .cmd(&["upgrade", "--rounds", "3", "--output", "json"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "lab upgrade printed no report ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(
+        out.status.success() && report["failures"].as_array().unwrap().is_empty(),
+        "{report:#}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every node restarted in every round, and each restart replaced the programs on
+    // every pod interface of its node (ids the kernel had not run there before).
+    let restarts = report["restarts"].as_array().unwrap();
+    assert_eq!(restarts.len(), 6, "3 rounds x 2 nodes: {report:#}");
+    let mut seen = std::collections::BTreeSet::new();
+    for r in restarts {
+        let r = &r[1];
+        let before: Vec<u64> = serde_json::from_value(r["programs_before"].clone()).unwrap();
+        let after: Vec<u64> = serde_json::from_value(r["programs_after"].clone()).unwrap();
+        assert_eq!(after.len(), 2, "from_pod and to_pod: {r}");
+        assert!(before.iter().all(|id| !after.contains(id)), "{r}");
+        assert!(after.iter().all(|id| seen.insert(*id)), "a fresh id: {r}");
+        let want = if r["node"] == "n1" { 5 } else { 3 };
+        assert_eq!(r["interfaces"], want, "every pod of the node checked: {r}");
+    }
+    // The long-lived connections, same node and across nodes, survived with data.
+    let conns = report["connections"].as_array().unwrap();
+    assert_eq!(conns.len(), 4);
+    for same in [true, false] {
+        assert!(conns.iter().any(|c| c["same_node"] == same), "{report:#}");
+    }
+    for c in conns {
+        assert!(c["error"].is_null(), "{c}");
+        assert!(c["echoes"].as_u64().unwrap() > 100, "{c}");
+    }
+    // No denied datagram arrived, of thousands sent; the allowed ones all did.
+    for f in report["flows"].as_array().unwrap() {
+        let (sent, received) = (f["sent"].as_u64().unwrap(), f["received"].as_u64().unwrap());
+        if f["allowed"] == true {
+            assert!(received > 0 && received <= sent, "{f}");
+        } else {
+            assert!(sent > 1000, "{f}");
+            assert_eq!(received, 0, "{f}");
+        }
+    }
+    eprintln!(
+        "upgrade under traffic, 3 rounds: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
