@@ -439,6 +439,15 @@ pub enum LabCommand {
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// (--kubernetes lab) Take Palisade off the cluster as docs/install.md says: stop
+    /// the agents and the controller, on every node `palisade-cni uninstall` (chaining
+    /// entry, plugin, pins: the programs detach), then delete the chart's objects and
+    /// CRDs. Pods keep running, with no policy.
+    Uninstall {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// The AWS NetworkPolicy walkthrough, step by step, on real packets.
     Walkthrough {
         /// Directory with the palisade-cni binary (default: beside this binary).

@@ -53,7 +53,7 @@ const CHART: &str = include_str!("../../../deploy/manifests/palisade.yaml");
 /// leader-election Role. Not the DaemonSet and Deployment (the lab runs those
 /// processes itself) nor the admission policy (it wants tokens bound to a pod on a
 /// node, and the lab's agent tokens are not).
-fn chart_objects() -> String {
+pub(crate) fn chart_objects() -> String {
     const SOURCES: &[&str] = &[
         "crds/",
         "templates/namespace.yaml",
@@ -222,6 +222,7 @@ fn start(lab: &mut KubeLab, binaries: &Binaries, cni: &Path) -> anyhow::Result<(
     for i in 0..lab.nodes.len() {
         let node = lab.nodes[i].clone();
         std::fs::create_dir_all(&node.dir)?;
+        chain_cni(&node, cni)?;
         let proxy = cp.start_kube_proxy(&node.net, &node.dir.join("kube-proxy.log"))?;
         lab.nodes[i].kube_proxy = Some(proxy);
         lab.save()?;
@@ -265,6 +266,75 @@ fn start(lab: &mut KubeLab, binaries: &Binaries, cni: &Path) -> anyhow::Result<(
     wait_for_leader(lab, &cp)?;
     if kubelet.is_some() {
         wait_nodes_ready(lab)?;
+    }
+    Ok(())
+}
+
+/// The node's CNI configuration directory (the host's `/etc/cni/net.d`), its CNI
+/// binary directory (`/opt/cni/bin`), and the file the lab wrote there before
+/// Palisade was chained into it (kept aside for comparison).
+pub(crate) fn cni_paths(node: &NodeRuntime) -> (PathBuf, PathBuf, PathBuf) {
+    (
+        node.dir.join("net.d"),
+        node.dir.join("cni-bin"),
+        node.dir.join(format!("{NODE_CONFLIST}.before-palisade")),
+    )
+}
+
+/// The node's own network configuration, as it would be on a node before Palisade.
+const NODE_CONFLIST: &str = "10-lab-pods.conflist";
+
+/// What the chart's init container does on a node: the node has its own CNI
+/// configuration list (the lab's pod network: ptp with host-local on the node's pod
+/// CIDRs, then portmap), and `palisade-cni install` copies the plugin into the node's
+/// CNI binary directory and chains itself at the end of that list. (The lab kubelet
+/// runs the same chain from its `--chain` file, read once at start: it does not read
+/// this directory.)
+fn chain_cni(node: &NodeRuntime, cni: &Path) -> anyhow::Result<()> {
+    let (conf_dir, bin_dir, before) = cni_paths(node);
+    std::fs::create_dir_all(&conf_dir)?;
+    std::fs::create_dir_all(&bin_dir)?;
+    let ranges: Vec<String> = node
+        .net
+        .pod_cidrs
+        .iter()
+        .map(|c| format!("[{{\"subnet\": \"{c}\"}}]"))
+        .collect();
+    let list = format!(
+        r#"{{
+  "cniVersion": "1.0.0",
+  "name": "lab-pods",
+  "plugins": [
+    {{
+      "type": "ptp",
+      "mtu": 1500,
+      "ipam": {{"type": "host-local", "ranges": [{}]}}
+    }},
+    {{"type": "portmap", "capabilities": {{"portMappings": true}}}}
+  ]
+}}
+"#,
+        ranges.join(", ")
+    );
+    std::fs::write(conf_dir.join(NODE_CONFLIST), &list)?;
+    std::fs::write(&before, &list)?;
+    let out = Command::new(cni.join("palisade-cni"))
+        .arg("install")
+        .arg("--conf-dir")
+        .arg(&conf_dir)
+        .arg("--bin-dir")
+        .arg(&bin_dir)
+        .arg("--agent-socket")
+        .arg(&node.socket)
+        .args(["--timeout-ms", &CNI_TIMEOUT_MS.to_string()])
+        .output()
+        .context("running palisade-cni install")?;
+    if !out.status.success() {
+        bail!(
+            "palisade-cni install on node {}: {}",
+            node.net.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }

@@ -175,6 +175,27 @@ pub fn run(name: &str, what: LabCommand) -> anyhow::Result<i32> {
             }
             Ok(if report.failures.is_empty() { 0 } else { 1 })
         }
+        LabCommand::Uninstall { output } => {
+            if !crate::kube_lab::is_kube(name) {
+                bail!("lab {name} is not a --kubernetes lab\n\nhint: palisade lab up --kubernetes --name {name}");
+            }
+            let report = crate::kube_uninstall::run(name)?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Output::Table => {
+                    for n in &report.nodes {
+                        for c in &n.changes {
+                            println!("{}: {c}", n.node);
+                        }
+                    }
+                    for o in &report.objects {
+                        println!("{o}");
+                    }
+                    println!("Palisade is uninstalled from lab {name}; pods keep running, with no policy");
+                }
+            }
+            Ok(0)
+        }
         LabCommand::StartAgent => {
             let mut lab = open(name)?;
             if lab.state().agent.as_ref().is_some_and(|a| a.is_alive()) {

@@ -8,6 +8,7 @@ mod explain;
 mod inputs;
 mod inspect;
 mod kube_lab;
+mod kube_uninstall;
 mod kube_upgrade;
 mod lab;
 mod metrics_http;

@@ -956,3 +956,199 @@ fn agents_replaced_under_traffic_for_3_rounds_keep_every_connection_and_let_no_d
         started.elapsed().as_secs_f64()
     );
 }
+
+/// Three pods on two nodes; `b` admits only `c`, `a` admits nobody.
+const UNINSTALL_OBJECTS: &str = r#"apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: gone, labels: {app: a}}
+spec:
+  nodeName: n1
+  containers: [{name: c, image: lab, ports: [{containerPort: 80}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: gone, labels: {app: b}}
+spec:
+  nodeName: n2
+  containers: [{name: c, image: lab, ports: [{containerPort: 80}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: gone, labels: {app: c}}
+spec:
+  nodeName: n1
+  containers: [{name: c, image: lab, ports: [{containerPort: 80}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: b-from-c, namespace: gone}
+spec:
+  podSelector: {matchLabels: {app: b}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: c}}}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-admits-nobody, namespace: gone}
+spec:
+  podSelector: {matchLabels: {app: a}}
+  policyTypes: [Ingress]
+"#;
+
+/// `lab probe` of TCP/80 as JSON (measured only: after an uninstall the simulator,
+/// which reads the policies from the API server, is not what the kernel does).
+fn probe_tcp80(lab: &KubeLabGuard) -> Vec<(String, String, String)> {
+    let out = run(&mut lab.cmd(&[
+        "probe",
+        "--output",
+        "json",
+        "--protocol",
+        "TCP",
+        "--port",
+        "80",
+    ]));
+    crate::support::verdicts(&serde_json::from_slice(&out.stdout).expect("probe JSON"))
+}
+
+/// The ids of the TCX programs on interface `ifname` in netns `ns`, both directions,
+/// and what `tc filter show` lists on it (the clsact fallback).
+fn programs_on(ns: &str, ifname: &str) -> (Vec<u32>, String) {
+    use aya::programs::{tc::TcAttachType, SchedClassifier};
+    let ifname_owned = ifname.to_string();
+    let ids = NetNs::open(ns)
+        .run_in(move || {
+            let mut ids = Vec::new();
+            for at in [TcAttachType::Ingress, TcAttachType::Egress] {
+                let (_, progs) = SchedClassifier::query_tcx(&ifname_owned, at)
+                    .unwrap_or_else(|e| panic!("TCX query of {ifname_owned}: {e}"));
+                ids.extend(progs.iter().map(|p| p.id()));
+            }
+            ids
+        })
+        .unwrap();
+    let mut filters = String::new();
+    for dir in ["ingress", "egress"] {
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", ns, "tc", "filter", "show", "dev", ifname, dir,
+            ])
+            .output()
+            .unwrap();
+        filters.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    (ids, filters)
+}
+
+#[test]
+fn uninstall_removes_the_chaining_entry_pins_programs_and_status_objects_and_every_pair_connects() {
+    let Some(bins) = kube_privileged() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let lab = KubeLabGuard::up(2);
+    let kc = lab.kubeconfig(tmp.path());
+    lab.apply(&crate::lab::write(
+        tmp.path(),
+        "gone.yaml",
+        UNINSTALL_OBJECTS,
+    ));
+    let before = probe_tcp80(&lab);
+    let verdict = |v: &[(String, String, String)], f: &str, t: &str| {
+        v.iter()
+            .find(|(a, b, _)| a == f && b == t)
+            .map(|x| x.2.clone())
+            .unwrap_or_else(|| panic!("no pair {f} -> {t}: {v:?}"))
+    };
+    assert_eq!(verdict(&before, "gone/a", "gone/b"), "deny", "{before:?}");
+    assert_eq!(verdict(&before, "gone/c", "gone/a"), "deny", "{before:?}");
+    assert_eq!(verdict(&before, "gone/c", "gone/b"), "allow", "{before:?}");
+
+    // What Palisade put there: the status objects, the programs on every pod
+    // interface, the pins, the chaining entry.
+    let count = |what: &str| {
+        let v: serde_json::Value =
+            serde_json::from_str(&kubectl(&bins, &kc, &["get", what, "-A", "-o", "json"])).unwrap();
+        v["items"].as_array().unwrap().len()
+    };
+    assert_eq!(count("nodepolicystatuses.palisade.io"), 2);
+    eventually(
+        Duration::from_secs(30),
+        "the controller's NetworkPolicyStatus objects",
+        || (count("networkpolicystatuses.palisade.io") >= 2).then_some(()),
+    );
+    let state = lab.state();
+    let mut interfaces = Vec::new();
+    for n in state["nodes"].as_array().unwrap() {
+        let socket = PathBuf::from(n["socket"].as_str().unwrap());
+        let netns = n["net"]["netns"].as_str().unwrap().to_string();
+        let status = palisade_agent::api::client::call(
+            &socket,
+            &palisade_agent::api::Status,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        for (pod, ep) in &status.data.endpoints {
+            let (ids, _) = programs_on(&netns, &ep.interface);
+            assert_eq!(ids.len(), 2, "{pod}: from_pod and to_pod attached");
+            interfaces.push((netns.clone(), ep.interface.clone(), pod.clone()));
+        }
+        assert!(!status.data.endpoints.is_empty(), "{}", socket.display());
+        let dir = PathBuf::from(n["dir"].as_str().unwrap());
+        let conflist = std::fs::read_to_string(dir.join("net.d/10-lab-pods.conflist")).unwrap();
+        assert!(conflist.contains("palisade-cni"), "chained: {conflist}");
+        assert!(PathBuf::from(n["pin_root"].as_str().unwrap()).exists());
+    }
+    assert_eq!(interfaces.len(), 3, "{interfaces:?}");
+    let procs: Vec<ProcessRecord> = std::iter::once(state["controller"].clone())
+        .chain(
+            state["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["agent"].clone()),
+        )
+        .map(|p| serde_json::from_value(p).unwrap())
+        .collect();
+
+    run(&mut lab.cmd(&["uninstall"]));
+
+    // No Palisade process, program, pin, chaining entry, plugin or status object left.
+    for p in &procs {
+        assert!(!p.is_alive(), "{} stopped", p.role);
+    }
+    for (ns, ifname, pod) in &interfaces {
+        let (ids, filters) = programs_on(ns, ifname);
+        assert!(
+            ids.is_empty(),
+            "{pod}: TCX programs left on {ifname}: {ids:?}"
+        );
+        assert!(
+            filters.trim().is_empty(),
+            "{pod}: tc filters on {ifname}: {filters}"
+        );
+    }
+    for n in state["nodes"].as_array().unwrap() {
+        let pins = PathBuf::from(n["pin_root"].as_str().unwrap());
+        assert!(!pins.exists(), "{} removed", pins.display());
+        let dir = PathBuf::from(n["dir"].as_str().unwrap());
+        assert_eq!(
+            std::fs::read(dir.join("net.d/10-lab-pods.conflist")).unwrap(),
+            std::fs::read(dir.join("10-lab-pods.conflist.before-palisade")).unwrap(),
+            "the node's configuration list restored byte for byte"
+        );
+        assert!(!dir.join("cni-bin/palisade-cni").exists());
+    }
+    let resources = kubectl(&bins, &kc, &["api-resources", "-o", "name"]);
+    assert!(
+        !resources.contains("palisade.io"),
+        "Palisade's kinds are gone: {resources}"
+    );
+    // Pods keep their connectivity, with no policy: every pair connects, also the
+    // pairs that were denied.
+    let after = probe_tcp80(&lab);
+    assert_eq!(after.len(), before.len(), "{after:?}");
+    for (from, to, v) in &after {
+        assert_eq!(v, "allow", "{from} -> {to} after uninstall: {after:?}");
+    }
+    eprintln!("uninstall test: {:.1} s", started.elapsed().as_secs_f64());
+}
