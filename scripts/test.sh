@@ -17,7 +17,17 @@ echo "== cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
+# Every test that pins removes its pin root, also when it fails: a palisade-* root
+# under /sys/fs/bpf that appeared during the run and is still there is a leak.
+palisade_pins() { { ls /sys/fs/bpf 2>/dev/null || true; } | { grep '^palisade-' || true; } | sort; }
+pins_before=$(palisade_pins)
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
+leaked=$(comm -13 <(echo "$pins_before") <(palisade_pins) | { grep . || true; })
+if [ -n "$leaked" ]; then
+  echo "bpffs pin roots left behind by the tests (a test does not clean up):"
+  echo "$leaked" | sed 's|^|  /sys/fs/bpf/|'
+  status=1
+fi
 # cargo's last line is usually a doc-test binary's "0 passed"; close with the totals.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"

@@ -330,5 +330,22 @@ fn policies_and_pods_say_where_they_are_in_force_as_of_which_resource_version() 
     );
     assert_eq!(report.nodes.len(), 2, "{text}");
     eprintln!("{text}");
-    agents.shutdown_background();
+    // Wait for the agents' reconciler threads to end before the pin roots are removed
+    // (declared earlier, dropped after this): `shutdown_background` returned at once,
+    // a pass still running then re-created pins under a root just removed, and
+    // /sys/fs/bpf/palisade-test-ctrl-<pid>-n1/n2 stayed behind.
+    let stopping = std::time::Instant::now();
+    agents.shutdown_timeout(AGENTS_STOP);
+    assert!(
+        stopping.elapsed() < AGENTS_STOP,
+        "the agents did not stop within {AGENTS_STOP:?}: their pins may outlive the test"
+    );
+    let roots: Vec<std::path::PathBuf> = pins.iter().map(|p| p.0.clone()).collect();
+    drop(pins);
+    for root in roots {
+        assert!(!root.exists(), "{} removed", root.display());
+    }
 }
+
+/// How long the agents get to finish their pass and end once the test is done.
+const AGENTS_STOP: Duration = Duration::from_secs(30);

@@ -28,6 +28,9 @@ pub struct PinRoot(pub PathBuf);
 impl Drop for PinRoot {
     fn drop(&mut self) {
         let _ = palisade_datapath::unpin_all_at(&self.0);
+        // Anything unpin_all_at does not know (it removes links/, progs/, maps/ and
+        // the root only if then empty) must not keep the root alive either.
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
