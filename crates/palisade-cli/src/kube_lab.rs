@@ -242,7 +242,7 @@ fn start(lab: &mut KubeLab, binaries: &Binaries, cni: &Path) -> anyhow::Result<(
                 Some("system:nodes"),
                 &format!("https://127.0.0.1:{port}"),
             )?;
-            let args = kubelet_args(&node, &kubeconfig, cni)?;
+            let args = kubelet_args(&node, &kubeconfig)?;
             let mut cmd = Command::new(program);
             cmd.args(&args);
             let rec = spawn_detached(
@@ -286,10 +286,10 @@ const NODE_CONFLIST: &str = "10-lab-pods.conflist";
 
 /// What the chart's init container does on a node: the node has its own CNI
 /// configuration list (the lab's pod network: ptp with host-local on the node's pod
-/// CIDRs, then portmap), and `palisade-cni install` copies the plugin into the node's
-/// CNI binary directory and chains itself at the end of that list. (The lab kubelet
-/// runs the same chain from its `--chain` file, read once at start: it does not read
-/// this directory.)
+/// CIDRs), and `palisade-cni install` copies the plugin into the node's CNI binary
+/// directory and chains itself at the end of that list. The lab kubelet reads this
+/// list at every ADD (it runs ptp itself, with the addresses it chose, then the rest
+/// of the list), as a container runtime does.
 fn chain_cni(node: &NodeRuntime, cni: &Path) -> anyhow::Result<()> {
     let (conf_dir, bin_dir, before) = cni_paths(node);
     std::fs::create_dir_all(&conf_dir)?;
@@ -309,8 +309,7 @@ fn chain_cni(node: &NodeRuntime, cni: &Path) -> anyhow::Result<()> {
       "type": "ptp",
       "mtu": 1500,
       "ipam": {{"type": "host-local", "ranges": [{}]}}
-    }},
-    {{"type": "portmap", "capabilities": {{"portMappings": true}}}}
+    }}
   ]
 }}
 "#,
@@ -356,15 +355,11 @@ fn kubelet_program() -> Option<PathBuf> {
 }
 
 /// The kubelet's command line (the contract in its crate's documentation).
-fn kubelet_args(node: &NodeRuntime, kubeconfig: &Path, cni: &Path) -> anyhow::Result<Vec<String>> {
-    let chain = node.dir.join("chain.json");
-    std::fs::write(
-        &chain,
-        serde_json::to_vec_pretty(&[palisade_lab::lab::palisade_cni_plugin(
-            &node.socket,
-            CNI_TIMEOUT_MS,
-        )])?,
-    )?;
+/// The chain is the node's CNI configuration (`cni_paths`), read at every ADD, and
+/// the plugins are looked up in the standard plugins' directory and the node's CNI
+/// binary directory, where `palisade-cni install` put `palisade-cni`.
+fn kubelet_args(node: &NodeRuntime, kubeconfig: &Path) -> anyhow::Result<Vec<String>> {
+    let (conf_dir, bin_dir, _) = cni_paths(node);
     let mut args = vec![
         "--kubeconfig".to_string(),
         kubeconfig.display().to_string(),
@@ -381,12 +376,12 @@ fn kubelet_args(node: &NodeRuntime, kubeconfig: &Path, cni: &Path) -> anyhow::Re
     for cidr in &node.net.pod_cidrs {
         args.extend(["--pod-cidr".to_string(), cidr.clone()]);
     }
-    for dir in [Path::new("/usr/lib/cni"), cni] {
+    for dir in [Path::new("/usr/lib/cni"), &bin_dir] {
         args.extend(["--cni-bin-dir".to_string(), dir.display().to_string()]);
     }
     args.extend([
-        "--chain".to_string(),
-        chain.display().to_string(),
+        "--cni-conf-dir".to_string(),
+        conf_dir.display().to_string(),
         // Pod servers are this binary's `lab serve`, as in the file-based lab.
         "--server".to_string(),
         std::env::current_exe()?.display().to_string(),

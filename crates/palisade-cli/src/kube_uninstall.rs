@@ -4,16 +4,19 @@
 //!
 //! 1. the agent DaemonSet and the controller Deployment go away: the lab stops those
 //!    processes (SIGTERM); the pinned programs stay in force meanwhile;
-//! 2. on every node, `palisade-cni uninstall --conf-dir --bin-dir --pin-root` (the
-//!    image's installer, as the per-node step runs it): the chaining entry leaves the
-//!    node's configuration list (the rest restored byte for byte), the plugin binary
-//!    and every pin go, and with the pins the kernel detaches the programs from every
-//!    pod's interface; the agent's state directory (its registrations) is removed;
+//! 2. on every node, `palisade-cni uninstall --conf-dir --pin-root` (the image's
+//!    installer, as the per-node step runs it): the chaining entry leaves the node's
+//!    configuration list (the rest restored byte for byte), every pin goes, and with
+//!    the pins the kernel detaches the programs from every pod's interface; the
+//!    agent's state directory (its registrations) is removed. The plugin binary stays:
+//!    a runtime that deletes a sandbox with the configuration it was created with (as
+//!    CRI-O and the lab kubelet do) still runs `palisade-cni` DEL for the pods created
+//!    while it was chained, and DEL completes without an agent;
 //! 3. the chart's objects are deleted (`helm uninstall` and the CRDs: with the CRDs,
 //!    every NodePolicyStatus and NetworkPolicyStatus object).
 //!
-//! Pods keep running, with no policy. (The lab kubelet reads its chain once at
-//! start, so pods created after this still run palisade-cni, which fails closed.)
+//! Pods keep running, with no policy; pods created afterwards run the node's chain
+//! without Palisade.
 
 use anyhow::{bail, Context};
 use serde::Serialize;
@@ -59,25 +62,19 @@ pub fn run(name: &str) -> anyhow::Result<UninstallReport> {
         let plugin = bin_dir.join("palisade-cni");
         if !plugin.is_file() {
             bail!(
-                "node {}: {} is not installed (uninstalled already?)",
+                "node {}: {} is not installed",
                 node.net.name,
                 plugin.display()
             );
         }
-        // Run from a copy: the command removes the binary it was started from.
-        let runner = node.dir.join("palisade-cni.uninstaller");
-        std::fs::copy(&plugin, &runner).with_context(|| format!("{}", runner.display()))?;
-        let out = std::process::Command::new(&runner)
+        let out = std::process::Command::new(&plugin)
             .arg("uninstall")
             .arg("--conf-dir")
             .arg(&conf_dir)
-            .arg("--bin-dir")
-            .arg(&bin_dir)
             .arg("--pin-root")
             .arg(&node.pin_root)
             .output()
             .context("running palisade-cni uninstall")?;
-        let _ = std::fs::remove_file(&runner);
         if !out.status.success() {
             bail!(
                 "palisade-cni uninstall on node {}: {}",

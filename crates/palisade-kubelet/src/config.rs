@@ -33,8 +33,14 @@ pub struct Args {
     #[arg(long = "cni-bin-dir")]
     pub cni_bin_dirs: Vec<PathBuf>,
     /// JSON file holding an array of plugin configurations chained after ptp.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "cni_conf_dir")]
     pub chain: Option<PathBuf>,
+    /// The node's CNI configuration directory (a node's `/etc/cni/net.d`): at every
+    /// ADD, the plugins after the first of its first list (in the runtime's order) are
+    /// chained after ptp, so what `palisade-cni install|uninstall` writes there is what
+    /// the next pod runs.
+    #[arg(long)]
+    pub cni_conf_dir: Option<PathBuf>,
     /// The pod server and sender program (`palisade-lab-serve`).
     #[arg(long)]
     pub server: Option<PathBuf>,
@@ -74,6 +80,14 @@ pub enum ConfigError {
         /// Why.
         problem: String,
     },
+    /// The node's CNI configuration (`--cni-conf-dir`) gives no usable chain.
+    #[error("--cni-conf-dir: {path}: {problem}")]
+    ConfDir {
+        /// The directory or file.
+        path: PathBuf,
+        /// Why.
+        problem: String,
+    },
 }
 
 /// Everything the kubelet runs with.
@@ -91,8 +105,10 @@ pub struct Config {
     pub pod_cidrs: Vec<IpNet>,
     /// CNI plugin directories.
     pub cni_bin_dirs: Vec<PathBuf>,
-    /// Plugins chained after ptp.
+    /// Plugins chained after ptp (`--chain`).
     pub chain: Vec<Value>,
+    /// Read the chain from this directory at every ADD instead (`--cni-conf-dir`).
+    pub cni_conf_dir: Option<PathBuf>,
     /// `palisade-lab-serve` (or a program that serves with `server_args` first).
     pub server: PathBuf,
     /// Arguments before the server's own.
@@ -154,6 +170,7 @@ impl Args {
             pod_cidrs: self.pod_cidrs,
             cni_bin_dirs: self.cni_bin_dirs,
             chain,
+            cni_conf_dir: self.cni_conf_dir,
             server: self.server.ok_or(ConfigError::Missing("server"))?,
             server_args: self.server_args,
             state_dir: self.state_dir,
@@ -178,6 +195,40 @@ pub fn read_chain(path: &std::path::Path) -> Result<Vec<Value>, ConfigError> {
         }
     }
     Ok(plugins)
+}
+
+/// The chain a node's CNI configuration directory gives now: the runtime's file (the
+/// first, in lexical order, ending in `.conflist`; containerd and CRI-O also take
+/// `.conf`/`.json` single plugins, which have nothing to chain), and of its `plugins`
+/// every one after the first: the first is the node's network plugin, which the lab
+/// kubelet runs itself (ptp, with the addresses it chose).
+pub fn chain_from_conf_dir(dir: &std::path::Path) -> Result<Vec<Value>, ConfigError> {
+    let err = |path: PathBuf, problem: String| ConfigError::ConfDir { path, problem };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| err(dir.to_owned(), e.to_string()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|x| x == "conflist" || x == "conf" || x == "json")
+        })
+        .collect();
+    files.sort();
+    let Some(file) = files.into_iter().next() else {
+        return Err(err(dir.to_owned(), "no CNI configuration file".into()));
+    };
+    let text = std::fs::read_to_string(&file).map_err(|e| err(file.clone(), e.to_string()))?;
+    let v: Value =
+        serde_json::from_str(&text).map_err(|e| err(file.clone(), format!("not JSON: {e}")))?;
+    let Some(plugins) = v.get("plugins").and_then(Value::as_array) else {
+        // A single-plugin file: the node's plugin alone, nothing chained.
+        return Ok(Vec::new());
+    };
+    for (i, p) in plugins.iter().enumerate() {
+        if p.get("type").and_then(Value::as_str).is_none() {
+            return Err(err(file, format!("plugin #{i} has no string \"type\"")));
+        }
+    }
+    Ok(plugins.iter().skip(1).cloned().collect())
 }
 
 #[cfg(test)]
@@ -228,6 +279,47 @@ mod tests {
         assert!(e.contains("plugin #0") && e.contains("chain.json"), "{e}");
         std::fs::write(&f, r#"{"type":"x"}"#).unwrap();
         assert!(read_chain(&f).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_chain_of_a_conf_dir_is_what_its_first_list_has_after_the_nodes_plugin() {
+        let dir = std::env::temp_dir().join(format!("plk-confdir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let e = chain_from_conf_dir(&dir).unwrap_err().to_string();
+        assert!(e.contains("no CNI configuration file"), "{e}");
+        std::fs::write(
+            dir.join("10-a.conflist"),
+            r#"{"name":"n","plugins":[{"type":"ptp"},{"type":"palisade-cni","x":1}]}"#,
+        )
+        .unwrap();
+        // Not the first in lexical order: ignored, as the runtime ignores it.
+        std::fs::write(
+            dir.join("20-b.conflist"),
+            r#"{"name":"n","plugins":[{"type":"ptp"},{"type":"other"}]}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.join("05-notes.txt"), "not a configuration").unwrap();
+        let chain = chain_from_conf_dir(&dir).unwrap();
+        assert_eq!(chain.len(), 1);
+        assert_eq!(chain[0]["type"], "palisade-cni");
+        std::fs::write(
+            dir.join("10-a.conflist"),
+            r#"{"name":"n","plugins":[{"type":"ptp"}]}"#,
+        )
+        .unwrap();
+        assert!(chain_from_conf_dir(&dir).unwrap().is_empty());
+        std::fs::write(
+            dir.join("10-a.conflist"),
+            r#"{"plugins":[{"type":"ptp"},{}]}"#,
+        )
+        .unwrap();
+        let e = chain_from_conf_dir(&dir).unwrap_err().to_string();
+        assert!(
+            e.contains("10-a.conflist") && e.contains("plugin #1"),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -10,7 +10,9 @@
 //! - [`kubelet`]: watches the pods bound to the node (`spec.nodeName=NAME`), makes and
 //!   unmakes them, reports their status, adopts its pods after a restart.
 //! - [`sandbox`]: one pod's namespace, CNI chain (ptp + host-local or static IPAM, then
-//!   e.g. `palisade-cni`), sender and server; all undone on failure.
+//!   e.g. `palisade-cni`: from `--chain`, or read at every ADD from the node's CNI
+//!   configuration directory, `--cni-conf-dir`), sender and server; all undone on
+//!   failure.
 //! - [`podspec`]: what is read from a Pod, and its annotations
 //!   ([`podspec::IPS_ANNOTATION`], [`podspec::SEND_ANNOTATION`]).
 //! - [`records`]: the state directory.

@@ -236,7 +236,13 @@ impl Node {
             ipam
         };
         let mut plugins = vec![json!({"type": "ptp", "ipMasq": false, "ipam": ipam})];
-        plugins.extend(self.cfg.chain.iter().cloned());
+        match &self.cfg.cni_conf_dir {
+            Some(dir) => plugins.extend(
+                crate::config::chain_from_conf_dir(dir)
+                    .map_err(|e| fail("reading the node's CNI configuration", &e))?,
+            ),
+            None => plugins.extend(self.cfg.chain.iter().cloned()),
+        }
         let network = NetworkList {
             cni_version: LAB_CNI_VERSION.into(),
             name: NETWORK_NAME.into(),

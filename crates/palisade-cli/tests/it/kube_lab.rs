@@ -994,6 +994,32 @@ spec:
   policyTypes: [Ingress]
 "#;
 
+/// The pod records of every node's lab kubelet.
+fn records(lab: &KubeLabGuard) -> Vec<palisade_kubelet::records::PodRecord> {
+    let mut out = Vec::new();
+    for node in lab.state()["nodes"].as_array().unwrap() {
+        let dir = PathBuf::from(node["dir"].as_str().unwrap()).join("kubelet");
+        if let Ok(state) = palisade_kubelet::records::StateDir::open(&dir) {
+            out.extend(state.load_all().unwrap().into_iter().flatten());
+        }
+    }
+    out
+}
+
+/// The plugin types pod `key`'s sandbox was created with.
+fn chain_of(lab: &KubeLabGuard, key: &str) -> Vec<String> {
+    let rec = records(lab)
+        .into_iter()
+        .find(|r| r.key() == key)
+        .unwrap_or_else(|| panic!("no kubelet runs {key}"));
+    rec.network
+        .expect("ADD ran")
+        .plugins
+        .iter()
+        .map(|p| p["type"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// `lab probe` of TCP/80 as JSON (measured only: after an uninstall the simulator,
 /// which reads the policies from the API server, is not what the kernel does).
 fn probe_tcp80(lab: &KubeLabGuard) -> Vec<(String, String, String)> {
@@ -1136,17 +1162,59 @@ fn uninstall_removes_the_chaining_entry_pins_programs_and_status_objects_and_eve
             std::fs::read(dir.join("10-lab-pods.conflist.before-palisade")).unwrap(),
             "the node's configuration list restored byte for byte"
         );
-        assert!(!dir.join("cni-bin/palisade-cni").exists());
+        // The binary stays: the pods created while it was chained are deleted with the
+        // configuration they were created with, which runs its DEL (below).
+        assert!(dir.join("cni-bin/palisade-cni").exists());
     }
     let resources = kubectl(&bins, &kc, &["api-resources", "-o", "name"]);
     assert!(
         !resources.contains("palisade.io"),
         "Palisade's kinds are gone: {resources}"
     );
+    // A pod created while Palisade was chained is deleted cleanly (its DEL runs
+    // palisade-cni, which completes without an agent); a new pod runs the node's chain
+    // without Palisade.
+    assert!(chain_of(&lab, "gone/c").contains(&"palisade-cni".to_string()));
+    kubectl(
+        &bins,
+        &kc,
+        &[
+            "delete",
+            "pod",
+            "-n",
+            "gone",
+            "c",
+            "--wait=true",
+            "--timeout=60s",
+        ],
+    );
+    eventually(Duration::from_secs(30), "gone/c's sandbox removed", || {
+        (!records(&lab).iter().any(|r| r.key() == "gone/c")).then_some(())
+    });
+    let d = "apiVersion: v1\nkind: Pod\nmetadata: {name: d, namespace: gone, labels: {app: d}}\nspec:\n  nodeName: n2\n  containers: [{name: c, image: lab, ports: [{containerPort: 80}]}]\n";
+    let f = crate::lab::write(tmp.path(), "d.yaml", d);
+    kubectl(&bins, &kc, &["apply", "-f", f.to_str().unwrap()]);
+    kubectl(
+        &bins,
+        &kc,
+        &[
+            "wait",
+            "-n",
+            "gone",
+            "pod/d",
+            "--for=condition=Ready",
+            "--timeout=60s",
+        ],
+    );
+    assert_eq!(
+        chain_of(&lab, "gone/d"),
+        ["ptp"],
+        "no Palisade in a new pod's chain"
+    );
     // Pods keep their connectivity, with no policy: every pair connects, also the
     // pairs that were denied.
     let after = probe_tcp80(&lab);
-    assert_eq!(after.len(), before.len(), "{after:?}");
+    assert_eq!(after.len(), 6, "a, b and d: {after:?}");
     for (from, to, v) in &after {
         assert_eq!(v, "allow", "{from} -> {to} after uninstall: {after:?}");
     }
