@@ -552,6 +552,15 @@ pub enum BenchCommand {
     },
     /// A policy written to the API server -> in force on every node, on real packets,
     /// in a Kubernetes lab of its own (p50, p99), under a background load.
+    #[command(
+        after_help = "Background pods beyond --real-pods-per-node x --nodes are API-only: bound to
+                      registered Nodes without a kubelet (kept Ready, cordoned), their addresses
+                      written through the status subresource; every agent holds and compiles them
+                      as remote pods, no packet reaches them.
+
+                      Example:
+  palisade bench kube-enforcement --pods 1000 --policies 1000 --trials 100"
+    )]
     KubeEnforcement {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Output::Table)]
@@ -559,15 +568,44 @@ pub enum BenchCommand {
         /// Nodes.
         #[arg(long, default_value_t = 2)]
         nodes: usize,
-        /// Background pods (one Deployment).
-        #[arg(long, default_value_t = 1000)]
-        pods: usize,
-        /// Background NetworkPolicies selecting them.
-        #[arg(long, default_value_t = 1000)]
-        policies: usize,
+        #[command(flatten)]
+        load: KubeLoadArgs,
         /// Trials.
         #[arg(long, default_value_t = 100)]
         trials: usize,
+        /// Directory with the palisade-cni binary (default: beside this binary).
+        #[arg(long)]
+        cni_bin: Option<PathBuf>,
+    },
+    /// A Deployment scaled up under an egress policy: datagrams of the new replicas
+    /// that reached the denied peer (from each one's first), and pod creation -> Ready
+    /// (p50, p99), in a Kubernetes lab of its own, under a background load.
+    #[command(
+        after_help = "Each replica sends to the denied peer every millisecond from the instant its
+                      CNI ADD returns; creation and Ready are the local receive times of a watch's
+                      events (creationTimestamp has 1 s granularity).
+
+                      Example:
+  palisade bench kube-scaleup --from 1 --to 10 --rounds 12"
+    )]
+    KubeScaleup {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// Nodes.
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        #[command(flatten)]
+        load: KubeLoadArgs,
+        /// Replicas before each scale-up.
+        #[arg(long, default_value_t = 1)]
+        from: usize,
+        /// Replicas after it.
+        #[arg(long, default_value_t = 10)]
+        to: usize,
+        /// Scale-ups (each followed by a scale-down to --from).
+        #[arg(long, default_value_t = 12)]
+        rounds: usize,
         /// Directory with the palisade-cni binary (default: beside this binary).
         #[arg(long)]
         cni_bin: Option<PathBuf>,
@@ -587,6 +625,33 @@ pub enum BenchCommand {
         #[arg(long)]
         cni_bin: Option<PathBuf>,
     },
+}
+
+/// The background load of the Kubernetes benchmarks.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KubeLoadArgs {
+    /// Background pods in all (real up to --real-pods-per-node per node, the rest
+    /// API-only).
+    #[arg(long, default_value_t = 1000)]
+    pub pods: usize,
+    /// Background NetworkPolicies selecting them.
+    #[arg(long, default_value_t = 1000)]
+    pub policies: usize,
+    /// The most real background pods per lab node (the lab kubelet's maxPods is 110;
+    /// the benchmark's own pods need room too).
+    #[arg(long, default_value_t = 90)]
+    pub real_pods_per_node: usize,
+}
+
+impl KubeLoadArgs {
+    /// The load these flags ask for.
+    pub fn spec(&self) -> crate::bench_kube_load::LoadSpec {
+        crate::bench_kube_load::LoadSpec {
+            pods: self.pods,
+            policies: self.policies,
+            real_per_node: self.real_pods_per_node,
+        }
+    }
 }
 
 /// How to reach the API server.

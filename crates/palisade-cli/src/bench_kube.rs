@@ -2,8 +2,10 @@
 //! every node, measured on real packets in the Kubernetes lab.
 //!
 //! The lab runs the real control plane, kube-proxy, the lab kubelets and one agent per
-//! node. A background load (a Deployment of `pods` replicas and `policies`
-//! NetworkPolicies selecting them) is applied first. Then two receivers (one per node)
+//! node. A background load of `pods` pods and `policies` NetworkPolicies selecting
+//! them is brought up first ([`crate::bench_kube_load`]: as many real pods as the lab
+//! nodes hold, the rest API-only pods on registered Nodes without a kubelet, which
+//! every agent holds and compiles as remote pods). Then two receivers (one per node)
 //! each get datagrams every millisecond from a sender on the other node. A trial
 //! creates (kube-rs, timed from the API server's acknowledgement) a NetworkPolicy that
 //! denies both receivers all ingress, which each receiver's node must enforce; the
@@ -12,40 +14,55 @@
 //! 1 ms apart that stays silent for that long is stopped, not late). Then the policy is
 //! deleted, timed the same way until the first datagram arrives again on both.
 //! Latency per trial is the slower node.
+//!
+//! Where the time goes: a watch of the benchmark's own on the receivers' namespace
+//! records when the API server's event for each create reaches a watcher (as it
+//! reaches the agents), and after each trial every agent reports its last pass's
+//! stages (read the source, compile, attach, write the maps).
 
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
+use futures::StreamExt;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::watcher;
 use serde::Serialize;
 
+use crate::arrival_tail::ArrivalTail;
 use crate::bench_enforcement::Latency;
-use crate::kube_lab;
+use crate::bench_kube_load::{self, Load, LoadSpec};
 
 /// No datagram for this long (senders send every millisecond) means the deny holds.
 const QUIET: Duration = Duration::from_millis(300);
 /// The longest a trial may take.
 const TRIAL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the receivers' logs are read while a trial waits.
+const POLL: Duration = Duration::from_millis(5);
 /// The receivers' namespace.
 const NS: &str = "bench";
+/// The trial policy's name.
+const TRIAL_POLICY: &str = "trial-deny";
 
 /// The result.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     /// Nodes.
     pub nodes: usize,
-    /// Background NetworkPolicies.
-    pub policies: usize,
-    /// Pods running (background and trial pods).
-    pub pods: usize,
-    /// Seconds to bring up the load.
-    pub load_secs: f64,
+    /// The background load (real and API-only pods, policies).
+    pub load: Load,
+    /// The benchmark's own pods (receivers and senders, all real).
+    pub bench_pods: usize,
     /// Create (deny) → in force on every node.
     pub deny: Latency,
     /// Delete → allowed again on every node.
     pub allow: Latency,
+    /// Create acknowledged → its watch event at the benchmark's own watcher.
+    pub watch: Latency,
+    /// Mean seconds per stage of each agent's last pass after a deny trial.
+    pub agent_pass_stages: BTreeMap<String, f64>,
 }
 
 fn now_ms() -> u128 {
@@ -53,38 +70,6 @@ fn now_ms() -> u128 {
         .duration_since(UNIX_EPOCH)
         .expect("clock")
         .as_millis()
-}
-
-/// Takes the lab down however the benchmark ends.
-struct Down(String);
-
-impl Drop for Down {
-    fn drop(&mut self) {
-        if let Err(e) = kube_lab::down(&self.0) {
-            eprintln!("bench: lab down {}: {e:#}", self.0);
-        }
-    }
-}
-
-fn load_manifest(pods: usize, policies: usize) -> String {
-    let mut s = format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: load}}\n---\n\
-         apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: load, namespace: load}}\n\
-         spec:\n  replicas: {pods}\n  selector: {{matchLabels: {{app: load}}}}\n\
-         \x20 template:\n    metadata: {{labels: {{app: load}}}}\n\
-         \x20   spec: {{containers: [{{name: c, image: lab}}]}}\n"
-    );
-    for k in 0..policies {
-        s += &format!(
-            "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
-             metadata: {{name: load-{k}, namespace: load}}\n\
-             spec:\n  podSelector: {{matchLabels: {{app: load}}}}\n  policyTypes: [Ingress]\n\
-             \x20 ingress:\n  - from: [{{podSelector: {{matchLabels: {{app: load}}}}}}]\n\
-             \x20   ports: [{{protocol: TCP, port: {}}}]\n",
-            10_000 + k
-        );
-    }
-    s
 }
 
 fn receivers_manifest(nodes: &[String]) -> String {
@@ -112,154 +97,127 @@ fn senders_manifest(nodes: &[String], targets: &[String]) -> String {
     s
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> anyhow::Result<PathBuf> {
-    let p = dir.join(name);
-    std::fs::write(&p, text).with_context(|| format!("{}", p.display()))?;
-    Ok(p)
+/// The receivers' logs, each with the newest arrival read so far.
+struct Receivers {
+    tails: Vec<ArrivalTail>,
+    last: Vec<u128>,
 }
 
-/// Each receiver's log file, by pod key.
-fn receiver_logs(lab: &kube_lab::KubeLab, keys: &[String]) -> anyhow::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for key in keys {
-        let mut found = None;
-        for node in &lab.nodes {
-            let Ok(state) = palisade_kubelet::records::StateDir::open(&node.dir.join("kubelet"))
-            else {
-                continue;
-            };
-            for rec in state.load_all()?.into_iter().flatten() {
-                if rec.key() == *key {
-                    found = Some(state.pod_log(&rec));
-                }
-            }
-        }
-        out.push(found.with_context(|| format!("no kubelet runs {key}"))?);
+impl Receivers {
+    /// Reads what arrived since the last call; returns, per receiver, the earliest
+    /// arrival after `t0` among the new ones.
+    fn poll(&mut self, t0: u128) -> Vec<Option<u128>> {
+        self.tails
+            .iter_mut()
+            .zip(self.last.iter_mut())
+            .map(|(tail, last)| {
+                let new = tail.read_new();
+                *last = new.iter().map(|a| a.unix_ms).fold(*last, u128::max);
+                new.iter().map(|a| a.unix_ms).filter(|&t| t > t0).min()
+            })
+            .collect()
     }
-    Ok(out)
-}
-
-/// The newest arrival time in each log (0 if none).
-fn last_arrivals(logs: &[PathBuf]) -> Vec<u128> {
-    logs.iter()
-        .map(|l| {
-            palisade_lab::sender::arrivals(l)
-                .iter()
-                .map(|a| a.unix_ms)
-                .max()
-                .unwrap_or(0)
-        })
-        .collect()
-}
-
-/// First arrival after `t0` in each log, if any.
-fn first_after(logs: &[PathBuf], t0: u128) -> Vec<Option<u128>> {
-    logs.iter()
-        .map(|l| {
-            palisade_lab::sender::arrivals(l)
-                .iter()
-                .map(|a| a.unix_ms)
-                .filter(|&t| t > t0)
-                .min()
-        })
-        .collect()
-}
-
-async fn client(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-    Ok(kube::Client::try_from(config)?)
 }
 
 fn deny_receivers() -> anyhow::Result<NetworkPolicy> {
     Ok(serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "trial-deny"},
+        "metadata": {"name": TRIAL_POLICY},
         "spec": {"podSelector": {"matchLabels": {"role": "receiver"}}, "policyTypes": ["Ingress"]},
     }))?)
+}
+
+/// When each Apply of the trial policy reached a watcher of the benchmark's own
+/// (local milliseconds), from the time the watch has listed.
+type Seen = Arc<Mutex<Vec<u128>>>;
+
+/// Starts the benchmark's watch of the trial policy; returns once it has listed.
+fn watch_trial_policy(rt: &tokio::runtime::Runtime, api: Api<NetworkPolicy>) -> Seen {
+    let seen: Seen = Arc::default();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = seen.clone();
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={TRIAL_POLICY}"));
+    rt.spawn(async move {
+        let stream = watcher(api, cfg);
+        futures::pin_mut!(stream);
+        let mut tx = Some(tx);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(watcher::Event::InitDone) => {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(watcher::Event::Apply(_)) => out.lock().expect("not poisoned").push(now_ms()),
+                Ok(_) => {}
+                Err(e) => eprintln!("bench: watching {TRIAL_POLICY}: {e}"),
+            }
+        }
+    });
+    let _ = rx.recv_timeout(Duration::from_secs(30));
+    seen
 }
 
 /// Runs the benchmark on a lab of its own (taken down at the end).
 pub fn run(
     nodes: usize,
-    pods: usize,
-    policies: usize,
+    spec: &LoadSpec,
     trials: usize,
-    cni_bin: Option<PathBuf>,
+    cni_bin: Option<std::path::PathBuf>,
 ) -> anyhow::Result<Report> {
-    let name = format!("kb{}", std::process::id() % 100_000);
-    eprintln!("bench: lab {name} up with {nodes} nodes");
-    let lab = kube_lab::up(&name, nodes, cni_bin)?;
-    let _down = Down(name.clone());
-    let dir = crate::lab::state_dir(&name).join("bench");
-    std::fs::create_dir_all(&dir)?;
-    let node_names: Vec<String> = lab.nodes.iter().map(|n| n.net.name.clone()).collect();
-
-    eprintln!("bench: {pods} pods and {policies} NetworkPolicies of background load");
-    let t = Instant::now();
-    kube_lab::apply(
-        &name,
-        &[write(&dir, "load.yaml", &load_manifest(pods, policies))?],
-    )?;
-    let load_secs = t.elapsed().as_secs_f64();
-
-    kube_lab::apply(
-        &name,
-        &[write(&dir, "rcv.yaml", &receivers_manifest(&node_names))?],
-    )?;
-    let cp = lab.control_plane()?;
-    let all = kube_lab::cluster_pods(&cp)?;
-    let keys: Vec<String> = (0..node_names.len())
+    if trials == 0 {
+        bail!("--trials must be at least 1");
+    }
+    let bench = bench_kube_load::start(nodes, cni_bin, spec)?;
+    bench.apply("rcv.yaml", &receivers_manifest(&bench.nodes))?;
+    let keys: Vec<String> = (0..bench.nodes.len())
         .map(|i| format!("{NS}/rcv-{i}"))
         .collect();
-    let targets: Vec<String> = keys
-        .iter()
-        .map(|k| {
-            all.iter()
-                .find(|p| &p.key == k)
-                .and_then(|p| p.ips.first())
-                .map(|ip| ip.to_string())
-                .with_context(|| format!("{k} has no address"))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    kube_lab::apply(
-        &name,
-        &[write(
-            &dir,
-            "snd.yaml",
-            &senders_manifest(&node_names, &targets),
-        )?],
-    )?;
-    let logs = receiver_logs(&lab, &keys)?;
-    let running = kube_lab::cluster_pods(&cp)?.len();
+    let targets = bench.pod_ips(&keys)?;
+    bench.apply("snd.yaml", &senders_manifest(&bench.nodes, &targets))?;
+    let mut rx = Receivers {
+        tails: bench
+            .pod_logs(&keys)?
+            .into_iter()
+            .map(ArrivalTail::new)
+            .collect(),
+        last: vec![0; keys.len()],
+    };
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let client = rt.block_on(client(&lab.kubeconfig_path()))?;
-    let api: Api<NetworkPolicy> = Api::namespaced(client, NS);
+    let api: Api<NetworkPolicy> = Api::namespaced(bench.client.clone(), NS);
+    let seen = watch_trial_policy(&bench.rt, api.clone());
     let policy = deny_receivers()?;
-    let mut deny = Vec::new();
-    let mut allow = Vec::new();
+    let (mut deny, mut allow, mut watch) = (Vec::new(), Vec::new(), Vec::new());
+    let mut stages: BTreeMap<String, f64> = BTreeMap::new();
+    let mut passes = 0usize;
     for k in 0..trials {
         // Both senders reach their receivers before each trial.
         let t0 = now_ms();
         let start = Instant::now();
-        while first_after(&logs, t0).iter().any(Option::is_none) {
+        let mut reached = vec![false; keys.len()];
+        while reached.iter().any(|r| !r) {
+            for (r, first) in reached.iter_mut().zip(rx.poll(t0)) {
+                *r |= first.is_some();
+            }
             if start.elapsed() > TRIAL_TIMEOUT {
                 bail!("trial {k}: the senders do not reach their receivers");
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(POLL);
         }
-        rt.block_on(api.create(&PostParams::default(), &policy))?;
+        let sent = now_ms();
+        bench
+            .rt
+            .block_on(api.create(&PostParams::default(), &policy))?;
         let acked = now_ms();
         let start = Instant::now();
         loop {
-            let last = last_arrivals(&logs);
-            let quiet = last
+            rx.poll(acked);
+            let quiet = rx
+                .last
                 .iter()
                 .all(|&t| now_ms().saturating_sub(t.max(acked)) >= QUIET.as_millis());
             if quiet {
-                let worst = last
+                let worst = rx
+                    .last
                     .iter()
                     .map(|&t| t.saturating_sub(acked))
                     .max()
@@ -273,13 +231,40 @@ pub fn run(
                     TRIAL_TIMEOUT.as_secs()
                 );
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(POLL);
         }
-        rt.block_on(api.delete("trial-deny", &DeleteParams::default()))?;
+        if let Some(&t) = seen
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .find(|&&t| t >= sent)
+        {
+            watch.push(Duration::from_millis(t.saturating_sub(acked) as u64));
+        }
+        for node in &bench.lab.nodes {
+            if let Ok(s) = crate::inspect::call(&node.socket, &palisade_agent::api::Status) {
+                let st = &s.data.last_pass_stages;
+                for (name, v) in [
+                    ("load", st.load),
+                    ("compile", st.compile),
+                    ("attach", st.attach),
+                    ("sync", st.sync),
+                ] {
+                    *stages.entry(name.to_string()).or_default() += v;
+                }
+                passes += 1;
+            }
+        }
+        bench
+            .rt
+            .block_on(api.delete(TRIAL_POLICY, &DeleteParams::default()))?;
         let acked = now_ms();
         let start = Instant::now();
+        let mut first: Vec<Option<u128>> = vec![None; keys.len()];
         loop {
-            let first = first_after(&logs, acked);
+            for (f, new) in first.iter_mut().zip(rx.poll(acked)) {
+                *f = f.or(new);
+            }
             if first.iter().all(Option::is_some) {
                 let worst = first
                     .iter()
@@ -296,19 +281,26 @@ pub fn run(
                     TRIAL_TIMEOUT.as_secs()
                 );
             }
-            std::thread::sleep(Duration::from_millis(2));
+            std::thread::sleep(POLL);
         }
         if (k + 1) % 10 == 0 {
             eprintln!("bench: {} trials", k + 1);
         }
     }
+    for v in stages.values_mut() {
+        *v /= passes.max(1) as f64;
+    }
+    if watch.is_empty() {
+        bail!("the benchmark's watch saw none of the trial policy's creations");
+    }
     Ok(Report {
         nodes,
-        policies,
-        pods: running,
-        load_secs,
+        load: bench.load.clone(),
+        bench_pods: 2 * keys.len(),
         deny: Latency::of(deny),
         allow: Latency::of(allow),
+        watch: Latency::of(watch),
+        agent_pass_stages: stages,
     })
 }
 
@@ -316,25 +308,38 @@ pub fn run(
 pub fn render(r: &Report) -> String {
     let row = |what: &str, l: &Latency| {
         format!(
-            "{what:<40} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>6}\n",
+            "{what:<44} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>6}\n",
             l.p50_ms, l.p99_ms, l.min_ms, l.max_ms, l.trials
         )
     };
     let mut s = format!(
-        "Kubernetes lab: {} nodes, {} pods, {} background NetworkPolicies (load up in {:.0} s)\n\
+        "Kubernetes lab: {} nodes; {}; {} benchmark pods (real)\n\
          in force = on real packets, the slower node; from the API server's acknowledgement\n\n\
-         {:<40} {:>8} {:>8} {:>8} {:>8} {:>6}\n",
-        r.nodes, r.pods, r.policies, r.load_secs, "ms", "p50", "p99", "min", "max", "trials"
+         {:<44} {:>8} {:>8} {:>8} {:>8} {:>6}\n",
+        r.nodes,
+        r.load.describe(),
+        r.bench_pods,
+        "ms",
+        "p50",
+        "p99",
+        "min",
+        "max",
+        "trials"
     );
     s += &row("policy created -> denied on every node", &r.deny);
     s += &row("policy deleted -> allowed on every node", &r.allow);
+    s += &row("policy created -> event at a watcher", &r.watch);
+    s += "\nagents' last pass after a deny trial, mean ms per stage:";
+    for (k, v) in &r.agent_pass_stages {
+        s += &format!(" {k} {:.2}", v * 1000.0);
+    }
     let goal = if r.deny.p99_ms <= 100.0 {
         "met"
     } else {
         "MISSED"
     };
     s += &format!(
-        "\ngoal p99 <= 100 ms for the policy path: {goal} ({:.1} ms)\n",
+        "\n\ngoal p99 <= 100 ms for the policy path: {goal} ({:.1} ms)\n",
         r.deny.p99_ms
     );
     s

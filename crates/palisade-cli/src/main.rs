@@ -1,8 +1,11 @@
 //! The `palisade` binary: parses flags, sets up logging, runs a command, prints errors.
 
 mod args;
+mod arrival_tail;
 mod bench_enforcement;
 mod bench_kube;
+mod bench_kube_load;
+mod bench_kube_scaleup;
 mod ebpf;
 mod explain;
 mod inputs;
@@ -399,15 +402,31 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             BenchCommand::KubeEnforcement {
                 output,
                 nodes,
-                pods,
-                policies,
+                load,
                 trials,
                 cni_bin,
             } => {
-                let r = bench_kube::run(nodes, pods, policies, trials, cni_bin)?;
+                let r = bench_kube::run(nodes, &load.spec(), trials, cni_bin)?;
                 match output {
                     Output::Json => println!("{}", serde_json::to_string(&r)?),
                     Output::Table => print!("{}", bench_kube::render(&r)),
+                }
+                Ok(0)
+            }
+            BenchCommand::KubeScaleup {
+                output,
+                nodes,
+                load,
+                from,
+                to,
+                rounds,
+                cni_bin,
+            } => {
+                let opts = bench_kube_scaleup::Options { from, to, rounds };
+                let r = bench_kube_scaleup::run(nodes, &load.spec(), &opts, cni_bin)?;
+                match output {
+                    Output::Json => println!("{}", serde_json::to_string(&r)?),
+                    Output::Table => print!("{}", bench_kube_scaleup::render(&r)),
                 }
                 Ok(0)
             }
