@@ -74,11 +74,12 @@ impl Load {
     /// One line for a report's heading.
     pub fn describe(&self) -> String {
         format!(
-            "{} background pods ({} real, {} API-only on {} Nodes without a kubelet), {} background NetworkPolicies (load up in {:.0} s)",
+            "{} background pods ({} real, {} API-only on {} Node{} without a kubelet), {} background NetworkPolicies (load up in {:.0} s)",
             self.real_pods + self.api_only_pods,
             self.real_pods,
             self.api_only_pods,
             self.api_only_nodes,
+            if self.api_only_nodes == 1 { "" } else { "s" },
             self.policies,
             self.secs
         )
