@@ -233,6 +233,7 @@ impl Store {
         snap.warnings.clear();
         snap.versions.clear();
         snap.rejected.clear();
+        snap.rejected_refs.clear();
         for kind in [
             WatchedKind::NetworkPolicy,
             WatchedKind::ClusterNetworkPolicy,

@@ -17,6 +17,7 @@ pub mod decision_log;
 pub mod decisions;
 pub mod enforcer;
 pub mod inspect;
+pub mod kube_events;
 pub mod kube_source;
 pub mod listener;
 pub mod metrics;

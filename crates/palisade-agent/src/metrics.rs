@@ -33,6 +33,12 @@ struct KindLabels {
     kind: String,
 }
 
+/// Label of the Kubernetes Event writes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
 /// Label naming a pod.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PodLabels {
@@ -82,6 +88,7 @@ pub struct Metrics {
     watch_errors: Family<KindLabels, Counter>,
     watch_relists: Family<KindLabels, Counter>,
     watch_up: Family<KindLabels, Gauge>,
+    kube_events: crate::kube_events::EventCounters,
     /// Last absolute value of each watch counter, by metric and kind.
     last_watch: BTreeMap<(&'static str, String), u64>,
 }
@@ -239,6 +246,40 @@ impl Metrics {
             "1 when the kind is listed and its watch is not failing, else 0",
             watch_up.clone(),
         );
+        let kube_events = Family::<ResultLabels, Counter>::default();
+        // Handles onto the series, one statement each (see the decision log's above).
+        let written = kube_events
+            .get_or_create(&ResultLabels {
+                result: "written".into(),
+            })
+            .clone();
+        let exists = kube_events
+            .get_or_create(&ResultLabels {
+                result: "exists".into(),
+            })
+            .clone();
+        let failed = kube_events
+            .get_or_create(&ResultLabels {
+                result: "failed".into(),
+            })
+            .clone();
+        registry.register(
+            "kube_events",
+            "Kubernetes Events on rejected objects: written, exists (409: written by another node or before a restart), failed (logged once a minute)",
+            kube_events,
+        );
+        let pending = Gauge::default();
+        registry.register(
+            "kube_events_pending",
+            "Kubernetes Events due from this node and not written yet (rate limit or backoff)",
+            pending.clone(),
+        );
+        let kube_events = crate::kube_events::EventCounters {
+            written,
+            exists,
+            failed,
+            pending,
+        };
         Self {
             registry,
             passes,
@@ -265,7 +306,14 @@ impl Metrics {
             watch_relists,
             watch_up,
             last_watch: BTreeMap::new(),
+            kube_events,
         }
+    }
+
+    /// Handles onto the Kubernetes Event writer's counters
+    /// (for [`crate::kube_events::EventWriter`]).
+    pub fn kube_event_counters(&self) -> crate::kube_events::EventCounters {
+        self.kube_events.clone()
     }
 
     /// Reports the API socket's connections too.

@@ -48,6 +48,8 @@ pub const FIELD_MANAGER: &str = "palisade-agent";
 pub(crate) struct Versions {
     in_force: Option<PolicyInForce>,
     errors: Vec<ObjectError>,
+    /// With `errors`: the rejected object's uid and apiVersion.
+    rejected_ref: Option<crate::source::RejectedRef>,
 }
 
 fn policy_ref(kind: WatchedKind, v: &Value) -> Option<PolicyRef> {
@@ -96,6 +98,7 @@ impl Versions {
                 generation,
             }),
             errors: Vec::new(),
+            rejected_ref: None,
         }
     }
 
@@ -118,6 +121,10 @@ impl Versions {
             .unwrap_or_else(|| meta(v, "resourceVersion"));
         Versions {
             in_force: previous.and_then(|p| p.in_force),
+            rejected_ref: Some(crate::source::RejectedRef {
+                uid: meta(v, "uid"),
+                api_version: v["apiVersion"].as_str().unwrap_or_default().to_string(),
+            }),
             errors: errors
                 .iter()
                 .map(|e| ObjectError {
@@ -136,6 +143,9 @@ impl Versions {
     pub(crate) fn add_to(&self, snap: &mut Snapshot) {
         snap.versions.extend(self.in_force.iter().cloned());
         snap.rejected.extend(self.errors.iter().cloned());
+        if let (Some(r), Some(e)) = (&self.rejected_ref, self.errors.first()) {
+            snap.rejected_refs.insert(e.object.key(), r.clone());
+        }
     }
 }
 

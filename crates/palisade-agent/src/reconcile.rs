@@ -235,6 +235,8 @@ pub struct Reconciler {
     rv_in_force: BTreeMap<String, u64>,
     /// Publishes the node's `NodePolicyStatus` after every pass (`--publish-status`).
     publisher: Option<crate::publish::Publisher>,
+    /// Writes Events on the objects rejected, after every pass.
+    events: Option<crate::kube_events::EventWriter>,
 }
 
 impl Reconciler {
@@ -257,6 +259,7 @@ impl Reconciler {
             registration_ttl: DEFAULT_REGISTRATION_TTL,
             retired: BTreeMap::new(),
             publisher: None,
+            events: None,
             rv_in_force: BTreeMap::new(),
         }
     }
@@ -270,6 +273,9 @@ impl Reconciler {
         let report = self.reconcile_pass(reload, full);
         if let Some(p) = &self.publisher {
             p.offer(crate::publish::report(p.node(), self));
+        }
+        if let Some(e) = &self.events {
+            e.offer(&self.snapshot);
         }
         report
     }
@@ -470,6 +476,12 @@ impl Reconciler {
     /// Publishes what this node enforces after every pass.
     pub fn with_publisher(mut self, publisher: Option<crate::publish::Publisher>) -> Self {
         self.publisher = publisher;
+        self
+    }
+
+    /// Writes Kubernetes Events on the objects rejected, after every pass.
+    pub fn with_events(mut self, events: Option<crate::kube_events::EventWriter>) -> Self {
+        self.events = events;
         self
     }
 

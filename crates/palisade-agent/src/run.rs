@@ -113,6 +113,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     enforcer.set_revoke_established(config.revoke_established)?;
     let registry = Registry::open(config.state_dir.join("endpoints.json"))?;
     let mut publisher = None;
+    let mut kube_events = None;
+    let mut metrics = Metrics::new();
     let source: Box<dyn crate::source::Source> = match &config.source {
         SourceConfig::Directory(dir) => Box::new(DirectorySource::new(dir)),
         SourceConfig::Kubernetes {
@@ -122,6 +124,15 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             let client = kube_client(kubeconfig.as_deref(), context.as_deref()).await?;
             tracing::info!("following the Kubernetes API server");
             publisher = crate::publish::for_config(&config, &client)?;
+            // Events on rejected objects need the node's name (reportingInstance, and
+            // which nodes write: see kube_events).
+            kube_events = config.node_name.as_ref().map(|node| {
+                crate::kube_events::EventWriter::start(
+                    client.clone(),
+                    node.clone(),
+                    metrics.kube_event_counters(),
+                )
+            });
             // Direct reads (CNI ADD of a pod not watched yet) get their own pool.
             let reads = kube_client(kubeconfig.as_deref(), context.as_deref()).await?;
             Box::new(crate::kube_source::KubeSource::start(client).with_reads(reads))
@@ -131,7 +142,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         .with_generation_file(config.state_dir.join("generation"))
         .with_registration_ttl(config.registration_ttl)
         .with_local_node(config.node_name.clone())
-        .with_publisher(publisher);
+        .with_publisher(publisher)
+        .with_events(kube_events);
 
     raise_fd_limit(config.api.max_connections);
     let (tx, _) = broadcast::channel(4096);
@@ -143,7 +155,6 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         api: config.api,
         connections: connections.clone(),
     };
-    let mut metrics = Metrics::new();
     metrics.watch_connections(connections);
     let log = match &config.decision_log {
         Some(p) => Some(DecisionLog::open(

@@ -28,6 +28,18 @@ pub struct Snapshot {
     /// Each problem of each rejected policy object, with its resourceVersion (the
     /// Kubernetes source).
     pub rejected: Vec<palisade_crds::ObjectError>,
+    /// The uid and apiVersion of each rejected policy object, by
+    /// [`palisade_crds::PolicyRef::key`]: what an Event's `regarding` names.
+    pub rejected_refs: BTreeMap<String, RejectedRef>,
+}
+
+/// What identifies a rejected API object beyond its kind, namespace and name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RejectedRef {
+    /// `metadata.uid`.
+    pub uid: String,
+    /// `apiVersion` as the API server returned it.
+    pub api_version: String,
 }
 
 /// Why a source gave no snapshot at all. A rejected object is not one of these: it is

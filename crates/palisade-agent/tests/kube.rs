@@ -619,3 +619,371 @@ fn a_registration_for_a_pod_the_watch_has_not_delivered_gets_its_policy_in_force
     proxy.paused.store(false, Ordering::SeqCst);
     drop(rt);
 }
+
+/// The chart rendered (`deploy/manifests/palisade.yaml`, equal to `helm template`: a
+/// palisade-deploy test checks it): its CRDs, Namespace, ServiceAccounts and the
+/// agent's RBAC, so the agents below run with exactly what the chart grants.
+fn chart_agent_objects() -> String {
+    const CHART: &str = include_str!("../../../deploy/manifests/palisade.yaml");
+    const SOURCES: &[&str] = &[
+        "crds/",
+        "templates/namespace.yaml",
+        "templates/serviceaccounts.yaml",
+        "templates/rbac-agent.yaml",
+    ];
+    CHART
+        .split("\n---\n")
+        .filter(|doc| {
+            SOURCES
+                .iter()
+                .any(|s| doc.contains(&format!("# Source: palisade/{s}")))
+        })
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
+
+/// A bpffs pin root of this test's own, removed with everything under it on drop.
+struct PinRoot(std::path::PathBuf);
+
+impl Drop for PinRoot {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = palisade_datapath::unpin_all_at(&self.0);
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+const NODES: &str = r#"{"apiVersion":"v1","kind":"List","items":[
+ {"apiVersion":"v1","kind":"Node","metadata":{"name":"ev-n1"}},
+ {"apiVersion":"v1","kind":"Node","metadata":{"name":"ev-n2"}},
+ {"apiVersion":"v1","kind":"Namespace","metadata":{"name":"team-a"}}]}"#;
+
+/// Accepted by the API server (the v0.1.1 AdminNetworkPolicy CRD has no rule against
+/// it) and rejected by Palisade's decoder: a port range whose start is above its end.
+fn bad_range(start: u16) -> String {
+    format!(
+        r#"{{"apiVersion":"policy.networking.k8s.io/v1alpha1","kind":"AdminNetworkPolicy",
+ "metadata":{{"name":"bad-range"}},
+ "spec":{{"priority":20,"subject":{{"namespaces":{{}}}},
+   "ingress":[{{"name":"x","action":"Deny","from":[{{"namespaces":{{"namespaceSelector":{{}}}}}}],
+               "ports":[{{"portRange":{{"protocol":"TCP","start":{start},"end":80}}}}]}}]}}}}"#
+    )
+}
+
+fn json(cp: &ControlPlane, args: &[&str]) -> serde_json::Value {
+    let mut a = vec!["get"];
+    a.extend_from_slice(args);
+    a.extend_from_slice(&["-o", "json"]);
+    let out = cp
+        .kubectl(cp.admin(), &a, None)
+        .unwrap_or_else(|e| panic!("kubectl {a:?}: {e}"));
+    serde_json::from_str(&out).unwrap()
+}
+
+/// The PolicyRejected Events on `name`, as admin lists them.
+fn rejected_events(cp: &ControlPlane, name: &str) -> Vec<serde_json::Value> {
+    json(cp, &["events.events.k8s.io", "-A"])["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["reason"] == "PolicyRejected" && e["regarding"]["name"] == name)
+        .cloned()
+        .collect()
+}
+
+/// `palisade_kube_events_total{result="..."}` of one agent.
+fn event_count(socket: &std::path::Path, result: &str) -> u64 {
+    let m = palisade_agent::api::call(
+        socket,
+        &palisade_agent::api::Metrics,
+        Duration::from_secs(5),
+    )
+    .expect("metrics");
+    let series = format!("palisade_kube_events_total{{result=\"{result}\"}} ");
+    m.data
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{series} not in the metrics:\n{}", m.data))
+}
+
+/// Issue 9: "Bad objects from the API: one invalid policy is rejected alone, with a
+/// Kubernetes Event on that object naming the field; everything else stays enforced."
+/// Two real agents (BPF, node-scoped) with the chart's identity and RBAC: one Event per
+/// rejected version cluster-wide (not one per node, per relist or per resync; a status
+/// or label write is no new version), the field in its note, and the good policy in
+/// force on both nodes.
+#[test]
+fn a_rejected_policy_gets_one_event_naming_the_field_and_the_good_one_stays_in_force() {
+    use palisade_testkit::Need;
+    let mut missing: Vec<String> = Binaries::locate()
+        .err()
+        .map(|e| e.to_string())
+        .into_iter()
+        .collect();
+    missing.extend(palisade_testkit::missing(
+        &[Need::Root, Need::Bpffs],
+        Context::current(),
+    ));
+    let cp = match decide("kube events", &missing, Context::current()) {
+        Decision::Run => ControlPlane::start().expect("control plane starts"),
+        Decision::Skip(msg) => return eprintln!("{msg}"),
+        Decision::Fail(msg) => panic!("{msg}"),
+    };
+    palisade_kube_lab::crds::install(&cp).expect("network-policy-api CRDs");
+    cp.kubectl(
+        cp.admin(),
+        &["apply", "-f", "-"],
+        Some(&chart_agent_objects()),
+    )
+    .expect("the chart's CRDs, namespace, service accounts and agent RBAC");
+    cp.kubectl(
+        cp.admin(),
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/nodepolicystatuses.palisade.io",
+        ],
+        None,
+    )
+    .expect("NodePolicyStatus established");
+    cp.kubectl(cp.admin(), &["apply", "-f", "-"], Some(NODES))
+        .expect("nodes");
+
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = ["ev-n1", "ev-n2"];
+    let pins: Vec<PinRoot> = nodes
+        .iter()
+        .map(|n| {
+            PinRoot(
+                format!(
+                    "/sys/fs/bpf/palisade-test-events-{}-{n}",
+                    std::process::id()
+                )
+                .into(),
+            )
+        })
+        .collect();
+    let sockets: Vec<std::path::PathBuf> = nodes
+        .iter()
+        .map(|n| dir.path().join(n).join("agent.sock"))
+        .collect();
+    let agents = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for (node, pin) in nodes.iter().zip(&pins) {
+        // The DaemonSet's identity (chart: palisade-system/palisade-agent).
+        let kc = cp
+            .service_account_kubeconfig("palisade-system", "palisade-agent")
+            .expect("agent token");
+        let state = dir.path().join(node);
+        std::fs::create_dir_all(&state).unwrap();
+        let config = palisade_agent::run::AgentConfig {
+            source: palisade_agent::run::SourceConfig::Kubernetes {
+                kubeconfig: Some(kc.path().to_path_buf()),
+                context: None,
+            },
+            state_dir: state.clone(),
+            socket: state.join("agent.sock"),
+            pin_root: pin.0.clone(),
+            decision_log: None,
+            log_mode: Default::default(),
+            sample_allow: 1,
+            events: Default::default(),
+            rotation: Default::default(),
+            api: Default::default(),
+            sizes: Default::default(),
+            registration_ttl: palisade_agent::registry::DEFAULT_REGISTRATION_TTL,
+            revoke_established: true,
+            node_name: Some(node.to_string()),
+            publish_status: true,
+        };
+        agents.spawn(async move {
+            if let Err(e) = palisade_agent::run::run(config).await {
+                panic!("agent stopped: {e:#}");
+            }
+        });
+    }
+
+    // One good and one bad policy, through the API server.
+    cp.kubectl(cp.admin(), &["apply", "-f", "-"], Some(&policy(80)))
+        .expect("good policy");
+    cp.kubectl(cp.admin(), &["apply", "-f", "-"], Some(&bad_range(90)))
+        .expect("the API server accepts the bad policy");
+    let web_rv: u64 = json(&cp, &["networkpolicy", "-n", "team-a", "web"])["metadata"]
+        ["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bad = json(
+        &cp,
+        &["adminnetworkpolicies.policy.networking.k8s.io", "bad-range"],
+    );
+    let (uid, rv1) = (
+        bad["metadata"]["uid"].as_str().unwrap().to_string(),
+        bad["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let event = rt.block_on(eventually(
+        Duration::from_secs(90),
+        "a PolicyRejected Event on bad-range",
+        || rejected_events(&cp, "bad-range").into_iter().next(),
+    ));
+    assert_eq!(event["type"], "Warning", "{event}");
+    assert_eq!(event["reportingController"], "palisade.io/agent", "{event}");
+    assert!(
+        nodes.contains(&event["reportingInstance"].as_str().unwrap()),
+        "written by one of the agents: {event}"
+    );
+    assert_eq!(
+        event["metadata"]["namespace"], "default",
+        "cluster-scoped: {event}"
+    );
+    assert_eq!(event["regarding"]["kind"], "AdminNetworkPolicy");
+    assert_eq!(event["regarding"]["uid"], uid.as_str());
+    assert_eq!(event["regarding"]["resourceVersion"], rv1.as_str());
+    let note = event["note"].as_str().unwrap();
+    assert!(
+        note.starts_with("spec.ingress[0].ports[0]") && note.contains("90"),
+        "the note names the field and the error: {note}"
+    );
+
+    // The good policy is in force on both nodes, and the bad one rejected there.
+    for socket in &sockets {
+        rt.block_on(eventually(
+            Duration::from_secs(60),
+            "the good policy in force and the bad one rejected",
+            || {
+                let s = palisade_agent::api::call(
+                    socket,
+                    &palisade_agent::api::Status,
+                    Duration::from_secs(5),
+                )
+                .ok()?
+                .data;
+                let np = s.watches.iter().find(|w| w.kind == "NetworkPolicy")?;
+                (np.resource_version_in_force? >= web_rv
+                    && s.errors.iter().any(|e| e.contains("bad-range")))
+                .then_some(())
+            },
+        ));
+    }
+
+    // Not per node, per relist or per resync: a label write (a new resourceVersion,
+    // the same generation) and full resyncs of both agents write nothing new.
+    cp.kubectl(
+        cp.admin(),
+        &[
+            "label",
+            "adminnetworkpolicies.policy.networking.k8s.io",
+            "bad-range",
+            "touched=yes",
+        ],
+        None,
+    )
+    .expect("label");
+    let label_rv: u64 = json(
+        &cp,
+        &["adminnetworkpolicies.policy.networking.k8s.io", "bad-range"],
+    )["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    for socket in &sockets {
+        rt.block_on(eventually(
+            Duration::from_secs(60),
+            "the label write seen and a full resync run",
+            || {
+                let s = palisade_agent::api::call(
+                    socket,
+                    &palisade_agent::api::Status,
+                    Duration::from_secs(5),
+                )
+                .ok()?
+                .data;
+                let anp = s.watches.iter().find(|w| w.kind == "AdminNetworkPolicy")?;
+                (anp.resource_version_in_force? >= label_rv).then_some(())
+            },
+        ));
+        for _ in 0..3 {
+            palisade_agent::api::call(
+                socket,
+                &palisade_agent::api::Sync { full: true },
+                Duration::from_secs(30),
+            )
+            .expect("full resync");
+        }
+    }
+    // A new version, still invalid: one more Event (the marker that the writers have
+    // handled everything before it).
+    cp.kubectl(cp.admin(), &["apply", "-f", "-"], Some(&bad_range(95)))
+        .expect("second bad version");
+    let events = rt.block_on(eventually(
+        Duration::from_secs(60),
+        "the second version's Event",
+        || {
+            let e = rejected_events(&cp, "bad-range");
+            (e.len() >= 2).then_some(e)
+        },
+    ));
+    assert_eq!(
+        events.len(),
+        2,
+        "one Event per rejected version, not per node or resync: {events:#?}"
+    );
+    assert!(events
+        .iter()
+        .any(|e| e["note"].as_str().unwrap().contains("95")));
+    // Each agent tried each version once (both are writers with 2 nodes): 2 created
+    // in all, the other attempts answered 409; nothing failed.
+    rt.block_on(eventually(
+        Duration::from_secs(30),
+        "each agent to have tried both versions",
+        || {
+            sockets
+                .iter()
+                .all(|s| event_count(s, "written") + event_count(s, "exists") == 2)
+                .then_some(())
+        },
+    ));
+    let written: u64 = sockets.iter().map(|s| event_count(s, "written")).sum();
+    assert_eq!(written, 2);
+    for s in &sockets {
+        assert_eq!(
+            event_count(s, "failed"),
+            0,
+            "the chart's RBAC allows the create"
+        );
+    }
+    // Both nodes publish the good policy in force at its version, and the bad one
+    // rejected at its new version (NodePolicyStatus is written at most once a second).
+    for node in nodes {
+        rt.block_on(eventually(
+            Duration::from_secs(30),
+            "the node's NodePolicyStatus",
+            || {
+                let n = json(&cp, &["nodepolicystatuses.palisade.io", node])["spec"].clone();
+                let web = &n["policies"]["NetworkPolicy/team-a/web"];
+                let bad_rv = &n["errors"][0]["resourceVersion"];
+                (web["resourceVersion"] == web_rv.to_string().as_str()
+                    && n["errors"][0]["name"] == "bad-range"
+                    && bad_rv != rv1.as_str())
+                .then_some(())
+            },
+        ));
+    }
+    agents.shutdown_background();
+}

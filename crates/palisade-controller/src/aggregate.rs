@@ -173,16 +173,6 @@ pub fn policy(
     }
 }
 
-/// Whether a policy is rejected everywhere it was reported: at least one node rejected
-/// its current version and none has it in force (an Event is then due).
-pub fn rejected_everywhere(
-    current: &Current,
-    agg: &PolicyAggregate,
-    nodes: &BTreeMap<String, NodePolicyStatusSpec>,
-) -> bool {
-    !agg.errors.is_empty() && !nodes.values().any(|n| in_force_on(Some(n), current))
-}
-
 /// The readiness answer for one pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodReadiness {

@@ -7,8 +7,9 @@
 //! Kubernetes source, so selection is the evaluator's rule), aggregates them
 //! ([`aggregate`], pure) and writes the answer where users look ([`status`]):
 //! ClusterNetworkPolicy / AdminNetworkPolicy `status.conditions`, a
-//! `NetworkPolicyStatus` per NetworkPolicy, Events on policies rejected everywhere, and
-//! the `palisade.io/policy-enforced` condition of pods that declare that readiness gate.
+//! `NetworkPolicyStatus` per NetworkPolicy, and the `palisade.io/policy-enforced`
+//! condition of pods that declare that readiness gate. (Events on rejected policies are
+//! the agents': `palisade_agent::kube_events`.)
 //!
 //! It is not in the enforcement path: if it stops, nothing stops being enforced; only
 //! the answers stop being updated.

@@ -113,8 +113,6 @@ struct Memory {
     since: BTreeMap<String, (String, String)>,
     /// Per policy key: what was last written.
     written: BTreeMap<String, serde_json::Value>,
-    /// Per policy key: the resourceVersion an Event was published for.
-    evented: BTreeMap<String, String>,
 }
 
 /// Runs the controller until the process ends.
@@ -124,7 +122,7 @@ pub async fn run(client: Client, config: ControllerConfig) -> anyhow::Result<()>
     let nodes = reflect(Api::<NodePolicyStatus>::all(client.clone()), dirty.clone());
     let pods = reflect(Api::<Pod>::all(client.clone()), dirty.clone());
     let mut source = KubeSource::start(client.clone());
-    let writer = Writer::new(client.clone(), &config.lease.identity);
+    let writer = Writer::new(client.clone());
     let mut memory = Memory::default();
     loop {
         if !*leading.borrow_and_update() {
@@ -172,7 +170,6 @@ async fn pass(
     let selected = aggregate::selected_nodes(&snap.cluster);
     memory.since.retain(|k, _| current.contains_key(k));
     memory.written.retain(|k, _| current.contains_key(k));
-    memory.evented.retain(|k, _| current.contains_key(k));
     for (key, cur) in &current {
         let mut agg = aggregate::policy(cur, selected.get(key), reports);
         let since = match memory.since.get(key) {
@@ -191,20 +188,6 @@ async fn pass(
                 }
                 Err(e) => {
                     tracing::warn!(policy = %cur.policy, error = %format!("{e:#}"), "could not write the policy's status")
-                }
-            }
-        }
-        if aggregate::rejected_everywhere(cur, &agg, reports)
-            && memory.evented.get(key) != Some(&cur.resource_version)
-        {
-            match writer.rejected_event(cur, &agg).await {
-                Ok(()) => {
-                    memory
-                        .evented
-                        .insert(key.clone(), cur.resource_version.clone());
-                }
-                Err(e) => {
-                    tracing::warn!(policy = %cur.policy, error = %format!("{e:#}"), "could not publish an Event")
                 }
             }
         }

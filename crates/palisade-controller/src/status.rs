@@ -9,13 +9,13 @@
 //!   forced; the v1alpha1 CRDs declare it an atomic list, so the apply is *not* forced
 //!   there: if another implementation owns the list, the conflict is reported, not
 //!   overwritten;
-//! - Pods: a strategic merge patch of one condition (merge key `type`) on `pods/status`;
-//! - Events (events.k8s.io/v1) through kube-runtime's recorder, which counts repeats on
-//!   one object instead of creating new ones.
+//! - Pods: a strategic merge patch of one condition (merge key `type`) on `pods/status`.
+//!
+//! Events on rejected policies are not written here but by the agents that reject
+//! them (`palisade_agent::kube_events`): one per rejected version, cluster-wide.
 
-use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::Client;
 use palisade_crds::{
     NetworkPolicyStatus, PolicyAggregate, PolicyRef, IN_FORCE_CONDITION, READINESS_GATE,
@@ -30,7 +30,6 @@ pub const FIELD_MANAGER: &str = "palisade-controller";
 /// The writers, sharing one client.
 pub struct Writer {
     client: Client,
-    recorder: Recorder,
 }
 
 fn cluster_resource(kind: &str) -> Option<(ApiResource, bool)> {
@@ -44,34 +43,10 @@ fn cluster_resource(kind: &str) -> Option<(ApiResource, bool)> {
     Some((ApiResource::from_gvk_with_plural(&gvk, plural), forced))
 }
 
-/// The reference Events are attached to.
-fn reference(p: &Current) -> ObjectReference {
-    let api_version = match cluster_resource(&p.policy.kind) {
-        Some((ar, _)) => ar.api_version,
-        None => "networking.k8s.io/v1".to_string(),
-    };
-    ObjectReference {
-        api_version: Some(api_version),
-        kind: Some(p.policy.kind.clone()),
-        name: Some(p.policy.name.clone()),
-        namespace: p.policy.namespace.clone(),
-        uid: Some(p.uid.clone()),
-        resource_version: Some(p.resource_version.clone()),
-        ..Default::default()
-    }
-}
-
 impl Writer {
-    /// Writers acting as `identity` (reported in Events).
-    pub fn new(client: Client, identity: &str) -> Self {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.to_string(),
-            instance: Some(identity.to_string()),
-        };
-        Writer {
-            recorder: Recorder::new(client.clone(), reporter),
-            client,
-        }
+    /// Writers sharing `client`.
+    pub fn new(client: Client) -> Self {
+        Writer { client }
     }
 
     /// Writes a policy's aggregate where its kind keeps status.
@@ -131,24 +106,6 @@ impl Writer {
         let mut params = PatchParams::apply(FIELD_MANAGER);
         params.force = forced;
         api.patch_status(name, &params, &Patch::Apply(object))
-            .await?;
-        Ok(())
-    }
-
-    /// A Warning Event on a policy no node could apply.
-    pub async fn rejected_event(&self, p: &Current, agg: &PolicyAggregate) -> anyhow::Result<()> {
-        let note: String = agg.message.chars().take(1000).collect();
-        self.recorder
-            .publish(
-                &Event {
-                    type_: EventType::Warning,
-                    reason: "PolicyRejected".to_string(),
-                    note: Some(note),
-                    action: "Enforce".to_string(),
-                    secondary: None,
-                },
-                &reference(p),
-            )
             .await?;
         Ok(())
     }

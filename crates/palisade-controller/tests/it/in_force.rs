@@ -183,7 +183,7 @@ fn policies_and_pods_say_where_they_are_in_force_as_of_which_resource_version() 
     );
 
     // 3. An object the API server accepts and Palisade rejects: the error, by node and
-    //    field, in its condition; an Event on it; the other policies stay in force.
+    //    field, in its condition; an Event on it (the agents'); the other policies stay in force.
     apply(&cp, BAD);
     let anp = "adminnetworkpolicies.policy.networking.k8s.io";
     let c = eventually(
@@ -225,6 +225,14 @@ fn policies_and_pods_say_where_they_are_in_force_as_of_which_resource_version() 
     );
     assert_eq!(event["type"], "Warning");
     assert_eq!(event["regarding"]["kind"], "AdminNetworkPolicy");
+    // Written by an agent that rejected it (palisade_agent::kube_events), once.
+    assert_eq!(event["reportingController"], "palisade.io/agent", "{event}");
+    assert!(
+        event["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("spec.ingress[0]")),
+        "{event}"
+    );
     let web = spec_of(
         &cp,
         &["networkpolicystatuses.palisade.io", "-n", "team-a", "web"],

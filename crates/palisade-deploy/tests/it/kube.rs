@@ -124,7 +124,6 @@ const AGENT_USES: &[&[&str]] = &[
         "baselineadminnetworkpolicies.policy.networking.k8s.io",
     ],
     &["create", "events.events.k8s.io", "-n", "default"],
-    &["patch", "events.events.k8s.io", "-n", "default"],
     &["create", "nodepolicystatuses.palisade.io"],
     &["patch", "nodepolicystatuses.palisade.io/node-1"],
 ];
@@ -158,6 +157,7 @@ const AGENT_REFUSED: &[&[&str]] = &[
     ],
     &["delete", "nodepolicystatuses.palisade.io/node-1"],
     &["list", "nodepolicystatuses.palisade.io"],
+    &["patch", "events.events.k8s.io", "-n", "default"],
     &["create", "serviceaccounts/token", "-n", NAMESPACE],
     &["create", "clusterrolebindings.rbac.authorization.k8s.io"],
     &["escalate", "clusterroles.rbac.authorization.k8s.io"],
@@ -211,8 +211,6 @@ const CONTROLLER_USES: &[&[&str]] = &[
         "--subresource=status",
     ],
     &["patch", "pods", "--subresource=status", "-n", "default"],
-    &["create", "events.events.k8s.io", "-n", "default"],
-    &["patch", "events.events.k8s.io", "-n", "default"],
     &["create", "leases.coordination.k8s.io", "-n", NAMESPACE],
     &[
         "get",
@@ -245,6 +243,7 @@ const CONTROLLER_REFUSED: &[&[&str]] = &[
         "default",
     ],
     &["create", "nodepolicystatuses.palisade.io"],
+    &["create", "events.events.k8s.io", "-n", "default"],
     &["patch", "nodepolicystatuses.palisade.io/node-1"],
     &[
         "delete",
