@@ -985,5 +985,20 @@ fn a_rejected_policy_gets_one_event_naming_the_field_and_the_good_one_stays_in_f
             },
         ));
     }
-    agents.shutdown_background();
+    // The agents' reconciler threads end before the pin roots are removed, or a pass
+    // still running re-creates pins under a root just removed.
+    let stopping = Instant::now();
+    agents.shutdown_timeout(AGENTS_STOP);
+    assert!(
+        stopping.elapsed() < AGENTS_STOP,
+        "the agents did not stop within {AGENTS_STOP:?}: their pins may outlive the test"
+    );
+    let roots: Vec<std::path::PathBuf> = pins.iter().map(|p| p.0.clone()).collect();
+    drop(pins);
+    for root in roots {
+        assert!(!root.exists(), "{} removed", root.display());
+    }
 }
+
+/// How long the agents get to finish their pass and end once a test is done.
+const AGENTS_STOP: Duration = Duration::from_secs(30);
