@@ -433,6 +433,8 @@ pub enum LabCommand {
             value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000))]
         rounds: usize,
         /// The `palisade` binary the new agents run (the new release; default: this one).
+        /// Its directory holds the release's `palisade-cni`, which the new pods' init
+        /// step installs and re-chains.
         #[arg(long)]
         agent: Option<PathBuf>,
         /// Output format.

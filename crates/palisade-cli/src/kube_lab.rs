@@ -282,7 +282,7 @@ pub(crate) fn cni_paths(node: &NodeRuntime) -> (PathBuf, PathBuf, PathBuf) {
 }
 
 /// The node's own network configuration, as it would be on a node before Palisade.
-const NODE_CONFLIST: &str = "10-lab-pods.conflist";
+pub(crate) const NODE_CONFLIST: &str = "10-lab-pods.conflist";
 
 /// What the chart's init container does on a node: the node has its own CNI
 /// configuration list (the lab's pod network: ptp with host-local on the node's pod
@@ -317,7 +317,15 @@ fn chain_cni(node: &NodeRuntime, cni: &Path) -> anyhow::Result<()> {
     );
     std::fs::write(conf_dir.join(NODE_CONFLIST), &list)?;
     std::fs::write(&before, &list)?;
-    let out = Command::new(cni.join("palisade-cni"))
+    install_cni(node, cni)
+}
+
+/// The init container's step: `palisade-cni install` from `release` (the directory
+/// holding the release's `palisade-cni`) into the node's CNI directories.
+fn install_cni(node: &NodeRuntime, release: &Path) -> anyhow::Result<()> {
+    let (conf_dir, bin_dir, _) = cni_paths(node);
+    let plugin = release.join("palisade-cni");
+    let out = Command::new(&plugin)
         .arg("install")
         .arg("--conf-dir")
         .arg(&conf_dir)
@@ -327,7 +335,7 @@ fn chain_cni(node: &NodeRuntime, cni: &Path) -> anyhow::Result<()> {
         .arg(&node.socket)
         .args(["--timeout-ms", &CNI_TIMEOUT_MS.to_string()])
         .output()
-        .context("running palisade-cni install")?;
+        .with_context(|| format!("running {} install", plugin.display()))?;
     if !out.status.success() {
         bail!(
             "palisade-cni install on node {}: {}",
@@ -492,10 +500,12 @@ fn wait_for_leader(lab: &KubeLab, cp: &PersistentControlPlane) -> anyhow::Result
 }
 
 /// Replaces node `i`'s agent as a DaemonSet rollout replaces its pod: SIGTERM to the
-/// running agent (SIGKILL after the grace period), then the agent `program` (default:
-/// this binary) with a fresh token of the chart's ServiceAccount, on the same state
-/// directory, socket and pin root; returns once the new agent has run its first pass.
-/// What it adopts and replaces is the agent's own start-up (`docs/install.md`, Upgrade).
+/// running agent (SIGKILL after the grace period), the new pod's init container
+/// (`palisade-cni install` from beside `program`, re-chaining with the same options),
+/// then the agent `program` (default: this binary) with a fresh token of the chart's
+/// ServiceAccount, on the same state directory, socket and pin root; returns once the
+/// new agent has run its first pass. What it adopts and replaces is the agent's own
+/// start-up (`docs/install.md`, Upgrade).
 pub(crate) fn restart_agent(
     lab: &mut KubeLab,
     i: usize,
@@ -522,6 +532,8 @@ pub(crate) fn restart_agent(
         Some(p) => p.to_path_buf(),
         None => std::env::current_exe()?,
     };
+    let release = program.parent().context("the agent program's directory")?;
+    install_cni(&node, release)?;
     lab.nodes[i].agent = Some(start_agent(&node, &token, &program)?);
     lab.save()?;
     wait_for_agent(&lab.nodes[i])

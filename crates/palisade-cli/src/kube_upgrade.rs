@@ -4,7 +4,9 @@
 //! denied packet passes (run it 20 times)").
 //!
 //! Every node restart must show, or the run fails:
-//! 1. the agent is replaced (SIGTERM, then a new process, `kube_lab::restart_agent`);
+//! 1. the agent is replaced (SIGTERM, the init container's `palisade-cni install`,
+//!    which must leave the node's CNI configuration byte for byte as it was, then a
+//!    new process: `kube_lab::restart_agent`);
 //! 2. the programs are replaced: on every pod interface of the node the kernel runs,
 //!    first on each hook, the new agent's program, whose id none of the interfaces
 //!    ran before the restart (read from the kernel: TCX program query);
@@ -474,11 +476,17 @@ pub fn run(name: &str, rounds: usize, agent: Option<&Path>) -> anyhow::Result<Up
         );
     }
     let mut restarts = Vec::new();
+    let conflist_of: Vec<std::path::PathBuf> = lab
+        .nodes
+        .iter()
+        .map(|n| kube_lab::cni_paths(n).0.join(kube_lab::NODE_CONFLIST))
+        .collect();
     'rounds: for round in 1..=rounds {
-        for i in 0..lab.nodes.len() {
+        for (i, conflist_path) in conflist_of.iter().enumerate() {
             let node = lab.nodes[i].net.name.clone();
             let socket = lab.nodes[i].socket.clone();
             let (_, before, _) = programs(&socket)?;
+            let conflist = std::fs::read(conflist_path).context("the node's CNI list")?;
             let t0 = Instant::now();
             kube_lab::restart_agent(&mut lab, i, agent)
                 .with_context(|| format!("round {round}: restarting the agent of {node}"))?;
@@ -498,6 +506,14 @@ pub fn run(name: &str, rounds: usize, agent: Option<&Path>) -> anyhow::Result<Up
                 std::thread::sleep(Duration::from_millis(20));
             };
             let replaced_ms = t0.elapsed().as_millis() as u64;
+            // The new pod's init container re-chained with the same options: no byte of
+            // the node's configuration changed.
+            if std::fs::read(conflist_path).ok().as_ref() != Some(&conflist) {
+                failures.push(format!(
+                    "round {round}, {node}: the re-chaining changed {}",
+                    conflist_path.display()
+                ));
+            }
             let since = traffic.echoes();
             let missing = traffic.wait_flowing(&since, REPLACED_TIMEOUT);
             for m in &missing {
