@@ -287,6 +287,7 @@ async fn api_only_load(client: &kube::Client, count: usize) -> anyhow::Result<u6
             pod_cidrs: vec![cidr],
             cni_bin_dirs: Vec::new(),
             chain: Vec::new(),
+            cni_conf_dir: None,
             server: PathBuf::new(),
             server_args: Vec::new(),
             state_dir: PathBuf::new(),
