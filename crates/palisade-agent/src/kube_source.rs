@@ -618,6 +618,30 @@ fn decode(kind: WatchedKind, v: serde_json::Value, previous: Option<&ObjectState
     }
 }
 
+/// How a watch lists. Streaming lists (`sendInitialEvents`, the WatchList feature,
+/// on by default since Kubernetes 1.32) come from the API server's watch cache as one
+/// stream: no continue token to expire, whatever the number of objects and however
+/// slowly the agent reads, and no page of 500 objects held at once. Paginated lists
+/// from etcd are the fallback: with tens of agents listing 10k pods at once on a busy
+/// API server, their continue tokens outlived etcd's compaction (`410 Gone` on
+/// continue, and the list started over).
+fn list_config(streaming: bool) -> watcher::Config {
+    if streaming {
+        watcher::Config::default().streaming_lists()
+    } else {
+        watcher::Config::default()
+    }
+}
+
+/// Whether `e` says the API server does not accept streaming lists: it rejects the
+/// request as invalid (WatchList disabled: 422, or 400).
+fn streaming_refused(e: &watcher::Error) -> bool {
+    matches!(
+        e,
+        watcher::Error::WatchStartFailed(kube::Error::Api(r)) if r.code == 422 || r.code == 400
+    )
+}
+
 struct Watch {
     kind: WatchedKind,
     store: Arc<Mutex<Store>>,
@@ -639,16 +663,33 @@ impl Watch {
         K: kube::Resource + Clone + DeserializeOwned + Serialize + Debug + Send + Sync + 'static,
     {
         tokio::spawn(async move {
-            let config = watcher::Config::default();
-            let mut stream = watcher::watcher(api, config).default_backoff().boxed();
-            // Objects of a relist in progress: they replace the kind's objects only
-            // once the list is complete.
-            let mut relist: Option<BTreeMap<String, ObjectState>> = None;
-            while let Some(event) = stream.next().await {
-                match event {
-                    Ok(ev) => self.on_event(ev, &mut relist),
-                    Err(e) => self.on_error(&e),
+            // Streaming lists first (see `list_config`); paginated lists if this API
+            // server refuses them.
+            let mut streaming = true;
+            loop {
+                let config = list_config(streaming);
+                let mut stream = watcher::watcher(api.clone(), config)
+                    .default_backoff()
+                    .boxed();
+                // Objects of a relist in progress: they replace the kind's objects only
+                // once the list is complete.
+                let mut relist: Option<BTreeMap<String, ObjectState>> = None;
+                let mut refused = false;
+                while let Some(event) = stream.next().await {
+                    match event {
+                        Ok(ev) => self.on_event(ev, &mut relist),
+                        Err(e) if streaming && streaming_refused(&e) => {
+                            refused = true;
+                            break;
+                        }
+                        Err(e) => self.on_error(&e),
+                    }
                 }
+                if !refused {
+                    return;
+                }
+                tracing::info!(kind = ?self.kind, "the API server refuses streaming lists (WatchList); using paginated lists");
+                streaming = false;
             }
         })
     }

@@ -552,6 +552,29 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1000)]
         chunk: usize,
     },
+    /// Agent memory per remote pod: the resident set of the real agent (this binary,
+    /// `agent --source kubernetes`) for a node with no pods, while the real
+    /// kube-apiserver holds each number of pods in turn.
+    #[command(
+        after_help = "Example:\n  palisade bench kube-memory --pods 10000,100000 --namespaces 100 --nodes 100"
+    )]
+    KubeMemory {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// Pod counts to measure at, ascending (the cluster grows from one to the next).
+        #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+        pods: Vec<usize>,
+        /// Namespaces the pods are spread over.
+        #[arg(long, default_value_t = 100)]
+        namespaces: usize,
+        /// Node objects the pods are bound to (none is the agent's).
+        #[arg(long, default_value_t = 100)]
+        nodes: usize,
+        /// Pods per application (one label set and one NetworkPolicy each).
+        #[arg(long, default_value_t = 50)]
+        pods_per_app: usize,
+    },
     /// A policy written to the API server -> in force on every node, on real packets,
     /// in a Kubernetes lab of its own (p50, p99), under a background load.
     #[command(

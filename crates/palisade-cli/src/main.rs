@@ -399,6 +399,28 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
                 Ok(0)
             }
+            BenchCommand::KubeMemory {
+                output,
+                pods,
+                namespaces,
+                nodes,
+                pods_per_app,
+            } => {
+                let opts = palisade_kube_bench::memory::Options {
+                    sizes: pods,
+                    namespaces,
+                    nodes,
+                    pods_per_app,
+                    agent_exe: std::env::current_exe().context("this binary's path")?,
+                };
+                let r =
+                    palisade_kube_bench::memory::run(&opts, &|m| eprintln!("kube-memory: {m}"))?;
+                match output {
+                    Output::Json => println!("{}", serde_json::to_string(&r)?),
+                    Output::Table => print!("{}", r.table()),
+                }
+                Ok(0)
+            }
             BenchCommand::KubeEnforcement {
                 output,
                 nodes,
