@@ -171,11 +171,66 @@ pub struct WatchHealth {
     pub objects: usize,
 }
 
+/// An object's decoded form, as the store keeps it. Most objects are pods: each is
+/// kept alone, not inside a [`Cluster`] of its own (nine empty maps and a map node
+/// sized for eleven pods, about 2 KiB per pod); any other kind is kept as the
+/// manifest reader gives it.
+#[derive(Debug, Clone, PartialEq)]
+enum Decoded {
+    /// A cluster holding exactly this pod, under its `namespace/name`.
+    Pod(palisade_policy::model::Pod),
+    /// Anything else.
+    Other(Box<Cluster>),
+}
+
+impl From<Cluster> for Decoded {
+    fn from(c: Cluster) -> Self {
+        let lone_pod = c.pods.len() == 1
+            && c.namespaces.is_empty()
+            && c.nodes.is_empty()
+            && c.services.is_empty()
+            && c.endpoint_slices.is_empty()
+            && c.network_policies.is_empty()
+            && c.cluster_policies.is_empty()
+            && c.calico_policies.is_empty()
+            && c.network_sets.is_empty()
+            && c.pods.iter().all(|(k, p)| *k == p.key());
+        if lone_pod {
+            let pod = c.pods.into_values().next().expect("one pod");
+            Decoded::Pod(pod)
+        } else {
+            Decoded::Other(Box::new(c))
+        }
+    }
+}
+
+impl Decoded {
+    /// Puts a copy of the object into `cluster` (what [`Cluster::extend`] would do).
+    fn add_to(&self, cluster: &mut Cluster) {
+        match self {
+            Decoded::Pod(p) => {
+                cluster.pods.insert(p.key(), p.clone());
+            }
+            Decoded::Other(c) => cluster.extend((**c).clone()),
+        }
+    }
+
+    /// Names the object's keys in `changed` (what [`Changed::add_keys_of`] would do).
+    fn add_keys(&self, changed: &mut Changed) {
+        match self {
+            Decoded::Pod(p) => {
+                changed.pods.insert(p.key());
+            }
+            Decoded::Other(c) => changed.add_keys_of(c),
+        }
+    }
+}
+
 /// One object's decoded state.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct ObjectState {
     /// The last version that decoded cleanly (in force).
-    good: Option<Cluster>,
+    good: Option<Decoded>,
     /// Errors of the current version (empty when it is the good one).
     errors: Vec<ManifestError>,
     /// Warnings of the current version.
@@ -426,7 +481,7 @@ impl Source for KubeSource {
         for objects in s.objects.values() {
             for o in objects.values() {
                 if let Some(good) = &o.good {
-                    snap.cluster.extend(good.clone());
+                    good.add_to(&mut snap.cluster);
                 }
             }
         }
@@ -455,8 +510,8 @@ impl Source for KubeSource {
                 .and_then(|m| m.get(&key))
                 .and_then(|o| o.good.as_ref());
             if let Some(good) = good {
-                changed.add_keys_of(good);
-                snapshot.cluster.extend(good.clone());
+                good.add_keys(&mut changed);
+                good.add_to(&mut snapshot.cluster);
             }
         }
         s.notes(snapshot);
@@ -603,7 +658,7 @@ fn decode(kind: WatchedKind, v: serde_json::Value, previous: Option<&ObjectState
     let warnings = loaded.warnings.iter().map(|w| w.to_string()).collect();
     if loaded.errors.is_empty() {
         return ObjectState {
-            good: Some(loaded.cluster),
+            good: Some(Decoded::from(loaded.cluster)),
             errors: Vec::new(),
             warnings,
             version: crate::publish::Versions::accepted(kind, &v, previous_version.as_ref()),
@@ -931,6 +986,59 @@ mod tests {
             "{:?}",
             snap.errors
         );
+    }
+
+    #[test]
+    fn a_remote_pod_is_kept_alone_with_what_peers_need() {
+        let (store, dirty) = (Arc::default(), Arc::new(AtomicBool::new(false)));
+        let mut src = source(&store, &dirty);
+        list_all_empty(&store, &dirty, &[]);
+        let w = watch(WatchedKind::Pod, &store, &dirty);
+        let mut relist = None;
+        let p: Pod = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web-1", "namespace": "shop", "uid": "u1",
+                         "labels": {"app": "web", "pod-template-hash": "5d8f"},
+                         "managedFields": [{"manager": "kubelet"}]},
+            "spec": {"nodeName": "other-node", "containers": [
+                {"name": "c", "image": "x", "env": [{"name": "A", "value": "b"}],
+                 "ports": [{"name": "http", "containerPort": 8080},
+                           {"name": "dns", "containerPort": 53, "protocol": "UDP"}]}]},
+            "status": {"phase": "Running", "podIP": "10.0.0.7",
+                       "podIPs": [{"ip": "10.0.0.7"}, {"ip": "fd00::7"}],
+                       "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .unwrap();
+        w.on_event(Event::Apply(p), &mut relist);
+        {
+            let s = store.lock().unwrap();
+            let st = &s.objects[&WatchedKind::Pod]["shop/web-1"];
+            assert!(
+                matches!(st.good, Some(Decoded::Pod(_))),
+                "a pod is kept on its own, not in a Cluster: {:?}",
+                st.good
+            );
+        }
+        let snap = src.load().unwrap();
+        let pod = &snap.cluster.pods["shop/web-1"];
+        assert_eq!(pod.namespace, "shop");
+        assert_eq!(pod.labels.get("app").map(String::as_str), Some("web"));
+        assert_eq!(pod.labels.len(), 2);
+        let ips: Vec<String> = pod.ips.iter().map(|i| i.to_string()).collect();
+        assert_eq!(ips, ["10.0.0.7", "fd00::7"]);
+        assert_eq!(
+            pod.resolve_named_port("http", palisade_policy::model::Protocol::Tcp),
+            Some(8080)
+        );
+        assert_eq!(
+            pod.resolve_named_port("dns", palisade_policy::model::Protocol::Udp),
+            Some(53)
+        );
+        assert_eq!(pod.node_name.as_deref(), Some("other-node"));
+        // What the store hands over is what the manifest reader makes of the object.
+        let mut refreshed = Snapshot::default();
+        assert_eq!(src.refresh(&mut refreshed).unwrap(), Refresh::Whole);
+        assert_eq!(refreshed.cluster, snap.cluster);
     }
 
     #[test]
