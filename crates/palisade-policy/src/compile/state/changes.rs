@@ -12,7 +12,7 @@ use crate::selector::Labels;
 use super::super::identity::{FxMap, IdentityKey};
 use super::super::prefixes::{cluster_policy_prefixes, host_net, network_policy_prefixes};
 use super::super::tables::MatcherId;
-use super::{is_endpoint, subject_matches, State, Txn};
+use super::{is_endpoint, sorted_insert, sorted_remove, subject_matches, State, Txn};
 
 impl State {
     /// Namespace `ns` was created, relabelled or deleted: every pod of it is re-keyed
@@ -77,7 +77,7 @@ impl State {
         if let Some(o) = old.filter(|o| !o.host_network) {
             for ip in &o.ips {
                 if let Some(s) = self.addr_pods.get_mut(ip) {
-                    s.remove(key);
+                    sorted_remove(s, key);
                     if s.is_empty() {
                         self.addr_pods.remove(ip);
                     }
@@ -88,10 +88,7 @@ impl State {
         let new = cluster.pods.get(key);
         if let Some(n) = new.filter(|n| !n.host_network) {
             for ip in &n.ips {
-                self.addr_pods
-                    .entry(*ip)
-                    .or_default()
-                    .insert(key.to_string());
+                sorted_insert(self.addr_pods.entry(*ip).or_default(), key);
                 affected.insert(*ip);
             }
         }
