@@ -840,8 +840,11 @@ impl Watch {
         h.last_error = Some(e.to_string());
         if not_found && self.kind.optional() {
             // A CRD that is not installed: nothing of that kind can exist. Listed and
-            // empty until it appears (the watcher keeps retrying).
+            // empty until it appears (the watcher keeps retrying). Not failing either,
+            // also when it failed while the API server was away.
             h.not_served = true;
+            h.failing = false;
+            h.failing_since = None;
             if !h.synced {
                 h.synced = true;
                 self.mark();
