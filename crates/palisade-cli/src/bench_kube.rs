@@ -65,6 +65,9 @@ pub struct Report {
     pub watch: Latency,
     /// Create sent → acknowledged.
     pub ack: Latency,
+    /// Per trial: the event at the benchmark's watcher → denied on every node (the
+    /// agents' share: their own watch delivery, the pass, the kernel, the packets).
+    pub watch_to_denied: Latency,
     /// Mean seconds per stage of each agent's last pass after a deny trial.
     pub agent_pass_stages: BTreeMap<String, f64>,
 }
@@ -190,8 +193,8 @@ pub fn run(
     let api: Api<NetworkPolicy> = Api::namespaced(bench.client.clone(), NS);
     let seen = watch_trial_policy(&bench.rt, api.clone());
     let policy = deny_receivers()?;
-    let (mut deny, mut allow, mut watch, mut acks) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut deny, mut allow, mut watch, mut acks, mut after_watch) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut stages: BTreeMap<String, f64> = BTreeMap::new();
     let mut passes = 0usize;
     for k in 0..trials {
@@ -244,7 +247,10 @@ pub fn run(
             .iter()
             .find(|&&t| t >= sent)
         {
-            watch.push(Duration::from_millis((t - sent) as u64));
+            let seen_after = Duration::from_millis((t - sent) as u64);
+            watch.push(seen_after);
+            let denied = *deny.last().expect("pushed above");
+            after_watch.push(denied.saturating_sub(seen_after));
         }
         for node in &bench.lab.nodes {
             if let Ok(s) = crate::inspect::call(&node.socket, &palisade_agent::api::Status) {
@@ -301,6 +307,7 @@ pub fn run(
         allow: Latency::of(allow),
         watch: Latency::of(watch),
         ack: Latency::of(acks),
+        watch_to_denied: Latency::of(after_watch),
         agent_pass_stages: stages,
     })
 }
@@ -331,6 +338,10 @@ pub fn render(r: &Report) -> String {
     s += &row("policy deleted -> allowed on every node", &r.allow);
     s += &row("  create sent -> acknowledged", &r.ack);
     s += &row("  create sent -> event at a watcher", &r.watch);
+    s += &row(
+        "  event at a watcher -> denied (per trial)",
+        &r.watch_to_denied,
+    );
     s += "\nagents' last pass after a deny trial, mean ms per stage:";
     for (k, v) in &r.agent_pass_stages {
         s += &format!(" {k} {:.2}", v * 1000.0);
