@@ -88,6 +88,9 @@ pub enum Command {
     Simulate {
         #[command(flatten)]
         manifests: Manifests,
+        /// Read the subdirectories of -f directories too (as kubectl -R).
+        #[arg(short = 'R', long)]
+        recursive: bool,
         #[command(flatten)]
         port: PortArgs,
         /// Only this source pod (NAMESPACE/NAME).
@@ -114,6 +117,9 @@ pub enum Command {
     Explain {
         #[command(flatten)]
         manifests: Manifests,
+        /// Read the subdirectories of -f directories too (as kubectl -R).
+        #[arg(short = 'R', long)]
+        recursive: bool,
         #[command(flatten)]
         port: PortArgs,
         /// Source: NAMESPACE/NAME or an IP address.
@@ -134,6 +140,9 @@ pub enum Command {
     Validate {
         #[command(flatten)]
         manifests: Manifests,
+        /// Read the subdirectories of -f directories too (as kubectl -R).
+        #[arg(short = 'R', long)]
+        recursive: bool,
         /// Fail on warnings too.
         #[arg(long)]
         strict: bool,

@@ -2,8 +2,42 @@
 
 use std::fmt::Write as _;
 
+use palisade_policy::model::workload::Simulation;
 use palisade_policy::model::Cluster;
 use palisade_policy::verdict::{describe, evaluate, Decision, Flow, Peer, SideDecision};
+
+/// The pods a `--from`/`--to` name stands for: a workload's pods (`shop/web` for
+/// Deployment shop/web), else the name itself (a pod, or an address).
+pub fn pods_named(cluster: &Cluster, sim: &Simulation, name: &str) -> Vec<String> {
+    if cluster.pods.contains_key(name) {
+        return vec![name.to_string()];
+    }
+    match sim.workloads.iter().find(|w| w.name == name) {
+        Some(w) => w.pods.clone(),
+        None => vec![name.to_string()],
+    }
+}
+
+/// One pod for a `--from`/`--to` name: a workload's first pod, with a note in `notes`
+/// saying so (its replicas differ only in address).
+pub fn one_pod(cluster: &Cluster, sim: &Simulation, name: &str, notes: &mut Vec<String>) -> String {
+    if cluster.pods.contains_key(name) {
+        return name.to_string();
+    }
+    match sim.workloads.iter().find(|w| w.name == name) {
+        Some(w) => match w.pods.first() {
+            Some(p) => {
+                notes.push(format!(
+                    "note: {name} is {} {name} ({} pod(s)); explaining for its pod {p}",
+                    w.kind, w.replicas
+                ));
+                p.clone()
+            }
+            None => name.to_string(),
+        },
+        None => name.to_string(),
+    }
+}
 
 /// Evaluates one flow.
 pub fn explain(

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use palisade_policy::manifest::{self, Loaded, ManifestError};
+use palisade_policy::model::workload::{Simulation, SIMULATION_V4, SIMULATION_V6};
 use serde_json::{json, Value};
 
 /// Input that cannot be answered from (empty, or no manifests in a directory): the
@@ -29,12 +30,18 @@ impl std::error::Error for InvalidInput {}
 /// reads them as `(display name, text)` pairs for [`manifest::load`]. `-` reads stdin.
 /// A directory without manifests contributes nothing (the lab's state may be empty).
 pub fn read_inputs(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, String)>> {
-    read(paths, false)
+    read(paths, false, true)
 }
 
 /// [`read_inputs`], where a directory without manifests is an [`InvalidInput`] (a user
-/// who names a directory expects manifests in it).
-fn read(paths: &[PathBuf], require_files: bool) -> anyhow::Result<Vec<(String, String)>> {
+/// who names a directory expects manifests in it). Without `recursive` a directory's
+/// subdirectories are not read (as `kubectl -f DIR` without `-R`), and each one holding
+/// manifests is named on stderr, never silently dropped.
+fn read(
+    paths: &[PathBuf],
+    require_files: bool,
+    recursive: bool,
+) -> anyhow::Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for p in paths {
         if p.as_os_str() == "-" {
@@ -47,13 +54,26 @@ fn read(paths: &[PathBuf], require_files: bool) -> anyhow::Result<Vec<(String, S
         let meta = std::fs::metadata(p).with_context(|| format!("reading {}", p.display()))?;
         if meta.is_dir() {
             let mut files = Vec::new();
-            collect(p, &mut files)?;
+            let mut skipped = Vec::new();
+            collect(p, &mut files, recursive, &mut skipped)?;
+            skipped.sort();
             if files.is_empty() && require_files {
+                let hint = if skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "\n\nhint: its subdirectories hold some ({}); pass -R to read them",
+                        skipped.join(", ")
+                    )
+                };
                 return Err(InvalidInput(format!(
-                    "directory {} holds no manifest files (*.yaml, *.yml, *.json)",
+                    "directory {} holds no manifest files (*.yaml, *.yml, *.json){hint}",
                     p.display()
                 ))
                 .into());
+            }
+            for d in &skipped {
+                eprintln!("note: {d} not read: it is a subdirectory (pass -R to read it)");
             }
             files.sort();
             for f in files {
@@ -70,13 +90,28 @@ fn read(paths: &[PathBuf], require_files: bool) -> anyhow::Result<Vec<(String, S
     Ok(out)
 }
 
-fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+/// Manifest files under `dir` into `out`; without `recursive`, the subdirectories
+/// that hold some go into `skipped` instead.
+fn collect(
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    recursive: bool,
+    skipped: &mut Vec<String>,
+) -> anyhow::Result<()> {
     for entry in
         std::fs::read_dir(dir).with_context(|| format!("reading directory {}", dir.display()))?
     {
         let path = entry?.path();
         if path.is_dir() {
-            collect(&path, out)?;
+            if recursive {
+                collect(&path, out, true, skipped)?;
+            } else {
+                let mut below = Vec::new();
+                collect(&path, &mut below, true, skipped)?;
+                if !below.is_empty() {
+                    skipped.push(path.display().to_string());
+                }
+            }
         } else if matches!(
             path.extension().and_then(|e| e.to_str()),
             Some("yaml" | "yml" | "json")
@@ -87,11 +122,14 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads and loads manifests. Input that holds no object at all is an
-/// [`InvalidInput`] error: there is nothing to answer from.
-pub fn load_manifests(paths: &[PathBuf]) -> anyhow::Result<Loaded> {
-    let inputs = read(paths, true)?;
-    let loaded = manifest::load(&inputs);
+/// Reads and loads manifests for an offline answer: workloads count as the pods they
+/// would run and pods without an address get simulated ones (said by
+/// [`simulation_note`]). Input that holds no object at all is an [`InvalidInput`]
+/// error: there is nothing to answer from.
+pub fn load_manifests(paths: &[PathBuf], recursive: bool) -> anyhow::Result<(Loaded, Simulation)> {
+    let inputs = read(paths, true, recursive)?;
+    let mut loaded = manifest::load(&inputs);
+    let simulation = loaded.simulate_pods();
     if loaded.documents == 0 {
         let names: Vec<&str> = inputs.iter().map(|(n, _)| n.as_str()).collect();
         return Err(InvalidInput(format!(
@@ -104,7 +142,37 @@ pub fn load_manifests(paths: &[PathBuf]) -> anyhow::Result<Loaded> {
         ))
         .into());
     }
-    Ok(loaded)
+    Ok((loaded, simulation))
+}
+
+/// The line that says which pods have simulated addresses, if any did not have one.
+pub fn simulation_note(s: &Simulation) -> Option<String> {
+    if s.addressed.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "note: {} pod(s) without status.podIP have simulated addresses from {} and {} (docs/semantics.md, \"Workloads and simulated addresses\")",
+        s.addressed.len(),
+        SIMULATION_V4,
+        SIMULATION_V6
+    ))
+}
+
+/// A workload's pods when it is shown as one row, with the count it runs.
+pub fn workload_rows(s: &Simulation) -> std::collections::BTreeMap<String, String> {
+    let mut rows = std::collections::BTreeMap::new();
+    for w in &s.workloads {
+        let shown = if (w.pods.len() as u32) < w.replicas {
+            format!(", {} simulated", w.pods.len())
+        } else {
+            String::new()
+        };
+        let label = format!("{} ({} x{}{shown})", w.name, w.kind, w.replicas);
+        for p in &w.pods {
+            rows.insert(p.clone(), label.clone());
+        }
+    }
+    rows
 }
 
 /// What an error left out of the model: the object, or the document it was in.
@@ -180,5 +248,18 @@ pub fn completeness(loaded: &Loaded, ignore_invalid: bool) -> Result<Option<Stri
             list.len(),
             list.join(", ")
         ))
+    }
+}
+
+/// Adds what was simulated to a JSON answer, only when something was: `workloads`
+/// (`[{kind, name, replicas, pods, simulated}]`) and `simulatedAddresses`
+/// (`{"ns/pod": ["10.244.0.1", "fd00:10:244::1"]}`). An input of pods with addresses
+/// keeps the answer's documented keys exactly.
+pub fn add_simulation_json(v: &mut Value, s: &Simulation) {
+    if !s.workloads.is_empty() {
+        v["workloads"] = json!(s.workloads);
+    }
+    if !s.addressed.is_empty() {
+        v["simulatedAddresses"] = json!(s.addressed);
     }
 }

@@ -90,6 +90,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Simulate {
             manifests,
+            recursive,
             port,
             from,
             to,
@@ -97,7 +98,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             output,
             ignore_invalid,
         } => {
-            let loaded = inputs::load_manifests(&manifests.files)?;
+            let (loaded, sim) = inputs::load_manifests(&manifests.files, recursive)?;
             inputs::print_problems(&loaded);
             let note = match inputs::completeness(&loaded, ignore_invalid) {
                 Ok(note) => note,
@@ -115,6 +116,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 Family::V4 => IpFamily::V4,
                 Family::V6 => IpFamily::V6,
             });
+            let from = from.map(|f| explain::pods_named(&loaded.cluster, &sim, &f));
+            let to = to.map(|t| explain::pods_named(&loaded.cluster, &sim, &t));
             let m = simulate::simulate(
                 &loaded.cluster,
                 protocol,
@@ -123,33 +126,39 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 from.as_deref(),
                 to.as_deref(),
             )?;
+            let sim_note = inputs::simulation_note(&sim);
             match output {
                 Output::Json => {
                     let mut v = serde_json::to_value(&m)?;
                     v["errors"] = inputs::errors_json(&loaded);
-                    if let Some(n) = &note {
+                    inputs::add_simulation_json(&mut v, &sim);
+                    for n in note.iter().chain(&sim_note) {
                         eprintln!("{n}");
                     }
                     println!("{}", serde_json::to_string_pretty(&v)?)
                 }
                 Output::Table => {
-                    if let Some(n) = &note {
+                    for n in note.iter().chain(&sim_note) {
                         println!("{n}");
                     }
-                    print!("{}", simulate::render_table(&m, None))
+                    print!(
+                        "{}",
+                        simulate::render_rows(&m, None, &inputs::workload_rows(&sim))
+                    )
                 }
             }
             Ok(0)
         }
         Command::Explain {
             manifests,
+            recursive,
             port,
             from,
             to,
             json,
             ignore_invalid,
         } => {
-            let loaded = inputs::load_manifests(&manifests.files)?;
+            let (loaded, sim) = inputs::load_manifests(&manifests.files, recursive)?;
             inputs::print_problems(&loaded);
             let note = match inputs::completeness(&loaded, ignore_invalid) {
                 Ok(note) => note,
@@ -163,22 +172,29 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
             };
             let proto = protocol_number(&port.protocol)?;
+            let mut picked = Vec::new();
+            let from = explain::one_pod(&loaded.cluster, &sim, &from, &mut picked);
+            let to = explain::one_pod(&loaded.cluster, &sim, &to, &mut picked);
             let (flow, d) = explain::explain(&loaded.cluster, &from, &to, proto, port.port)
                 .context("explaining")?;
+            let notes: Vec<String> = note
+                .into_iter()
+                .chain(picked)
+                .chain(inputs::simulation_note(&sim))
+                .collect();
             if json {
-                if let Some(n) = &note {
+                for n in &notes {
                     eprintln!("{n}");
                 }
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "flow": flow,
-                        "decision": d,
-                        "errors": inputs::errors_json(&loaded),
-                    }))?
-                );
+                let mut v = serde_json::json!({
+                    "flow": flow,
+                    "decision": d,
+                    "errors": inputs::errors_json(&loaded),
+                });
+                inputs::add_simulation_json(&mut v, &sim);
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                if let Some(n) = &note {
+                for n in &notes {
                     println!("{n}");
                 }
                 print!(
@@ -188,9 +204,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::Validate { manifests, strict } => {
-            let loaded = inputs::load_manifests(&manifests.files)?;
-            Ok(validate::report(&loaded, strict))
+        Command::Validate {
+            manifests,
+            recursive,
+            strict,
+        } => {
+            let (loaded, sim) = inputs::load_manifests(&manifests.files, recursive)?;
+            Ok(validate::report(&loaded, &sim, strict))
         }
         Command::Agent(a) => run_agent(a),
         Command::Controller(a) => run_controller(a),

@@ -1,5 +1,6 @@
 //! `palisade simulate` and `palisade explain`: the reference evaluator on manifests.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use palisade_policy::model::{Cluster, Protocol};
@@ -31,15 +32,15 @@ pub struct Matrix {
 }
 
 /// Pods that take part in a matrix: every pod, host-network ones included (they are
-/// matched by address), in name order.
+/// matched by address), in name order; or only those named.
 pub fn matrix_pods(
     cluster: &Cluster,
-    from: Option<&str>,
-    to: Option<&str>,
+    from: Option<&[String]>,
+    to: Option<&[String]>,
 ) -> (Vec<String>, Vec<String>) {
     let all: Vec<String> = cluster.pods.keys().cloned().collect();
-    let pick = |only: Option<&str>| match only {
-        Some(p) => vec![p.to_string()],
+    let pick = |only: Option<&[String]>| match only {
+        Some(p) => p.to_vec(),
         None => all.clone(),
     };
     (pick(from), pick(to))
@@ -72,10 +73,10 @@ pub fn simulate(
     protocol: Protocol,
     port: u16,
     family: Option<IpFamily>,
-    from: Option<&str>,
-    to: Option<&str>,
+    from: Option<&[String]>,
+    to: Option<&[String]>,
 ) -> anyhow::Result<Matrix> {
-    for p in [from, to].into_iter().flatten() {
+    for p in [from, to].into_iter().flatten().flatten() {
         if !cluster.pods.contains_key(p) {
             anyhow::bail!("pod {p} not found in the manifests");
         }
@@ -112,43 +113,62 @@ pub fn simulate(
 /// Renders a matrix as a truth table: rows are sources, columns destinations.
 /// `diff`, when given, marks cells where another matrix (e.g. the simulator) disagrees.
 pub fn render_table(m: &Matrix, diff: Option<&Matrix>) -> String {
+    render_rows(m, diff, &BTreeMap::new())
+}
+
+/// [`render_table`] with pods grouped into rows: `rows` maps a pod to its row's label
+/// (a workload: `shop/web (Deployment x3)`); other pods are rows of their own. A cell
+/// of two groups is ✓ or ✗ when every pair of their pods agrees, `~` when they
+/// differ (replicas with different addresses, against an ipBlock).
+pub fn render_rows(m: &Matrix, diff: Option<&Matrix>, rows: &BTreeMap<String, String>) -> String {
+    let label = |pod: &str| rows.get(pod).cloned().unwrap_or_else(|| pod.to_string());
     let mut names: Vec<String> = Vec::new();
+    // Verdicts per (row, column), and whether any pair disagrees with `diff`.
+    let mut cells: BTreeMap<(String, String), (BTreeSet<&str>, bool)> = BTreeMap::new();
     for r in &m.results {
-        for n in [&r.from, &r.to] {
+        let (f, t) = (label(&r.from), label(&r.to));
+        for n in [&f, &t] {
             if !names.contains(n) {
                 names.push(n.clone());
             }
         }
+        let disagrees = diff
+            .and_then(|d| d.results.iter().find(|x| x.from == r.from && x.to == r.to))
+            .is_some_and(|x| x.verdict != r.verdict);
+        let c = cells.entry((f, t)).or_default();
+        c.0.insert(r.verdict.as_str());
+        c.1 |= disagrees;
     }
     names.sort();
     let idx = |n: &str| names.iter().position(|x| x == n).expect("name listed");
     let w = names.iter().map(|n| n.len()).max().unwrap_or(4) + 5;
     let cell = |from: &str, to: &str| -> String {
-        if from == to {
-            return "·".into();
-        }
-        let v = m.results.iter().find(|r| r.from == from && r.to == to);
-        let mark = match v.map(|r| r.verdict.as_str()) {
-            Some("allow") => "✓",
-            Some("deny") => "✗",
-            _ => " ",
+        let Some((verdicts, disagrees)) = cells.get(&(from.to_string(), to.to_string())) else {
+            return if from == to { "·" } else { " " }.into();
         };
-        let disagrees = diff
-            .and_then(|d| d.results.iter().find(|r| r.from == from && r.to == to))
-            .zip(v)
-            .is_some_and(|(a, b)| a.verdict != b.verdict);
-        if disagrees {
+        let mark = match verdicts.iter().copied().collect::<Vec<_>>().as_slice() {
+            ["allow"] => "✓",
+            ["deny"] => "✗",
+            _ => "~",
+        };
+        if *disagrees {
             format!("{mark}!")
         } else {
             mark.into()
         }
     };
     let mut out = String::new();
+    let mixed = cells.values().any(|(v, _)| v.len() > 1);
     let _ = writeln!(
         out,
-        "{}/{}   rows: from, columns: to   ✓ allow  ✗ deny{}",
+        "{}/{}   rows: from, columns: to   ✓ allow  ✗ deny{}{}",
         m.protocol,
         m.port,
+        if mixed {
+            "  ~ some pods of the pair allowed, others denied"
+        } else {
+            ""
+        },
         if diff.is_some() {
             "  ! disagrees with the simulator"
         } else {

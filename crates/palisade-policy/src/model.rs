@@ -19,6 +19,7 @@ pub use calico::{
     CalicoAction, CalicoEntity, CalicoKind, CalicoPolicy, CalicoPort, CalicoRule, NetworkSet,
     Order, ServiceRef, K8S_NETWORK_POLICY_ORDER,
 };
+pub mod workload;
 
 /// Direction from the selected pod's point of view: `Ingress` is always "towards the pod".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

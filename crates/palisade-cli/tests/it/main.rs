@@ -11,3 +11,4 @@ mod lab;
 mod lab_transitions;
 mod registration;
 mod support;
+mod workloads;

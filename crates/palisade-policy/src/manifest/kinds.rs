@@ -10,8 +10,9 @@
 //!      endpoints, Cilium's CIDR groups;
 //!    - any other kind whose name ends in `Policy`, except the API server's own
 //!      admission and pod-security policies, which do not touch traffic.
-//! 3. Anything else (Deployment, ConfigMap, a known non-policy kind at another
-//!    version) cannot change a verdict and is skipped with a warning.
+//! 3. Anything else (ConfigMap, a known non-policy kind at another version) cannot
+//!    change a verdict and is skipped with a warning. Workloads (Deployment, ...) never
+//!    get here: the loader reads them first (`workloads`), as the pods they run.
 
 use crate::model::{CalicoKind, ClusterPolicyKind};
 

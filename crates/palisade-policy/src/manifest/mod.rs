@@ -51,6 +51,7 @@ mod objects;
 mod ports;
 mod selector;
 mod strict;
+mod workloads;
 
 #[cfg(test)]
 mod calico_tests;
@@ -65,10 +66,15 @@ pub use error::{ManifestError, Warning};
 pub use lint::lint;
 pub use location::Position;
 
+use crate::model::workload::{simulate_pods, Owner, Simulation, Workload, WorkloadKind};
 use crate::model::Cluster;
 use error::Problems;
 use kinds::{Dispatch, Kind};
 use location::Sites;
+
+/// The warning each loaded workload gets until [`Loaded::simulate_pods`] counts it: a
+/// reader of the pods that exist (an agent, the lab) does not run it.
+pub const WORKLOAD_SKIPPED: &str = "a workload, not a pod: only offline answers (simulate, explain, validate) count the pods it would run; skipped here";
 
 /// The result of [`load`]: everything that loaded, and why anything did not.
 #[derive(Debug, Clone, Default)]
@@ -85,6 +91,13 @@ pub struct Loaded {
     /// How many documents (and `List` items) the inputs held, loaded or not: zero means
     /// the input was empty, which callers report rather than answer from.
     pub documents: usize,
+    /// Workloads (Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob) by
+    /// [`Workload::key`]. Not part of [`Loaded::cluster`]: their pods exist only once
+    /// [`Loaded::simulate_pods`] imagines them, which only offline answers do.
+    pub workloads: BTreeMap<String, Workload>,
+    /// The controller each loaded Pod names (`metadata.ownerReferences`), by
+    /// `namespace/name`, so a workload whose pods are in the input is not simulated.
+    pub pod_owners: BTreeMap<String, Owner>,
     /// The model objects that were rejected (kind, key), for [`Loaded::keep_last_good`].
     rejected: Vec<(Kind, String)>,
     /// Whether some error could not be tied to one object (a document that does not
@@ -153,6 +166,16 @@ impl Loaded {
             }
         }
         Some(kept)
+    }
+
+    /// Adds the pods of every workload to [`Loaded::cluster`] and addresses from the
+    /// simulation range to pods without one: see [`crate::model::workload`].
+    /// The warnings that said each workload was skipped go: it now counts.
+    pub fn simulate_pods(&mut self) -> Simulation {
+        let workloads = &self.workloads;
+        self.warnings
+            .retain(|w| !(w.message == WORKLOAD_SKIPPED && workloads.contains_key(&w.object)));
+        simulate_pods(&mut self.cluster, &self.workloads, &self.pod_owners)
     }
 
     /// [`lint`] of the loaded cluster, each warning naming the file of its object.
@@ -336,6 +359,10 @@ impl Loader {
             _ if item.is_empty() => format!("document {document}"),
             _ => format!("document {document} {item}"),
         };
+        if let Some(wk) = WorkloadKind::parse(api_version, kind_name) {
+            self.workload(file, document, &sites, wk, name, given_ns, &v);
+            return;
+        }
         let kind = match kinds::dispatch(api_version, kind_name) {
             Dispatch::Decode(k) => k,
             Dispatch::Unenforced(message) => {
@@ -456,6 +483,93 @@ impl Loader {
         }
         let parsed = parsed.expect("checked above");
         if parsed.insert(&key, &mut self.out.cluster) {
+            let before = self.origin.get(&object).cloned().unwrap_or_default();
+            self.warn(
+                file,
+                root,
+                &object,
+                "",
+                format!("duplicate object: replaces the one from {before}"),
+            );
+        }
+        if kind == Kind::Pod {
+            if let Some(o) = workloads::controller_of(&v) {
+                self.out.pod_owners.insert(key, o);
+            }
+        }
+        self.out.sources.insert(object.clone(), file.to_string());
+        self.origin
+            .insert(object, format!("{file} document {document}"));
+    }
+
+    /// One workload document (a namespaced kind, defaulting to `default` as a Pod does).
+    #[allow(clippy::too_many_arguments)]
+    fn workload(
+        &mut self,
+        file: &str,
+        document: usize,
+        sites: &Sites,
+        kind: WorkloadKind,
+        name: Option<String>,
+        given_ns: Option<String>,
+        v: &Value,
+    ) {
+        let root = sites.locate("", false);
+        let name = name.unwrap_or_default();
+        if name.is_empty() {
+            self.document_error(
+                file,
+                sites.locate("metadata.name", false).or(root),
+                document,
+                format!("{} has no metadata.name", kind.as_str()),
+            );
+            return;
+        }
+        let ns = given_ns
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "default".to_string());
+        let object = format!("{} {ns}/{name}", kind.as_str());
+        let mut p = Problems::default();
+        for m in names::dns1123_subdomain(&name) {
+            p.error("metadata.name", format!("invalid name {name:?}: {m}"));
+        }
+        for m in names::dns1123_label(&ns) {
+            p.error(
+                "metadata.namespace",
+                format!("invalid namespace {ns:?}: {m}"),
+            );
+        }
+        let parsed = workloads::workload(v, sites, kind, &ns, &name, &mut p);
+        for (field, message) in p.warnings {
+            self.out.warnings.push(Warning {
+                file: Some(file.into()),
+                at: sites.locate(&field, false),
+                object: object.clone(),
+                field,
+                message,
+            });
+        }
+        let Some(w) = parsed.filter(|_| p.errors.is_empty()) else {
+            for (field, message) in p.errors {
+                let at = sites.locate(&field, message.starts_with("unknown field"));
+                self.out.errors.push(ManifestError::Invalid {
+                    file: file.into(),
+                    at,
+                    object: object.clone(),
+                    field,
+                    message,
+                });
+            }
+            return;
+        };
+        self.warn(
+            file,
+            sites.locate("kind", false),
+            &object,
+            "kind",
+            WORKLOAD_SKIPPED,
+        );
+        if self.out.workloads.insert(w.key(), w).is_some() {
             let before = self.origin.get(&object).cloned().unwrap_or_default();
             self.warn(
                 file,

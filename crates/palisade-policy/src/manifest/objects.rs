@@ -70,35 +70,7 @@ pub(crate) fn pod(
     let labels = pod.metadata.labels.unwrap_or_default();
     check_labels(&labels, "metadata.labels", p);
     let spec = pod.spec.unwrap_or_default();
-    let mut ports = Vec::new();
-    let containers = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .map(|c| ("spec.initContainers", c))
-        .chain(spec.containers.iter().map(|c| ("spec.containers", c)));
-    let mut per_kind_index = std::collections::BTreeMap::<&str, usize>::new();
-    for (kind, c) in containers {
-        let ci = *per_kind_index
-            .entry(kind)
-            .and_modify(|i| *i += 1)
-            .or_insert(0);
-        for (pi, cp) in c.ports.iter().flatten().enumerate() {
-            let f = format!("{kind}[{ci}].ports[{pi}]");
-            let protocol = ports::protocol(cp.protocol.as_deref(), &format!("{f}.protocol"), p);
-            let port = ports::number(cp.container_port.into(), &format!("{f}.containerPort"), p);
-            if let Some(n) = &cp.name {
-                ports::check_name(n, &format!("{f}.name"), p);
-            }
-            if let Some(port) = port {
-                ports.push(ContainerPort {
-                    name: cp.name.clone(),
-                    port,
-                    protocol,
-                });
-            }
-        }
-    }
+    let ports = container_ports(&spec, "spec", p);
     let status = pod.status.unwrap_or_default();
     let mut ips = Vec::new();
     match status.pod_ips.as_deref() {
@@ -131,6 +103,45 @@ pub(crate) fn pod(
         host_network: spec.host_network.unwrap_or(false),
         node_name: spec.node_name.filter(|n| !n.is_empty()),
     })
+}
+
+/// Every declared container port of a pod spec found at `at` (`spec` for a Pod,
+/// `spec.template.spec` for a Deployment), each problem named under it.
+pub(crate) fn container_ports(
+    spec: &core::PodSpec,
+    at: &str,
+    p: &mut Problems,
+) -> Vec<ContainerPort> {
+    let mut ports = Vec::new();
+    let containers = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| ("initContainers", c))
+        .chain(spec.containers.iter().map(|c| ("containers", c)));
+    let mut per_kind_index = std::collections::BTreeMap::<&str, usize>::new();
+    for (kind, c) in containers {
+        let ci = *per_kind_index
+            .entry(kind)
+            .and_modify(|i| *i += 1)
+            .or_insert(0);
+        for (pi, cp) in c.ports.iter().flatten().enumerate() {
+            let f = format!("{at}.{kind}[{ci}].ports[{pi}]");
+            let protocol = ports::protocol(cp.protocol.as_deref(), &format!("{f}.protocol"), p);
+            let port = ports::number(cp.container_port.into(), &format!("{f}.containerPort"), p);
+            if let Some(n) = &cp.name {
+                ports::check_name(n, &format!("{f}.name"), p);
+            }
+            if let Some(port) = port {
+                ports.push(ContainerPort {
+                    name: cp.name.clone(),
+                    port,
+                    protocol,
+                });
+            }
+        }
+    }
+    ports
 }
 
 /// A Node: labels and `InternalIP`/`ExternalIP` addresses (other address types, such as

@@ -623,7 +623,7 @@ fn a_malformed_object_is_rejected_alone() {
 #[test]
 fn unidentifiable_documents_are_errors_and_unknown_kinds_are_warnings() {
     let l = load_one(
-        "kind: Pod\nmetadata: {name: x}\n---\napiVersion: v1\nkind: Pod\nmetadata: {}\n---\n- 1\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n---\napiVersion: networking.k8s.io/v1beta1\nkind: NetworkPolicy\nmetadata: {name: old}\n",
+        "kind: Pod\nmetadata: {name: x}\n---\napiVersion: v1\nkind: Pod\nmetadata: {}\n---\n- 1\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: d}\n---\napiVersion: networking.k8s.io/v1beta1\nkind: NetworkPolicy\nmetadata: {name: old}\n",
     );
     assert_eq!(l.errors.len(), 4, "{:?}", l.errors);
     assert!(l.errors[..3]
@@ -642,7 +642,7 @@ fn unidentifiable_documents_are_errors_and_unknown_kinds_are_warnings() {
     assert!(l.cluster.network_policies.is_empty());
     assert_eq!(
         l.warnings[0].to_string(),
-        "t.yaml:11:7: Deployment d: kind: kind Deployment (apps/v1) has no effect on network policy; skipped"
+        "t.yaml:11:7: ConfigMap d: kind: kind ConfigMap (v1) has no effect on network policy; skipped"
     );
     let fields: Vec<&str> = l.warnings.iter().map(|w| w.field.as_str()).collect();
     assert_eq!(fields, vec!["kind"]);
@@ -1382,7 +1382,7 @@ fn issue_8_json_errors_carry_line_and_column_too() {
 #[test]
 fn issue_8_policy_kinds_palisade_does_not_enforce_are_errors() {
     let l = load_one(
-        "apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {name: deny-metadata}\nspec:\n  order: 100\n---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: c, namespace: default}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: ok}\n",
+        "apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {name: deny-metadata}\nspec:\n  order: 100\n---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: c, namespace: default}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: d}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: ok}\n",
     );
     let objects: Vec<&str> = l.errors.iter().filter_map(|e| e.object()).collect();
     assert_eq!(
@@ -1392,7 +1392,7 @@ fn issue_8_policy_kinds_palisade_does_not_enforce_are_errors() {
     assert!(l.errors[0].message().contains("Calico"), "{}", l.errors[0]);
     assert_eq!(l.errors[0].position().map(|p| p.line), Some(2));
     assert_eq!(l.warnings.len(), 1, "{:?}", l.warnings);
-    assert_eq!(l.warnings[0].object, "Deployment d");
+    assert_eq!(l.warnings[0].object, "ConfigMap d");
     assert!(
         l.cluster.namespaces.contains_key("ok"),
         "the rest still loads"
