@@ -388,9 +388,10 @@ async fn run_on(
     let up = upstream(cp)?;
     let mut proxies = Vec::new();
     let mut agents = Vec::new();
-    // One after another: twenty paginated lists of every pod at once, on a small
-    // machine, outlive their continue tokens (etcd compacts every 5 min) and start
-    // over. The figures below are per event after the lists, which this does not change.
+    // One after another, so each list is one agent's on a machine that is otherwise
+    // idle (the sources list by streaming lists from the watch cache, which no
+    // longer fail when many run at once). The figures below are per event after the
+    // lists, which this does not change.
     for k in 0..opts.agents {
         let p = CountingProxy::start(up).await?;
         let agent = KubeSource::start(client(cp, Some(p.addr())).await?);
