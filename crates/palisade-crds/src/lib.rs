@@ -9,6 +9,8 @@
 //! Start with [`NodePolicyStatusSpec`]: what one node says it enforces.
 #![deny(missing_docs)]
 
+pub mod calico;
+
 use kube::CustomResource;
 use kube::CustomResourceExt;
 use schemars::JsonSchema;

@@ -44,3 +44,57 @@ fn crds_are_palisade_io_v1alpha1_with_printer_columns() {
         );
     }
 }
+
+#[test]
+fn the_chart_calico_crd_template_equals_what_the_types_generate() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/helm/palisade/templates");
+    let (name, yaml) = palisade_crds::calico::calico_crd_template();
+    let on_disk = std::fs::read_to_string(dir.join(&name)).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run `cargo run -p palisade-crds --bin palisade-crds-gen`",
+            dir.join(&name).display()
+        )
+    });
+    assert_eq!(on_disk, yaml, "{name} differs from the types; run `cargo run -p palisade-crds --bin palisade-crds-gen`");
+}
+
+#[test]
+fn calico_crds_serve_projectcalico_org_v3_behind_the_chart_value_and_survive_uninstall() {
+    let (_, text) = palisade_crds::calico::calico_crd_template();
+    let body = text
+        .split_once("{{- if .Values.calico.serveCRDs }}\n")
+        .expect("guarded by the chart value")
+        .1
+        .strip_suffix("{{- end }}\n")
+        .expect("the guard closes at the end");
+    let mut kinds = Vec::new();
+    for doc in body.split("---\n").filter(|d| !d.trim().is_empty()) {
+        let v: serde_json::Value = serde_saphyr::from_str(doc).unwrap();
+        assert_eq!(v["spec"]["group"], "projectcalico.org");
+        assert_eq!(v["spec"]["versions"][0]["name"], "v3");
+        assert_eq!(
+            v["metadata"]["annotations"]["helm.sh/resource-policy"], "keep",
+            "deleting the CRD would delete every policy of its kind"
+        );
+        let spec = &v["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        // Every field of Calico's reference pages is declared, so strict field
+        // validation refuses a misspelt one instead of the API server pruning it.
+        assert!(spec["properties"].is_object(), "{doc}");
+        assert_ne!(spec["x-kubernetes-preserve-unknown-fields"], true);
+        kinds.push((
+            v["spec"]["names"]["kind"].as_str().unwrap().to_string(),
+            v["spec"]["scope"].as_str().unwrap().to_string(),
+        ));
+    }
+    let want = [
+        ("NetworkPolicy", "Namespaced"),
+        ("GlobalNetworkPolicy", "Cluster"),
+        ("NetworkSet", "Namespaced"),
+        ("GlobalNetworkSet", "Cluster"),
+    ];
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(k, s)| (k.to_string(), s.to_string()))
+        .collect();
+    assert_eq!(kinds, want);
+}

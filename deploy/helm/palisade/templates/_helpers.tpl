@@ -31,4 +31,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: [policy.networking.k8s.io]
   resources: [clusternetworkpolicies, adminnetworkpolicies, baselineadminnetworkpolicies]
   verbs: [list, watch]
+- apiGroups: [projectcalico.org, crd.projectcalico.org]
+  resources: [networkpolicies, globalnetworkpolicies, networksets, globalnetworksets]
+  verbs: [list, watch]
 {{- end -}}
