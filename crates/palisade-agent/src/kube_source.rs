@@ -61,11 +61,30 @@ pub enum WatchedKind {
     AdminNetworkPolicy,
     /// policy.networking.k8s.io/v1alpha1 BaselineAdminNetworkPolicy.
     BaselineAdminNetworkPolicy,
+    /// projectcalico.org/v3 NetworkPolicy (Palisade's CRD where Calico is not
+    /// installed; Calico's API server where it is).
+    CalicoNetworkPolicy,
+    /// projectcalico.org/v3 GlobalNetworkPolicy.
+    CalicoGlobalNetworkPolicy,
+    /// projectcalico.org/v3 NetworkSet.
+    CalicoNetworkSet,
+    /// projectcalico.org/v3 GlobalNetworkSet.
+    CalicoGlobalNetworkSet,
+    /// crd.projectcalico.org/v1 NetworkPolicy: Calico's own storage. While it is
+    /// served it is read instead of [`WatchedKind::CalicoNetworkPolicy`] (the same
+    /// objects, seen through Calico's API server).
+    CalicoStoredNetworkPolicy,
+    /// crd.projectcalico.org/v1 GlobalNetworkPolicy.
+    CalicoStoredGlobalNetworkPolicy,
+    /// crd.projectcalico.org/v1 NetworkSet.
+    CalicoStoredNetworkSet,
+    /// crd.projectcalico.org/v1 GlobalNetworkSet.
+    CalicoStoredGlobalNetworkSet,
 }
 
 impl WatchedKind {
     /// Every kind, in merge order.
-    pub const ALL: [WatchedKind; 9] = [
+    pub const ALL: [WatchedKind; 17] = [
         WatchedKind::Namespace,
         WatchedKind::Node,
         WatchedKind::Pod,
@@ -75,32 +94,114 @@ impl WatchedKind {
         WatchedKind::ClusterNetworkPolicy,
         WatchedKind::AdminNetworkPolicy,
         WatchedKind::BaselineAdminNetworkPolicy,
+        WatchedKind::CalicoNetworkPolicy,
+        WatchedKind::CalicoGlobalNetworkPolicy,
+        WatchedKind::CalicoNetworkSet,
+        WatchedKind::CalicoGlobalNetworkSet,
+        WatchedKind::CalicoStoredNetworkPolicy,
+        WatchedKind::CalicoStoredGlobalNetworkPolicy,
+        WatchedKind::CalicoStoredNetworkSet,
+        WatchedKind::CalicoStoredGlobalNetworkSet,
+    ];
+
+    /// The policy kinds, whose versions the node reports.
+    const POLICIES: [WatchedKind; 8] = [
+        WatchedKind::NetworkPolicy,
+        WatchedKind::ClusterNetworkPolicy,
+        WatchedKind::AdminNetworkPolicy,
+        WatchedKind::BaselineAdminNetworkPolicy,
+        WatchedKind::CalicoNetworkPolicy,
+        WatchedKind::CalicoGlobalNetworkPolicy,
+        WatchedKind::CalicoStoredNetworkPolicy,
+        WatchedKind::CalicoStoredGlobalNetworkPolicy,
     ];
 
     /// Whether the kind is a CRD that may not be installed.
     fn optional(self) -> bool {
-        matches!(
-            self,
-            WatchedKind::ClusterNetworkPolicy
-                | WatchedKind::AdminNetworkPolicy
-                | WatchedKind::BaselineAdminNetworkPolicy
-        )
+        self.crd().is_some()
     }
 
-    fn crd(self) -> Option<(&'static str, &'static str, &'static str)> {
-        match self {
-            WatchedKind::ClusterNetworkPolicy => {
-                Some(("v1alpha2", "ClusterNetworkPolicy", "clusternetworkpolicies"))
-            }
-            WatchedKind::AdminNetworkPolicy => {
-                Some(("v1alpha1", "AdminNetworkPolicy", "adminnetworkpolicies"))
-            }
-            WatchedKind::BaselineAdminNetworkPolicy => Some((
+    /// `(group, version, kind, plural)` of a kind watched as a [`DynamicObject`].
+    fn crd(self) -> Option<(&'static str, &'static str, &'static str, &'static str)> {
+        const NPAPI: &str = "policy.networking.k8s.io";
+        const V3: &str = palisade_crds::calico::GROUP;
+        const V1: &str = palisade_crds::calico::STORAGE_GROUP;
+        let (v3, v1) = (
+            palisade_crds::calico::VERSION,
+            palisade_crds::calico::STORAGE_VERSION,
+        );
+        Some(match self {
+            WatchedKind::ClusterNetworkPolicy => (
+                NPAPI,
+                "v1alpha2",
+                "ClusterNetworkPolicy",
+                "clusternetworkpolicies",
+            ),
+            WatchedKind::AdminNetworkPolicy => (
+                NPAPI,
+                "v1alpha1",
+                "AdminNetworkPolicy",
+                "adminnetworkpolicies",
+            ),
+            WatchedKind::BaselineAdminNetworkPolicy => (
+                NPAPI,
                 "v1alpha1",
                 "BaselineAdminNetworkPolicy",
                 "baselineadminnetworkpolicies",
-            )),
-            _ => None,
+            ),
+            WatchedKind::CalicoNetworkPolicy => (V3, v3, "NetworkPolicy", "networkpolicies"),
+            WatchedKind::CalicoGlobalNetworkPolicy => {
+                (V3, v3, "GlobalNetworkPolicy", "globalnetworkpolicies")
+            }
+            WatchedKind::CalicoNetworkSet => (V3, v3, "NetworkSet", "networksets"),
+            WatchedKind::CalicoGlobalNetworkSet => {
+                (V3, v3, "GlobalNetworkSet", "globalnetworksets")
+            }
+            WatchedKind::CalicoStoredNetworkPolicy => (V1, v1, "NetworkPolicy", "networkpolicies"),
+            WatchedKind::CalicoStoredGlobalNetworkPolicy => {
+                (V1, v1, "GlobalNetworkPolicy", "globalnetworkpolicies")
+            }
+            WatchedKind::CalicoStoredNetworkSet => (V1, v1, "NetworkSet", "networksets"),
+            WatchedKind::CalicoStoredGlobalNetworkSet => {
+                (V1, v1, "GlobalNetworkSet", "globalnetworksets")
+            }
+            _ => return None,
+        })
+    }
+
+    /// For a Calico kind: `(projectcalico.org/v3 kind, crd.projectcalico.org/v1 kind)`,
+    /// the two views of one resource.
+    fn calico_pair(self) -> Option<(WatchedKind, WatchedKind)> {
+        use WatchedKind::*;
+        Some(match self {
+            CalicoNetworkPolicy | CalicoStoredNetworkPolicy => {
+                (CalicoNetworkPolicy, CalicoStoredNetworkPolicy)
+            }
+            CalicoGlobalNetworkPolicy | CalicoStoredGlobalNetworkPolicy => {
+                (CalicoGlobalNetworkPolicy, CalicoStoredGlobalNetworkPolicy)
+            }
+            CalicoNetworkSet | CalicoStoredNetworkSet => (CalicoNetworkSet, CalicoStoredNetworkSet),
+            CalicoGlobalNetworkSet | CalicoStoredGlobalNetworkSet => {
+                (CalicoGlobalNetworkSet, CalicoStoredGlobalNetworkSet)
+            }
+            _ => return None,
+        })
+    }
+
+    /// How the node's report names a policy of this kind ([`palisade_crds::PolicyRef`]'s
+    /// kind): both Calico views of a policy are one policy, named as kubectl names the
+    /// resource (`NetworkPolicy.projectcalico.org`).
+    pub fn report_kind(self) -> String {
+        use palisade_policy::model::CalicoKind;
+        match self {
+            WatchedKind::CalicoNetworkPolicy | WatchedKind::CalicoStoredNetworkPolicy => {
+                CalicoKind::NetworkPolicy.as_str().to_string()
+            }
+            WatchedKind::CalicoGlobalNetworkPolicy
+            | WatchedKind::CalicoStoredGlobalNetworkPolicy => {
+                CalicoKind::GlobalNetworkPolicy.as_str().to_string()
+            }
+            other => format!("{other:?}"),
         }
     }
 }
@@ -123,9 +224,29 @@ impl WatchedKind {
             }
             WatchedKind::Service => {
                 cluster.services.remove(key);
+                changed.services.insert(key.to_string());
             }
             WatchedKind::EndpointSlice => {
                 cluster.endpoint_slices.remove(key);
+                changed.endpoint_slices.insert(key.to_string());
+            }
+            WatchedKind::CalicoNetworkPolicy
+            | WatchedKind::CalicoGlobalNetworkPolicy
+            | WatchedKind::CalicoStoredNetworkPolicy
+            | WatchedKind::CalicoStoredGlobalNetworkPolicy => {
+                let key = format!("{}/{key}", self.report_kind());
+                cluster.calico_policies.remove(&key);
+                changed.calico_policies.insert(key);
+            }
+            WatchedKind::CalicoNetworkSet | WatchedKind::CalicoStoredNetworkSet => {
+                let key = format!("NetworkSet/{key}");
+                cluster.network_sets.remove(&key);
+                changed.network_sets.insert(key);
+            }
+            WatchedKind::CalicoGlobalNetworkSet | WatchedKind::CalicoStoredGlobalNetworkSet => {
+                let key = format!("GlobalNetworkSet/{key}");
+                cluster.network_sets.remove(&key);
+                changed.network_sets.insert(key);
             }
             WatchedKind::NetworkPolicy => {
                 cluster.network_policies.remove(key);
@@ -281,6 +402,43 @@ impl Store {
         true
     }
 
+    /// The kind whose objects are in force for `kind`'s resource: itself, except for
+    /// Calico's two views of one resource, where Calico's storage
+    /// (`crd.projectcalico.org/v1`) is read once it is served and listed (Calico is
+    /// installed: its API server's `projectcalico.org/v3` shows the same objects), and
+    /// `projectcalico.org/v3` (Palisade's CRDs) otherwise. Never both: a policy read
+    /// twice could sort between other policies of its tier twice.
+    fn shown(&self, kind: WatchedKind) -> WatchedKind {
+        let Some((v3, stored)) = kind.calico_pair() else {
+            return kind;
+        };
+        let in_charge = self
+            .health
+            .get(&stored)
+            .is_some_and(|h| !h.not_served && h.lists_completed > 0);
+        if in_charge {
+            stored
+        } else {
+            v3
+        }
+    }
+
+    /// Notes every object of both Calico views of `kind`'s resource as changed (the view
+    /// in force switched).
+    fn touch_views(&mut self, kind: WatchedKind) {
+        let Some((v3, stored)) = kind.calico_pair() else {
+            return;
+        };
+        for k in [v3, stored] {
+            let keys: Vec<String> = self
+                .objects
+                .get(&k)
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default();
+            self.changed.extend(keys.into_iter().map(|key| (k, key)));
+        }
+    }
+
     /// Errors and warnings of every flagged object, then of every failing watch, and
     /// the API versions of the policies (not of every object: pods have none).
     fn notes(&self, snap: &mut Snapshot) {
@@ -289,17 +447,18 @@ impl Store {
         snap.versions.clear();
         snap.rejected.clear();
         snap.rejected_refs.clear();
-        for kind in [
-            WatchedKind::NetworkPolicy,
-            WatchedKind::ClusterNetworkPolicy,
-            WatchedKind::AdminNetworkPolicy,
-            WatchedKind::BaselineAdminNetworkPolicy,
-        ] {
+        for kind in WatchedKind::POLICIES {
+            if self.shown(kind) != kind {
+                continue;
+            }
             for o in self.objects.get(&kind).into_iter().flat_map(|m| m.values()) {
                 o.version.add_to(snap);
             }
         }
         for (kind, key) in &self.flagged {
+            if self.shown(*kind) != *kind {
+                continue;
+            }
             if let Some(o) = self.objects.get(kind).and_then(|m| m.get(key)) {
                 snap.errors.extend(o.errors.iter().cloned());
                 snap.warnings.extend(o.warnings.iter().cloned());
@@ -415,8 +574,8 @@ fn spawn_watches(client: &Client, shared: &Shared) -> Vec<tokio::task::JoinHandl
     tasks.push(ctx(WatchedKind::EndpointSlice).spawn(Api::<EndpointSlice>::all(client.clone())));
     tasks.push(ctx(WatchedKind::NetworkPolicy).spawn(Api::<NetworkPolicy>::all(client.clone())));
     for kind in WatchedKind::ALL {
-        if let Some((version, k, plural)) = kind.crd() {
-            let gvk = GroupVersionKind::gvk("policy.networking.k8s.io", version, k);
+        if let Some((group, version, k, plural)) = kind.crd() {
+            let gvk = GroupVersionKind::gvk(group, version, k);
             let ar = ApiResource::from_gvk_with_plural(&gvk, plural);
             let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
             tasks.push(ctx(kind).spawn(api));
@@ -478,7 +637,10 @@ impl Source for KubeSource {
         let s = self.store();
         s.listed()?;
         let mut snap = Snapshot::default();
-        for objects in s.objects.values() {
+        for (kind, objects) in &s.objects {
+            if s.shown(*kind) != *kind {
+                continue;
+            }
             for o in objects.values() {
                 if let Some(good) = &o.good {
                     good.add_to(&mut snap.cluster);
@@ -504,9 +666,11 @@ impl Source for KubeSource {
         let mut changed = Changed::default();
         for (kind, key) in std::mem::take(&mut s.changed) {
             kind.remove_from(&mut snapshot.cluster, &key, &mut changed);
+            // The other Calico view of the same key shares its model key: what is in
+            // force for it is the view shown.
             let good = s
                 .objects
-                .get(&kind)
+                .get(&s.shown(kind))
                 .and_then(|m| m.get(&key))
                 .and_then(|o| o.good.as_ref());
             if let Some(good) = good {
@@ -755,6 +919,27 @@ impl Watch {
         relist: &mut Option<BTreeMap<String, ObjectState>>,
     ) {
         let mut s = self.store.lock().expect("store lock");
+        let shown = s.shown(self.kind);
+        self.on_event_locked(&mut s, ev, relist);
+        self.view_switch(&mut s, shown);
+    }
+
+    /// Calico's storage kinds appearing (Calico installed) or going away switch the
+    /// view in force: every object of both views is a change.
+    fn view_switch(&self, s: &mut Store, shown_before: WatchedKind) {
+        if s.shown(self.kind) != shown_before {
+            tracing::info!(kind = ?self.kind, now = ?s.shown(self.kind), "Calico policies are now read from this view");
+            s.touch_views(self.kind);
+            self.mark();
+        }
+    }
+
+    fn on_event_locked<K: Serialize>(
+        &self,
+        s: &mut Store,
+        ev: Event<K>,
+        relist: &mut Option<BTreeMap<String, ObjectState>>,
+    ) {
         let h = s.health.entry(self.kind).or_default();
         h.events += 1;
         h.failing = false;
@@ -774,7 +959,7 @@ impl Watch {
             }
             Event::InitApply(o) => {
                 let v = value(&o);
-                observe(&mut s, &v);
+                observe(s, &v);
                 let key = object_key(&v);
                 let prev = s.objects.get(&self.kind).and_then(|m| m.get(&key));
                 let st = decode(self.kind, v, prev);
@@ -809,7 +994,7 @@ impl Watch {
             }
             Event::Apply(o) => {
                 let v = value(&o);
-                observe(&mut s, &v);
+                observe(s, &v);
                 let key = object_key(&v);
                 let prev = s.objects.get(&self.kind).and_then(|m| m.get(&key));
                 let st = decode(self.kind, v, prev);
@@ -819,7 +1004,7 @@ impl Watch {
             }
             Event::Delete(o) => {
                 let v = value(&o);
-                observe(&mut s, &v);
+                observe(s, &v);
                 if s.put((self.kind, object_key(&v)), None) {
                     self.mark();
                 }
@@ -835,6 +1020,12 @@ impl Watch {
                 if r.code == 404
         );
         let mut s = self.store.lock().expect("store lock");
+        let shown = s.shown(self.kind);
+        self.on_error_locked(&mut s, e, not_found);
+        self.view_switch(&mut s, shown);
+    }
+
+    fn on_error_locked(&self, s: &mut Store, e: &watcher::Error, not_found: bool) {
         let h = s.health.entry(self.kind).or_default();
         h.errors += 1;
         h.last_error = Some(e.to_string());
@@ -1140,5 +1331,233 @@ mod tests {
         pods.on_event(Event::Apply(x), &mut rp);
         assert!(!src.changed());
         assert_eq!(src.health()[&WatchedKind::Pod].resource_version, Some(99));
+    }
+
+    /// The seed-002 policy as the API server returns it (from either Calico group).
+    fn calico_policy(api_version: &str, name: &str, rv: &str) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": api_version,
+            "kind": "NetworkPolicy",
+            "metadata": {"name": name, "namespace": "default", "uid": format!("u-{name}"),
+                         "resourceVersion": rv, "generation": 1},
+            "spec": {
+                "selector": "(app.kubernetes.io/managed-by == 'manager') && (app.kubernetes.io/part-of == 'super-feature')",
+                "types": ["Egress"],
+                "egress": [
+                    {"action": "Deny", "destination": {"nets": ["169.254.169.254/32"]}},
+                    {"action": "Deny", "destination": {"services": {"name": "kubernetes", "namespace": "default"}}},
+                    {"action": "Allow"}
+                ]
+            }
+        })
+    }
+
+    fn not_found() -> watcher::Error {
+        let status: kube::core::Status =
+            serde_json::from_value(serde_json::json!({"code": 404, "message": "not found"}))
+                .unwrap();
+        watcher::Error::InitialListFailed(kube::Error::Api(Box::new(status)))
+    }
+
+    #[test]
+    fn calico_policies_are_decoded_one_by_one_reported_and_named_in_a_refresh() {
+        let (store, dirty) = (Arc::default(), Arc::new(AtomicBool::new(false)));
+        let mut src = source(&store, &dirty);
+        // Calico is not installed: its storage kind is not served.
+        list_all_empty(&store, &dirty, &[WatchedKind::CalicoStoredNetworkPolicy]);
+        watch(WatchedKind::CalicoStoredNetworkPolicy, &store, &dirty).on_error(&not_found());
+        let w = watch(WatchedKind::CalicoNetworkPolicy, &store, &dirty);
+        let mut relist = None;
+        w.on_event(
+            Event::Apply(calico_policy("projectcalico.org/v3", "seed", "10")),
+            &mut relist,
+        );
+        // One the decoder cannot enforce (ICMP type match): rejected alone, field named.
+        let mut bad = calico_policy("projectcalico.org/v3", "icmp", "11");
+        bad["spec"]["egress"][0]["icmp"] = serde_json::json!({"type": 8});
+        w.on_event(Event::Apply(bad), &mut relist);
+        let mut snap = Snapshot::default();
+        assert_eq!(src.refresh(&mut snap).unwrap(), Refresh::Whole);
+        let key = "NetworkPolicy.projectcalico.org/default/seed";
+        let p = snap
+            .cluster
+            .calico_policies
+            .get(key)
+            .unwrap_or_else(|| panic!("{:?}", snap.errors));
+        assert_eq!(p.egress.as_ref().map(Vec::len), Some(3), "{p:?}");
+        assert_eq!(snap.cluster.calico_policies.len(), 1, "the bad one is out");
+        assert_eq!(snap.errors.len(), 1, "{:?}", snap.errors);
+        assert_eq!(snap.errors[0].field(), Some("spec.egress[0].icmp"));
+        assert!(
+            snap.errors[0]
+                .file()
+                .contains("CalicoNetworkPolicy/default/icmp"),
+            "{}",
+            snap.errors[0].file()
+        );
+        // Reported under the name kubectl gives the resource, with its version, and
+        // the rejected one as an error of that kind.
+        assert!(
+            snap.versions
+                .iter()
+                .any(|v| v.policy.key() == key && v.uid == "u-seed"),
+            "{:?}",
+            snap.versions
+        );
+        assert!(
+            snap.rejected
+                .iter()
+                .any(|e| e.object.kind == "NetworkPolicy.projectcalico.org"
+                    && e.field == "spec.egress[0].icmp"),
+            "{:?}",
+            snap.rejected
+        );
+
+        // Deleted: the refresh names its key, and the compiler change follows.
+        let before = snap.cluster.clone();
+        w.on_event(
+            Event::Delete(calico_policy("projectcalico.org/v3", "seed", "12")),
+            &mut relist,
+        );
+        let Refresh::Keys(keys) = src.refresh(&mut snap).unwrap() else {
+            panic!("a later refresh names its keys")
+        };
+        assert_eq!(keys.calico_policies.iter().collect::<Vec<_>>(), [key]);
+        assert!(snap.cluster.calico_policies.is_empty());
+        let changes = keys.changes(&before, &snap.cluster);
+        assert!(
+            matches!(&changes[..], [palisade_policy::compile::Change::RemoveCalicoPolicy(k)] if k == key),
+            "{changes:?}"
+        );
+    }
+
+    #[test]
+    fn calicos_storage_is_read_instead_of_projectcalico_org_once_it_is_served() {
+        let (store, dirty) = (Arc::default(), Arc::new(AtomicBool::new(false)));
+        let mut src = source(&store, &dirty);
+        list_all_empty(&store, &dirty, &[WatchedKind::CalicoStoredNetworkPolicy]);
+        let stored = watch(WatchedKind::CalicoStoredNetworkPolicy, &store, &dirty);
+        let v3 = watch(WatchedKind::CalicoNetworkPolicy, &store, &dirty);
+        let (mut r1, mut r3) = (None, None);
+        // Calico not installed: its storage kind is not served; the v3 CRD is read.
+        stored.on_error(&not_found());
+        v3.on_event(
+            Event::Apply(calico_policy("projectcalico.org/v3", "a", "5")),
+            &mut r3,
+        );
+        let mut snap = Snapshot::default();
+        src.refresh(&mut snap).unwrap();
+        assert_eq!(
+            snap.cluster.calico_policies.keys().collect::<Vec<_>>(),
+            ["NetworkPolicy.projectcalico.org/default/a"]
+        );
+
+        // Calico installed: its storage lists the same policy (named as Calico stores
+        // it) and another. Mid-list nothing switches (no window without policies).
+        stored.on_event::<serde_json::Value>(Event::Init, &mut r1);
+        stored.on_event(
+            Event::InitApply(calico_policy("crd.projectcalico.org/v1", "default.a", "6")),
+            &mut r1,
+        );
+        assert_eq!(
+            src.refresh(&mut snap).unwrap(),
+            Refresh::Keys(Changed::default())
+        );
+        stored.on_event(
+            Event::InitApply(calico_policy("crd.projectcalico.org/v1", "b", "7")),
+            &mut r1,
+        );
+        stored.on_event::<serde_json::Value>(Event::InitDone, &mut r1);
+        let Refresh::Keys(keys) = src.refresh(&mut snap).unwrap() else {
+            panic!("keys")
+        };
+        let want = [
+            "NetworkPolicy.projectcalico.org/default/b",
+            "NetworkPolicy.projectcalico.org/default/default.a",
+        ];
+        assert_eq!(
+            snap.cluster.calico_policies.keys().collect::<Vec<_>>(),
+            want
+        );
+        assert!(keys
+            .calico_policies
+            .contains("NetworkPolicy.projectcalico.org/default/a"));
+        assert_eq!(snap.cluster, src.load().unwrap().cluster, "refresh = load");
+        // Only the storage's versions are reported: one policy is never reported twice.
+        let mut reported: Vec<String> = snap.versions.iter().map(|v| v.policy.key()).collect();
+        reported.sort();
+        assert_eq!(reported, want);
+
+        // A v3 object with the storage's name changing while hidden changes nothing
+        // in force (the storage's copy of that key stays).
+        v3.on_event(
+            Event::Apply(calico_policy("projectcalico.org/v3", "b", "8")),
+            &mut r3,
+        );
+        v3.on_event(
+            Event::Delete(calico_policy("projectcalico.org/v3", "b", "9")),
+            &mut r3,
+        );
+        src.refresh(&mut snap).unwrap();
+        assert_eq!(
+            snap.cluster.calico_policies.keys().collect::<Vec<_>>(),
+            want
+        );
+
+        // Calico's CRDs removed again: back to projectcalico.org/v3.
+        stored.on_error(&not_found());
+        src.refresh(&mut snap).unwrap();
+        assert_eq!(
+            snap.cluster.calico_policies.keys().collect::<Vec<_>>(),
+            ["NetworkPolicy.projectcalico.org/default/a"]
+        );
+        assert_eq!(snap.cluster, src.load().unwrap().cluster);
+    }
+
+    #[test]
+    fn a_changed_endpoint_slice_or_service_is_named_in_the_refresh() {
+        let (store, dirty) = (Arc::default(), Arc::new(AtomicBool::new(false)));
+        let mut src = source(&store, &dirty);
+        list_all_empty(&store, &dirty, &[]);
+        let mut snap = Snapshot::default();
+        src.refresh(&mut snap).unwrap();
+        let slice = |ip: &str| -> EndpointSlice {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "kubernetes", "namespace": "default",
+                             "labels": {"kubernetes.io/service-name": "kubernetes"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [ip]}],
+                "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}]
+            }))
+            .unwrap()
+        };
+        let w = watch(WatchedKind::EndpointSlice, &store, &dirty);
+        let mut relist = None;
+        w.on_event(Event::Apply(slice("10.240.0.2")), &mut relist);
+        let before = snap.cluster.clone();
+        let Refresh::Keys(keys) = src.refresh(&mut snap).unwrap() else {
+            panic!("keys")
+        };
+        assert_eq!(
+            keys.endpoint_slices.iter().collect::<Vec<_>>(),
+            ["default/kubernetes"]
+        );
+        assert_eq!(keys.changes(&before, &snap.cluster).len(), 1);
+        // The API server moved: the change reaches the compiler at once, not at the
+        // next full pass.
+        w.on_event(Event::Apply(slice("10.240.0.3")), &mut relist);
+        let before = snap.cluster.clone();
+        let Refresh::Keys(keys) = src.refresh(&mut snap).unwrap() else {
+            panic!("keys")
+        };
+        let changes = keys.changes(&before, &snap.cluster);
+        assert!(
+            matches!(
+                &changes[..],
+                [palisade_policy::compile::Change::UpsertEndpointSlice(_)]
+            ),
+            "{changes:?}"
+        );
     }
 }

@@ -59,9 +59,13 @@ fn policy_ref(kind: WatchedKind, v: &Value) -> Option<PolicyRef> {
             | WatchedKind::ClusterNetworkPolicy
             | WatchedKind::AdminNetworkPolicy
             | WatchedKind::BaselineAdminNetworkPolicy
+            | WatchedKind::CalicoNetworkPolicy
+            | WatchedKind::CalicoGlobalNetworkPolicy
+            | WatchedKind::CalicoStoredNetworkPolicy
+            | WatchedKind::CalicoStoredGlobalNetworkPolicy
     );
     policy.then(|| PolicyRef {
-        kind: format!("{kind:?}"),
+        kind: kind.report_kind(),
         namespace: v["metadata"]["namespace"].as_str().map(str::to_string),
         name: v["metadata"]["name"]
             .as_str()

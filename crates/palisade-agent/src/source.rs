@@ -101,6 +101,14 @@ pub struct Changed {
     pub network_policies: BTreeSet<String>,
     /// Cluster policies, `Kind/name`.
     pub cluster_policies: BTreeSet<String>,
+    /// Services, `namespace/name` (Calico `services` peers).
+    pub services: BTreeSet<String>,
+    /// EndpointSlices, `namespace/name`.
+    pub endpoint_slices: BTreeSet<String>,
+    /// Calico policies, by `CalicoPolicy::key`.
+    pub calico_policies: BTreeSet<String>,
+    /// Calico network sets, by `NetworkSet::key`.
+    pub network_sets: BTreeSet<String>,
 }
 
 impl Changed {
@@ -113,6 +121,12 @@ impl Changed {
             .extend(c.network_policies.keys().cloned());
         self.cluster_policies
             .extend(c.cluster_policies.keys().cloned());
+        self.services.extend(c.services.keys().cloned());
+        self.endpoint_slices
+            .extend(c.endpoint_slices.keys().cloned());
+        self.calico_policies
+            .extend(c.calico_policies.keys().cloned());
+        self.network_sets.extend(c.network_sets.keys().cloned());
     }
 
     /// Whether nothing changed.
@@ -122,6 +136,10 @@ impl Changed {
             && self.pods.is_empty()
             && self.network_policies.is_empty()
             && self.cluster_policies.is_empty()
+            && self.services.is_empty()
+            && self.endpoint_slices.is_empty()
+            && self.calico_policies.is_empty()
+            && self.network_sets.is_empty()
     }
 
     /// The compiler changes that turn `old` into `new` for these keys only, in the
@@ -190,6 +208,62 @@ impl Changed {
             &mut out,
             Change::UpsertClusterPolicy,
         );
+        upserts(
+            &self.services,
+            &old.services,
+            &new.services,
+            &mut out,
+            Change::UpsertService,
+        );
+        upserts(
+            &self.endpoint_slices,
+            &old.endpoint_slices,
+            &new.endpoint_slices,
+            &mut out,
+            Change::UpsertEndpointSlice,
+        );
+        upserts(
+            &self.network_sets,
+            &old.network_sets,
+            &new.network_sets,
+            &mut out,
+            Change::UpsertNetworkSet,
+        );
+        upserts(
+            &self.calico_policies,
+            &old.calico_policies,
+            &new.calico_policies,
+            &mut out,
+            Change::UpsertCalicoPolicy,
+        );
+        removals(
+            &self.calico_policies,
+            &old.calico_policies,
+            &new.calico_policies,
+            &mut out,
+            Change::RemoveCalicoPolicy,
+        );
+        removals(
+            &self.network_sets,
+            &old.network_sets,
+            &new.network_sets,
+            &mut out,
+            Change::RemoveNetworkSet,
+        );
+        removals(
+            &self.endpoint_slices,
+            &old.endpoint_slices,
+            &new.endpoint_slices,
+            &mut out,
+            Change::RemoveEndpointSlice,
+        );
+        removals(
+            &self.services,
+            &old.services,
+            &new.services,
+            &mut out,
+            Change::RemoveService,
+        );
         removals(
             &self.cluster_policies,
             &old.cluster_policies,
@@ -231,6 +305,8 @@ impl Changed {
 
 /// What a [`Source::refresh`] did to the snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// One value per pass, moved once: boxing the key sets would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Refresh {
     /// Replaced it: the reconciler diffs the whole snapshot.
     Whole,

@@ -45,7 +45,8 @@ const GRANT: &str = r#"{"apiVersion":"v1","kind":"List","items":[
   "rules":[{"apiGroups":[""],"resources":["namespaces","pods","nodes","services"],"verbs":["get","list","watch"]},
            {"apiGroups":["discovery.k8s.io"],"resources":["endpointslices"],"verbs":["get","list","watch"]},
            {"apiGroups":["networking.k8s.io"],"resources":["networkpolicies"],"verbs":["get","list","watch"]},
-           {"apiGroups":["policy.networking.k8s.io"],"resources":["clusternetworkpolicies","adminnetworkpolicies","baselineadminnetworkpolicies"],"verbs":["get","list","watch"]}]},
+           {"apiGroups":["policy.networking.k8s.io"],"resources":["clusternetworkpolicies","adminnetworkpolicies","baselineadminnetworkpolicies"],"verbs":["get","list","watch"]},
+           {"apiGroups":["projectcalico.org","crd.projectcalico.org"],"resources":["networkpolicies","globalnetworkpolicies","networksets","globalnetworksets"],"verbs":["list","watch"]}]},
  {"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRoleBinding","metadata":{"name":"palisade-agent-read"},
   "roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"palisade-agent-read"},
   "subjects":[{"kind":"ServiceAccount","name":"palisade-agent","namespace":"kube-system"}]}]}"#;
@@ -1002,3 +1003,123 @@ fn a_rejected_policy_gets_one_event_naming_the_field_and_the_good_one_stays_in_f
 
 /// How long the agents get to finish their pass and end once a test is done.
 const AGENTS_STOP: Duration = Duration::from_secs(30);
+
+/// Installs Palisade's projectcalico.org/v3 CRDs (as the chart does with
+/// `calico.serveCRDs`) and waits until they are served.
+fn install_calico_crds(cp: &ControlPlane) {
+    cp.kubectl(
+        cp.admin(),
+        &["apply", "-f", "-"],
+        Some(&palisade_crds::calico::calico_crds_yaml()),
+    )
+    .expect("Calico CRDs");
+    for name in palisade_crds::calico::CRD_NAMES {
+        cp.kubectl(
+            cp.admin(),
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                &format!("crd/{name}"),
+            ],
+            None,
+        )
+        .expect("CRD established");
+    }
+}
+
+const SEED_POLICY: &str =
+    include_str!("../../../examples/calico-imds-api/01-deny-k8s-api-and-imds.yaml");
+
+#[test]
+fn the_seed_002_calico_policy_applied_with_kubectl_is_read_and_a_bad_one_is_rejected_alone() {
+    let Some(cp) = start() else { return };
+    install_calico_crds(&cp);
+    cp.kubectl(cp.admin(), &["apply", "-f", "-"], Some(GRANT))
+        .expect("grant");
+    // The article's YAML, unchanged, through kubectl (strict field validation).
+    cp.kubectl(cp.admin(), &["apply", "-f", "-"], Some(SEED_POLICY))
+        .expect("kubectl apply of the seed-002 policy");
+    // A misspelt field is refused by the API server itself (the schema declares every
+    // field), not pruned.
+    let typo = r#"{"apiVersion":"projectcalico.org/v3","kind":"NetworkPolicy",
+      "metadata":{"name":"typo","namespace":"default"},
+      "spec":{"egress":[{"action":"Deny","destination":{"notNet":["10.0.0.0/8"]}}]}}"#;
+    let err = cp
+        .kubectl(cp.admin(), &["apply", "-f", "-"], Some(typo))
+        .expect_err("an unknown field is refused")
+        .to_string();
+    assert!(err.contains("notNet"), "{err}");
+    // One the API accepts but Palisade does not enforce: rejected alone, field named.
+    let tiered = r#"{"apiVersion":"projectcalico.org/v3","kind":"GlobalNetworkPolicy",
+      "metadata":{"name":"security.tiered"},
+      "spec":{"tier":"security","selector":"all()","egress":[{"action":"Deny"}]}}"#;
+    cp.kubectl(cp.admin(), &["apply", "-f", "-"], Some(tiered))
+        .expect("a tiered policy is valid for the API server");
+    let set = r#"{"apiVersion":"projectcalico.org/v3","kind":"GlobalNetworkSet",
+      "metadata":{"name":"imds","labels":{"role":"imds"}},
+      "spec":{"nets":["169.254.169.254"]}}"#;
+    cp.kubectl(cp.admin(), &["apply", "-f", "-"], Some(set))
+        .expect("network set");
+
+    let (agent, rt) = agent_identity(&cp);
+    rt.block_on(async {
+        let mut src = source_as(&agent).await;
+        let key = "NetworkPolicy.projectcalico.org/default/deny-k8s-api-and-imds";
+        let snap = eventually(Duration::from_secs(120), "the Calico policy", || {
+            src.load()
+                .ok()
+                .filter(|s| s.cluster.calico_policies.contains_key(key))
+        })
+        .await;
+        let p = &snap.cluster.calico_policies[key];
+        let egress = p.egress.as_ref().expect("types: Egress");
+        assert_eq!(egress.len(), 3, "{p:?}");
+        assert!(p.ingress.is_none());
+        assert_eq!(
+            egress[1]
+                .peer
+                .service
+                .as_ref()
+                .map(|s| (s.namespace.as_str(), s.name.as_str())),
+            Some(("default", "kubernetes"))
+        );
+        assert_eq!(
+            snap.cluster.calico_policies.len(),
+            1,
+            "the tiered one is out"
+        );
+        assert!(snap
+            .cluster
+            .network_sets
+            .contains_key("GlobalNetworkSet/imds"));
+        let tier_errors: Vec<_> = snap
+            .errors
+            .iter()
+            .filter(|e| e.field() == Some("spec.tier"))
+            .collect();
+        assert_eq!(tier_errors.len(), 1, "{:?}", snap.errors);
+        assert_eq!(snap.errors.len(), 1, "{:?}", snap.errors);
+        let health = src.health();
+        assert!(!health[&WatchedKind::CalicoNetworkPolicy].not_served);
+        assert!(
+            health[&WatchedKind::CalicoStoredNetworkPolicy].not_served,
+            "Calico is not installed: {health:?}"
+        );
+        assert!(
+            snap.versions.iter().any(|v| v.policy.key() == key),
+            "reported in the node's status: {:?}",
+            snap.versions
+        );
+
+        // Deleted with kubectl: gone from the desired state.
+        cp.kubectl(cp.admin(), &["delete", "-f", "-"], Some(SEED_POLICY))
+            .expect("delete");
+        eventually(Duration::from_secs(30), "the deletion", || {
+            src.load()
+                .ok()
+                .filter(|s| s.cluster.calico_policies.is_empty())
+        })
+        .await;
+    });
+}

@@ -48,7 +48,8 @@ const CNI_TIMEOUT_MS: u64 = 10_000;
 /// with exactly the identity and RBAC the chart installs.
 const CHART: &str = include_str!("../../../deploy/manifests/palisade.yaml");
 
-/// The chart's objects the lab applies: its CRDs, Namespace, ServiceAccounts, the
+/// The chart's objects the lab applies: its CRDs (Palisade's, and the
+/// `projectcalico.org/v3` ones of `calico.serveCRDs`), Namespace, ServiceAccounts, the
 /// agent's and the controller's ClusterRoles and bindings and the controller's
 /// leader-election Role. Not the DaemonSet and Deployment (the lab runs those
 /// processes itself) nor the admission policy (it wants tokens bound to a pod on a
@@ -60,6 +61,7 @@ pub(crate) fn chart_objects() -> String {
         "templates/serviceaccounts.yaml",
         "templates/rbac-agent.yaml",
         "templates/rbac-controller.yaml",
+        "templates/calico-crds.yaml",
     ];
     CHART
         .split("\n---\n")
@@ -1207,12 +1209,17 @@ pub fn probe(
 }
 
 /// The kinds the simulator is fed from the API server (the agent's watched kinds;
-/// the network-policy-api ones only when their CRDs are served).
+/// the network-policy-api and Calico ones only when their CRDs are served; the lab
+/// serves Calico's projectcalico.org/v3 as the chart does, never its storage group).
 const SIMULATED_KINDS: &str = "namespaces,nodes,pods,services,endpointslices.discovery.k8s.io,networkpolicies.networking.k8s.io";
 const CRD_KINDS: &[&str] = &[
     "clusternetworkpolicies.policy.networking.k8s.io",
     "adminnetworkpolicies.policy.networking.k8s.io",
     "baselineadminnetworkpolicies.policy.networking.k8s.io",
+    "networkpolicies.projectcalico.org",
+    "globalnetworkpolicies.projectcalico.org",
+    "networksets.projectcalico.org",
+    "globalnetworksets.projectcalico.org",
 ];
 
 /// What the decoder needs of an object read back from the API server, as the
@@ -1280,6 +1287,38 @@ const POLICY_KINDS: &[&str] = &[
     "BaselineAdminNetworkPolicy",
 ];
 
+/// How the agents report a policy object of `o`'s kind and how kubectl names its
+/// resource: `(reported kind, kubectl resource, namespaced)`. Calico's policies are
+/// reported as `NetworkPolicy.projectcalico.org` (their kind alone would be taken for
+/// networking.k8s.io's).
+fn reported_policy(o: &serde_json::Value) -> Option<(String, String, bool)> {
+    let kind = o["kind"].as_str().unwrap_or_default();
+    let group = o["apiVersion"]
+        .as_str()
+        .unwrap_or_default()
+        .rsplit_once('/')
+        .map_or("", |(g, _)| g);
+    if matches!(group, "projectcalico.org" | "crd.projectcalico.org") {
+        let namespaced = match kind {
+            "NetworkPolicy" => true,
+            "GlobalNetworkPolicy" => false,
+            _ => return None,
+        };
+        return Some((
+            format!("{kind}.projectcalico.org"),
+            format!("{}ies.{group}", kind.to_lowercase().trim_end_matches('y')),
+            namespaced,
+        ));
+    }
+    POLICY_KINDS.contains(&kind).then(|| {
+        (
+            kind.to_string(),
+            kind.to_lowercase(),
+            kind == "NetworkPolicy",
+        )
+    })
+}
+
 /// Waits until every node's NodePolicyStatus (written by its agent after a pass,
 /// `palisade_crds`) reports each policy of `objs` in force at the uid and generation
 /// the API server now holds, or rejected at that version (said as a warning), or,
@@ -1291,13 +1330,11 @@ fn wait_policies_reported(
     deleted: bool,
 ) -> anyhow::Result<()> {
     let mut wanted = Vec::new();
-    for o in objs
-        .iter()
-        .filter(|o| POLICY_KINDS.contains(&o["kind"].as_str().unwrap_or_default()))
+    for (o, (kind, resource, namespaced)) in
+        objs.iter().filter_map(|o| Some((o, reported_policy(o)?)))
     {
-        let kind = o["kind"].as_str().unwrap_or_default();
         let name = o["metadata"]["name"].as_str().unwrap_or_default();
-        let ns = (kind == "NetworkPolicy").then(|| {
+        let ns = namespaced.then(|| {
             o["metadata"]["namespace"]
                 .as_str()
                 .unwrap_or("default")
@@ -1312,7 +1349,7 @@ fn wait_policies_reported(
         } else {
             let mut args = vec![
                 "get".to_string(),
-                format!("{}/{name}", kind.to_lowercase()),
+                format!("{resource}/{name}"),
                 "-o".into(),
                 "json".into(),
             ];

@@ -339,28 +339,68 @@ pub struct GlobalNetworkSetSpec {
 /// The chart value that installs these CRDs.
 pub const CHART_VALUE: &str = "calico.serveCRDs";
 
-/// The chart template (`templates/calico-crds.yaml`) holding the four CRDs, rendered
-/// only while `calico.serveCRDs` is true (a template, not `crds/`, because Helm installs
-/// `crds/` unconditionally). Kept on `helm uninstall` (`helm.sh/resource-policy: keep`),
-/// as Helm keeps `crds/`: deleting a CRD deletes every policy of its kind.
-pub fn calico_crd_template() -> (String, String) {
+/// The four CRDs as one multi-document YAML stream, for `kubectl apply -f -` (the
+/// chart's template is this, behind its value).
+pub fn calico_crds_yaml() -> String {
     let crds = [
         NetworkPolicy::crd(),
         GlobalNetworkPolicy::crd(),
         NetworkSet::crd(),
         GlobalNetworkSet::crd(),
     ];
+    let mut out = String::new();
+    for crd in &crds {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(crd).expect("a CRD serialises"));
+    }
+    out
+}
+
+/// Tests only: the four kinds as `crd.projectcalico.org/v1`, the group of Calico's own
+/// CRDs, with these schemas. It stands in for an installed Calico (whose CRD files are
+/// not copied here) where a test needs that group served: RBAC checks by discovery, the
+/// agent switching to Calico's storage. Never installed by the chart.
+pub fn storage_stand_in_yaml() -> String {
+    let crds = [
+        NetworkPolicy::crd(),
+        GlobalNetworkPolicy::crd(),
+        NetworkSet::crd(),
+        GlobalNetworkSet::crd(),
+    ];
+    let mut out = String::new();
+    for mut crd in crds {
+        crd.spec.group = STORAGE_GROUP.to_string();
+        crd.metadata.name = Some(format!("{}.{STORAGE_GROUP}", crd.spec.names.plural));
+        crd.metadata.annotations = None;
+        for v in &mut crd.spec.versions {
+            v.name = STORAGE_VERSION.to_string();
+        }
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(&crd).expect("a CRD serialises"));
+    }
+    out
+}
+
+/// The names (`PLURAL.GROUP`) of the four CRDs.
+pub const CRD_NAMES: [&str; 4] = [
+    "networkpolicies.projectcalico.org",
+    "globalnetworkpolicies.projectcalico.org",
+    "networksets.projectcalico.org",
+    "globalnetworksets.projectcalico.org",
+];
+
+/// The chart template (`templates/calico-crds.yaml`) holding the four CRDs, rendered
+/// only while `calico.serveCRDs` is true (a template, not `crds/`, because Helm installs
+/// `crds/` unconditionally). Kept on `helm uninstall` (`helm.sh/resource-policy: keep`),
+/// as Helm keeps `crds/`: deleting a CRD deletes every policy of its kind.
+pub fn calico_crd_template() -> (String, String) {
     let mut out = String::from(
         "# Generated from crates/palisade-crds (cargo run -p palisade-crds --bin palisade-crds-gen); do not edit.\n\
          # Calico's projectcalico.org/v3 policy kinds, served by Palisade where Calico is not installed\n\
          # (docs/install.md, \"Calico policies\").\n\
          {{- if .Values.calico.serveCRDs }}\n",
     );
-    for crd in &crds {
-        let yaml = serde_saphyr::to_string(crd).expect("a CRD serialises");
-        out.push_str("---\n");
-        out.push_str(&yaml);
-    }
+    out.push_str(&calico_crds_yaml());
     out.push_str("{{- end }}\n");
     ("calico-crds.yaml".to_string(), out)
 }

@@ -55,7 +55,10 @@ fn the_chart_calico_crd_template_equals_what_the_types_generate() {
             dir.join(&name).display()
         )
     });
-    assert_eq!(on_disk, yaml, "{name} differs from the types; run `cargo run -p palisade-crds --bin palisade-crds-gen`");
+    assert_eq!(
+        on_disk, yaml,
+        "{name} differs from the types; run `cargo run -p palisade-crds --bin palisade-crds-gen`"
+    );
 }
 
 #[test]

@@ -123,6 +123,22 @@ const AGENT_USES: &[&[&str]] = &[
         "watch",
         "baselineadminnetworkpolicies.policy.networking.k8s.io",
     ],
+    &["list", "networkpolicies.projectcalico.org", "-A"],
+    &["watch", "networkpolicies.projectcalico.org", "-A"],
+    &["list", "globalnetworkpolicies.projectcalico.org"],
+    &["watch", "globalnetworkpolicies.projectcalico.org"],
+    &["list", "networksets.projectcalico.org", "-A"],
+    &["watch", "networksets.projectcalico.org", "-A"],
+    &["list", "globalnetworksets.projectcalico.org"],
+    &["watch", "globalnetworksets.projectcalico.org"],
+    &["list", "networkpolicies.crd.projectcalico.org", "-A"],
+    &["watch", "networkpolicies.crd.projectcalico.org", "-A"],
+    &["list", "globalnetworkpolicies.crd.projectcalico.org"],
+    &["watch", "globalnetworkpolicies.crd.projectcalico.org"],
+    &["list", "networksets.crd.projectcalico.org", "-A"],
+    &["watch", "networksets.crd.projectcalico.org", "-A"],
+    &["list", "globalnetworksets.crd.projectcalico.org"],
+    &["watch", "globalnetworksets.crd.projectcalico.org"],
     &["create", "events.events.k8s.io", "-n", "default"],
     &["create", "nodepolicystatuses.palisade.io"],
     &["patch", "nodepolicystatuses.palisade.io/node-1"],
@@ -155,6 +171,21 @@ const AGENT_REFUSED: &[&[&str]] = &[
         "-n",
         "default",
     ],
+    &[
+        "create",
+        "networkpolicies.projectcalico.org",
+        "-n",
+        "default",
+    ],
+    &["patch", "globalnetworkpolicies.projectcalico.org"],
+    &["delete", "networksets.projectcalico.org", "-n", "default"],
+    &[
+        "update",
+        "networkpolicies.crd.projectcalico.org",
+        "-n",
+        "default",
+    ],
+    &["get", "networkpolicies.projectcalico.org", "-n", "default"],
     &["delete", "nodepolicystatuses.palisade.io/node-1"],
     &["list", "nodepolicystatuses.palisade.io"],
     &["patch", "events.events.k8s.io", "-n", "default"],
@@ -181,6 +212,10 @@ const CONTROLLER_USES: &[&[&str]] = &[
         "watch",
         "baselineadminnetworkpolicies.policy.networking.k8s.io",
     ],
+    &["list", "networkpolicies.projectcalico.org", "-A"],
+    &["watch", "globalnetworkpolicies.projectcalico.org"],
+    &["list", "globalnetworksets.crd.projectcalico.org"],
+    &["watch", "networksets.crd.projectcalico.org", "-A"],
     &["list", "nodepolicystatuses.palisade.io"],
     &["watch", "nodepolicystatuses.palisade.io"],
     &[
@@ -242,6 +277,13 @@ const CONTROLLER_REFUSED: &[&[&str]] = &[
         "-n",
         "default",
     ],
+    &["create", "globalnetworkpolicies.projectcalico.org"],
+    &[
+        "delete",
+        "networkpolicies.crd.projectcalico.org",
+        "-n",
+        "default",
+    ],
     &["create", "nodepolicystatuses.palisade.io"],
     &["create", "events.events.k8s.io", "-n", "default"],
     &["patch", "nodepolicystatuses.palisade.io/node-1"],
@@ -276,6 +318,14 @@ fn rbac_grants_the_agent_and_controller_what_they_use_and_refuses_secrets_pod_wr
     // The admin policy CRDs, as users install them: `kubectl auth can-i` names a
     // resource by discovery, so their rules are checked only once they are served.
     palisade_kube_lab::crds::install(&cp).expect("network-policy-api CRDs");
+    // Calico's storage group, as where Calico is installed (stand-in CRDs with
+    // Palisade's schemas: the group must be served for `can-i` to name it).
+    cp.kubectl(
+        cp.admin(),
+        &["apply", "-f", "-"],
+        Some(&palisade_crds::calico::storage_stand_in_yaml()),
+    )
+    .expect("crd.projectcalico.org stand-in CRDs");
     apply(&cp, &render(&[]).expect("helm template"), &[]);
     // The authorizer sees new bindings through an informer: wait for the first grant.
     let deadline = Instant::now() + RBAC_DEADLINE;
