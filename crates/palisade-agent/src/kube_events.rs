@@ -232,7 +232,16 @@ pub fn event(r: &Rejection, node: &str) -> Event {
         reporting_instance: Some(instance),
         regarding: Some(ObjectReference {
             api_version: Some(r.api_version.clone()),
-            kind: Some(r.object.kind.clone()),
+            // A Calico policy is reported as `NetworkPolicy.projectcalico.org`; the
+            // reference names its kind, the group is in apiVersion.
+            kind: Some(
+                r.object
+                    .kind
+                    .split('.')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            ),
             name: Some(r.object.name.clone()),
             namespace: r.object.namespace.clone(),
             uid: Some(r.uid.clone()),
