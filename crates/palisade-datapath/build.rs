@@ -17,6 +17,7 @@ fn main() {
         "bpf/lib/policy.h",
         "bpf/lib/conntrack.h",
         "bpf/lib/events.h",
+        "bpf/lib/service.h",
     ] {
         println!("cargo:rerun-if-changed={path}");
     }

@@ -195,6 +195,15 @@ impl Enforcer for BpfEnforcer {
             .map_err(|e| EnforcerError::Write(Box::new(e)))
     }
 
+    fn sync_services(
+        &mut self,
+        services: &palisade_policy::services::ServiceTable,
+    ) -> Result<(), EnforcerError> {
+        self.datapath
+            .sync_services(services)
+            .map_err(|e| EnforcerError::Write(Box::new(e)))
+    }
+
     fn in_use(&mut self) -> palisade_policy::compile::InUse {
         self.datapath.in_use()
     }
@@ -378,6 +387,11 @@ pub fn record(ev: &DecisionEvent, views: &Views) -> DecisionRecord {
         ("no-identity", _) => "denied: peer address has no identity (fail closed)".into(),
         ("no-table", _) => "denied: the endpoint's rule table is missing (fail closed)".into(),
         ("vlan", _) => "denied: VLAN-tagged frame".into(),
+        ("svc-no-backend", _) => "denied: the Service has no ready backend".into(),
+        ("svc-untranslated-deny", _) => {
+            "denied: an SCTP Service is allowed only if every backend is (fail closed)".into()
+        }
+        ("svc-no-revnat", _) => "denied: reply of a Service flow whose Service is gone".into(),
         (r, _) => r.to_string(),
     };
     DecisionRecord {
@@ -529,6 +543,9 @@ mod tests {
             "no-identity",
             "no-table",
             "vlan",
+            "svc-no-backend",
+            "svc-untranslated-deny",
+            "svc-no-revnat",
         ] {
             let r = record(&event(reason, 0), &views);
             assert_eq!(r.policy, None, "{reason} named a policy: {r:?}");

@@ -148,6 +148,17 @@ pub trait Enforcer: Send {
     /// Applies one ordered delta. Either the whole delta is applied or nothing
     /// already enforced changes.
     fn apply(&mut self, delta: &Delta) -> Result<(), EnforcerError>;
+    /// Makes the kernel's Service frontends and backends match `services`
+    /// (docs/semantics.md §10), each frontend switched with one write. Called
+    /// after the policy of the same pass is in force, so a new backend's identity
+    /// exists before a packet can be sent to it. Enforcers without a datapath
+    /// ignore it.
+    fn sync_services(
+        &mut self,
+        _services: &palisade_policy::services::ServiceTable,
+    ) -> Result<(), EnforcerError> {
+        Ok(())
+    }
     /// The ids the kernel holds (possibly from a previous run), so a new compiler
     /// never gives one of them another meaning.
     fn in_use(&mut self) -> InUse;
@@ -400,6 +411,10 @@ impl Reconciler {
         } else if !delta.ops.is_empty() {
             self.enforcer.apply(&delta)?;
         }
+        // Services: rebuilt from the snapshot every pass (cost: Services x
+        // EndpointSlices) and written as a difference of the kernel's frontends.
+        let services = palisade_policy::services::ServiceTable::build(&self.snapshot.cluster);
+        self.enforcer.sync_services(&services)?;
         self.needs_full = false;
         stages.sync = t.elapsed().as_secs_f64();
         // Generation = the number of this pass: "the desired state as read by pass N is

@@ -61,13 +61,19 @@ pub enum Reason {
     NoTable,
     /// A VLAN-tagged frame.
     Vlan,
+    /// A Service frontend without backends.
+    SvcNoBackend,
+    /// An untranslated Service frontend (SCTP) with a backend the policy denies.
+    SvcUntranslatedDeny,
+    /// The reply of a translated flow whose frontend is gone.
+    SvcNoRevnat,
     /// A code this build does not know (a newer datapath).
     Unknown,
 }
 
 impl Reason {
     /// Every reason, in the kernel's code order, then [`Reason::Unknown`].
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 20] = [
         Reason::PolicyAllow,
         Reason::CtEstablished,
         Reason::CtReply,
@@ -84,6 +90,9 @@ impl Reason {
         Reason::NoIdentity,
         Reason::NoTable,
         Reason::Vlan,
+        Reason::SvcNoBackend,
+        Reason::SvcUntranslatedDeny,
+        Reason::SvcNoRevnat,
         Reason::Unknown,
     ];
 
@@ -106,6 +115,9 @@ impl Reason {
             Reason::NoIdentity => "no-identity",
             Reason::NoTable => "no-table",
             Reason::Vlan => "vlan",
+            Reason::SvcNoBackend => "svc-no-backend",
+            Reason::SvcUntranslatedDeny => "svc-untranslated-deny",
+            Reason::SvcNoRevnat => "svc-no-revnat",
             Reason::Unknown => "unknown",
         }
     }

@@ -15,7 +15,12 @@
  *  4. from_pod only: source address must be one of the endpoint's -> else SPOOF;
  *  5. later IPv4/IPv6 fragments pass iff their first fragment passed;
  *  6. ICMP errors whose inner header is a tracked flow pass as RELATED;
- *  7. conntrack hit -> ESTABLISHED / REPLY; first re-judged (ct_revalidate)
+ *  7. from_pod, no conntrack entry under the packet's own tuple: Service
+ *     translation (lib/service.h): a packet to a frontend is rewritten to one
+ *     backend and goes on as a packet to it (or, untranslatable, is judged by
+ *     every backend; or, without backends, drops SVC_NO_BACKEND);
+ *  7b. conntrack hit -> ESTABLISHED / REPLY (to_pod gives a translated flow's
+ *     reply the frontend's address back); first re-judged (ct_revalidate)
  *     if the endpoint's table or the policy epoch changed since the flow was
  *     last judged, and cut if now denied (a revoked flow keeps a REVOKED
  *     entry that drops both ways); the RELATED check of 6 does the same;
@@ -37,6 +42,7 @@
 #include "lib/events.h"
 #include "lib/policy.h"
 #include "lib/conntrack.h"
+#include "lib/service.h"
 
 /* The kernel needs a GPL-compatible string for some helpers; the source is dual licensed. */
 char LICENSE[] SEC("license") = "GPL";
@@ -120,6 +126,33 @@ static __always_inline __u32 ct_revalidate(const struct endpoint_value *ep,
 	}
 	stat_inc(PALISADE_STAT_CT_RECHECKED);
 	d->table = table;
+	if (ct->origin_dir == PALISADE_DIR_EGRESS && !ct->frontend_id &&
+	    svc_port_proto(k->proto)) {
+		/* Untranslated Service flows are judged by every backend again; a
+		 * flow that was opened to an address before it became a frontend is
+		 * cut (translation starts with its next connection). */
+		struct svc_frontend_value *fe =
+			svc_frontend_lookup(k->family, k->peer_addr, k->peer_port, k->proto);
+
+		if (fe || (ct->flags & PALISADE_CT_F_SVC_ALL)) {
+			struct svc_all_ctx c = {
+				.set = fe ? fe->set : 0,
+				.table = table,
+				.family = k->family,
+				.proto = k->proto,
+			};
+
+			pv.action = fe && (ct->flags & PALISADE_CT_F_SVC_ALL) &&
+						    svc_judge_all(&c, fe->count)
+					    ? PALISADE_ACTION_ALLOW
+					    : PALISADE_ACTION_DENY;
+			pv.rule_id = c.rule_id;
+			id = c.identity;
+			d->identity = id;
+			d->rule_id = pv.rule_id;
+			goto judged;
+		}
+	}
 	if (identity_lookup(k->family, k->peer_addr, &id))
 		return PALISADE_REASON_NO_IDENTITY;
 	d->identity = id;
@@ -127,6 +160,7 @@ static __always_inline __u32 ct_revalidate(const struct endpoint_value *ep,
 	if (policy_lookup(table, id, k->proto, odport, &pv))
 		return PALISADE_REASON_NO_TABLE;
 	d->rule_id = pv.rule_id;
+judged:
 	if (pv.action != PALISADE_ACTION_ALLOW) {
 		if (ct->state != PALISADE_CT_REVOKED)
 			stat_inc(PALISADE_STAT_CT_REVOKED);
@@ -146,6 +180,15 @@ static __always_inline __u32 ct_revalidate(const struct endpoint_value *ep,
 	return ct->state == PALISADE_CT_REVOKED ? PALISADE_REASON_POLICY_DENY : 0;
 }
 
+/* A new SYN from the origin on a closed or revoked TCP tuple is a new
+ * connection: judged by policy again. */
+static __always_inline int ct_reopens(const struct ct_value *ct, __u32 dir, const struct flow *f)
+{
+	return f->proto == IPPROTO_TCP &&
+	       (ct->state == PALISADE_CT_CLOSING || ct->state == PALISADE_CT_REVOKED) &&
+	       ct->origin_dir == dir && (f->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
+}
+
 static __always_inline int handle(struct __sk_buff *skb, __u32 dir)
 {
 	struct decision d = { .ifindex = skb->ifindex, .dir = dir };
@@ -156,7 +199,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 dir)
 	/* Read once per packet; NULL only if the map is broken (then: logging
 	 * off, conntrack on). */
 	const struct config *cfg = config_get();
-	struct ct_key k;
+	struct ct_key k, orig;
+	struct svc_frontend_value fe = {};
+	int svc = SVC_NONE, reopen;
 	__u8 *peer;
 	/* The clock (ct_now) is read only where a timestamp is needed (expiry
 	 * checks, new state): a denied new flow never reads it. */
@@ -223,33 +268,48 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 dir)
 		stat_inc(PALISADE_STAT_CT_EXPIRED);
 		ct = NULL;
 	}
-	if (ct) {
-		int forward = ct->origin_dir == dir;
-		/* A new SYN from the origin on a closed or revoked tuple is a new
-		 * connection: judged by policy below. */
-		int reopen = f.proto == IPPROTO_TCP &&
-			     (ct->state == PALISADE_CT_CLOSING || ct->state == PALISADE_CT_REVOKED) &&
-			     forward && (f.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
-
-		if (!reopen) {
-			int changed = 0;
-
-			why = ct_revalidate(ep, cfg, &k, ct, &d, now);
-			if (why)
-				return finish(&d, &f, cfg, why);
-			if (f.proto == IPPROTO_TCP)
-				changed |= ct_tcp_update(ct, forward, f.tcp_flags);
-			if (changed || now - ct->last_seen_ns > PALISADE_CT_REFRESH_S * NS_PER_S)
-				ct->last_seen_ns = now;
-			if (f.frag == FRAG_FIRST)
-				frag_track(d.ifindex, dir, &f, now);
-			d.rule_id = ct->rule_id;
-			d.identity = ct->identity;
-			d.table = ct->table;
-			return finish(&d, &f, cfg,
-				      forward ? PALISADE_REASON_CT_ESTABLISHED
-					      : PALISADE_REASON_CT_REPLY);
+	reopen = ct && ct_reopens(ct, dir, &f);
+	if (dir == PALISADE_DIR_EGRESS && (!ct || reopen)) {
+		orig = k;
+		svc = svc_translate(skb, &f, &k, &orig, &fe);
+		if (svc == SVC_NO_BACKEND)
+			return finish(&d, &f, cfg, PALISADE_REASON_SVC_NO_BACKEND);
+		if (svc == SVC_ERROR)
+			return finish(&d, &f, cfg, PALISADE_REASON_MALFORMED);
+		if (svc == SVC_TRANSLATED) {
+			if (!now)
+				now = ct_now();
+			ct = bpf_map_lookup_elem(&palisade_conntrack, &k);
+			if (ct && ct_expired(ct, now)) {
+				stat_inc(PALISADE_STAT_CT_EXPIRED);
+				ct = NULL;
+			}
+			reopen = ct && ct_reopens(ct, dir, &f);
 		}
+	}
+	if (ct && !reopen) {
+		int forward = ct->origin_dir == dir;
+		int changed = 0;
+
+		why = ct_revalidate(ep, cfg, &k, ct, &d, now);
+		if (why)
+			return finish(&d, &f, cfg, why);
+		if (!forward && ct->frontend_id) {
+			if (svc_reverse(skb, &f, ct->frontend_id))
+				return finish(&d, &f, cfg, PALISADE_REASON_SVC_NO_REVNAT);
+			stat_inc(PALISADE_STAT_SVC_REVERSED);
+		}
+		if (f.proto == IPPROTO_TCP)
+			changed |= ct_tcp_update(ct, forward, f.tcp_flags);
+		if (changed || now - ct->last_seen_ns > PALISADE_CT_REFRESH_S * NS_PER_S)
+			ct->last_seen_ns = now;
+		if (f.frag == FRAG_FIRST)
+			frag_track(d.ifindex, dir, &f, now);
+		d.rule_id = ct->rule_id;
+		d.identity = ct->identity;
+		d.table = ct->table;
+		return finish(&d, &f, cfg,
+			      forward ? PALISADE_REASON_CT_ESTABLISHED : PALISADE_REASON_CT_REPLY);
 	}
 
 	create = ct_creatable(&f) && !(cfg && (cfg->flags & PALISADE_CFG_F_NO_CT_CREATE));
@@ -257,14 +317,35 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 dir)
 	 * epoch newer than the maps it was judged by. */
 	if (create)
 		epoch = epoch_get();
-	peer = dir == PALISADE_DIR_EGRESS ? f.daddr : f.saddr;
-	if (identity_lookup(f.family, peer, &d.identity))
-		return finish(&d, &f, cfg, PALISADE_REASON_NO_IDENTITY);
-	if (policy_lookup(d.table, d.identity, f.proto, f.dport, &pv))
-		return finish(&d, &f, cfg, PALISADE_REASON_NO_TABLE);
-	d.rule_id = pv.rule_id;
-	if (pv.action != PALISADE_ACTION_ALLOW)
-		return finish(&d, &f, cfg, PALISADE_REASON_POLICY_DENY);
+	if (svc == SVC_ALL) {
+		stat_inc(PALISADE_STAT_SVC_UNTRANSLATED);
+		struct svc_all_ctx c = {
+			.set = fe.set,
+			.table = d.table,
+			.family = f.family,
+			.proto = f.proto,
+		};
+		int all = svc_judge_all(&c, fe.count);
+
+		d.rule_id = c.rule_id;
+		d.identity = c.identity;
+		if (!all)
+			return finish(&d, &f, cfg, PALISADE_REASON_SVC_UNTRANSLATED_DENY);
+		pv.rule_id = d.rule_id;
+	} else {
+		peer = dir == PALISADE_DIR_EGRESS ? f.daddr : f.saddr;
+		if (identity_lookup(f.family, peer, &d.identity))
+			return finish(&d, &f, cfg, PALISADE_REASON_NO_IDENTITY);
+		if (policy_lookup(d.table, d.identity, f.proto, f.dport, &pv))
+			return finish(&d, &f, cfg, PALISADE_REASON_NO_TABLE);
+		d.rule_id = pv.rule_id;
+		if (pv.action != PALISADE_ACTION_ALLOW)
+			return finish(&d, &f, cfg, PALISADE_REASON_POLICY_DENY);
+	}
+	if (svc == SVC_TRANSLATED) {
+		stat_inc(PALISADE_STAT_SVC_TRANSLATED);
+		svc_remember(&orig);
+	}
 
 	if (create || f.frag == FRAG_FIRST)
 		now = ct_now();
@@ -277,6 +358,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 dir)
 			.identity = d.identity,
 			.origin_dir = dir,
 			.epoch = epoch,
+			.flags = svc == SVC_ALL ? PALISADE_CT_F_SVC_ALL : 0,
+			.frontend_id = svc == SVC_TRANSLATED ? fe.id : 0,
 		};
 
 		if (f.proto == IPPROTO_TCP)

@@ -54,7 +54,10 @@ pub const REASON_IPV6_EXT_LIMIT: u32 = 12;
 pub const REASON_NO_IDENTITY: u32 = 13;
 pub const REASON_NO_TABLE: u32 = 14;
 pub const REASON_VLAN: u32 = 15;
-pub const REASON_NR: usize = 16;
+pub const REASON_SVC_NO_BACKEND: u32 = 16;
+pub const REASON_SVC_UNTRANSLATED_DENY: u32 = 17;
+pub const REASON_SVC_NO_REVNAT: u32 = 18;
+pub const REASON_NR: usize = 19;
 
 /// `enum palisade_stat`
 pub const STAT_CT_CREATED: u32 = 0;
@@ -66,7 +69,10 @@ pub const STAT_FRAG_TRACKED: u32 = 5;
 pub const STAT_EVENTS_SENT: u32 = 6;
 pub const STAT_EVENTS_RATE_LIMITED: u32 = 7;
 pub const STAT_EVENTS_RING_FULL: u32 = 8;
-pub const STAT_NR: usize = 9;
+pub const STAT_SVC_TRANSLATED: u32 = 9;
+pub const STAT_SVC_REVERSED: u32 = 10;
+pub const STAT_SVC_UNTRANSLATED: u32 = 11;
+pub const STAT_NR: usize = 12;
 
 /// `enum palisade_log_mode`
 pub const LOG_OFF: u32 = 0;
@@ -81,6 +87,16 @@ pub const EP_F_LOG_ALL: u32 = 2;
 pub const CFG_F_NO_CT_CREATE: u32 = 1;
 /// Established flows are not re-judged when their table or the policy epoch changes.
 pub const CFG_F_NO_REVOKE: u32 = 2;
+
+/// `enum palisade_svc_limits`: backends the fail-closed rule checks.
+pub const SVC_MAX_CHECK: usize = 64;
+
+/// `enum palisade_svc_flags`
+pub const SVC_F_AFFINITY: u8 = 1;
+pub const SVC_F_UNTRANSLATED: u8 = 2;
+
+/// `enum palisade_ct_flags`
+pub const CT_F_SVC_ALL: u8 = 1;
 
 /// `enum palisade_ct_state`
 pub const CT_SYN_SENT: u8 = 1;
@@ -150,6 +166,9 @@ pub const CONSTANTS: &[Constant] = constants![
     REASON_NO_IDENTITY,
     REASON_NO_TABLE,
     REASON_VLAN,
+    REASON_SVC_NO_BACKEND,
+    REASON_SVC_UNTRANSLATED_DENY,
+    REASON_SVC_NO_REVNAT,
     REASON_NR,
     STAT_CT_CREATED,
     STAT_CT_CREATE_FAILED,
@@ -160,6 +179,9 @@ pub const CONSTANTS: &[Constant] = constants![
     STAT_EVENTS_SENT,
     STAT_EVENTS_RATE_LIMITED,
     STAT_EVENTS_RING_FULL,
+    STAT_SVC_TRANSLATED,
+    STAT_SVC_REVERSED,
+    STAT_SVC_UNTRANSLATED,
     STAT_NR,
     LOG_OFF,
     LOG_DENIES,
@@ -168,6 +190,10 @@ pub const CONSTANTS: &[Constant] = constants![
     EP_F_LOG_ALL,
     CFG_F_NO_CT_CREATE,
     CFG_F_NO_REVOKE,
+    SVC_MAX_CHECK,
+    SVC_F_AFFINITY,
+    SVC_F_UNTRANSLATED,
+    CT_F_SVC_ALL,
     CT_SYN_SENT,
     CT_ESTABLISHED,
     CT_CLOSING,
@@ -306,10 +332,58 @@ pub struct CtValue {
     pub state: u8,
     pub origin_dir: u8,
     pub tcp_fin: u8,
-    pub pad: u8,
+    /// `CT_F_*`
+    pub flags: u8,
     /// `palisade_epoch[0]` the flow was last judged under; 0 = never.
     pub epoch: u32,
-    pub pad2: u32,
+    /// Translated flows: the frontend's reverse-translation id; 0 = none.
+    pub frontend_id: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SvcFrontendKey {
+    /// Network order; IPv4 in the first 4 bytes.
+    pub addr: [u8; 16],
+    /// Network order.
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct SvcFrontendValue {
+    pub id: u32,
+    pub set: u32,
+    pub count: u16,
+    pub flags: u8,
+    pub pad: u8,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct SvcBackendKey {
+    pub set: u32,
+    pub index: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SvcAddr {
+    /// Network order; IPv4 in the first 4 bytes.
+    pub addr: [u8; 16],
+    /// Network order.
+    pub port: u16,
+    pub pad: u16,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct SvcFlowValue {
+    pub backend: SvcAddr,
+    pub frontend_id: u32,
+    pub last_seen_ns: u64,
 }
 
 #[repr(C)]
@@ -397,6 +471,11 @@ unsafe impl aya::Pod for PolicyPartKey {}
 unsafe impl aya::Pod for PolicyPart {}
 unsafe impl aya::Pod for CtKey {}
 unsafe impl aya::Pod for CtValue {}
+unsafe impl aya::Pod for SvcFrontendKey {}
+unsafe impl aya::Pod for SvcFrontendValue {}
+unsafe impl aya::Pod for SvcBackendKey {}
+unsafe impl aya::Pod for SvcAddr {}
+unsafe impl aya::Pod for SvcFlowValue {}
 unsafe impl aya::Pod for FragKey {}
 unsafe impl aya::Pod for FragValue {}
 unsafe impl aya::Pod for Config {}
@@ -466,10 +545,27 @@ pub const LAYOUTS: &[Layout] = &[
             state,
             origin_dir,
             tcp_fin,
-            pad,
+            flags,
             epoch,
-            pad2
+            frontend_id
         ]
+    ),
+    layout!(
+        "svc_frontend_key",
+        SvcFrontendKey,
+        [addr, port, proto, family]
+    ),
+    layout!(
+        "svc_frontend_value",
+        SvcFrontendValue,
+        [id, set, count, flags, pad]
+    ),
+    layout!("svc_backend_key", SvcBackendKey, [set, index]),
+    layout!("svc_addr", SvcAddr, [addr, port, pad]),
+    layout!(
+        "svc_flow_value",
+        SvcFlowValue,
+        [backend, frontend_id, last_seen_ns]
     ),
     layout!(
         "frag_key",
@@ -526,6 +622,12 @@ const _: () = {
     assert!(offset_of!(CtKey, pod_port) == 40);
     assert!(size_of::<CtValue>() == 40);
     assert!(offset_of!(CtValue, epoch) == 32);
+    assert!(size_of::<SvcFrontendKey>() == 20);
+    assert!(size_of::<SvcFrontendValue>() == 12);
+    assert!(size_of::<SvcBackendKey>() == 8);
+    assert!(size_of::<SvcAddr>() == 20);
+    assert!(size_of::<SvcFlowValue>() == 32);
+    assert!(offset_of!(SvcFlowValue, last_seen_ns) == 24);
     assert!(size_of::<FragKey>() == 44);
     assert!(size_of::<FragValue>() == 16);
     assert!(size_of::<Config>() == 24);

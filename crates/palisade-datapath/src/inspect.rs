@@ -95,6 +95,9 @@ pub fn reason_name(reason: u32) -> &'static str {
         "no-identity",
         "no-table",
         "vlan",
+        "svc-no-backend",
+        "svc-untranslated-deny",
+        "svc-no-revnat",
     ];
     NAMES.get(reason as usize).copied().unwrap_or("unknown")
 }

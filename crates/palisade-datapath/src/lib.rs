@@ -30,6 +30,10 @@
 //! | `palisade_config`, `palisade_ratelimit` | array, per-CPU array | log mode, sampling, the node's event token bucket | runtime knobs without reloading |
 //! | `palisade_pod_ratelimit` | per-CPU array | slot → endpoint's event token bucket, suppressed count | one flooding pod cannot use up the node's event budget |
 //! | `palisade_events` | ring buffer | decision events | rate-limited per CPU so floods cannot starve userspace |
+//! | `palisade_svc_frontends` | hash | (addr, port, proto, family) → id, backend set, count, flags | Service translation (`bpf/lib/service.h`): looked up only by an egress packet without a conntrack entry of its own tuple, so established non-Service flows pay nothing; one write switches a frontend to a new backend list |
+//! | `palisade_svc_backends` | hash | (set, index) → backend addr, port | a backend chosen by hash mod count: one lookup whatever the number of backends; a changed list is a new set |
+//! | `palisade_svc_revnat` | hash | frontend id → frontend addr, port | replies get back the address the client sent to; the conntrack entry holds the id |
+//! | `palisade_svc_flows` | LRU hash | packet's own tuple → backend | a flow keeps its backend when the frontend's backends change |
 //!
 //! Per-packet cost is therefore a fixed number of lookups (endpoint, conntrack,
 //! the epoch array for tracked packets, and for new flows (or a tracked flow's
@@ -63,9 +67,9 @@
 //!
 //! ## Known limits (documented, tested where testable)
 //!
-//! - `from_pod` sees a Service's virtual IP before the host's DNAT: egress rules
-//!   on pod IPs match Service traffic only if the compiler maps VIPs to identities
-//!   (or a socket-level load balancer translates first).
+//! - `from_pod` sees a Service's virtual IP before the host's DNAT, so it
+//!   translates Services itself ([`Datapath::sync_services`]); SCTP frontends
+//!   are not translated but judged by every backend (docs/semantics.md §10).
 //! - Later fragments arriving before their first fragment are dropped
 //!   (`frag-no-state`); IPv6 walks at most 4 extension headers
 //!   (`ipv6-ext-limit`); ICMPv6 errors quoting a packet with extension headers
@@ -91,6 +95,7 @@ mod inspect;
 mod loader;
 pub mod maps;
 pub mod packet;
+mod services;
 mod staging;
 mod state;
 
@@ -99,6 +104,23 @@ pub use inspect::{
     reason_name, Attachment, Counters, DecisionEvent, EndpointCounters, EndpointDump, EventReader,
     HookAttachment, TableDump,
 };
+/// One Service frontend as the kernel holds it ([`Datapath::service_entries`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ServiceEntry {
+    /// Frontend address.
+    pub addr: std::net::IpAddr,
+    /// Frontend port.
+    pub port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Reverse-translation id.
+    pub id: u32,
+    /// `abi::SVC_F_*`.
+    pub flags: u8,
+    /// Backends in index order: address and target port.
+    pub backends: Vec<(std::net::IpAddr, u16)>,
+}
+
 pub use loader::{
     ifindex_of, object_bytes, unpin_all_at, AfterWrite, Datapath, Error, Hook, MapSizes,
     DEFAULT_PIN_ROOT, MAP_NAMES,

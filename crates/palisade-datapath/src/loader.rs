@@ -175,7 +175,7 @@ impl Hook {
 }
 
 /// Names of every map, all pinned under `<pin root>/maps/`.
-pub const MAP_NAMES: [&str; 16] = [
+pub const MAP_NAMES: [&str; 20] = [
     "palisade_endpoints",
     "palisade_addr4",
     "palisade_addr6",
@@ -192,6 +192,10 @@ pub const MAP_NAMES: [&str; 16] = [
     "palisade_pod_ratelimit",
     "palisade_events",
     "palisade_epoch",
+    crate::services::FRONTENDS,
+    crate::services::BACKENDS,
+    crate::services::REVNAT,
+    crate::services::FLOWS,
 ];
 
 /// The loaded datapath: programs, pinned maps, and the userspace mirror.
@@ -217,6 +221,8 @@ pub struct Datapath {
     pub(crate) epoch: Array<MapData, u32>,
     pub(crate) pod_ratelimit: PerCpuArray<MapData, abi::PodRatelimitState>,
     pub(crate) events: Option<RingBuf<MapData>>,
+    /// Service frontends and backends (`services.rs`).
+    pub(crate) services: crate::services::ServiceMaps,
     pub(crate) caps: Caps,
     pub(crate) state: State,
     pub(crate) adopted: bool,
@@ -429,6 +435,13 @@ impl Datapath {
             epoch: take(&mut ebpf, "palisade_epoch")?,
             pod_ratelimit: take(&mut ebpf, "palisade_pod_ratelimit")?,
             events: Some(take(&mut ebpf, "palisade_events")?),
+            services: crate::services::ServiceMaps::open(
+                take(&mut ebpf, crate::services::FRONTENDS)?,
+                take(&mut ebpf, crate::services::BACKENDS)?,
+                take(&mut ebpf, crate::services::REVNAT)?,
+                cap(crate::services::FRONTENDS)?.min(cap(crate::services::REVNAT)?),
+                cap(crate::services::BACKENDS)?,
+            )?,
             ebpf,
             caps,
             state: State::default(),
@@ -772,6 +785,46 @@ impl Datapath {
         self.plan_and_write(|p| p.sync(compiled))
     }
 
+    /// Makes the Service maps hold exactly `table`'s frontends and backends
+    /// (docs/semantics.md §10), each frontend switched with one write to a
+    /// fully written backend list, and publishes a new policy epoch if anything
+    /// changed (untranslated Service flows and flows to a new frontend are then
+    /// judged again). Capacity is checked before the first write.
+    pub fn sync_services(&mut self, table: &palisade_policy::services::ServiceTable) -> Result<()> {
+        if self.services.sync(table)? {
+            self.bump_epoch()?;
+        }
+        Ok(())
+    }
+
+    /// The frontends the kernel holds, decoded: (frontend, flags, backends).
+    pub fn service_entries(&self) -> Vec<crate::ServiceEntry> {
+        self.services
+            .held()
+            .map(|(k, v, b)| {
+                let (addr, port) = crate::services::decode_addr(
+                    k.family,
+                    &abi::SvcAddr {
+                        addr: k.addr,
+                        port: k.port,
+                        pad: 0,
+                    },
+                );
+                crate::ServiceEntry {
+                    addr,
+                    port,
+                    proto: k.proto,
+                    id: v.id,
+                    flags: v.flags,
+                    backends: b
+                        .iter()
+                        .map(|a| crate::services::decode_addr(k.family, a))
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
     /// The ids the kernel holds (from the mirror, which adoption reads back from the
     /// maps), for a compiler taking over: see `palisade_policy::compile::Compiler::adopting`.
     pub fn in_use(&self) -> palisade_policy::compile::InUse {
@@ -982,9 +1035,9 @@ impl Datapath {
                 state: b[28],
                 origin_dir: b[29],
                 tcp_fin: b[30],
-                pad: 0,
+                flags: 0,
                 epoch: 0,
-                pad2: 0,
+                frontend_id: 0,
             };
             let _ = self.conntrack.insert(k, v, 0);
         }
@@ -1156,6 +1209,20 @@ impl Datapath {
         opts.repeat = repeat.max(1);
         let r = prog.test_run(opts).map_err(prog_err(name))?;
         Ok((r.return_value, r.duration))
+    }
+
+    /// Runs one program on `frame` once and returns its return value and the
+    /// frame as the program left it (Service translation rewrites it).
+    pub fn test_run_frame(&mut self, hook: Hook, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+        let name = hook.name();
+        let prog = self.classifier(hook)?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        let r = prog.test_run(opts).map_err(prog_err(name))?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
     }
 
     /// Detaches everything pinned under the root and removes all pins (uninstall).

@@ -101,7 +101,17 @@ enum palisade_reason {
 	/* VLAN-tagged frame from/to a pod: not supported, dropped so tags cannot
 	 * smuggle IP past the policy. */
 	PALISADE_REASON_VLAN = 15,
-	PALISADE_REASON_NR = 16,
+	/* A Service frontend with no backend (kube-proxy rejects it too). */
+	PALISADE_REASON_SVC_NO_BACKEND = 16,
+	/* A Service frontend that cannot be translated exactly (SCTP, or a
+	 * frontend whose only backend is the client itself), judged by the
+	 * fail-closed rule: some backend is denied (or more than
+	 * PALISADE_SVC_MAX_CHECK backends, or a backend entry is missing). */
+	PALISADE_REASON_SVC_UNTRANSLATED_DENY = 17,
+	/* The reply of a translated flow whose frontend is gone: it cannot be
+	 * given back the address the client sent to. */
+	PALISADE_REASON_SVC_NO_REVNAT = 18,
+	PALISADE_REASON_NR = 19,
 };
 
 /* Global per-CPU statistics (palisade_stats), not per endpoint. */
@@ -127,7 +137,13 @@ enum palisade_stat {
 	PALISADE_STAT_EVENTS_RATE_LIMITED = 7,
 	/* Events lost because the ring buffer was full. */
 	PALISADE_STAT_EVENTS_RING_FULL = 8,
-	PALISADE_STAT_NR = 9,
+	/* New flows to a Service frontend translated to a backend. */
+	PALISADE_STAT_SVC_TRANSLATED = 9,
+	/* Replies of translated flows given back the frontend's address. */
+	PALISADE_STAT_SVC_REVERSED = 10,
+	/* New flows to a frontend judged by the fail-closed rule (not translated). */
+	PALISADE_STAT_SVC_UNTRANSLATED = 11,
+	PALISADE_STAT_NR = 12,
 };
 
 /* config.log_mode */
@@ -158,6 +174,31 @@ enum palisade_config_flags {
 	 * until it ends or expires. Clear by default (revocation on); see
 	 * docs/semantics.md "Established flows". */
 	PALISADE_CFG_F_NO_REVOKE = 2,
+};
+
+/* Service translation limits. */
+enum palisade_svc_limits {
+	/* Backends the fail-closed rule checks for an untranslated frontend
+	 * (count); a frontend with more is dropped as SVC_UNTRANSLATED_DENY. */
+	PALISADE_SVC_MAX_CHECK = 64,
+};
+
+/* svc_frontend_value.flags */
+enum palisade_svc_flags {
+	/* sessionAffinity ClientIP: the backend is a hash of the client address
+	 * alone, so every flow of one client goes to one backend. */
+	PALISADE_SVC_F_AFFINITY = 1,
+	/* Not translated (SCTP: its CRC32c cannot be patched incrementally): the
+	 * packet goes on to kube-proxy unchanged, allowed only if the egress table
+	 * allows every backend. */
+	PALISADE_SVC_F_UNTRANSLATED = 2,
+};
+
+/* ct_value.flags */
+enum palisade_ct_flags {
+	/* The flow goes to a frontend untranslated (peer_addr:peer_port is the
+	 * frontend): it was judged, and is re-judged, by every backend. */
+	PALISADE_CT_F_SVC_ALL = 1,
 };
 
 /* ct_value.state */
@@ -388,13 +429,85 @@ struct ct_value {
 	__u8 origin_dir;
 	/* PALISADE_CT_FIN_* bits. */
 	__u8 tcp_fin;
-	__u8 pad;
+	/* PALISADE_CT_F_* */
+	__u8 flags;
 	/* palisade_epoch[0] read BEFORE the lookups that last judged the flow; a
 	 * different current epoch means identities, addresses or tables were
 	 * rewritten since, so the flow is re-judged. 0 = never judged under a
 	 * published epoch (the loader never publishes 0). */
 	__u32 epoch;
-	__u32 pad2;
+	/* Translated flows (the key holds the backend): svc_frontend_value.id of
+	 * the frontend the client addressed, whose address replies are given
+	 * back (palisade_svc_revnat); 0 = not translated. */
+	__u32 frontend_id;
+};
+
+/*
+ * palisade_svc_frontends key (hash): a Service address, port and protocol as
+ * the client addresses it (ClusterIP, external or load-balancer IP, node
+ * address at a nodePort).
+ */
+struct svc_frontend_key {
+	/* Network order; IPv4 in the first 4 bytes, the rest 0. */
+	__u8 addr[16];
+	/* Network order. */
+	__u16 port;
+	/* 6, 17 or 132. */
+	__u8 proto;
+	/* 4 or 6. */
+	__u8 family;
+};
+
+/*
+ * palisade_svc_frontends value. The backends are entries (set, 0..count-1)
+ * of palisade_svc_backends. The loader writes a changed backend list under a
+ * NEW set, then switches the frontend to it with this one write, then
+ * deletes the old set: a packet sees the old list or the new one, whole.
+ */
+struct svc_frontend_value {
+	/* Reverse-translation id (palisade_svc_revnat), never 0, kept for as long
+	 * as the frontend exists. */
+	__u32 id;
+	/* Backend set in palisade_svc_backends. */
+	__u32 set;
+	/* Backends in the set; 0: drop (PALISADE_REASON_SVC_NO_BACKEND). */
+	__u16 count;
+	/* PALISADE_SVC_F_* */
+	__u8 flags;
+	__u8 pad;
+};
+
+/* palisade_svc_backends key (hash): backend `index` of backend set `set`. */
+struct svc_backend_key {
+	__u32 set;
+	__u32 index;
+};
+
+/* A translated address: palisade_svc_backends value (a backend) and
+ * palisade_svc_revnat value (a frontend, key: __u32 svc_frontend_value.id). */
+struct svc_addr {
+	/* Network order; IPv4 in the first 4 bytes. */
+	__u8 addr[16];
+	/* Network order. */
+	__u16 port;
+	__u16 pad;
+};
+
+/*
+ * palisade_svc_flows (LRU hash), key: struct ct_key of the packet AS SENT
+ * (peer = the frontend). The backend a flow was translated to, so every later
+ * packet of the flow goes to the same backend even after the frontend's
+ * backends change (a TCP SYN without ACK picks again: a new connection).
+ */
+struct svc_flow_value {
+	/* The backend chosen. */
+	struct svc_addr backend;
+	/* svc_frontend_value.id at the choice; another id (the frontend was
+	 * removed and added again) picks again. */
+	__u32 frontend_id;
+	/* ct_now() of the last packet, refreshed at most every
+	 * PALISADE_CT_REFRESH_S; idle past the conntrack timeout: picks again. */
+	__u64 last_seen_ns;
 };
 
 /*
@@ -514,6 +627,9 @@ struct palisade_abi_enums {
 	enum palisade_log_mode log_mode;
 	enum palisade_endpoint_flags endpoint_flags;
 	enum palisade_config_flags config_flags;
+	enum palisade_svc_limits svc_limits;
+	enum palisade_svc_flags svc_flags;
+	enum palisade_ct_flags ct_flags;
 	enum palisade_ct_state ct_state;
 	enum palisade_ct_fin ct_fin;
 	enum palisade_ct_timeouts ct_timeouts;

@@ -9,4 +9,5 @@ mod common;
 mod differential;
 mod netns;
 mod prog;
+mod services;
 mod transitions;
