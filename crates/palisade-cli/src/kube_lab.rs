@@ -830,8 +830,9 @@ fn namespaces_of(objs: &[serde_json::Value]) -> std::collections::BTreeSet<Strin
 
 /// `lab apply` against the cluster: the objects through the API server (server-side
 /// apply as the lab user), Namespaces created as needed; returns once every pod is
-/// Ready and every node's agent has run a pass after the write (see
-/// [`wait_in_force`]). Returns the highest generation in force.
+/// Ready and every node's agent has the applied objects (and the pods of applied
+/// workloads) in force at the resourceVersions the API server holds
+/// ([`crate::kube_converge`]). Returns the highest generation in force.
 pub fn apply(name: &str, files: &[PathBuf]) -> anyhow::Result<u64> {
     let lab = open(name)?;
     let cp = lab.control_plane()?;
@@ -855,7 +856,6 @@ pub fn apply(name: &str, files: &[PathBuf]) -> anyhow::Result<u64> {
         }
     }
     items.extend(objs.iter().filter(|o| o["kind"] != "Namespace").cloned());
-    let before = generations(&lab);
     let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
     kubectl_user(
         &lab,
@@ -871,13 +871,16 @@ pub fn apply(name: &str, files: &[PathBuf]) -> anyhow::Result<u64> {
         Some(&list.to_string()),
     )?;
     wait_pods_ready(&lab, &cp, &objs)?;
-    let g = wait_in_force(&lab, &before)?;
+    let targets = crate::kube_converge::targets(&cp, &items)?;
+    let g = crate::kube_converge::wait(&lab, &targets, IN_FORCE_TIMEOUT)?;
     wait_policies_reported(&lab, &cp, &objs, false)?;
     Ok(g)
 }
 
 /// `lab delete` against the cluster: deletes the named objects (pods included, which
-/// their kubelet tears down) and waits as [`apply`] does.
+/// their kubelet tears down) and returns once every node's agent has run a pass after
+/// the deletion ([`wait_in_force`]) and no node's `NodePolicyStatus` still lists a
+/// deleted policy (a deleted object has no resourceVersion left to compare).
 pub fn delete(name: &str, files: &[PathBuf]) -> anyhow::Result<u64> {
     let lab = open(name)?;
     let cp = lab.control_plane()?;
@@ -902,7 +905,9 @@ pub fn delete(name: &str, files: &[PathBuf]) -> anyhow::Result<u64> {
         ],
         Some(&list.to_string()),
     )?;
-    wait_in_force(&lab, &before)
+    let g = wait_in_force(&lab, &before)?;
+    wait_policies_reported(&lab, &cp, &items, true)?;
+    Ok(g)
 }
 
 /// kubectl as the lab user, through the forwarder (what `lab kubeconfig` gives).
@@ -968,10 +973,11 @@ const IN_FORCE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Waits until every node's agent has run a pass, asked for after the API server
 /// acknowledged the write, from a source whose every watch is healthy (the pass's
 /// warnings name no failing watch: after an outage a watch catches up on what it
-/// missed before it counts as healthy again). Until the agent reports the
-/// resourceVersion each watched kind was observed at, this is the closest honest
-/// observation; it is weaker: an event still in flight (milliseconds on this
-/// machine) when the pass reads the source is not in it.
+/// missed before it counts as healthy again). Used after a deletion, which leaves no
+/// resourceVersion to compare with the agents' (an apply waits for those:
+/// [`crate::kube_converge`]); it is weaker: a deletion event still in flight
+/// (milliseconds on this machine) when the pass reads the source is not in it, which
+/// is why `lab delete` also waits for deleted policies to leave the nodes' reports.
 fn wait_in_force(lab: &KubeLab, before: &[u64]) -> anyhow::Result<u64> {
     let deadline = Instant::now() + IN_FORCE_TIMEOUT;
     let mut highest = 0;

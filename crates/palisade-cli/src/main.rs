@@ -10,6 +10,7 @@ mod ebpf;
 mod explain;
 mod inputs;
 mod inspect;
+mod kube_converge;
 mod kube_lab;
 mod kube_uninstall;
 mod kube_upgrade;
