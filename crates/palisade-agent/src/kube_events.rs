@@ -18,6 +18,8 @@
 //!    the Nodes the agent watches (plus itself) picks the same [`WRITERS`] nodes on
 //!    every agent without any coordination; the others never call the API for that
 //!    object. More than one, so that one node down does not silence the Event.
+//!    A rejection that lasts is written again after [`REFRESH`] (the API server deletes
+//!    Events after its `--event-ttl`); while the Event exists that is one `409`.
 //! 3. **Rate-limited and bounded.** Per agent, a token bucket of [`BURST`] writes refilled
 //!    one per [`REFILL`]; after a transient failure (unreachable, throttled, forbidden)
 //!    writes back off, doubling from [`REFILL`] up to [`MAX_BACKOFF`]. Nothing is
@@ -29,7 +31,7 @@
 //!    own task. An API error is logged (at most once a minute) and counted
 //!    (`palisade_kube_events_total{result="failed"}`).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -58,6 +60,11 @@ pub const BURST: u32 = 10;
 pub const REFILL: Duration = Duration::from_secs(1);
 /// Longest wait after failed writes (the wait doubles from [`REFILL`] per failure).
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How long a written Event counts as done. After it, the writers create it again if
+/// the rejection is still current: the API server deletes Events after its
+/// `--event-ttl` (1 h by default), and a rejection that lasts should keep its Event.
+/// While the Event still exists, that costs one `409` per writer.
+pub const REFRESH: Duration = Duration::from_secs(15 * 60);
 /// The API server's limit on `note`, in bytes (`NoteLengthLimit`).
 pub const MAX_NOTE_BYTES: usize = 1024;
 /// The API server's limit on `reportingInstance`, in bytes.
@@ -390,9 +397,9 @@ async fn write_loop(
     mut rx: watch::Receiver<Offer>,
     counters: EventCounters,
 ) {
-    // Event names done (written, found existing, or refused for good), kept only while
-    // their rejection is still current.
-    let mut done: HashSet<String> = HashSet::new();
+    // Event names done (written, found existing, or refused for good) and when, kept
+    // only while their rejection is still current.
+    let mut done: HashMap<String, Instant> = HashMap::new();
     let mut bucket = Bucket::new(Instant::now());
     let mut backoff = REFILL;
     let mut retry_at: Option<Instant> = None;
@@ -406,12 +413,19 @@ async fn write_loop(
             .map(|r| (event_name(r), r))
             .collect();
         let current: HashSet<&str> = due.iter().map(|(n, _)| n.as_str()).collect();
-        done.retain(|n| current.contains(n.as_str()));
-        let mut pending: Vec<&(String, &Rejection)> =
-            due.iter().filter(|(n, _)| !done.contains(n)).collect();
+        done.retain(|n, _| current.contains(n.as_str()));
+        let now = Instant::now();
+        let pending: Vec<&(String, &Rejection)> = due
+            .iter()
+            .filter(|(n, _)| {
+                done.get(n)
+                    .is_none_or(|t| now.duration_since(*t) >= REFRESH)
+            })
+            .collect();
         counters.pending.set(pending.len() as i64);
         let mut changed = false;
-        while let Some((name, r)) = pending.first().copied() {
+        let mut next = 0;
+        while let Some((name, r)) = pending.get(next).copied() {
             let now = Instant::now();
             let wait = bucket
                 .wait(now)
@@ -438,9 +452,9 @@ async fn write_loop(
                         backoff = REFILL;
                         retry_at = None;
                     }
-                    done.insert(name.clone());
-                    pending.remove(0);
-                    counters.pending.set(pending.len() as i64);
+                    done.insert(name.clone(), Instant::now());
+                    next += 1;
+                    counters.pending.set((pending.len() - next) as i64);
                 }
                 Outcome::Retry => {
                     retry_at = Some(Instant::now() + backoff);
@@ -454,8 +468,23 @@ async fn write_loop(
                 }
             }
         }
-        if !changed && rx.changed().await.is_err() {
-            return;
+        if changed {
+            continue;
+        }
+        // Wait for the next pass's offer, or for the oldest Event to be due again.
+        let refresh = done.values().min().map(|t| *t + REFRESH);
+        tokio::select! {
+            r = rx.changed() => {
+                if r.is_err() {
+                    return;
+                }
+            }
+            _ = async {
+                match refresh {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
         }
     }
 }

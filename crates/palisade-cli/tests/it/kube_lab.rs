@@ -1220,3 +1220,66 @@ fn uninstall_removes_the_chaining_entry_pins_programs_and_status_objects_and_eve
     }
     eprintln!("uninstall test: {:.1} s", started.elapsed().as_secs_f64());
 }
+
+/// Two web pods that admit only `role=client` pods, and two clients (the scheduler
+/// spreads the four over the nodes). `client-2`'s role is the parameter.
+fn web_and_clients(client_2_role: &str) -> String {
+    let pod = |name: &str, labels: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: conv\n  labels: {{{labels}}}\n\
+             spec:\n  containers:\n  - name: c\n    image: lab\n    ports:\n    - containerPort: 80\n---\n"
+        )
+    };
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: conv\n---\n{}{}{}{}\
+         apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: web-from-clients\n  namespace: conv\n\
+         spec:\n  podSelector: {{matchLabels: {{app: web}}}}\n  policyTypes: [Ingress]\n\
+         \x20 ingress:\n  - from:\n    - podSelector: {{matchLabels: {{role: client}}}}\n",
+        pod("web-1", "app: web"),
+        pod("web-2", "app: web"),
+        pod("client-1", "role: client"),
+        pod("client-2", &format!("role: {client_2_role}")),
+    )
+}
+
+/// Issue 9: "`lab apply` returns once every node reports the change in force". The
+/// change here is not a policy: a pod's labels take it out of a policy's peers, so no
+/// policy's version moves and no NodePolicyStatus says anything new; only the agents'
+/// resourceVersions in force can. The probe runs right after `lab apply` returns, with
+/// nothing waited for in between, and must measure the new verdicts on every node.
+#[test]
+fn lab_apply_of_a_label_change_returns_once_every_node_enforces_it() {
+    let Some(_bins) = kube_privileged() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let lab = KubeLabGuard::up(2);
+    let step = |name: &str, role: &str| {
+        let f = tmp.path().join(name);
+        std::fs::write(&f, web_and_clients(role)).unwrap();
+        f
+    };
+    let verdict = |v: &[(String, String, String)], f: &str, t: &str| {
+        v.iter()
+            .find(|(a, b, _)| a == f && b == t)
+            .map(|x| x.2.clone())
+            .unwrap_or_else(|| panic!("no pair {f} -> {t}: {v:?}"))
+    };
+    for (file, role, client_2) in [
+        ("1-client.yaml", "client", "allow"),
+        ("2-other.yaml", "other", "deny"),
+        ("3-client-again.yaml", "client", "allow"),
+    ] {
+        lab.apply(&step(file, role));
+        let (measured, table) = lab.probe_compare("TCP", 80);
+        assert!(
+            table.contains("measured and simulated verdicts agree on all"),
+            "{file}:\n{table}"
+        );
+        let v = crate::support::verdicts(&measured);
+        for web in ["conv/web-1", "conv/web-2"] {
+            assert_eq!(verdict(&v, "conv/client-1", web), "allow", "{file}: {v:?}");
+            assert_eq!(verdict(&v, "conv/client-2", web), client_2, "{file}: {v:?}");
+        }
+    }
+}
