@@ -29,7 +29,8 @@ pub const EXIT_CODES: &str = "Exit codes (every command):
   3  invalid input: objects were rejected or there were none (validate: errors, or
      warnings with --strict; simulate and explain give no answer, since it would
      leave those objects out, unless --ignore-invalid is given; lab up and lab apply
-     change nothing)";
+     change nothing), or --from/--to names no pod of the input
+explain --exit-code: 0 allowed, 1 denied, 2 usage, 3 invalid input, 4 could not run";
 
 /// Output formats for matrices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -38,6 +39,34 @@ pub enum Output {
     Table,
     /// JSON for programs.
     Json,
+}
+
+/// Output formats of the offline commands (`-o`, as kubectl's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// For people.
+    Table,
+    /// For people, with more columns: simulate adds one line per pair with its reason.
+    Wide,
+    /// For programs (docs/output.md).
+    Json,
+    /// The JSON document as YAML.
+    Yaml,
+}
+
+/// Which pods an offline answer is about (kubectl's `-n`, `-A`, `-l`).
+#[derive(Debug, Args)]
+pub struct Scope {
+    /// Namespace of a bare pod name in --from/--to; simulate shows only its pods.
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Every namespace (the default: an offline input is a whole snapshot).
+    #[arg(short = 'A', long, conflicts_with = "namespace")]
+    pub all_namespaces: bool,
+    /// Only pods whose labels match: `k=v`, `k==v`, `k!=v`, `k`, `!k`, comma-separated
+    /// (all must hold).
+    #[arg(short = 'l', long)]
+    pub selector: Option<String>,
 }
 
 /// Address families.
@@ -102,9 +131,11 @@ pub enum Command {
         /// Address family to evaluate in (default: each pod's first address).
         #[arg(long)]
         family: Option<Family>,
+        #[command(flatten)]
+        scope: Scope,
         /// Output format.
-        #[arg(long, value_enum, default_value_t = Output::Table)]
-        output: Output,
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
         /// Answer even if some objects were rejected; the answer then excludes them and
         /// says so on its first line (JSON: the `errors` array, and a note on stderr).
         #[arg(long)]
@@ -128,9 +159,19 @@ pub enum Command {
         /// Destination: NAMESPACE/NAME or an IP address.
         #[arg(long)]
         to: String,
-        /// Print the decision as JSON.
-        #[arg(long)]
+        /// Namespace of a bare pod name in --from/--to (default: `default`).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+        /// The same as `-o json` (kept for scripts written before `-o`).
+        #[arg(long, hide = true)]
         json: bool,
+        /// Exit 0 when the connection is allowed, 1 when it is denied (and 4 when the
+        /// command could not run), so a script can assert reachability.
+        #[arg(long)]
+        exit_code: bool,
         /// Answer even if some objects were rejected; the answer then excludes them and
         /// says so on its first line (JSON: the `errors` array, and a note on stderr).
         #[arg(long)]
@@ -146,6 +187,9 @@ pub enum Command {
         /// Fail on warnings too.
         #[arg(long)]
         strict: bool,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
     },
     /// Run the node agent: keep the kernel in step with the manifests in a directory.
     Agent(AgentArgs),

@@ -16,6 +16,7 @@ mod kube_uninstall;
 mod kube_upgrade;
 mod lab;
 mod metrics_http;
+mod select;
 mod simulate;
 mod validate;
 
@@ -25,7 +26,9 @@ use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches};
 use palisade_policy::model::Protocol;
 
-use args::{AgentArgs, BenchCommand, Cli, Command, EbpfCommand, EndpointCommand, Family, Output};
+use args::{
+    AgentArgs, BenchCommand, Cli, Command, EbpfCommand, EndpointCommand, Family, Format, Output,
+};
 use palisade_policy::verdict::IpFamily;
 
 /// Exit code: the command could not run (unreadable file, agent unreachable, pod not
@@ -35,6 +38,8 @@ pub const EXIT_FAILURE: i32 = 1;
 /// answer exists; `validate` reports them, `simulate` and `explain` withhold the answer
 /// unless `--ignore-invalid` is given. Usage errors exit with 2 (clap's code).
 pub const EXIT_INVALID: i32 = 3;
+/// Exit code of `explain --exit-code` when the command could not run (1 means denied).
+pub const EXIT_COULD_NOT_RUN: i32 = 4;
 
 /// Adds the exit-code scheme to the help of `cmd` and every subcommand below it.
 fn with_exit_codes(cmd: clap::Command) -> clap::Command {
@@ -59,12 +64,18 @@ fn main() -> ExitCode {
         .init();
     let matches = with_exit_codes(Cli::command()).get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let failure = match &cli.command {
+        Command::Explain {
+            exit_code: true, ..
+        } => EXIT_COULD_NOT_RUN,
+        _ => EXIT_FAILURE,
+    };
     match run(cli) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             eprintln!("error: {e:#}");
             let invalid = e.downcast_ref::<inputs::InvalidInput>().is_some();
-            ExitCode::from(if invalid { EXIT_INVALID } else { EXIT_FAILURE } as u8)
+            ExitCode::from(if invalid { EXIT_INVALID } else { failure } as u8)
         }
     }
 }
@@ -96,18 +107,24 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             from,
             to,
             family,
+            scope,
             output,
             ignore_invalid,
         } => {
+            let filter = scope
+                .selector
+                .as_deref()
+                .map(select::LabelFilter::parse)
+                .transpose()?;
             let (loaded, sim) = inputs::load_manifests(&manifests.files, recursive)?;
             inputs::print_problems(&loaded);
             let note = match inputs::completeness(&loaded, ignore_invalid) {
                 Ok(note) => note,
                 Err(message) => {
                     eprintln!("{message}");
-                    if output == Output::Json {
+                    if matches!(output, Format::Json | Format::Yaml) {
                         let v = serde_json::json!({"errors": inputs::errors_json(&loaded)});
-                        println!("{}", serde_json::to_string_pretty(&v)?);
+                        select::print_document(&v, output)?;
                     }
                     return Ok(EXIT_INVALID);
                 }
@@ -117,8 +134,12 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 Family::V4 => IpFamily::V4,
                 Family::V6 => IpFamily::V6,
             });
-            let from = from.map(|f| explain::pods_named(&loaded.cluster, &sim, &f));
-            let to = to.map(|t| explain::pods_named(&loaded.cluster, &sim, &t));
+            let ns = scope.namespace.as_deref();
+            let scoped = select::scoped_pods(&loaded.cluster, ns, filter.as_ref());
+            let named =
+                |n: String| explain::pods_named(&loaded.cluster, &sim, &select::qualify(&n, ns));
+            let from = from.map(named).or_else(|| scoped.clone());
+            let to = to.map(named).or(scoped);
             let m = simulate::simulate(
                 &loaded.cluster,
                 protocol,
@@ -129,23 +150,26 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             )?;
             let sim_note = inputs::simulation_note(&sim);
             match output {
-                Output::Json => {
+                Format::Json | Format::Yaml => {
                     let mut v = serde_json::to_value(&m)?;
                     v["errors"] = inputs::errors_json(&loaded);
                     inputs::add_simulation_json(&mut v, &sim);
                     for n in note.iter().chain(&sim_note) {
                         eprintln!("{n}");
                     }
-                    println!("{}", serde_json::to_string_pretty(&v)?)
+                    select::print_document(&v, output)?;
                 }
-                Output::Table => {
+                Format::Table | Format::Wide => {
                     for n in note.iter().chain(&sim_note) {
                         println!("{n}");
                     }
                     print!(
                         "{}",
                         simulate::render_rows(&m, None, &inputs::workload_rows(&sim))
-                    )
+                    );
+                    if output == Format::Wide {
+                        print!("{}", simulate::render_reasons(&m));
+                    }
                 }
             }
             Ok(0)
@@ -156,26 +180,42 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             port,
             from,
             to,
+            namespace,
+            output,
             json,
+            exit_code,
             ignore_invalid,
         } => {
+            let output = if json { Format::Json } else { output };
+            let structured = matches!(output, Format::Json | Format::Yaml);
             let (loaded, sim) = inputs::load_manifests(&manifests.files, recursive)?;
             inputs::print_problems(&loaded);
             let note = match inputs::completeness(&loaded, ignore_invalid) {
                 Ok(note) => note,
                 Err(message) => {
                     eprintln!("{message}");
-                    if json {
+                    if structured {
                         let v = serde_json::json!({"errors": inputs::errors_json(&loaded)});
-                        println!("{}", serde_json::to_string_pretty(&v)?);
+                        select::print_document(&v, output)?;
                     }
                     return Ok(EXIT_INVALID);
                 }
             };
             let proto = protocol_number(&port.protocol)?;
             let mut picked = Vec::new();
-            let from = explain::one_pod(&loaded.cluster, &sim, &from, &mut picked);
-            let to = explain::one_pod(&loaded.cluster, &sim, &to, &mut picked);
+            let ns = namespace.as_deref();
+            let from = explain::one_pod(
+                &loaded.cluster,
+                &sim,
+                &select::qualify(&from, ns),
+                &mut picked,
+            );
+            let to = explain::one_pod(
+                &loaded.cluster,
+                &sim,
+                &select::qualify(&to, ns),
+                &mut picked,
+            );
             let (flow, d) = explain::explain(&loaded.cluster, &from, &to, proto, port.port)
                 .context("explaining")?;
             let notes: Vec<String> = note
@@ -183,7 +223,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 .chain(picked)
                 .chain(inputs::simulation_note(&sim))
                 .collect();
-            if json {
+            if structured {
                 for n in &notes {
                     eprintln!("{n}");
                 }
@@ -193,7 +233,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     "errors": inputs::errors_json(&loaded),
                 });
                 inputs::add_simulation_json(&mut v, &sim);
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                select::print_document(&v, output)?;
             } else {
                 for n in &notes {
                     println!("{n}");
@@ -203,15 +243,16 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     explain::render(&flow, &port.protocol.to_ascii_uppercase(), &d)
                 );
             }
-            Ok(0)
+            Ok(if exit_code && !d.allowed { 1 } else { 0 })
         }
         Command::Validate {
             manifests,
             recursive,
             strict,
+            output,
         } => {
             let (loaded, sim) = inputs::load_manifests(&manifests.files, recursive)?;
-            Ok(validate::report(&loaded, &sim, strict))
+            Ok(validate::report(&loaded, &sim, strict, output)?)
         }
         Command::Agent(a) => run_agent(a),
         Command::Controller(a) => run_controller(a),

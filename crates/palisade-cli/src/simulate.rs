@@ -78,7 +78,10 @@ pub fn simulate(
 ) -> anyhow::Result<Matrix> {
     for p in [from, to].into_iter().flatten().flatten() {
         if !cluster.pods.contains_key(p) {
-            anyhow::bail!("pod {p} not found in the manifests");
+            return Err(crate::inputs::InvalidInput(format!(
+                "pod {p} not found in the manifests\n\nhint: name a pod or workload as NAMESPACE/NAME, or NAME with -n NAMESPACE"
+            ))
+            .into());
         }
     }
     let (froms, tos) = matrix_pods(cluster, from, to);
@@ -186,6 +189,15 @@ pub fn render_rows(m: &Matrix, diff: Option<&Matrix>, rows: &BTreeMap<String, St
             let _ = write!(out, "{:>3}", cell(from, to));
         }
         out.push('\n');
+    }
+    out
+}
+
+/// `-o wide`: one line per pair with its verdict and reason, after the table.
+pub fn render_reasons(m: &Matrix) -> String {
+    let mut out = String::from("\n");
+    for r in &m.results {
+        let _ = writeln!(out, "{} -> {}: {}: {}", r.from, r.to, r.verdict, r.reason);
     }
     out
 }

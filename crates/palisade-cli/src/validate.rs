@@ -3,12 +3,49 @@
 use palisade_policy::manifest::Loaded;
 use palisade_policy::model::workload::Simulation;
 
+use crate::args::Format;
 use crate::EXIT_INVALID;
 
 /// Prints errors and warnings (lint warnings too, each naming its file); returns the
 /// process exit code: [`EXIT_INVALID`] on any error, or any warning with `strict`.
-pub fn report(loaded: &Loaded, sim: &Simulation, strict: bool) -> i32 {
+pub fn report(
+    loaded: &Loaded,
+    sim: &Simulation,
+    strict: bool,
+    format: Format,
+) -> anyhow::Result<i32> {
     let lint = loaded.lint();
+    let warnings = loaded.warnings.len() + lint.len();
+    let code = if !loaded.errors.is_empty() || (strict && warnings > 0) {
+        EXIT_INVALID
+    } else {
+        0
+    };
+    if matches!(format, Format::Json | Format::Yaml) {
+        let c = &loaded.cluster;
+        let mut v = serde_json::json!({
+            "errors": crate::inputs::errors_json(loaded),
+            "warnings": loaded.warnings.iter().chain(lint.iter()).map(|w| serde_json::json!({
+                "file": w.file,
+                "line": w.at.map(|p| p.line),
+                "column": w.at.map(|p| p.column),
+                "object": w.object,
+                "field": w.field,
+                "message": w.message,
+            })).collect::<Vec<_>>(),
+            "loaded": {
+                "networkPolicies": c.network_policies.len(),
+                "clusterPolicies": c.cluster_policies.len(),
+                "calicoPolicies": c.calico_policies.len(),
+                "calicoNetworkSets": c.network_sets.len(),
+                "pods": c.pods.len(),
+                "namespaces": c.namespaces.len(),
+            },
+        });
+        crate::inputs::add_simulation_json(&mut v, sim);
+        crate::select::print_document(&v, format)?;
+        return Ok(code);
+    }
     for e in &loaded.errors {
         println!("error: {e}");
     }
@@ -16,7 +53,6 @@ pub fn report(loaded: &Loaded, sim: &Simulation, strict: bool) -> i32 {
         println!("warning: {w}");
     }
     let c = &loaded.cluster;
-    let warnings = loaded.warnings.len() + lint.len();
     println!(
         "{} error(s), {} warning(s); loaded {} NetworkPolicies, {} cluster policies, {} Calico policies, {} Calico network sets, {} pods, {} namespaces",
         loaded.errors.len(),
@@ -36,9 +72,5 @@ pub fn report(loaded: &Loaded, sim: &Simulation, strict: bool) -> i32 {
             sim.addressed.len()
         );
     }
-    if !loaded.errors.is_empty() || (strict && warnings > 0) {
-        EXIT_INVALID
-    } else {
-        0
-    }
+    Ok(code)
 }

@@ -6,6 +6,7 @@ mod api_replies;
 mod bounds;
 mod cli;
 mod docs_commands;
+mod habits;
 mod kube_lab;
 mod lab;
 mod lab_transitions;
