@@ -212,21 +212,9 @@ async fn fill(client: &kube::Client, shape: &Shape) -> Result<usize> {
     for ns in 0..shape.namespaces {
         let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &format!("ns-{ns}"));
         for app in 0..shape.apps_per_namespace {
-            let from: Vec<_> = shape
-                .peers_of(app)
-                .iter()
-                .map(|p| json!({"podSelector": {"matchLabels": {"app": format!("app-{p}")}}}))
-                .collect();
             api.create(
                 &PostParams::default(),
-                &serde_json::from_value(json!({
-                    "metadata": {"name": format!("app-{app}")},
-                    "spec": {
-                        "podSelector": {"matchLabels": {"app": format!("app-{app}")}},
-                        "policyTypes": ["Ingress"],
-                        "ingress": [{"from": from, "ports": [{"port": "http"}]}],
-                    },
-                }))?,
+                &crate::app_policy(app, &shape.peers_of(app))?,
             )
             .await?;
             policies += 1;

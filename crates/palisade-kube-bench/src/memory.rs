@@ -229,20 +229,9 @@ async fn skeleton(client: &kube::Client, opts: &Options) -> Result<usize> {
         .map(|app| async move {
             let ns = namespace_of(opts, app * opts.pods_per_app);
             let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
-            let peers: Vec<_> = [app + opts.namespaces, app + 2 * opts.namespaces]
-                .iter()
-                .map(|p| json!({"podSelector": {"matchLabels": {"app": format!("app-{p}")}}}))
-                .collect();
             api.create(
                 &PostParams::default(),
-                &serde_json::from_value(json!({
-                    "metadata": {"name": format!("app-{app}")},
-                    "spec": {
-                        "podSelector": {"matchLabels": {"app": format!("app-{app}")}},
-                        "policyTypes": ["Ingress"],
-                        "ingress": [{"from": peers, "ports": [{"port": "http"}]}],
-                    },
-                }))?,
+                &crate::app_policy(app, &[app + opts.namespaces, app + 2 * opts.namespaces])?,
             )
             .await
             .with_context(|| format!("policy {ns}/app-{app}"))?;
