@@ -107,6 +107,18 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     if datapath.adopted() {
         tracing::info!(pin_root = %config.pin_root.display(), "adopted pinned datapath; enforcement was never interrupted");
     }
+    for r in datapath.resizes() {
+        if r.grown {
+            tracing::info!(
+                map = r.map,
+                from = r.pinned,
+                to = r.configured,
+                "map grown: entries copied before the programs switched"
+            );
+        } else {
+            tracing::warn!(map = r.map, pinned = r.pinned, configured = r.configured, "configured capacity is smaller than the pinned map's: kept the pinned map (a map is never shrunk)");
+        }
+    }
     let events = datapath.events().context("taking the event reader")?;
     let mut enforcer = BpfEnforcer::new(datapath);
     enforcer.set_log_mode(config.log_mode, config.sample_allow, config.events)?;

@@ -347,12 +347,23 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = palisade_agent::listener::DEFAULT_REQUEST_TIMEOUT.as_millis() as u64,
         value_parser = clap::value_parser!(u64).range(1..))]
     pub api_request_timeout_ms: u64,
-    /// Capacity of the policy map (prefixes over all tables).
-    #[arg(long)]
+    /// Capacity of the policy map (prefixes over all tables) and of its port
+    /// partitions (default 262144). A larger value than the pinned map's grows
+    /// it at this start (entries copied before the programs switch); a smaller
+    /// one is ignored with a warning. Same for the other capacities below.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub policy_entries: Option<u32>,
-    /// Capacity of the connection-tracking table.
-    #[arg(long)]
+    /// Capacity of the connection-tracking table (default 262144).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub conntrack_entries: Option<u32>,
+    /// Pod and node addresses of the whole cluster, per address family
+    /// (default 262144: Kubernetes' 150,000 pods per cluster and room to spare).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub host_entries: Option<u32>,
+    /// ipBlock/CIDR prefixes (shorter than a host address), per address family
+    /// (default 65536).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub prefix_entries: Option<u32>,
     /// Seconds a CNI registration whose pod never appears in the manifests is kept
     /// before the agent forgets it (checked at every pass, at least every 30 s).
     #[arg(long, default_value_t = palisade_agent::registry::DEFAULT_REGISTRATION_TTL.as_secs())]

@@ -566,9 +566,18 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<i32> {
     let mut sizes = palisade_datapath::MapSizes::default();
     if let Some(n) = a.policy_entries {
         sizes.policy = n;
+        sizes.policy_parts = n;
     }
     if let Some(n) = a.conntrack_entries {
         sizes.conntrack = n;
+    }
+    if let Some(n) = a.host_entries {
+        sizes.hosts4 = n;
+        sizes.hosts6 = n;
+    }
+    if let Some(n) = a.prefix_entries {
+        sizes.addr4 = n;
+        sizes.addr6 = n;
     }
     let config = palisade_agent::run::AgentConfig {
         source: match a.source {

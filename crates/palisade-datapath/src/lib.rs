@@ -95,6 +95,7 @@ mod inspect;
 mod loader;
 pub mod maps;
 pub mod packet;
+mod resize;
 mod services;
 mod staging;
 mod state;
@@ -104,6 +105,7 @@ pub use inspect::{
     reason_name, Attachment, Counters, DecisionEvent, EndpointCounters, EndpointDump, EventReader,
     HookAttachment, TableDump,
 };
+pub use resize::Resize;
 /// One Service frontend as the kernel holds it ([`Datapath::service_entries`]).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ServiceEntry {

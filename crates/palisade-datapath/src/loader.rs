@@ -69,8 +69,11 @@ impl Default for MapSizes {
             endpoints: 1024,
             addr4: 65536,
             addr6: 65536,
-            hosts4: 65536,
-            hosts6: 65536,
+            // Every pod of the cluster, not just this node's (peers are matched
+            // by address): Kubernetes supports 150,000 pods per cluster. The
+            // map is not preallocated, so the limit costs nothing until used.
+            hosts4: 262144,
+            hosts6: 262144,
             policy: 262144,
             policy_parts: 262144,
             conntrack: 262144,
@@ -142,7 +145,7 @@ pub enum Error {
     EventsTaken,
 }
 
-type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub(crate) fn map_err(name: &'static str) -> impl Fn(MapError) -> Error {
     move |source| Error::Map { name, source }
@@ -226,6 +229,7 @@ pub struct Datapath {
     pub(crate) caps: Caps,
     pub(crate) state: State,
     pub(crate) adopted: bool,
+    pub(crate) resizes: Vec<crate::resize::Resize>,
     pub(crate) ncpus: usize,
     /// A plan failed half-way: policy entries may have been written without
     /// their partitions, so the next plan recomputes every partition.
@@ -370,6 +374,7 @@ impl Datapath {
         pin_dir(pin_root, "links")?;
         let adopted = maps_dir.join("palisade_endpoints").exists();
         let old_conntrack = set_aside_old_conntrack(&maps_dir)?;
+        let (aside, resizes) = crate::resize::set_aside_smaller(&maps_dir, &sizes)?;
         let slots = sizes.endpoints + 1;
         let mut loader = EbpfLoader::new();
         for name in MAP_NAMES {
@@ -446,9 +451,13 @@ impl Datapath {
             caps,
             state: State::default(),
             adopted,
+            resizes,
             parts_suspect: false,
             ncpus: aya::util::nr_cpus().map_err(|(_, e)| Error::Interface("cpus".into(), e))?,
         };
+        for a in &aside {
+            dp.copy_set_aside(a, false)?;
+        }
         if let Some(old) = old_conntrack {
             dp.migrate_conntrack(&old);
         }
@@ -458,7 +467,35 @@ impl Datapath {
         // maps, are judged again by the programs switched in just below.
         dp.bump_epoch()?;
         dp.upgrade_links()?;
+        for a in aside {
+            if a.name == "palisade_conntrack" {
+                dp.copy_set_aside(&a, true)?;
+            }
+            a.finish()?;
+        }
         Ok(dp)
+    }
+
+    /// Maps whose pinned capacity differed from the configured one at this
+    /// load: grown (entries copied before the programs switched), or kept
+    /// because the configured size is smaller (a map is never shrunk).
+    pub fn resizes(&self) -> &[crate::resize::Resize] {
+        &self.resizes
+    }
+
+    /// Copies a set-aside map into its larger replacement (`catch_up`: the
+    /// second conntrack copy, after the programs switched).
+    fn copy_set_aside(&mut self, a: &crate::resize::SetAside, catch_up: bool) -> Result<usize> {
+        match a.name {
+            "palisade_addr4" => a.copy_lpm(&mut self.addr4),
+            "palisade_addr6" => a.copy_lpm(&mut self.addr6),
+            "palisade_hosts4" => a.copy_hash(&mut self.hosts4, catch_up),
+            "palisade_hosts6" => a.copy_hash(&mut self.hosts6, catch_up),
+            "palisade_policy" => a.copy_lpm(&mut self.policy),
+            "palisade_policy_parts" => a.copy_hash(&mut self.policy_parts, catch_up),
+            "palisade_conntrack" => a.copy_hash(&mut self.conntrack, catch_up),
+            other => unreachable!("{other} is not growable"),
+        }
     }
 
     /// True if the maps existed before this load (restart or upgrade).

@@ -706,6 +706,172 @@ fn restart_adopts_pinned_maps_without_a_gap_and_resync_is_a_no_op() {
     t.dp = Some(dp);
 }
 
+/// 40 identities with a 1..=65534 TCP range each: about 1,200 policy prefixes.
+fn many_prefixes(c: &Compiled) -> Compiled {
+    let mut big = c.clone();
+    let extra: Vec<_> = (1..=40)
+        .flat_map(|p| ports(p, 6, &[(1, 65534, allow(5))], deny(1)))
+        .collect();
+    big.tables.insert(1, table(deny(1), &extra));
+    big
+}
+
+fn max_entries(root: &std::path::Path, map: &str) -> u32 {
+    aya::maps::MapInfo::from_pin(root.join("maps").join(map))
+        .unwrap()
+        .max_entries()
+}
+
+#[test]
+fn a_restart_with_larger_capacities_grows_the_pinned_maps_keeping_state_and_connections() {
+    let small = MapSizes {
+        policy: 64,
+        policy_parts: 64,
+        hosts4: 16,
+        addr4: 16,
+        conntrack: 128,
+        ..MapSizes::default()
+    };
+    let c = compiled(
+        table(deny(1), &[]),
+        table(allow(2), &[]),
+        &[("192.0.2.0/24", 3), ("10.1.0.5/32", 3)],
+    );
+    let mut t = TestDp::with_sizes(small);
+    t.sync(&c).unwrap();
+    t.bind(POD, 1).unwrap();
+    assert!(t.run(
+        Hook::FromPod,
+        &Packet::udp("10.0.0.1", "1.2.3.4", 5000, 53).frame()
+    ));
+    assert!(matches!(
+        t.sync(&many_prefixes(&c)),
+        Err(Error::Capacity {
+            map: "palisade_policy",
+            ..
+        })
+    ));
+    let root = t.root.0.clone();
+    drop(t.dp.take()); // the agent exits; pins and attached programs stay
+
+    let large = MapSizes {
+        policy: 65536,
+        policy_parts: 65536,
+        hosts4: 64,
+        addr4: 64,
+        conntrack: 512,
+        ..MapSizes::default()
+    };
+    let mut dp = palisade_datapath::Datapath::load_or_adopt(&root, large).unwrap();
+    assert!(dp.adopted());
+    let grown: Vec<_> = dp
+        .resizes()
+        .iter()
+        .map(|r| (r.map, r.pinned, r.configured, r.grown))
+        .collect();
+    for want in [
+        ("palisade_addr4", 16, 64, true),
+        ("palisade_hosts4", 16, 64, true),
+        ("palisade_policy", 64, 65536, true),
+        ("palisade_policy_parts", 64, 65536, true),
+        ("palisade_conntrack", 128, 512, true),
+    ] {
+        assert!(grown.contains(&want), "{want:?} not in {grown:?}");
+    }
+    for (map, size) in [
+        ("palisade_hosts4", 64),
+        ("palisade_addr4", 64),
+        ("palisade_policy", 65536),
+        ("palisade_conntrack", 512),
+    ] {
+        assert_eq!(max_entries(&root, map), size, "{map}");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(root.join("maps"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with("-grow"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // Every entry came across: addresses, tables, and the connection's state
+    // (its reply passes; a new inbound flow does not).
+    assert_eq!(dp.dump_addresses().unwrap(), c.addresses);
+    assert_eq!(dp.dump_endpoint(1).unwrap().ingress.table, c.tables[&1]);
+    let (rc, _) = dp
+        .test_run(
+            Hook::ToPod,
+            &Packet::udp("1.2.3.4", "10.0.0.1", 53, 5000).frame(),
+            1,
+        )
+        .unwrap();
+    assert_eq!(rc, TC_ACT_UNSPEC);
+    let (rc, _) = dp
+        .test_run(
+            Hook::ToPod,
+            &Packet::udp("1.2.3.4", "10.0.0.1", 53, 5001).frame(),
+            1,
+        )
+        .unwrap();
+    assert_eq!(rc, TC_ACT_SHOT);
+    let before = dp.policy_entry_count();
+    dp.bind(POD, 1).unwrap();
+    dp.sync(&c).unwrap();
+    assert_eq!(
+        dp.policy_entry_count(),
+        before,
+        "the resync after growing wrote nothing new"
+    );
+    // What did not fit before fits now.
+    dp.sync(&many_prefixes(&c)).unwrap();
+    dp.sync(&c).unwrap();
+    drop(dp);
+
+    // A smaller configuration never shrinks a map (entries could be lost).
+    let dp = palisade_datapath::Datapath::load_or_adopt(&root, small).unwrap();
+    assert!(dp
+        .resizes()
+        .iter()
+        .any(|r| r.map == "palisade_hosts4" && r.pinned == 64 && r.configured == 16 && !r.grown));
+    assert_eq!(max_entries(&root, "palisade_hosts4"), 64);
+    assert_eq!(dp.dump_addresses().unwrap(), c.addresses);
+    t.dp = Some(dp);
+}
+
+#[test]
+fn a_start_that_died_while_growing_a_map_is_recovered_from_its_grow_pin() {
+    let c = compiled(
+        table(deny(1), &[]),
+        table(allow(2), &[]),
+        &[("10.1.0.5/32", 3)],
+    );
+    let mut t = loaded(&c);
+    let root = t.root.0.clone();
+    drop(t.dp.take());
+    // What set_aside_smaller leaves if the process dies before the loader ran:
+    // the old map pinned only as `-grow`.
+    let maps = root.join("maps");
+    let old = aya::maps::MapData::from_pin(maps.join("palisade_hosts4")).unwrap();
+    old.pin(maps.join("palisade_hosts4-grow")).unwrap();
+    std::fs::remove_file(maps.join("palisade_hosts4")).unwrap();
+    drop(old);
+    let dp = palisade_datapath::Datapath::load_or_adopt(
+        &root,
+        MapSizes {
+            conntrack: 65536,
+            policy: 65536,
+            ..MapSizes::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        dp.dump_addresses().unwrap(),
+        c.addresses,
+        "the host entries were recovered"
+    );
+    assert!(!maps.join("palisade_hosts4-grow").exists());
+    t.dp = Some(dp);
+}
+
 #[test]
 fn events_are_rate_limited_per_cpu() {
     let c = compiled(table(deny(1), &[]), table(allow(2), &[]), &[]);
