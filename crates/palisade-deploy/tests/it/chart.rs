@@ -172,6 +172,34 @@ fn values_for_an_air_gapped_registry_fail_policy_and_decision_log_reach_every_co
 }
 
 #[test]
+fn map_capacities_reach_the_agent_only_when_set() {
+    let agent_args = |set: &[(&str, &str)]| {
+        let docs = documents(&render(set).unwrap()).unwrap();
+        let spec = &find(&docs, "DaemonSet", "palisade-agent").unwrap()["spec"]["template"]["spec"];
+        args_of(find_container(spec, "agent"))
+    };
+    let default = agent_args(&[]);
+    assert!(
+        !default.iter().any(|a| a.contains("-entries")),
+        "the agent's own defaults apply: {default:?}"
+    );
+    let set = agent_args(&[
+        ("agent.maps.hostEntries", "300000"),
+        ("agent.maps.prefixEntries", "131072"),
+        ("agent.maps.policyEntries", "524288"),
+        ("agent.maps.conntrackEntries", "1048576"),
+    ]);
+    for want in [
+        "--host-entries=300000",
+        "--prefix-entries=131072",
+        "--policy-entries=524288",
+        "--conntrack-entries=1048576",
+    ] {
+        assert!(set.contains(&want.to_string()), "{want} not in {set:?}");
+    }
+}
+
+#[test]
 fn a_bad_value_is_refused_naming_it() {
     for (key, value, named) in [
         ("failPolicy", "maybe", "/failPolicy"),
@@ -183,6 +211,8 @@ fn a_bad_value_is_refused_naming_it() {
         ("agent.decisonLog.level", "all", "decisonLog"),
         ("image.digest", "latest", "/image/digest"),
         ("metrics.port", "0", "/metrics/port"),
+        ("agent.maps.hostEntries", "0", "/agent/maps/hostEntries"),
+        ("agent.maps.hostEnties", "5", "hostEnties"),
     ] {
         let err = render(&[(key, value)]).expect_err(key).to_string();
         assert!(err.contains(named), "{key}={value}: {err}");
