@@ -30,7 +30,9 @@ pub const EXIT_CODES: &str = "Exit codes (every command):
      warnings with --strict; simulate and explain give no answer, since it would
      leave those objects out, unless --ignore-invalid is given; lab up and lab apply
      change nothing), or --from/--to names no pod of the input
-explain --exit-code: 0 allowed, 1 denied, 2 usage, 3 invalid input, 4 could not run";
+explain --exit-code: 0 allowed, 1 denied, 2 usage, 3 invalid input, 4 could not run
+diff: 0 no change, 1 denies a flow allowed today, 2 usage, 3 invalid input, 4 could
+  not run, 5 only allows more";
 
 /// Output formats for matrices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -190,6 +192,17 @@ pub enum Command {
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
         output: Format,
+    },
+    /// Every flow whose verdict a proposed change turns around, with the rule on each side
+    /// (offline; exit 1 when it denies a flow allowed today, 5 when it only allows more).
+    #[command(
+        after_help = "Examples:\n  palisade diff -f examples/aws-walkthrough -f examples/aws-walkthrough/05-allow-egress-to-demo-app.yaml\n  palisade diff --current examples/aws-walkthrough --delete NetworkPolicy/default/demo-app-deny-all --port 80"
+    )]
+    Diff(crate::diff::DiffArgs),
+    /// A shell completion script: `source <(palisade completion bash)`.
+    Completion {
+        /// bash, zsh, fish (also elvish, powershell).
+        shell: clap_complete::Shell,
     },
     /// Run the node agent: keep the kernel in step with the manifests in a directory.
     Agent(AgentArgs),

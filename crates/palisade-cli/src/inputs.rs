@@ -33,6 +33,13 @@ pub fn read_inputs(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, String)>> {
     read(paths, false, true)
 }
 
+/// Reads `paths` for an offline answer: a directory without manifests is an
+/// [`InvalidInput`], and without `recursive` its subdirectories are not read (see
+/// [`read`]). For commands that load the texts themselves (`diff` loads two states).
+pub fn read_manifests(paths: &[PathBuf], recursive: bool) -> anyhow::Result<Vec<(String, String)>> {
+    read(paths, true, recursive)
+}
+
 /// [`read_inputs`], where a directory without manifests is an [`InvalidInput`] (a user
 /// who names a directory expects manifests in it). Without `recursive` a directory's
 /// subdirectories are not read (as `kubectl -f DIR` without `-R`), and each one holding

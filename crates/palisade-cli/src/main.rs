@@ -6,6 +6,7 @@ mod bench_enforcement;
 mod bench_kube;
 mod bench_kube_load;
 mod bench_kube_scaleup;
+mod diff;
 mod ebpf;
 mod explain;
 mod inputs;
@@ -67,7 +68,8 @@ fn main() -> ExitCode {
     let failure = match &cli.command {
         Command::Explain {
             exit_code: true, ..
-        } => EXIT_COULD_NOT_RUN,
+        }
+        | Command::Diff(_) => EXIT_COULD_NOT_RUN,
         _ => EXIT_FAILURE,
     };
     match run(cli) {
@@ -253,6 +255,12 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         } => {
             let (loaded, sim) = inputs::load_manifests(&manifests.files, recursive)?;
             Ok(validate::report(&loaded, &sim, strict, output)?)
+        }
+        Command::Diff(a) => diff::run(a),
+        Command::Completion { shell } => {
+            let mut cmd = with_exit_codes(Cli::command());
+            clap_complete::generate(shell, &mut cmd, "palisade", &mut std::io::stdout());
+            Ok(0)
         }
         Command::Agent(a) => run_agent(a),
         Command::Controller(a) => run_controller(a),

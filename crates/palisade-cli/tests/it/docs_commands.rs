@@ -11,7 +11,7 @@
 //! 2. A block of shell commands that cannot run offline (lab, bench, agent, a live
 //!    cluster) says so in its info string: ```` ```sh root ```` (needs root: network
 //!    namespaces, BPF) or ```` ```sh cluster ```` (needs an API server). Such a block may
-//!    not hold an offline command (`simulate`, `explain`, `validate`, `completion`):
+//!    not hold an offline command (`simulate`, `explain`, `validate`, `diff`, `completion`):
 //!    those belong in a console block, where they are run.
 //! 3. A ```` ```text ```` block is output: only a `$ palisade ` line in it fails.
 //! 4. Any other block with a line starting `palisade ` or `$ palisade ` fails the test:
@@ -23,7 +23,7 @@ use std::process::Command;
 use crate::support::repo;
 
 /// Subcommands that need nothing but files, so every printed use of them is run.
-const OFFLINE: [&str; 4] = ["simulate", "explain", "validate", "completion"];
+const OFFLINE: [&str; 5] = ["simulate", "explain", "validate", "diff", "completion"];
 
 /// One fenced block.
 struct Block {

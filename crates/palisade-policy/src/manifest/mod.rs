@@ -100,6 +100,9 @@ pub struct Loaded {
     pub pod_owners: BTreeMap<String, Owner>,
     /// The model objects that were rejected (kind, key), for [`Loaded::keep_last_good`].
     rejected: Vec<(Kind, String)>,
+    /// The model object each loaded object is (`Kind key` -> kind, key), for
+    /// [`Loaded::remove_object`].
+    placed: BTreeMap<String, (Kind, String)>,
     /// Whether some error could not be tied to one object (a document that does not
     /// parse, or does not name its object).
     unattributed: bool,
@@ -166,6 +169,59 @@ impl Loaded {
             }
         }
         Some(kept)
+    }
+
+    /// Takes out the loaded object named `object` (`Kind namespace/name` or `Kind name`,
+    /// as [`Loaded::sources`] names it), as if its document had not been in the input:
+    /// `palisade diff --delete` proposes a deletion this way. Call it before
+    /// [`Loaded::simulate_pods`] for a workload. Returns whether there was such an object.
+    pub fn remove_object(&mut self, object: &str) -> bool {
+        if self.sources.remove(object).is_none() {
+            return false;
+        }
+        if self.workloads.remove(object).is_some() {
+            return true;
+        }
+        let Some((kind, key)) = self.placed.remove(object) else {
+            return true;
+        };
+        let c = &mut self.cluster;
+        match kind {
+            Kind::Namespace => {
+                let _ = c.namespaces.remove(&key);
+            }
+            Kind::Pod => {
+                c.pods.remove(&key);
+                self.pod_owners.remove(&key);
+            }
+            Kind::Node => {
+                let _ = c.nodes.remove(&key);
+            }
+            Kind::Service => {
+                let _ = c.services.remove(&key);
+            }
+            Kind::EndpointSlice => {
+                let _ = c.endpoint_slices.remove(&key);
+            }
+            Kind::NetworkPolicy => {
+                let _ = c.network_policies.remove(&key);
+            }
+            Kind::Cluster(k) => {
+                let _ = c.cluster_policies.remove(&format!("{}/{key}", k.as_str()));
+            }
+            Kind::Calico(k) => {
+                let _ = c.calico_policies.remove(&format!("{}/{key}", k.as_str()));
+            }
+            Kind::NetworkSet { global } => {
+                let prefix = if global {
+                    "GlobalNetworkSet"
+                } else {
+                    "NetworkSet"
+                };
+                let _ = c.network_sets.remove(&format!("{prefix}/{key}"));
+            }
+        }
+        true
     }
 
     /// Adds the pods of every workload to [`Loaded::cluster`] and addresses from the
@@ -492,6 +548,7 @@ impl Loader {
                 format!("duplicate object: replaces the one from {before}"),
             );
         }
+        self.out.placed.insert(object.clone(), (kind, key.clone()));
         if kind == Kind::Pod {
             if let Some(o) = workloads::controller_of(&v) {
                 self.out.pod_owners.insert(key, o);

@@ -1768,3 +1768,20 @@ fn v0_1_1_peer_shapes_that_palisade_cannot_honour_reject_that_policy_alone() {
         );
     }
 }
+
+#[test]
+fn remove_object_takes_out_exactly_the_named_object_as_if_its_document_were_absent() {
+    let text = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a, namespace: default}\nspec: {podSelector: {}}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: b, namespace: default}\nspec: {podSelector: {}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: default}\nspec: {containers: [{name: c, image: x}]}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: default}\nspec: {selector: {matchLabels: {app: web}}, template: {metadata: {labels: {app: web}}, spec: {containers: [{name: c, image: x}]}}}\n";
+    let mut l = load_one(text);
+    assert!(l.errors.is_empty(), "{:?}", l.errors);
+    assert!(l.remove_object("NetworkPolicy default/a"));
+    assert!(!l.cluster.network_policies.contains_key("default/a"));
+    assert!(l.cluster.network_policies.contains_key("default/b"));
+    assert!(l.remove_object("Pod default/p"));
+    assert!(!l.cluster.pods.contains_key("default/p"));
+    assert!(l.remove_object("Deployment default/web"));
+    let sim = l.simulate_pods();
+    assert!(sim.workloads.is_empty(), "{sim:?}");
+    assert!(!l.remove_object("NetworkPolicy default/a"), "already gone");
+    assert!(!l.remove_object("NetworkPolicy default/nope"));
+}
