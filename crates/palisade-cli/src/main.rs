@@ -259,8 +259,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Diff(a) => diff::run(a),
         Command::Completion { shell } => {
             let mut cmd = with_exit_codes(Cli::command());
-            clap_complete::generate(shell, &mut cmd, "palisade", &mut std::io::stdout());
-            Ok(0)
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "palisade", &mut script);
+            // `palisade completion bash | head` closes the pipe early: not an error.
+            match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+                r => r.map(|_| 0).context("writing the completion script"),
+            }
         }
         Command::Agent(a) => run_agent(a),
         Command::Controller(a) => run_controller(a),
