@@ -270,8 +270,8 @@ pub struct PortFilter {
 /// Errors that leave no answer: the rejected objects (in `loaded.errors`, by file),
 /// and `--delete` values that cannot be done (value, why).
 pub struct Rejected {
-    /// The load errors of both sides.
-    pub loaded: Loaded,
+    /// The load errors of both sides (boxed: a `Loaded` is large).
+    pub loaded: Box<Loaded>,
     /// `--delete` problems.
     pub deletes: Vec<(String, String)>,
 }
@@ -394,7 +394,7 @@ pub fn load_states(
     }
     if !errors.errors.is_empty() || !deletes.is_empty() {
         return Err(Rejected {
-            loaded: errors,
+            loaded: Box::new(errors),
             deletes,
         });
     }
