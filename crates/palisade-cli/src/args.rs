@@ -30,7 +30,8 @@ pub const EXIT_CODES: &str = "Exit codes (every command):
      warnings with --strict; simulate and explain give no answer, since it would
      leave those objects out, unless --ignore-invalid is given; lab up and lab apply
      change nothing), or --from/--to names no pod of the input
-explain --exit-code: 0 allowed, 1 denied, 2 usage, 3 invalid input, 4 could not run
+explain --exit-code: 0 allowed, 1 denied, 2 usage, 3 invalid input, 4 could not run,
+  5 partly allowed (a Service some of whose backends allow the flow, others not)
 diff: 0 no change, 1 denies a flow allowed today, 2 usage, 3 invalid input, 4 could
   not run, 5 only allows more";
 
@@ -158,7 +159,8 @@ pub enum Command {
         /// Source: NAMESPACE/NAME or an IP address.
         #[arg(long)]
         from: String,
-        /// Destination: NAMESPACE/NAME or an IP address.
+        /// Destination: NAMESPACE/NAME (a pod, workload or Service; `svc/NAME` or
+        /// `pod/NAME` when both exist) or an IP address (a Service's is judged per backend).
         #[arg(long)]
         to: String,
         /// Namespace of a bare pod name in --from/--to (default: `default`).
@@ -171,7 +173,8 @@ pub enum Command {
         #[arg(long, hide = true)]
         json: bool,
         /// Exit 0 when the connection is allowed, 1 when it is denied (and 4 when the
-        /// command could not run), so a script can assert reachability.
+        /// command could not run), so a script can assert reachability. To a Service:
+        /// 0 only if every backend allows it, 1 if none does, 5 if some do.
         #[arg(long)]
         exit_code: bool,
         /// Answer even if some objects were rejected; the answer then excludes them and

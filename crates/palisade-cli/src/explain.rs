@@ -52,7 +52,7 @@ pub fn explain(
     for p in [&src, &dst] {
         if let Peer::Pod(key) = p {
             if !cluster.pods.contains_key(key) {
-                return Err(crate::inputs::InvalidInput(format!("pod {key} not found in the manifests\n\nhint: name a pod as NAMESPACE/NAME (or NAME with -n NAMESPACE), a workload the same way, or give an IP address")).into());
+                return Err(crate::inputs::InvalidInput(format!("pod {key} not found in the manifests\n\nhint: name a pod as NAMESPACE/NAME (or NAME with -n NAMESPACE), a workload or (for --to) a Service the same way, or give an IP address")).into());
             }
         }
     }

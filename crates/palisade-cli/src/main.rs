@@ -18,6 +18,9 @@ mod kube_upgrade;
 mod lab;
 mod metrics_http;
 mod select;
+mod service_explain;
+mod service_flow;
+mod service_simulate;
 mod simulate;
 mod validate;
 
@@ -140,6 +143,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             let scoped = select::scoped_pods(&loaded.cluster, ns, filter.as_ref());
             let named =
                 |n: String| explain::pods_named(&loaded.cluster, &sim, &select::qualify(&n, ns));
+            let to_given = to.is_some();
             let from = from.map(named).or_else(|| scoped.clone());
             let to = to.map(named).or(scoped);
             let m = simulate::simulate(
@@ -150,12 +154,27 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 from.as_deref(),
                 to.as_deref(),
             )?;
-            let sim_note = inputs::simulation_note(&sim);
+            let mut sim_note: Vec<String> = inputs::simulation_note(&sim).into_iter().collect();
+            // Services as destinations, when the input has some and --to does not narrow.
+            let svc_results = (!to_given && !loaded.cluster.services.is_empty()).then(|| {
+                service_simulate::simulate(
+                    &loaded.cluster,
+                    protocol,
+                    port.port,
+                    family,
+                    &simulate::matrix_pods(&loaded.cluster, from.as_deref(), None).0,
+                    ns,
+                    &mut sim_note,
+                )
+            });
             match output {
                 Format::Json | Format::Yaml => {
                     let mut v = serde_json::to_value(&m)?;
                     v["errors"] = inputs::errors_json(&loaded);
                     inputs::add_simulation_json(&mut v, &sim);
+                    if let Some(r) = &svc_results {
+                        v["services"] = serde_json::to_value(r)?;
+                    }
                     for n in note.iter().chain(&sim_note) {
                         eprintln!("{n}");
                     }
@@ -169,8 +188,19 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                         "{}",
                         simulate::render_rows(&m, None, &inputs::workload_rows(&sim))
                     );
+                    let svc_results = svc_results.unwrap_or_default();
+                    print!(
+                        "{}",
+                        service_simulate::render(
+                            &svc_results,
+                            protocol,
+                            port.port,
+                            &inputs::workload_rows(&sim)
+                        )
+                    );
                     if output == Format::Wide {
                         print!("{}", simulate::render_reasons(&m));
+                        print!("{}", service_simulate::render_reasons(&svc_results));
                     }
                 }
             }
@@ -212,18 +242,38 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 &select::qualify(&from, ns),
                 &mut picked,
             );
-            let to = explain::one_pod(
-                &loaded.cluster,
-                &sim,
-                &select::qualify(&to, ns),
-                &mut picked,
-            );
+            // A Service, or one of its addresses, is judged per backend.
+            let before: Vec<String> = note
+                .iter()
+                .cloned()
+                .chain(picked.iter().cloned())
+                .chain(inputs::simulation_note(&sim))
+                .collect();
+            let request = service_explain::Request {
+                from: &from,
+                to: &to,
+                namespace: ns,
+                protocol: proto,
+                port: port.port,
+                output,
+                exit_code,
+            };
+            let errors = inputs::errors_json(&loaded);
+            let (to, svc_note) =
+                match service_explain::explain(&loaded.cluster, &sim, &request, &before, errors)
+                    .context("explaining")?
+                {
+                    service_explain::Explained::Done(code) => return Ok(code),
+                    service_explain::Explained::Direct { to, note } => (to, note),
+                };
+            let to = explain::one_pod(&loaded.cluster, &sim, &to, &mut picked);
             let (flow, d) = explain::explain(&loaded.cluster, &from, &to, proto, port.port)
                 .context("explaining")?;
             let notes: Vec<String> = note
                 .into_iter()
                 .chain(picked)
                 .chain(inputs::simulation_note(&sim))
+                .chain(svc_note)
                 .collect();
             if structured {
                 for n in &notes {
@@ -243,6 +293,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 print!(
                     "{}",
                     explain::render(&flow, &port.protocol.to_ascii_uppercase(), &d)
+                );
+                print!(
+                    "{}",
+                    service_explain::calico_service_lines(&loaded.cluster, &d)
                 );
             }
             Ok(if exit_code && !d.allowed { 1 } else { 0 })

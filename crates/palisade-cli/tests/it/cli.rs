@@ -18,7 +18,8 @@ fn simulate_json_has_exactly_the_documented_shape() {
         .arg(repo().join("examples/aws-walkthrough")));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["errors", "port", "protocol", "results"]);
+    // `services`: the walkthrough has Services (demo-app, kube-dns); issue 11.
+    assert_eq!(keys, ["errors", "port", "protocol", "results", "services"]);
     assert_eq!(v["errors"], serde_json::json!([]), "a complete answer");
     assert_eq!(v["port"], 80);
     assert_eq!(v["protocol"], "TCP");

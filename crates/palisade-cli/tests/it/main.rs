@@ -12,5 +12,6 @@ mod kube_lab;
 mod lab;
 mod lab_transitions;
 mod registration;
+mod services;
 mod support;
 mod workloads;
