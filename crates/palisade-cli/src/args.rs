@@ -15,7 +15,8 @@ pub struct Cli {
 
 const EXAMPLES: &str = "Examples:
   palisade simulate -f examples/aws-walkthrough --port 80 --protocol TCP
-  palisade explain -f examples/aws-walkthrough --from default/client-one --to default/demo-app --port 80
+  palisade explain -f examples/aws-walkthrough --from default/client-one --to pod/default/demo-app --port 80
+  palisade explain -f examples/services --from shop/client --to shop/web
   palisade validate -f examples/multi-team
   palisade lab walkthrough
   palisade endpoint get default/demo-app";
@@ -146,7 +147,7 @@ pub enum Command {
     },
     /// The decision path of one connection: each tier and policy consulted (offline).
     #[command(
-        after_help = "Examples:\n  palisade explain -f examples/deny-metadata --from shop/web --to 169.254.169.254 --port 80\n  palisade explain -f examples/aws-walkthrough --from another-ns/another-client --to default/demo-app --port 80"
+        after_help = "Examples:\n  palisade explain -f examples/deny-metadata --from shop/web --to 169.254.169.254 --port 80\n  palisade explain -f examples/aws-walkthrough --from another-ns/another-client --to pod/default/demo-app --port 80\n  palisade explain -f examples/aws-walkthrough --from another-ns/another-client --to svc/default/demo-app --port 80"
     )]
     Explain {
         #[command(flatten)]

@@ -118,10 +118,8 @@ fn issue_11_explain_a_service_as_json_has_the_port_mapping_and_every_backend() {
         s["frontend"],
         serde_json::json!({"address": "10.96.0.20", "kind": "ClusterIP"})
     );
-    assert_eq!(
-        (s["port"].as_u64(), &s["portName"]),
-        (Some(80), &"http".into())
-    );
+    assert_eq!(s["port"], 80);
+    assert_eq!(s["portName"], "http");
     assert_eq!(s["targetPort"], "http");
     assert_eq!(s["backendsFrom"], "EndpointSlices");
     assert_eq!(s["verdict"], "partial");
@@ -143,7 +141,7 @@ fn issue_11_explain_a_service_as_json_has_the_port_mapping_and_every_backend() {
         })
         .collect();
     let want = [
-        ("10.244.1.10", 8080, "shop/web-0", "allow"),
+        ("10.244.1.10", 8080_u64, "shop/web-0", "allow"),
         ("10.244.1.11", 8080, "shop/web-1", "allow"),
         ("10.244.1.12", 9090, "shop/web-canary", "deny"),
     ]
@@ -216,7 +214,7 @@ fn issue_11_explain_exit_code_is_0_for_every_backend_1_for_none_5_for_some() {
         code(
             "examples/aws-walkthrough",
             "default/client-one",
-            "default/demo-app",
+            "svc/default/demo-app",
             "80"
         ),
         0,
