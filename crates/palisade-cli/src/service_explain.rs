@@ -300,14 +300,13 @@ pub fn render(cluster: &Cluster, src: &Peer, a: &ServiceAnswer) -> String {
         headline(overall)
     );
     let via = match a.frontend {
-        Some((addr, k)) => format!("{addr} is the {} of Service", kind_word(k)),
-        None => "Service (no address in the input: headless, or its ClusterIP not assigned yet; judged by its backends)".to_string(),
+        Some((addr, k)) => format!("{addr} is the {} of Service {}", kind_word(k), a.service_port()),
+        None => format!("Service {} (no address in the input: headless, or its ClusterIP not assigned yet; judged by its backends)", a.service_port()),
     };
     let chosen = a.backends.iter().filter(|b| b.chosen).count();
     let _ = writeln!(
         out,
-        "{via} {} -> targetPort {}; {} backend(s) from {}{}:",
-        a.service_port(),
+        "{via} -> targetPort {}; {} backend(s) from {}{}:",
         a.target_port_words(),
         a.backends.len(),
         if a.from_selector {
