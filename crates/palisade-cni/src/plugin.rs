@@ -47,13 +47,102 @@ pub const ARG_POD_NAMESPACE: &str = "K8S_POD_NAMESPACE";
 /// `CNI_ARGS` key carrying the pod's name.
 pub const ARG_POD_NAME: &str = "K8S_POD_NAME";
 
+/// How to reach the agent, as the network configuration says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Agent {
+    /// The agent's unix socket (`agentSocket`).
+    pub socket: PathBuf,
+    /// How long to wait for its answer (`timeoutMs`).
+    pub timeout: Duration,
+    /// What to do when it does not confirm (`failPolicy`).
+    pub policy: FailPolicy,
+}
+
+/// What one invocation will do, decided from environment and stdin alone ([`plan`]):
+/// everything the plugin checks about its input happens before any I/O, so the checks
+/// are a pure function a fuzzer (and a unit test) can drive.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    /// Print [`version_json`].
+    Version,
+    /// Register `endpoint`, then print `prev` unchanged.
+    Add {
+        /// Where and how to ask.
+        agent: Agent,
+        /// The pod to register (pod identity, host interface and addresses all set).
+        endpoint: PodEndpoint,
+        /// `prevResult` as received.
+        prev: Value,
+    },
+    /// Ask whether `endpoint`'s policy is in force (its host interface must exist).
+    Check {
+        /// Where and how to ask.
+        agent: Agent,
+        /// The pod to check.
+        endpoint: PodEndpoint,
+        /// `prevResult` as received.
+        prev: Value,
+    },
+    /// Unregister `endpoint` (best effort; `None`: no pod identity, nothing to name).
+    Del {
+        /// Where to ask (the fail policy does not apply: DEL never fails).
+        agent: Agent,
+        /// The registration to remove.
+        endpoint: Option<PodEndpoint>,
+        /// Diagnostics about the lenient reading, one line each, for the log.
+        notes: Vec<String>,
+    },
+}
+
 /// Runs one invocation. `stdin` is the network configuration; `log` receives
 /// human-readable diagnostics (the binary sends them to stderr). Returns what to print
 /// on stdout on success.
 pub fn run(env: &Env, stdin: &[u8], log: &mut dyn Write) -> Result<String, CniError> {
+    match plan(env, stdin)? {
+        Plan::Version => Ok(version_json()),
+        Plan::Del {
+            agent,
+            endpoint,
+            notes,
+        } => {
+            for n in notes {
+                let _ = writeln!(log, "palisade-cni: DEL: {n}");
+            }
+            if let Some(endpoint) = endpoint {
+                unregister(&agent, endpoint, log);
+            }
+            Ok(String::new())
+        }
+        Plan::Add {
+            agent,
+            endpoint,
+            prev,
+        } => {
+            confirm(&agent, &Register(endpoint), log)?;
+            Ok(serde_json::to_string(&prev).expect("a JSON value serializes"))
+        }
+        Plan::Check {
+            agent, endpoint, ..
+        } => {
+            if !interface_exists(&endpoint.host_ifname) {
+                return Err(CniError::new(
+                    code::UNKNOWN_CONTAINER,
+                    format!("host interface {} does not exist", endpoint.host_ifname),
+                    "",
+                ));
+            }
+            confirm(&agent, &Check(endpoint), log)?;
+            Ok(String::new())
+        }
+    }
+}
+
+/// Decides what an invocation does from its environment and stdin, without I/O. Every
+/// input problem of ADD and CHECK is an error here; DEL is never an error ([`Plan::Del`]).
+pub fn plan(env: &Env, stdin: &[u8]) -> Result<Plan, CniError> {
     match env.command {
-        Command::Version => return Ok(version_json()),
-        Command::Del => return Ok(del(env, stdin, log)),
+        Command::Version => return Ok(Plan::Version),
+        Command::Del => return Ok(del(env, stdin)),
         Command::Add | Command::Check => {}
     }
     if stdin.len() > MAX_STDIN {
@@ -99,30 +188,26 @@ pub fn run(env: &Env, stdin: &[u8], log: &mut dyn Write) -> Result<String, CniEr
             "0 would fail every ADD; past 10 minutes the runtime has given up long before",
         ));
     }
-    let timeout = Duration::from_millis(timeout_ms);
-    let policy = conf.fail_policy.unwrap_or_default();
-    match env.command {
-        Command::Add => {
-            let prev = require_prev(&conf)?;
-            let endpoint = endpoint(env, Some(&parse_prev(prev)?), true)?;
-            confirm(&socket, &Register(endpoint), timeout, policy, log)?;
-            Ok(serde_json::to_string(prev).expect("a JSON value serializes"))
-        }
-        Command::Check => {
-            let prev = parse_prev(require_prev(&conf)?)?;
-            let endpoint = endpoint(env, Some(&prev), true)?;
-            if !interface_exists(&endpoint.host_ifname) {
-                return Err(CniError::new(
-                    code::UNKNOWN_CONTAINER,
-                    format!("host interface {} does not exist", endpoint.host_ifname),
-                    "",
-                ));
-            }
-            confirm(&socket, &Check(endpoint), timeout, policy, log)?;
-            Ok(String::new())
-        }
+    let agent = Agent {
+        socket,
+        timeout: Duration::from_millis(timeout_ms),
+        policy: conf.fail_policy.unwrap_or_default(),
+    };
+    let prev = require_prev(&conf)?;
+    let endpoint = endpoint(env, Some(&parse_prev(prev)?), true)?;
+    Ok(match env.command {
+        Command::Add => Plan::Add {
+            agent,
+            endpoint,
+            prev: prev.clone(),
+        },
+        Command::Check => Plan::Check {
+            agent,
+            endpoint,
+            prev: prev.clone(),
+        },
         Command::Version | Command::Del => unreachable!("handled above"),
-    }
+    })
 }
 
 /// `DEL`. It never fails (CNI 1.0: "plugins should generally complete a DEL action
@@ -140,21 +225,20 @@ pub fn run(env: &Env, stdin: &[u8], log: &mut dyn Write) -> Result<String, CniEr
 /// 4. An agent that is away or refuses (no such registration: a repeated DEL) is
 ///    logged; a registration left behind is removed by the agent when its interface is
 ///    found gone (see `palisade_agent::registry`).
-fn del(env: &Env, stdin: &[u8], log: &mut dyn Write) -> String {
+fn del(env: &Env, stdin: &[u8]) -> Plan {
+    let mut notes = Vec::new();
     let conf: Option<Value> = if stdin.len() > MAX_STDIN {
-        let _ = writeln!(
-            log,
-            "palisade-cni: DEL: stdin is over {} KiB; using the default agent socket",
+        notes.push(format!(
+            "stdin is over {} KiB; using the default agent socket",
             MAX_STDIN / 1024
-        );
+        ));
         None
     } else {
         serde_json::from_slice(stdin)
             .map_err(|e| {
-                let _ = writeln!(
-                    log,
-                    "palisade-cni: DEL: configuration is not JSON ({e}); using the default agent socket"
-                );
+                notes.push(format!(
+                    "configuration is not JSON ({e}); using the default agent socket"
+                ))
             })
             .ok()
     };
@@ -173,25 +257,33 @@ fn del(env: &Env, stdin: &[u8], log: &mut dyn Write) -> String {
         field("prevResult").and_then(|p| match serde_json::from_value(p.clone()) {
             Ok(r) => Some(r),
             Err(e) => {
-                let _ = writeln!(
-                    log,
-                    "palisade-cni: DEL: prevResult not decodable ({e}); naming the registration by container id"
-                );
+                notes.push(format!(
+                    "prevResult not decodable ({e}); naming the registration by container id"
+                ));
                 None
             }
         });
     let endpoint = match endpoint(env, prev.as_ref(), false) {
-        Ok(e) => e,
+        Ok(e) => Some(e),
         Err(e) => {
-            let _ = writeln!(
-                log,
-                "palisade-cni: DEL without pod identity, skipping: {}",
-                e.msg
-            );
-            return String::new();
+            notes.push(format!("without pod identity, skipping: {}", e.msg));
+            None
         }
     };
-    match client::call(&socket, &Unregister(endpoint), timeout) {
+    Plan::Del {
+        agent: Agent {
+            socket,
+            timeout,
+            policy: FailPolicy::Open,
+        },
+        endpoint,
+        notes,
+    }
+}
+
+/// Sends `unregister`, logging (never failing on) an agent that is away or refuses.
+fn unregister(agent: &Agent, endpoint: PodEndpoint, log: &mut dyn Write) {
+    match client::call(&agent.socket, &Unregister(endpoint), agent.timeout) {
         Ok(_) => {}
         Err(ClientError::Refused(why)) => {
             let _ = writeln!(log, "palisade-cni: agent refused unregister: {why}");
@@ -200,7 +292,6 @@ fn del(env: &Env, stdin: &[u8], log: &mut dyn Write) -> String {
             let _ = writeln!(log, "palisade-cni: unregister not delivered: {}", chain(&e));
         }
     }
-    String::new()
 }
 
 /// This plugin's own options: a key that is almost one of them is a typo.
@@ -313,10 +404,8 @@ fn endpoint(env: &Env, prev: Option<&CniResult>, strict: bool) -> Result<PodEndp
 
 /// Asks the agent and applies the fail policy to anything but a confirmation.
 fn confirm<C: Call<Reply = InForce>>(
-    socket: &std::path::Path,
+    agent: &Agent,
     req: &C,
-    timeout: Duration,
-    policy: FailPolicy,
     log: &mut dyn Write,
 ) -> Result<(), CniError> {
     let who = match req.request().endpoint() {
@@ -330,7 +419,7 @@ fn confirm<C: Call<Reply = InForce>>(
             details,
         )
     };
-    let failure = match client::call(socket, req, timeout) {
+    let failure = match client::call(&agent.socket, req, agent.timeout) {
         Ok(InForce {
             in_force: true,
             generation,
@@ -350,7 +439,7 @@ fn confirm<C: Call<Reply = InForce>>(
             chain(&e),
         ),
     };
-    match policy {
+    match agent.policy {
         FailPolicy::Closed => Err(failure),
         FailPolicy::Open => {
             let _ = writeln!(
@@ -403,6 +492,44 @@ mod tests {
             let err = run(&env, conf.as_bytes(), &mut Vec::new()).unwrap_err();
             assert_eq!(err.code, code::INVALID_CONFIG, "{t}: {}", err.msg);
             assert!(err.msg.contains("timeoutMs"), "{}", err.msg);
+        }
+    }
+
+    #[test]
+    fn plan_decides_without_io_and_del_never_fails() {
+        let env = |cmd: &str| {
+            Env::from_lookup(|k| match k {
+                "CNI_COMMAND" => Some(cmd.into()),
+                "CNI_CONTAINERID" => Some("c1".into()),
+                "CNI_IFNAME" => Some("eth0".into()),
+                "CNI_NETNS" => Some("/run/netns/p".into()),
+                "CNI_ARGS" => Some("K8S_POD_NAMESPACE=x;K8S_POD_NAME=a".into()),
+                _ => None,
+            })
+            .unwrap()
+        };
+        let conf = br#"{"cniVersion":"1.0.0","timeoutMs":5,"prevResult":{"interfaces":[{"name":"veth1"},{"name":"eth0","sandbox":"/run/netns/p"}],"ips":[{"address":"10.244.0.5/24","interface":1}]}}"#;
+        match plan(&env("ADD"), conf).unwrap() {
+            Plan::Add {
+                agent, endpoint, ..
+            } => {
+                assert_eq!(agent.timeout, Duration::from_millis(5));
+                assert_eq!(endpoint.host_ifname, "veth1");
+                assert_eq!(
+                    endpoint.ips,
+                    ["10.244.0.5".parse::<std::net::IpAddr>().unwrap()]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        for junk in [&b"not json"[..], b"", b"{\"prevResult\":7}"] {
+            assert!(plan(&env("ADD"), junk).is_err());
+            match plan(&env("DEL"), junk).unwrap() {
+                Plan::Del {
+                    endpoint: Some(e), ..
+                } => assert_eq!((e.pod.as_str(), e.host_ifname.as_str()), ("a", "")),
+                other => panic!("{other:?}"),
+            }
         }
     }
 
