@@ -651,7 +651,7 @@ async fn handle_connection(
     };
     drop(reader);
     slot.busy();
-    let request: Request = match serde_json::from_str(line.trim()) {
+    let request: Request = match palisade_api::decode_request(&line) {
         Ok(r) => r,
         Err(e) => {
             let mut out = serde_json::to_vec(&Reply::error(format!("bad request: {e}")))?;
