@@ -174,14 +174,23 @@ impl EventReader {
     #[allow(clippy::should_implement_trait)] // borrowing item, like RingBuf::next
     pub fn next(&mut self) -> Option<DecisionEvent> {
         let item = self.ring.next()?;
-        if item.len() < std::mem::size_of::<abi::Event>() {
-            return None;
-        }
-        // SAFETY: the record is a `struct event` written by the program (checked
-        // length); read_unaligned copes with the ring's 8-byte alignment.
-        let e: abi::Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-        Some(decode_event(&e))
+        decode_record(&item)
     }
+}
+
+/// Decodes one ring-buffer record into an event; `None` when it is shorter than a
+/// `struct event`. Any bytes of that length decode (unknown reasons are named
+/// `unknown`, unknown families have no address): the ring is written by the kernel
+/// program, but a reader that trusts no byte of it cannot be crashed by a newer one.
+pub fn decode_record(bytes: &[u8]) -> Option<DecisionEvent> {
+    if bytes.len() < std::mem::size_of::<abi::Event>() {
+        return None;
+    }
+    // SAFETY: `bytes` holds at least size_of::<Event>() bytes (checked above), `Event`
+    // is a plain `repr(C)` struct of integers and byte arrays (every bit pattern is a
+    // value), and read_unaligned copes with the ring's 8-byte alignment.
+    let e: abi::Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    Some(decode_event(&e))
 }
 
 impl std::os::fd::AsRawFd for EventReader {

@@ -102,8 +102,8 @@ mod state;
 
 pub use bench::{bench_datapath, BenchOptions, BenchPoint, BenchReport};
 pub use inspect::{
-    reason_name, Attachment, Counters, DecisionEvent, EndpointCounters, EndpointDump, EventReader,
-    HookAttachment, TableDump,
+    decode_record, reason_name, Attachment, Counters, DecisionEvent, EndpointCounters,
+    EndpointDump, EventReader, HookAttachment, TableDump,
 };
 pub use resize::Resize;
 /// One Service frontend as the kernel holds it ([`Datapath::service_entries`]).
