@@ -39,3 +39,9 @@ bash "$(dirname "${BASH_SOURCE[0]}")/k8s-binaries.sh" >/dev/null
 # Helm's CLI (the chart tests render deploy/helm/palisade with it), built from the Go
 # module proxy at the version deploy/helm-build/go.mod pins, into /var/cache/palisade/helm.
 bash "$(dirname "${BASH_SOURCE[0]}")/helm-binary.sh" >/dev/null
+
+# cargo-fuzz (the libFuzzer driver of fuzz/, see docs/fuzzing.md) at the version
+# scripts/cargo-fuzz.sh pins, from crates.io into /var/cache/palisade/cargo-fuzz, and the
+# nightly toolchain it builds with when rustup has none. Cold: about 2 minutes (plus
+# the nightly download when missing); warm: instant.
+bash "$(dirname "${BASH_SOURCE[0]}")/cargo-fuzz.sh" >/dev/null
