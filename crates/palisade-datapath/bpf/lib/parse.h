@@ -89,6 +89,10 @@ struct flow {
 	__u32 frag_id;
 	/* Offset of the transport header from the start of the frame. */
 	__u32 l4_off;
+	/* Offset just past the IP packet (its total or payload length): headers are
+	 * read only inside it, never from Ethernet padding or trailing bytes after it,
+	 * which the stack trims before anything else reads the packet. */
+	__u32 ip_end;
 	__u8 saddr[16];
 	__u8 daddr[16];
 };
@@ -119,14 +123,16 @@ static __always_inline int icmp_is_error(__u8 family, __u8 type)
 	return type >= 1 && type <= 4;
 }
 
-/* Transport ports (or ICMP type/code/id) at off; flow->proto set. */
+/* Transport ports (or ICMP type/code/id) at off; flow->proto and ip_end set. A
+ * transport header cut by the IP length is malformed (a tiny first fragment, or a
+ * header completed by padding the stack would trim). */
 static __always_inline int parse_l4(struct __sk_buff *skb, struct flow *f, __u32 off)
 {
 	f->l4_off = off;
 	if (f->proto == IPPROTO_TCP) {
 		__u8 tcp[14];
 
-		if (load_hdr(skb, off, tcp, sizeof(tcp)))
+		if ((__u64)off + sizeof(tcp) > f->ip_end || load_hdr(skb, off, tcp, sizeof(tcp)))
 			return PARSE_MALFORMED;
 		__builtin_memcpy(&f->sport, &tcp[0], 2);
 		__builtin_memcpy(&f->dport, &tcp[2], 2);
@@ -136,7 +142,8 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct flow *f, __u32
 	if (f->proto == IPPROTO_UDP || f->proto == IPPROTO_SCTP) {
 		__u16 ports[2];
 
-		if (load_hdr(skb, off, ports, sizeof(ports)))
+		if ((__u64)off + sizeof(ports) > f->ip_end ||
+		    load_hdr(skb, off, ports, sizeof(ports)))
 			return PARSE_MALFORMED;
 		f->sport = ports[0];
 		f->dport = ports[1];
@@ -145,7 +152,7 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct flow *f, __u32
 	if (is_icmp_proto(f->family, f->proto)) {
 		__u8 icmp[8];
 
-		if (load_hdr(skb, off, icmp, sizeof(icmp)))
+		if ((__u64)off + sizeof(icmp) > f->ip_end || load_hdr(skb, off, icmp, sizeof(icmp)))
 			return PARSE_MALFORMED;
 		f->icmp_type = icmp[0];
 		f->icmp_code = icmp[1];
@@ -178,6 +185,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct flow *f, __u
 	if (tot_len < ihl || (__u64)off + tot_len > skb->len)
 		return PARSE_MALFORMED;
 	f->family = 4;
+	f->ip_end = off + tot_len;
 	f->proto = ip[9];
 	__builtin_memcpy(f->saddr, &ip[12], 4);
 	__builtin_memcpy(f->daddr, &ip[16], 4);
@@ -207,6 +215,7 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct flow *f, __u
 	if ((__u64)off + 40 + payload_len > skb->len)
 		return PARSE_MALFORMED;
 	f->family = 6;
+	f->ip_end = off + 40 + payload_len;
 	nh = ip[6];
 	__builtin_memcpy(f->saddr, &ip[8], 16);
 	__builtin_memcpy(f->daddr, &ip[24], 16);
@@ -222,7 +231,8 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct flow *f, __u
 		/* The helper, not load_hdr: extension headers are rare, and a
 		 * direct-read branch per walked header multiplies the states the
 		 * verifier explores. */
-		if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)))
+		if ((__u64)off + sizeof(ext) > f->ip_end ||
+		    bpf_skb_load_bytes(skb, off, ext, sizeof(ext)))
 			return PARSE_MALFORMED;
 		if (nh == 44) {
 			/* Fragment header: offset in 8-octet units << 3, M flag bit 0. */
@@ -287,10 +297,11 @@ static __always_inline int parse_icmp_inner(struct __sk_buff *skb, const struct 
 		__u8 ip[20];
 		__u32 ihl;
 
-		if (bpf_skb_load_bytes(skb, off, ip, sizeof(ip)))
+		if ((__u64)off + sizeof(ip) > f->ip_end ||
+		    bpf_skb_load_bytes(skb, off, ip, sizeof(ip)))
 			return PARSE_MALFORMED;
 		ihl = (ip[0] & 0x0f) * 4;
-		if (ihl < 20)
+		if ((ip[0] >> 4) != 4 || ihl < 20)
 			return PARSE_MALFORMED;
 		in->proto = ip[9];
 		__builtin_memcpy(in->saddr, &ip[12], 4);
@@ -299,7 +310,8 @@ static __always_inline int parse_icmp_inner(struct __sk_buff *skb, const struct 
 	} else {
 		__u8 ip[40];
 
-		if (bpf_skb_load_bytes(skb, off, ip, sizeof(ip)))
+		if ((__u64)off + sizeof(ip) > f->ip_end ||
+		    bpf_skb_load_bytes(skb, off, ip, sizeof(ip)) || (ip[0] >> 4) != 6)
 			return PARSE_MALFORMED;
 		in->proto = ip[6];
 		__builtin_memcpy(in->saddr, &ip[8], 16);
@@ -310,14 +322,16 @@ static __always_inline int parse_icmp_inner(struct __sk_buff *skb, const struct 
 		__u16 ports[2];
 
 		/* RFC 792 / 4443 guarantee at least 8 bytes of the inner transport. */
-		if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)))
+		if ((__u64)off + sizeof(ports) > f->ip_end ||
+		    bpf_skb_load_bytes(skb, off, ports, sizeof(ports)))
 			return PARSE_MALFORMED;
 		in->sport = ports[0];
 		in->dport = ports[1];
 	} else if (is_icmp_proto(in->family, in->proto)) {
 		__u8 icmp[8];
 
-		if (bpf_skb_load_bytes(skb, off, icmp, sizeof(icmp)))
+		if ((__u64)off + sizeof(icmp) > f->ip_end ||
+		    bpf_skb_load_bytes(skb, off, icmp, sizeof(icmp)))
 			return PARSE_MALFORMED;
 		if (!icmp_is_echo(in->family, icmp[0]))
 			return PARSE_MALFORMED;

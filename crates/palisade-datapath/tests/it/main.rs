@@ -7,6 +7,7 @@ mod bench;
 mod cluster_differential;
 mod common;
 mod differential;
+mod malformed;
 mod netns;
 mod prog;
 mod services;
