@@ -463,7 +463,7 @@ fn malformed_packets_follow_the_reference_or_drop_with_a_counted_reason() {
     let seed: u64 = std::env::var("PALISADE_MALFORMED_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed_14);
+        .unwrap_or(6_221_076);
     let rounds: usize = std::env::var("PALISADE_MALFORMED_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
