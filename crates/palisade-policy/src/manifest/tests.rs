@@ -1475,6 +1475,29 @@ fn issue_8_a_document_nested_too_deeply_is_refused_in_plain_words() {
 }
 
 #[test]
+fn an_alias_bomb_is_refused_without_being_expanded_and_ordinary_aliases_still_read() {
+    // 197 bytes that expand to 262,144 strings (the fuzzer's seed `aliases.yaml`).
+    let bomb = "a: &a [\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\"]\n\
+                b: &b [*a,*a,*a,*a,*a,*a,*a,*a]\n\
+                c: &c [*b,*b,*b,*b,*b,*b,*b,*b]\n\
+                d: &d [*c,*c,*c,*c,*c,*c,*c,*c]\n\
+                e: &e [*d,*d,*d,*d,*d,*d,*d,*d]\n\
+                f: [*e,*e,*e,*e,*e,*e,*e,*e]\n";
+    let l = load_one(bomb);
+    assert_eq!(l.errors.len(), 1, "{:?}", l.errors);
+    assert!(
+        l.errors[0].message().starts_with("document not read: it "),
+        "{}",
+        l.errors[0]
+    );
+    // An anchor reused a few times, as people write them, is read.
+    let yaml = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n  labels: &l {team: x, tier: web}\n  annotations: *l\n";
+    let l = load_one(yaml);
+    assert!(l.errors.is_empty(), "{:?}", l.errors);
+    assert_eq!(l.cluster.namespaces.len(), 1);
+}
+
+#[test]
 fn issue_8_empty_input_is_counted_and_named() {
     let l = load(&[
         (
