@@ -17,7 +17,7 @@ use palisade_testkit::{decide, Context, Decision};
 use crate::support::{cni_dir, palisade, privileged, run};
 
 /// Whether a Kubernetes lab test runs: the lab's needs plus the upstream binaries.
-fn kube_privileged() -> Option<Binaries> {
+pub(crate) fn kube_privileged() -> Option<Binaries> {
     if !privileged() {
         return None;
     }
@@ -43,13 +43,23 @@ pub struct KubeLabGuard {
 
 impl KubeLabGuard {
     pub fn up(nodes: usize) -> KubeLabGuard {
+        Self::up_with_agent_args(nodes, "")
+    }
+
+    /// [`KubeLabGuard::up`] whose agents also get `agent_args`
+    /// (`PALISADE_LAB_AGENT_ARGS`, set on this command only).
+    pub fn up_with_agent_args(nodes: usize, agent_args: &str) -> KubeLabGuard {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let name = format!("k{}x{n}", std::process::id() % 100_000);
         let guard = KubeLabGuard { name };
         let cni = cni_dir().display().to_string();
         let nodes = nodes.to_string();
-        run(&mut guard.cmd(&["up", "--kubernetes", "--nodes", &nodes, "--cni-bin", &cni]));
+        let mut up = guard.cmd(&["up", "--kubernetes", "--nodes", &nodes, "--cni-bin", &cni]);
+        if !agent_args.is_empty() {
+            up.env("PALISADE_LAB_AGENT_ARGS", agent_args);
+        }
+        run(&mut up);
         guard
     }
 
@@ -342,7 +352,7 @@ impl KubeLabGuard {
 }
 
 /// Polls `f` until it returns `Some`, or panics naming `what` after `within`.
-fn eventually<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn eventually<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
     loop {
         if let Some(v) = f() {
@@ -354,7 +364,7 @@ fn eventually<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>)
 }
 
 /// `namespace/name` -> node of every pod.
-fn pod_nodes(bins: &Binaries, kc: &Path) -> std::collections::BTreeMap<String, String> {
+pub(crate) fn pod_nodes(bins: &Binaries, kc: &Path) -> std::collections::BTreeMap<String, String> {
     let v: serde_json::Value =
         serde_json::from_str(&kubectl(bins, kc, &["get", "pods", "-A", "-o", "json"])).unwrap();
     v["items"]
@@ -995,7 +1005,7 @@ spec:
 "#;
 
 /// The pod records of every node's lab kubelet.
-fn records(lab: &KubeLabGuard) -> Vec<palisade_kubelet::records::PodRecord> {
+pub(crate) fn records(lab: &KubeLabGuard) -> Vec<palisade_kubelet::records::PodRecord> {
     let mut out = Vec::new();
     for node in lab.state()["nodes"].as_array().unwrap() {
         let dir = PathBuf::from(node["dir"].as_str().unwrap()).join("kubelet");

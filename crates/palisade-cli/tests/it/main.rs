@@ -9,6 +9,7 @@ mod diff;
 mod docs_commands;
 mod habits;
 mod kube_lab;
+mod kube_services;
 mod lab;
 mod lab_transitions;
 mod registration;
