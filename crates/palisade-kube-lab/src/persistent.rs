@@ -279,47 +279,6 @@ impl PersistentControlPlane {
         self.wait_ready()
     }
 
-    /// Moves the API server's published address to `advertise`, as a managed control
-    /// plane's address moves (seeds/002): adds it to the API namespace's `eth0` (same
-    /// /24 as [`Self::address`]), then restarts the API server listening on every
-    /// address of its namespace and advertising `advertise`, so the endpoint
-    /// reconciler puts it in the `kubernetes` Service's EndpointSlice. The lab's own
-    /// components keep reaching it at [`Self::address`] (their kubeconfigs name it);
-    /// for pods it is no longer the Service's endpoint. Waits until ready; saves.
-    pub fn move_apiserver(&mut self, advertise: IpAddr) -> Result<(), Error> {
-        let netns = self
-            .netns
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let prefix = if advertise.is_ipv4() { 24 } else { 64 };
-        let out = Command::new("ip")
-            .args(["-n", &netns, "addr", "replace"])
-            .arg(format!("{advertise}/{prefix}"))
-            .args(["dev", "eth0"])
-            .output()
-            .map_err(|source| Error::Spawn {
-                program: "ip".into(),
-                source,
-            })?;
-        if !out.status.success() {
-            return Err(Error::Command {
-                command: format!("ip -n {netns} addr replace {advertise}/{prefix} dev eth0"),
-                status: out.status.to_string(),
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            });
-        }
-        let any = if advertise.is_ipv4() { "0.0.0.0" } else { "::" };
-        for a in &mut self.api_args {
-            if a.starts_with("--bind-address=") {
-                *a = format!("--bind-address={any}");
-            } else if a.starts_with("--advertise-address=") {
-                *a = format!("--advertise-address={advertise}");
-            }
-        }
-        self.restart_apiserver()
-    }
-
     /// Stops the controllers, the API server, then etcd (each by PID, SIGTERM then
     /// SIGKILL). Idempotent; a PID now owned by another process is left alone.
     pub fn stop(&self) {
