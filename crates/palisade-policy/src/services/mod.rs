@@ -251,7 +251,7 @@ fn slice_backends(
         let Some(port) = es
             .ports
             .iter()
-            .find(|p| p.name == sp.name && p.protocol == sp.protocol)
+            .find(|p| same_port_name(&p.name, &sp.name) && p.protocol == sp.protocol)
             .map(|p| p.port)
         else {
             continue;
@@ -278,6 +278,14 @@ fn slice_backends(
     out.sort();
     out.dedup();
     (out, is_terminating)
+}
+
+/// Whether an EndpointSlice port's name is the Service port's. The EndpointSlice
+/// controller writes `name: ""` for an unnamed Service port, whose `name` is absent:
+/// kube-proxy treats both as the empty name, and so must this (seen on real slices in
+/// the Kubernetes lab: without it, every single-port unnamed Service had no backend).
+fn same_port_name(slice: &Option<String>, service: &Option<String>) -> bool {
+    slice.as_deref().unwrap_or("") == service.as_deref().unwrap_or("")
 }
 
 /// Backends from the selector, for a model without EndpointSlices.

@@ -127,6 +127,54 @@ fn frontends_cover_cluster_ips_external_ips_and_node_ports_with_per_slice_target
     assert!(t.conflicts.is_empty());
 }
 
+/// The EndpointSlice controller writes `name: ""` for a Service port without a name
+/// (as in the Kubernetes lab); the port is the same, in either spelling.
+#[test]
+fn an_unnamed_service_port_matches_a_slice_port_named_empty_or_unnamed() {
+    for slice_port in [
+        "{name: \"\", port: 8080, protocol: TCP}",
+        "{port: 8080, protocol: TCP}",
+    ] {
+        let yaml = format!(
+            "
+apiVersion: v1
+kind: Service
+metadata: {{name: s}}
+spec: {{clusterIP: 10.96.0.21, ports: [{{port: 80, protocol: TCP, targetPort: 8080}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: s-1, labels: {{kubernetes.io/service-name: s}}}}
+addressType: IPv4
+endpoints:
+- {{addresses: [10.244.0.3]}}
+ports: [{slice_port}]
+"
+        );
+        let t = ServiceTable::build(&load(&yaml));
+        let f = t.resolve(ip("10.96.0.21"), 80, Protocol::Tcp).unwrap();
+        assert_eq!(f.backends, vec![be("10.244.0.3", 8080)], "{slice_port}");
+    }
+    // A named Service port still takes only its own slice port.
+    let yaml = "
+apiVersion: v1
+kind: Service
+metadata: {name: s}
+spec: {clusterIP: 10.96.0.22, ports: [{name: http, port: 80, protocol: TCP}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: s-1, labels: {kubernetes.io/service-name: s}}
+addressType: IPv4
+endpoints:
+- {addresses: [10.244.0.3]}
+ports: [{name: \"\", port: 8080, protocol: TCP}]
+";
+    let t = ServiceTable::build(&load(yaml));
+    let f = t.resolve(ip("10.96.0.22"), 80, Protocol::Tcp).unwrap();
+    assert!(f.backends.is_empty(), "{:?}", f.backends);
+}
+
 #[test]
 fn terminating_endpoints_serve_only_when_none_is_ready() {
     let yaml = "
