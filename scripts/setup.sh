@@ -8,11 +8,14 @@ set -euo pipefail
 
 need_pkgs=(clang-19 llvm-19 libbpf-dev libclang-19-dev bpftool iproute2 iptables
            containernetworking-plugins iperf3 ethtool linux-libc-dev pkg-config
-           umoci skopeo)
+           umoci skopeo chromium)
 missing=()
 for p in "${need_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# node and npm (the page test of `palisade view`, and its bundle's rebuild): Debian's,
+# unless the machine already has them (as this one's image does).
+command -v node >/dev/null && command -v npm >/dev/null || missing+=(nodejs npm)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
@@ -45,3 +48,10 @@ bash "$(dirname "${BASH_SOURCE[0]}")/helm-binary.sh" >/dev/null
 # nightly toolchain it builds with when rustup has none. Cold: about 2 minutes (plus
 # the nightly download when missing); warm: instant.
 bash "$(dirname "${BASH_SOURCE[0]}")/cargo-fuzz.sh" >/dev/null
+
+# The front-end packages of `palisade view` (cytoscape, esbuild, playwright-core, pinned
+# by crates/palisade-cli/view/package-lock.json), installed by `npm ci` into
+# /var/cache/palisade/view-npm keyed by the lockfile's hash, outside the clone. Cold:
+# about 6 s; warm: no work. playwright-core downloads no browser (the test drives
+# Debian's chromium, installed above).
+bash "$(dirname "${BASH_SOURCE[0]}")/view-npm.sh" >/dev/null
