@@ -41,8 +41,8 @@ export function buildModel(data) {
   [...new Set(pods.map((p) => p.namespace))].forEach((ns, i) => hue.set(ns, (i * 137) % 360));
   return {
     pods, podByName, index, notes, data,
-    nsColor: (ns) => `hsl(${hue.get(ns) ?? 0} 55% 45%)`,
-    nsTint: (ns) => `hsl(${hue.get(ns) ?? 0} 60% 96%)`,
+    nsColor: (ns) => `hsl(${hue.get(ns) ?? 0}, 55%, 45%)`,
+    nsTint: (ns) => `hsl(${hue.get(ns) ?? 0}, 60%, 95%)`,
     isLabelQuery: (q) => q.includes("="),
     diffOf(mi, from, to) {
       if (changes.size === 0) return undefined;
@@ -85,7 +85,7 @@ export function podMatches(p, query) {
  * pair is allowed (`partial` when others are denied), and, with `denied`, an edge
  * where every pair is denied.
  */
-export function graphElements(model, names, denied) {
+export function graphElements(model, names, denied, maxNodes = Infinity) {
   const { data, pods } = model;
   const nodeOf = (p) => (p.workload ? `w:${p.workload}` : `p:${p.name}`);
   const nodes = new Map();
@@ -100,6 +100,8 @@ export function graphElements(model, names, denied) {
       nodes.set(id, { data: { id, parent: `ns:${p.namespace}`, label, color: model.nsColor(p.namespace), pod: p.workload ? undefined : p.name } });
     }
   }
+  // Too many nodes to draw: stop before walking every pair.
+  if (nodes.size > maxNodes) return { elements: [], nodeCount: nodes.size, edgeCount: -1 };
   const edges = new Map();
   data.matrices.forEach((m, mi) => {
     m.results.forEach((r, k) => {
@@ -123,7 +125,7 @@ export function graphElements(model, names, denied) {
     const m = data.matrices[e.mi];
     const kind = e.allow === 0 ? "deny" : e.deny > 0 ? "partial" : "allow";
     const classes = [kind, e.changed ? "changed" : ""].join(" ").trim();
-    elements.push({ data: { id: `e:${key}`, source: e.s, target: e.t, label: `${m.protocol}/${m.port}`, matrix: e.mi, kind, pairs: e.pairs }, classes });
+    elements.push({ data: { id: `e:${key}`, source: e.s, target: e.t, label: data.matrices.length > 1 ? `${m.protocol}/${m.port}` : "", matrix: e.mi, kind, pairs: e.pairs }, classes });
     edgeCount++;
   }
   return { elements, nodeCount: nodes.size, edgeCount };

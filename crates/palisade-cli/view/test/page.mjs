@@ -2,7 +2,8 @@
 // /usr/bin/chromium through playwright-core, which downloads no browser) and prints
 // what it saw as one JSON line; the Rust test crates/palisade-cli/tests/it/view.rs
 // decides pass or fail from it. Usage: node page.mjs SPEC.json
-// SPEC: {chromium, userDataDir, aws: {page, screenshot, search}, big: {page, screenshot}}
+// SPEC: {chromium, userDataDir, aws: {page, screenshot, screenshotClicked, click: {from, to},
+//        searches: [query]}, big: {page, screenshot}}
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 
@@ -54,9 +55,15 @@ try {
       };
       await page.screenshot({ path: s.screenshotClicked, fullPage: false });
       // Search narrows both axes of the matrix to the pods that match.
-      await page.fill("#search", s.search);
-      await page.waitForFunction((q) => document.querySelector("#summary").textContent.includes(`match "${q}"`), s.search);
-      seen.searchRows = await page.$$eval(".rowlabel", (ls) => ls.map((l) => l.dataset.pod));
+      seen.searches = {};
+      for (const q of s.searches) {
+        await page.fill("#search", q);
+        await page.waitForFunction((q) => document.querySelector("#summary").textContent.includes(`match "${q}"`), q);
+        seen.searches[q] = {
+          rows: await page.$$eval(".rowlabel", (ls) => ls.map((l) => l.dataset.pod)),
+          columns: await page.$$eval(".collabel", (ls) => ls.map((l) => l.dataset.pod)),
+        };
+      }
     } else {
       seen.cellsDrawn = await page.$$eval(".cell", (cs) => cs.length);
       await page.screenshot({ path: s.screenshot, fullPage: false });
