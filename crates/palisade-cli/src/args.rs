@@ -208,6 +208,41 @@ pub enum Command {
         /// bash, zsh, fish (also elvish, powershell).
         shell: clap_complete::Shell,
     },
+    /// One HTML page of the policy: namespaces, workloads and allowed flows as a graph,
+    /// the truth matrix, explain text per pair (offline; docs/view.md).
+    #[command(
+        after_help = "Examples:\n  palisade view -f examples/aws-walkthrough -o aws.html\n  palisade view -f examples/aws-walkthrough --port 80 --port 53 --serve 127.0.0.1:8080"
+    )]
+    View {
+        #[command(flatten)]
+        manifests: Manifests,
+        /// Read the subdirectories of -f directories too (as kubectl -R).
+        #[arg(short = 'R', long)]
+        recursive: bool,
+        /// Destination ports, one matrix each (repeat the flag; default 80).
+        #[arg(long = "port", default_values_t = [80u16])]
+        ports: Vec<u16>,
+        /// TCP, UDP or SCTP.
+        #[arg(long, default_value = "TCP")]
+        protocol: String,
+        /// Write the page to this file (default: palisade-view.html, unless --serve).
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Serve the page over HTTP at ADDR (loopback only unless --allow-remote), with
+        /// explain text computed per click for pairs not embedded.
+        #[arg(long, value_name = "ADDR")]
+        serve: Option<std::net::SocketAddr>,
+        /// Let --serve listen on an address other hosts can reach.
+        #[arg(long, requires = "serve")]
+        allow_remote: bool,
+        /// Embed explain text for every pair while there are at most this many pairs
+        /// over all ports; above it only the matrix (and --serve answers per click).
+        #[arg(long, default_value_t = crate::view::DEFAULT_EXPLAIN_LIMIT)]
+        explain_limit: usize,
+        /// Answer even if some objects were rejected (the page says which).
+        #[arg(long)]
+        ignore_invalid: bool,
+    },
     /// Run the node agent: keep the kernel in step with the manifests in a directory.
     Agent(AgentArgs),
     /// Run the controller: aggregate the nodes' reports into "in force" status per

@@ -23,6 +23,8 @@ mod service_flow;
 mod service_simulate;
 mod simulate;
 mod validate;
+mod view;
+mod view_serve;
 
 use std::process::ExitCode;
 
@@ -321,6 +323,27 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 r => r.map(|_| 0).context("writing the completion script"),
             }
         }
+        Command::View {
+            manifests,
+            recursive,
+            ports,
+            protocol,
+            output,
+            serve,
+            allow_remote,
+            explain_limit,
+            ignore_invalid,
+        } => run_view(
+            &manifests.files,
+            recursive,
+            &ports,
+            &protocol,
+            output,
+            serve,
+            allow_remote,
+            explain_limit,
+            ignore_invalid,
+        ),
         Command::Agent(a) => run_agent(a),
         Command::Controller(a) => run_controller(a),
         Command::Status {
@@ -596,6 +619,101 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             }
         },
     }
+}
+
+/// `palisade view`: builds the page, then writes it or serves it.
+#[allow(clippy::too_many_arguments)]
+fn run_view(
+    files: &[std::path::PathBuf],
+    recursive: bool,
+    ports: &[u16],
+    protocol: &str,
+    output: Option<std::path::PathBuf>,
+    serve: Option<std::net::SocketAddr>,
+    allow_remote: bool,
+    explain_limit: usize,
+    ignore_invalid: bool,
+) -> anyhow::Result<i32> {
+    if let Some(addr) = serve {
+        if let Err(e) = view_serve::check_address(addr, allow_remote) {
+            eprintln!("error: {e}");
+            return Ok(2);
+        }
+    }
+    let protocol = port_protocol(protocol)?;
+    let (loaded, sim) = inputs::load_manifests(files, recursive)?;
+    inputs::print_problems(&loaded);
+    let note = match inputs::completeness(&loaded, ignore_invalid) {
+        Ok(note) => note,
+        Err(message) => {
+            eprintln!("{message}");
+            return Ok(EXIT_INVALID);
+        }
+    };
+    for n in note.iter().chain(&inputs::simulation_note(&sim)) {
+        eprintln!("{n}");
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let ports: Vec<u16> = ports.iter().copied().filter(|p| seen.insert(*p)).collect();
+    let mut matrices = Vec::new();
+    let mut docs = Vec::new();
+    for &port in &ports {
+        let m = simulate::simulate(&loaded.cluster, protocol, port, None, None, None)?;
+        let mut v = serde_json::to_value(&m)?;
+        v["errors"] = inputs::errors_json(&loaded);
+        inputs::add_simulation_json(&mut v, &sim);
+        docs.push(v);
+        matrices.push(m);
+    }
+    let pairs: usize = matrices.iter().map(|m| m.results.len()).sum();
+    let embedded = pairs <= explain_limit;
+    let explain = if embedded {
+        Some(
+            matrices
+                .iter()
+                .map(|m| view::explain_all(&loaded.cluster, m, protocol))
+                .collect::<anyhow::Result<Vec<_>>>()?,
+        )
+    } else {
+        None
+    };
+    let page = view::Page {
+        palisade_view: 1,
+        inputs: files.iter().map(|f| f.display().to_string()).collect(),
+        matrices: docs,
+        pods: view::pods(&loaded.cluster, &sim),
+        explain,
+        explain_mode: match (embedded, serve.is_some()) {
+            (true, _) => "embedded",
+            (false, true) => "serve",
+            (false, false) => "none",
+        },
+        diff: None,
+    };
+    let html = view::html(&page)?;
+    let what = format!(
+        "{} pods, {pairs} pairs on {}, explain text {}",
+        page.pods.len(),
+        ports
+            .iter()
+            .map(|p| format!("{}/{p}", protocol.as_str()))
+            .collect::<Vec<_>>()
+            .join(" "),
+        match page.explain_mode {
+            "embedded" => "embedded for every pair".to_string(),
+            "serve" => format!("computed per click (over --explain-limit {explain_limit})"),
+            _ => format!("not embedded (over --explain-limit {explain_limit}; --serve computes it per click)"),
+        }
+    );
+    if let Some(addr) = serve {
+        eprintln!("palisade view: {what}");
+        view_serve::serve(addr, &html, &loaded.cluster)?;
+        return Ok(0);
+    }
+    let path = output.unwrap_or_else(|| "palisade-view.html".into());
+    std::fs::write(&path, html).with_context(|| format!("writing {}", path.display()))?;
+    println!("wrote {}: {what}", path.display());
+    Ok(0)
 }
 
 fn run_controller(a: args::ControllerArgs) -> anyhow::Result<i32> {

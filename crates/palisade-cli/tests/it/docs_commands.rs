@@ -11,8 +11,10 @@
 //! 2. A block of shell commands that cannot run offline (lab, bench, agent, a live
 //!    cluster) says so in its info string: ```` ```sh root ```` (needs root: network
 //!    namespaces, BPF) or ```` ```sh cluster ```` (needs an API server). Such a block may
-//!    not hold an offline command (`simulate`, `explain`, `validate`, `diff`, `completion`):
-//!    those belong in a console block, where they are run.
+//!    not hold an offline command (`simulate`, `explain`, `validate`, `diff`, `completion`,
+//!    `view`): those belong in a console block, where they are run. A server that runs
+//!    until stopped (`palisade view --serve`) is in a ```` ```sh serve ```` block, each
+//!    of whose commands must be one.
 //! 3. A ```` ```text ```` block is output: only a `$ palisade ` line in it fails.
 //! 4. Any other block with a line starting `palisade ` or `$ palisade ` fails the test:
 //!    a command is never left out silently.
@@ -23,7 +25,7 @@ use std::process::Command;
 use crate::support::repo;
 
 /// Subcommands that need nothing but files, so every printed use of them is run.
-const OFFLINE: [&str; 5] = ["simulate", "explain", "validate", "diff", "completion"];
+const OFFLINE: [&str; 6] = ["simulate", "explain", "validate", "diff", "completion", "view"];
 
 /// One fenced block.
 struct Block {
@@ -190,6 +192,18 @@ fn issue_12_every_command_in_the_readme_and_docs_works_as_printed() {
                         ran += 1;
                         if let Err(e) = run_case(&c, bin_dir) {
                             problems.push(e);
+                        }
+                    }
+                }
+                [_, "serve"] => {
+                    for (i, l) in &commands {
+                        marked += 1;
+                        if !l.contains(" --serve ") {
+                            problems.push(format!(
+                                "{}:{}: `{l}` is no server: a ```sh serve block holds only `palisade view --serve` commands",
+                                b.file,
+                                b.line + 1 + i
+                            ));
                         }
                     }
                 }

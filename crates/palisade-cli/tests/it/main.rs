@@ -15,4 +15,5 @@ mod lab_transitions;
 mod registration;
 mod services;
 mod support;
+mod view;
 mod workloads;

@@ -246,7 +246,6 @@ function run(data, timings) {
       container: graphBox,
       elements: els.elements,
       boxSelectionEnabled: false,
-      wheelSensitivity: 0.3,
       style: [
         { selector: "node", style: { label: "data(label)", "font-size": 10, "text-valign": "bottom", "text-margin-y": 3, "background-color": "data(color)", width: 18, height: 18 } },
         { selector: ":parent", style: { label: "data(label)", "text-valign": "top", "font-size": 12, "font-weight": "bold", "background-color": "data(tint)", "background-opacity": 0.6, "border-color": "#8c959f", "border-width": 1, shape: "round-rectangle", padding: 14 } },
