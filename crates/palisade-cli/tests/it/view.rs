@@ -300,7 +300,7 @@ fn view_page_in_headless_chromium() {
     let out = run(palisade()
         .arg("view")
         .arg("-f")
-        .arg(&input)
+        .arg(input)
         .arg("-o")
         .arg(&big));
     eprintln!(
@@ -333,8 +333,8 @@ fn view_page_in_headless_chromium() {
     std::fs::write(&spec_file, spec.to_string()).unwrap();
     let out = Command::new("node")
         .arg(repo().join("crates/palisade-cli/view/test/page.mjs"))
-        .arg(&spec_file)
-        .env("NODE_PATH", &modules)
+        .arg(spec_file)
+        .env("NODE_PATH", modules)
         .output()
         .unwrap();
     assert!(
