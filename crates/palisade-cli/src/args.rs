@@ -211,7 +211,7 @@ pub enum Command {
     /// One HTML page of the policy: namespaces, workloads and allowed flows as a graph,
     /// the truth matrix, explain text per pair (offline; docs/view.md).
     #[command(
-        after_help = "Examples:\n  palisade view -f examples/aws-walkthrough -o aws.html\n  palisade view -f examples/aws-walkthrough --port 80 --port 53 --serve 127.0.0.1:8080"
+        after_help = "Example (docs/view.md also shows --serve 127.0.0.1:PORT):\n  palisade view -f examples/aws-walkthrough --port 80 --port 53 -o /tmp/palisade-aws-walkthrough.html"
     )]
     View {
         #[command(flatten)]
