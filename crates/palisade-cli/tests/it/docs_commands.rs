@@ -25,7 +25,14 @@ use std::process::Command;
 use crate::support::repo;
 
 /// Subcommands that need nothing but files, so every printed use of them is run.
-const OFFLINE: [&str; 6] = ["simulate", "explain", "validate", "diff", "completion", "view"];
+const OFFLINE: [&str; 6] = [
+    "simulate",
+    "explain",
+    "validate",
+    "diff",
+    "completion",
+    "view",
+];
 
 /// One fenced block.
 struct Block {
