@@ -662,6 +662,21 @@ fn run_view(
         let mut v = serde_json::to_value(&m)?;
         v["errors"] = inputs::errors_json(&loaded);
         inputs::add_simulation_json(&mut v, &sim);
+        // The same document as `simulate -o json`: Services as destinations too.
+        if !loaded.cluster.services.is_empty() {
+            let froms = simulate::matrix_pods(&loaded.cluster, None, None).0;
+            let mut svc_note = Vec::new();
+            let r = service_simulate::simulate(
+                &loaded.cluster,
+                protocol,
+                port,
+                None,
+                &froms,
+                None,
+                &mut svc_note,
+            );
+            v["services"] = serde_json::to_value(r)?;
+        }
         docs.push(v);
         matrices.push(m);
     }

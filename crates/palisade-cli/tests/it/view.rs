@@ -35,6 +35,8 @@ fn simulate_json(dir: &Path, port: u16) -> Value {
 }
 
 fn explain_text(from: &str, to: &str, port: u16) -> String {
+    // `pod/`: the walkthrough has a pod and a Service named default/demo-app.
+    let to = &format!("pod/{to}");
     let out = run(palisade().current_dir(repo()).args([
         "explain",
         "-f",
