@@ -670,6 +670,21 @@ fn dump_endpoint_decodes_the_kernel_tables_back_into_policy_terms() {
     assert_eq!(t.dump_addresses().unwrap(), c.addresses);
 }
 
+/// After a restart: the reply of the outbound UDP flow 10.0.0.1:5000 -> 1.2.3.4:53
+/// passes (its conntrack entry survived), a new inbound flow does not.
+fn assert_reply_passes_and_new_inbound_drops(dp: &mut palisade_datapath::Datapath) {
+    for (sport, want) in [(5000, TC_ACT_UNSPEC), (5001, TC_ACT_SHOT)] {
+        let (rc, _) = dp
+            .test_run(
+                Hook::ToPod,
+                &Packet::udp("1.2.3.4", "10.0.0.1", 53, sport).frame(),
+                1,
+            )
+            .unwrap();
+        assert_eq!(rc, want, "reply to port {sport}");
+    }
+}
+
 #[test]
 fn restart_adopts_pinned_maps_without_a_gap_and_resync_is_a_no_op() {
     let c = compiled(table(deny(1), &[]), table(allow(2), &[]), &[]);
@@ -683,22 +698,7 @@ fn restart_adopts_pinned_maps_without_a_gap_and_resync_is_a_no_op() {
     let mut dp = palisade_datapath::Datapath::load_or_adopt(&root, MapSizes::default()).unwrap();
     assert!(dp.adopted());
     // Enforcement and conntrack survived: the reply passes, a new inbound flow does not.
-    let (rc, _) = dp
-        .test_run(
-            Hook::ToPod,
-            &Packet::udp("1.2.3.4", "10.0.0.1", 53, 5000).frame(),
-            1,
-        )
-        .unwrap();
-    assert_eq!(rc, TC_ACT_UNSPEC);
-    let (rc, _) = dp
-        .test_run(
-            Hook::ToPod,
-            &Packet::udp("1.2.3.4", "10.0.0.1", 53, 5001).frame(),
-            1,
-        )
-        .unwrap();
-    assert_eq!(rc, TC_ACT_SHOT);
+    assert_reply_passes_and_new_inbound_drops(&mut dp);
     let before = dp.policy_entry_count();
     dp.bind(POD, 1).unwrap();
     dp.sync(&c).unwrap();
@@ -797,22 +797,7 @@ fn a_restart_with_larger_capacities_grows_the_pinned_maps_keeping_state_and_conn
     // (its reply passes; a new inbound flow does not).
     assert_eq!(dp.dump_addresses().unwrap(), c.addresses);
     assert_eq!(dp.dump_endpoint(1).unwrap().ingress.table, c.tables[&1]);
-    let (rc, _) = dp
-        .test_run(
-            Hook::ToPod,
-            &Packet::udp("1.2.3.4", "10.0.0.1", 53, 5000).frame(),
-            1,
-        )
-        .unwrap();
-    assert_eq!(rc, TC_ACT_UNSPEC);
-    let (rc, _) = dp
-        .test_run(
-            Hook::ToPod,
-            &Packet::udp("1.2.3.4", "10.0.0.1", 53, 5001).frame(),
-            1,
-        )
-        .unwrap();
-    assert_eq!(rc, TC_ACT_SHOT);
+    assert_reply_passes_and_new_inbound_drops(&mut dp);
     let before = dp.policy_entry_count();
     dp.bind(POD, 1).unwrap();
     dp.sync(&c).unwrap();
