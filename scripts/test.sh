@@ -28,6 +28,8 @@ if [ -n "$leaked" ]; then
   echo "$leaked" | sed 's|^|  /sys/fs/bpf/|'
   status=1
 fi
+echo "== fuzz (scripts/fuzz.sh: every target 40 s on its seeds, AddressSanitizer)"
+bash scripts/fuzz.sh || status=1
 # cargo's last line is usually a doc-test binary's "0 passed"; close with the totals.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"

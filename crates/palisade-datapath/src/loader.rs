@@ -468,7 +468,7 @@ impl Datapath {
         dp.bump_epoch()?;
         dp.upgrade_links()?;
         for a in aside {
-            if a.name == "palisade_conntrack" {
+            if a.map == crate::resize::Growable::Conntrack {
                 dp.copy_set_aside(&a, true)?;
             }
             a.finish()?;
@@ -486,15 +486,15 @@ impl Datapath {
     /// Copies a set-aside map into its larger replacement (`catch_up`: the
     /// second conntrack copy, after the programs switched).
     fn copy_set_aside(&mut self, a: &crate::resize::SetAside, catch_up: bool) -> Result<usize> {
-        match a.name {
-            "palisade_addr4" => a.copy_lpm(&mut self.addr4),
-            "palisade_addr6" => a.copy_lpm(&mut self.addr6),
-            "palisade_hosts4" => a.copy_hash(&mut self.hosts4, catch_up),
-            "palisade_hosts6" => a.copy_hash(&mut self.hosts6, catch_up),
-            "palisade_policy" => a.copy_lpm(&mut self.policy),
-            "palisade_policy_parts" => a.copy_hash(&mut self.policy_parts, catch_up),
-            "palisade_conntrack" => a.copy_hash(&mut self.conntrack, catch_up),
-            other => unreachable!("{other} is not growable"),
+        use crate::resize::Growable;
+        match a.map {
+            Growable::Addr4 => a.copy_lpm(&mut self.addr4),
+            Growable::Addr6 => a.copy_lpm(&mut self.addr6),
+            Growable::Hosts4 => a.copy_hash(&mut self.hosts4, catch_up),
+            Growable::Hosts6 => a.copy_hash(&mut self.hosts6, catch_up),
+            Growable::Policy => a.copy_lpm(&mut self.policy),
+            Growable::PolicyParts => a.copy_hash(&mut self.policy_parts, catch_up),
+            Growable::Conntrack => a.copy_hash(&mut self.conntrack, catch_up),
         }
     }
 

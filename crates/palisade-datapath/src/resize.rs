@@ -26,16 +26,57 @@ use crate::loader::{map_err, Error, MapSizes, Result};
 
 /// Maps whose size a flag sets and that can grow: desired state (copied once;
 /// the agent does not write while starting) and conntrack (copied again after
-/// the switch, for flows the old programs created in between).
-pub(crate) const GROWABLE: [&str; 7] = [
-    "palisade_addr4",
-    "palisade_addr6",
-    "palisade_hosts4",
-    "palisade_hosts6",
-    "palisade_policy",
-    "palisade_policy_parts",
-    "palisade_conntrack",
-];
+/// the switch, for flows the old programs created in between). One enum so the
+/// name, the flag's size and the typed copy (`Datapath::copy_set_aside`) are
+/// matched exhaustively: a map added here cannot be forgotten in either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Growable {
+    Addr4,
+    Addr6,
+    Hosts4,
+    Hosts6,
+    Policy,
+    PolicyParts,
+    Conntrack,
+}
+
+impl Growable {
+    pub(crate) const ALL: [Growable; 7] = [
+        Growable::Addr4,
+        Growable::Addr6,
+        Growable::Hosts4,
+        Growable::Hosts6,
+        Growable::Policy,
+        Growable::PolicyParts,
+        Growable::Conntrack,
+    ];
+
+    /// The map's name in the object and under the pin directory.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Growable::Addr4 => "palisade_addr4",
+            Growable::Addr6 => "palisade_addr6",
+            Growable::Hosts4 => "palisade_hosts4",
+            Growable::Hosts6 => "palisade_hosts6",
+            Growable::Policy => "palisade_policy",
+            Growable::PolicyParts => "palisade_policy_parts",
+            Growable::Conntrack => "palisade_conntrack",
+        }
+    }
+
+    /// The capacity the flags ask for.
+    pub(crate) fn wanted(self, sizes: &MapSizes) -> u32 {
+        match self {
+            Growable::Addr4 => sizes.addr4,
+            Growable::Addr6 => sizes.addr6,
+            Growable::Hosts4 => sizes.hosts4,
+            Growable::Hosts6 => sizes.hosts6,
+            Growable::Policy => sizes.policy,
+            Growable::PolicyParts => sizes.policy_parts,
+            Growable::Conntrack => sizes.conntrack,
+        }
+    }
+}
 
 /// What a start did to one map's capacity (logged by the agent).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -54,22 +95,9 @@ pub struct Resize {
 /// A pinned map set aside for growing: still alive (the attached programs use
 /// it), pinned only as `<name>-grow`.
 pub(crate) struct SetAside {
-    pub(crate) name: &'static str,
+    pub(crate) map: Growable,
     old: Map,
     grow_pin: PathBuf,
-}
-
-pub(crate) fn wanted(sizes: &MapSizes, name: &str) -> u32 {
-    match name {
-        "palisade_addr4" => sizes.addr4,
-        "palisade_addr6" => sizes.addr6,
-        "palisade_hosts4" => sizes.hosts4,
-        "palisade_hosts6" => sizes.hosts6,
-        "palisade_policy" => sizes.policy,
-        "palisade_policy_parts" => sizes.policy_parts,
-        "palisade_conntrack" => sizes.conntrack,
-        _ => unreachable!("{name} is not growable"),
-    }
 }
 
 fn pin_error(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
@@ -113,13 +141,14 @@ pub(crate) fn set_aside_smaller(
 ) -> Result<(Vec<SetAside>, Vec<Resize>)> {
     let mut aside = Vec::new();
     let mut report = Vec::new();
-    for name in GROWABLE {
+    for map in Growable::ALL {
+        let name = map.name();
         recover(maps_dir, name)?;
         let pin = maps_dir.join(name);
         let Ok(info) = MapInfo::from_pin(&pin) else {
             continue;
         };
-        let (pinned, configured) = (info.max_entries(), wanted(sizes, name));
+        let (pinned, configured) = (info.max_entries(), map.wanted(sizes));
         if pinned == configured {
             continue;
         }
@@ -138,7 +167,7 @@ pub(crate) fn set_aside_smaller(
         pin_map(&old, name, &grow_pin)?;
         std::fs::remove_file(&pin).map_err(pin_error(&pin))?;
         aside.push(SetAside {
-            name,
+            map,
             old: Map::from_map_data(old).map_err(map_err(name))?,
             grow_pin,
         });
@@ -162,7 +191,7 @@ impl SetAside {
         new: &mut HashMap<MapData, K, V>,
         catch_up: bool,
     ) -> Result<usize> {
-        let name = self.name;
+        let name = self.map.name();
         let old: HashMap<&MapData, K, V> = HashMap::try_from(&self.old).map_err(map_err(name))?;
         let mut n = 0;
         for kv in old.iter() {
@@ -183,7 +212,7 @@ impl SetAside {
         &self,
         new: &mut LpmTrie<MapData, K, V>,
     ) -> Result<usize> {
-        let name = self.name;
+        let name = self.map.name();
         let old: LpmTrie<&MapData, K, V> = LpmTrie::try_from(&self.old).map_err(map_err(name))?;
         let mut n = 0;
         for kv in old.iter() {

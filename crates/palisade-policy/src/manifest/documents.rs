@@ -124,19 +124,45 @@ fn yaml_error(e: &serde_saphyr::Error, first_line: usize) -> ParseError {
         Some(i) => full[..i].to_string(),
         None => full,
     };
-    let message = match e.without_snippet() {
+    let message = match original(e) {
         serde_saphyr::Error::DuplicateMappingKey { key, .. } => {
             duplicate_key(key.as_deref().unwrap_or_default(), None)
         }
-        serde_saphyr::Error::Budget { breach, .. } => too_large(breach),
-        // The node budget breached inside an alias replay comes back as a message.
-        _ if message.contains("budget breached: Nodes") => {
+        // The node budget breached while an alias is replayed: the document's aliases
+        // expand it past the bound `yaml_options` sets from its size.
+        serde_saphyr::Error::Budget {
+            breach: serde_saphyr::budget::BudgetBreach::Nodes { .. },
+            ..
+        } if is_alias(e) => {
             "document not read: it holds more values than its text (nested YAML aliases expand it)"
                 .to_string()
         }
+        serde_saphyr::Error::Budget { breach, .. } => too_large(breach),
         _ => message,
     };
     ParseError { message, at }
+}
+
+/// The error under saphyr's wrappers (source snippet, alias use site), whose variant
+/// says what went wrong.
+fn original(mut e: &serde_saphyr::Error) -> &serde_saphyr::Error {
+    while let serde_saphyr::Error::AliasError { error, .. }
+    | serde_saphyr::Error::WithSnippet { error, .. } = e
+    {
+        e = error;
+    }
+    e
+}
+
+/// Whether the error happened inside an alias replay.
+fn is_alias(mut e: &serde_saphyr::Error) -> bool {
+    loop {
+        match e {
+            serde_saphyr::Error::AliasError { .. } => return true,
+            serde_saphyr::Error::WithSnippet { error, .. } => e = error,
+            _ => return false,
+        }
+    }
 }
 
 /// A breached reader limit in plain words. The limits ([`MAX_DEPTH`] levels of nesting;
