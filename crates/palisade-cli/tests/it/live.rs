@@ -147,7 +147,7 @@ fn live_answers_come_from_the_api_server_with_files_overlaid_and_need_every_kind
     assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
     assert!(out.contains("x/a -> y/b TCP/443: DENIED"), "{out}");
     assert!(
-        out.contains("NetworkPolicy y/deny-all"),
+        out.contains("isolated for ingress by policies y/deny-all"),
         "the live policy is named: {out}"
     );
     assert!(
