@@ -117,12 +117,12 @@ impl WatchedKind {
     ];
 
     /// Whether the kind is a CRD that may not be installed.
-    fn optional(self) -> bool {
+    pub fn optional(self) -> bool {
         self.crd().is_some()
     }
 
     /// `(group, version, kind, plural)` of a kind watched as a [`DynamicObject`].
-    fn crd(self) -> Option<(&'static str, &'static str, &'static str, &'static str)> {
+    pub fn crd(self) -> Option<(&'static str, &'static str, &'static str, &'static str)> {
         const NPAPI: &str = "policy.networking.k8s.io";
         const V3: &str = palisade_crds::calico::GROUP;
         const V1: &str = palisade_crds::calico::STORAGE_GROUP;
@@ -171,7 +171,7 @@ impl WatchedKind {
 
     /// For a Calico kind: `(projectcalico.org/v3 kind, crd.projectcalico.org/v1 kind)`,
     /// the two views of one resource.
-    fn calico_pair(self) -> Option<(WatchedKind, WatchedKind)> {
+    pub fn calico_pair(self) -> Option<(WatchedKind, WatchedKind)> {
         use WatchedKind::*;
         Some(match self {
             CalicoNetworkPolicy | CalicoStoredNetworkPolicy => {
@@ -186,6 +186,31 @@ impl WatchedKind {
             }
             _ => return None,
         })
+    }
+
+    /// The API resource of any kind (core kinds too), for a dynamic list of it
+    /// (`palisade simulate --live` lists every kind the agent watches).
+    pub fn api_resource(self) -> ApiResource {
+        let (group, version, kind, plural) = match self.crd() {
+            Some(c) => c,
+            None => match self {
+                WatchedKind::Namespace => ("", "v1", "Namespace", "namespaces"),
+                WatchedKind::Node => ("", "v1", "Node", "nodes"),
+                WatchedKind::Pod => ("", "v1", "Pod", "pods"),
+                WatchedKind::Service => ("", "v1", "Service", "services"),
+                WatchedKind::EndpointSlice => {
+                    ("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices")
+                }
+                WatchedKind::NetworkPolicy => (
+                    "networking.k8s.io",
+                    "v1",
+                    "NetworkPolicy",
+                    "networkpolicies",
+                ),
+                _ => unreachable!("every other kind is a CRD"),
+            },
+        };
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
     }
 
     /// How the node's report names a policy of this kind ([`palisade_crds::PolicyRef`]'s
@@ -775,7 +800,7 @@ impl Source for KubeSource {
 /// What the decoder needs of an object from the API: its fields, without the
 /// server-side bookkeeping that no policy depends on (managed fields, the status of
 /// everything but the addresses).
-fn trimmed(kind: WatchedKind, mut v: serde_json::Value) -> serde_json::Value {
+pub fn trimmed(kind: WatchedKind, mut v: serde_json::Value) -> serde_json::Value {
     if let Some(meta) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
         meta.remove("managedFields");
     }

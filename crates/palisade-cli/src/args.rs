@@ -120,7 +120,7 @@ pub enum Command {
     )]
     Simulate {
         #[command(flatten)]
-        manifests: Manifests,
+        manifests: crate::live::Sources,
         /// Read the subdirectories of -f directories too (as kubectl -R).
         #[arg(short = 'R', long)]
         recursive: bool,
@@ -151,7 +151,7 @@ pub enum Command {
     )]
     Explain {
         #[command(flatten)]
-        manifests: Manifests,
+        manifests: crate::live::Sources,
         /// Read the subdirectories of -f directories too (as kubectl -R).
         #[arg(short = 'R', long)]
         recursive: bool,
@@ -186,7 +186,7 @@ pub enum Command {
     /// Check manifests as the API server would, plus warnings it cannot give.
     Validate {
         #[command(flatten)]
-        manifests: Manifests,
+        manifests: crate::live::Sources,
         /// Read the subdirectories of -f directories too (as kubectl -R).
         #[arg(short = 'R', long)]
         recursive: bool,
@@ -215,7 +215,7 @@ pub enum Command {
     )]
     View {
         #[command(flatten)]
-        manifests: Manifests,
+        manifests: crate::live::Sources,
         /// Read the subdirectories of -f directories too (as kubectl -R).
         #[arg(short = 'R', long)]
         recursive: bool,

@@ -66,6 +66,9 @@ pub struct DiffArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
     pub output: Format,
+    /// The current state is the cluster (`--live`): every -f is the proposed change.
+    #[command(flatten)]
+    pub live: crate::live::LiveArgs,
 }
 
 /// One side's verdict, the shape of a `simulate` result's `verdict` and `reason`.
@@ -171,8 +174,12 @@ fn usage(message: &str) -> ! {
         .exit()
 }
 
-/// The current and proposed paths from `-f` or `--current`/`--proposed`.
+/// The current and proposed paths from `-f` or `--current`/`--proposed`; with
+/// `--live` the current state is the cluster and every path is proposed.
 fn sides(a: &DiffArgs) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    if a.live.enabled() {
+        return (Vec::new(), [a.files.clone(), a.proposed.clone()].concat());
+    }
     if !a.files.is_empty() {
         let (cur, prop) = a.files.split_at(1);
         return (cur.to_vec(), prop.to_vec());
@@ -189,7 +196,11 @@ pub fn current_inputs(paths: &[PathBuf], recursive: bool) -> anyhow::Result<Vec<
 /// `palisade diff`.
 pub fn run(a: DiffArgs) -> anyhow::Result<i32> {
     let (cur_paths, prop_paths) = sides(&a);
-    if cur_paths.is_empty() {
+    let live = a.live.enabled();
+    if live && !a.current.is_empty() {
+        usage("--current conflicts with --live (the cluster is the current state)");
+    }
+    if cur_paths.is_empty() && !live {
         usage("the current state is missing: give -f CURRENT -f PROPOSED, or --current PATH --proposed PATH");
     }
     if prop_paths.is_empty() && a.delete.is_empty() {
@@ -199,13 +210,31 @@ pub fn run(a: DiffArgs) -> anyhow::Result<i32> {
         usage("--snapshot needs the proposed files (a second -f, or --proposed PATH)");
     }
     let filter = port_filter(a.port, a.protocol.as_deref());
-    let current = current_inputs(&cur_paths, a.recursive)?;
+    let structured = matches!(a.output, Format::Json | Format::Yaml);
+    let mut live_notes = Vec::new();
+    let current = if live {
+        let listed = crate::live::list(&a.live)?;
+        if !listed.forbidden.is_empty() {
+            eprintln!(
+                "error: no answer: the current state is INCOMPLETE: the credentials may not list {}\n\nhint: grant get/list on every kind Palisade reads (deploy/rbac/palisade-reader.yaml)",
+                listed.forbidden.join("; ")
+            );
+            return Ok(crate::EXIT_INVALID);
+        }
+        live_notes.push(format!(
+            "note: live: the current state is the {} object(s) read from the cluster",
+            listed.documents.len()
+        ));
+        live_notes.extend(listed.notes);
+        listed.documents
+    } else {
+        current_inputs(&cur_paths, a.recursive)?
+    };
     let proposed = if prop_paths.is_empty() {
         Vec::new()
     } else {
         inputs::read_manifests(&prop_paths, a.recursive)?
     };
-    let structured = matches!(a.output, Format::Json | Format::Yaml);
     let states = match load_states(&current, &proposed, &a.delete, a.snapshot) {
         Ok(s) => s,
         Err(rejected) => {
@@ -229,13 +258,14 @@ pub fn run(a: DiffArgs) -> anyhow::Result<i32> {
     }
     let report = compare(&states, filter.as_ref());
     let note = simulation_note(&states);
+    let note: Vec<String> = live_notes.into_iter().chain(note).collect();
     if structured {
-        if let Some(n) = &note {
+        for n in &note {
             eprintln!("{n}");
         }
         crate::select::print_document(&to_json(&states, &report), a.output)?;
     } else {
-        if let Some(n) = &note {
+        for n in &note {
             println!("{n}");
         }
         print!("{}", render(&states, &report, a.output == Format::Wide));

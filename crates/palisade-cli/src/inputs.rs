@@ -152,6 +152,73 @@ pub fn load_manifests(paths: &[PathBuf], recursive: bool) -> anyhow::Result<(Loa
     Ok((loaded, simulation))
 }
 
+/// What `--live` added to an answer: lines to show before it, and the kinds that
+/// could not be read (the answer is then incomplete). Empty for files alone.
+#[derive(Debug, Default)]
+pub struct LiveInput {
+    /// Notes (objects read from the cluster, what the files replaced or added, CRDs not
+    /// installed), shown before the answer.
+    pub notes: Vec<String>,
+    /// Kinds the credentials may not list (see [`completeness_with`]).
+    pub forbidden: Vec<String>,
+}
+
+/// [`load_manifests`], or with `--live` the cluster's objects with the `-f` files
+/// overlaid (no `-f` is fine then): the loader replaces a live object by a file's of
+/// the same kind, namespace and name, which is what an overlay is, so those
+/// replacements are counted in a note instead of warned about.
+pub fn load_input(
+    paths: &[PathBuf],
+    recursive: bool,
+    live: &crate::live::LiveArgs,
+) -> anyhow::Result<(Loaded, Simulation, LiveInput)> {
+    if !live.enabled() {
+        let (loaded, sim) = load_manifests(paths, recursive)?;
+        return Ok((loaded, sim, LiveInput::default()));
+    }
+    let listed = crate::live::list(live)?;
+    let files = read(paths, true, recursive)?;
+    let (mut loaded, info) = overlay(listed, &files);
+    let simulation = loaded.simulate_pods();
+    Ok((loaded, simulation, info))
+}
+
+/// Loads the live documents with `files` overlaid, counting what the files did.
+pub fn overlay(listed: crate::live::Listed, files: &[(String, String)]) -> (Loaded, LiveInput) {
+    let live_objects = manifest::load(&listed.documents).sources;
+    let mut loaded = manifest::load(&[listed.documents.as_slice(), files].concat());
+    loaded.warnings.retain(|w| {
+        !(w.message
+            .starts_with("duplicate object: replaces the one from live:")
+            && w.file.as_deref().is_some_and(|f| !f.starts_with("live:")))
+    });
+    let (mut added, mut replaced) = (0, 0);
+    for (object, source) in &loaded.sources {
+        if !source.starts_with("live:") {
+            if live_objects.contains_key(object) {
+                replaced += 1;
+            } else {
+                added += 1;
+            }
+        }
+    }
+    let mut notes = listed.notes;
+    notes.insert(
+        0,
+        format!(
+            "note: live: {} object(s) read from the cluster; the files replaced {replaced} and added {added}",
+            listed.documents.len()
+        ),
+    );
+    (
+        loaded,
+        LiveInput {
+            notes,
+            forbidden: listed.forbidden,
+        },
+    )
+}
+
 /// The line that says which pods have simulated addresses, if any did not have one.
 pub fn simulation_note(s: &Simulation) -> Option<String> {
     if s.addressed.is_empty() {
@@ -256,6 +323,40 @@ pub fn completeness(loaded: &Loaded, ignore_invalid: bool) -> Result<Option<Stri
             list.join(", ")
         ))
     }
+}
+
+/// [`completeness`], where `forbidden` names kinds that could not be listed: their
+/// objects are unknown, so the answer is INCOMPLETE and withheld (the error's first line
+/// names them) unless `ignore_invalid`, when the note opening the answer says so.
+pub fn completeness_with(
+    loaded: &Loaded,
+    forbidden: &[String],
+    ignore_invalid: bool,
+) -> Result<Option<String>, String> {
+    let objects = completeness(loaded, ignore_invalid);
+    if forbidden.is_empty() {
+        return objects;
+    }
+    let kinds = forbidden.join("; ");
+    if !ignore_invalid {
+        let mut message = format!(
+            "error: no answer: the input is INCOMPLETE: the credentials may not list {kinds}"
+        );
+        if let Err(m) = objects {
+            message.push('\n');
+            message.push_str(&m);
+        }
+        message.push_str("\n\nhint: grant get/list on every kind Palisade reads (deploy/rbac/palisade-reader.yaml), or pass --ignore-invalid to answer without them");
+        return Err(message);
+    }
+    let mut note = format!(
+        "note: this answer is INCOMPLETE: it excludes every object of the kinds the credentials may not list: {kinds}"
+    );
+    if let Ok(Some(n)) = objects {
+        note.push('\n');
+        note.push_str(&n);
+    }
+    Ok(Some(note))
 }
 
 /// Adds what was simulated to a JSON answer, only when something was: `workloads`

@@ -16,6 +16,7 @@ mod kube_lab;
 mod kube_uninstall;
 mod kube_upgrade;
 mod lab;
+mod live;
 mod metrics_http;
 mod select;
 mod service_explain;
@@ -123,9 +124,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 .as_deref()
                 .map(select::LabelFilter::parse)
                 .transpose()?;
-            let (loaded, sim) = inputs::load_manifests(&manifests.files, recursive)?;
+            let (loaded, sim, live) =
+                inputs::load_input(&manifests.files, recursive, &manifests.live)?;
             inputs::print_problems(&loaded);
-            let note = match inputs::completeness(&loaded, ignore_invalid) {
+            let note = match inputs::completeness_with(&loaded, &live.forbidden, ignore_invalid) {
                 Ok(note) => note,
                 Err(message) => {
                     eprintln!("{message}");
@@ -177,13 +179,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     if let Some(r) = &svc_results {
                         v["services"] = serde_json::to_value(r)?;
                     }
-                    for n in note.iter().chain(&sim_note) {
+                    for n in note.iter().chain(&live.notes).chain(&sim_note) {
                         eprintln!("{n}");
                     }
                     select::print_document(&v, output)?;
                 }
                 Format::Table | Format::Wide => {
-                    for n in note.iter().chain(&sim_note) {
+                    for n in note.iter().chain(&live.notes).chain(&sim_note) {
                         println!("{n}");
                     }
                     print!(
@@ -222,9 +224,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         } => {
             let output = if json { Format::Json } else { output };
             let structured = matches!(output, Format::Json | Format::Yaml);
-            let (loaded, sim) = inputs::load_manifests(&manifests.files, recursive)?;
+            let (loaded, sim, live) =
+                inputs::load_input(&manifests.files, recursive, &manifests.live)?;
             inputs::print_problems(&loaded);
-            let note = match inputs::completeness(&loaded, ignore_invalid) {
+            let note = match inputs::completeness_with(&loaded, &live.forbidden, ignore_invalid) {
                 Ok(note) => note,
                 Err(message) => {
                     eprintln!("{message}");
@@ -248,6 +251,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             let before: Vec<String> = note
                 .iter()
                 .cloned()
+                .chain(live.notes.iter().cloned())
                 .chain(picked.iter().cloned())
                 .chain(inputs::simulation_note(&sim))
                 .collect();
@@ -273,6 +277,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 .context("explaining")?;
             let notes: Vec<String> = note
                 .into_iter()
+                .chain(live.notes)
                 .chain(picked)
                 .chain(inputs::simulation_note(&sim))
                 .chain(svc_note)
@@ -309,8 +314,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             strict,
             output,
         } => {
-            let (loaded, sim) = inputs::load_manifests(&manifests.files, recursive)?;
-            Ok(validate::report(&loaded, &sim, strict, output)?)
+            let (loaded, sim, live) =
+                inputs::load_input(&manifests.files, recursive, &manifests.live)?;
+            Ok(validate::report(&loaded, &sim, &live, strict, output)?)
         }
         Command::Diff(a) => diff::run(a),
         Command::Completion { shell } => {
@@ -334,7 +340,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             explain_limit,
             ignore_invalid,
         } => run_view(
-            &manifests.files,
+            &manifests,
             recursive,
             &ports,
             &protocol,
@@ -624,7 +630,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
 /// `palisade view`: builds the page, then writes it or serves it.
 #[allow(clippy::too_many_arguments)]
 fn run_view(
-    files: &[std::path::PathBuf],
+    manifests: &live::Sources,
     recursive: bool,
     ports: &[u16],
     protocol: &str,
@@ -641,16 +647,21 @@ fn run_view(
         }
     }
     let protocol = port_protocol(protocol)?;
-    let (loaded, sim) = inputs::load_manifests(files, recursive)?;
+    let files = &manifests.files;
+    let (loaded, sim, live) = inputs::load_input(files, recursive, &manifests.live)?;
     inputs::print_problems(&loaded);
-    let note = match inputs::completeness(&loaded, ignore_invalid) {
+    let note = match inputs::completeness_with(&loaded, &live.forbidden, ignore_invalid) {
         Ok(note) => note,
         Err(message) => {
             eprintln!("{message}");
             return Ok(EXIT_INVALID);
         }
     };
-    for n in note.iter().chain(&inputs::simulation_note(&sim)) {
+    for n in note
+        .iter()
+        .chain(&live.notes)
+        .chain(&inputs::simulation_note(&sim))
+    {
         eprintln!("{n}");
     }
     let mut seen = std::collections::BTreeSet::new();
@@ -694,7 +705,13 @@ fn run_view(
     };
     let page = view::Page {
         palisade_view: 1,
-        inputs: files.iter().map(|f| f.display().to_string()).collect(),
+        inputs: manifests
+            .live
+            .enabled()
+            .then(|| "live cluster".to_string())
+            .into_iter()
+            .chain(files.iter().map(|f| f.display().to_string()))
+            .collect(),
         matrices: docs,
         pods: view::pods(&loaded.cluster, &sim),
         explain,

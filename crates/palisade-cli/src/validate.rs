@@ -7,24 +7,40 @@ use crate::args::Format;
 use crate::EXIT_INVALID;
 
 /// Prints errors and warnings (lint warnings too, each naming its file); returns the
-/// process exit code: [`EXIT_INVALID`] on any error, or any warning with `strict`.
+/// process exit code: [`EXIT_INVALID`] on any error, a kind `--live` could not list
+/// (what it holds went unchecked), or any warning with `strict`.
 pub fn report(
     loaded: &Loaded,
     sim: &Simulation,
+    live: &crate::inputs::LiveInput,
     strict: bool,
     format: Format,
 ) -> anyhow::Result<i32> {
     let lint = loaded.lint();
     let warnings = loaded.warnings.len() + lint.len();
-    let code = if !loaded.errors.is_empty() || (strict && warnings > 0) {
+    let incomplete: Vec<String> = live
+        .forbidden
+        .iter()
+        .map(|k| format!("the input is INCOMPLETE: the credentials may not list {k}"))
+        .collect();
+    let code = if !loaded.errors.is_empty() || !incomplete.is_empty() || (strict && warnings > 0) {
         EXIT_INVALID
     } else {
         0
     };
     if matches!(format, Format::Json | Format::Yaml) {
         let c = &loaded.cluster;
+        let mut errors = crate::inputs::errors_json(loaded);
+        if let Some(list) = errors.as_array_mut() {
+            for (i, m) in incomplete.iter().enumerate() {
+                list.insert(i, serde_json::json!({"file": null, "line": null, "column": null, "object": null, "field": null, "message": m}));
+            }
+        }
+        for n in &live.notes {
+            eprintln!("{n}");
+        }
         let mut v = serde_json::json!({
-            "errors": crate::inputs::errors_json(loaded),
+            "errors": errors,
             "warnings": loaded.warnings.iter().chain(lint.iter()).map(|w| serde_json::json!({
                 "file": w.file,
                 "line": w.at.map(|p| p.line),
@@ -46,6 +62,12 @@ pub fn report(
         crate::select::print_document(&v, format)?;
         return Ok(code);
     }
+    for m in &incomplete {
+        println!("error: {m}");
+    }
+    for n in &live.notes {
+        println!("{n}");
+    }
     for e in &loaded.errors {
         println!("error: {e}");
     }
@@ -55,7 +77,7 @@ pub fn report(
     let c = &loaded.cluster;
     println!(
         "{} error(s), {} warning(s); loaded {} NetworkPolicies, {} cluster policies, {} Calico policies, {} Calico network sets, {} pods, {} namespaces",
-        loaded.errors.len(),
+        loaded.errors.len() + incomplete.len(),
         warnings,
         c.network_policies.len(),
         c.cluster_policies.len(),

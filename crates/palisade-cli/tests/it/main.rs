@@ -12,6 +12,7 @@ mod kube_lab;
 mod kube_services;
 mod lab;
 mod lab_transitions;
+mod live;
 mod registration;
 mod services;
 mod support;
