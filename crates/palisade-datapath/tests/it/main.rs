@@ -11,4 +11,5 @@ mod malformed;
 mod netns;
 mod prog;
 mod services;
+mod spoofing;
 mod transitions;
