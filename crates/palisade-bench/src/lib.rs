@@ -22,11 +22,21 @@
 //!    measured TCP and UDP flows through and block a denied port and a denied source
 //!    address (`none` must let everything through). A configuration that fails aborts
 //!    the run: a fast wrong answer is not a result.
-//! 4. **Interleaving**: each round measures, for each N, `none`, `palisade`,
-//!    `iptables-flat`, `iptables-stateful` in turn, so slow drift (other tenants, thermal,
-//!    page cache) hits every configuration alike. Medians over rounds are reported with
-//!    min, max and the coefficient of variation.
-//! 5. **Metrics** ([`traffic`]): UDP and TCP 64-byte request/response (median round
+//! 4. **Paired rounds**: each round measures, for each N, `none`, `palisade`,
+//!    `iptables-flat`, `iptables-stateful` in turn, the order rotated by one every round
+//!    (and the order of the N too), so slow drift (other tenants, thermal, page cache)
+//!    hits every configuration alike and no configuration always goes first. Medians over
+//!    rounds are reported with min, max and the coefficient of variation; and every ratio
+//!    against `none` (and palisade against iptables-flat) is taken *per round*, then
+//!    summarized as the median with the order-statistic interval of the median
+//!    ([`stats`]), a verdict per goal (met / missed / within noise) and whether the
+//!    interval contains 1.
+//! 5. **Kernel counters**: `kernel.bpf_stats_enabled` is set to 1 for the run (restored
+//!    on return, error or Ctrl-C; [`counters`]) and the Palisade programs' `run_time_ns /
+//!    run_cnt` over each measurement slot gives ns per program run on real traffic.
+//!    Hardware instruction counters are probed with `perf_event_open`; where they are
+//!    missing (this VM) the report says so.
+//! 6. **Metrics** ([`traffic`]): UDP and TCP 64-byte request/response (median round
 //!    trip of the run's transactions, µs), connection rate (connect, one byte each way,
 //!    close; per s), bulk TCP throughput (Gbit/s) with CPU seconds per GB from
 //!    `/proc/stat`. Client and server are threads of this process, moved into their
@@ -48,12 +58,15 @@
 //! [`Report::to_table`] or [`Report::to_json`], and [`plot::svg`] for `--plot`.
 #![deny(missing_docs)]
 
+pub mod counters;
+pub mod datapath;
 pub mod interrupt;
 pub mod iptables;
 pub mod palisade;
 pub mod plot;
 pub mod policy;
 pub mod report;
+pub mod stats;
 pub mod testbed;
 pub mod traffic;
 
@@ -62,7 +75,7 @@ use std::time::Duration;
 
 use palisade_policy::compiled::Compiled;
 
-pub use report::{Config, Metric, Report, Summary};
+pub use report::{Config, Metric, Ratio, Report, Summary};
 
 /// Errors of a benchmark run. None is retryable as-is: each names the step that failed.
 #[derive(Debug, thiserror::Error)]
@@ -196,6 +209,8 @@ pub fn run_network(
         ));
     }
     let _sigint = interrupt::Guard::install();
+    // Declared before the test bed, so restored after it is deleted, on every return path.
+    let _stats = counters::StatsGuard::enable()?;
     let configs: Vec<Config> = Config::ALL
         .into_iter()
         .filter(|c| *c == Config::None || opts.configs.contains(c))
@@ -206,6 +221,7 @@ pub fn run_network(
         entries: opts.entries.clone(),
         ..Default::default()
     };
+    report.hw_instructions_unavailable = counters::hw_instructions_available().err();
     report.notes.push(
         "ipset is impossible here: this kernel is built without ip_set, so iptables \
          configurations use one rule per entry"
@@ -280,8 +296,11 @@ pub fn run_network(
     }
 
     for round in 1..=opts.rounds {
-        for &n in &opts.entries {
-            for &c in &configs {
+        let k = opts.entries.len();
+        for j in 0..k {
+            let n = opts.entries[(j + round - 1) % k];
+            for i in 0..configs.len() {
+                let c = configs[(i + round - 1) % configs.len()];
                 interrupt::check()?;
                 progress(&format!(
                     "round {round}/{}: {} N={n}",
@@ -290,6 +309,11 @@ pub fn run_network(
                 ));
                 switch(&bed, enforcer.as_ref(), &mut active, c, n, &prepared[&n])?;
                 let key_n = if c == Config::None { 0 } else { n };
+                let prog_root = match (&enforcer, c) {
+                    (Some(e), Config::Palisade) => Some(e.pin_root(n)),
+                    _ => None,
+                };
+                let before = prog_root.as_deref().map(counters::Snapshot::read);
                 for m in Metric::ALL {
                     interrupt::check()?;
                     let sample = measure(&bed, m, opts.duration)?;
@@ -298,11 +322,21 @@ pub fn run_network(
                         .entry((c, key_n, m))
                         .or_default()
                         .push(sample.value);
+                    report
+                        .paired
+                        .entry((c, n, m))
+                        .or_default()
+                        .push(sample.value);
                     if let Some(cpu) = sample.cpu_s_per_gb {
                         report.cpu_s_per_gb.entry((c, key_n)).or_default().push(cpu);
                     }
                     if let Some(us) = sample.median_conn_us {
                         report.conn_us.entry((c, key_n)).or_default().push(us);
+                    }
+                }
+                if let (Some(root), Some(before)) = (&prog_root, before) {
+                    if let Some(ns) = counters::Snapshot::read(root).ns_per_run_since(&before) {
+                        report.prog_ns_per_run.entry(n).or_default().push(ns);
                     }
                 }
             }

@@ -53,6 +53,7 @@ enum Cmd {
 pub struct Enforcer {
     tx: Option<mpsc::Sender<Cmd>>,
     worker: Option<JoinHandle<Result<(), BenchError>>>,
+    root: PathBuf,
 }
 
 impl std::fmt::Debug for Enforcer {
@@ -84,9 +85,10 @@ impl Enforcer {
             "/sys/fs/bpf/palisade-netbench-{}-{tag}",
             std::process::id()
         ));
+        let worker_root = root.clone();
         let worker = std::thread::Builder::new()
             .name("bench-palisade".into())
-            .spawn(move || worker(&node, root, client_side, rx))
+            .spawn(move || worker(&node, worker_root, client_side, rx))
             .map_err(|e| BenchError::Io {
                 what: "spawning datapath thread".into(),
                 source: e,
@@ -94,6 +96,7 @@ impl Enforcer {
         Ok(Enforcer {
             tx: Some(tx),
             worker: Some(worker),
+            root,
         })
     }
 
@@ -119,6 +122,11 @@ impl Enforcer {
     /// Attaches the datapath of size `n` to the server's and client's interfaces.
     pub fn attach(&self, n: usize) -> Result<(), BenchError> {
         self.call(|r| Cmd::Attach(n, r))
+    }
+
+    /// Where the datapath of size `n` is pinned (its programs are under `progs/`).
+    pub fn pin_root(&self, n: usize) -> PathBuf {
+        self.root.join(format!("n{n}"))
     }
 
     /// Detaches whatever is attached.

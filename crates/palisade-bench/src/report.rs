@@ -6,6 +6,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::stats::{paired_ratios, Interval, Verdict};
+
 /// A configuration measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum Config {
@@ -146,6 +148,79 @@ pub struct Report {
     pub palisade_entries: BTreeMap<usize, usize>,
     /// Facts a reader needs (configurations skipped and why, kernel limits).
     pub notes: Vec<String>,
+    /// One value per round, index = round, for ratios within a round: unlike `samples`,
+    /// `none` is keyed by the N whose group it was measured in.
+    pub paired: BTreeMap<SeriesKey, Vec<f64>>,
+    /// Kernel-measured ns per Palisade program run (`run_time_ns / run_cnt` over the
+    /// four metrics' traffic), one value per round, per N.
+    pub prog_ns_per_run: BTreeMap<usize, Vec<f64>>,
+    /// Hardware instruction counters: `None` if available, else why not.
+    pub hw_instructions_unavailable: Option<String>,
+}
+
+/// A goal on a ratio.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Goal {
+    /// `at_most` or `at_least`.
+    pub bound: &'static str,
+    /// The bound.
+    pub value: f64,
+}
+
+/// The goals of docs/performance.md that are ratios: (config, metric, against, goal).
+const GOALS: [(Config, Metric, Config, Goal); 3] = [
+    (
+        Config::Palisade,
+        Metric::TcpRrUs,
+        Config::None,
+        Goal {
+            bound: "at_most",
+            value: 1.03,
+        },
+    ),
+    (
+        Config::Palisade,
+        Metric::CrrPerS,
+        Config::None,
+        Goal {
+            bound: "at_least",
+            value: 0.95,
+        },
+    ),
+    (
+        Config::Palisade,
+        Metric::TcpRrUs,
+        Config::IptablesFlat,
+        Goal {
+            bound: "at_most",
+            value: 0.26,
+        },
+    ),
+];
+
+/// A per-round ratio of one configuration's metric against another's, at one N.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratio {
+    /// Numerator configuration.
+    pub config: &'static str,
+    /// Denominator configuration (`none`, or `iptables-flat` for the 0.26× goal).
+    pub against: &'static str,
+    /// N.
+    pub entries: usize,
+    /// Metric.
+    pub metric: &'static str,
+    /// One ratio per round (both values from the same round).
+    pub per_round: Vec<f64>,
+    /// Median and interval of `per_round`.
+    pub interval: Interval,
+    /// True when the interval contains 1: no difference these rounds can show.
+    pub within_noise_of_equal: bool,
+    /// The goal, if docs/performance.md sets one for this ratio.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub goal: Option<Goal>,
+    /// Verdict against the goal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
 }
 
 /// One element of the JSON `results` array.
@@ -163,6 +238,16 @@ struct JsonResult {
 struct JsonReport {
     rounds: usize,
     results: Vec<JsonResult>,
+    ratios: Vec<Ratio>,
+    prog_ns_per_run: Vec<JsonProgNs>,
+    hw_instructions: String,
+}
+
+#[derive(Debug, Serialize)]
+struct JsonProgNs {
+    entries: usize,
+    per_round: Vec<f64>,
+    interval: Interval,
 }
 
 impl Report {
@@ -174,7 +259,67 @@ impl Report {
             .and_then(|s| Summary::of(s))
     }
 
-    /// `{"rounds": R, "results": [{"config", "entries", "metric", "median", "min", "max"}]}`.
+    /// Every per-round ratio: each configuration against `none` at each N and metric,
+    /// and palisade against iptables-flat on TCP RR; goals where docs/performance.md has one.
+    pub fn ratios(&self) -> Vec<Ratio> {
+        let mut out = Vec::new();
+        for &n in &self.entries {
+            let mut pairs: Vec<(Config, Config, Metric)> = Vec::new();
+            for &c in self.configs.iter().filter(|c| **c != Config::None) {
+                for m in Metric::ALL {
+                    pairs.push((c, Config::None, m));
+                }
+            }
+            if self.configs.contains(&Config::Palisade)
+                && self.configs.contains(&Config::IptablesFlat)
+            {
+                pairs.push((Config::Palisade, Config::IptablesFlat, Metric::TcpRrUs));
+            }
+            for (c, against, m) in pairs {
+                let (Some(a), Some(b)) = (
+                    self.paired.get(&(c, n, m)),
+                    self.paired.get(&(against, n, m)),
+                ) else {
+                    continue;
+                };
+                let per_round = paired_ratios(a, b);
+                let Some(interval) = Interval::of(&per_round) else {
+                    continue;
+                };
+                let goal = GOALS
+                    .iter()
+                    .find(|g| g.0 == c && g.1 == m && g.2 == against)
+                    .map(|g| g.3);
+                let verdict = goal.map(|g| match g.bound {
+                    "at_least" => Verdict::at_least(&interval, g.value),
+                    _ => Verdict::at_most(&interval, g.value),
+                });
+                out.push(Ratio {
+                    config: c.as_str(),
+                    against: against.as_str(),
+                    entries: n,
+                    metric: m.as_str(),
+                    per_round: per_round.iter().map(|x| round4(*x)).collect(),
+                    within_noise_of_equal: interval.lo <= 1.0 && 1.0 <= interval.hi,
+                    interval,
+                    goal,
+                    verdict,
+                });
+            }
+        }
+        out
+    }
+
+    fn hw_instructions_text(&self) -> String {
+        match &self.hw_instructions_unavailable {
+            None => "available (not collected by this benchmark)".into(),
+            Some(why) => format!("unavailable on this machine: {why}"),
+        }
+    }
+
+    /// `{"rounds": R, "results": [{"config", "entries", "metric", "median", "min", "max"}],
+    /// "ratios": [Ratio], "prog_ns_per_run": [{"entries", "per_round", "interval"}],
+    /// "hw_instructions": "..."}`.
     pub fn to_json(&self) -> String {
         let results = self
             .samples
@@ -190,9 +335,23 @@ impl Report {
                 })
             })
             .collect();
+        let prog_ns_per_run = self
+            .prog_ns_per_run
+            .iter()
+            .filter_map(|(&entries, v)| {
+                Some(JsonProgNs {
+                    entries,
+                    interval: Interval::of(v)?,
+                    per_round: v.iter().map(|x| round3(*x)).collect(),
+                })
+            })
+            .collect();
         serde_json::to_string_pretty(&JsonReport {
             rounds: self.rounds,
             results,
+            ratios: self.ratios(),
+            prog_ns_per_run,
+            hw_instructions: self.hw_instructions_text(),
         })
         .expect("plain data serializes")
     }
@@ -300,6 +459,61 @@ impl Report {
                 }
             }
         }
+        let ratios = self.ratios();
+        if !ratios.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nPaired ratios: per round, then the median and a distribution-free interval \
+                 of the median (order statistics; coverage shown). \"~1\": interval contains 1."
+            );
+            for x in &ratios {
+                let goal = match (x.goal, x.verdict) {
+                    (Some(g), Some(v)) => format!(
+                        "  goal {} {}: {}",
+                        if g.bound == "at_least" { "≥" } else { "≤" },
+                        g.value,
+                        v.as_str()
+                    ),
+                    _ => String::new(),
+                };
+                let _ = writeln!(
+                    out,
+                    "  {:<18} / {:<13} N={:<6} {:<10} {:.3} [{:.3}, {:.3}] ({:.1}%, ±{:.1}%){}{}",
+                    x.config,
+                    x.against,
+                    x.entries,
+                    x.metric,
+                    x.interval.median,
+                    x.interval.lo,
+                    x.interval.hi,
+                    x.interval.coverage * 100.0,
+                    x.interval.half_width_rel() * 100.0,
+                    if x.within_noise_of_equal { " ~1" } else { "" },
+                    goal
+                );
+            }
+        }
+        if !self.prog_ns_per_run.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nKernel time per Palisade program run on this traffic (run_time_ns / run_cnt, \
+                 kernel.bpf_stats_enabled=1 during the run):"
+            );
+            for (n, v) in &self.prog_ns_per_run {
+                if let Some(i) = Interval::of(v) {
+                    let _ = writeln!(
+                        out,
+                        "  N={n:<6} {:.1} ns [{:.1}, {:.1}]",
+                        i.median, i.lo, i.hi
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "\nHardware instruction counters: {}",
+            self.hw_instructions_text()
+        );
         if self.configs.contains(&Config::Palisade) {
             let _ = writeln!(
                 out,
@@ -315,6 +529,11 @@ impl Report {
         }
         out
     }
+}
+
+/// Ratios near 1 need a fourth decimal to show a 0.1% difference.
+fn round4(x: f64) -> f64 {
+    (x * 10000.0).round() / 10000.0
 }
 
 /// Three decimals are more than the noise warrants and keep the JSON readable.
@@ -344,7 +563,16 @@ mod tests {
             .insert((Config::IptablesFlat, 10, Metric::CrrPerS), vec![5.0, 7.0]);
         let v: serde_json::Value = serde_json::from_str(&r.to_json()).expect("json");
         let obj = v.as_object().expect("object");
-        assert_eq!(obj.len(), 2);
+        assert_eq!(
+            obj.keys().collect::<Vec<_>>(),
+            [
+                "hw_instructions",
+                "prog_ns_per_run",
+                "ratios",
+                "results",
+                "rounds"
+            ]
+        );
         let results = v["results"].as_array().expect("array");
         assert_eq!(results.len(), 2);
         for e in results {
@@ -352,5 +580,48 @@ mod tests {
         }
         assert_eq!(results[1]["config"], "iptables-flat");
         assert_eq!(results[1]["median"], 6.0);
+    }
+
+    #[test]
+    fn ratios_pair_rounds_and_judge_the_goals() {
+        let mut r = Report {
+            rounds: 3,
+            entries: vec![10],
+            configs: vec![Config::None, Config::Palisade, Config::IptablesFlat],
+            ..Default::default()
+        };
+        // Round 3 is slow for everyone: the per-round ratio does not see it.
+        r.paired
+            .insert((Config::None, 10, Metric::TcpRrUs), vec![8.0, 8.0, 16.0]);
+        r.paired.insert(
+            (Config::Palisade, 10, Metric::TcpRrUs),
+            vec![8.125, 8.0625, 16.25],
+        );
+        r.paired.insert(
+            (Config::IptablesFlat, 10, Metric::TcpRrUs),
+            vec![80.0, 80.0, 160.0],
+        );
+        let x = r.ratios();
+        let rr = x
+            .iter()
+            .find(|x| x.config == "palisade" && x.against == "none")
+            .expect("palisade/none");
+        assert_eq!(rr.per_round, [1.0156, 1.0078, 1.0156]);
+        assert_eq!((rr.interval.median, rr.interval.lo), (1.015625, 1.0078125));
+        assert!(!rr.within_noise_of_equal);
+        assert_eq!(rr.verdict, Some(Verdict::Met));
+        let flat = x
+            .iter()
+            .find(|x| x.against == "iptables-flat")
+            .expect("palisade/iptables-flat");
+        assert_eq!(flat.verdict, Some(Verdict::Met));
+        let ipt = x
+            .iter()
+            .find(|x| x.config == "iptables-flat")
+            .expect("iptables-flat/none");
+        assert_eq!((ipt.interval.median, ipt.goal), (10.0, None));
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).expect("json");
+        assert_eq!(v["ratios"].as_array().expect("array").len(), 3);
+        assert_eq!(v["ratios"][0]["verdict"], "met");
     }
 }

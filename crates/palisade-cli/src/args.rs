@@ -611,6 +611,9 @@ pub enum BenchCommand {
         /// Policy sizes.
         #[arg(long, value_delimiter = ',', default_value = "100,1000,10000,100000")]
         entries: Vec<usize>,
+        /// Rounds (every size once per round, order rotated); ratios are taken per round.
+        #[arg(long, default_value_t = 31)]
+        rounds: usize,
     },
     /// Real traffic: Palisade vs no policy vs iptables, interleaved rounds.
     #[command(

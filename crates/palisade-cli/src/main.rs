@@ -464,15 +464,25 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Lab { what, name } => lab::run(&name, what),
         Command::Bench { what } => match what {
-            BenchCommand::Datapath { output, entries } => {
+            BenchCommand::Datapath {
+                output,
+                entries,
+                rounds,
+            } => {
                 let opts = palisade_datapath::BenchOptions {
                     entries,
+                    rounds: rounds.max(1),
                     ..Default::default()
                 };
                 let report = palisade_datapath::bench_datapath(&opts)
                     .context("running the datapath benchmark")?;
+                let ratios = palisade_bench::datapath::ratios(&report);
                 match output {
-                    Output::Json => println!("{}", serde_json::to_string(&report)?),
+                    Output::Json => {
+                        let mut v = serde_json::to_value(&report)?;
+                        v["ratios"] = serde_json::to_value(&ratios)?;
+                        println!("{}", serde_json::to_string(&v)?);
+                    }
                     Output::Table => {
                         println!("empty program: {:.1} ns/packet", report.noop_ns);
                         println!(
@@ -488,16 +498,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                                 p.ns_per_packet - report.noop_ns
                             );
                         }
-                        if let (Some(first), Some(last)) =
-                            (report.points.first(), report.points.last())
-                        {
-                            println!(
-                                "growth {} -> {} entries: {:.2}x",
-                                first.entries,
-                                last.entries,
-                                last.ns_per_packet / first.ns_per_packet
-                            );
-                        }
+                        println!();
+                        print!("{}", palisade_bench::datapath::table(&report, &ratios));
                     }
                 }
                 Ok(0)

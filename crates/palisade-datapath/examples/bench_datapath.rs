@@ -1,4 +1,4 @@
-//! `cargo run -p palisade-datapath --example bench_datapath [repeat] [runs]`: prints
+//! `cargo run -p palisade-datapath --example bench_datapath [repeat] [rounds]`: prints
 //! the benchmark JSON (root needed). The kernel times the programs, so a debug
 //! build measures the same thing as a release build.
 
@@ -9,7 +9,7 @@ fn main() {
         o.repeat = r.parse().expect("repeat");
     }
     if let Some(r) = args.next() {
-        o.runs = r.parse().expect("runs");
+        o.rounds = r.parse().expect("rounds");
     }
     let report = palisade_datapath::bench_datapath(&o).expect("bench");
     println!("{}", serde_json::to_string(&report).expect("json"));

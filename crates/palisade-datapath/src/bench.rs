@@ -1,6 +1,8 @@
 //! `bench_datapath`: per-packet cost of the programs, measured in the kernel with
 //! `BPF_PROG_TEST_RUN` (the kernel times `repeat` runs of the same packet and
-//! reports the mean; we take the median of several such runs).
+//! reports the mean). Rounds interleave the sizes, and each round keeps its raw
+//! figures ([`RoundFigures`]) so that ratios can be taken per round (palisade-bench's
+//! `datapath` module); `points` are medians over rounds.
 //!
 //! What is measured, honestly:
 //! - `noop_ns`: the `noop` classifier: the test-run floor (skb setup excluded,
@@ -96,19 +98,36 @@ use crate::packet::Packet;
 pub struct BenchPoint {
     /// Address prefixes + table entries loaded.
     pub entries: usize,
-    /// New allowed flow, ns per packet (median).
+    /// New allowed flow, ns per packet (median over rounds).
     pub ns_per_packet: f64,
-    /// Established flow, ns per packet (median).
+    /// Established flow, ns per packet (median over rounds).
     pub established_ns: f64,
 }
 
-/// The result, serialised as `{"noop_ns": N, "points": [{"entries": .., "ns_per_packet": .., "established_ns": ..}]}`.
+/// One round's figures at one size: every figure of a round is measured back to back,
+/// so ratios within a round cancel drift that hits the whole round.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RoundFigures {
+    /// Policy size.
+    pub entries: usize,
+    /// Empty program, ns per run (on this size's datapath).
+    pub noop_ns: f64,
+    /// New allowed flow, ns per packet.
+    pub new_ns: f64,
+    /// Established flow, ns per packet.
+    pub established_ns: f64,
+}
+
+/// The result, serialised as `{"noop_ns": N, "points": [{"entries": .., "ns_per_packet": ..,
+/// "established_ns": ..}], "rounds": [[{"entries", "noop_ns", "new_ns", "established_ns"}]]}`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BenchReport {
     /// Empty program, ns per run (median).
     pub noop_ns: f64,
-    /// One point per policy size.
+    /// One point per policy size (medians over rounds).
     pub points: Vec<BenchPoint>,
+    /// Per round, one entry per size in `points` order (the raw paired figures).
+    pub rounds: Vec<Vec<RoundFigures>>,
 }
 
 /// Benchmark parameters.
@@ -118,10 +137,10 @@ pub struct BenchOptions {
     pub pin_root: PathBuf,
     /// Policy sizes.
     pub entries: Vec<usize>,
-    /// Runs per `BPF_PROG_TEST_RUN` call.
+    /// Runs per `BPF_PROG_TEST_RUN` call (the kernel reports their mean).
     pub repeat: u32,
-    /// Calls per measurement; the median is reported.
-    pub runs: usize,
+    /// Rounds; each measures every size (in a rotated order) once.
+    pub rounds: usize,
 }
 
 impl Default for BenchOptions {
@@ -130,7 +149,9 @@ impl Default for BenchOptions {
             pin_root: PathBuf::from(format!("/sys/fs/bpf/palisade-bench-{}", std::process::id())),
             entries: vec![100, 1_000, 10_000, 100_000],
             repeat: 200_000,
-            runs: 7,
+            // 31 rounds: the order-statistic interval of the median is [x(10), x(22)]
+            // (97% coverage); about 0.3 s per round at the default sizes.
+            rounds: 31,
         }
     }
 }
@@ -216,40 +237,50 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn measure(dp: &mut Datapath, hook: Hook, frame: &[u8], o: &BenchOptions) -> Result<f64, Error> {
-    let mut xs = Vec::with_capacity(o.runs);
-    for _ in 0..o.runs {
-        let (_, d) = dp.test_run(hook, frame, o.repeat)?;
-        xs.push(d.as_nanos() as f64);
-    }
-    Ok(median(xs))
+/// One size's loaded datapath and its two measured frames.
+struct Size {
+    n: usize,
+    dp: Datapath,
+    syn: Vec<u8>,
+    ack: Vec<u8>,
 }
 
-/// Runs the benchmark (needs root and bpffs). Each size gets a fresh datapath
-/// under `o.pin_root`, removed afterwards even on error.
+fn once(dp: &mut Datapath, hook: Hook, frame: &[u8], o: &BenchOptions) -> Result<f64, Error> {
+    let (_, d) = dp.test_run(hook, frame, o.repeat)?;
+    Ok(d.as_nanos() as f64)
+}
+
+/// Runs the benchmark (needs root and bpffs). Every size gets its own datapath under
+/// `o.pin_root/n<N>`, all loaded before the first round so that rounds interleave the
+/// sizes (rotating the order each round); everything is removed afterwards, even on
+/// error.
 pub fn bench_datapath(o: &BenchOptions) -> Result<BenchReport, Error> {
-    struct Cleanup(PathBuf);
+    struct Cleanup(PathBuf, Vec<PathBuf>);
     impl Drop for Cleanup {
         fn drop(&mut self) {
-            let _ = crate::loader::unpin_all_at(&self.0);
+            for sub in &self.1 {
+                let _ = crate::loader::unpin_all_at(sub);
+            }
+            let _ = std::fs::remove_dir(&self.0);
         }
     }
-    let _cleanup = Cleanup(o.pin_root.clone());
-    let mut noop = Vec::new();
-    let mut points = Vec::new();
+    let mut cleanup = Cleanup(o.pin_root.clone(), Vec::new());
+    let noop_frame = Packet::udp("10.0.0.1", "10.0.0.2", 1, 2).frame();
+    let mut sizes = Vec::new();
     for &n in &o.entries {
-        let _ = crate::loader::unpin_all_at(&o.pin_root);
-        let mut dp = Datapath::load_or_adopt(&o.pin_root, bench_sizes(n))?;
+        let root = o.pin_root.join(format!("n{n}"));
+        cleanup.1.push(root.clone());
+        let _ = crate::loader::unpin_all_at(&root);
+        let mut dp = Datapath::load_or_adopt(&root, bench_sizes(n))?;
         dp.sync(&bench_policy(n))?;
         dp.bind("bench/pod", 1)?;
-        noop.push(measure(
-            &mut dp,
-            Hook::Noop,
-            &Packet::udp("10.0.0.1", "10.0.0.2", 1, 2).frame(),
-            o,
-        )?);
         let peer = bench_peer(n).to_string();
+        // Two flows: the measured SYN (port 40000) must never get an entry, so that every
+        // run misses; the ACK (port 40001) hits the entry its own SYN created first.
         let syn = Packet::tcp(&POD.to_string(), &peer, 40000, 80, 0x02).frame();
+        let ack = Packet::tcp(&POD.to_string(), &peer, 40001, 80, 0x10).frame();
+        let ack_syn = Packet::tcp(&POD.to_string(), &peer, 40001, 80, 0x02).frame();
+        dp.test_run(Hook::FromPod, &ack_syn, 1)?;
         dp.set_config(Config {
             flags: CFG_F_NO_CT_CREATE,
             ..Config::default()
@@ -260,20 +291,50 @@ pub fn bench_datapath(o: &BenchOptions) -> Result<BenchReport, Error> {
             crate::abi::TC_ACT_UNSPEC,
             "benchmark packet must be allowed"
         );
-        let new_ns = measure(&mut dp, Hook::FromPod, &syn, o)?;
-        dp.set_config(Config::default())?;
-        dp.test_run(Hook::FromPod, &syn, 1)?;
-        let ack = Packet::tcp(&POD.to_string(), &peer, 40000, 80, 0x10).frame();
-        let est_ns = measure(&mut dp, Hook::FromPod, &ack, o)?;
-        points.push(BenchPoint {
-            entries: n,
-            ns_per_packet: new_ns,
-            established_ns: est_ns,
-        });
-        dp.unpin_all()?;
+        sizes.push(Size { n, dp, syn, ack });
+    }
+    let mut rounds = Vec::with_capacity(o.rounds);
+    for r in 0..o.rounds.max(1) {
+        let mut figs = vec![None; sizes.len()];
+        for j in 0..sizes.len() {
+            let i = (j + r) % sizes.len();
+            let s = &mut sizes[i];
+            let noop_ns = once(&mut s.dp, Hook::Noop, &noop_frame, o)?;
+            let new_ns = once(&mut s.dp, Hook::FromPod, &s.syn, o)?;
+            let established_ns = once(&mut s.dp, Hook::FromPod, &s.ack, o)?;
+            figs[i] = Some(RoundFigures {
+                entries: s.n,
+                noop_ns,
+                new_ns,
+                established_ns,
+            });
+        }
+        rounds.push(figs.into_iter().flatten().collect::<Vec<_>>());
+    }
+    let col = |i: usize, f: fn(&RoundFigures) -> f64| -> f64 {
+        median(rounds.iter().map(|r| f(&r[i])).collect())
+    };
+    let points = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| BenchPoint {
+            entries: s.n,
+            ns_per_packet: col(i, |f| f.new_ns),
+            established_ns: col(i, |f| f.established_ns),
+        })
+        .collect();
+    let noop_ns = median(
+        rounds
+            .iter()
+            .flat_map(|r| r.iter().map(|f| f.noop_ns))
+            .collect(),
+    );
+    for s in sizes {
+        s.dp.unpin_all()?;
     }
     Ok(BenchReport {
-        noop_ns: median(noop),
+        noop_ns,
         points,
+        rounds,
     })
 }

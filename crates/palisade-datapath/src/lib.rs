@@ -100,7 +100,7 @@ mod services;
 mod staging;
 mod state;
 
-pub use bench::{bench_datapath, BenchOptions, BenchPoint, BenchReport};
+pub use bench::{bench_datapath, BenchOptions, BenchPoint, BenchReport, RoundFigures};
 pub use inspect::{
     decode_record, reason_name, Attachment, Counters, DecisionEvent, EndpointCounters,
     EndpointDump, EventReader, HookAttachment, TableDump,

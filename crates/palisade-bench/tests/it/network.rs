@@ -38,16 +38,70 @@ fn tiny_run_produces_the_documented_json() {
         return;
     }
     let opts = NetworkOptions {
-        rounds: 1,
+        rounds: 2,
         entries: vec![10],
         duration: Duration::from_millis(100),
         ..NetworkOptions::default()
     };
+    let stats_before =
+        std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").expect("sysctl");
     let report = run_network(&opts, |_| {}).expect("tiny run");
     let v: serde_json::Value = serde_json::from_str(&report.to_json()).expect("valid json");
     let obj = v.as_object().expect("top level is an object");
-    assert_eq!(obj.keys().collect::<Vec<_>>(), vec!["results", "rounds"]);
-    assert_eq!(v["rounds"], 1);
+    assert_eq!(
+        obj.keys().collect::<Vec<_>>(),
+        vec![
+            "hw_instructions",
+            "prog_ns_per_run",
+            "ratios",
+            "results",
+            "rounds"
+        ]
+    );
+    assert_eq!(v["rounds"], 2);
+    // Paired ratios: 3 configurations × 4 metrics against none, plus palisade/iptables-flat.
+    let ratios = v["ratios"].as_array().expect("ratios is an array");
+    assert_eq!(ratios.len(), 13, "{ratios:?}");
+    for x in ratios {
+        let per_round = x["per_round"].as_array().expect("per_round");
+        assert_eq!(per_round.len(), 2, "{x}");
+        assert!(
+            per_round.iter().all(|r| r.as_f64().expect("f64") > 0.0),
+            "{x}"
+        );
+        let i = &x["interval"];
+        let (lo, med, hi) = (
+            i["lo"].as_f64().expect("lo"),
+            i["median"].as_f64().expect("median"),
+            i["hi"].as_f64().expect("hi"),
+        );
+        assert!(0.0 < lo && lo <= med && med <= hi, "{x}");
+    }
+    let goals: Vec<&str> = ratios
+        .iter()
+        .filter_map(|x| x["verdict"].as_str())
+        .collect();
+    assert_eq!(goals.len(), 3, "three ratio goals: {ratios:?}");
+    assert!(
+        goals
+            .iter()
+            .all(|g| ["met", "missed", "within noise"].contains(g)),
+        "{goals:?}"
+    );
+    // Kernel time per program run on the palisade slots: one value per round, positive.
+    let prog = v["prog_ns_per_run"].as_array().expect("prog_ns_per_run");
+    assert_eq!(prog.len(), 1, "{prog:?}");
+    assert_eq!(prog[0]["entries"], 10);
+    let ns = prog[0]["per_round"].as_array().expect("per_round");
+    assert_eq!(ns.len(), 2);
+    assert!(
+        ns.iter().all(|x| x.as_f64().expect("f64") > 0.0),
+        "{prog:?}"
+    );
+    assert!(v["hw_instructions"]
+        .as_str()
+        .expect("text")
+        .contains("available"));
     let results = v["results"].as_array().expect("results is an array");
     let configs = ["none", "palisade", "iptables-flat", "iptables-stateful"];
     let metrics = ["udp_rr_us", "tcp_rr_us", "crr_per_s", "tcp_gbps"];
@@ -79,4 +133,6 @@ fn tiny_run_produces_the_documented_json() {
             "{c}"
         );
     }
+    let stats = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").expect("sysctl");
+    assert_eq!(stats, stats_before, "kernel.bpf_stats_enabled restored");
 }

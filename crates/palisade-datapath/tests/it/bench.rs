@@ -10,13 +10,13 @@ fn bench_datapath_reports_every_size_in_the_agreed_json_shape() {
         pin_root: unique_root(),
         entries: vec![100, 1000],
         repeat: 2000,
-        runs: 3,
+        rounds: 3,
     };
     let r = bench_datapath(&o).expect("bench");
     assert!(!o.pin_root.exists(), "scratch pins removed");
     let v: serde_json::Value = serde_json::to_value(&r).unwrap();
     let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["noop_ns", "points"]);
+    assert_eq!(keys, ["noop_ns", "points", "rounds"]);
     let text = serde_json::to_string(&r).unwrap();
     assert!(
         text.starts_with("{\"noop_ns\":") && text.contains("[{\"entries\":100,\"ns_per_packet\":"),
@@ -28,6 +28,22 @@ fn bench_datapath_reports_every_size_in_the_agreed_json_shape() {
         let keys: Vec<&String> = p.as_object().unwrap().keys().collect();
         assert_eq!(keys, ["entries", "established_ns", "ns_per_packet"]);
         assert!(p["ns_per_packet"].as_f64().unwrap() > 0.0);
+    }
+    let rounds = v["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 3);
+    for r in rounds {
+        let sizes: Vec<u64> = r
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["entries"].as_u64().unwrap())
+            .collect();
+        assert_eq!(sizes, [100, 1000], "sizes in points order in every round");
+        for f in r.as_array().unwrap() {
+            for k in ["noop_ns", "new_ns", "established_ns"] {
+                assert!(f[k].as_f64().unwrap() > 0.0, "{f}");
+            }
+        }
     }
     println!("{v}");
 }
