@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use palisade_policy::model::workload::Simulation;
 use palisade_policy::model::Cluster;
+use palisade_policy::verdict::near_miss::{describe_near_miss, describe_rule};
 use palisade_policy::verdict::{describe, evaluate, Decision, Flow, Peer, SideDecision};
 
 /// The pods a `--from`/`--to` name stands for: a workload's pods (`shop/web` for
@@ -61,7 +62,7 @@ pub fn explain(
     Ok((flow, d))
 }
 
-fn side(out: &mut String, title: &str, s: &Option<SideDecision>, absent: &str) {
+fn side(out: &mut String, title: &str, s: &Option<SideDecision>, absent: &str, wide: bool) {
     let _ = writeln!(out, "{title}");
     match s {
         None => {
@@ -77,12 +78,27 @@ fn side(out: &mut String, title: &str, s: &Option<SideDecision>, absent: &str) {
                 if s.allowed { "allow" } else { "deny" },
                 describe(&s.origin)
             );
+            if let Some(m) = &s.near_miss {
+                let _ = writeln!(out, "  {}", describe_near_miss(m));
+                if wide {
+                    for r in &m.rules {
+                        let _ = writeln!(out, "    {}", describe_rule(r, m.direction));
+                    }
+                }
+            }
         }
     }
 }
 
-/// Renders the decision as numbered steps per side.
+/// Renders the decision as numbered steps per side; a side denied by NetworkPolicy
+/// isolation gets its closest rule.
 pub fn render(flow: &Flow, protocol_name: &str, d: &Decision) -> String {
+    render_wide(flow, protocol_name, d, false)
+}
+
+/// As [`render`]; `wide` (`-o wide`) adds, under the closest rule, why every rule of the
+/// isolating policies failed.
+pub fn render_wide(flow: &Flow, protocol_name: &str, d: &Decision, wide: bool) -> String {
     let mut out = String::new();
     let port = if flow.port == 0 {
         String::new()
@@ -101,6 +117,7 @@ pub fn render(flow: &Flow, protocol_name: &str, d: &Decision) -> String {
         &format!("Egress of {}:", flow.src),
         &d.egress,
         "the source is not a pod endpoint",
+        wide,
     );
     out.push('\n');
     side(
@@ -108,6 +125,7 @@ pub fn render(flow: &Flow, protocol_name: &str, d: &Decision) -> String {
         &format!("Ingress of {}:", flow.dst),
         &d.ingress,
         "the destination is not a pod endpoint",
+        wide,
     );
     if d.allowed {
         let _ = writeln!(

@@ -299,7 +299,12 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
                 print!(
                     "{}",
-                    explain::render(&flow, &port.protocol.to_ascii_uppercase(), &d)
+                    explain::render_wide(
+                        &flow,
+                        &port.protocol.to_ascii_uppercase(),
+                        &d,
+                        output == Format::Wide
+                    )
                 );
                 print!(
                     "{}",

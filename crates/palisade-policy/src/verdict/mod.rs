@@ -42,6 +42,7 @@ mod calico_tests;
 mod describe;
 mod flow;
 mod matching;
+pub mod near_miss;
 mod service;
 #[cfg(test)]
 mod tests;
@@ -61,6 +62,10 @@ pub struct SideDecision {
     pub origin: RuleOrigin,
     /// Every tier and policy consulted, in evaluation order.
     pub consulted: Vec<Step>,
+    /// For a side denied at the NetworkPolicy layer: why each rule failed and which
+    /// came closest. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub near_miss: Option<near_miss::NearMiss>,
 }
 
 /// The verdict for a whole connection.
@@ -240,6 +245,7 @@ fn side(
         allowed,
         origin,
         consulted,
+        near_miss: None,
     };
 
     // 1. Admin tier: Accept/Deny final, Pass skips to NetworkPolicy.
@@ -258,10 +264,13 @@ fn side(
         }
         Some(calico::TierResult::Passed) => {}
         None => {
-            if let Some((allowed, origin)) =
+            if let Some((allowed, origin, near_miss)) =
                 network_policies(cluster, pod, &traffic, &mut consulted)
             {
-                return decided(allowed, origin, consulted);
+                return SideDecision {
+                    near_miss,
+                    ..decided(allowed, origin, consulted)
+                };
             }
         }
     }
@@ -386,13 +395,14 @@ fn cluster_tier(
     None
 }
 
-/// The NetworkPolicy layer: `None` if no policy isolates the pod in this direction.
+/// The NetworkPolicy layer: `None` if no policy isolates the pod in this direction;
+/// a denial comes with its near miss.
 fn network_policies(
     cluster: &Cluster,
     pod: &Pod,
     t: &Traffic<'_>,
     consulted: &mut Vec<Step>,
-) -> Option<(bool, RuleOrigin)> {
+) -> Option<(bool, RuleOrigin, Option<near_miss::NearMiss>)> {
     let mut isolating: Vec<_> = cluster
         .network_policies
         .values()
@@ -441,6 +451,7 @@ fn network_policies(
                 direction: t.dir,
                 index,
             },
+            None,
         ),
         None => (
             false,
@@ -448,6 +459,7 @@ fn network_policies(
                 direction: t.dir,
                 policies: names,
             },
+            near_miss::network_policies(cluster, &isolating, t),
         ),
     })
 }

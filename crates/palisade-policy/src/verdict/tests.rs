@@ -1600,3 +1600,285 @@ spec:
         "host-network pods are no subject"
     );
 }
+
+// ---------------------------------------------------------------------------------
+// Near miss: why each rule of the isolating policies failed, and the closest one.
+
+mod near_miss_cases {
+    use super::super::near_miss::*;
+    use super::*;
+
+    /// The ingress near miss of `f` in `w`, which must be denied by isolation.
+    fn ingress_miss(w: &World, f: Flow) -> NearMiss {
+        let d = evaluate(&w.0, &f);
+        let side = d.ingress.expect("ingress side");
+        assert!(!side.allowed, "expected a denial: {:?}", side.origin);
+        side.near_miss.expect("a near miss")
+    }
+
+    /// The first failure of the only peer of the closest rule.
+    fn peer_failure(m: &NearMiss) -> &PeerFailure {
+        &m.closest.peers[0].failure
+    }
+
+    #[test]
+    fn pod_label_absent_names_key_wanted_value_and_absence() {
+        let w = e2e().np(np("x/a", sel(&[("pod", "a")]))
+            .ingress(vec![peers(vec![pods_here("x", &[("role", "client")])])]));
+        let m = ingress_miss(&w, tcp_to("x/b", "x/a", 80));
+        assert_eq!(
+            peer_failure(&m),
+            &PeerFailure::PodLabel {
+                pod: "x/b".into(),
+                key: "role".into(),
+                operator: LabelOperator::MatchLabels,
+                values: vec!["client".into()],
+                actual: None,
+            }
+        );
+        assert_eq!(
+            m.summary,
+            "closest: NetworkPolicy x/a ingress rule 0: would allow if pod x/b had label role=client (it has no label role)"
+        );
+    }
+
+    #[test]
+    fn pod_label_value_differs_names_the_actual_value() {
+        let w = e2e().np(np("x/a", sel(&[("pod", "a")]))
+            .ingress(vec![peers(vec![pods_here("x", &[("pod", "c")])])]));
+        let m = ingress_miss(&w, tcp_to("x/b", "x/a", 80));
+        assert!(
+            matches!(peer_failure(&m), PeerFailure::PodLabel { key, actual: Some(v), .. } if key == "pod" && v == "b"),
+            "{m:?}"
+        );
+        assert!(
+            m.summary
+                .ends_with("pod x/b had label pod=c (it has pod=b)"),
+            "{}",
+            m.summary
+        );
+    }
+
+    #[test]
+    fn namespace_label_failure_names_the_namespace() {
+        let w = e2e().np(np("x/a", sel(&[("pod", "a")]))
+            .ingress(vec![peers(vec![pods_in(&[("ns", "z")], &[])])]));
+        let m = ingress_miss(&w, tcp_to("y/b", "x/a", 80));
+        assert_eq!(
+            peer_failure(&m),
+            &PeerFailure::NamespaceLabel {
+                namespace: "y".into(),
+                key: "ns".into(),
+                operator: LabelOperator::MatchLabels,
+                values: vec!["z".into()],
+                actual: Some("y".into()),
+            }
+        );
+        assert!(
+            m.summary
+                .contains("namespace y had label ns=z (it has ns=y)"),
+            "{}",
+            m.summary
+        );
+    }
+
+    #[test]
+    fn match_expression_failure_names_the_operator() {
+        let peer = NetworkPolicyPeer::Pods {
+            namespaces: NamespaceMatch::Named("x".into()),
+            pods: LabelSelector {
+                match_labels: Labels::new(),
+                match_expressions: vec![Requirement::NotIn("pod".into(), vec!["b".into()])],
+            },
+        };
+        let w = e2e().np(np("x/a", sel(&[("pod", "a")])).ingress(vec![peers(vec![peer])]));
+        let m = ingress_miss(&w, tcp_to("x/b", "x/a", 80));
+        assert!(
+            matches!(
+                peer_failure(&m),
+                PeerFailure::PodLabel {
+                    operator: LabelOperator::NotIn,
+                    ..
+                }
+            ),
+            "{m:?}"
+        );
+        assert!(
+            m.summary
+                .ends_with("pod x/b satisfied pod NotIn (b) (it has pod=b)"),
+            "{}",
+            m.summary
+        );
+    }
+
+    #[test]
+    fn except_names_the_excluding_cidr() {
+        let w = e2e().np(np("x/a", sel(&[("pod", "a")]))
+            .ingress(vec![peers(vec![block("10.0.0.0/16", &["10.0.2.0/24"])])]));
+        let m = ingress_miss(&w, tcp_to("y/b", "x/a", 80));
+        assert_eq!(
+            peer_failure(&m),
+            &PeerFailure::Excepted {
+                cidr: "10.0.0.0/16".into(),
+                except: "10.0.2.0/24".into(),
+                address: ip("10.0.2.2"),
+            }
+        );
+        let outside = e2e()
+            .np(np("x/a", sel(&[("pod", "a")]))
+                .ingress(vec![peers(vec![block("172.16.0.0/12", &[])])]));
+        let m = ingress_miss(&outside, tcp_to("y/b", "x/a", 80));
+        assert!(
+            m.summary
+                .ends_with("address 10.0.2.2 were inside ipBlock 172.16.0.0/12"),
+            "{}",
+            m.summary
+        );
+    }
+
+    #[test]
+    fn named_port_not_declared_or_declared_for_another_protocol() {
+        let w = e2e().np(np("x/a", sel(&[("pod", "a")]))
+            .ingress(vec![ports(vec![named("metrics", Protocol::Tcp)])]));
+        let m = ingress_miss(&w, tcp_to("x/b", "x/a", 80));
+        assert_eq!(
+            m.closest.ports,
+            vec![PortFailure::NamedPortUndeclared {
+                name: "metrics".into(),
+                protocol: Protocol::Tcp,
+                pod: Some("x/a".into()),
+            }]
+        );
+        // serve-80-udp is declared, but for UDP only.
+        let w = e2e().np(np("x/a", sel(&[("pod", "a")]))
+            .ingress(vec![ports(vec![named("serve-80-udp", Protocol::Tcp)])]));
+        let m = ingress_miss(&w, tcp_to("x/b", "x/a", 80));
+        assert_eq!(
+            m.closest.ports,
+            vec![PortFailure::NamedPortProtocol {
+                name: "serve-80-udp".into(),
+                protocol: Protocol::Tcp,
+                declared: vec![Protocol::Udp],
+                pod: "x/a".into(),
+            }]
+        );
+        assert!(
+            m.summary.contains("(it declares it for UDP)"),
+            "{}",
+            m.summary
+        );
+    }
+
+    #[test]
+    fn protocol_mismatch_names_both_protocols() {
+        let w = e2e().np(np("x/a", sel(&[("pod", "a")])).ingress(vec![ports(vec![tcp(80)])]));
+        let m = ingress_miss(&w, flow("x/b", "x/a", UDP, 80));
+        assert_eq!(
+            m.closest.ports,
+            vec![PortFailure::Protocol {
+                wanted: Protocol::Tcp,
+                actual: "UDP".into(),
+            }]
+        );
+        let m = ingress_miss(&w, flow("x/b", "x/a", ICMP, 0));
+        assert!(
+            m.summary.ends_with("the protocol were TCP (it is ICMP)"),
+            "{}",
+            m.summary
+        );
+    }
+
+    #[test]
+    fn port_range_mismatch_names_the_range_and_port() {
+        let w = e2e()
+            .np(np("x/a", sel(&[("pod", "a")])).ingress(vec![ports(vec![tcp_range(8000, 8080)])]));
+        let m = ingress_miss(&w, tcp_to("x/b", "x/a", 9090));
+        assert_eq!(
+            m.closest.ports,
+            vec![PortFailure::PortRange {
+                protocol: Protocol::Tcp,
+                port: 8000,
+                end_port: 8080,
+                actual: 9090,
+            }]
+        );
+        assert!(
+            m.summary
+                .ends_with("the port were TCP 8000-8080 (it is 9090)"),
+            "{}",
+            m.summary
+        );
+    }
+
+    #[test]
+    fn closest_rule_has_fewest_failures_and_ties_go_to_policy_then_rule_order() {
+        // b-policy rule 0 fails peer and port (2); rule 1 fails the port only (1).
+        // a-policy rule 0 fails a namespace and a pod label of one peer (2).
+        let w = e2e()
+            .np(np("x/b-policy", sel(&[("pod", "a")])).ingress(vec![
+                rule(
+                    Some(vec![pods_here("x", &[("pod", "c")])]),
+                    Some(vec![tcp(81)]),
+                ),
+                rule(
+                    Some(vec![pods_here("x", &[("pod", "b")])]),
+                    Some(vec![tcp(81)]),
+                ),
+            ]))
+            .np(np("x/a-policy", sel(&[("pod", "a")]))
+                .ingress(vec![peers(vec![pods_in(&[("ns", "z")], &[("pod", "c")])])]));
+        let m = ingress_miss(&w, tcp_to("x/b", "x/a", 80));
+        let order: Vec<(String, usize, usize)> = m
+            .rules
+            .iter()
+            .map(|r| (r.policy.clone(), r.index, r.distance))
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                ("x/a-policy".into(), 0, 2),
+                ("x/b-policy".into(), 0, 2),
+                ("x/b-policy".into(), 1, 1),
+            ]
+        );
+        assert_eq!(
+            (m.closest.policy.as_str(), m.closest.index),
+            ("x/b-policy", 1)
+        );
+        assert!(m.closest.peers.is_empty(), "the peer matched");
+        assert_eq!(
+            m.summary,
+            "closest: NetworkPolicy x/b-policy ingress rule 1: would allow if the port were TCP 81 (it is 80)"
+        );
+
+        // A tie goes to the first policy by name.
+        let tie = e2e()
+            .np(np("x/b-policy", sel(&[("pod", "a")])).ingress(vec![ports(vec![tcp(81)])]))
+            .np(np("x/a-policy", sel(&[("pod", "a")])).ingress(vec![ports(vec![tcp(82)])]));
+        let m = ingress_miss(&tie, tcp_to("x/b", "x/a", 80));
+        assert_eq!(m.closest.policy, "x/a-policy");
+    }
+
+    #[test]
+    fn no_near_miss_when_allowed_or_no_rule_exists() {
+        let w = e2e().np(np("x/a", sel(&[("pod", "a")])).ingress(vec![ports(vec![tcp(80)])]));
+        let d = evaluate(&w.0, &tcp_to("x/b", "x/a", 80));
+        assert!(d.allowed && d.ingress.unwrap().near_miss.is_none());
+        let deny_all = e2e().np(np("x/a", sel(&[("pod", "a")])).ingress(vec![]));
+        let d = evaluate(&deny_all.0, &tcp_to("x/b", "x/a", 80));
+        let side = d.ingress.unwrap();
+        assert!(!side.allowed && side.near_miss.is_none());
+    }
+
+    #[test]
+    fn near_miss_json_has_stable_names_and_protocol_names() {
+        let w = e2e().np(np("x/a", sel(&[("pod", "a")])).ingress(vec![ports(vec![tcp(81)])]));
+        let m = ingress_miss(&w, tcp_to("x/b", "x/a", 80));
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!(v["closest"]["policy"], "x/a");
+        assert_eq!(v["closest"]["ports"][0]["kind"], "port_range");
+        assert_eq!(v["closest"]["ports"][0]["protocol"], "TCP");
+        let back: NearMiss = serde_json::from_value(v).unwrap();
+        assert_eq!(back, m);
+    }
+}
