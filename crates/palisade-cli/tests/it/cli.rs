@@ -389,3 +389,45 @@ fn issue_11_explain_applies_the_seed_002_calico_policy_as_printed() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("ALLOWED"), "{text}");
 }
+
+/// Issue 12's near miss: a denied side names the rule that came closest and the one
+/// condition it lacks, in the text and in the JSON.
+#[test]
+fn issue_12_explain_names_the_closest_rule_and_what_it_lacks() {
+    let ex = repo().join("examples/aws-walkthrough");
+    let args = [
+        "explain",
+        "--from",
+        "default/client-two",
+        "--to",
+        "pod/default/demo-app",
+        "--port",
+        "80",
+        "-f",
+    ];
+    let out = run(palisade().args(args).arg(&ex));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains(
+            "closest: NetworkPolicy default/demo-app-allow-another-ns ingress rule 0: would allow if \
+             namespace default had label kubernetes.io/metadata.name=another-ns \
+             (it has kubernetes.io/metadata.name=default)"
+        ),
+        "{text}"
+    );
+    let out = run(palisade().args(args).arg(&ex).args(["-o", "json"]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let nm = &v["decision"]["ingress"]["near_miss"];
+    assert_eq!(
+        nm["closest"]["policy"], "default/demo-app-allow-another-ns",
+        "{nm}"
+    );
+    let failure = &nm["closest"]["peers"][0]["failure"];
+    assert_eq!(failure["kind"], "namespace_label", "{nm}");
+    assert_eq!(failure["key"], "kubernetes.io/metadata.name", "{nm}");
+    assert_eq!(failure["actual"], "default", "{nm}");
+    // Every rule of the isolating policies is listed, not only the closest.
+    assert!(nm["rules"].as_array().is_some_and(|r| r.len() >= 2), "{nm}");
+    // The allowed egress side carries none.
+    assert!(v["decision"]["egress"].get("near_miss").is_none(), "{v}");
+}

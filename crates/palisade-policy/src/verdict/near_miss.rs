@@ -653,7 +653,7 @@ pub fn describe_near_miss(m: &NearMiss) -> String {
 /// One line per rule, for `-o wide`: `NetworkPolicy ns/name ingress rule 0 (2 failing):
 /// peer 0: ...; peer 1: ...; ports: ...`.
 pub fn describe_rule(rule: &RuleMiss, direction: Direction) -> String {
-    let mut parts: Vec<String> = rule
+    let parts: Vec<String> = rule
         .peers
         .iter()
         .map(|p| format!("peer {}: {}", p.peer, describe_peer_failure(&p.failure)))
