@@ -6,6 +6,7 @@ use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use palisade_datapath::packet::{Packet, L4};
 use palisade_datapath::{abi, Datapath, Hook, MapSizes};
 use palisade_policy::compiled::{
     Compiled, EndpointEntry, RuleTable, TableAction, TableEntry, TableVerdict, PROTO_CLASSES,
@@ -244,4 +245,19 @@ impl Rng {
                     | 1
             })
     }
+}
+
+/// An ICMP or ICMPv6 packet (by the addresses' family) of type `ty`, code 0: `id` is
+/// the echo identifier (or the NDP flags word) and `inner` the payload or quote.
+pub fn icmp(src: &str, dst: &str, ty: u8, id: u16, inner: Vec<u8>) -> Packet {
+    Packet::new(
+        src.parse().unwrap(),
+        dst.parse().unwrap(),
+        L4::Icmp {
+            ty,
+            code: 0,
+            id,
+            inner,
+        },
+    )
 }

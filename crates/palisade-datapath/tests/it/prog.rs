@@ -22,19 +22,6 @@ fn events(t: &mut TestDp) -> Vec<DecisionEvent> {
     std::iter::from_fn(|| r.next()).collect()
 }
 
-fn icmp(src: &str, dst: &str, ty: u8, id: u16, inner: Vec<u8>) -> Packet {
-    Packet::new(
-        src.parse().unwrap(),
-        dst.parse().unwrap(),
-        L4::Icmp {
-            ty,
-            code: 0,
-            id,
-            inner,
-        },
-    )
-}
-
 #[test]
 fn allowed_new_flow_creates_state_so_replies_pass_an_ingress_deny() {
     let c = compiled(table(deny(1), &[]), table(allow(2), &[]), &[]);

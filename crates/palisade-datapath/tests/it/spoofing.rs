@@ -4,7 +4,7 @@
 //! counter. The pod owns 10.0.0.1 and fd00::1 (tests/it/common.rs).
 
 use palisade_datapath::abi::*;
-use palisade_datapath::packet::{arp_frame, Packet, L4};
+use palisade_datapath::packet::{arp_frame, Packet};
 use palisade_datapath::Hook;
 
 use crate::common::*;
@@ -13,19 +13,6 @@ use crate::common::*;
 /// before policy.
 fn open() -> TestDp {
     loaded(&compiled(table(allow(1), &[]), table(allow(2), &[]), &[]))
-}
-
-fn icmp(src: &str, dst: &str, ty: u8, id: u16, inner: Vec<u8>) -> Packet {
-    Packet::new(
-        src.parse().unwrap(),
-        dst.parse().unwrap(),
-        L4::Icmp {
-            ty,
-            code: 0,
-            id,
-            inner,
-        },
-    )
 }
 
 /// Sends a UDP datagram from `src` out of the pod; returns whether it passed.

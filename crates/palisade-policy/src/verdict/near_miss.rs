@@ -490,6 +490,26 @@ fn has(key: &str, actual: &Option<String>) -> String {
     }
 }
 
+/// "SUBJECT had label k=v (it has ...)" for `matchLabels`, "SUBJECT satisfied k In (...)"
+/// for an expression: the same clause for a pod and for its namespace.
+fn label_clause(
+    subject: &str,
+    key: &str,
+    op: LabelOperator,
+    values: &[String],
+    actual: &Option<String>,
+) -> String {
+    let verb = match op {
+        LabelOperator::MatchLabels => "had label",
+        _ => "satisfied",
+    };
+    format!(
+        "{subject} {verb} {} ({})",
+        term(key, op, values),
+        has(key, actual)
+    )
+}
+
 fn ports_word(protocol: Protocol, port: u16, end_port: u16) -> String {
     if port == end_port {
         format!("{protocol} {port}")
@@ -515,36 +535,20 @@ pub fn describe_peer_failure(f: &PeerFailure) -> String {
             operator,
             values,
             actual,
-        } => match operator {
-            LabelOperator::MatchLabels => format!(
-                "namespace {namespace} had label {} ({})",
-                term(key, *operator, values),
-                has(key, actual)
-            ),
-            _ => format!(
-                "namespace {namespace} satisfied {} ({})",
-                term(key, *operator, values),
-                has(key, actual)
-            ),
-        },
+        } => label_clause(
+            &format!("namespace {namespace}"),
+            key,
+            *operator,
+            values,
+            actual,
+        ),
         PeerFailure::PodLabel {
             pod,
             key,
             operator,
             values,
             actual,
-        } => match operator {
-            LabelOperator::MatchLabels => format!(
-                "pod {pod} had label {} ({})",
-                term(key, *operator, values),
-                has(key, actual)
-            ),
-            _ => format!(
-                "pod {pod} satisfied {} ({})",
-                term(key, *operator, values),
-                has(key, actual)
-            ),
-        },
+        } => label_clause(&format!("pod {pod}"), key, *operator, values, actual),
         PeerFailure::NoAddress => {
             "the peer had an address of the flow's family (it has none)".into()
         }
