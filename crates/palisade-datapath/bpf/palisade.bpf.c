@@ -11,7 +11,8 @@
  *     means state was lost, and a hole is worse than an outage);
  *  2. parse; non-IP passes (ARP, the model is L3/L4), VLAN tags and malformed
  *     headers drop;
- *  3. ICMPv6 NDP 133..137 passes (before anti-spoofing: DAD uses ::);
+ *  3. ICMPv6 NDP 133..137 passes (before anti-spoofing: DAD uses ::), except
+ *     a Router Advertisement or Redirect from a pod -> SPOOF;
  *  4. from_pod only: source address must be one of the endpoint's -> else SPOOF;
  *  5. later IPv4/IPv6 fragments pass iff their first fragment passed;
  *  6. ICMP errors whose inner header is a tracked flow pass as RELATED;
@@ -226,8 +227,15 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 dir)
 	if (rc != PARSE_OK)
 		return finish(&d, &f, cfg, PALISADE_REASON_MALFORMED);
 
-	if (is_ndp(&f))
+	if (is_ndp(&f)) {
+		/* A pod is never a router: a Router Advertisement (134) or Redirect
+		 * (137) from it would steer its neighbours' traffic, so it drops as
+		 * spoofing (unless the endpoint may source any address). */
+		if (dir == PALISADE_DIR_EGRESS && !(ep->flags & PALISADE_EP_F_NO_SPOOF_CHECK) &&
+		    (f.icmp_type == 134 || f.icmp_type == 137))
+			return finish(&d, &f, cfg, PALISADE_REASON_SPOOF);
 		return finish(&d, &f, cfg, PALISADE_REASON_NDP);
+	}
 
 	if (dir == PALISADE_DIR_EGRESS && !(ep->flags & PALISADE_EP_F_NO_SPOOF_CHECK) &&
 	    !endpoint_owns(ep, &f))

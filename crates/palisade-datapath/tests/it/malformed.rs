@@ -526,7 +526,11 @@ fn malformed_packets_follow_the_reference_or_drop_with_a_counted_reason() {
                     let ndp = f.proto == 58
                         && f.first_fragment.is_none()
                         && matches!(f.icmp_type, Some(133..=137));
-                    if ndp {
+                    // A pod's own Router Advertisement or Redirect is spoofing.
+                    let router = egress && matches!(f.icmp_type, Some(134 | 137));
+                    if ndp && router {
+                        reason == REASON_SPOOF
+                    } else if ndp {
                         reason == REASON_NDP
                     } else if egress && f.src != own {
                         reason == REASON_SPOOF

@@ -388,12 +388,15 @@ fn arp_passes_vlan_tags_drop_and_ndp_passes_a_deny_all() {
     vlan[13] = 0x00;
     assert!(!t.run(Hook::ToPod, &vlan));
     for ty in 133..=137u8 {
-        // DAD neighbour solicitation comes from :: (not the pod's address).
-        assert!(
+        // DAD neighbour solicitation comes from :: (not the pod's address). A pod
+        // is never a router: its Router Advertisement (134) or Redirect (137) drops.
+        let router = ty == 134 || ty == 137;
+        assert_eq!(
             t.run(
                 Hook::FromPod,
                 &icmp("::", "ff02::1:ff00:1", ty, 0, vec![]).frame()
             ),
+            !router,
             "ndp type {ty}"
         );
         assert!(
@@ -413,7 +416,9 @@ fn arp_passes_vlan_tags_drop_and_ndp_passes_a_deny_all() {
     );
     assert_eq!(t.count(DIR_INGRESS, REASON_NON_IP), 1);
     assert_eq!(t.count(DIR_INGRESS, REASON_VLAN), 1);
-    assert_eq!(t.count(DIR_EGRESS, REASON_NDP), 5);
+    assert_eq!(t.count(DIR_EGRESS, REASON_NDP), 3);
+    assert_eq!(t.count(DIR_EGRESS, REASON_SPOOF), 2);
+    assert_eq!(t.count(DIR_INGRESS, REASON_NDP), 5);
 }
 
 #[test]

@@ -106,20 +106,34 @@ fn forged_neighbor_advertisement_passes_with_or_without_override() {
 }
 
 #[test]
-fn router_advertisement_and_redirect_from_a_pod_pass_today() {
-    // Known hole (docs/semantics.md, Spoofing): types 134 and 137 are in the
-    // NDP range that passes before anti-spoofing. This test pins today's
-    // behaviour so the fix (drop from_pod) has to change it on purpose.
+fn router_advertisement_and_redirect_from_a_pod_drop_as_spoofing() {
+    // A pod is never a router: RA (134) and Redirect (137) from it would steer its
+    // neighbours' traffic. They drop before policy (which allows everything here),
+    // counted as spoofing; towards the pod (from the node's router) they pass.
     let mut t = open();
+    assert!(!t.run(
+        Hook::FromPod,
+        &icmp("fe80::1", "ff02::1", 134, 0, vec![]).frame()
+    ));
+    assert!(!t.run(
+        Hook::FromPod,
+        &icmp("fe80::1", "fd00::9", 137, 0, vec![]).frame()
+    ));
+    assert_eq!(t.count(DIR_EGRESS, REASON_SPOOF), 2);
+    assert_eq!(t.count(DIR_EGRESS, REASON_NDP), 0);
+    assert!(t.run(
+        Hook::ToPod,
+        &icmp("fe80::1", "ff02::1", 134, 0, vec![]).frame()
+    ));
+    assert_eq!(t.count(DIR_INGRESS, REASON_NDP), 1);
+    // An endpoint that may source any address (EP_F_NO_SPOOF_CHECK) may also
+    // advertise itself as a router.
+    t.set_endpoint_flags(POD, EP_F_NO_SPOOF_CHECK).unwrap();
     assert!(t.run(
         Hook::FromPod,
         &icmp("fe80::1", "ff02::1", 134, 0, vec![]).frame()
     ));
-    assert!(t.run(
-        Hook::FromPod,
-        &icmp("fe80::1", "fd00::9", 137, 0, vec![]).frame()
-    ));
-    assert_eq!(t.count(DIR_EGRESS, REASON_NDP), 2);
+    assert_eq!(t.count(DIR_EGRESS, REASON_NDP), 1);
 }
 
 #[test]
