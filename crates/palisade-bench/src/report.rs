@@ -103,14 +103,10 @@ impl Summary {
         if samples.is_empty() {
             return None;
         }
+        let median = crate::stats::median(samples)?;
         let mut v = samples.to_vec();
         v.sort_by(f64::total_cmp);
         let n = v.len();
-        let median = if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        };
         let mean = v.iter().sum::<f64>() / n as f64;
         let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
         let cv = if mean != 0.0 { var.sqrt() / mean } else { 0.0 };
