@@ -728,7 +728,7 @@ pub fn kubeconfig(name: &str) -> anyhow::Result<String> {
 pub fn describe(lab: &KubeLab) -> String {
     let api: Vec<String> = lab.topology.api_ips.iter().map(IpAddr::to_string).collect();
     format!(
-        "{} nodes ({}); API server at {} in netns {}; kubeconfig: palisade lab kubeconfig --name {}",
+        "{} nodes ({}); API server at {} in netns {}; metadata service stand-in {} in netns {}; kubeconfig: palisade lab kubeconfig --name {}",
         lab.nodes.len(),
         lab.nodes
             .iter()
@@ -737,6 +737,8 @@ pub fn describe(lab: &KubeLab) -> String {
             .join(", "),
         api.join(", "),
         lab.topology.api_netns,
+        palisade_kube_lab::topology::IMDS_V4,
+        lab.topology.imds_netns,
         lab.name
     )
 }

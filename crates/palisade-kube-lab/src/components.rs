@@ -34,29 +34,7 @@ pub(crate) fn write_pki(pki: &Path, ca: &Ca, api_ips: &[IpAddr]) -> Result<(), E
         "apiserver-etcd-client",
         &ca.client("kube-apiserver-etcd-client", None)?,
     )?;
-    let mut ips = vec![loopback, IpAddr::V4(KUBERNETES_SERVICE_IP)];
-    ips.extend(
-        api_ips
-            .iter()
-            .filter(|ip| !ips.contains(ip))
-            .copied()
-            .collect::<Vec<_>>(),
-    );
-    write_pair(
-        pki,
-        "apiserver",
-        &ca.serving(
-            "kube-apiserver",
-            &ips,
-            &[
-                "localhost",
-                "kubernetes",
-                "kubernetes.default",
-                "kubernetes.default.svc",
-                "kubernetes.default.svc.cluster.local",
-            ],
-        )?,
-    )?;
+    write_apiserver_cert(pki, ca, api_ips)?;
     let (sa_key, sa_pub) = service_account_key()?;
     write_secret(&pki.join("sa.key"), &sa_key)?;
     write(&pki.join("sa.pub"), &sa_pub)
@@ -213,4 +191,33 @@ pub(crate) fn write_secret(path: &Path, text: &str) -> Result<(), Error> {
 pub(crate) fn write_pair(dir: &Path, stem: &str, pair: &KeyAndCert) -> Result<(), Error> {
     write(&dir.join(format!("{stem}.crt")), &pair.cert_pem)?;
     write_secret(&dir.join(format!("{stem}.key")), &pair.key_pem)
+}
+
+/// Writes the API server's serving certificate, valid for `api_ips`, loopback, the
+/// `kubernetes` Service IP and its DNS names (again when the API server moves).
+pub(crate) fn write_apiserver_cert(pki: &Path, ca: &Ca, api_ips: &[IpAddr]) -> Result<(), Error> {
+    let mut ips = vec![
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V4(KUBERNETES_SERVICE_IP),
+    ];
+    for ip in api_ips {
+        if !ips.contains(ip) {
+            ips.push(*ip);
+        }
+    }
+    write_pair(
+        pki,
+        "apiserver",
+        &ca.serving(
+            "kube-apiserver",
+            &ips,
+            &[
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ],
+        )?,
+    )
 }

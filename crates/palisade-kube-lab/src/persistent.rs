@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::components::{
     apiserver_args, controller_manager_args, etcd_args, kubeconfig_json, scheduler_args, write,
-    write_pki, write_secret, ApiAddress,
+    write_apiserver_cert, write_pki, write_secret, ApiAddress,
 };
 use crate::detached::spawn_detached;
 use crate::pki::Ca;
@@ -277,6 +277,28 @@ impl PersistentControlPlane {
         self.apiserver = self.spawn_apiserver()?;
         self.save()?;
         self.wait_ready()
+    }
+
+    /// Restarts the API server advertising `address`, so the endpoint reconciler moves
+    /// the `kubernetes` Service's endpoint there, as when a managed control plane
+    /// replaces its instances (seeds/002: a policy must follow that). From then on it
+    /// listens on every address of its namespace (`--bind-address=0.0.0.0`; the
+    /// namespace is the lab's own), so components configured with [`Self::address`]
+    /// keep reaching it, and its certificate also names `address`.
+    ///
+    /// `address` need not be on the namespace's interface yet: a caller that adds it
+    /// only once the API names it makes sure no packet reaches the new endpoint
+    /// before the cluster says it is one.
+    pub fn readvertise_apiserver(&mut self, address: IpAddr) -> Result<(), Error> {
+        write_apiserver_cert(&self.dir.join("pki"), &self.ca()?, &[self.address, address])?;
+        for arg in &mut self.api_args {
+            if arg.starts_with("--advertise-address=") {
+                *arg = format!("--advertise-address={address}");
+            } else if arg.starts_with("--bind-address=") {
+                *arg = "--bind-address=0.0.0.0".to_string();
+            }
+        }
+        self.restart_apiserver()
     }
 
     /// Stops the controllers, the API server, then etcd (each by PID, SIGTERM then

@@ -7,7 +7,16 @@
 //!                 |
 //!   <lab>-nI   eth0 10.240.I.2/24  fd00:240:0:I::2/64 (agent, kube-proxy, pods' veths)
 //!              pods: 10.244.I.0/24, fd00:244:0:I::/64
+//!
+//!   <lab>-imds eth0 169.254.169.254/30  fd00:ec2::254/64  (router side .253, ::1)
 //! ```
+//!
+//! `<lab>-imds` stands in for the instance metadata service that every EKS pod can
+//! reach by default at 169.254.169.254 (and `fd00:ec2::254` on IPv6 clusters): pods
+//! reach it through their node and the router, as they reach it through the node's
+//! primary interface on EC2, so a policy that must block it (seeds/002) is tested
+//! against a real address. Nothing listens there until a test or a user starts a
+//! server in that namespace.
 //!
 //! Routed, not bridged: each node owns its pod CIDRs and the router sends them to it,
 //! as a VPC route table does; pods keep their addresses across nodes (no NAT).
@@ -26,6 +35,11 @@ pub const MAX_NODES: usize = 250;
 pub const CLUSTER_CIDR_V4: &str = "10.244.0.0/16";
 /// The IPv6 counterpart of [`CLUSTER_CIDR_V4`].
 pub const CLUSTER_CIDR_V6: &str = "fd00:244::/48";
+
+/// The instance metadata service's IPv4 address on EC2 (link-local).
+pub const IMDS_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+/// Its IPv6 address on Nitro instances.
+pub const IMDS_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
 
 /// Sysctls of the router and node namespaces (never of the root one), with why.
 const FORWARDING: &[(&str, &str)] = &[
@@ -62,6 +76,10 @@ pub struct Topology {
     pub api_netns: String,
     /// The API server's addresses, IPv4 first.
     pub api_ips: Vec<IpAddr>,
+    /// The metadata service stand-in's namespace (holds [`IMDS_V4`] and [`IMDS_V6`]);
+    /// empty in the state of a lab made before it existed.
+    #[serde(default)]
+    pub imds_netns: String,
     /// The nodes.
     pub nodes: Vec<NodeNet>,
 }
@@ -81,6 +99,7 @@ impl Topology {
             router: format!("{lab}-net"),
             api_netns: format!("{lab}-api"),
             api_ips: vec![v4(0, 2), v6(0, 2)],
+            imds_netns: format!("{lab}-imds"),
             nodes: (1..=nodes)
                 .map(|i| NodeNet {
                     name: format!("n{i}"),
@@ -109,6 +128,8 @@ impl Topology {
         sysctls(&self.router)?;
         netns(&self.api_netns)?;
         self.link(&self.api_netns, "api", 0)?;
+        netns(&self.imds_netns)?;
+        self.imds_link()?;
         for (i, node) in self.nodes.iter().enumerate() {
             netns(&node.netns)?;
             sysctls(&node.netns)?;
@@ -174,13 +195,56 @@ impl Topology {
         )
     }
 
+    /// The veth between the router (`imds`) and the metadata stand-in (`eth0`): a /30
+    /// and a /64 of their own, the stand-in's default routes through the router. The
+    /// router reaches both addresses on-link, so no node needs a route of its own.
+    fn imds_link(&self) -> Result<(), Error> {
+        let ns = self.imds_netns.as_str();
+        ip(
+            &self.router,
+            &[
+                "link", "add", "imds", "type", "veth", "peer", "name", "eth0", "netns", ns,
+            ],
+        )?;
+        let router_v4 = Ipv4Addr::from(u32::from(IMDS_V4) - 1);
+        let router_v6 = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 1);
+        for (side, ifname, a4, a6) in [
+            (self.router.as_str(), "imds", router_v4, router_v6),
+            (ns, "eth0", IMDS_V4, IMDS_V6),
+        ] {
+            ip(side, &["addr", "add", &format!("{a4}/30"), "dev", ifname])?;
+            ip(
+                side,
+                &["addr", "add", &format!("{a6}/64"), "dev", ifname, "nodad"],
+            )?;
+            ip(side, &["link", "set", ifname, "up"])?;
+            ip(side, &["link", "set", "lo", "up"])?;
+        }
+        ip(
+            ns,
+            &["route", "add", "default", "via", &router_v4.to_string()],
+        )?;
+        ip(
+            ns,
+            &[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &router_v6.to_string(),
+            ],
+        )
+    }
+
     /// Deletes every namespace (their veths go with them). Returns what failed.
     pub fn delete(&self) -> Vec<String> {
         let names = self
             .nodes
             .iter()
             .map(|n| n.netns.as_str())
-            .chain([self.api_netns.as_str(), self.router.as_str()]);
+            .chain([self.api_netns.as_str(), self.router.as_str()])
+            .chain((!self.imds_netns.is_empty()).then_some(self.imds_netns.as_str()));
         names
             .filter_map(|n| NetNs::delete(n).err().map(|e| format!("netns {n}: {e}")))
             .collect()

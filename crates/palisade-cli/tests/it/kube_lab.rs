@@ -275,7 +275,7 @@ fn kubernetes_lab_runs_the_real_control_plane_in_its_own_netns_and_down_removes_
         .iter()
         .map(|n| PathBuf::from(n["pin_root"].as_str().unwrap()))
         .collect();
-    let netns: Vec<String> = ["api", "net", "n1", "n2"]
+    let netns: Vec<String> = ["api", "net", "imds", "n1", "n2"]
         .iter()
         .map(|s| format!("{}-{s}", lab.name))
         .collect();

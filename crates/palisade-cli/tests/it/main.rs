@@ -8,6 +8,7 @@ mod cli;
 mod diff;
 mod docs_commands;
 mod habits;
+mod kube_calico;
 mod kube_lab;
 mod kube_services;
 mod lab;
