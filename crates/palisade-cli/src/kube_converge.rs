@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use palisade_agent::api::WatchStatus;
+use palisade_agent::kube_source::WatchedKind;
 use palisade_kube_lab::persistent::PersistentControlPlane;
 use serde_json::Value;
 
@@ -40,22 +41,40 @@ const WORKLOADS: &[&str] = &[
     "Job",
 ];
 
-/// The highest `metadata.resourceVersion` per `kind` among `items` (objects as the API
-/// server returned them).
+/// The name the agents report `o`'s kind under (`WatchStatus::kind`, the Debug name of
+/// the agent's `WatchedKind`), found by group and kind: Calico's `NetworkPolicy` is
+/// `CalicoNetworkPolicy`, never networking.k8s.io's `NetworkPolicy` (taking one for
+/// the other made `lab apply` of a Calico policy wait for a kind with no such object).
+/// A kind the agent does not watch keeps its own name.
+fn reported_kind(o: &Value) -> Option<String> {
+    let kind = o["kind"].as_str()?;
+    let group = o["apiVersion"]
+        .as_str()
+        .and_then(|v| v.rsplit_once('/'))
+        .map_or("", |(g, _)| g);
+    let watched = WatchedKind::ALL.iter().find(|k| {
+        let r = k.api_resource();
+        r.group == group && r.kind == kind
+    });
+    Some(watched.map_or_else(|| kind.to_string(), |k| format!("{k:?}")))
+}
+
+/// The highest `metadata.resourceVersion` per reported kind ([`reported_kind`]) among
+/// `items` (objects as the API server returned them).
 pub fn max_by_kind<'a>(
     items: impl IntoIterator<Item = &'a Value>,
     out: &mut BTreeMap<String, u64>,
 ) {
     for o in items {
         let (Some(kind), Some(rv)) = (
-            o["kind"].as_str(),
+            reported_kind(o),
             o["metadata"]["resourceVersion"]
                 .as_str()
                 .and_then(|r| r.parse::<u64>().ok()),
         ) else {
             continue;
         };
-        let e = out.entry(kind.to_string()).or_insert(0);
+        let e = out.entry(kind).or_insert(0);
         *e = (*e).max(rv);
     }
 }
@@ -229,6 +248,31 @@ mod tests {
         assert_eq!(
             t,
             BTreeMap::from([("Pod".to_string(), 30), ("NetworkPolicy".to_string(), 25)])
+        );
+    }
+
+    #[test]
+    fn a_calico_network_policy_is_a_target_of_the_calico_watch_not_of_networking_k8s_io() {
+        let items = [
+            serde_json::json!({"apiVersion": "projectcalico.org/v3", "kind": "NetworkPolicy",
+                "metadata": {"resourceVersion": "351"}}),
+            serde_json::json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": {"resourceVersion": "20"}}),
+            serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"resourceVersion": "30"}}),
+            serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"resourceVersion": "40"}}),
+        ];
+        let mut t = BTreeMap::new();
+        max_by_kind(&items, &mut t);
+        assert_eq!(
+            t,
+            BTreeMap::from([
+                ("CalicoNetworkPolicy".to_string(), 351),
+                ("NetworkPolicy".to_string(), 20),
+                ("Pod".to_string(), 30),
+                ("Deployment".to_string(), 40),
+            ])
         );
     }
 

@@ -290,7 +290,14 @@ impl PersistentControlPlane {
     /// only once the API names it makes sure no packet reaches the new endpoint
     /// before the cluster says it is one.
     pub fn readvertise_apiserver(&mut self, address: IpAddr) -> Result<(), Error> {
-        write_apiserver_cert(&self.dir.join("pki"), &self.ca()?, &[self.address, address])?;
+        let pki = self.dir.join("pki");
+        // Secrets are written create-new (never over a file someone else made), so the
+        // old pair goes first; the running server has read it already.
+        for f in ["apiserver.crt", "apiserver.key"] {
+            let p = pki.join(f);
+            std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+        }
+        write_apiserver_cert(&pki, &self.ca()?, &[self.address, address])?;
         for arg in &mut self.api_args {
             if arg.starts_with("--advertise-address=") {
                 *arg = format!("--advertise-address={address}");

@@ -4,8 +4,10 @@
 //! it selects from the instance metadata service (the lab's stand-in at
 //! 169.254.169.254) and from the API server, through the `kubernetes` Service's
 //! ClusterIP and at its endpoint address; everything else works, and pods it does not
-//! select reach both. Then the API server moves to another address: the Service's
-//! endpoint follows, and so does the block, with probes running all along.
+//! select reach both. Then the API server restarts at another address: through the
+//! Service nothing ever passes; the new endpoint address is denied once the agents'
+//! watches are back after the restart, and the test prints how long that took (the
+//! window docs/semantics.md §9 rule 9 reports).
 //!
 //! A probe is one TCP connect from inside the pod's namespace. A connection, or a
 //! reset, means the SYN got through; a timeout or an ICMP unreachable means it did
@@ -384,10 +386,30 @@ fn issue_11_seed_002_calico_policy_blocks_metadata_and_the_api_server_by_service
         0,
         "a probe reached the API server through its Service"
     );
-    assert_eq!(
+    // Direct connections to the new address: the agents learn of the new endpoint
+    // over their watches, which the API server's restart broke; until a watch is back
+    // (kube-runtime's backoff) the address is not yet denied. Measured, not hidden:
+    // the window is the time from the endpoint's move to the first denied probe, and
+    // once denied it stays denied.
+    let blocked = eventually(
+        Duration::from_secs(120),
+        "feature -> the new endpoint denied",
+        || (probe(&feature.netns, new_endpoint) == Reach::Unreached).then(Instant::now),
+    );
+    for _ in 0..10 {
+        expect(
+            "feature",
+            &feature,
+            new_endpoint,
+            Reach::Unreached,
+            "once denied",
+        );
+    }
+    eprintln!(
+        "the new endpoint was open to the selected pod for {:.1} s after the API named it ({} of {} probes passed)",
+        (blocked - opened).as_secs_f64(),
         passed(&at_new),
-        0,
-        "a probe reached the API server's new endpoint"
+        at_new.len()
     );
     eprintln!(
         "seed-002 lab test: {:.1} s",
