@@ -217,13 +217,14 @@ pub fn run(a: DiffArgs) -> anyhow::Result<i32> {
         if !listed.forbidden.is_empty() {
             eprintln!(
                 "error: no answer: the current state is INCOMPLETE: the credentials may not list {}\n\nhint: grant get/list on every kind Palisade reads (deploy/rbac/palisade-reader.yaml)",
-                listed.forbidden.join("; ")
+                crate::live::joined(&listed.forbidden)
             );
             return Ok(crate::EXIT_INVALID);
         }
         live_notes.push(format!(
-            "note: live: the current state is the {} object(s) read from the cluster",
-            listed.documents.len()
+            "note: live: the current state is the {} object(s) read from the cluster at {}",
+            listed.documents.len(),
+            inputs::cluster_words(&listed.cluster)
         ));
         live_notes.extend(listed.notes);
         listed.documents

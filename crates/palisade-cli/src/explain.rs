@@ -40,9 +40,11 @@ pub fn one_pod(cluster: &Cluster, sim: &Simulation, name: &str, notes: &mut Vec<
     }
 }
 
-/// Evaluates one flow.
+/// Evaluates one flow; a pod that is not in `cluster` is invalid input saying it was
+/// looked for in `place` ([`crate::inputs::InputSource::place`]).
 pub fn explain(
     cluster: &Cluster,
+    place: &str,
     from: &str,
     to: &str,
     protocol: u8,
@@ -53,13 +55,21 @@ pub fn explain(
     for p in [&src, &dst] {
         if let Peer::Pod(key) = p {
             if !cluster.pods.contains_key(key) {
-                return Err(crate::inputs::InvalidInput(format!("pod {key} not found in the manifests\n\nhint: name a pod as NAMESPACE/NAME (or NAME with -n NAMESPACE), a workload or (for --to) a Service the same way, or give an IP address")).into());
+                return Err(crate::inputs::pod_not_found(cluster, key, place, "name a pod as NAMESPACE/NAME (or NAME with -n NAMESPACE), a workload or (for --to) a Service the same way, or give an IP address"));
             }
         }
     }
     let flow = Flow::new(src, dst, protocol, port);
     let d = evaluate(cluster, &flow);
     Ok((flow, d))
+}
+
+/// The `flow` object of a JSON answer: the flow with its protocol by name (`TCP`,
+/// `ICMPv6`, `protocol 47`), as every other protocol in Palisade's JSON.
+pub fn flow_json(flow: &Flow) -> serde_json::Value {
+    let mut v = serde_json::to_value(flow).expect("a flow is JSON");
+    v["protocol"] = palisade_policy::verdict::near_miss::protocol_name(flow.protocol).into();
+    v
 }
 
 fn side(out: &mut String, title: &str, s: &Option<SideDecision>, absent: &str, wide: bool) {

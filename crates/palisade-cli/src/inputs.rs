@@ -129,13 +129,12 @@ fn collect(
     Ok(())
 }
 
-/// Reads and loads manifests for an offline answer: workloads count as the pods they
+/// Loads manifests read for an offline answer: workloads count as the pods they
 /// would run and pods without an address get simulated ones (said by
 /// [`simulation_note`]). Input that holds no object at all is an [`InvalidInput`]
 /// error: there is nothing to answer from.
-pub fn load_manifests(paths: &[PathBuf], recursive: bool) -> anyhow::Result<(Loaded, Simulation)> {
-    let inputs = read(paths, true, recursive)?;
-    let mut loaded = manifest::load(&inputs);
+fn load_manifests(inputs: &[(String, String)]) -> anyhow::Result<(Loaded, Simulation)> {
+    let mut loaded = manifest::load(inputs);
     let simulation = loaded.simulate_pods();
     if loaded.documents == 0 {
         let names: Vec<&str> = inputs.iter().map(|(n, _)| n.as_str()).collect();
@@ -152,15 +151,77 @@ pub fn load_manifests(paths: &[PathBuf], recursive: bool) -> anyhow::Result<(Loa
     Ok((loaded, simulation))
 }
 
-/// What `--live` added to an answer: lines to show before it, and the kinds that
-/// could not be read (the answer is then incomplete). Empty for files alone.
+/// Where an answer came from: the files read, and with `--live` the cluster. Every
+/// JSON answer carries it as `source` ([`InputSource::json`], docs/output.md).
 #[derive(Debug, Default)]
-pub struct LiveInput {
+pub struct InputSource {
+    /// The files read, as named in errors (`<stdin>` for `-`), in reading order.
+    pub files: Vec<String>,
+    /// What `--live` read; `None` for files alone.
+    pub cluster: Option<ClusterRead>,
     /// Notes (objects read from the cluster, what the files replaced or added, CRDs not
-    /// installed), shown before the answer.
+    /// installed), shown before the answer. Empty for files alone.
     pub notes: Vec<String>,
     /// Kinds the credentials may not list (see [`completeness_with`]).
-    pub forbidden: Vec<String>,
+    pub forbidden: Vec<crate::live::Forbidden>,
+}
+
+/// The cluster side of an [`InputSource`].
+#[derive(Debug, Default)]
+pub struct ClusterRead {
+    /// Server and context.
+    pub name: crate::live::ClusterName,
+    /// Objects read per resource.
+    pub objects: std::collections::BTreeMap<String, usize>,
+    /// Resources the cluster does not serve.
+    pub not_served: Vec<String>,
+    /// Live objects a file's object replaced.
+    pub replaced: usize,
+    /// File objects with no live counterpart.
+    pub added: usize,
+}
+
+impl InputSource {
+    /// A source of files alone.
+    pub fn files(inputs: &[(String, String)]) -> Self {
+        InputSource {
+            files: inputs.iter().map(|(n, _)| n.clone()).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// The `source` object: `{complete, files, cluster, missingKinds}`. `complete` is
+    /// false when the answer leaves something out that the input holds (a kind that
+    /// could not be listed, or an object rejected under `--ignore-invalid`), so a
+    /// program can refuse such an answer without parsing notes.
+    pub fn json(&self, loaded: &Loaded) -> Value {
+        self.json_with(!loaded.errors.is_empty())
+    }
+
+    /// [`InputSource::json`] where `rejected` says whether objects were left out.
+    pub fn json_with(&self, rejected: bool) -> Value {
+        json!({
+            "complete": self.forbidden.is_empty() && !rejected,
+            "files": self.files,
+            "cluster": self.cluster.as_ref().map(|c| json!({
+                "server": c.name.server,
+                "context": c.name.context,
+                "objects": c.objects,
+                "notServed": c.not_served,
+                "overlay": {"replaced": c.replaced, "added": c.added},
+            })),
+            "missingKinds": self.forbidden.iter().map(|f| f.json()).collect::<Vec<_>>(),
+        })
+    }
+
+    /// Where a `--from`/`--to` pod was looked for, for "not found in ...".
+    pub fn place(&self) -> &'static str {
+        match self.cluster {
+            Some(_) if self.files.is_empty() => "the cluster",
+            Some(_) => "the cluster (with the files overlaid)",
+            None => "the manifests",
+        }
+    }
 }
 
 /// [`load_manifests`], or with `--live` the cluster's objects with the `-f` files
@@ -171,10 +232,11 @@ pub fn load_input(
     paths: &[PathBuf],
     recursive: bool,
     live: &crate::live::LiveArgs,
-) -> anyhow::Result<(Loaded, Simulation, LiveInput)> {
+) -> anyhow::Result<(Loaded, Simulation, InputSource)> {
     if !live.enabled() {
-        let (loaded, sim) = load_manifests(paths, recursive)?;
-        return Ok((loaded, sim, LiveInput::default()));
+        let inputs = read(paths, true, recursive)?;
+        let (loaded, sim) = load_manifests(&inputs)?;
+        return Ok((loaded, sim, InputSource::files(&inputs)));
     }
     let listed = crate::live::list(live)?;
     let files = read(paths, true, recursive)?;
@@ -184,7 +246,7 @@ pub fn load_input(
 }
 
 /// Loads the live documents with `files` overlaid, counting what the files did.
-pub fn overlay(listed: crate::live::Listed, files: &[(String, String)]) -> (Loaded, LiveInput) {
+pub fn overlay(listed: crate::live::Listed, files: &[(String, String)]) -> (Loaded, InputSource) {
     let live_objects = manifest::load(&listed.documents).sources;
     let mut loaded = manifest::load(&[listed.documents.as_slice(), files].concat());
     loaded.warnings.retain(|w| {
@@ -206,17 +268,69 @@ pub fn overlay(listed: crate::live::Listed, files: &[(String, String)]) -> (Load
     notes.insert(
         0,
         format!(
-            "note: live: {} object(s) read from the cluster; the files replaced {replaced} and added {added}",
-            listed.documents.len()
+            "note: live: {} object(s) read from the cluster at {}; the files replaced {replaced} and added {added}",
+            listed.documents.len(),
+            cluster_words(&listed.cluster)
         ),
     );
     (
         loaded,
-        LiveInput {
+        InputSource {
+            files: files.iter().map(|(n, _)| n.clone()).collect(),
+            cluster: Some(ClusterRead {
+                name: listed.cluster,
+                objects: listed.objects,
+                not_served: listed.not_served,
+                replaced,
+                added,
+            }),
             notes,
             forbidden: listed.forbidden,
         },
     )
+}
+
+/// A `--from`/`--to` pod the input does not hold: invalid input naming where it was
+/// looked for (`place`: [`InputSource::place`]) and its namespace, with that
+/// namespace's pods when they are few enough to read, then `hint`.
+pub fn pod_not_found(
+    cluster: &palisade_policy::model::Cluster,
+    key: &str,
+    place: &str,
+    hint: &str,
+) -> anyhow::Error {
+    /// More pod names than this are counted, not listed.
+    const LISTED: usize = 5;
+    let why = match key.split_once('/') {
+        Some((ns, _)) => {
+            let here: Vec<&str> = cluster
+                .pods
+                .keys()
+                .filter_map(|k| k.strip_prefix(ns)?.strip_prefix('/'))
+                .collect();
+            match here.len() {
+                0 if cluster.namespaces.contains_key(ns) => {
+                    format!(": namespace {ns} has no pod")
+                }
+                0 => format!(": there is no namespace {ns}"),
+                n if n <= LISTED => format!(": namespace {ns} has {}", here.join(", ")),
+                n => format!(": namespace {ns} has {n} other pods"),
+            }
+        }
+        None => String::new(),
+    };
+    InvalidInput(format!(
+        "pod {key} not found in {place}{why}\n\nhint: {hint}"
+    ))
+    .into()
+}
+
+/// `SERVER (context NAME)`, or `SERVER (in-cluster service account)`.
+pub fn cluster_words(c: &crate::live::ClusterName) -> String {
+    match &c.context {
+        Some(ctx) => format!("{} (context {ctx})", c.server),
+        None => format!("{} (in-cluster service account)", c.server),
+    }
 }
 
 /// The line that says which pods have simulated addresses, if any did not have one.
@@ -330,14 +444,14 @@ pub fn completeness(loaded: &Loaded, ignore_invalid: bool) -> Result<Option<Stri
 /// names them) unless `ignore_invalid`, when the note opening the answer says so.
 pub fn completeness_with(
     loaded: &Loaded,
-    forbidden: &[String],
+    forbidden: &[crate::live::Forbidden],
     ignore_invalid: bool,
 ) -> Result<Option<String>, String> {
     let objects = completeness(loaded, ignore_invalid);
     if forbidden.is_empty() {
         return objects;
     }
-    let kinds = forbidden.join("; ");
+    let kinds = crate::live::joined(forbidden);
     if !ignore_invalid {
         let mut message = format!(
             "error: no answer: the input is INCOMPLETE: the credentials may not list {kinds}"

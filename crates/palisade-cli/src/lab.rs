@@ -530,7 +530,7 @@ fn simulate_lab(
         cluster.pods.retain(|k, _| lab.state().pod(k).is_some());
         cluster
     };
-    simulate::simulate(&cluster, protocol, port, Some(fam), None, None)
+    simulate::simulate(&cluster, "the lab", protocol, port, Some(fam), None, None)
 }
 
 fn disagreements(measured: &Matrix, simulated: &Matrix) -> String {

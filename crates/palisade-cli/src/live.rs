@@ -12,6 +12,7 @@
 //! would turn a denied flow into "allowed", so the answer is withheld (see
 //! [`crate::inputs::completeness_with`]).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -60,12 +61,73 @@ pub struct Sources {
 /// What listing the cluster found.
 #[derive(Debug, Default)]
 pub struct Listed {
+    /// Which API server, as whom: said in every answer's `source` (docs/output.md).
+    pub cluster: ClusterName,
     /// `(display name, JSON text)`, one per object.
     pub documents: Vec<(String, String)>,
-    /// Kinds the credentials may not list, as `Kind (group/version, resource)`.
-    pub forbidden: Vec<String>,
+    /// Objects read per resource (`pods`, `networkpolicies.crd.projectcalico.org`: the
+    /// `PLURAL` of the document names), every kind that was listed, 0 included.
+    pub objects: BTreeMap<String, usize>,
+    /// Resources the cluster does not serve (CRDs not installed): they hold nothing.
+    pub not_served: Vec<String>,
+    /// Kinds the credentials may not list: their objects are unknown.
+    pub forbidden: Vec<Forbidden>,
     /// Kinds worth mentioning that the cluster does not serve.
     pub notes: Vec<String>,
+}
+
+/// The API server read and the kubeconfig context that named it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterName {
+    /// The server's URL, as the client config resolved it.
+    pub server: String,
+    /// The kubeconfig context used; `None` for the in-cluster service account.
+    pub context: Option<String>,
+}
+
+/// A kind the credentials may not list (403).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forbidden {
+    /// `NetworkPolicy`.
+    pub kind: String,
+    /// `networking.k8s.io/v1`.
+    pub api_version: String,
+    /// `networkpolicies`.
+    pub resource: String,
+    /// The API server's message.
+    pub message: String,
+}
+
+impl std::fmt::Display for Forbidden {
+    /// `Kind (group/version, resource R): message`, the words of the INCOMPLETE line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({}, resource {}): {}",
+            self.kind, self.api_version, self.resource, self.message
+        )
+    }
+}
+
+impl Forbidden {
+    /// The `missingKinds` element of a JSON answer.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kind": self.kind,
+            "apiVersion": self.api_version,
+            "resource": self.resource,
+            "message": self.message,
+        })
+    }
+}
+
+/// Every kind in `forbidden`, joined for one line.
+pub fn joined(forbidden: &[Forbidden]) -> String {
+    forbidden
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// How a list of one kind ended.
@@ -81,15 +143,63 @@ pub fn list(args: &LiveArgs) -> anyhow::Result<Listed> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let client =
-            palisade_agent::run::kube_client(args.kubeconfig.as_deref(), args.context.as_deref())
-                .await?;
+        let (config, context) = client_config(args).await?;
+        let url = &config.cluster_url;
+        let mut server = url.to_string();
+        // As the kubeconfig says it: `https://host:port`, not the URI's `.../`.
+        if url.path() == "/" && url.query().is_none() {
+            server = server.trim_end_matches('/').to_string();
+        }
+        let cluster = ClusterName { server, context };
+        let client = kube::Client::try_from(config).context("building the Kubernetes client")?;
         let mut outcomes = Vec::new();
         for kind in WatchedKind::ALL {
             outcomes.push((kind, list_kind(&client, kind).await?));
         }
-        Ok(assemble(outcomes))
+        let mut listed = assemble(outcomes);
+        listed.cluster = cluster;
+        Ok(listed)
     })
+}
+
+/// The client config, found as `palisade_agent::run::kube_client` finds it (so as
+/// kubectl: `--kubeconfig`, else `KUBECONFIG` or `~/.kube/config`, else the in-cluster
+/// service account), with the name of the context it used, which a `kube::Client` no
+/// longer tells.
+async fn client_config(args: &LiveArgs) -> anyhow::Result<(kube::Config, Option<String>)> {
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    let options = KubeConfigOptions {
+        context: args.context.clone(),
+        ..Default::default()
+    };
+    if let Some(path) = &args.kubeconfig {
+        let kc = Kubeconfig::read_from(path)
+            .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
+        let context = args.context.clone().or_else(|| kc.current_context.clone());
+        let config = kube::Config::from_custom_kubeconfig(kc, &options)
+            .await
+            .with_context(|| format!("using the kubeconfig {}", path.display()))?;
+        return Ok((config, context));
+    }
+    if args.context.is_some() {
+        let config = kube::Config::from_kubeconfig(&options)
+            .await
+            .context("using the default kubeconfig")?;
+        return Ok((config, args.context.clone()));
+    }
+    // Config::infer's order: the kubeconfig, else the in-cluster service account.
+    match kube::Config::from_kubeconfig(&options).await {
+        Ok(config) => {
+            let context = Kubeconfig::read().ok().and_then(|kc| kc.current_context);
+            Ok((config, context))
+        }
+        Err(_) => Ok((
+            kube::Config::infer().await.context(
+                "finding the API server (in-cluster service account, KUBECONFIG or ~/.kube/config)",
+            )?,
+            None,
+        )),
+    }
 }
 
 /// Every object of `kind`, page by page.
@@ -134,15 +244,20 @@ async fn list_kind(client: &kube::Client, kind: WatchedKind) -> anyhow::Result<O
     }
 }
 
-/// The display name of a live object: `live:PLURAL/NAMESPACE/NAME` (`PLURAL.GROUP`
-/// for Calico's kinds, whose plurals are also the Kubernetes ones).
-fn display_name(kind: WatchedKind, v: &serde_json::Value) -> String {
+/// The resource of `kind` as the document names and `objects` say it: `PLURAL`, or
+/// `PLURAL.GROUP` for Calico's kinds, whose plurals are also the Kubernetes ones.
+fn resource(kind: WatchedKind) -> String {
     let ar = kind.api_resource();
-    let resource = if kind.calico_pair().is_some() {
+    if kind.calico_pair().is_some() {
         format!("{}.{}", ar.plural, ar.group)
     } else {
         ar.plural.clone()
-    };
+    }
+}
+
+/// The display name of a live object: `live:PLURAL/NAMESPACE/NAME` ([`resource`]).
+fn display_name(kind: WatchedKind, v: &serde_json::Value) -> String {
+    let resource = resource(kind);
     let meta = &v["metadata"];
     let name = meta["name"].as_str().unwrap_or("<unnamed>");
     match meta["namespace"].as_str() {
@@ -173,15 +288,19 @@ fn assemble(outcomes: Vec<(WatchedKind, Outcome)>) -> Listed {
         }
         match outcome {
             Outcome::NotServed => {
+                listed.not_served.push(resource(*kind));
                 if kind.calico_pair().is_none() {
                     missing_npapi.push(ar.kind.clone());
                 }
             }
-            Outcome::Forbidden(message) => listed.forbidden.push(format!(
-                "{} ({}, resource {}): {message}",
-                ar.kind, ar.api_version, ar.plural
-            )),
+            Outcome::Forbidden(message) => listed.forbidden.push(Forbidden {
+                kind: ar.kind.clone(),
+                api_version: ar.api_version.clone(),
+                resource: ar.plural.clone(),
+                message: message.clone(),
+            }),
             Outcome::Objects(objects) => {
+                listed.objects.insert(resource(*kind), objects.len());
                 for v in objects {
                     let text = serde_json::to_string_pretty(v).unwrap_or_default();
                     listed.documents.push((display_name(*kind, v), text));
@@ -233,7 +352,15 @@ mod tests {
         );
         assert_eq!(l.forbidden.len(), 1);
         assert!(l.forbidden[0]
+            .to_string()
             .starts_with("NetworkPolicy (networking.k8s.io/v1, resource networkpolicies)"));
+        assert_eq!(l.forbidden[0].json()["resource"], "networkpolicies");
+        // The v3 view that was not read is not counted; the one read is, with its group.
+        assert_eq!(
+            l.objects.into_iter().collect::<Vec<_>>(),
+            [("networkpolicies.crd.projectcalico.org".to_string(), 1)]
+        );
+        assert_eq!(l.not_served, ["adminnetworkpolicies"]);
         assert_eq!(
             l.notes,
             ["note: the cluster has no AdminNetworkPolicy CRD (policy.networking.k8s.io): none read"]

@@ -132,7 +132,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 Err(message) => {
                     eprintln!("{message}");
                     if matches!(output, Format::Json | Format::Yaml) {
-                        let v = serde_json::json!({"errors": inputs::errors_json(&loaded)});
+                        let v = serde_json::json!({
+                            "errors": inputs::errors_json(&loaded),
+                            "source": live.json(&loaded),
+                        });
                         select::print_document(&v, output)?;
                     }
                     return Ok(EXIT_INVALID);
@@ -147,11 +150,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             let scoped = select::scoped_pods(&loaded.cluster, ns, filter.as_ref());
             let named =
                 |n: String| explain::pods_named(&loaded.cluster, &sim, &select::qualify(&n, ns));
+            let place = live.place();
             let to_given = to.is_some();
             let from = from.map(named).or_else(|| scoped.clone());
             let to = to.map(named).or(scoped);
             let m = simulate::simulate(
                 &loaded.cluster,
+                place,
                 protocol,
                 port.port,
                 family,
@@ -175,6 +180,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 Format::Json | Format::Yaml => {
                     let mut v = serde_json::to_value(&m)?;
                     v["errors"] = inputs::errors_json(&loaded);
+                    v["source"] = live.json(&loaded);
                     inputs::add_simulation_json(&mut v, &sim);
                     if let Some(r) = &svc_results {
                         v["services"] = serde_json::to_value(r)?;
@@ -232,7 +238,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 Err(message) => {
                     eprintln!("{message}");
                     if structured {
-                        let v = serde_json::json!({"errors": inputs::errors_json(&loaded)});
+                        let v = serde_json::json!({
+                            "errors": inputs::errors_json(&loaded),
+                            "source": live.json(&loaded),
+                        });
                         select::print_document(&v, output)?;
                     }
                     return Ok(EXIT_INVALID);
@@ -263,6 +272,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 port: port.port,
                 output,
                 exit_code,
+                source: &live,
             };
             let errors = inputs::errors_json(&loaded);
             let (to, svc_note) =
@@ -273,11 +283,12 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     service_explain::Explained::Direct { to, note } => (to, note),
                 };
             let to = explain::one_pod(&loaded.cluster, &sim, &to, &mut picked);
-            let (flow, d) = explain::explain(&loaded.cluster, &from, &to, proto, port.port)
-                .context("explaining")?;
+            let (flow, d) =
+                explain::explain(&loaded.cluster, live.place(), &from, &to, proto, port.port)
+                    .context("explaining")?;
             let notes: Vec<String> = note
                 .into_iter()
-                .chain(live.notes)
+                .chain(live.notes.iter().cloned())
                 .chain(picked)
                 .chain(inputs::simulation_note(&sim))
                 .chain(svc_note)
@@ -287,8 +298,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     eprintln!("{n}");
                 }
                 let mut v = serde_json::json!({
-                    "flow": flow,
+                    "flow": explain::flow_json(&flow),
                     "decision": d,
+                    "source": live.json(&loaded),
                     "errors": inputs::errors_json(&loaded),
                 });
                 inputs::add_simulation_json(&mut v, &sim);
@@ -676,9 +688,18 @@ fn run_view(
     let mut matrices = Vec::new();
     let mut docs = Vec::new();
     for &port in &ports {
-        let m = simulate::simulate(&loaded.cluster, protocol, port, None, None, None)?;
+        let m = simulate::simulate(
+            &loaded.cluster,
+            live.place(),
+            protocol,
+            port,
+            None,
+            None,
+            None,
+        )?;
         let mut v = serde_json::to_value(&m)?;
         v["errors"] = inputs::errors_json(&loaded);
+        v["source"] = live.json(&loaded);
         inputs::add_simulation_json(&mut v, &sim);
         // The same document as `simulate -o json`: Services as destinations too.
         if !loaded.cluster.services.is_empty() {

@@ -48,6 +48,8 @@ pub struct Request<'a> {
     pub output: Format,
     /// `--exit-code`.
     pub exit_code: bool,
+    /// Where the input came from: its `source` object and where pods are looked for.
+    pub source: &'a crate::inputs::InputSource,
 }
 
 /// Answers `explain` when `--to` is a Service or one of its frontends; prints the
@@ -63,7 +65,13 @@ pub fn explain(
         |k: &str| cluster.pods.contains_key(k) || sim.workloads.iter().any(|w| w.name == k);
     let (judged, table) = service_flow::with_stand_ins(cluster);
     let src: Peer = req.from.parse().expect("infallible");
-    let answer = match service_flow::target(cluster, is_pod_or_workload, req.to, req.namespace)? {
+    let answer = match service_flow::target(
+        cluster,
+        req.source.place(),
+        is_pod_or_workload,
+        req.to,
+        req.namespace,
+    )? {
         Target::Service(key) => {
             let Some(protocol) = Protocol::from_number(req.protocol) else {
                 return Err(crate::inputs::InvalidInput(format!(
@@ -72,7 +80,7 @@ pub fn explain(
                 ))
                 .into());
             };
-            check_source(cluster, &src)?;
+            check_source(cluster, req.source.place(), &src)?;
             service_flow::judge_service(&judged, &table, &src, &key, req.port, protocol, None)?
         }
         Target::Direct(to) => {
@@ -85,7 +93,7 @@ pub fn explain(
             }
             match service_flow::frontend_at(&table, addr, req.port, req.protocol) {
                 Some(f) => {
-                    check_source(cluster, &src)?;
+                    check_source(cluster, req.source.place(), &src)?;
                     service_flow::judge_frontend(&judged, &table, &src, f)
                         .expect("a frontend of the table")
                 }
@@ -110,7 +118,7 @@ pub fn explain(
         for n in notes {
             eprintln!("{n}");
         }
-        let mut flow_json = serde_json::to_value(&flow)?;
+        let mut flow_json = crate::explain::flow_json(&flow);
         if answer.frontend.is_none() {
             flow_json["dst"] = json!({ "Service": answer.service });
         }
@@ -118,6 +126,7 @@ pub fn explain(
             "flow": flow_json,
             "service": service_json(cluster, &answer),
             "decision": answer.deciding().filter(|b| b.chosen).map(|b| &b.decision),
+            "source": req.source.json_with(errors.as_array().is_some_and(|e| !e.is_empty())),
             "errors": errors,
         });
         crate::inputs::add_simulation_json(&mut v, sim);
@@ -137,13 +146,15 @@ pub fn explain(
     Ok(Explained::Done(code))
 }
 
-/// A `--from` pod must exist (an address need not).
-fn check_source(cluster: &Cluster, src: &Peer) -> anyhow::Result<()> {
+/// A `--from` pod must exist (an address need not); `place` is where it was looked for.
+fn check_source(cluster: &Cluster, place: &str, src: &Peer) -> anyhow::Result<()> {
     match src {
-        Peer::Pod(key) if !cluster.pods.contains_key(key) => Err(crate::inputs::InvalidInput(
-            format!("pod {key} not found in the manifests\n\nhint: name a pod as NAMESPACE/NAME (or NAME with -n NAMESPACE), a workload the same way, or give an IP address"),
-        )
-        .into()),
+        Peer::Pod(key) if !cluster.pods.contains_key(key) => Err(crate::inputs::pod_not_found(
+            cluster,
+            key,
+            place,
+            "name a pod as NAMESPACE/NAME (or NAME with -n NAMESPACE), a workload the same way, or give an IP address",
+        )),
         _ => Ok(()),
     }
 }

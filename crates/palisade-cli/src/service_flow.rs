@@ -27,9 +27,10 @@ pub enum Target {
 /// is a Service; `pod/NS/NAME` a pod or workload; a plain `NS/NAME` is whichever
 /// exists, and an error (invalid input) when both a pod or workload and a Service do.
 /// Addresses are [`Target::Direct`]: [`frontend_at`] tells whether they are a
-/// Service's.
+/// Service's. `place` is where a Service is looked for (`the manifests`, `the cluster`).
 pub fn target(
     cluster: &Cluster,
+    place: &str,
     is_pod_or_workload: impl Fn(&str) -> bool,
     to: &str,
     namespace: Option<&str>,
@@ -43,7 +44,7 @@ pub fn target(
             let key = qualify(rest);
             if !cluster.services.contains_key(&key) {
                 return Err(crate::inputs::InvalidInput(format!(
-                    "Service {key} not found in the manifests"
+                    "Service {key} not found in {place}"
                 ))
                 .into());
             }

@@ -67,9 +67,11 @@ pub fn reason(d: &Decision) -> String {
         .join("; ")
 }
 
-/// Evaluates every ordered pair of distinct pods.
+/// Evaluates every ordered pair of distinct pods; a `from`/`to` pod not in `cluster`
+/// is invalid input saying it was looked for in `place`.
 pub fn simulate(
     cluster: &Cluster,
+    place: &str,
     protocol: Protocol,
     port: u16,
     family: Option<IpFamily>,
@@ -78,10 +80,12 @@ pub fn simulate(
 ) -> anyhow::Result<Matrix> {
     for p in [from, to].into_iter().flatten().flatten() {
         if !cluster.pods.contains_key(p) {
-            return Err(crate::inputs::InvalidInput(format!(
-                "pod {p} not found in the manifests\n\nhint: name a pod or workload as NAMESPACE/NAME, or NAME with -n NAMESPACE"
-            ))
-            .into());
+            return Err(crate::inputs::pod_not_found(
+                cluster,
+                p,
+                place,
+                "name a pod or workload as NAMESPACE/NAME, or NAME with -n NAMESPACE",
+            ));
         }
     }
     let (froms, tos) = matrix_pods(cluster, from, to);

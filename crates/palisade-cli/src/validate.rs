@@ -12,7 +12,7 @@ use crate::EXIT_INVALID;
 pub fn report(
     loaded: &Loaded,
     sim: &Simulation,
-    live: &crate::inputs::LiveInput,
+    live: &crate::inputs::InputSource,
     strict: bool,
     format: Format,
 ) -> anyhow::Result<i32> {
@@ -49,6 +49,7 @@ pub fn report(
                 "field": w.field,
                 "message": w.message,
             })).collect::<Vec<_>>(),
+            "source": live.json(loaded),
             "loaded": {
                 "networkPolicies": c.network_policies.len(),
                 "clusterPolicies": c.cluster_policies.len(),

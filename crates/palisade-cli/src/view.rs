@@ -116,7 +116,8 @@ pub fn explain_text(
     protocol: Protocol,
     port: u16,
 ) -> anyhow::Result<String> {
-    let (flow, d) = crate::explain::explain(cluster, from, to, protocol.number(), port)?;
+    let (flow, d) =
+        crate::explain::explain(cluster, "the input", from, to, protocol.number(), port)?;
     Ok(crate::explain::render(&flow, protocol.as_str(), &d))
 }
 

@@ -19,8 +19,23 @@ fn simulate_json_has_exactly_the_documented_shape() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
     // `services`: the walkthrough has Services (demo-app, kube-dns); issue 11.
-    assert_eq!(keys, ["errors", "port", "protocol", "results", "services"]);
+    // `source`: where the answer came from (issue 12; the files, no cluster).
+    assert_eq!(
+        keys,
+        ["errors", "port", "protocol", "results", "services", "source"]
+    );
     assert_eq!(v["errors"], serde_json::json!([]), "a complete answer");
+    let dir = repo().join("examples/aws-walkthrough");
+    let files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        v["source"],
+        serde_json::json!({"complete": true, "files": files, "cluster": null, "missingKinds": []})
+    );
     assert_eq!(v["port"], 80);
     assert_eq!(v["protocol"], "TCP");
     let r = &v["results"][0];
@@ -246,6 +261,10 @@ fn issue_8_simulate_json_carries_the_errors_and_answers_only_when_asked() {
     assert_eq!(v["errors"].as_array().map(Vec::len), Some(1), "{v}");
     assert_eq!(verdict(&v, "default/app", "default/db"), "allow");
     assert!(text(&out.stderr).contains("note: this answer excludes"));
+    assert_eq!(
+        v["source"]["complete"], false,
+        "an answer that leaves an object out is not complete: {v}"
+    );
 
     let out = run(palisade()
         .args(["simulate", "--ignore-invalid", "-f"])
@@ -430,4 +449,115 @@ fn issue_12_explain_names_the_closest_rule_and_what_it_lacks() {
     assert!(nm["rules"].as_array().is_some_and(|r| r.len() >= 2), "{nm}");
     // The allowed egress side carries none.
     assert!(v["decision"]["egress"].get("near_miss").is_none(), "{v}");
+}
+
+/// Issue 12: explain's JSON names its protocol (`TCP`, `ICMP`, `protocol 47`) as
+/// `simulate`'s does, and says where the answer came from.
+#[test]
+fn issue_12_explain_json_names_the_protocol_and_its_source() {
+    let ex = repo().join("examples/deny-metadata");
+    for (protocol, name) in [
+        ("TCP", "TCP"),
+        ("udp", "UDP"),
+        ("ICMP", "ICMP"),
+        ("47", "protocol 47"),
+    ] {
+        let out = run(palisade()
+            .args([
+                "explain",
+                "--from",
+                "shop/web",
+                "--to",
+                "169.254.169.254",
+                "--port",
+                "80",
+                "--protocol",
+                protocol,
+                "-o",
+                "json",
+                "-f",
+            ])
+            .arg(&ex));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["flow"]["protocol"], name, "{v}");
+        assert_eq!(v["flow"]["src"], serde_json::json!({"Pod": "shop/web"}));
+        assert_eq!(v["source"]["complete"], true, "{v}");
+        assert!(v["source"]["cluster"].is_null(), "{v}");
+        assert_eq!(
+            v["source"]["files"].as_array().map(Vec::len),
+            Some(2),
+            "{v}"
+        );
+        assert_protocols_named(&v);
+    }
+    // A Calico policy's decision, and one to a Service (per backend), hold no protocol
+    // number either.
+    for (dir, from, to, port) in [
+        (
+            "examples/calico-imds-api",
+            "default/manager",
+            "10.96.0.1",
+            "443",
+        ),
+        (
+            "examples/aws-walkthrough",
+            "default/client-one",
+            "svc/default/demo-app",
+            "80",
+        ),
+    ] {
+        let out = run(palisade()
+            .args([
+                "explain", "--from", from, "--to", to, "--port", port, "-o", "json", "-f",
+            ])
+            .arg(repo().join(dir)));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["flow"]["protocol"], "TCP", "{dir}: {v}");
+        assert_eq!(v["source"]["complete"], true, "{dir}: {v}");
+        assert_protocols_named(&v);
+    }
+}
+
+/// Every `protocol` key anywhere in `v` holds a name, never a number.
+fn assert_protocols_named(v: &serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                if k == "protocol" {
+                    assert!(x.is_string(), "protocol {x} in {v}");
+                }
+                assert_protocols_named(x);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(assert_protocols_named),
+        _ => {}
+    }
+}
+
+/// Issue 12: a `--from`/`--to` pod that is not in the files names where it was looked
+/// for and what its namespace holds.
+#[test]
+fn issue_12_a_missing_pod_names_the_manifests_and_its_namespace() {
+    let ex = repo().join("examples/aws-walkthrough");
+    for (from, why) in [
+        ("default/nope", "pod default/nope not found in the manifests: namespace default has client-one, client-two, demo-app"),
+        ("elsewhere/x", "pod elsewhere/x not found in the manifests: there is no namespace elsewhere"),
+    ] {
+        let out = palisade()
+            .args(["explain", "--from", from, "--to", "10.0.0.1", "--port", "80", "-f"])
+            .arg(&ex)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3));
+        let err = text(&out.stderr);
+        assert!(err.contains(why), "{err}");
+        let out = palisade()
+            .args(["simulate", "--from", from, "-f"])
+            .arg(&ex)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3));
+        let err = text(&out.stderr);
+        assert!(err.contains(why), "{err}");
+    }
 }

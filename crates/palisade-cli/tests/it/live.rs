@@ -7,6 +7,7 @@ use std::process::Output;
 
 use palisade_kube_lab::{Binaries, ControlPlane, Kubeconfig};
 use palisade_testkit::{decide, Context, Decision};
+use serde_json::{json, Value};
 
 use crate::support::palisade;
 
@@ -113,6 +114,179 @@ fn text(o: &Output) -> (String, String) {
     )
 }
 
+/// The JSON document on standard output, after checking the exit code.
+fn document(o: &Output, code: i32) -> Value {
+    let (out, err) = text(o);
+    assert_eq!(o.status.code(), Some(code), "{out}\n{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"))
+}
+
+/// How many objects of `resource` the API server holds, as kubectl counts them.
+fn count(cp: &ControlPlane, resource: &str) -> u64 {
+    cp.kubectl(cp.admin(), &["get", resource, "-A", "-o", "name"], None)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count() as u64
+}
+
+/// The JSON answers of explain, simulate and validate say which cluster they read,
+/// how many objects of each kind, and what the files did (docs/output.md, "source").
+fn json_names_the_cluster(cp: &ControlPlane, reader: &Kubeconfig, ask: &[&str], allow: &str) {
+    let v = document(
+        &live(reader, &[ask, &["-f", allow, "-o", "json"]].concat()),
+        0,
+    );
+    assert_eq!(v["decision"]["allowed"], true, "{v}");
+    assert_eq!(v["flow"]["protocol"], "TCP", "a name, as simulate's: {v}");
+    let source = &v["source"];
+    assert_eq!(source["complete"], true, "{source}");
+    assert_eq!(source["files"], json!([allow]), "{source}");
+    assert_eq!(source["missingKinds"], json!([]), "{source}");
+    let cluster = &source["cluster"];
+    assert_eq!(cluster["server"], cp.server(), "{cluster}");
+    assert_eq!(
+        cluster["context"], "default",
+        "the kubeconfig's current context"
+    );
+    assert_eq!(cluster["overlay"], json!({"replaced": 0, "added": 1}));
+    let objects = &cluster["objects"];
+    assert_eq!(objects["pods"], 2, "{objects}");
+    assert_eq!(objects["networkpolicies"], 1, "{objects}");
+    for resource in ["namespaces", "services", "endpointslices.discovery.k8s.io"] {
+        let key = resource.split('.').next().unwrap();
+        assert_eq!(objects[key], count(cp, resource), "{key}: {objects}");
+    }
+    let not_served = cluster["notServed"].as_array().unwrap();
+    for r in [
+        "adminnetworkpolicies",
+        "networkpolicies.crd.projectcalico.org",
+    ] {
+        assert!(not_served.contains(&Value::from(r)), "{r}: {cluster}");
+    }
+    assert!(
+        objects.get("adminnetworkpolicies").is_none(),
+        "a kind not served is not counted: {objects}"
+    );
+
+    let v = document(
+        &live(reader, &["simulate", "--port", "443", "-o", "json"]),
+        0,
+    );
+    assert_eq!(v["source"]["cluster"]["server"], cp.server());
+    assert_eq!(v["source"]["files"], json!([]));
+    assert_eq!(
+        v["source"]["cluster"]["overlay"],
+        json!({"replaced": 0, "added": 0})
+    );
+    let v = document(&live(reader, &["validate", "-o", "json"]), 0);
+    assert_eq!(v["source"]["cluster"]["objects"]["pods"], 2, "{v}");
+    assert_eq!(v["source"]["complete"], true, "{v}");
+}
+
+/// A `--from`/`--to` that names no pod says it was looked for in the cluster, and
+/// what the namespace holds.
+fn missing_pods_are_not_in_the_cluster(reader: &Kubeconfig, allow: &str) {
+    for (args, said) in [
+        (
+            vec![
+                "explain", "--from", "x/nope", "--to", "y/b", "--port", "443",
+            ],
+            "pod x/nope not found in the cluster: namespace x has a",
+        ),
+        (
+            vec![
+                "explain", "--from", "x/a", "--to", "y/gone", "--port", "443",
+            ],
+            "pod y/gone not found in the cluster: namespace y has b",
+        ),
+        (
+            vec!["explain", "--from", "z/a", "--to", "y/b", "-f", allow],
+            "pod z/a not found in the cluster (with the files overlaid): there is no namespace z",
+        ),
+        (
+            vec![
+                "explain",
+                "--from",
+                "x/a",
+                "--to",
+                "svc/y/nope",
+                "--port",
+                "443",
+            ],
+            "Service y/nope not found in the cluster",
+        ),
+        (
+            vec!["simulate", "--from", "x/nope"],
+            "pod x/nope not found in the cluster: namespace x has a",
+        ),
+    ] {
+        let o = live(reader, &args);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(3), "{args:?}: {out}\n{err}");
+        assert!(err.contains(said), "{args:?}: {err}");
+        assert!(!err.contains("manifests"), "{args:?}: {err}");
+    }
+}
+
+/// `view --live`: the page is built from the cluster: its embedded data holds the
+/// live pods and policy, is `simulate --live -o json`, and its explain text names the
+/// live policy.
+fn view_shows_the_cluster(cp: &ControlPlane, reader: &Kubeconfig) {
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("live.html");
+    let page_arg = page.display().to_string();
+    let o = live(
+        reader,
+        &["view", "--live", "--port", "443", "-o", &page_arg],
+    );
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
+    assert!(out.contains("2 pods, 2 pairs on TCP/443"), "{out}");
+    assert!(
+        err.contains("note: live: ") && err.contains(cp.server()),
+        "the page says what it read: {err}"
+    );
+    let data = crate::view::page_data(&std::fs::read_to_string(&page).unwrap());
+    assert_eq!(data["inputs"], json!(["live cluster"]));
+    let simulated = document(
+        &live(reader, &["simulate", "--port", "443", "-o", "json"]),
+        0,
+    );
+    assert_eq!(
+        data["matrices"][0], simulated,
+        "the page's data is simulate's"
+    );
+    assert_eq!(
+        data["matrices"][0]["source"]["cluster"]["server"],
+        cp.server()
+    );
+    let pods: Vec<&str> = data["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(pods, ["x/a", "y/b"]);
+    assert_eq!(
+        data["pods"][1]["policies"],
+        json!(["NetworkPolicy y/deny-all"]),
+        "the live policy selects y/b"
+    );
+    let results = data["matrices"][0]["results"].as_array().unwrap();
+    let i = results
+        .iter()
+        .position(|r| r["from"] == "x/a" && r["to"] == "y/b")
+        .expect("x/a -> y/b in the matrix");
+    assert_eq!(results[i]["verdict"], "deny");
+    let explained = data["explain"][0][i].as_str().unwrap();
+    assert!(
+        explained.contains("x/a -> y/b TCP/443: DENIED")
+            && explained.contains("isolated for ingress by policies y/deny-all"),
+        "{explained}"
+    );
+}
+
 #[test]
 fn live_answers_come_from_the_api_server_with_files_overlaid_and_need_every_kind() {
     let Some(cp) = start() else { return };
@@ -158,6 +332,16 @@ fn live_answers_come_from_the_api_server_with_files_overlaid_and_need_every_kind
         out.contains("no ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy CRD"),
         "{out}"
     );
+    assert!(
+        out.contains(&format!(
+            "read from the cluster at {} (context default)",
+            cp.server()
+        )),
+        "the cluster is named: {out}"
+    );
+    json_names_the_cluster(&cp, &reader, &ask, &allow);
+    missing_pods_are_not_in_the_cluster(&reader, &allow);
+    view_shows_the_cluster(&cp, &reader);
 
     let o = live(&reader, &[&ask[..], &["-f", &allow]].concat());
     let (out, err) = text(&o);
@@ -215,6 +399,15 @@ fn live_answers_come_from_the_api_server_with_files_overlaid_and_need_every_kind
         first.contains("INCOMPLETE") && first.contains("NetworkPolicy (networking.k8s.io/v1"),
         "{err}"
     );
+    let v = document(&live(&blind, &[&ask[..], &["-o", "json"]].concat()), 3);
+    assert!(v.get("decision").is_none(), "no answer: {v}");
+    assert_eq!(v["errors"], json!([]), "{v}");
+    assert_eq!(v["source"]["complete"], false, "{v}");
+    let missing = &v["source"]["missingKinds"];
+    assert_eq!(missing.as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(missing[0]["kind"], "NetworkPolicy");
+    assert_eq!(missing[0]["apiVersion"], "networking.k8s.io/v1");
+    assert_eq!(missing[0]["resource"], "networkpolicies");
     let o = live(&blind, &["diff", "--live", "-f", &deny_x]);
     assert_eq!(o.status.code(), Some(3), "{:?}", text(&o));
     let o = live(&blind, &["validate"]);
@@ -230,4 +423,42 @@ fn live_answers_come_from_the_api_server_with_files_overlaid_and_need_every_kind
         "{out}"
     );
     assert!(out.contains("ALLOWED"), "without the policy: {out}");
+    // The JSON answer says so without its notes: complete false, the kind missing.
+    let v = document(
+        &live(
+            &blind,
+            &[&ask[..], &["--ignore-invalid", "-o", "json"]].concat(),
+        ),
+        0,
+    );
+    assert_eq!(v["decision"]["allowed"], true, "{v}");
+    assert_eq!(v["source"]["complete"], false, "{v}");
+    assert_eq!(
+        v["source"]["missingKinds"][0]["kind"], "NetworkPolicy",
+        "{v}"
+    );
+    let objects = &v["source"]["cluster"]["objects"];
+    assert!(objects.get("networkpolicies").is_none(), "{objects}");
+    assert_eq!(objects["pods"], 2, "{objects}");
+    let v = document(
+        &live(
+            &blind,
+            &[
+                "simulate",
+                "--port",
+                "443",
+                "--ignore-invalid",
+                "-o",
+                "json",
+            ],
+        ),
+        0,
+    );
+    assert_eq!(v["source"]["complete"], false, "{v}");
+    let v = document(&live(&blind, &["validate", "-o", "json"]), 3);
+    assert_eq!(v["source"]["complete"], false, "{v}");
+    assert_eq!(
+        v["source"]["missingKinds"][0]["resource"],
+        "networkpolicies"
+    );
 }

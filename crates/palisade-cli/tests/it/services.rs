@@ -573,7 +573,10 @@ fn issue_11_simulate_shows_services_as_destinations_with_per_backend_summaries()
 
     let v = json(&["simulate", "-f", SERVICES, "--port", "80", "-o", "json"]);
     let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["errors", "port", "protocol", "results", "services"]);
+    assert_eq!(
+        keys,
+        ["errors", "port", "protocol", "results", "services", "source"]
+    );
     let cell = v["services"]
         .as_array()
         .unwrap()

@@ -16,7 +16,7 @@ use crate::support::{palisade, repo, run};
 const AWS: &str = "examples/aws-walkthrough";
 
 /// The data document embedded in a page.
-fn page_data(html: &str) -> Value {
+pub fn page_data(html: &str) -> Value {
     let start = html
         .find("<script id=\"palisade-data\" type=\"application/json\">")
         .expect("the page embeds its data")
