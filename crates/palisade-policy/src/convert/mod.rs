@@ -427,6 +427,21 @@ fn np_to_calico(cluster: &Cluster, np: &NetworkPolicy) -> Result<Value, Refuse> 
             ),
         ));
     }
+    // Pod selectors become `projectcalico.org/orchestrator == 'k8s' && ...`, which only
+    // pods match, unless a NetworkSet carries that label too.
+    if let Some(set) = cluster
+        .network_sets
+        .values()
+        .find(|s| s.labels.get(CALICO_ORCHESTRATOR_LABEL).map(String::as_str) == Some("k8s"))
+    {
+        return Err(refuse(
+            "spec",
+            format!(
+                "{} is labelled {CALICO_ORCHESTRATOR_LABEL}: k8s, so a Calico pod selector would match its addresses too",
+                set.key()
+            ),
+        ));
+    }
     let dirs = directions(np.ingress.is_some(), np.egress.is_some());
     let old = knp_key(&np.namespace, &np.name);
     let new = sort_key(
@@ -448,7 +463,8 @@ fn np_to_calico(cluster: &Cluster, np: &NetworkPolicy) -> Result<Value, Refuse> 
         ));
     }
     let mut spec = Map::new();
-    spec.insert("order".into(), json!(K8S_NETWORK_POLICY_ORDER));
+    // Written as the integer Calico shows (`order: 1000`).
+    spec.insert("order".into(), json!(K8S_NETWORK_POLICY_ORDER as u32));
     spec.insert(
         "selector".into(),
         json!(label_selector_to_calico(

@@ -340,7 +340,7 @@ spec:
         "NetworkPolicy.projectcalico.org shop/web"
     );
     let spec = &doc["spec"];
-    assert_eq!(spec["order"], 1000.0);
+    assert_eq!(spec["order"], 1000);
     assert_eq!(
         spec["selector"],
         "projectcalico.org/orchestrator == 'k8s' && app == 'web'"
