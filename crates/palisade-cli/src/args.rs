@@ -208,7 +208,7 @@ pub enum Command {
     /// v3, Calico back into NetworkPolicy; what cannot be converted is refused per object
     /// on stderr (offline; exit 5 when something was refused).
     #[command(
-        after_help = "Examples:\n  palisade convert --to calico -f examples/aws-walkthrough\n  palisade convert --to networkpolicy -f calico-policies/"
+        after_help = "Examples:\n  palisade convert --to calico -f examples/aws-walkthrough\n  palisade convert --to calico -f examples/dual-stack -o json"
     )]
     Convert(crate::convert::ConvertArgs),
     /// A shell completion script: `source <(palisade completion bash)`.
