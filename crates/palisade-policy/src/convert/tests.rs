@@ -629,3 +629,16 @@ fn convert_refuses_a_name_the_input_already_uses() {
         "{reason}"
     );
 }
+
+#[test]
+fn convert_to_calico_refuses_calico_keys_and_a_network_set_carrying_the_pod_label() {
+    let np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: shop}\nspec:\n  podSelector: {}\n  ingress:\n  - from: [{podSelector: {matchLabels: {projectcalico.org/namespace: shop}}}]\n";
+    let (field, reason) = refusal(np, Target::Calico);
+    assert_eq!(field, "spec.ingress[0].from[0].podSelector");
+    assert!(reason.contains("projectcalico.org/namespace"), "{reason}");
+    let np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: shop}\nspec:\n  podSelector: {}\n  ingress: [{from: [{podSelector: {}}]}]\n";
+    let set = "apiVersion: projectcalico.org/v3\nkind: NetworkSet\nmetadata: {name: fake, namespace: shop, labels: {projectcalico.org/orchestrator: k8s}}\nspec: {nets: [192.168.1.0/24]}\n";
+    let (field, reason) = refusal_with(&[np, set], Target::Calico, " shop/web");
+    assert_eq!(field, "spec");
+    assert!(reason.contains("NetworkSet/shop/fake"), "{reason}");
+}
