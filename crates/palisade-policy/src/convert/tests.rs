@@ -293,6 +293,20 @@ fn convert_generated_clusters_keeps_every_verdict() {
         // A round trip through Calico comes back to NetworkPolicies meaning the same.
         let calico = replaced(&c, &a, Target::Calico);
         keeps_verdicts(&calico, Target::NetworkPolicy);
+        // Most random Calico NetworkPolicies have a Deny: make theirs Allow (the
+        // GlobalNetworkPolicies keep their Deny and Pass rules, which decide where a
+        // policy may move) so that selectors, nets and orders are exercised too.
+        let mut allow = c.clone();
+        for p in allow.calico_policies.values_mut() {
+            if p.namespace.is_some() {
+                for r in p.ingress.iter_mut().chain(p.egress.iter_mut()).flatten() {
+                    r.action = crate::model::CalicoAction::Allow;
+                }
+            }
+        }
+        let d = keeps_verdicts(&allow, Target::NetworkPolicy);
+        to_np += d.converted.len();
+        refused_np += d.refused.len();
     }
     // Not vacuous: both directions convert some objects and refuse others.
     eprintln!("{cases} clusters: {to_calico} NetworkPolicies to Calico, {to_np} Calico policies to NetworkPolicies, {refused_np} refused");
