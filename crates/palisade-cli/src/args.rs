@@ -34,7 +34,8 @@ pub const EXIT_CODES: &str = "Exit codes (every command):
 explain --exit-code: 0 allowed, 1 denied, 2 usage, 3 invalid input, 4 could not run,
   5 partly allowed (a Service some of whose backends allow the flow, others not)
 diff: 0 no change, 1 denies a flow allowed today, 2 usage, 3 invalid input, 4 could
-  not run, 5 only allows more";
+  not run, 5 only allows more
+convert: 0 every object converted, 3 invalid input, 5 some objects were refused";
 
 /// Output formats for matrices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -203,6 +204,13 @@ pub enum Command {
         after_help = "Examples:\n  palisade diff -f examples/aws-walkthrough -f examples/aws-walkthrough/05-allow-egress-to-demo-app.yaml\n  palisade diff --current examples/aws-walkthrough --delete NetworkPolicy/default/demo-app-deny-all --port 80"
     )]
     Diff(crate::diff::DiffArgs),
+    /// Policies into another API where they keep their meaning: NetworkPolicy into Calico
+    /// v3, Calico back into NetworkPolicy; what cannot be converted is refused per object
+    /// on stderr (offline; exit 5 when something was refused).
+    #[command(
+        after_help = "Examples:\n  palisade convert --to calico -f examples/aws-walkthrough\n  palisade convert --to calico -f examples/dual-stack -o json"
+    )]
+    Convert(crate::convert::ConvertArgs),
     /// A shell completion script: `source <(palisade completion bash)`.
     Completion {
         /// bash, zsh, fish (also elvish, powershell).

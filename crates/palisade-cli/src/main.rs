@@ -6,6 +6,7 @@ mod bench_enforcement;
 mod bench_kube;
 mod bench_kube_load;
 mod bench_kube_scaleup;
+mod convert;
 mod diff;
 mod ebpf;
 mod explain;
@@ -336,6 +337,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(validate::report(&loaded, &sim, &live, strict, output)?)
         }
         Command::Diff(a) => diff::run(a),
+        Command::Convert(a) => convert::run(a),
         Command::Completion { shell } => {
             let mut cmd = with_exit_codes(Cli::command());
             let mut script = Vec::new();

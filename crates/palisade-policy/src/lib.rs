@@ -27,6 +27,7 @@
 pub mod calico_selector;
 pub mod compile;
 pub mod compiled;
+pub mod convert;
 pub mod manifest;
 pub mod model;
 pub mod selector;

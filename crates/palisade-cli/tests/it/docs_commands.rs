@@ -26,8 +26,9 @@ use std::process::Command;
 use crate::support::repo;
 
 /// Subcommands that need nothing but files, so every printed use of them is run.
-const OFFLINE: [&str; 6] = [
+const OFFLINE: [&str; 7] = [
     "simulate",
+    "convert",
     "explain",
     "validate",
     "diff",

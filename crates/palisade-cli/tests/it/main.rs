@@ -5,6 +5,7 @@
 mod api_replies;
 mod bounds;
 mod cli;
+mod convert;
 mod diff;
 mod docs_commands;
 mod habits;

@@ -28,7 +28,7 @@ mod tables;
 #[cfg(test)]
 mod calico_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 #[cfg(test)]
 mod transition_tests;
 

@@ -964,7 +964,7 @@ fn arb_pod(i: usize) -> impl Strategy<Value = Pod> {
         })
 }
 
-pub(super) fn arb_cluster() -> impl Strategy<Value = Cluster> {
+pub(crate) fn arb_cluster() -> impl Strategy<Value = Cluster> {
     let nss = proptest::collection::vec((any::<bool>(), arb_labels()), 3);
     let pods = (0..6usize).map(arb_pod).collect::<Vec<_>>();
     let nodes = proptest::collection::vec((any::<bool>(), prop::sample::select(&VALUES[..])), 2);
