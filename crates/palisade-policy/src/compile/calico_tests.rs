@@ -358,6 +358,61 @@ mod unit {
         l.cluster
     }
 
+    /// Pods `x/w` (account `web`), `x/o` (`default`), both `app: a`, and `x/db`.
+    const SA_PODS: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: w, namespace: x, labels: {app: a}}\nspec: {serviceAccountName: web, containers: [{name: c}]}\nstatus: {podIP: 10.0.0.5}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: o, namespace: x, labels: {app: a}}\nspec: {containers: [{name: c}]}\nstatus: {podIP: 10.0.0.6}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: db, namespace: x, labels: {app: db}}\nspec: {containers: [{name: c}]}\nstatus: {podIP: 10.0.0.7}\n";
+
+    fn verdict(c: &crate::compiled::Compiled, from: &str) -> crate::compiled::TableAction {
+        let ep = &c.endpoints["x/db"];
+        c.lookup(
+            ep.ingress,
+            c.lookup_identity(from.parse().unwrap()),
+            6,
+            5432,
+        )
+        .action
+    }
+
+    #[test]
+    fn service_accounts_split_identities_only_while_a_calico_policy_exists() {
+        use crate::compiled::TableAction;
+        let plain = compile(&cluster(SA_PODS));
+        let id = |c: &crate::compiled::Compiled, ip: &str| c.lookup_identity(ip.parse().unwrap());
+        assert_eq!(
+            id(&plain, "10.0.0.5"),
+            id(&plain, "10.0.0.6"),
+            "without Calico policies the account does not split identities"
+        );
+        let policy = "---\napiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: db, namespace: x}\nspec: {selector: app == 'db', ingress: [{action: Allow, protocol: TCP, source: {serviceAccounts: {names: [web]}}, destination: {ports: [5432]}}]}\n";
+        let c = cluster(&format!("{SA_PODS}{policy}"));
+        let compiled = compile(&c);
+        assert_eq!(compare_with_oracle(&c, &compiled), Ok(()));
+        assert_ne!(id(&compiled, "10.0.0.5"), id(&compiled, "10.0.0.6"));
+        assert_eq!(verdict(&compiled, "10.0.0.5"), TableAction::Allow);
+        assert_eq!(verdict(&compiled, "10.0.0.6"), TableAction::Deny);
+    }
+
+    #[test]
+    fn a_service_account_label_change_moves_the_compiled_verdict() {
+        use crate::compile::{Change, Compiler};
+        use crate::compiled::TableAction;
+        use crate::model::ServiceAccount;
+        let policy = "---\napiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: db, namespace: x}\nspec: {selector: app == 'db', ingress: [{action: Allow, protocol: TCP, source: {serviceAccounts: {selector: team == 'pay'}}, destination: {ports: [5432]}}]}\n";
+        let mut comp = Compiler::new(cluster(&format!("{SA_PODS}{policy}")));
+        assert_eq!(verdict(comp.compiled(), "10.0.0.5"), TableAction::Deny);
+        let sa = ServiceAccount {
+            namespace: "x".into(),
+            name: "web".into(),
+            labels: [("team".to_string(), "pay".to_string())].into(),
+        };
+        let delta = comp.apply(Change::UpsertServiceAccount(sa));
+        assert!(!delta.ops.is_empty());
+        assert_eq!(verdict(comp.compiled(), "10.0.0.5"), TableAction::Allow);
+        assert_eq!(verdict(comp.compiled(), "10.0.0.6"), TableAction::Deny);
+        assert_eq!(compare_with_oracle(comp.cluster(), comp.compiled()), Ok(()));
+        comp.apply(Change::RemoveServiceAccount("x/web".into()));
+        assert_eq!(verdict(comp.compiled(), "10.0.0.5"), TableAction::Deny);
+    }
+
     #[test]
     fn seed_002_compiles_to_the_evaluators_verdicts() {
         let c = cluster(&format!(
