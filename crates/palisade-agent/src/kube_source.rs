@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
@@ -53,6 +53,9 @@ pub enum WatchedKind {
     Service,
     /// discovery.k8s.io/v1 EndpointSlice.
     EndpointSlice,
+    /// core/v1 ServiceAccount: its labels, for Calico service account selectors
+    /// (nothing else of it is read; it holds no secret, only references to them).
+    ServiceAccount,
     /// networking.k8s.io/v1 NetworkPolicy.
     NetworkPolicy,
     /// policy.networking.k8s.io/v1alpha2 ClusterNetworkPolicy.
@@ -84,12 +87,13 @@ pub enum WatchedKind {
 
 impl WatchedKind {
     /// Every kind, in merge order.
-    pub const ALL: [WatchedKind; 17] = [
+    pub const ALL: [WatchedKind; 18] = [
         WatchedKind::Namespace,
         WatchedKind::Node,
         WatchedKind::Pod,
         WatchedKind::Service,
         WatchedKind::EndpointSlice,
+        WatchedKind::ServiceAccount,
         WatchedKind::NetworkPolicy,
         WatchedKind::ClusterNetworkPolicy,
         WatchedKind::AdminNetworkPolicy,
@@ -201,6 +205,7 @@ impl WatchedKind {
                 WatchedKind::EndpointSlice => {
                     ("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices")
                 }
+                WatchedKind::ServiceAccount => ("", "v1", "ServiceAccount", "serviceaccounts"),
                 WatchedKind::NetworkPolicy => (
                     "networking.k8s.io",
                     "v1",
@@ -254,6 +259,10 @@ impl WatchedKind {
             WatchedKind::EndpointSlice => {
                 cluster.endpoint_slices.remove(key);
                 changed.endpoint_slices.insert(key.to_string());
+            }
+            WatchedKind::ServiceAccount => {
+                cluster.service_accounts.remove(key);
+                changed.service_accounts.insert(key.to_string());
             }
             WatchedKind::CalicoNetworkPolicy
             | WatchedKind::CalicoGlobalNetworkPolicy
@@ -340,6 +349,7 @@ impl From<Cluster> for Decoded {
             && c.cluster_policies.is_empty()
             && c.calico_policies.is_empty()
             && c.network_sets.is_empty()
+            && c.service_accounts.is_empty()
             && c.pods.iter().all(|(k, p)| *k == p.key());
         if lone_pod {
             let pod = c.pods.into_values().next().expect("one pod");
@@ -597,6 +607,7 @@ fn spawn_watches(client: &Client, shared: &Shared) -> Vec<tokio::task::JoinHandl
     tasks.push(ctx(WatchedKind::Pod).spawn(Api::<Pod>::all(client.clone())));
     tasks.push(ctx(WatchedKind::Service).spawn(Api::<Service>::all(client.clone())));
     tasks.push(ctx(WatchedKind::EndpointSlice).spawn(Api::<EndpointSlice>::all(client.clone())));
+    tasks.push(ctx(WatchedKind::ServiceAccount).spawn(Api::<ServiceAccount>::all(client.clone())));
     tasks.push(ctx(WatchedKind::NetworkPolicy).spawn(Api::<NetworkPolicy>::all(client.clone())));
     for kind in WatchedKind::ALL {
         if let Some((group, version, k, plural)) = kind.crd() {
@@ -803,6 +814,13 @@ impl Source for KubeSource {
 pub fn trimmed(kind: WatchedKind, mut v: serde_json::Value) -> serde_json::Value {
     if let Some(meta) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
         meta.remove("managedFields");
+    }
+    // A ServiceAccount matters by its labels only: its secret and image pull secret
+    // references are dropped as it arrives, never kept or decoded.
+    if kind == WatchedKind::ServiceAccount {
+        if let Some(obj) = v.as_object_mut() {
+            obj.retain(|k, _| matches!(k.as_str(), "apiVersion" | "kind" | "metadata"));
+        }
     }
     let keep_status: &[&str] = match kind {
         WatchedKind::Pod => &["podIP", "podIPs", "hostIP", "hostIPs"],
@@ -1137,6 +1155,47 @@ mod tests {
             w.on_event::<Pod>(Event::Init, &mut relist);
             w.on_event::<Pod>(Event::InitDone, &mut relist);
         }
+    }
+
+    #[test]
+    fn service_accounts_and_a_pods_service_account_reach_the_cluster_and_secrets_do_not() {
+        let (store, dirty) = (Arc::default(), Arc::new(AtomicBool::new(false)));
+        let mut src = source(&store, &dirty);
+        list_all_empty(
+            &store,
+            &dirty,
+            &[WatchedKind::Pod, WatchedKind::ServiceAccount],
+        );
+        let mut relist = None;
+        let w = watch(WatchedKind::Pod, &store, &dirty);
+        let mut p = pod("web", "10.0.0.9");
+        p.spec.as_mut().unwrap().service_account_name = Some("web-sa".into());
+        w.on_event::<Pod>(Event::Init, &mut relist);
+        w.on_event(Event::InitApply(p), &mut relist);
+        w.on_event::<Pod>(Event::InitDone, &mut relist);
+        let sa: ServiceAccount = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": "web-sa", "namespace": "default", "labels": {"team": "a"}},
+            "secrets": [{"name": "web-sa-token"}],
+            "imagePullSecrets": [{"name": "registry"}]
+        }))
+        .unwrap();
+        let trimmed_sa = trimmed(
+            WatchedKind::ServiceAccount,
+            serde_json::to_value(&sa).unwrap(),
+        );
+        assert!(trimmed_sa.get("secrets").is_none(), "{trimmed_sa}");
+        assert!(trimmed_sa.get("imagePullSecrets").is_none(), "{trimmed_sa}");
+        let w = watch(WatchedKind::ServiceAccount, &store, &dirty);
+        w.on_event::<ServiceAccount>(Event::Init, &mut relist);
+        w.on_event(Event::InitApply(sa), &mut relist);
+        w.on_event::<ServiceAccount>(Event::InitDone, &mut relist);
+        let snap = src.load().unwrap();
+        assert_eq!(snap.cluster.pods["default/web"].service_account, "web-sa");
+        assert_eq!(
+            snap.cluster.service_accounts["default/web-sa"].labels["team"],
+            "a"
+        );
     }
 
     #[test]

@@ -109,6 +109,8 @@ pub struct Changed {
     pub calico_policies: BTreeSet<String>,
     /// Calico network sets, by `NetworkSet::key`.
     pub network_sets: BTreeSet<String>,
+    /// ServiceAccounts, `namespace/name` (Calico service account selectors).
+    pub service_accounts: BTreeSet<String>,
 }
 
 impl Changed {
@@ -127,6 +129,8 @@ impl Changed {
         self.calico_policies
             .extend(c.calico_policies.keys().cloned());
         self.network_sets.extend(c.network_sets.keys().cloned());
+        self.service_accounts
+            .extend(c.service_accounts.keys().cloned());
     }
 
     /// Whether nothing changed.
@@ -140,6 +144,7 @@ impl Changed {
             && self.endpoint_slices.is_empty()
             && self.calico_policies.is_empty()
             && self.network_sets.is_empty()
+            && self.service_accounts.is_empty()
     }
 
     /// The compiler changes that turn `old` into `new` for these keys only, in the
@@ -186,6 +191,13 @@ impl Changed {
             &new.nodes,
             &mut out,
             Change::UpsertNode,
+        );
+        upserts(
+            &self.service_accounts,
+            &old.service_accounts,
+            &new.service_accounts,
+            &mut out,
+            Change::UpsertServiceAccount,
         );
         upserts(
             &self.pods,
@@ -284,6 +296,13 @@ impl Changed {
             &new.pods,
             &mut out,
             Change::RemovePod,
+        );
+        removals(
+            &self.service_accounts,
+            &old.service_accounts,
+            &new.service_accounts,
+            &mut out,
+            Change::RemoveServiceAccount,
         );
         removals(
             &self.nodes,

@@ -74,6 +74,7 @@ pub fn cluster(entries: usize) -> Cluster {
         ips: vec![IpAddr::V4(ip)],
         host_network: false,
         node_name: Some("bench-node".to_string()),
+        service_account: "default".into(),
     };
     let server = pod(SERVER_NAMESPACE, "server", SERVER_IP);
     let client = pod(CLIENT_NAMESPACE, "client", CLIENT_IP);

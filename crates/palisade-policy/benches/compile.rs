@@ -171,6 +171,7 @@ fn base_cluster() -> Cluster {
             ips: vec![IpAddr::V4(Ipv4Addr::new(10, 255, 1, 10 + i))],
             host_network: false,
             node_name: None,
+            service_account: "default".into(),
         };
         c.pods.insert(prometheus.key(), prometheus);
         let dns = Pod {
@@ -181,6 +182,7 @@ fn base_cluster() -> Cluster {
             ips: vec![IpAddr::V4(Ipv4Addr::new(10, 255, 0, 10 + i))],
             host_network: false,
             node_name: None,
+            service_account: "default".into(),
         };
         c.pods.insert(dns.key(), dns);
     }
@@ -202,6 +204,7 @@ fn pod_a(i: usize, apps: usize) -> Pod {
         ips: ips(i + 1),
         host_network: false,
         node_name: None,
+        service_account: "default".into(),
     }
 }
 
@@ -289,6 +292,7 @@ fn pod_b(i: usize) -> Pod {
         ips: ips(i + 1),
         host_network: false,
         node_name: None,
+        service_account: "default".into(),
     }
 }
 

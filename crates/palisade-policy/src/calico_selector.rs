@@ -83,6 +83,30 @@ impl Expr {
         }
     }
 
+    /// The same expression with every label key prefixed by `prefix`: how Calico turns
+    /// a selector over another object's labels (a ServiceAccount's, under `pcsa.`) into
+    /// one over the endpoint's inherited labels.
+    pub fn prefixed(&self, prefix: &str) -> Expr {
+        let k = |key: &String| format!("{prefix}{key}");
+        match self {
+            Expr::All => Expr::All,
+            Expr::Global => Expr::Global,
+            Expr::Has(key) => Expr::Has(k(key)),
+            Expr::Eq(key, v) => Expr::Eq(k(key), v.clone()),
+            Expr::Ne(key, v) => Expr::Ne(k(key), v.clone()),
+            Expr::In(key, vs) => Expr::In(k(key), vs.clone()),
+            Expr::NotIn(key, vs) => Expr::NotIn(k(key), vs.clone()),
+            Expr::Contains(key, v) => Expr::Contains(k(key), v.clone()),
+            Expr::StartsWith(key, v) => Expr::StartsWith(k(key), v.clone()),
+            Expr::EndsWith(key, v) => Expr::EndsWith(k(key), v.clone()),
+            Expr::Not(e) => Expr::Not(Box::new(e.prefixed(prefix))),
+            Expr::And(a, b) => {
+                Expr::And(Box::new(a.prefixed(prefix)), Box::new(b.prefixed(prefix)))
+            }
+            Expr::Or(a, b) => Expr::Or(Box::new(a.prefixed(prefix)), Box::new(b.prefixed(prefix))),
+        }
+    }
+
     /// Whether `global()` occurs anywhere (a namespace selector that may reach
     /// non-namespaced resources).
     pub fn mentions_global(&self) -> bool {
@@ -143,6 +167,15 @@ impl CalicoSelector {
     /// Whether a resource with `labels` matches; `global` says it is non-namespaced.
     pub fn matches(&self, labels: &Labels, global: bool) -> bool {
         self.expr.matches(labels, global)
+    }
+
+    /// `self && other`, as Calico joins a rule's selector with its service account
+    /// match: `(a) && (b)`.
+    pub fn and(&self, other: &CalicoSelector) -> CalicoSelector {
+        CalicoSelector {
+            text: format!("({}) && ({})", self.text, other.text),
+            expr: Expr::And(Box::new(self.expr.clone()), Box::new(other.expr.clone())),
+        }
     }
 }
 

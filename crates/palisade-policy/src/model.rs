@@ -16,8 +16,9 @@ use crate::selector::{LabelSelector, Labels};
 
 mod calico;
 pub use calico::{
-    CalicoAction, CalicoEntity, CalicoKind, CalicoPolicy, CalicoPort, CalicoRule, NetworkSet,
-    Order, ServiceRef, K8S_NETWORK_POLICY_ORDER,
+    service_account_selector, CalicoAction, CalicoEntity, CalicoKind, CalicoPolicy, CalicoPort,
+    CalicoRule, NetworkSet, Order, ServiceAccountMatch, ServiceRef, K8S_NETWORK_POLICY_ORDER,
+    SERVICE_ACCOUNT_LABEL, SERVICE_ACCOUNT_LABEL_PREFIX, SERVICE_ACCOUNT_NAME_LABEL,
 };
 pub mod workload;
 
@@ -345,6 +346,47 @@ pub struct Pod {
     pub host_network: bool,
     /// `spec.nodeName`, if scheduled.
     pub node_name: Option<String>,
+    /// The pod's service account: `spec.serviceAccountName`, else the deprecated
+    /// `spec.serviceAccount`, else `default` (what the API server's ServiceAccount
+    /// admission gives a pod that names none). Calico `serviceAccounts` rules match it.
+    #[serde(default = "default_service_account")]
+    pub service_account: String,
+}
+
+/// The service account of a pod that names none.
+pub const DEFAULT_SERVICE_ACCOUNT: &str = "default";
+
+pub(crate) fn default_service_account() -> String {
+    DEFAULT_SERVICE_ACCOUNT.to_string()
+}
+
+/// A pod's service account from its spec fields: `serviceAccountName`, else the
+/// deprecated `serviceAccount`, else [`DEFAULT_SERVICE_ACCOUNT`] (blank counts as unset).
+pub fn service_account_name(name: Option<&str>, deprecated: Option<&str>) -> String {
+    name.filter(|s| !s.is_empty())
+        .or(deprecated.filter(|s| !s.is_empty()))
+        .unwrap_or(DEFAULT_SERVICE_ACCOUNT)
+        .to_string()
+}
+
+/// A ServiceAccount: only its labels matter (Calico `serviceAccounts.selector` and
+/// `serviceAccountSelector` select service accounts by them). Nothing else of the object,
+/// and no token or secret, is read.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ServiceAccount {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// `metadata.labels`.
+    pub labels: Labels,
+}
+
+impl ServiceAccount {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
 }
 
 impl Pod {
@@ -496,6 +538,9 @@ pub struct Cluster {
     /// Calico network sets by [`NetworkSet::key`].
     #[serde(default)]
     pub network_sets: BTreeMap<String, NetworkSet>,
+    /// ServiceAccounts by `namespace/name` (their labels, for Calico selectors).
+    #[serde(default)]
+    pub service_accounts: BTreeMap<String, ServiceAccount>,
 }
 
 impl Cluster {
@@ -541,6 +586,7 @@ impl Cluster {
         self.cluster_policies.extend(other.cluster_policies);
         self.calico_policies.extend(other.calico_policies);
         self.network_sets.extend(other.network_sets);
+        self.service_accounts.extend(other.service_accounts);
     }
 
     /// The pod (not host-network) owning `ip`, if any.

@@ -77,7 +77,7 @@ spec:
 const NO_NETWORK_POLICIES: &str = r#"{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRole",
  "metadata":{"name":"reader-without-networkpolicies"},
  "rules":[
-  {"apiGroups":[""],"resources":["namespaces","nodes","pods","services"],"verbs":["get","list"]},
+  {"apiGroups":[""],"resources":["namespaces","nodes","pods","services","serviceaccounts"],"verbs":["get","list"]},
   {"apiGroups":["discovery.k8s.io"],"resources":["endpointslices"],"verbs":["get","list"]},
   {"apiGroups":["policy.networking.k8s.io"],"resources":["clusternetworkpolicies","adminnetworkpolicies","baselineadminnetworkpolicies"],"verbs":["get","list"]},
   {"apiGroups":["projectcalico.org","crd.projectcalico.org"],"resources":["networkpolicies","globalnetworkpolicies","networksets","globalnetworksets"],"verbs":["get","list"]}]}"#;

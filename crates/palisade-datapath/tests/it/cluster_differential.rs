@@ -145,6 +145,7 @@ pub(crate) fn random_cluster(rng: &mut Rng) -> Cluster {
                 ],
                 host_network: false,
                 node_name: None,
+                service_account: "default".into(),
             },
         );
     }
@@ -336,6 +337,7 @@ fn add_calico(rng: &mut Rng, c: &mut Cluster) {
                 Some(Order(2000.0)),
             ]),
             selector: sel(rng),
+            service_account_selector: None,
             namespace_selector: None,
             ingress: if ingress.is_none() && egress.is_none() {
                 Some(Vec::new())

@@ -24,6 +24,7 @@ fn pod(ns: &str, name: &str, ips: &[&str], ports: &[(u16, Protocol)]) -> Pod {
         ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
         host_network: false,
         node_name: None,
+        service_account: "default".into(),
     }
 }
 

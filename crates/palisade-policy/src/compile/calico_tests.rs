@@ -9,12 +9,13 @@ use proptest::prelude::*;
 use crate::calico_selector::CalicoSelector;
 use crate::model::{
     CalicoAction, CalicoEntity, CalicoKind, CalicoPolicy, CalicoPort, CalicoRule, Cluster,
-    EndpointSlice, NetworkSet, Order, Protocol, Service, ServiceRef,
+    EndpointSlice, NetworkSet, Order, Protocol, Service, ServiceAccount, ServiceAccountMatch,
+    ServiceRef,
 };
 
 /// Selectors over the labels the random pods carry (`app`, `tier` in `a`/`b`), the
 /// Calico automatic labels, namespace labels and network-set labels.
-const SELECTORS: [&str; 12] = [
+const SELECTORS: [&str; 14] = [
     "all()",
     "app == 'a'",
     "app != 'b'",
@@ -27,7 +28,57 @@ const SELECTORS: [&str; 12] = [
     "kind == 'partner'",
     "has(kind) || app == 'a'",
     "!all()",
+    "projectcalico.org/serviceaccount == 'sa-a'",
+    "pcsa.team == 'x' || app == 'b'",
 ];
+
+/// The service accounts random pods run under ([`crate::compile::tests`]' `arb_pod`).
+pub(super) const SERVICE_ACCOUNTS: [&str; 3] = ["default", "sa-a", "sa-b"];
+
+/// Selectors over ServiceAccount labels (`team` in `x`/`y`) and Calico's automatic
+/// `projectcalico.org/name`; `!has(team)` also matches network sets and pods whose
+/// ServiceAccount object is unknown, as in Calico.
+const SA_SELECTORS: [&str; 5] = [
+    "team == 'x'",
+    "!has(team)",
+    "all()",
+    "projectcalico.org/name == 'sa-b'",
+    "team in {'x', 'y'} && projectcalico.org/name != 'default'",
+];
+
+fn arb_sa_match() -> impl Strategy<Value = ServiceAccountMatch> {
+    (
+        prop::sample::subsequence(&SERVICE_ACCOUNTS[..], 0..=2),
+        arb_opt_sel(&SA_SELECTORS),
+    )
+        .prop_filter_map(
+            "an empty match is dropped by decoding",
+            |(names, selector)| {
+                (!names.is_empty() || selector.is_some()).then(|| ServiceAccountMatch {
+                    names: names.iter().map(|n| n.to_string()).collect(),
+                    selector,
+                })
+            },
+        )
+}
+
+/// ServiceAccount objects for some of the random pods' accounts, labelled `team: x|y`
+/// or not at all (an account without an object is a pod's too: no `pcsa.` labels).
+pub(super) fn arb_service_accounts() -> impl Strategy<Value = Vec<ServiceAccount>> {
+    let sa = (
+        prop::sample::select(&["ns0", "ns1", "ns2"][..]),
+        prop::sample::select(&SERVICE_ACCOUNTS[..]),
+        prop::sample::select(&[None, Some("x"), Some("y")][..]),
+    )
+        .prop_map(|(ns, name, team)| ServiceAccount {
+            namespace: ns.into(),
+            name: name.into(),
+            labels: team
+                .map(|t| [("team".to_string(), t.to_string())].into())
+                .unwrap_or_default(),
+        });
+    proptest::collection::vec(sa, 0..=5)
+}
 
 const NS_SELECTORS: [&str; 5] = [
     "all()",
@@ -76,8 +127,9 @@ fn arb_entity() -> impl Strategy<Value = CalicoEntity> {
         arb_opt_sel(&SELECTORS),
         arb_opt_sel(&NS_SELECTORS),
         prop::bool::weighted(0.15),
+        prop::option::weighted(0.3, arb_sa_match()),
     )
-        .prop_map(|(n, nn, s, ns, nss, service)| {
+        .prop_map(|(n, nn, s, ns, nss, service, sas)| {
             if service {
                 return CalicoEntity {
                     service: Some(ServiceRef {
@@ -94,6 +146,7 @@ fn arb_entity() -> impl Strategy<Value = CalicoEntity> {
                 not_selector: ns,
                 namespace_selector: nss,
                 service: None,
+                service_accounts: sas,
             }
         })
 }
@@ -165,8 +218,9 @@ pub(super) fn arb_calico_policy() -> impl Strategy<Value = CalicoPolicy> {
         arb_opt_sel(&NS_SELECTORS[..3]),
         arb_rules(),
         arb_rules(),
+        prop::option::weighted(0.25, prop::sample::select(&SA_SELECTORS[..])),
     )
-        .prop_map(|(ns, i, order, s, nss, ingress, egress)| {
+        .prop_map(|(ns, i, order, s, nss, ingress, egress, sas)| {
             let (kind, namespace_selector) = match ns {
                 Some(_) => (CalicoKind::NetworkPolicy, None),
                 None => (CalicoKind::GlobalNetworkPolicy, nss),
@@ -185,6 +239,7 @@ pub(super) fn arb_calico_policy() -> impl Strategy<Value = CalicoPolicy> {
                 name: ["calico", "knp.default.np1", "zz"][i].to_string(),
                 order: order.map(Order),
                 selector: sel(s),
+                service_account_selector: sas.map(sel),
                 namespace_selector,
                 ingress,
                 egress,
@@ -248,7 +303,11 @@ pub(super) fn add_to(
     policies: Vec<CalicoPolicy>,
     sets: Vec<NetworkSet>,
     svc: Option<(Service, EndpointSlice)>,
+    sas: Vec<ServiceAccount>,
 ) {
+    for sa in sas {
+        c.service_accounts.insert(sa.key(), sa);
+    }
     for p in policies {
         c.calico_policies.insert(p.key(), p);
     }
@@ -297,6 +356,61 @@ mod unit {
         let l = manifest::load(&[("t.yaml".into(), text.to_string())]);
         assert!(l.errors.is_empty(), "{:#?}", l.errors);
         l.cluster
+    }
+
+    /// Pods `x/w` (account `web`), `x/o` (`default`), both `app: a`, and `x/db`.
+    const SA_PODS: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: w, namespace: x, labels: {app: a}}\nspec: {serviceAccountName: web, containers: [{name: c}]}\nstatus: {podIP: 10.0.0.5}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: o, namespace: x, labels: {app: a}}\nspec: {containers: [{name: c}]}\nstatus: {podIP: 10.0.0.6}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: db, namespace: x, labels: {app: db}}\nspec: {containers: [{name: c}]}\nstatus: {podIP: 10.0.0.7}\n";
+
+    fn verdict(c: &crate::compiled::Compiled, from: &str) -> crate::compiled::TableAction {
+        let ep = &c.endpoints["x/db"];
+        c.lookup(
+            ep.ingress,
+            c.lookup_identity(from.parse().unwrap()),
+            6,
+            5432,
+        )
+        .action
+    }
+
+    #[test]
+    fn service_accounts_split_identities_only_while_a_calico_policy_exists() {
+        use crate::compiled::TableAction;
+        let plain = compile(&cluster(SA_PODS));
+        let id = |c: &crate::compiled::Compiled, ip: &str| c.lookup_identity(ip.parse().unwrap());
+        assert_eq!(
+            id(&plain, "10.0.0.5"),
+            id(&plain, "10.0.0.6"),
+            "without Calico policies the account does not split identities"
+        );
+        let policy = "---\napiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: db, namespace: x}\nspec: {selector: app == 'db', ingress: [{action: Allow, protocol: TCP, source: {serviceAccounts: {names: [web]}}, destination: {ports: [5432]}}]}\n";
+        let c = cluster(&format!("{SA_PODS}{policy}"));
+        let compiled = compile(&c);
+        assert_eq!(compare_with_oracle(&c, &compiled), Ok(()));
+        assert_ne!(id(&compiled, "10.0.0.5"), id(&compiled, "10.0.0.6"));
+        assert_eq!(verdict(&compiled, "10.0.0.5"), TableAction::Allow);
+        assert_eq!(verdict(&compiled, "10.0.0.6"), TableAction::Deny);
+    }
+
+    #[test]
+    fn a_service_account_label_change_moves_the_compiled_verdict() {
+        use crate::compile::{Change, Compiler};
+        use crate::compiled::TableAction;
+        use crate::model::ServiceAccount;
+        let policy = "---\napiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: db, namespace: x}\nspec: {selector: app == 'db', ingress: [{action: Allow, protocol: TCP, source: {serviceAccounts: {selector: team == 'pay'}}, destination: {ports: [5432]}}]}\n";
+        let mut comp = Compiler::new(cluster(&format!("{SA_PODS}{policy}")));
+        assert_eq!(verdict(comp.compiled(), "10.0.0.5"), TableAction::Deny);
+        let sa = ServiceAccount {
+            namespace: "x".into(),
+            name: "web".into(),
+            labels: [("team".to_string(), "pay".to_string())].into(),
+        };
+        let delta = comp.apply(Change::UpsertServiceAccount(sa));
+        assert!(!delta.ops.is_empty());
+        assert_eq!(verdict(comp.compiled(), "10.0.0.5"), TableAction::Allow);
+        assert_eq!(verdict(comp.compiled(), "10.0.0.6"), TableAction::Deny);
+        assert_eq!(compare_with_oracle(comp.cluster(), comp.compiled()), Ok(()));
+        comp.apply(Change::RemoveServiceAccount("x/web".into()));
+        assert_eq!(verdict(comp.compiled(), "10.0.0.5"), TableAction::Deny);
     }
 
     #[test]

@@ -18,6 +18,12 @@ pub fn changes_between(old: &Cluster, new: &Cluster) -> Vec<Change> {
     upserts(&old.nodes, &new.nodes, &mut out, |v| {
         Change::UpsertNode(v.clone())
     });
+    upserts(
+        &old.service_accounts,
+        &new.service_accounts,
+        &mut out,
+        |v| Change::UpsertServiceAccount(v.clone()),
+    );
     upserts(&old.pods, &new.pods, &mut out, |v| {
         Change::UpsertPod(v.clone())
     });
@@ -82,6 +88,12 @@ pub fn changes_between(old: &Cluster, new: &Cluster) -> Vec<Change> {
         Change::RemoveNetworkPolicy,
     );
     removals(&old.pods, &new.pods, &mut out, Change::RemovePod);
+    removals(
+        &old.service_accounts,
+        &new.service_accounts,
+        &mut out,
+        Change::RemoveServiceAccount,
+    );
     removals(&old.nodes, &new.nodes, &mut out, Change::RemoveNode);
     removals(
         &old.namespaces,
@@ -134,6 +146,7 @@ mod tests {
             ips: vec![ip.parse().unwrap()],
             host_network: false,
             node_name: None,
+            service_account: "default".into(),
         }
     }
 

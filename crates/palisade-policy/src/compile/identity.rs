@@ -111,6 +111,14 @@ pub(crate) struct PodClass {
     pub labels: Labels,
     /// Named container ports.
     pub named_ports: NamedPorts,
+    /// The pod's service account facts as Calico labels
+    /// ([`crate::verdict::calico::service_account_facts`]), shared per service account.
+    /// Empty while no Calico policy exists: only Calico selectors read them, and leaving
+    /// them out keeps the identities of clusters without Calico policies as they were
+    /// (pods differing only in service account share one). Every change to the set of
+    /// Calico policies, and every ServiceAccount change while one exists, recompiles the
+    /// whole state, so keys never mix the two forms.
+    pub sa_facts: std::sync::Arc<Labels>,
 }
 
 /// The equivalence class of an address. Network identities have no pod and no nodes.
@@ -214,10 +222,10 @@ impl CalicoScope {
                 self.ns_sel.as_ref(),
                 &p.ns_labels,
                 &p.namespace,
-            ) && self
-                .sel
-                .matches(&pod_labels(&p.labels, &p.ns_labels, &p.namespace), false)
-            {
+            ) && self.sel.matches(
+                &pod_labels(&p.labels, &p.ns_labels, &p.namespace, &p.sa_facts),
+                false,
+            ) {
                 return true;
             }
         }

@@ -40,7 +40,7 @@ use ipnet::IpNet;
 use crate::compiled::{Compiled, Delta, IdentityId, RuleId, TableId};
 use crate::model::{
     CalicoPolicy, Cluster, ClusterPolicy, EndpointSlice, Namespace, NetworkPolicy, NetworkSet,
-    Node, Pod, Service,
+    Node, Pod, Service, ServiceAccount,
 };
 
 use identity::FxMap;
@@ -111,6 +111,11 @@ pub enum Change {
     UpsertEndpointSlice(EndpointSlice),
     /// Delete an EndpointSlice by `namespace/name`.
     RemoveEndpointSlice(String),
+    /// Create or replace a ServiceAccount (`namespace/name`); its labels matter to
+    /// Calico service account selectors.
+    UpsertServiceAccount(ServiceAccount),
+    /// Delete a ServiceAccount by `namespace/name`.
+    RemoveServiceAccount(String),
 }
 
 /// The incremental compiler: owns a [`Cluster`] and its [`Compiled`] form and turns each
@@ -131,8 +136,9 @@ pub enum Change {
 /// - cluster policy changes re-key the pods the old or new subject selects (one pass
 ///   over the pods to find them);
 /// - a policy that introduces a CIDR also re-keys the pod and node addresses under it;
-/// - Calico policies, network sets, namespaces while a Calico policy exists, and the
-///   Services and EndpointSlices a Calico rule names take the slow path: a full
+/// - Calico policies, network sets, namespaces and ServiceAccounts while a Calico policy
+///   exists, and the Services and EndpointSlices a Calico rule names take the slow
+///   path (a ServiceAccount without a Calico policy costs nothing): a full
 ///   recompile that emits only the difference (as [`Compiler::resync`]).
 ///
 /// [`Compiler::resync`] recompiles everything and emits only the difference.
@@ -315,6 +321,18 @@ impl Compiler {
                     Delta::default()
                 }
             }
+            Change::UpsertServiceAccount(sa) => {
+                let key = sa.key();
+                if self.cluster.service_accounts.get(&key) == Some(&sa) {
+                    return Delta::default();
+                }
+                self.cluster.service_accounts.insert(key, sa);
+                self.calico_inputs_changed()
+            }
+            Change::RemoveServiceAccount(k) => match self.cluster.service_accounts.remove(&k) {
+                Some(_) => self.calico_inputs_changed(),
+                None => Delta::default(),
+            },
             Change::RemoveEndpointSlice(k) => match self.cluster.endpoint_slices.remove(&k) {
                 Some(old) => {
                     let hit = old.service_name.as_ref().is_some_and(|n| {
@@ -332,7 +350,8 @@ impl Compiler {
     }
 
     /// The slow path for everything Calico programs resolve at build time (network
-    /// sets, Service addresses, namespace labels scoping rule selectors): every Calico
+    /// sets, Service addresses, namespace labels scoping rule selectors, ServiceAccount
+    /// labels in identities): every Calico
     /// policy gets a new revision (so no table in use is rewritten) and the cluster is
     /// recompiled, emitting only the difference. Costs as much as [`compile`]; nothing
     /// happens when there is no Calico policy.
@@ -532,7 +551,8 @@ impl Compiler {
         let inputs_changed = self.cluster.network_sets != cluster.network_sets
             || self.cluster.services != cluster.services
             || self.cluster.endpoint_slices != cluster.endpoint_slices
-            || self.cluster.namespaces != cluster.namespaces;
+            || self.cluster.namespaces != cluster.namespaces
+            || self.cluster.service_accounts != cluster.service_accounts;
         let changed_calico: Vec<String> = if inputs_changed {
             cluster.calico_policies.keys().cloned().collect()
         } else {

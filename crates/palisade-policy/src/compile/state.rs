@@ -183,6 +183,12 @@ pub(crate) struct State {
     ns_selector_cache: FxMap<String, LabelIndex<MatcherId>>,
     /// Namespace labels (shared by identity keys). Valid for the life of the state.
     ns_labels: FxMap<String, Arc<Labels>>,
+    /// Service account facts by `namespace/name` (shared by identity keys), while a
+    /// Calico policy exists. Valid for the life of the state: ServiceAccount changes
+    /// rebuild it.
+    sa_facts: FxMap<String, Arc<Labels>>,
+    /// The empty facts of every pod while no Calico policy exists.
+    no_sa_facts: Arc<Labels>,
     node_matchers: Vec<MatcherId>,
     block_matchers: FxMap<IpNet, Vec<MatcherId>>,
     /// Prefix lengths of `block_matchers`' CIDRs per family (`false` IPv4): matchers
@@ -266,6 +272,8 @@ impl State {
             ns_selector_matchers: Vec::new(),
             ns_selector_cache: FxMap::default(),
             ns_labels: FxMap::default(),
+            sa_facts: FxMap::default(),
+            no_sa_facts: Arc::new(Labels::new()),
             node_matchers: Vec::new(),
             block_matchers: FxMap::default(),
             block_lens: BTreeSet::new(),
@@ -369,19 +377,25 @@ impl State {
             st.set_host(ip, cluster, &mut txn);
         }
         // Pods of one Deployment share their table keys: compute them once.
-        let mut memo: FxMap<(&str, &Labels, NamedPorts), [TableKey; 2]> = FxMap::default();
+        let mut memo: FxMap<(&str, &Labels, NamedPorts, &str), [TableKey; 2]> = FxMap::default();
         for (key, pod) in &cluster.pods {
             if !is_endpoint(pod, st.local_node.as_deref()) {
                 continue;
             }
             let ports = named_ports(pod);
             let keys = memo
-                .entry((pod.namespace.as_str(), &pod.labels, ports))
+                .entry((
+                    pod.namespace.as_str(),
+                    &pod.labels,
+                    ports,
+                    pod.service_account.as_str(),
+                ))
                 .or_insert_with(|| {
                     let ns_labels = cluster.namespace_labels(&pod.namespace);
+                    let facts = st.endpoint_sa_facts(cluster, pod);
                     [
-                        st.table_key(pod, &ns_labels, Direction::Ingress),
-                        st.table_key(pod, &ns_labels, Direction::Egress),
+                        st.table_key(pod, &ns_labels, &facts, Direction::Ingress),
+                        st.table_key(pod, &ns_labels, &facts, Direction::Egress),
                     ]
                 })
                 .clone();
@@ -704,12 +718,7 @@ impl State {
                 set_nets,
             }
         };
-        let all = crate::calico_selector::CalicoSelector::all();
-        let positive = e
-            .selector
-            .as_ref()
-            .or(e.namespace_selector.as_ref().map(|_| &all))
-            .map(scope);
+        let positive = calico_sem::positive_selector(e).as_ref().map(scope);
         let negative = e.not_selector.as_ref().map(scope);
         let service = e.service.as_ref().map(|s| {
             calico_sem::service_addresses(cluster, s, dir)
@@ -908,11 +917,26 @@ impl State {
                 .entry(p.namespace.clone())
                 .or_insert_with(|| Arc::new(cluster.namespace_labels(&p.namespace)))
                 .clone();
+            let sa_facts = if self.calico_programs.is_empty() {
+                self.no_sa_facts.clone()
+            } else {
+                self.sa_facts
+                    .entry(format!("{}/{}", p.namespace, p.service_account))
+                    .or_insert_with(|| {
+                        Arc::new(calico_sem::service_account_facts(
+                            cluster,
+                            &p.namespace,
+                            &p.service_account,
+                        ))
+                    })
+                    .clone()
+            };
             PodClass {
                 namespace: p.namespace.clone(),
                 ns_labels,
                 labels: p.labels.clone(),
                 named_ports: named_ports(p),
+                sa_facts,
             }
         });
         let nodes: Vec<(String, Labels)> = self
@@ -969,7 +993,25 @@ impl State {
 
     // ---- tables ----
 
-    fn table_key(&self, pod: &Pod, ns_labels: &Labels, dir: Direction) -> TableKey {
+    /// An endpoint's service account facts for [`State::table_key`]: empty while no
+    /// Calico policy exists (nothing reads them).
+    pub(crate) fn endpoint_sa_facts(&self, cluster: &Cluster, pod: &Pod) -> Labels {
+        if self.calico_programs.is_empty() {
+            Labels::new()
+        } else {
+            calico_sem::service_account_facts(cluster, &pod.namespace, &pod.service_account)
+        }
+    }
+
+    /// The tables' key of endpoint `pod`; `sa_facts` are its service account facts
+    /// ([`calico_sem::service_account_facts`], read only by Calico policies).
+    fn table_key(
+        &self,
+        pod: &Pod,
+        ns_labels: &Labels,
+        sa_facts: &Labels,
+        dir: Direction,
+    ) -> TableKey {
         let d = dir_index(dir);
         let mut key = TableKey {
             dir,
@@ -1016,7 +1058,8 @@ impl State {
             let Scope::Calico { policy, sort, .. } = &prog.scope else {
                 continue;
             };
-            if prog.active[d] && calico_sem::selects(policy, &pod.labels, ns_labels, &pod.namespace)
+            if prog.active[d]
+                && calico_sem::selects(policy, &pod.labels, ns_labels, &pod.namespace, sa_facts)
             {
                 named |= prog.uses_named[d];
                 calico.push((sort, k, prog.revision));

@@ -196,6 +196,7 @@ fn pod(ns: &str, name: &str, l: &[(&str, &str)], ips: &[&str]) -> Pod {
         ips: ips.iter().map(|a| a.parse().unwrap()).collect(),
         host_network: false,
         node_name: None,
+        service_account: "default".into(),
     }
 }
 
@@ -942,8 +943,9 @@ fn arb_pod(i: usize) -> impl Strategy<Value = Pod> {
         arb_container_ports(),
         prop_oneof![1 => Just(0u8), 2 => Just(1u8), 1 => Just(2u8), 3 => Just(3u8)],
         prop::bool::weighted(0.1),
+        prop::sample::select(&super::calico_tests::SERVICE_ACCOUNTS[..]),
     )
-        .prop_map(move |(ns, labels, ports, fam, host)| {
+        .prop_map(move |(ns, labels, ports, fam, host, sa)| {
             let v4: IpAddr = format!("10.0.0.{}", i + 1).parse().unwrap();
             let v6: IpAddr = format!("fd00::{}", i + 1).parse().unwrap();
             let ips = match fam {
@@ -960,6 +962,7 @@ fn arb_pod(i: usize) -> impl Strategy<Value = Pod> {
                 ips,
                 host_network: host,
                 node_name: None,
+                service_account: sa.into(),
             }
         })
 }
@@ -987,50 +990,53 @@ pub(crate) fn arb_cluster() -> impl Strategy<Value = Cluster> {
                         .collect(),
                 ),
             ),
+            super::calico_tests::arb_service_accounts(),
         ),
     )
-        .prop_map(|(nss, pods, keep, nodes, nps, cps, (calico, sets, svc))| {
-            let mut c = Cluster::default();
-            for (i, (declared, mut l)) in nss.into_iter().enumerate() {
-                if declared {
-                    let name = NAMESPACES[i].to_string();
-                    l.insert(NAMESPACE_NAME_LABEL.into(), name.clone());
-                    c.namespaces
-                        .insert(name.clone(), Namespace { name, labels: l });
+        .prop_map(
+            |(nss, pods, keep, nodes, nps, cps, (calico, sets, svc, sas))| {
+                let mut c = Cluster::default();
+                for (i, (declared, mut l)) in nss.into_iter().enumerate() {
+                    if declared {
+                        let name = NAMESPACES[i].to_string();
+                        l.insert(NAMESPACE_NAME_LABEL.into(), name.clone());
+                        c.namespaces
+                            .insert(name.clone(), Namespace { name, labels: l });
+                    }
                 }
-            }
-            for (i, p) in pods.into_iter().enumerate() {
-                if keep.contains(&i) {
-                    c.pods.insert(p.key(), p);
+                for (i, p) in pods.into_iter().enumerate() {
+                    if keep.contains(&i) {
+                        c.pods.insert(p.key(), p);
+                    }
                 }
-            }
-            for (i, (present, v)) in nodes.into_iter().enumerate() {
-                if present {
-                    let name = format!("node{i}");
-                    // node0 shares its address with pod 1's slot (a host-network pod or,
-                    // when pod 1 is a normal pod, an overlap).
-                    let addr = if i == 0 { "10.0.0.2" } else { "10.0.1.7" };
-                    c.nodes.insert(
-                        name.clone(),
-                        Node {
-                            name,
-                            labels: labels(&[("app", v)]),
-                            addresses: vec![addr.parse().unwrap()],
-                        },
-                    );
+                for (i, (present, v)) in nodes.into_iter().enumerate() {
+                    if present {
+                        let name = format!("node{i}");
+                        // node0 shares its address with pod 1's slot (a host-network pod or,
+                        // when pod 1 is a normal pod, an overlap).
+                        let addr = if i == 0 { "10.0.0.2" } else { "10.0.1.7" };
+                        c.nodes.insert(
+                            name.clone(),
+                            Node {
+                                name,
+                                labels: labels(&[("app", v)]),
+                                addresses: vec![addr.parse().unwrap()],
+                            },
+                        );
+                    }
                 }
-            }
-            for p in nps {
-                c.network_policies
-                    .insert(format!("{}/{}", p.namespace, p.name), p);
-            }
-            for p in cps {
-                c.cluster_policies
-                    .insert(format!("{}/{}", p.kind.as_str(), p.name), p);
-            }
-            super::calico_tests::add_to(&mut c, calico, sets, svc);
-            c
-        })
+                for p in nps {
+                    c.network_policies
+                        .insert(format!("{}/{}", p.namespace, p.name), p);
+                }
+                for p in cps {
+                    c.cluster_policies
+                        .insert(format!("{}/{}", p.kind.as_str(), p.name), p);
+                }
+                super::calico_tests::add_to(&mut c, calico, sets, svc, sas);
+                c
+            },
+        )
 }
 
 /// Applies one op to `state`, checking that it is safe: nothing is pointed at before it

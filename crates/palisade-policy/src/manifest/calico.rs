@@ -12,6 +12,10 @@
 //!    if there are egress rules, both if both (the table under "Spec").
 //! 3. A `services.namespace` left out in a namespaced policy is the policy's namespace.
 //! 4. A `nets` entry without a prefix length is a host (`/32`, `/128`).
+//! 5. `serviceAccounts: {}` (neither `names` nor `selector`) adds no criterion, and a
+//!    `serviceAccountSelector` of `all()` or blank selects every account (libcalico-go's
+//!    conversion produces no selector for either); `serviceAccounts` is accepted on the
+//!    peer side of a rule, like every other entity criterion.
 //!
 //! What Palisade does not enforce is an error naming the field, and rejects that
 //! policy alone (fail closed, never a silently weaker policy):
@@ -21,8 +25,6 @@
 //! - `icmp`/`notICMP`, and `protocol`/`notProtocol` other than TCP, UDP, SCTP (6, 17,
 //!   132): the datapath classifies every other protocol into one class and cannot
 //!   tell ICMP from GRE, let alone ICMP types and codes;
-//! - `serviceAccounts` and `serviceAccountSelector` (service accounts are not part of
-//!   the model yet);
 //! - criteria on the selected pod's own side of a rule (`source.*` in an egress rule,
 //!   `destination.*` other than ports in an ingress rule) and source ports: the
 //!   datapath looks up a rule table by the *peer* and the *destination* port only;
@@ -42,7 +44,7 @@ use super::{cidr, ports, selector, strict};
 use crate::calico_selector::CalicoSelector;
 use crate::model::{
     CalicoAction, CalicoEntity, CalicoKind, CalicoPolicy, CalicoPort, CalicoRule, NetworkSet,
-    Order, Protocol, ServiceRef,
+    Order, Protocol, ServiceAccountMatch, ServiceRef,
 };
 
 /// Most rules per direction accepted: bounds the work one object can cause (Calico
@@ -115,8 +117,15 @@ struct Entity {
     namespace_selector: Option<String>,
     ports: Option<Vec<IntOrString>>,
     not_ports: Option<Vec<IntOrString>>,
-    service_accounts: Option<Value>,
+    service_accounts: Option<SaMatch>,
     services: Option<Services>,
+}
+
+/// `serviceAccounts` (Calico's ServiceAccountMatch).
+#[derive(Deserialize)]
+struct SaMatch {
+    names: Option<Vec<String>>,
+    selector: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -268,6 +277,38 @@ fn port_list(list: &Option<Vec<IntOrString>>, field: &str, p: &mut Problems) -> 
     out
 }
 
+/// Most names in one `serviceAccounts.names` list.
+const MAX_SA_NAMES: usize = 1000;
+
+/// `serviceAccounts: {names, selector}` at `field`; `None` when it sets neither (Calico
+/// then adds no criterion: libcalico-go `parseServiceAccounts` returns no selector).
+fn sa_match(m: &SaMatch, field: &str, p: &mut Problems) -> Option<ServiceAccountMatch> {
+    let names = m.names.clone().unwrap_or_default();
+    if names.len() > MAX_SA_NAMES {
+        p.error(
+            format!("{field}.names"),
+            format!("more than {MAX_SA_NAMES} entries"),
+        );
+        return None;
+    }
+    for (i, n) in names.iter().enumerate() {
+        // A ServiceAccount's name is a DNS subdomain; any other name could never match,
+        // so it is a mistake worth naming rather than a rule that silently matches none.
+        let errs = super::names::dns1123_subdomain(n);
+        if !errs.is_empty() {
+            p.error(
+                format!("{field}.names[{i}]"),
+                format!("invalid service account name {n:?}: {}", errs.join("; ")),
+            );
+        }
+    }
+    let selector = opt_selector(&m.selector, &format!("{field}.selector"), p);
+    if names.is_empty() && selector.is_none() {
+        return None;
+    }
+    Some(ServiceAccountMatch { names, selector })
+}
+
 /// Which side of a rule is the peer: the source of ingress, the destination of egress.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Side {
@@ -416,11 +457,8 @@ fn rule(r: &Rule, field: &str, ctx: &RuleCtx<'_>, p: &mut Problems) -> Option<Ca
         peer.not_selector = opt_selector(&e.not_selector, &format!("{pf}.notSelector"), p);
         peer.namespace_selector =
             opt_selector(&e.namespace_selector, &format!("{pf}.namespaceSelector"), p);
-        if e.service_accounts.is_some() {
-            p.error(
-                format!("{pf}.serviceAccounts"),
-                "service account match is not supported yet (Palisade does not read pods' service accounts); the policy is rejected",
-            );
+        if let Some(m) = &e.service_accounts {
+            peer.service_accounts = sa_match(m, &format!("{pf}.serviceAccounts"), p);
         }
         if let Some(s) = &e.services {
             let sf = format!("{pf}.services");
@@ -440,6 +478,7 @@ fn rule(r: &Rule, field: &str, ctx: &RuleCtx<'_>, p: &mut Problems) -> Option<Ca
                 }
             };
             let others = [
+                ("serviceAccounts", peer.service_accounts.is_some()),
                 ("nets", !peer.nets.is_empty()),
                 ("notNets", !peer.not_nets.is_empty()),
                 ("selector", peer.selector.is_some()),
@@ -522,16 +561,12 @@ pub(crate) fn policy(
             );
         }
     }
-    if spec
-        .service_account_selector
-        .as_deref()
-        .is_some_and(|s| !s.trim().is_empty() && s.trim() != "all()")
-    {
-        p.error(
-            "spec.serviceAccountSelector",
-            "is not supported yet (Palisade does not read pods' service accounts); the policy is rejected",
-        );
-    }
+    let service_account_selector = opt_selector(
+        &spec.service_account_selector,
+        "spec.serviceAccountSelector",
+        p,
+    )
+    .filter(|s| s.expr != crate::calico_selector::Expr::All);
     for (i, h) in spec.performance_hints.iter().flatten().enumerate() {
         if h != "AssumeNeededOnEveryNode" {
             p.error(
@@ -627,6 +662,7 @@ pub(crate) fn policy(
         name: name.to_string(),
         order,
         selector: selector?,
+        service_account_selector,
         namespace_selector,
         ingress,
         egress,

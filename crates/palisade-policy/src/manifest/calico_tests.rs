@@ -79,13 +79,17 @@ fn what_palisade_does_not_enforce_is_refused_naming_the_field_and_only_that_poli
         ("  doNotTrack: true\n", "spec.doNotTrack"),
         ("  preDNAT: true\n", "spec.preDNAT"),
         ("  applyOnForward: true\n", "spec.applyOnForward"),
-        ("  serviceAccountSelector: role == 'x'\n", "spec.serviceAccountSelector"),
+        ("  serviceAccountSelector: role ==\n", "spec.serviceAccountSelector"),
         ("  ingress:\n  - action: Allow\n    http: {methods: [GET]}\n", "spec.ingress[0].http"),
         ("  ingress:\n  - action: Allow\n    protocol: ICMP\n    icmp: {type: 8}\n", "spec.ingress[0].icmp"),
         ("  ingress:\n  - action: Allow\n    protocol: ICMP\n", "spec.ingress[0].protocol"),
         ("  ingress:\n  - action: Deny\n    notProtocol: 1\n", "spec.ingress[0].notProtocol"),
         ("  ingress:\n  - action: Allow\n    notICMP: {type: 8}\n    protocol: ICMP\n", "spec.ingress[0].notICMP"),
-        ("  ingress:\n  - action: Allow\n    source: {serviceAccounts: {names: [a]}}\n", "spec.ingress[0].source.serviceAccounts"),
+        ("  ingress:\n  - action: Allow\n    destination: {serviceAccounts: {names: [a]}}\n", "spec.ingress[0].destination.serviceAccounts"),
+        ("  ingress:\n  - action: Allow\n    source: {serviceAccounts: {names: [Not_A_Name]}}\n", "spec.ingress[0].source.serviceAccounts.names[0]"),
+        ("  ingress:\n  - action: Allow\n    source: {serviceAccounts: {selector: 'a =='}}\n", "spec.ingress[0].source.serviceAccounts.selector"),
+        ("  ingress:\n  - action: Allow\n    source: {serviceAccounts: {name: [a]}}\n", "spec.ingress[0].source.serviceAccounts.name"),
+        ("  egress:\n  - action: Allow\n    destination: {services: {name: k}, serviceAccounts: {names: [a]}}\n", "spec.egress[0].destination.serviceAccounts"),
         ("  egress:\n  - action: Allow\n    source: {selector: app == 'a'}\n", "spec.egress[0].source.selector"),
         ("  ingress:\n  - action: Allow\n    destination: {nets: [10.0.0.0/8]}\n", "spec.ingress[0].destination.nets"),
         ("  ingress:\n  - action: Allow\n    protocol: TCP\n    source: {ports: [1000]}\n", "spec.ingress[0].source.ports"),
@@ -158,4 +162,49 @@ fn a_rejected_calico_policy_keeps_its_last_good_version() {
         vec!["NetworkPolicy.projectcalico.org x/p".to_string()]
     );
     assert!(c.calico_policies.contains_key(KEY));
+}
+
+#[test]
+fn service_accounts_decode_and_an_empty_match_adds_nothing() {
+    let l = load_one(&cnp(
+        "projectcalico.org/v3",
+        "  serviceAccountSelector: team == 'a'\n  ingress:\n  - action: Allow\n    source: {serviceAccounts: {names: [web, api], selector: \"has(tier)\"}}\n  - action: Deny\n    source: {serviceAccounts: {}}\n",
+    ));
+    assert!(l.errors.is_empty(), "{:?}", l.errors);
+    let p = &l.cluster.calico_policies[KEY];
+    assert_eq!(
+        p.service_account_selector.as_ref().unwrap().text,
+        "team == 'a'"
+    );
+    let rules = p.rules(Direction::Ingress).unwrap();
+    let m = rules[0].peer.service_accounts.as_ref().unwrap();
+    assert_eq!(m.names, ["web", "api"]);
+    assert_eq!(m.selector.as_ref().unwrap().text, "has(tier)");
+    // `{}` sets neither field: Calico adds no criterion, so neither does Palisade.
+    assert!(rules[1].peer.is_empty(), "{:?}", rules[1].peer);
+    // `all()` (and blank) select every service account: no criterion either.
+    let all = load_one(&cnp(
+        "projectcalico.org/v3",
+        "  serviceAccountSelector: all()\n",
+    ));
+    assert!(all.cluster.calico_policies[KEY]
+        .service_account_selector
+        .is_none());
+}
+
+#[test]
+fn service_account_objects_and_pod_service_accounts_load() {
+    let l = load_one(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: web, namespace: x, labels: {team: a}}\nsecrets: [{name: web-token}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p1, namespace: x}\nspec: {serviceAccountName: web, serviceAccount: old, containers: [{name: c}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p2, namespace: x}\nspec: {serviceAccount: old, containers: [{name: c}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p3, namespace: x}\nspec: {containers: [{name: c}]}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: bad, namespace: x, labels: {'-no': a}}\n",
+    );
+    let errs = errors(&l);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].0.starts_with("metadata.labels"), "{errs:?}");
+    assert_eq!(l.cluster.service_accounts["x/web"].labels["team"], "a");
+    assert!(!l.cluster.service_accounts.contains_key("x/bad"));
+    let sa = |k: &str| l.cluster.pods[k].service_account.clone();
+    assert_eq!(
+        (sa("x/p1"), sa("x/p2"), sa("x/p3")),
+        ("web".into(), "old".into(), "default".into())
+    );
 }

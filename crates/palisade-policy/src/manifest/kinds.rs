@@ -24,6 +24,7 @@ pub(crate) enum Kind {
     Node,
     Service,
     EndpointSlice,
+    ServiceAccount,
     NetworkPolicy,
     Cluster(ClusterPolicyKind),
     /// A Calico policy (either apiVersion).
@@ -41,6 +42,7 @@ impl Kind {
             Kind::Pod
                 | Kind::Service
                 | Kind::EndpointSlice
+                | Kind::ServiceAccount
                 | Kind::NetworkPolicy
                 | Kind::Calico(CalicoKind::NetworkPolicy)
                 | Kind::NetworkSet { global: false }
@@ -55,6 +57,7 @@ impl Kind {
             Kind::Node => "Node",
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
+            Kind::ServiceAccount => "ServiceAccount",
             Kind::NetworkPolicy => "NetworkPolicy",
             Kind::Cluster(k) => k.as_str(),
             Kind::Calico(k) => k.as_str(),
@@ -96,6 +99,7 @@ pub(crate) fn supported(kind: &str) -> Option<(&'static str, Kind)> {
         "Node" => ("v1", Kind::Node),
         "Service" => ("v1", Kind::Service),
         "EndpointSlice" => ("discovery.k8s.io/v1", Kind::EndpointSlice),
+        "ServiceAccount" => ("v1", Kind::ServiceAccount),
         "NetworkPolicy" => ("networking.k8s.io/v1", Kind::NetworkPolicy),
         "ClusterNetworkPolicy" => (
             POLICY_V1ALPHA2,

@@ -141,6 +141,9 @@ impl Loaded {
                 Kind::Node => copy(&p.nodes, &mut cluster.nodes, key),
                 Kind::Service => copy(&p.services, &mut cluster.services, key),
                 Kind::EndpointSlice => copy(&p.endpoint_slices, &mut cluster.endpoint_slices, key),
+                Kind::ServiceAccount => {
+                    copy(&p.service_accounts, &mut cluster.service_accounts, key)
+                }
                 Kind::NetworkPolicy => {
                     copy(&p.network_policies, &mut cluster.network_policies, key)
                 }
@@ -202,6 +205,9 @@ impl Loaded {
             }
             Kind::EndpointSlice => {
                 let _ = c.endpoint_slices.remove(&key);
+            }
+            Kind::ServiceAccount => {
+                let _ = c.service_accounts.remove(&key);
             }
             Kind::NetworkPolicy => {
                 let _ = c.network_policies.remove(&key);
@@ -503,6 +509,9 @@ impl Loader {
                 Kind::EndpointSlice => {
                     objects::endpoint_slice(&v, s, ns, &name, &mut p).map(Parsed::EndpointSlice)
                 }
+                Kind::ServiceAccount => {
+                    objects::service_account(&v, s, ns, &name, &mut p).map(Parsed::ServiceAccount)
+                }
                 Kind::NetworkPolicy => network_policy::network_policy(&v, s, ns, &name, &mut p)
                     .map(Parsed::NetworkPolicy),
                 Kind::Cluster(k) => cluster_policy::cluster_policy(&v, s, k, &name, &mut p)
@@ -649,6 +658,7 @@ enum Parsed {
     Node(crate::model::Node),
     Service(crate::model::Service),
     EndpointSlice(crate::model::EndpointSlice),
+    ServiceAccount(crate::model::ServiceAccount),
     NetworkPolicy(crate::model::NetworkPolicy),
     ClusterPolicy(crate::model::ClusterPolicy),
     CalicoPolicy(crate::model::CalicoPolicy),
@@ -665,6 +675,7 @@ impl Parsed {
             Parsed::Node(o) => c.nodes.insert(key, o).is_some(),
             Parsed::Service(o) => c.services.insert(key, o).is_some(),
             Parsed::EndpointSlice(o) => c.endpoint_slices.insert(key, o).is_some(),
+            Parsed::ServiceAccount(o) => c.service_accounts.insert(key, o).is_some(),
             Parsed::NetworkPolicy(o) => c.network_policies.insert(key, o).is_some(),
             Parsed::ClusterPolicy(o) => c
                 .cluster_policies

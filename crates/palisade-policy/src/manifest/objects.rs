@@ -16,8 +16,8 @@ use super::ports;
 use super::selector::check_labels;
 use super::strict::decode;
 use crate::model::{
-    ContainerPort, EndpointSlice, Namespace, Node, Pod, Service, ServicePort, ServiceType,
-    TargetPort, NAMESPACE_NAME_LABEL,
+    service_account_name, ContainerPort, EndpointSlice, Namespace, Node, Pod, Service,
+    ServiceAccount, ServicePort, ServiceType, TargetPort, NAMESPACE_NAME_LABEL,
 };
 
 /// The label EndpointSlices carry to name their Service.
@@ -31,6 +31,25 @@ fn ip(s: &str, field: &str, p: &mut Problems) -> Option<IpAddr> {
             None
         }
     }
+}
+
+/// A ServiceAccount: its labels only (Calico selects service accounts by them). Its
+/// `secrets` and `imagePullSecrets` are references by name, and are not read.
+pub(crate) fn service_account(
+    v: &Value,
+    sites: &Sites,
+    namespace: &str,
+    name: &str,
+    p: &mut Problems,
+) -> Option<ServiceAccount> {
+    let sa: core::ServiceAccount = decode(v, sites, p)?;
+    let labels = sa.metadata.labels.unwrap_or_default();
+    check_labels(&labels, "metadata.labels", p);
+    Some(ServiceAccount {
+        namespace: namespace.into(),
+        name: name.into(),
+        labels,
+    })
 }
 
 /// A Namespace; the automatic `kubernetes.io/metadata.name` label is added (and wins
@@ -102,6 +121,10 @@ pub(crate) fn pod(
         ips,
         host_network: spec.host_network.unwrap_or(false),
         node_name: spec.node_name.filter(|n| !n.is_empty()),
+        service_account: service_account_name(
+            spec.service_account_name.as_deref(),
+            spec.service_account.as_deref(),
+        ),
     })
 }
 

@@ -12,6 +12,7 @@ use super::location::Sites;
 use super::objects::container_ports;
 use super::selector::check_labels;
 use super::strict::decode;
+use crate::model::service_account_name;
 use crate::model::workload::{Owner, Workload, WorkloadKind};
 
 /// The controller an object names in `metadata.ownerReferences` (the entry with
@@ -102,6 +103,10 @@ pub(crate) fn workload(
         labels,
         ports,
         host_network: spec.host_network.unwrap_or(false),
+        service_account: service_account_name(
+            spec.service_account_name.as_deref(),
+            spec.service_account.as_deref(),
+        ),
         owner: controller_of(v),
     })
 }
@@ -152,6 +157,20 @@ spec:
             p.resolve_named_port("http", crate::model::Protocol::Tcp),
             Some(8080)
         );
+    }
+
+    #[test]
+    fn simulated_pods_run_as_the_templates_service_account_or_default() {
+        let mut l = one(&DEPLOYMENT.replace(
+            "      containers:",
+            "      serviceAccountName: shop-web\n      containers:",
+        ));
+        assert!(l.errors.is_empty(), "{l:?}");
+        l.simulate_pods();
+        assert_eq!(l.cluster.pods["shop/web-0"].service_account, "shop-web");
+        let mut d = one(DEPLOYMENT);
+        d.simulate_pods();
+        assert_eq!(d.cluster.pods["shop/web-0"].service_account, "default");
     }
 
     #[test]

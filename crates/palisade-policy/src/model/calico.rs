@@ -12,7 +12,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::{Direction, Protocol};
-use crate::calico_selector::CalicoSelector;
+use crate::calico_selector::{CalicoSelector, Expr};
 use crate::selector::Labels;
 
 /// Which Calico policy kind.
@@ -111,6 +111,64 @@ pub struct ServiceRef {
     pub name: String,
 }
 
+/// The label Calico puts on every workload endpoint for its pod's service account
+/// (Calico's `apiv3.LabelServiceAccount`). Palisade reserves it: a pod's own label of that
+/// key is never seen by a Calico selector (see [`crate::verdict::calico`]).
+pub const SERVICE_ACCOUNT_LABEL: &str = "projectcalico.org/serviceaccount";
+/// The prefix under which an endpoint inherits its ServiceAccount's labels (Calico's
+/// service account profiles, `ksa.<namespace>.<name>`); reserved like
+/// [`SERVICE_ACCOUNT_LABEL`].
+pub const SERVICE_ACCOUNT_LABEL_PREFIX: &str = "pcsa.";
+/// The label Calico gives a ServiceAccount for its name ("Calico automatic labels").
+pub const SERVICE_ACCOUNT_NAME_LABEL: &str = "projectcalico.org/name";
+
+/// `serviceAccounts: {names, selector}` of a rule's peer: pods running under a service
+/// account named in `names` (if any) whose ServiceAccount's labels match `selector` (if
+/// any); both must hold. At least one is set (decoding drops an empty match, which
+/// Calico ignores).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ServiceAccountMatch {
+    /// `names` (empty: any name).
+    pub names: Vec<String>,
+    /// `selector` over the ServiceAccount's labels.
+    pub selector: Option<CalicoSelector>,
+}
+
+impl ServiceAccountMatch {
+    /// The match as a selector over an endpoint's Calico labels, as Calico converts it
+    /// (libcalico-go `parseServiceAccounts`): `selector` with its keys under `pcsa.`,
+    /// AND `projectcalico.org/serviceaccount in {names}`.
+    pub fn as_selector(&self) -> CalicoSelector {
+        let names = (!self.names.is_empty()).then(|| CalicoSelector {
+            text: format!(
+                "{SERVICE_ACCOUNT_LABEL} in {{{}}}",
+                self.names
+                    .iter()
+                    .map(|n| format!("'{n}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            expr: Expr::In(SERVICE_ACCOUNT_LABEL.to_string(), self.names.clone()),
+        });
+        let sel = self.selector.as_ref().map(service_account_selector);
+        match (sel, names) {
+            (Some(s), Some(n)) => s.and(&n),
+            (Some(s), None) => s,
+            (None, Some(n)) => n,
+            (None, None) => CalicoSelector::all(),
+        }
+    }
+}
+
+/// A selector over ServiceAccount labels as one over endpoint labels (keys under
+/// `pcsa.`), as Calico converts `serviceAccounts.selector` and `serviceAccountSelector`.
+pub fn service_account_selector(sel: &CalicoSelector) -> CalicoSelector {
+    CalicoSelector {
+        text: format!("serviceaccount({})", sel.text),
+        expr: sel.expr.prefixed(SERVICE_ACCOUNT_LABEL_PREFIX),
+    }
+}
+
 /// What a rule requires of the *other* side of the traffic (the source of ingress,
 /// the destination of egress). Every set field must hold (AND); empty fields hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -130,6 +188,10 @@ pub struct CalicoEntity {
     /// The address belongs to this Service (its endpoints, and for egress its
     /// cluster IPs).
     pub service: Option<ServiceRef>,
+    /// `serviceAccounts`: ANDed with `selector` and scoped like it (the policy's
+    /// namespace, or `namespaceSelector`).
+    #[serde(default)]
+    pub service_accounts: Option<ServiceAccountMatch>,
 }
 
 impl CalicoEntity {
@@ -171,6 +233,10 @@ pub struct CalicoPolicy {
     pub order: Option<Order>,
     /// `spec.selector` (default `all()`).
     pub selector: CalicoSelector,
+    /// `spec.serviceAccountSelector`: ANDed with `selector`, over the labels of the
+    /// pod's ServiceAccount (`None`: absent, blank or `all()`).
+    #[serde(default)]
+    pub service_account_selector: Option<CalicoSelector>,
     /// GlobalNetworkPolicy `spec.namespaceSelector` (default `all()`).
     pub namespace_selector: Option<CalicoSelector>,
     /// `Some` when `types` includes Ingress.

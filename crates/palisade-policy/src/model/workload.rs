@@ -100,6 +100,9 @@ pub struct Workload {
     pub ports: Vec<ContainerPort>,
     /// Template `hostNetwork`.
     pub host_network: bool,
+    /// Template service account (see [`Pod::service_account`]).
+    #[serde(default = "super::default_service_account")]
+    pub service_account: String,
     /// The workload that controls this one (a Deployment's ReplicaSet, a CronJob's Job).
     pub owner: Option<Owner>,
 }
@@ -237,6 +240,7 @@ pub fn simulate_pods(
                         ips: Vec::new(),
                         host_network: w.host_network,
                         node_name: None,
+                        service_account: w.service_account.clone(),
                     },
                 );
                 pods.push(key);
@@ -275,6 +279,7 @@ mod tests {
             labels: Labels::from([("app".to_string(), name.to_string())]),
             ports: Vec::new(),
             host_network: false,
+            service_account: "default".into(),
             owner: None,
         }
     }
@@ -324,6 +329,7 @@ mod tests {
                 ips: vec!["10.244.0.1".parse().unwrap()],
                 host_network: false,
                 node_name: None,
+                service_account: "default".into(),
             },
         );
         simulate_pods(

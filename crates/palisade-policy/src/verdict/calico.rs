@@ -27,8 +27,9 @@ use std::net::IpAddr;
 use crate::calico_selector::CalicoSelector;
 use crate::compiled::RuleOrigin;
 use crate::model::{
-    CalicoAction, CalicoEntity, CalicoPolicy, CalicoPort, CalicoRule, Cluster, Direction,
-    NetworkPolicy, Order, Pod, ServiceRef, K8S_NETWORK_POLICY_ORDER,
+    service_account_selector, CalicoAction, CalicoEntity, CalicoPolicy, CalicoPort, CalicoRule,
+    Cluster, Direction, NetworkPolicy, Order, Pod, ServiceRef, K8S_NETWORK_POLICY_ORDER,
+    SERVICE_ACCOUNT_LABEL, SERVICE_ACCOUNT_LABEL_PREFIX, SERVICE_ACCOUNT_NAME_LABEL,
 };
 use crate::selector::Labels;
 
@@ -53,24 +54,69 @@ pub(crate) fn namespace_labels(ns_labels: &Labels, namespace: &str) -> Labels {
     l
 }
 
-/// The labels a Calico selector sees on a pod: its own, `projectcalico.org/namespace`,
-/// `projectcalico.org/orchestrator: k8s`, and each namespace label under `pcns.`.
-pub(crate) fn pod_labels(pod_labels: &Labels, ns_labels: &Labels, namespace: &str) -> Labels {
+/// Whether `key` is one of the reserved service account keys, which only
+/// [`service_account_facts`] may set.
+fn reserved_service_account_key(key: &str) -> bool {
+    key == SERVICE_ACCOUNT_LABEL || key.starts_with(SERVICE_ACCOUNT_LABEL_PREFIX)
+}
+
+/// What Calico knows of a pod's service account, as the labels its endpoint carries:
+/// `projectcalico.org/serviceaccount: <name>` (from the pod's spec) and, when the
+/// ServiceAccount object is known, each of its labels and `projectcalico.org/name:
+/// <name>` under `pcsa.` (Calico's service account profile; an unknown ServiceAccount
+/// contributes no `pcsa.` label, as a missing profile contributes none).
+///
+/// This is the whole compilation of service accounts: the facts are folded into the
+/// label set every Calico selector is matched against, under keys no pod label can take
+/// ([`pod_labels`] drops a pod's own labels of those keys), and `serviceAccounts` and
+/// `serviceAccountSelector` become selectors over them
+/// ([`crate::model::ServiceAccountMatch::as_selector`]). So the evaluator and the
+/// compiler (whose identities carry these facts, see `compile::identity::PodClass`) use
+/// one matching code path, Calico's own conversion, and a pod cannot claim a service
+/// account, or its labels, by labelling itself.
+pub(crate) fn service_account_facts(cluster: &Cluster, namespace: &str, name: &str) -> Labels {
+    let mut l = Labels::from([(SERVICE_ACCOUNT_LABEL.to_string(), name.to_string())]);
+    if let Some(sa) = cluster.service_accounts.get(&format!("{namespace}/{name}")) {
+        for (k, v) in &sa.labels {
+            l.insert(format!("{SERVICE_ACCOUNT_LABEL_PREFIX}{k}"), v.clone());
+        }
+        l.insert(
+            format!("{SERVICE_ACCOUNT_LABEL_PREFIX}{SERVICE_ACCOUNT_NAME_LABEL}"),
+            name.to_string(),
+        );
+    }
+    l
+}
+
+/// The labels a Calico selector sees on a pod: its own (less the reserved service
+/// account keys), `projectcalico.org/namespace`, `projectcalico.org/orchestrator: k8s`,
+/// each namespace label under `pcns.`, and its service account facts (`sa_facts`, from
+/// [`service_account_facts`]).
+pub(crate) fn pod_labels(
+    pod_labels: &Labels,
+    ns_labels: &Labels,
+    namespace: &str,
+    sa_facts: &Labels,
+) -> Labels {
     let mut l = pod_labels.clone();
+    l.retain(|k, _| !reserved_service_account_key(k));
     for (k, v) in namespace_labels(ns_labels, namespace) {
         l.insert(format!("{NAMESPACE_LABEL_PREFIX}{k}"), v);
     }
     l.insert(CALICO_NAMESPACE_LABEL.into(), namespace.into());
     l.insert(CALICO_ORCHESTRATOR_LABEL.into(), "k8s".into());
+    l.extend(sa_facts.iter().map(|(k, v)| (k.clone(), v.clone())));
     l
 }
 
-/// Whether `policy` selects `pod` (rule 1, without the direction).
+/// Whether `policy` selects `pod` (rule 1, without the direction): its namespace
+/// scope, then `selector && serviceAccountSelector` (the latter over `pcsa.` labels).
 pub(crate) fn selects(
     policy: &CalicoPolicy,
     pod_l: &Labels,
     ns_l: &Labels,
     namespace: &str,
+    sa_facts: &Labels,
 ) -> bool {
     let ns_ok = match &policy.namespace {
         Some(own) => own == namespace,
@@ -79,10 +125,31 @@ pub(crate) fn selects(
             .as_ref()
             .is_none_or(|s| s.matches(&namespace_labels(ns_l, namespace), false)),
     };
-    ns_ok
+    if !ns_ok {
+        return false;
+    }
+    let labels = pod_labels(pod_l, ns_l, namespace, sa_facts);
+    policy.selector.matches(&labels, false)
         && policy
-            .selector
-            .matches(&pod_labels(pod_l, ns_l, namespace), false)
+            .service_account_selector
+            .as_ref()
+            .is_none_or(|s| service_account_selector(s).matches(&labels, false))
+}
+
+/// The positive selector of a rule's peer, as Calico forms it (libcalico-go
+/// `getEndpointSelector`): `serviceAccounts` AND `selector`; `all()` when only a
+/// `namespaceSelector` is set; scoped by the caller.
+pub(crate) fn positive_selector(ent: &CalicoEntity) -> Option<CalicoSelector> {
+    let sa = ent.service_accounts.as_ref().map(|m| m.as_selector());
+    match (sa, &ent.selector) {
+        (Some(sa), Some(sel)) => Some(sa.and(sel)),
+        (Some(sa), None) => Some(sa),
+        (None, Some(sel)) => Some(sel.clone()),
+        (None, None) => ent
+            .namespace_selector
+            .as_ref()
+            .map(|_| CalicoSelector::all()),
+    }
 }
 
 /// Whether a namespaced resource in `namespace` is in the scope of a rule selector of
@@ -148,8 +215,9 @@ fn selected(
     let own = policy.namespace.as_deref();
     if let Some(p) = e.pod {
         let ns_l = cluster.namespace_labels(&p.namespace);
+        let facts = service_account_facts(cluster, &p.namespace, &p.service_account);
         if in_scope_namespaced(own, ns_sel, &ns_l, &p.namespace)
-            && sel.matches(&pod_labels(&p.labels, &ns_l, &p.namespace), false)
+            && sel.matches(&pod_labels(&p.labels, &ns_l, &p.namespace, &facts), false)
         {
             return true;
         }
@@ -206,10 +274,8 @@ fn entity_matches(
         return false;
     }
     let ns_sel = ent.namespace_selector.as_ref();
-    let all = CalicoSelector::all();
-    let positive = ent.selector.as_ref().or(ns_sel.map(|_| &all));
-    if let Some(sel) = positive {
-        if !selected(cluster, policy, sel, ns_sel, e) {
+    if let Some(sel) = positive_selector(ent) {
+        if !selected(cluster, policy, &sel, ns_sel, e) {
             return false;
         }
     }
@@ -288,10 +354,13 @@ pub(super) fn default_tier(
     consulted: &mut Vec<Step>,
 ) -> Option<TierResult> {
     let ns_l = cluster.namespace_labels(&pod.namespace);
+    let facts = service_account_facts(cluster, &pod.namespace, &pod.service_account);
     let mut members: Vec<(SortKey, Member<'_>)> = cluster
         .calico_policies
         .values()
-        .filter(|p| p.rules(t.dir).is_some() && selects(p, &pod.labels, &ns_l, &pod.namespace))
+        .filter(|p| {
+            p.rules(t.dir).is_some() && selects(p, &pod.labels, &ns_l, &pod.namespace, &facts)
+        })
         .map(|p| {
             let ns = p.namespace.clone().unwrap_or_default();
             (sort_key(p.order, &p.name, &ns, true), Member::Calico(p))

@@ -678,3 +678,185 @@ fn explain_steps_name_the_calico_policy_and_rule() {
         "denied by NetworkPolicy.projectcalico.org default/deny-k8s-api-and-imds egress rule 0"
     ));
 }
+
+/// Pods with service accounts for [`service_account_semantics_table`]: `x/w` runs as
+/// `web` (ServiceAccount labelled `team: front`), `y/d` as `web` of namespace `y`
+/// (`team: back`), `x/v` (`app: a`) as `api` through the deprecated
+/// `spec.serviceAccount`, and `x/s` as `default` while labelling itself with the
+/// service account keys Calico uses.
+const SA_WORLD: &str = r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: web, namespace: x, labels: {team: front}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: web, namespace: y, labels: {team: back}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: api, namespace: x}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: w, namespace: x, labels: {app: w}}
+spec: {serviceAccountName: web, containers: [{name: c}]}
+status: {podIP: 10.0.0.5}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: d, namespace: y, labels: {app: d}}
+spec: {serviceAccountName: web, containers: [{name: c}]}
+status: {podIP: 10.0.1.4}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: v, namespace: x, labels: {app: a}}
+spec: {serviceAccount: api, containers: [{name: c}]}
+status: {podIP: 10.0.0.6}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: s
+  namespace: x
+  labels: {projectcalico.org/serviceaccount: web, pcsa.team: front, pcsa.projectcalico.org/name: web}
+spec: {containers: [{name: c}]}
+status: {podIP: 10.0.0.7}
+"#;
+
+/// One case of the service account table: `yaml` on top of [`SA_WORLD`].
+fn run_sa(cases: &[Case]) {
+    for c in cases {
+        let cl = world(&format!("{SA_WORLD}\n---\n{}", c.yaml));
+        let d = tcp(&cl, c.from, c.to, c.port);
+        assert_eq!(
+            d.allowed, c.allowed,
+            "{}: {} -> {}:{}\n{d:#?}",
+            c.rule, c.from, c.to, c.port
+        );
+    }
+}
+
+/// Ingress to every pod of `x` only from `source`, written as a namespaced policy.
+const fn only_from(
+    rule: &'static str,
+    yaml: &'static str,
+    from: &'static str,
+    allowed: bool,
+) -> Case {
+    Case {
+        rule,
+        yaml,
+        from,
+        to: "x/a",
+        port: 80,
+        allowed,
+    }
+}
+
+#[test]
+fn service_account_semantics_table() {
+    const NAMES_NP: &str = r#"
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {name: sa, namespace: x}
+spec: {selector: all(), ingress: [{action: Allow, source: {serviceAccounts: {names: [web]}}}]}
+"#;
+    const NAMES_GNP: &str = r#"
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: sa}
+spec: {selector: projectcalico.org/namespace == 'x', ingress: [{action: Allow, source: {serviceAccounts: {names: [web]}}}]}
+"#;
+    const NAMES_NS_SEL: &str = r#"
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {name: sa, namespace: x}
+spec: {selector: all(), ingress: [{action: Allow, source: {serviceAccounts: {names: [web]}, namespaceSelector: projectcalico.org/name == 'y'}}]}
+"#;
+    const LABELS_GNP: &str = r#"
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: sa}
+spec: {selector: projectcalico.org/namespace == 'x', ingress: [{action: Allow, source: {serviceAccounts: {selector: team == 'front'}}}]}
+"#;
+    const NAMES_AND_LABELS: &str = r#"
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: sa}
+spec: {selector: projectcalico.org/namespace == 'x', ingress: [{action: Allow, source: {serviceAccounts: {names: [web], selector: team == 'back'}}}]}
+"#;
+    const WITH_SELECTOR: &str = r#"
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {name: sa, namespace: x}
+spec: {selector: all(), ingress: [{action: Allow, source: {selector: app == 'a', serviceAccounts: {names: [api]}}}]}
+"#;
+    const DEFAULT_SA: &str = r#"
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {name: sa, namespace: x}
+spec: {selector: app == 'w', ingress: [{action: Allow, source: {serviceAccounts: {names: [default]}}}]}
+"#;
+    const POLICY_SA_SELECTOR: &str = r#"
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {name: sa, namespace: x}
+spec: {selector: all(), serviceAccountSelector: team == 'front', ingress: [{action: Deny}]}
+"#;
+    const POLICY_SA_NAME: &str = r#"
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {name: sa, namespace: x}
+spec: {serviceAccountSelector: projectcalico.org/name == 'api', ingress: [{action: Deny}]}
+"#;
+    run_sa(&[
+        only_from("serviceAccounts.names: a pod running as the named account matches", NAMES_NP, "x/w", true),
+        only_from("serviceAccounts.names: a pod of another account does not", NAMES_NP, "x/b", false),
+        only_from("networkpolicy: a namespaced policy's serviceAccounts are limited to its namespace", NAMES_NP, "y/d", false),
+        only_from("globalnetworkpolicy: without namespaceSelector, accounts of that name in every namespace", NAMES_GNP, "y/d", true),
+        only_from("EntityRule serviceAccounts: with a namespaceSelector, only accounts in the selected namespaces", NAMES_NS_SEL, "y/d", true),
+        only_from("EntityRule serviceAccounts: with a namespaceSelector, not the policy's own namespace", NAMES_NS_SEL, "x/w", false),
+        only_from("ServiceAccountMatch selector: matches the ServiceAccount's labels", LABELS_GNP, "x/w", true),
+        only_from("ServiceAccountMatch selector: another account's labels do not", LABELS_GNP, "y/d", false),
+        only_from("ServiceAccountMatch: names and selector must both hold", NAMES_AND_LABELS, "y/d", true),
+        only_from("ServiceAccountMatch: names and selector must both hold (label differs)", NAMES_AND_LABELS, "x/w", false),
+        only_from("EntityRule: serviceAccounts and selector must both hold", WITH_SELECTOR, "x/v", true),
+        only_from("EntityRule: serviceAccounts and selector, the account differs", WITH_SELECTOR, "x/a", false),
+        Case {
+            rule: "a pod that names no service account runs as `default`",
+            yaml: DEFAULT_SA,
+            from: "x/b",
+            to: "x/w",
+            port: 80,
+            allowed: true,
+        },
+        only_from("a pod's own label projectcalico.org/serviceaccount is not its service account", NAMES_NP, "x/s", false),
+        only_from("a pod's own pcsa. labels are not its ServiceAccount's labels", LABELS_GNP, "x/s", false),
+        Case {
+            rule: "serviceAccountSelector: the policy applies to pods whose ServiceAccount matches",
+            yaml: POLICY_SA_SELECTOR,
+            from: "y/c",
+            to: "x/w",
+            port: 80,
+            allowed: false,
+        },
+        Case {
+            rule: "serviceAccountSelector: other pods are not selected (no policy, allowed)",
+            yaml: POLICY_SA_SELECTOR,
+            from: "y/c",
+            to: "x/a",
+            port: 80,
+            allowed: true,
+        },
+        Case {
+            rule: "Calico automatic labels: projectcalico.org/name is a ServiceAccount's name",
+            yaml: POLICY_SA_NAME,
+            from: "y/c",
+            to: "x/v",
+            port: 80,
+            allowed: false,
+        },
+    ]);
+}

@@ -89,6 +89,7 @@ impl World {
                 ips: ips.iter().map(|s| ip(s)).collect(),
                 host_network,
                 node_name: Some("node-1".into()),
+                service_account: "default".into(),
             },
         );
         self

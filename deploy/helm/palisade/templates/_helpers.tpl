@@ -20,7 +20,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{/* The agent's read rules, shared by the controller (it reads the desired state through the agent's source). */}}
 {{- define "palisade.readRules" -}}
 - apiGroups: [""]
-  resources: [namespaces, pods, nodes, services]
+  resources: [namespaces, pods, nodes, services, serviceaccounts]
   verbs: [list, watch]
 - apiGroups: [discovery.k8s.io]
   resources: [endpointslices]

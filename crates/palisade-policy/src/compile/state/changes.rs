@@ -109,9 +109,10 @@ impl State {
         {
             Some(pod) => {
                 let ns_labels = cluster.namespace_labels(&pod.namespace);
+                let facts = self.endpoint_sa_facts(cluster, pod);
                 let keys = [
-                    self.table_key(pod, &ns_labels, Direction::Ingress),
-                    self.table_key(pod, &ns_labels, Direction::Egress),
+                    self.table_key(pod, &ns_labels, &facts, Direction::Ingress),
+                    self.table_key(pod, &ns_labels, &facts, Direction::Egress),
                 ];
                 self.put_endpoint(key, pod, keys, txn);
             }
