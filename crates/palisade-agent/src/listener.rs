@@ -63,10 +63,19 @@ impl Default for ApiLimits {
     }
 }
 
-/// Binds `path` with mode [`SOCKET_MODE`], whatever the umask: the socket is bound
-/// under a temporary name, its mode set, then renamed into place, so no client can
-/// connect while it is still open to others.
+/// Mode of the read-only socket: root and the group the chart sets may connect.
+pub const READ_ONLY_SOCKET_MODE: u32 = 0o660;
+
+/// Binds `path` with mode [`SOCKET_MODE`], whatever the umask (see [`bind_socket`]).
 pub fn bind_private(path: &Path) -> anyhow::Result<UnixListener> {
+    bind_socket(path, SOCKET_MODE, None)
+}
+
+/// Binds `path` with `mode` and, if given, group `gid` (the owner is the agent's user,
+/// root), whatever the umask: the socket is bound under a temporary name, its mode and
+/// group set, then renamed into place, so no client can connect while it is still open
+/// to others.
+pub fn bind_socket(path: &Path, mode: u32, gid: Option<u32>) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -76,11 +85,55 @@ pub fn bind_private(path: &Path) -> anyhow::Result<UnixListener> {
     let _ = std::fs::remove_file(&tmp);
     let listener =
         UnixListener::bind(&tmp).with_context(|| format!("binding {}", tmp.display()))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(SOCKET_MODE))
-        .with_context(|| format!("setting the mode of {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("moving {} to {}", tmp.display(), path.display()))?;
-    Ok(listener)
+    let placed = (|| {
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("setting the mode of {}", tmp.display()))?;
+        if let Some(gid) = gid {
+            std::os::unix::fs::chown(&tmp, None, Some(gid))
+                .with_context(|| format!("setting the group of {} to {gid}", tmp.display()))?;
+        }
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("moving {} to {}", tmp.display(), path.display()))
+    })();
+    if placed.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    placed.map(|()| listener)
+}
+
+/// A group as `--read-only-group` takes it: a number, or a name looked up in the
+/// system's group database.
+pub fn resolve_group(group: &str) -> anyhow::Result<u32> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    let name = std::ffi::CString::new(group)
+        .map_err(|_| anyhow::anyhow!("group {group:?}: contains a NUL byte"))?;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: every pointer is valid for the call; `buf` outlives `entry`, whose
+        // fields point into it, and only `gr_gid` (a plain integer) is read.
+        let mut entry: libc::group = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::group = std::ptr::null_mut();
+        let rc = unsafe {
+            libc::getgrnam_r(
+                name.as_ptr(),
+                &mut entry,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut found,
+            )
+        };
+        match rc {
+            0 if found.is_null() => anyhow::bail!("group {group:?}: no such group"),
+            0 => return Ok(entry.gr_gid),
+            libc::ERANGE if buf.len() < 1 << 20 => buf.resize(buf.len() * 2, 0),
+            e => anyhow::bail!(
+                "group {group:?}: looking it up failed: {}",
+                io::Error::from_raw_os_error(e)
+            ),
+        }
+    }
 }
 
 /// Why a request line could not be read.
@@ -453,6 +506,56 @@ mod tests {
         drop(a);
         assert!(c.admit(2).is_some(), "a freed place is reused");
         drop(b);
+    }
+
+    #[test]
+    fn groups_are_numbers_or_names() {
+        assert_eq!(resolve_group("65534").unwrap(), 65534);
+        assert_eq!(resolve_group("root").unwrap(), 0);
+        let e = resolve_group("no-such-group-palisade")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no-such-group-palisade") && e.contains("no such group"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_socket_is_bound_with_its_mode_and_group_whatever_the_umask() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        // SAFETY: getgid has no preconditions.
+        let gid = unsafe { libc::getgid() };
+        // SAFETY: umask only changes this process's mask; restored below.
+        let old = unsafe { libc::umask(0) };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (ro, private) = rt.block_on(async {
+            (
+                bind_socket(
+                    &dir.path().join("ro.sock"),
+                    READ_ONLY_SOCKET_MODE,
+                    Some(gid),
+                ),
+                bind_private(&dir.path().join("main.sock")),
+            )
+        });
+        unsafe { libc::umask(old) };
+        let (_ro, _private) = (ro.unwrap(), private.unwrap());
+        let m = std::fs::metadata(dir.path().join("ro.sock")).unwrap();
+        assert_eq!(m.mode() & 0o777, 0o660);
+        assert_eq!(m.gid(), gid);
+        let m = std::fs::metadata(dir.path().join("main.sock")).unwrap();
+        assert_eq!(m.mode() & 0o777, 0o600);
+        // Nothing is left under a temporary name.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
     }
 
     #[test]

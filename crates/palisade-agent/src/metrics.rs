@@ -83,7 +83,8 @@ pub struct Metrics {
     api_refused: Counter,
     api_accept_errors: Counter,
     last_transport: TransportStats,
-    connections: Option<crate::listener::Connections>,
+    /// Both API sockets' connections (main, read-only): the series are their sums.
+    connections: Vec<crate::listener::Connections>,
     read_errors: Counter,
     watch_errors: Family<KindLabels, Counter>,
     watch_relists: Family<KindLabels, Counter>,
@@ -201,7 +202,7 @@ impl Metrics {
         let api_connections = Gauge::default();
         registry.register(
             "api_connections",
-            "Open connections on the agent socket",
+            "Open connections on the agent's API sockets (main and read-only)",
             api_connections.clone(),
         );
         let api_evicted = Counter::default();
@@ -219,7 +220,7 @@ impl Metrics {
         let api_accept_errors = Counter::default();
         registry.register(
             "api_accept_errors",
-            "Failed accepts on the agent socket (EMFILE, ENFILE, ...)",
+            "Failed accepts on the agent's API sockets (EMFILE, ENFILE, ...)",
             api_accept_errors.clone(),
         );
         let read_errors = Counter::default();
@@ -300,7 +301,7 @@ impl Metrics {
             api_refused,
             api_accept_errors,
             last_transport: TransportStats::default(),
-            connections: None,
+            connections: Vec::new(),
             read_errors,
             watch_errors,
             watch_relists,
@@ -316,9 +317,10 @@ impl Metrics {
         self.kube_events.clone()
     }
 
-    /// Reports the API socket's connections too.
+    /// Reports an API socket's connections too (called once per socket; the series
+    /// are summed over them).
     pub fn watch_connections(&mut self, connections: crate::listener::Connections) {
-        self.connections = Some(connections);
+        self.connections.push(connections);
     }
 
     /// Handles onto the decision log's counters (for [`crate::decision_log::DecisionLog`]).
@@ -446,8 +448,16 @@ impl Metrics {
                 .get_or_create(&labels)
                 .inc_by(c.packets.saturating_sub(prev));
         }
-        if let Some(c) = &self.connections {
-            let t = c.stats();
+        if !self.connections.is_empty() {
+            let t = self.connections.iter().map(|c| c.stats()).fold(
+                TransportStats::default(),
+                |a, b| TransportStats {
+                    open: a.open + b.open,
+                    evicted: a.evicted + b.evicted,
+                    refused: a.refused + b.refused,
+                    accept_errors: a.accept_errors + b.accept_errors,
+                },
+            );
             self.record_transport(t);
         }
         let mut out = String::new();

@@ -67,8 +67,12 @@ pub struct AgentConfig {
     pub source: SourceConfig,
     /// Where the agent keeps its registry of interfaces.
     pub state_dir: PathBuf,
-    /// The API socket.
+    /// The API socket (mode 0600: root only; every request).
     pub socket: PathBuf,
+    /// The read-only API socket (mode 0660, group `read_only_group`): inspection only.
+    pub read_only_socket: PathBuf,
+    /// Group of the read-only socket (0: root only).
+    pub read_only_group: u32,
     /// bpffs directory for pinned programs, maps and links.
     pub pin_root: PathBuf,
     /// Decision log file (JSON lines); `None` keeps decisions in memory only.
@@ -157,7 +161,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         .with_publisher(publisher)
         .with_events(kube_events);
 
-    raise_fd_limit(config.api.max_connections);
+    // Two sockets, each with its own budget (see `ReadOnlySocket::connections`).
+    raise_fd_limit(config.api.max_connections.saturating_mul(2));
     let (tx, _) = broadcast::channel(4096);
     let connections = Connections::default();
     let shared = Shared {
@@ -168,6 +173,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         connections: connections.clone(),
     };
     metrics.watch_connections(connections);
+    let read_only = crate::server::ReadOnlySocket {
+        path: config.read_only_socket.clone(),
+        gid: config.read_only_group,
+        connections: Connections::default(),
+    };
+    metrics.watch_connections(read_only.connections.clone());
     let log = match &config.decision_log {
         Some(p) => Some(DecisionLog::open(
             p,
@@ -185,6 +196,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     serve(
         reconciler,
         config.socket.clone(),
+        Some(read_only),
         shared,
         Arc::new(Mutex::new(metrics)),
     )

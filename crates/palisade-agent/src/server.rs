@@ -138,6 +138,23 @@ enum Msg {
     Wake,
 }
 
+/// The second, read-only API socket (issue 14, least privilege): mode 0660, group
+/// `gid`. It answers every request that does not change the agent's state; a mutating
+/// one ([`Request::mutates`]) gets an error naming the socket to use.
+#[derive(Clone)]
+pub struct ReadOnlySocket {
+    /// Where it is bound.
+    pub path: PathBuf,
+    /// Its group (0: root only, like the main socket but without the mutating verbs).
+    pub gid: u32,
+    /// Its connections. Its own budget, not the main socket's: both sockets have the
+    /// same limits ([`Shared::api`]), but a flood of the read-only one (anyone in the
+    /// group) evicts and refuses only its own connections, so it can never take the
+    /// places of the CNI plugin's connections on the main socket. The cost is that the
+    /// agent may hold twice `max_connections` (its fd limit is raised for both).
+    pub connections: crate::listener::Connections,
+}
+
 struct Pending {
     pod: String,
     deadline: Instant,
@@ -149,6 +166,7 @@ struct Pending {
 pub async fn serve(
     mut reconciler: Reconciler,
     socket: PathBuf,
+    read_only: Option<ReadOnlySocket>,
     shared: Shared,
     metrics: Arc<Mutex<Metrics>>,
 ) -> anyhow::Result<()> {
@@ -164,6 +182,18 @@ pub async fn serve(
     }));
     let listener = crate::listener::bind_private(&socket)?;
     tracing::info!(socket = %socket.display(), "agent API listening");
+    let ro_listener = match &read_only {
+        Some(ro) => {
+            let l = crate::listener::bind_socket(
+                &ro.path,
+                crate::listener::READ_ONLY_SOCKET_MODE,
+                Some(ro.gid),
+            )?;
+            tracing::info!(socket = %ro.path.display(), gid = ro.gid, "agent read-only API listening");
+            Some(l)
+        }
+        None => None,
+    };
     let board = Board {
         busy: Arc::new(AtomicBool::new(true)),
         published: Arc::new(RwLock::new(Published::default())),
@@ -181,37 +211,83 @@ pub async fn serve(
             .context("starting the reconciler thread")?
     };
 
-    let accept_shared = shared.clone();
-    let mut accept = tokio::spawn(crate::listener::accept_loop(
-        listener,
-        shared.api,
-        shared.connections.clone(),
-        move |stream, slot| {
-            let handle = handle.clone();
-            let shared = accept_shared.clone();
-            async move {
-                if let Err(e) = handle_connection(stream, handle, shared, slot).await {
-                    tracing::debug!(error = %format!("{e:#}"), "API connection ended with an error");
+    let accept_on = |listener, connections: crate::listener::Connections, side: Side| {
+        let handle = handle.clone();
+        let shared = shared.clone();
+        let conns = connections.clone();
+        tokio::spawn(crate::listener::accept_loop(
+            listener,
+            shared.api,
+            connections,
+            move |stream, slot| {
+                let handle = handle.clone();
+                let shared = shared.clone();
+                let conns = conns.clone();
+                let side = side.clone();
+                async move {
+                    if let Err(e) =
+                        handle_connection(stream, handle, shared, conns, side, slot).await
+                    {
+                        tracing::debug!(error = %format!("{e:#}"), "API connection ended with an error");
+                    }
                 }
-            }
-        },
-    ));
+            },
+        ))
+    };
+    let mut accept = accept_on(listener, shared.connections.clone(), Side::Main);
+    let mut ro_accept = match (ro_listener, &read_only) {
+        (Some(l), Some(ro)) => Some(accept_on(
+            l,
+            ro.connections.clone(),
+            Side::ReadOnly {
+                this: Arc::new(ro.path.clone()),
+                main: Arc::new(socket.clone()),
+            },
+        )),
+        _ => None,
+    };
+    let ro_stopped = async {
+        match ro_accept.as_mut() {
+            Some(t) => t.await,
+            None => std::future::pending().await,
+        }
+    };
     // The reconciler thread runs until the process stops; if it ever ends (a panic),
     // the agent must not keep answering as if it were reconciling.
     let owner = tokio::task::spawn_blocking(move || owner.join());
-    tokio::select! {
+    let result = tokio::select! {
         r = owner => {
-            accept.abort();
             match r {
-                Ok(Ok(())) => anyhow::bail!("the reconciler thread stopped"),
-                _ => anyhow::bail!("the reconciler thread panicked"),
+                Ok(Ok(())) => Err(anyhow::anyhow!("the reconciler thread stopped")),
+                _ => Err(anyhow::anyhow!("the reconciler thread panicked")),
             }
         }
         r = &mut accept => {
-            r.context("the API accept loop stopped")?;
-            anyhow::bail!("the API accept loop stopped")
+            r.context("the API accept loop stopped")
+                .and_then(|()| Err(anyhow::anyhow!("the API accept loop stopped")))
         }
+        r = ro_stopped => {
+            r.context("the read-only API accept loop stopped")
+                .and_then(|()| Err(anyhow::anyhow!("the read-only API accept loop stopped")))
+        }
+    };
+    accept.abort();
+    if let Some(t) = &ro_accept {
+        t.abort();
     }
+    result
+}
+
+/// Which socket a connection came in on.
+#[derive(Clone)]
+enum Side {
+    /// The root-only socket: every request.
+    Main,
+    /// The read-only socket at `this`: mutating requests are refused, naming `main`.
+    ReadOnly {
+        this: Arc<PathBuf>,
+        main: Arc<PathBuf>,
+    },
 }
 
 /// The reconciler thread: adopts and syncs, then serves commands and its timer until
@@ -634,6 +710,8 @@ async fn handle_connection(
     stream: UnixStream,
     handle: Handle,
     shared: Shared,
+    connections: crate::listener::Connections,
+    side: Side,
     slot: crate::listener::Slot,
 ) -> anyhow::Result<()> {
     let limits = shared.api;
@@ -660,6 +738,21 @@ async fn handle_connection(
             return Ok(());
         }
     };
+    if let Side::ReadOnly { this, main } = &side {
+        if request.mutates() {
+            let msg = format!(
+                "{} changes the agent's state and is not served on the read-only socket {}; \
+                 use the agent socket {} (root only)",
+                request.op(),
+                this.display(),
+                main.display()
+            );
+            let mut out = serde_json::to_vec(&Reply::error(msg))?;
+            out.push(b'\n');
+            write_bounded(&mut w, &out, &limits).await?;
+            return Ok(());
+        }
+    }
     if let Request::Flows {
         follow,
         pod,
@@ -667,7 +760,7 @@ async fn handle_connection(
     } = request
     {
         let _follower = if follow {
-            match shared.connections.follow(limits.max_followers) {
+            match connections.follow(limits.max_followers) {
                 Some(f) => Some(f),
                 None => {
                     let msg = format!(
@@ -838,6 +931,7 @@ mod tests {
         let server = rt.spawn(serve(
             reconciler,
             socket.clone(),
+            None,
             shared,
             Arc::new(Mutex::new(Metrics::new())),
         ));
@@ -949,6 +1043,7 @@ mod tests {
         let server = rt.spawn(serve(
             reconciler,
             socket.clone(),
+            None,
             shared,
             Arc::new(Mutex::new(Metrics::new())),
         ));
@@ -979,6 +1074,136 @@ mod tests {
         let e = del("").unwrap_err();
         assert!(!e.retryable(), "{e}");
         assert!(e.to_string().contains("container id is empty"), "{e}");
+        server.abort();
+    }
+
+    /// On the read-only socket: what only reads is answered as on the main socket, what
+    /// changes the agent's state is refused naming the verb and the socket to use, and
+    /// the main socket still serves it.
+    #[test]
+    fn the_read_only_socket_refuses_mutating_requests_and_answers_the_rest() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let ro_path = palisade_api::read_only_socket_beside(&socket);
+        let (entered, _) = std_mpsc::channel();
+        let (_release, release) = std_mpsc::channel();
+        let enforcer = GatedEnforcer {
+            armed: Arc::new(AtomicBool::new(false)),
+            entered,
+            release,
+        };
+        let registry = crate::registry::Registry::open(dir.path().join("endpoints.json")).unwrap();
+        let reconciler = Reconciler::new(Box::new(EmptySource), Box::new(enforcer), registry);
+        let shared = Shared {
+            decisions: broadcast::channel(16).0,
+            history: Arc::new(Mutex::new(History::new(16))),
+            views: Arc::new(RwLock::new(Arc::new(Views::default()))),
+            api: crate::listener::ApiLimits::default(),
+            connections: crate::listener::Connections::default(),
+        };
+        // SAFETY: getgid has no preconditions.
+        let gid = unsafe { libc::getgid() };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let server = rt.spawn(serve(
+            reconciler,
+            socket.clone(),
+            Some(ReadOnlySocket {
+                path: ro_path.clone(),
+                gid,
+                connections: crate::listener::Connections::default(),
+            }),
+            shared,
+            Arc::new(Mutex::new(Metrics::new())),
+        ));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            match crate::api::call(&ro_path, &crate::api::Status, Duration::from_secs(30)) {
+                Ok(r) => break r.data,
+                Err(e) if e.retryable() && Instant::now() < deadline => std::thread::yield_now(),
+                Err(e) => panic!("status on the read-only socket: {e}"),
+            }
+        };
+        assert_eq!(status.passes, 1);
+        let m = std::fs::metadata(&ro_path).unwrap();
+        assert_eq!((m.mode() & 0o777, m.gid()), (0o660, gid));
+        assert_eq!(std::fs::metadata(&socket).unwrap().mode() & 0o777, 0o600);
+        crate::api::call(&ro_path, &crate::api::Metrics, Duration::from_secs(30)).unwrap();
+
+        let endpoint = crate::api::PodEndpoint {
+            namespace: "team-a".into(),
+            pod: "p".into(),
+            container_id: "c1".into(),
+            netns: String::new(),
+            host_ifname: "nope0".into(),
+            ips: vec![],
+        };
+        let refusal = |e: crate::api::ClientError| match e {
+            crate::api::ClientError::Refused(m) => m,
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        let e = refusal(
+            crate::api::call(
+                &ro_path,
+                &crate::api::Sync { full: false },
+                Duration::from_secs(30),
+            )
+            .unwrap_err(),
+        );
+        assert!(e.starts_with("sync changes the agent's state"), "{e}");
+        assert!(e.contains(&ro_path.display().to_string()), "{e}");
+        assert!(e.contains(&socket.display().to_string()), "{e}");
+        for (op, r) in [
+            (
+                "register",
+                crate::api::call(
+                    &ro_path,
+                    &crate::api::Register(endpoint.clone()),
+                    Duration::from_secs(30),
+                )
+                .map(|_| ()),
+            ),
+            (
+                "unregister",
+                crate::api::call(
+                    &ro_path,
+                    &crate::api::Unregister(endpoint.clone()),
+                    Duration::from_secs(30),
+                )
+                .map(|_| ()),
+            ),
+        ] {
+            let e = refusal(r.unwrap_err());
+            assert!(
+                e.starts_with(&format!("{op} changes the agent's state")),
+                "{e}"
+            );
+        }
+        // Nothing was done by the refused requests: still one pass, and the main socket
+        // serves the same sync.
+        let after = crate::api::call(&ro_path, &crate::api::Status, Duration::from_secs(30))
+            .unwrap()
+            .data;
+        assert_eq!(after.passes, 1);
+        let synced = crate::api::call(
+            &socket,
+            &crate::api::Sync { full: false },
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        assert!(synced.in_force);
+        // CHECK only reads: answered (here: the pod is not registered).
+        let e = crate::api::call(
+            &ro_path,
+            &crate::api::Check(endpoint),
+            Duration::from_secs(30),
+        )
+        .unwrap_err();
+        assert!(!e.to_string().contains("read-only socket"), "{e}");
         server.abort();
     }
 }

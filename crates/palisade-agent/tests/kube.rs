@@ -790,6 +790,10 @@ fn a_rejected_policy_gets_one_event_naming_the_field_and_the_good_one_stays_in_f
             },
             state_dir: state.clone(),
             socket: state.join("agent.sock"),
+            read_only_socket: palisade_agent::api::read_only_socket_beside(
+                &state.join("agent.sock"),
+            ),
+            read_only_group: 0,
             pin_root: pin.0.clone(),
             decision_log: None,
             log_mode: Default::default(),

@@ -28,6 +28,19 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    /// The socket exists but this process may not connect to it (connecting to a unix
+    /// socket needs write permission on its file). Not retryable: waiting does not
+    /// change who may connect.
+    #[error("agent socket {path}: permission denied ({why})")]
+    PermissionDenied {
+        /// The socket path.
+        path: PathBuf,
+        /// The socket's mode, owner and group, and what that means.
+        why: String,
+        /// The connect error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The agent did not answer in time.
     #[error("agent did not answer within {} ms", .timeout.as_millis())]
     Timeout {
@@ -109,13 +122,50 @@ pub fn decode<C: Call>(line: &str) -> Result<C::Reply, ClientError> {
         .map_err(|e| malformed(e.path().to_string(), e.inner().to_string()))
 }
 
+/// Connects to the agent's socket; a refused permission is told apart from an agent
+/// that is not there, with what the socket file allows.
+fn connect(socket: &Path) -> Result<UnixStream, ClientError> {
+    UnixStream::connect(socket).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::PermissionDenied {
+            ClientError::PermissionDenied {
+                path: socket.to_owned(),
+                why: permission_why(socket),
+                source,
+            }
+        } else {
+            ClientError::Unreachable {
+                path: socket.to_owned(),
+                source,
+            }
+        }
+    })
+}
+
+/// Why a connect to `socket` may be refused: its mode, owner and group as the file
+/// says (or why they could not be read: a directory on the way that denies search).
+fn permission_why(socket: &Path) -> String {
+    use std::os::unix::fs::MetadataExt as _;
+    match std::fs::metadata(socket) {
+        Ok(m) => format!(
+            "mode {:04o}, owner uid {}, group gid {}: connecting needs write permission on \
+             the socket file, so only {} may connect",
+            m.mode() & 0o7777,
+            m.uid(),
+            m.gid(),
+            if m.mode() & 0o020 != 0 {
+                "root, its owner and its group"
+            } else {
+                "root and its owner"
+            }
+        ),
+        Err(e) => format!("its file cannot be read: {e}"),
+    }
+}
+
 /// Connects, writes the request line, and reads one reply line within the budget.
 fn exchange<C: Call>(socket: &Path, call: &C, timeout: Duration) -> Result<String, ClientError> {
     let deadline = Instant::now() + timeout;
-    let stream = UnixStream::connect(socket).map_err(|source| ClientError::Unreachable {
-        path: socket.to_owned(),
-        source,
-    })?;
+    let stream = connect(socket)?;
     let remaining = || {
         deadline
             .checked_duration_since(Instant::now())
@@ -172,10 +222,7 @@ pub fn stream(
     req: &crate::wire::Request,
     mut each: impl FnMut(&str) -> bool,
 ) -> Result<(), ClientError> {
-    let stream = UnixStream::connect(socket).map_err(|source| ClientError::Unreachable {
-        path: socket.to_owned(),
-        source,
-    })?;
+    let stream = connect(socket)?;
     let mut line = serde_json::to_vec(req).expect("requests always serialize");
     line.push(b'\n');
     (&stream).write_all(&line).map_err(ClientError::Io)?;

@@ -8,6 +8,20 @@ use serde::{Deserialize, Serialize};
 /// Where the agent listens unless told otherwise (`agentSocket`, `--socket`).
 pub const DEFAULT_AGENT_SOCKET: &str = "/run/palisade/agent.sock";
 
+/// File name of the agent's read-only socket, in the directory of its main socket
+/// unless `--read-only-socket` says otherwise. It answers every request that does not
+/// change the agent's state (see [`Request::mutates`]), and may be opened to a group.
+pub const READ_ONLY_SOCKET_NAME: &str = "palisade-ro.sock";
+
+/// Where the read-only socket is by default for an agent whose main socket is `main`:
+/// [`READ_ONLY_SOCKET_NAME`] beside it.
+pub fn read_only_socket_beside(main: &std::path::Path) -> std::path::PathBuf {
+    match main.parent() {
+        Some(dir) => dir.join(READ_ONLY_SOCKET_NAME),
+        None => std::path::PathBuf::from(READ_ONLY_SOCKET_NAME),
+    }
+}
+
 /// Everything the agent needs to enforce policy on one pod sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodEndpoint {
@@ -89,6 +103,34 @@ pub enum Request {
 }
 
 impl Request {
+    /// Whether the request changes the agent's state (its registrations, or what it
+    /// has put in force), so it is served only on the root-only main socket and refused
+    /// on the read-only one. Exhaustive on purpose: a new verb must be classified here.
+    pub fn mutates(&self) -> bool {
+        match self {
+            Request::Register(_) | Request::Unregister(_) | Request::Sync { .. } => true,
+            Request::Check(_)
+            | Request::Status
+            | Request::Endpoint { .. }
+            | Request::Flows { .. }
+            | Request::Metrics => false,
+        }
+    }
+
+    /// The request's wire name (`op`), for messages.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Register(_) => "register",
+            Request::Unregister(_) => "unregister",
+            Request::Check(_) => "check",
+            Request::Sync { .. } => "sync",
+            Request::Status => "status",
+            Request::Endpoint { .. } => "endpoint",
+            Request::Flows { .. } => "flows",
+            Request::Metrics => "metrics",
+        }
+    }
+
     /// The endpoint a CNI request is about.
     pub fn endpoint(&self) -> Option<&PodEndpoint> {
         match self {
@@ -513,6 +555,55 @@ mod tests {
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"op":"sync"}"#).unwrap(),
             Request::Sync { full: false }
+        );
+    }
+
+    /// One request of every verb, with whether it changes the agent's state.
+    fn every_verb() -> Vec<(Request, bool)> {
+        vec![
+            (Register(endpoint()).request(), true),
+            (Unregister(endpoint()).request(), true),
+            (Sync { full: false }.request(), true),
+            (Sync { full: true }.request(), true),
+            (Check(endpoint()).request(), false),
+            (Status.request(), false),
+            (Endpoint { pod: "x/a".into() }.request(), false),
+            (
+                Request::Flows {
+                    follow: true,
+                    pod: None,
+                    verdict: None,
+                },
+                false,
+            ),
+            (Metrics.request(), false),
+        ]
+    }
+
+    #[test]
+    fn only_register_unregister_and_sync_mutate() {
+        for (req, mutates) in every_verb() {
+            assert_eq!(req.mutates(), mutates, "{req:?}");
+        }
+    }
+
+    #[test]
+    fn op_is_the_wire_name() {
+        for (req, _) in every_verb() {
+            let v = serde_json::to_value(&req).unwrap();
+            assert_eq!(v["op"], req.op(), "{req:?}");
+        }
+    }
+
+    #[test]
+    fn the_read_only_socket_is_beside_the_main_one() {
+        assert_eq!(
+            read_only_socket_beside(std::path::Path::new("/run/palisade/agent.sock")),
+            std::path::Path::new("/run/palisade/palisade-ro.sock")
+        );
+        assert_eq!(
+            read_only_socket_beside(std::path::Path::new("agent.sock")),
+            std::path::Path::new("palisade-ro.sock")
         );
     }
 

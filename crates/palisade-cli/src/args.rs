@@ -354,9 +354,17 @@ pub struct AgentArgs {
     /// Context of the kubeconfig, with --source kubernetes.
     #[arg(long)]
     pub context: Option<String>,
-    /// The API socket.
+    /// The API socket: mode 0600, root only, every request (the CNI plugin's too).
     #[arg(long, default_value = "/run/palisade/agent.sock")]
     pub socket: PathBuf,
+    /// The read-only API socket: mode 0660, group --read-only-group; answers what only
+    /// reads (status, endpoint, flows, metrics, check) and refuses register, unregister
+    /// and sync [default: palisade-ro.sock in the directory of --socket].
+    #[arg(long)]
+    pub read_only_socket: Option<PathBuf>,
+    /// Group that may use the read-only socket: a name or a number (0: root only).
+    #[arg(long, default_value = "0")]
+    pub read_only_group: String,
     /// State directory (interface registry).
     #[arg(long, default_value = "/var/lib/palisade")]
     pub state_dir: PathBuf,

@@ -32,10 +32,44 @@ pub fn resolve_socket(explicit: Option<PathBuf>) -> PathBuf {
 pub const CLI_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Sends one request and returns its typed reply; a reply that does not decode is an
-/// error naming the field.
+/// error naming the field. A request that only reads, refused on `socket` for lack of
+/// permission (the main socket is root only), is sent to the read-only socket beside it
+/// (see [`with_read_only_fallback`]).
 pub fn call<C: Call>(socket: &Path, req: &C) -> anyhow::Result<C::Reply> {
-    client::call(socket, req, CLI_TIMEOUT)
-        .map_err(|e| anyhow::Error::new(e).context(format!("agent at {}", socket.display())))
+    with_read_only_fallback(socket, &req.request(), |s| {
+        client::call(s, req, CLI_TIMEOUT)
+    })
+}
+
+/// Runs `f` on `socket`; if connecting is denied and `req` does not change the agent's
+/// state, runs it again on the read-only socket beside `socket` (the agent's default
+/// `--read-only-socket`), saying so on stderr once per process. If both fail, the error
+/// names both sockets and why.
+pub fn with_read_only_fallback<T>(
+    socket: &Path,
+    req: &api::Request,
+    mut f: impl FnMut(&Path) -> Result<T, client::ClientError>,
+) -> anyhow::Result<T> {
+    let at = |s: &Path| format!("agent at {}", s.display());
+    match f(socket) {
+        Err(denied @ client::ClientError::PermissionDenied { .. }) if !req.mutates() => {
+            let ro = api::read_only_socket_beside(socket);
+            if ro == socket {
+                return Err(anyhow::Error::new(denied).context(at(socket)));
+            }
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                eprintln!(
+                    "palisade: {denied}; using the read-only socket {}",
+                    ro.display()
+                )
+            });
+            f(&ro).map_err(|e| {
+                anyhow::Error::new(e).context(format!("{} (tried because {denied})", at(&ro)))
+            })
+        }
+        r => r.map_err(|e| anyhow::Error::new(e).context(at(socket))),
+    }
 }
 
 /// `palisade endpoint list`.
@@ -291,19 +325,20 @@ pub fn flows(
     // Each line must be a record (or the agent's lag note): anything else is an error,
     // not a silently printed or skipped line.
     let mut bad = None;
-    client::stream(socket, &req, |line| {
-        match serde_json::from_str::<api::FlowItem>(line) {
-            Ok(_) => {
-                println!("{line}");
-                true
+    with_read_only_fallback(socket, &req, |s| {
+        client::stream(s, &req, |line| {
+            match serde_json::from_str::<api::FlowItem>(line) {
+                Ok(_) => {
+                    println!("{line}");
+                    true
+                }
+                Err(e) => {
+                    bad = Some(format!("{e}: {line:.200}"));
+                    false
+                }
             }
-            Err(e) => {
-                bad = Some(format!("{e}: {line:.200}"));
-                false
-            }
-        }
-    })
-    .map_err(|e| anyhow::Error::new(e).context(format!("agent at {}", socket.display())))?;
+        })
+    })?;
     match bad {
         Some(why) => anyhow::bail!("the agent sent a flows line that is not a record: {why}"),
         None => Ok(()),

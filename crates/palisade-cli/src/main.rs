@@ -846,6 +846,11 @@ fn run_agent(a: AgentArgs) -> anyhow::Result<i32> {
             }
         },
         state_dir: a.state_dir,
+        read_only_socket: a
+            .read_only_socket
+            .unwrap_or_else(|| palisade_agent::api::read_only_socket_beside(&a.socket)),
+        read_only_group: palisade_agent::listener::resolve_group(&a.read_only_group)
+            .context("--read-only-group")?,
         socket: a.socket,
         pin_root: a.pin_root,
         decision_log: a.decision_log,

@@ -14,6 +14,7 @@ mod kube_lab;
 mod kube_services;
 mod lab;
 mod lab_transitions;
+mod least_privilege;
 mod live;
 mod registration;
 mod services;

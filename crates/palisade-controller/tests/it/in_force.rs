@@ -61,6 +61,8 @@ fn agent_config(
         },
         state_dir: d.clone(),
         socket: d.join("agent.sock"),
+        read_only_socket: palisade_agent::api::read_only_socket_beside(&d.join("agent.sock")),
+        read_only_group: 0,
         pin_root: pins.0.clone(),
         decision_log: None,
         log_mode: Default::default(),

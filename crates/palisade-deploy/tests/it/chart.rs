@@ -199,6 +199,43 @@ fn map_capacities_reach_the_agent_only_when_set() {
     }
 }
 
+/// Issue 14, least privilege: the read-only socket's group reaches the agent only when
+/// set (unset: root only), and the metrics sidecar, which only reads, uses that socket.
+#[test]
+fn the_read_only_group_reaches_the_agent_only_when_set() {
+    let spec_of = |set: &[(&str, &str)]| {
+        let docs = documents(&render(set).unwrap()).unwrap();
+        find(&docs, "DaemonSet", "palisade-agent").unwrap()["spec"]["template"]["spec"].clone()
+    };
+    let default = spec_of(&[]);
+    let agent = args_of(find_container(&default, "agent"));
+    assert!(
+        agent.contains(&"--socket=/run/palisade/agent.sock".into()),
+        "{agent:?}"
+    );
+    assert!(
+        agent.contains(&"--read-only-socket=/run/palisade/palisade-ro.sock".into()),
+        "{agent:?}"
+    );
+    assert!(
+        !agent.iter().any(|a| a.starts_with("--read-only-group")),
+        "unset means root only (the agent's default 0): {agent:?}"
+    );
+    assert!(args_of(find_container(&default, "metrics"))
+        .contains(&"--socket=/run/palisade/palisade-ro.sock".into()));
+    for (value, want) in [
+        ("65534", "--read-only-group=65534"),
+        ("4294967294", "--read-only-group=4294967294"),
+        ("palisade-readers", "--read-only-group=palisade-readers"),
+    ] {
+        let agent = args_of(find_container(
+            &spec_of(&[("agent.api.readOnlyGroup", value)]),
+            "agent",
+        ));
+        assert!(agent.contains(&want.to_string()), "{want} not in {agent:?}");
+    }
+}
+
 #[test]
 fn a_bad_value_is_refused_naming_it() {
     for (key, value, named) in [
@@ -213,6 +250,9 @@ fn a_bad_value_is_refused_naming_it() {
         ("metrics.port", "0", "/metrics/port"),
         ("agent.maps.hostEntries", "0", "/agent/maps/hostEntries"),
         ("agent.maps.hostEnties", "5", "hostEnties"),
+        ("agent.api.readOnlyGroup", "-1", "/agent/api/readOnlyGroup"),
+        ("agent.api.readOnlyGroup", "a b", "/agent/api/readOnlyGroup"),
+        ("agent.api.readOnlyGrop", "5", "readOnlyGrop"),
     ] {
         let err = render(&[(key, value)]).expect_err(key).to_string();
         assert!(err.contains(named), "{key}={value}: {err}");
