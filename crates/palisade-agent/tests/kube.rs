@@ -42,7 +42,7 @@ async fn eventually<T>(within: Duration, what: &str, mut f: impl FnMut() -> Opti
 
 const GRANT: &str = r#"{"apiVersion":"v1","kind":"List","items":[
  {"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRole","metadata":{"name":"palisade-agent-read"},
-  "rules":[{"apiGroups":[""],"resources":["namespaces","pods","nodes","services"],"verbs":["get","list","watch"]},
+  "rules":[{"apiGroups":[""],"resources":["namespaces","pods","nodes","services","serviceaccounts"],"verbs":["get","list","watch"]},
            {"apiGroups":["discovery.k8s.io"],"resources":["endpointslices"],"verbs":["get","list","watch"]},
            {"apiGroups":["networking.k8s.io"],"resources":["networkpolicies"],"verbs":["get","list","watch"]},
            {"apiGroups":["policy.networking.k8s.io"],"resources":["clusternetworkpolicies","adminnetworkpolicies","baselineadminnetworkpolicies"],"verbs":["get","list","watch"]},

@@ -63,7 +63,7 @@ pub fn start(test: &str, needs: &[Need]) -> Option<ControlPlane> {
 /// Exactly the rules of docs/architecture.md ("RBAC: every verb each component uses").
 pub const RBAC: &str = r#"{"apiVersion":"v1","kind":"List","items":[
  {"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRole","metadata":{"name":"palisade-read-desired-state"},
-  "rules":[{"apiGroups":[""],"resources":["namespaces","pods","nodes","services"],"verbs":["list","watch"]},
+  "rules":[{"apiGroups":[""],"resources":["namespaces","pods","nodes","services","serviceaccounts"],"verbs":["list","watch"]},
            {"apiGroups":["discovery.k8s.io"],"resources":["endpointslices"],"verbs":["list","watch"]},
            {"apiGroups":["networking.k8s.io"],"resources":["networkpolicies"],"verbs":["list","watch"]},
            {"apiGroups":["policy.networking.k8s.io"],"resources":["clusternetworkpolicies","adminnetworkpolicies","baselineadminnetworkpolicies"],"verbs":["list","watch"]},
