@@ -54,6 +54,13 @@ const FORWARDING: &[(&str, &str)] = &[
     ("net/ipv4/conf/default/rp_filter", "0"),
 ];
 
+/// One end of a veth: its addresses (the IPv6 one is a /64).
+struct Side {
+    v4: IpAddr,
+    v4_len: u8,
+    v6: IpAddr,
+}
+
 /// One node's network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeNet {
@@ -147,82 +154,54 @@ impl Topology {
     /// A veth `eth0` in `ns` (addresses .2 of link `index`) and `router_if` in the
     /// router (.1), with `ns`'s default routes through the router.
     fn link(&self, ns: &str, router_if: &str, index: usize) -> Result<(), Error> {
-        ip(
-            &self.router,
-            &[
-                "link", "add", router_if, "type", "veth", "peer", "name", "eth0", "netns", ns,
-            ],
-        )?;
-        for (side, ifname, host) in [(self.router.as_str(), router_if, 1), (ns, "eth0", 2)] {
-            ip(
-                side,
-                &[
-                    "addr",
-                    "add",
-                    &format!("{}/24", v4(index, host)),
-                    "dev",
-                    ifname,
-                ],
-            )?;
-            ip(
-                side,
-                &[
-                    "addr",
-                    "add",
-                    &format!("{}/64", v6(index, host)),
-                    "dev",
-                    ifname,
-                    "nodad",
-                ],
-            )?;
-            ip(side, &["link", "set", ifname, "up"])?;
-            ip(side, &["link", "set", "lo", "up"])?;
-        }
-        ip(
-            ns,
-            &["route", "add", "default", "via", &v4(index, 1).to_string()],
-        )?;
-        ip(
-            ns,
-            &[
-                "-6",
-                "route",
-                "add",
-                "default",
-                "via",
-                &v6(index, 1).to_string(),
-            ],
-        )
+        let side = |host| Side {
+            v4: v4(index, host),
+            v4_len: 24,
+            v6: v6(index, host),
+        };
+        self.veth(ns, router_if, side(1), side(2))
     }
 
     /// The veth between the router (`imds`) and the metadata stand-in (`eth0`): a /30
     /// and a /64 of their own, the stand-in's default routes through the router. The
     /// router reaches both addresses on-link, so no node needs a route of its own.
     fn imds_link(&self) -> Result<(), Error> {
-        let ns = self.imds_netns.as_str();
+        let router = Side {
+            v4: IpAddr::V4(Ipv4Addr::from(u32::from(IMDS_V4) - 1)),
+            v4_len: 30,
+            v6: IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 1)),
+        };
+        let inside = Side {
+            v4: IpAddr::V4(IMDS_V4),
+            v4_len: 30,
+            v6: IpAddr::V6(IMDS_V6),
+        };
+        self.veth(&self.imds_netns, "imds", router, inside)
+    }
+
+    /// A veth `router_if` (router) to `eth0` (`ns`) with these addresses, both ends
+    /// and loopback up, and `ns`'s default routes via the router's end.
+    fn veth(&self, ns: &str, router_if: &str, router: Side, inside: Side) -> Result<(), Error> {
         ip(
             &self.router,
             &[
-                "link", "add", "imds", "type", "veth", "peer", "name", "eth0", "netns", ns,
+                "link", "add", router_if, "type", "veth", "peer", "name", "eth0", "netns", ns,
             ],
         )?;
-        let router_v4 = Ipv4Addr::from(u32::from(IMDS_V4) - 1);
-        let router_v6 = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 1);
-        for (side, ifname, a4, a6) in [
-            (self.router.as_str(), "imds", router_v4, router_v6),
-            (ns, "eth0", IMDS_V4, IMDS_V6),
+        for (netns, ifname, a) in [
+            (self.router.as_str(), router_if, &router),
+            (ns, "eth0", &inside),
         ] {
-            ip(side, &["addr", "add", &format!("{a4}/30"), "dev", ifname])?;
-            ip(
-                side,
-                &["addr", "add", &format!("{a6}/64"), "dev", ifname, "nodad"],
-            )?;
-            ip(side, &["link", "set", ifname, "up"])?;
-            ip(side, &["link", "set", "lo", "up"])?;
+            let v4 = format!("{}/{}", a.v4, a.v4_len);
+            let v6 = format!("{}/64", a.v6);
+            ip(netns, &["addr", "add", &v4, "dev", ifname])?;
+            ip(netns, &["addr", "add", &v6, "dev", ifname, "nodad"])?;
+            ip(netns, &["link", "set", ifname, "up"])?;
+            ip(netns, &["link", "set", "lo", "up"])?;
         }
         ip(
             ns,
-            &["route", "add", "default", "via", &router_v4.to_string()],
+            &["route", "add", "default", "via", &router.v4.to_string()],
         )?;
         ip(
             ns,
@@ -232,7 +211,7 @@ impl Topology {
                 "add",
                 "default",
                 "via",
-                &router_v6.to_string(),
+                &router.v6.to_string(),
             ],
         )
     }
