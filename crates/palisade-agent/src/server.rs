@@ -1013,12 +1013,9 @@ mod tests {
         server.abort();
     }
 
-    /// CNI DEL of a pod the agent never registered (never seen in its watch, or a DEL
-    /// repeated): nothing to undo, and the reply says done so the plugin succeeds.
-    #[test]
-    fn a_del_for_a_pod_never_seen_succeeds() {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("agent.sock");
+    /// An agent with nothing to enforce: an empty source, an enforcer that never
+    /// blocks, its registry in `dir`, default limits.
+    fn idle_agent(dir: &std::path::Path) -> (Reconciler, Shared) {
         let (entered, _) = std_mpsc::channel();
         let (_release, release) = std_mpsc::channel();
         let enforcer = GatedEnforcer {
@@ -1026,7 +1023,7 @@ mod tests {
             entered,
             release,
         };
-        let registry = crate::registry::Registry::open(dir.path().join("endpoints.json")).unwrap();
+        let registry = crate::registry::Registry::open(dir.join("endpoints.json")).unwrap();
         let reconciler = Reconciler::new(Box::new(EmptySource), Box::new(enforcer), registry);
         let shared = Shared {
             decisions: broadcast::channel(16).0,
@@ -1035,6 +1032,16 @@ mod tests {
             api: crate::listener::ApiLimits::default(),
             connections: crate::listener::Connections::default(),
         };
+        (reconciler, shared)
+    }
+
+    /// CNI DEL of a pod the agent never registered (never seen in its watch, or a DEL
+    /// repeated): nothing to undo, and the reply says done so the plugin succeeds.
+    #[test]
+    fn a_del_for_a_pod_never_seen_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let (reconciler, shared) = idle_agent(dir.path());
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -1086,22 +1093,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agent.sock");
         let ro_path = palisade_api::read_only_socket_beside(&socket);
-        let (entered, _) = std_mpsc::channel();
-        let (_release, release) = std_mpsc::channel();
-        let enforcer = GatedEnforcer {
-            armed: Arc::new(AtomicBool::new(false)),
-            entered,
-            release,
-        };
-        let registry = crate::registry::Registry::open(dir.path().join("endpoints.json")).unwrap();
-        let reconciler = Reconciler::new(Box::new(EmptySource), Box::new(enforcer), registry);
-        let shared = Shared {
-            decisions: broadcast::channel(16).0,
-            history: Arc::new(Mutex::new(History::new(16))),
-            views: Arc::new(RwLock::new(Arc::new(Views::default()))),
-            api: crate::listener::ApiLimits::default(),
-            connections: crate::listener::Connections::default(),
-        };
+        let (reconciler, shared) = idle_agent(dir.path());
         // SAFETY: getgid has no preconditions.
         let gid = unsafe { libc::getgid() };
         let rt = tokio::runtime::Builder::new_multi_thread()
