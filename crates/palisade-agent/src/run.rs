@@ -38,26 +38,53 @@ pub async fn kube_client(
     kubeconfig: Option<&std::path::Path>,
     context: Option<&str>,
 ) -> anyhow::Result<kube::Client> {
-    let options = kube::config::KubeConfigOptions {
+    let (config, _) = kube_config(kubeconfig, context).await?;
+    kube::Client::try_from(config).context("building the Kubernetes client")
+}
+
+/// The client config [`kube_client`] uses, as kubectl finds it (`kubeconfig`, else
+/// `KUBECONFIG` or `~/.kube/config`, else the in-cluster service account), with the
+/// name of the context it used, which a `kube::Client` does not tell
+/// (`palisade simulate --live` names it in its answer).
+pub async fn kube_config(
+    kubeconfig: Option<&std::path::Path>,
+    context: Option<&str>,
+) -> anyhow::Result<(kube::Config, Option<String>)> {
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    let options = KubeConfigOptions {
         context: context.map(str::to_string),
         ..Default::default()
     };
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &options)
-                .await
-                .with_context(|| format!("using the kubeconfig {}", path.display()))?
-        }
-        None if context.is_some() => kube::Config::from_kubeconfig(&options)
+    if let Some(path) = kubeconfig {
+        let kc = Kubeconfig::read_from(path)
+            .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
+        let used = context
+            .map(str::to_string)
+            .or_else(|| kc.current_context.clone());
+        let config = kube::Config::from_custom_kubeconfig(kc, &options)
             .await
-            .context("using the default kubeconfig")?,
-        None => kube::Config::infer().await.context(
-            "finding the API server (in-cluster service account, KUBECONFIG or ~/.kube/config)",
-        )?,
-    };
-    kube::Client::try_from(config).context("building the Kubernetes client")
+            .with_context(|| format!("using the kubeconfig {}", path.display()))?;
+        return Ok((config, used));
+    }
+    if context.is_some() {
+        let config = kube::Config::from_kubeconfig(&options)
+            .await
+            .context("using the default kubeconfig")?;
+        return Ok((config, context.map(str::to_string)));
+    }
+    // Config::infer's order: the kubeconfig, else the in-cluster service account.
+    match kube::Config::from_kubeconfig(&options).await {
+        Ok(config) => {
+            let used = Kubeconfig::read().ok().and_then(|kc| kc.current_context);
+            Ok((config, used))
+        }
+        Err(_) => Ok((
+            kube::Config::infer().await.context(
+                "finding the API server (in-cluster service account, KUBECONFIG or ~/.kube/config)",
+            )?,
+            None,
+        )),
+    }
 }
 
 /// Everything `palisade agent` is configured with.

@@ -143,7 +143,9 @@ pub fn list(args: &LiveArgs) -> anyhow::Result<Listed> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let (config, context) = client_config(args).await?;
+        let (config, context) =
+            palisade_agent::run::kube_config(args.kubeconfig.as_deref(), args.context.as_deref())
+                .await?;
         let url = &config.cluster_url;
         let mut server = url.to_string();
         // As the kubeconfig says it: `https://host:port`, not the URI's `.../`.
@@ -160,46 +162,6 @@ pub fn list(args: &LiveArgs) -> anyhow::Result<Listed> {
         listed.cluster = cluster;
         Ok(listed)
     })
-}
-
-/// The client config, found as `palisade_agent::run::kube_client` finds it (so as
-/// kubectl: `--kubeconfig`, else `KUBECONFIG` or `~/.kube/config`, else the in-cluster
-/// service account), with the name of the context it used, which a `kube::Client` no
-/// longer tells.
-async fn client_config(args: &LiveArgs) -> anyhow::Result<(kube::Config, Option<String>)> {
-    use kube::config::{KubeConfigOptions, Kubeconfig};
-    let options = KubeConfigOptions {
-        context: args.context.clone(),
-        ..Default::default()
-    };
-    if let Some(path) = &args.kubeconfig {
-        let kc = Kubeconfig::read_from(path)
-            .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
-        let context = args.context.clone().or_else(|| kc.current_context.clone());
-        let config = kube::Config::from_custom_kubeconfig(kc, &options)
-            .await
-            .with_context(|| format!("using the kubeconfig {}", path.display()))?;
-        return Ok((config, context));
-    }
-    if args.context.is_some() {
-        let config = kube::Config::from_kubeconfig(&options)
-            .await
-            .context("using the default kubeconfig")?;
-        return Ok((config, args.context.clone()));
-    }
-    // Config::infer's order: the kubeconfig, else the in-cluster service account.
-    match kube::Config::from_kubeconfig(&options).await {
-        Ok(config) => {
-            let context = Kubeconfig::read().ok().and_then(|kc| kc.current_context);
-            Ok((config, context))
-        }
-        Err(_) => Ok((
-            kube::Config::infer().await.context(
-                "finding the API server (in-cluster service account, KUBECONFIG or ~/.kube/config)",
-            )?,
-            None,
-        )),
-    }
 }
 
 /// Every object of `kind`, page by page.
