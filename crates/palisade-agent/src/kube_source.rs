@@ -2,8 +2,9 @@
 //!
 //! One kube-runtime watcher per kind (Namespaces, Pods, Nodes, Services, EndpointSlices,
 //! NetworkPolicies, and the network-policy-api kinds) keeps a store of the objects the
-//! API server holds; watch restarts, `410 Gone`, relists and bookmarks are kube-runtime's,
-//! with its default backoff. Each object is read through the same decoder and validator
+//! API server holds; watch restarts, `410 Gone`, relists and bookmarks are kube-runtime's.
+//! A failed watch waits kube-runtime's default backoff, or less: until the agent's one
+//! probe of the API server sees it come back from away ([`crate::reachability`]). Each object is read through the same decoder and validator
 //! as a manifest file ([`palisade_policy::manifest::load`]), so an object the API server
 //! accepted but Palisade cannot enforce exactly is rejected alone, with the field named,
 //! and its last good version stays in force.
@@ -17,8 +18,8 @@
 //! - A relist replaces a kind's objects only once it is complete, and a relist that
 //!   finds nothing changed changes nothing (the reconciler diffs object by object).
 //! - When the API server goes away the stores keep their last state: the agent keeps
-//!   enforcing it (no flush, no transient allow) while the watchers reconnect with
-//!   backoff; [`KubeSource::health`] says which watches are down and since when.
+//!   enforcing it (no flush, no transient allow) while the watchers reconnect, all at
+//!   once when the API server answers again; [`KubeSource::health`] says which watches are down and since when.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
@@ -30,13 +31,18 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
 use kube::Client;
 use palisade_policy::manifest::{self, ManifestError};
 use palisade_policy::model::Cluster;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+use crate::reachability::{Reachability, Woken};
+
+/// The wait after an error should kube-runtime's backoff ever end (it does not).
+const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(30);
 
 use crate::source::{Changed, Refresh, Snapshot, Source, SourceError};
 
@@ -314,6 +320,9 @@ pub struct WatchHealth {
     pub events: u64,
     /// Watch errors (each followed by a backoff and a retry).
     pub errors: u64,
+    /// Retries started by the probe seeing the API server back, before the backoff ran
+    /// out.
+    pub retries_on_recovery: u64,
     /// Lists started (the first one, then one per watch restart that could not resume:
     /// `410 Gone`, or the watch restarted).
     pub relists: u64,
@@ -541,6 +550,7 @@ struct Shared {
     store: Arc<Mutex<Store>>,
     dirty: Arc<AtomicBool>,
     wake: WakeSlot,
+    reach: Reachability,
 }
 
 /// The reconciler's waker, once it has given one.
@@ -601,7 +611,13 @@ fn spawn_watches(client: &Client, shared: &Shared) -> Vec<tokio::task::JoinHandl
         store: shared.store.clone(),
         dirty: shared.dirty.clone(),
         wake: shared.wake.clone(),
+        reach: shared.reach.clone(),
     };
+    let probe_client = client.clone();
+    tasks.push(tokio::spawn(shared.reach.clone().run(move || {
+        let c = probe_client.clone();
+        async move { crate::reachability::api_server_ready(&c).await }
+    })));
     tasks.push(ctx(WatchedKind::Namespace).spawn(Api::<Namespace>::all(client.clone())));
     tasks.push(ctx(WatchedKind::Node).spawn(Api::<Node>::all(client.clone())));
     tasks.push(ctx(WatchedKind::Pod).spawn(Api::<Pod>::all(client.clone())));
@@ -627,6 +643,7 @@ impl KubeSource {
             store: Arc::default(),
             dirty: Arc::new(AtomicBool::new(true)),
             wake: WakeSlot::default(),
+            reach: Reachability::default(),
         };
         let tasks = spawn_watches(&client, &shared);
         KubeSource {
@@ -736,6 +753,7 @@ impl Source for KubeSource {
                     resource_version: h.resource_version,
                     resource_version_in_force: None,
                     errors: h.errors,
+                    retries_on_recovery: h.retries_on_recovery,
                     relists: h.relists,
                     last_error: h.last_error,
                 }
@@ -909,6 +927,7 @@ struct Watch {
     store: Arc<Mutex<Store>>,
     dirty: Arc<AtomicBool>,
     wake: WakeSlot,
+    reach: Reachability,
 }
 
 impl Watch {
@@ -930,21 +949,35 @@ impl Watch {
             let mut streaming = true;
             loop {
                 let config = list_config(streaming);
-                let mut stream = watcher::watcher(api.clone(), config)
-                    .default_backoff()
-                    .boxed();
+                // kube-runtime's `default_backoff()`, with the wait cut short when the
+                // probe sees the API server come back (see `crate::reachability`): like
+                // `StreamBackoff`, an error waits the next backoff delay and any event
+                // resets it.
+                let mut backoff = watcher::DefaultBackoff::default();
+                let mut stream = watcher::watcher(api.clone(), config).boxed();
                 // Objects of a relist in progress: they replace the kind's objects only
                 // once the list is complete.
                 let mut relist: Option<BTreeMap<String, ObjectState>> = None;
                 let mut refused = false;
                 while let Some(event) = stream.next().await {
                     match event {
-                        Ok(ev) => self.on_event(ev, &mut relist),
+                        Ok(ev) => {
+                            backoff.reset();
+                            self.on_event(ev, &mut relist)
+                        }
                         Err(e) if streaming && streaming_refused(&e) => {
                             refused = true;
                             break;
                         }
-                        Err(e) => self.on_error(&e),
+                        Err(e) => {
+                            self.on_error(&e);
+                            let delay = backoff.next().unwrap_or(MAX_BACKOFF);
+                            if self.reach.wait(delay).await == Woken::Recovered {
+                                backoff.reset();
+                                let mut s = self.store.lock().expect("store lock");
+                                s.health.entry(self.kind).or_default().retries_on_recovery += 1;
+                            }
+                        }
                     }
                 }
                 if !refused {
@@ -1103,6 +1136,7 @@ mod tests {
             store: store.clone(),
             dirty: dirty.clone(),
             wake: WakeSlot::default(),
+            reach: Reachability::default(),
         }
     }
 
@@ -1113,6 +1147,7 @@ mod tests {
                     store: store.clone(),
                     dirty: dirty.clone(),
                     wake: WakeSlot::default(),
+                    reach: Reachability::default(),
                 },
                 client: None,
                 tasks: Arc::default(),

@@ -23,6 +23,7 @@ pub mod listener;
 pub mod metrics;
 pub mod publish;
 pub mod ratelog;
+pub mod reachability;
 pub mod reconcile;
 pub mod registry;
 pub mod run;

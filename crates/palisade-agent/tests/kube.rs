@@ -212,6 +212,13 @@ fn the_last_state_stays_while_the_api_server_is_away_and_converges_when_it_retur
             },
         )
         .await;
+        // The watches came back because the probe saw the API server answer again, not
+        // at the end of a backoff that had grown while it was away.
+        let health = src.health();
+        let retried: u64 = health.values().map(|h| h.retries_on_recovery).sum();
+        let failed = health.values().filter(|h| h.errors > 0).count();
+        eprintln!("{failed} watches failed while the API server was away; {retried} retries on its recovery");
+        assert!(retried > 0, "no watch was retried on the recovery: {health:?}");
     });
 }
 

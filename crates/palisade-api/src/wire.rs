@@ -325,6 +325,10 @@ pub struct WatchStatus {
     pub resource_version_in_force: Option<u64>,
     /// Watch errors since start (each followed by a backoff and a retry).
     pub errors: u64,
+    /// Retries started because the agent's probe saw the API server come back, before
+    /// the watch's backoff ran out.
+    #[serde(default)]
+    pub retries_on_recovery: u64,
     /// Lists since start (the first, then one per watch that could not resume).
     pub relists: u64,
     /// The last watch error, if any.
