@@ -335,6 +335,10 @@ fn issue_11_seed_002_calico_policy_blocks_metadata_and_the_api_server_by_service
         String::from_utf8_lossy(&out.stderr)
     );
     let opened = Instant::now();
+    let opened_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
     eprintln!(
         "the endpoint moved {:.1} s after the restart began",
         (opened - moved).as_secs_f64()
@@ -411,6 +415,16 @@ fn issue_11_seed_002_calico_policy_blocks_metadata_and_the_api_server_by_service
         passed(&at_new),
         at_new.len()
     );
+    // Where the window goes: when each agent's probe saw the API server back (the
+    // endpoint was opened at the printed Unix time).
+    eprintln!("the endpoint was opened at Unix time {opened_unix:.3}");
+    for node in state["nodes"].as_array().into_iter().flatten() {
+        let dir = Path::new(node["dir"].as_str().unwrap_or_default());
+        let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
+        for line in log.lines().filter(|l| l.contains("answers again")) {
+            eprintln!("{}: {line}", dir.display());
+        }
+    }
     eprintln!(
         "seed-002 lab test: {:.1} s",
         started.elapsed().as_secs_f64()
