@@ -958,11 +958,13 @@ impl Watch {
                 // Objects of a relist in progress: they replace the kind's objects only
                 // once the list is complete.
                 let mut relist: Option<BTreeMap<String, ObjectState>> = None;
+                let mut list_started: Option<std::time::Instant> = None;
                 let mut refused = false;
                 while let Some(event) = stream.next().await {
                     match event {
                         Ok(ev) => {
                             backoff.reset();
+                            self.log_relist(&ev, &mut list_started);
                             self.on_event(ev, &mut relist)
                         }
                         Err(e) if streaming && streaming_refused(&e) => {
@@ -987,6 +989,25 @@ impl Watch {
                 streaming = false;
             }
         })
+    }
+
+    /// Says how long a list took when it follows a failed watch: the time from the API
+    /// server's return to enforcement is mostly these lists.
+    fn log_relist<K>(&self, ev: &Event<K>, started: &mut Option<std::time::Instant>) {
+        match ev {
+            Event::Init => *started = Some(std::time::Instant::now()),
+            Event::InitDone => {
+                let Some(t) = started.take() else { return };
+                let errors = {
+                    let s = self.store.lock().expect("store lock");
+                    s.health.get(&self.kind).map_or(0, |h| h.errors)
+                };
+                if errors > 0 {
+                    tracing::info!(kind = ?self.kind, seconds = t.elapsed().as_secs_f64(), "listed again after the watch failed");
+                }
+            }
+            _ => {}
+        }
     }
 
     fn on_event<K: Serialize>(
