@@ -162,10 +162,18 @@ pub fn plan(env: &Env, stdin: &[u8]) -> Result<Plan, CniError> {
             e.to_string(),
         )
     })?;
-    if let Some((typo, meant)) = serde_json::from_slice::<serde_json::Map<String, Value>>(stdin)
-        .ok()
-        .and_then(|m| near_miss(m.keys()))
-    {
+    // Decoded whole as well: serde skips an unknown field's value without checking that
+    // its strings are Unicode, so without this a configuration with invalid UTF-8 (or a
+    // lone surrogate escape) in a misspelt key would pass, and skip the typo check too
+    // (found by the `cni` fuzz target).
+    let fields = serde_json::from_slice::<serde_json::Map<String, Value>>(stdin).map_err(|e| {
+        CniError::new(
+            code::DECODE_FAILURE,
+            "cannot decode network configuration",
+            e.to_string(),
+        )
+    })?;
+    if let Some((typo, meant)) = near_miss(fields.keys()) {
         return Err(CniError::new(
             code::INVALID_CONFIG,
             format!("unknown field {typo:?} in the network configuration; did you mean {meant:?}?"),
@@ -530,6 +538,28 @@ mod tests {
                 } => assert_eq!((e.pod.as_str(), e.host_ifname.as_str()), ("a", "")),
                 other => panic!("{other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn a_configuration_with_invalid_unicode_in_an_unknown_field_is_refused() {
+        let env = Env::from_lookup(|k| match k {
+            "CNI_COMMAND" => Some("ADD".into()),
+            "CNI_CONTAINERID" => Some("c1".into()),
+            "CNI_IFNAME" => Some("eth0".into()),
+            "CNI_NETNS" => Some("/run/netns/p".into()),
+            "CNI_ARGS" => Some("K8S_POD_NAMESPACE=x;K8S_POD_NAME=a".into()),
+            _ => None,
+        })
+        .unwrap();
+        // The fuzz target's find: a misspelt agentSocket whose value is not UTF-8.
+        let mut conf = br#"{"cniVersion":"1.0.0","agentSocAet":"/run/x"#.to_vec();
+        conf.extend_from_slice(&[0xd1]);
+        conf.extend_from_slice(br#"a.sock","prevResult":{}}"#);
+        let surrogate = br#"{"cniVersion":"1.0.0","agentSockt":"\ud800","prevResult":{}}"#;
+        for c in [&conf[..], &surrogate[..]] {
+            let err = plan(&env, c).unwrap_err();
+            assert_eq!(err.code, code::DECODE_FAILURE, "{}", err.msg);
         }
     }
 
