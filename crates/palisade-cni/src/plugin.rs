@@ -484,17 +484,22 @@ fn chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn timeout_ms_out_of_range_is_a_config_error() {
-        let env = Env::from_lookup(|k| match k {
-            "CNI_COMMAND" => Some("ADD".into()),
+    /// The environment of a `cmd` invocation for pod x/a.
+    fn env(cmd: &str) -> Env {
+        Env::from_lookup(|k| match k {
+            "CNI_COMMAND" => Some(cmd.into()),
             "CNI_CONTAINERID" => Some("c1".into()),
             "CNI_IFNAME" => Some("eth0".into()),
             "CNI_NETNS" => Some("/run/netns/p".into()),
             "CNI_ARGS" => Some("K8S_POD_NAMESPACE=x;K8S_POD_NAME=a".into()),
             _ => None,
         })
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn timeout_ms_out_of_range_is_a_config_error() {
+        let env = env("ADD");
         for t in [0, MAX_TIMEOUT_MS + 1] {
             let conf = format!(r#"{{"cniVersion":"1.0.0","timeoutMs":{t},"prevResult":{{}}}}"#);
             let err = run(&env, conf.as_bytes(), &mut Vec::new()).unwrap_err();
@@ -505,17 +510,6 @@ mod tests {
 
     #[test]
     fn plan_decides_without_io_and_del_never_fails() {
-        let env = |cmd: &str| {
-            Env::from_lookup(|k| match k {
-                "CNI_COMMAND" => Some(cmd.into()),
-                "CNI_CONTAINERID" => Some("c1".into()),
-                "CNI_IFNAME" => Some("eth0".into()),
-                "CNI_NETNS" => Some("/run/netns/p".into()),
-                "CNI_ARGS" => Some("K8S_POD_NAMESPACE=x;K8S_POD_NAME=a".into()),
-                _ => None,
-            })
-            .unwrap()
-        };
         let conf = br#"{"cniVersion":"1.0.0","timeoutMs":5,"prevResult":{"interfaces":[{"name":"veth1"},{"name":"eth0","sandbox":"/run/netns/p"}],"ips":[{"address":"10.244.0.5/24","interface":1}]}}"#;
         match plan(&env("ADD"), conf).unwrap() {
             Plan::Add {
@@ -543,15 +537,7 @@ mod tests {
 
     #[test]
     fn a_configuration_with_invalid_unicode_in_an_unknown_field_is_refused() {
-        let env = Env::from_lookup(|k| match k {
-            "CNI_COMMAND" => Some("ADD".into()),
-            "CNI_CONTAINERID" => Some("c1".into()),
-            "CNI_IFNAME" => Some("eth0".into()),
-            "CNI_NETNS" => Some("/run/netns/p".into()),
-            "CNI_ARGS" => Some("K8S_POD_NAMESPACE=x;K8S_POD_NAME=a".into()),
-            _ => None,
-        })
-        .unwrap();
+        let env = env("ADD");
         // The fuzz target's find: a misspelt agentSocket whose value is not UTF-8.
         let mut conf = br#"{"cniVersion":"1.0.0","agentSocAet":"/run/x"#.to_vec();
         conf.extend_from_slice(&[0xd1]);
